@@ -1,0 +1,184 @@
+"""``MyAdam``: the Adam optimizer registered with MXNet as ``'myadam'``."""
+import math
+import warnings
+
+import numpy
+import mxnet.ndarray as nd
+from mxnet.optimizer import Optimizer
+
+from . import textbook
+from .textbook import EPSILON_MODES, Step
+
+NONFINITE_POLICIES = ('skip', 'raise')
+
+
+def _require(name, value, ok, expected):
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a real number with ``ok(value)``.
+
+    NaN fails every comparison, so ``ok`` written as ``lo <= x`` rejects it.
+    """
+    try:
+        good = not isinstance(value, bool) and ok(float(value))
+    except (TypeError, ValueError):
+        good = False
+    if not good:
+        raise ValueError(f"Invalid {name}: {value!r} (expected {expected})")
+
+
+@Optimizer.register
+class MyAdam(Optimizer):
+    r"""Adam (Kingma & Ba, 2014) as an MXNet optimizer, registered as ``'myadam'``.
+
+    Per parameter, with ``t`` its own step count (MXNet's ``_index_update_count``)::
+
+        g     = rescale_grad * grad
+        g     = g + wd * w                                  (coupled L2, default)
+        g     = clip(g, -clip_gradient, clip_gradient)      (if clip_gradient)
+        m     = beta1 * m + (1 - beta1) * g
+        v     = beta2 * v + (1 - beta2) * g * g
+        vmax  = max(vmax, v), used in place of v            (amsgrad)
+        m_hat = m / (1 - beta1**t),   v_hat = v / (1 - beta2**t)
+        u     = m_hat / (sqrt(v_hat) + epsilon)             epsilon_mode='outside'
+        u     = m_hat / sqrt(v_hat + epsilon)               epsilon_mode='inside'
+        u     = m_hat / (sqrt(v_hat) + epsilon / sqrt(1 - beta2**t))   'hat'
+        w     = w * (1 - lr * wd)                           (decoupled_wd, no L2 in g)
+        w     = w - lr * u
+
+    The defaults equal ``torch.optim.Adam``; ``epsilon_mode='hat'`` equals
+    ``mx.optimizer.Adam``; ``decoupled_wd=True`` equals ``torch.optim.AdamW``.
+
+    Parameters
+    ----------
+    learning_rate : float, default 0.001
+        Step size ``lr``, >= 0. ``None`` takes it from ``lr_scheduler``.
+    beta1 : float, default 0.9
+        Decay rate of the first moment, in [0, 1).
+    beta2 : float, default 0.999
+        Decay rate of the second moment, in [0, 1).
+    epsilon : float, default 1e-8
+        Stabilising constant, >= 0.
+    epsilon_mode : {'outside', 'inside', 'hat'}, default 'outside'
+        Where ``epsilon`` enters: outside the root (the chapter's code, PyTorch),
+        inside it (the chapter's printed formula, optax ``eps_root``), or the
+        paper's epsilon-hat (MXNet's built-in Adam).
+    amsgrad : bool, default False
+        Use the running maximum of ``v`` (Reddi et al., 2018; PyTorch's variant).
+    decoupled_wd : bool, default False
+        Decoupled weight decay (Loshchilov & Hutter, 2019; ``torch.optim.AdamW``).
+    lazy_update : bool, default True
+        With a ``row_sparse`` gradient, update only the rows present in it.
+    nonfinite : {'skip', 'raise'}, default 'skip'
+        What to do with a gradient holding NaN or Inf: leave that parameter, its
+        moments and its step count untouched and warn (``'skip'``, counted in
+        ``num_skipped``), or raise ``FloatingPointError`` before modifying anything.
+    **kwargs
+        Passed to :class:`mxnet.optimizer.Optimizer`: ``wd`` (>= 0),
+        ``rescale_grad``, ``clip_gradient`` (None or > 0), ``lr_scheduler``,
+        ``multi_precision``, ``param_idx2name``, ``begin_num_update``, ...
+
+    Raises
+    ------
+    ValueError
+        If a hyperparameter is out of range or NaN; the message names it.
+    """
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
+                 epsilon_mode='outside', amsgrad=False, decoupled_wd=False,
+                 lazy_update=True, nonfinite='skip', **kwargs):
+        if learning_rate is not None:
+            _require('learning_rate', learning_rate, lambda x: 0.0 <= x < math.inf, '>= 0')
+        _require('beta1', beta1, lambda x: 0.0 <= x < 1.0, 'in [0, 1)')
+        _require('beta2', beta2, lambda x: 0.0 <= x < 1.0, 'in [0, 1)')
+        _require('epsilon', epsilon, lambda x: 0.0 <= x < math.inf, '>= 0')
+        _require('wd', kwargs.get('wd', 0.0), lambda x: 0.0 <= x < math.inf, '>= 0')
+        _require('rescale_grad', kwargs.get('rescale_grad', 1.0),
+                 lambda x: 0.0 < x < math.inf, '> 0')
+        if kwargs.get('clip_gradient') is not None:
+            _require('clip_gradient', kwargs['clip_gradient'], lambda x: 0.0 < x < math.inf,
+                     'None or > 0')
+        if epsilon_mode not in EPSILON_MODES:
+            raise ValueError(f"Invalid epsilon_mode: {epsilon_mode!r} "
+                             f"(expected one of {EPSILON_MODES})")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"Invalid nonfinite: {nonfinite!r} "
+                             f"(expected one of {NONFINITE_POLICIES})")
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.epsilon = float(epsilon)
+        self.epsilon_mode = epsilon_mode
+        self.amsgrad = bool(amsgrad)
+        self.decoupled_wd = bool(decoupled_wd)
+        self.lazy_update = bool(lazy_update)
+        self.nonfinite = nonfinite
+        self.num_skipped = 0
+
+    def set_learning_rate(self, lr):
+        """Set the learning rate; a negative or NaN ``lr`` raises ``ValueError``."""
+        _require('learning_rate', lr, lambda x: 0.0 <= x < math.inf, '>= 0')
+        super().set_learning_rate(lr)
+
+    def create_state(self, index, weight):
+        """Zero moments ``(m, v)``, plus ``vmax`` with AMSGrad, on ``weight``'s context and dtype."""
+        count = 3 if self.amsgrad else 2
+        return tuple(nd.zeros(weight.shape, weight.context, dtype=weight.dtype)
+                     for _ in range(count))
+
+    def update(self, index, weight, grad, state):
+        """Update one parameter (or lists of them) in place; see the class docstring."""
+        self._update_impl(index, weight, grad, state, multi_precision=False)
+
+    def update_multi_precision(self, index, weight, grad, state):
+        """As :meth:`update`; float16 weights step on their float32 master copy."""
+        self._update_impl(index, weight, grad, state, multi_precision=self.multi_precision)
+
+    def _update_impl(self, indices, weights, grads, states, multi_precision):
+        if not isinstance(indices, (list, tuple)):
+            indices, weights, grads, states = [indices], [weights], [grads], [states]
+        finite = self._finite(indices, grads)
+        for index, weight, grad, state, ok in zip(indices, weights, grads, states, finite):
+            if not ok:
+                self.num_skipped += 1
+                warnings.warn(f"myadam: skipped the update of {self._name(index)}: its "
+                              "gradient holds NaN or Inf", RuntimeWarning, stacklevel=3)
+                continue
+            self._update_count(index)
+            step = self._step(index)
+            if multi_precision and weight.dtype == numpy.float16:
+                master, inner = state
+                textbook.adam_step(master, grad.astype(numpy.float32), inner, step)
+                nd.cast(master, dtype=weight.dtype, out=weight)
+            else:
+                textbook.adam_step(weight, grad, state, step)
+
+    def _step(self, index):
+        return Step(t=self._index_update_count[index], lr=self._get_lr(index),
+                    wd=self._get_wd(index), beta1=self.beta1, beta2=self.beta2,
+                    epsilon=self.epsilon, epsilon_mode=self.epsilon_mode,
+                    amsgrad=self.amsgrad, decoupled_wd=self.decoupled_wd,
+                    rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
+                    lazy_update=self.lazy_update)
+
+    def _finite(self, indices, grads):
+        """One flag per gradient: does it hold only finite values?
+
+        One engine sync for the whole list when everything is finite (the usual case).
+        Under ``nonfinite='raise'`` the first bad gradient raises before any update.
+        """
+        values = [g.data if g.stype == 'row_sparse' else g for g in grads]
+        if nd.multi_all_finite(*values, num_arrays=len(values)).asscalar():
+            return [True] * len(values)
+        finite = [bool(nd.contrib.isfinite(v).min().asscalar()) if v.size else True
+                  for v in values]
+        if self.nonfinite == 'raise' and not all(finite):
+            bad = ', '.join(self._name(i) for i, ok in zip(indices, finite) if not ok)
+            raise FloatingPointError(f"myadam: the gradient of {bad} holds NaN or Inf; "
+                                     "nothing was updated")
+        return finite
+
+    def _name(self, index):
+        if index in self.param_dict:
+            return f"parameter '{self.param_dict[index].name}'"
+        if index in self.idx2name:
+            return f"parameter '{self.idx2name[index]}'"
+        return f"parameter index {index}"

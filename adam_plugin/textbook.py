@@ -1,0 +1,154 @@
+"""The Adam update rule as plain NDArray operations: the ground truth.
+
+Every fast path in :mod:`adam_plugin.fused` is tested against :func:`adam_step`.
+This module imports MXNet submodules only (``mxnet.ndarray``), never ``from mxnet
+import nd``: a distributed-KVStore server imports this package from inside a
+half-initialised ``import mxnet``, where the ``nd`` alias does not exist yet.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import mxnet.ndarray as nd
+
+EPSILON_MODES = ('outside', 'inside', 'hat')
+
+
+@dataclass(frozen=True)
+class Step:
+    """Everything the rule needs to update one parameter at one step.
+
+    Attributes
+    ----------
+    t : int
+        The parameter's own step count, 1 on its first update.
+    lr, wd : float
+        Learning rate and weight decay for this parameter (``lr_mult`` and
+        ``wd_mult`` already applied, ``lr_scheduler`` already evaluated).
+    beta1, beta2, epsilon : float
+        Adam's decay rates and its stabilising constant.
+    epsilon_mode : {'outside', 'inside', 'hat'}
+        Where ``epsilon`` enters the denominator (see :func:`adam_step`).
+    amsgrad : bool
+        Divide by the running maximum of the second moment (PyTorch's AMSGrad).
+    decoupled_wd : bool
+        Decay the weight directly (AdamW) instead of adding ``wd * w`` to the gradient.
+    rescale_grad : float
+        Factor applied to the raw gradient first (``1 / batch_size`` under ``Trainer.step``).
+    clip_gradient : float or None
+        Clip the rescaled gradient to ``[-clip_gradient, clip_gradient]``.
+    lazy_update : bool
+        With a ``row_sparse`` gradient, update only the rows it holds.
+    """
+    t: int
+    lr: float
+    wd: float
+    beta1: float
+    beta2: float
+    epsilon: float
+    epsilon_mode: str
+    amsgrad: bool
+    decoupled_wd: bool
+    rescale_grad: float
+    clip_gradient: Optional[float]
+    lazy_update: bool
+
+    @property
+    def bias_correction1(self):
+        """``1 - beta1**t``."""
+        return 1.0 - self.beta1 ** self.t
+
+    @property
+    def bias_correction2(self):
+        """``1 - beta2**t``."""
+        return 1.0 - self.beta2 ** self.t
+
+    @property
+    def coupled_wd(self):
+        """The L2 coefficient added to the gradient (0 when decay is decoupled)."""
+        return 0.0 if self.decoupled_wd else self.wd
+
+
+def adam_step(weight, grad, state, step):
+    """Apply one Adam step in place to ``weight`` and its moment buffers.
+
+    With ``g`` the incoming gradient and ``t = step.t``::
+
+        g     = rescale_grad * g
+        g     = g + wd * w                          (unless decoupled_wd)
+        g     = clip(g, -clip_gradient, clip_gradient)   (if clip_gradient is set)
+        m     = beta1 * m + (1 - beta1) * g
+        v     = beta2 * v + (1 - beta2) * g**2
+        vmax  = max(vmax, v);  v <- vmax            (amsgrad only)
+        m_hat = m / (1 - beta1**t)
+        v_hat = v / (1 - beta2**t)
+        u     = m_hat / (sqrt(v_hat) + epsilon)                     'outside'
+        u     = m_hat / sqrt(v_hat + epsilon)                       'inside'
+        u     = m_hat / (sqrt(v_hat) + epsilon / sqrt(1 - beta2**t)) 'hat'
+        w     = w * (1 - lr * wd)                   (decoupled_wd only)
+        w     = w - lr * u
+
+    'outside' is the chapter's code and ``torch.optim.Adam``; 'inside' is the
+    chapter's printed formula and optax's ``eps_root``; 'hat' is the epsilon-hat
+    of Kingma & Ba (2014), section 2, which is what ``mx.optimizer.Adam`` computes.
+
+    A ``row_sparse`` gradient with ``step.lazy_update`` updates only the rows it
+    holds (weights and moments of other rows keep their values, as in MXNet's
+    lazy Adam); without ``lazy_update`` it is densified first.
+
+    Parameters
+    ----------
+    weight : NDArray
+        The parameter, updated in place.
+    grad : NDArray
+        Its gradient, dense or ``row_sparse``; not modified.
+    state : tuple of NDArray
+        ``(m, v)``, or ``(m, v, vmax)`` with AMSGrad; updated in place.
+    step : Step
+        Hyperparameters and step count for this parameter.
+    """
+    if grad.stype == 'row_sparse':
+        if step.lazy_update:
+            _lazy_rows_step(weight, grad, state, step)
+            return
+        grad = grad.tostype('default')
+    new_weight, new_state = _rule(weight, grad, state, step)
+    weight[:] = new_weight
+    for buf, new in zip(state, new_state):
+        buf[:] = new
+
+
+def _lazy_rows_step(weight, grad, state, step):
+    """The dense rule applied to the rows a ``row_sparse`` gradient holds."""
+    rows = grad.indices
+    sub_state = tuple(nd.take(buf, rows) for buf in state)
+    new_weight, new_state = _rule(nd.take(weight, rows), grad.data, sub_state, step)
+    weight[rows] = new_weight
+    for buf, new in zip(state, new_state):
+        buf[rows] = new
+
+
+def _rule(w, g, state, step):
+    """Return ``(new_w, new_state)``; pure: nothing passed in is modified."""
+    g = g * step.rescale_grad
+    if step.coupled_wd:
+        g = g + step.coupled_wd * w
+    if step.clip_gradient is not None:
+        g = nd.clip(g, -step.clip_gradient, step.clip_gradient)
+    m = step.beta1 * state[0] + (1.0 - step.beta1) * g
+    v = step.beta2 * state[1] + (1.0 - step.beta2) * nd.square(g)
+    new_state = (m, v)
+    if step.amsgrad:
+        v = nd.maximum(state[2], v)
+        new_state += (v,)
+    m_hat = m / step.bias_correction1
+    v_hat = v / step.bias_correction2
+    if step.epsilon_mode == 'outside':
+        u = m_hat / (nd.sqrt(v_hat) + step.epsilon)
+    elif step.epsilon_mode == 'inside':
+        u = m_hat / nd.sqrt(v_hat + step.epsilon)
+    else:  # 'hat'
+        u = m_hat / (nd.sqrt(v_hat) + step.epsilon / math.sqrt(step.bias_correction2))
+    if step.decoupled_wd:
+        w = w * (1.0 - step.lr * step.wd)
+    return w - step.lr * u, new_state

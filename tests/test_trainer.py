@@ -1,0 +1,111 @@
+"""MyAdam as MXNet sees it: registration, state placement, Trainer options, contexts."""
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+
+import adam_plugin
+from adam_plugin import MyAdam, linreg
+
+
+def test_registered_under_myadam():
+    opt = mx.optimizer.create('myadam', learning_rate=0.1)
+    assert isinstance(opt, MyAdam) and isinstance(opt, mx.optimizer.Optimizer)
+    assert opt.learning_rate == 0.1
+
+
+def test_defaults():
+    opt = MyAdam()
+    assert (opt.lr, opt.beta1, opt.beta2, opt.epsilon) == (0.001, 0.9, 0.999, 1e-8)
+    assert opt.epsilon_mode == 'outside'
+    assert not opt.amsgrad and not opt.decoupled_wd
+
+
+@pytest.mark.parametrize('ctx', [mx.cpu(0), mx.cpu(1)])
+@pytest.mark.parametrize('dtype', ['float32', 'float64', 'float16'])
+@pytest.mark.parametrize('amsgrad', [False, True])
+def test_state_lives_on_the_weights_context_and_dtype(ctx, dtype, amsgrad):
+    weight = nd.ones((3, 2), ctx=ctx, dtype=dtype)
+    state = MyAdam(amsgrad=amsgrad).create_state(0, weight)
+    assert len(state) == (3 if amsgrad else 2)
+    for buf in state:
+        assert buf.context == ctx and buf.dtype == np.dtype(dtype) and buf.shape == (3, 2)
+        assert buf.asnumpy().sum() == 0
+
+
+def _train(params, optimizer, batch_size=8, steps=5, ctxs=(mx.cpu(),), **trainer_kw):
+    trainer = gluon.Trainer(params, optimizer, **trainer_kw)
+    features, labels = linreg.make_dataset(num_examples=40, seed=5)
+    for _, (X, y) in zip(range(steps), linreg.data_iter(batch_size, features, labels, seed=1)):
+        Xs = gluon.utils.split_and_load(X, list(ctxs))
+        ys = gluon.utils.split_and_load(y, list(ctxs))
+        with autograd.record():
+            ls = [linreg.squared_loss(linreg.linreg(Xi, params[0].data(c), params[1].data(c)), yi)
+                  for Xi, yi, c in zip(Xs, ys, ctxs)]
+        autograd.backward(ls)
+        trainer.step(batch_size)
+    return trainer
+
+
+def _params(ctxs=(mx.cpu(),), lr_mult=1.0):
+    w = gluon.Parameter('w', shape=(2, 1), lr_mult=lr_mult)
+    b = gluon.Parameter('b', shape=(1,))
+    for p, v in ((w, [[0.1], [0.2]]), (b, [0.3])):
+        p.initialize(ctx=list(ctxs))
+        p.set_data(nd.array(v))
+    return [w, b]
+
+
+def test_lr_mult_zero_freezes_a_parameter():
+    w, b = _params(lr_mult=0.0)
+    _train([w, b], 'myadam', optimizer_params={'learning_rate': 0.1})
+    np.testing.assert_array_equal(w.data().asnumpy(), np.float32([[0.1], [0.2]]))
+    assert abs(b.data().asscalar() - 0.3) > 0.1  # the other one moved
+
+
+def test_wd_mult_zero_exempts_a_parameter():
+    # Zero gradient: only weight decay can move a parameter.
+    w = gluon.Parameter('w', shape=(3,), wd_mult=0.0)
+    b = gluon.Parameter('b', shape=(3,))
+    for p in (w, b):
+        p.initialize(init=mx.init.One())
+    trainer = gluon.Trainer([w, b], 'myadam', {'learning_rate': 0.1, 'wd': 0.5,
+                                               'decoupled_wd': True})
+    for p in (w, b):
+        p.grad()[:] = 0
+        p.data()._fresh_grad = True
+    trainer.step(1)
+    np.testing.assert_array_equal(w.data().asnumpy(), np.ones(3))
+    np.testing.assert_allclose(b.data().asnumpy(), np.full(3, 1 - 0.1 * 0.5), rtol=1e-6)
+
+
+def test_trainer_step_rescales_by_batch_size():
+    # A large epsilon makes the step depend on the gradient's scale (Adam alone is
+    # scale-invariant), so a missing 1/batch_size would show.
+    def direct(rescale_grad):
+        opt = MyAdam(learning_rate=1.0, epsilon=1.0, rescale_grad=rescale_grad)
+        w = nd.array([1.0])
+        opt.update(0, w, nd.array([0.2]), opt.create_state(0, w))
+        return w.asscalar()
+
+    w = gluon.Parameter('w', shape=(1,))
+    w.initialize(init=mx.init.One())
+    trainer = gluon.Trainer([w], 'myadam', {'learning_rate': 1.0, 'epsilon': 1.0})
+    w.grad()[:] = 0.2
+    w.data()._fresh_grad = True
+    trainer.step(4)
+    assert w.data().asscalar() == pytest.approx(direct(0.25), rel=1e-6)
+    assert direct(0.25) != pytest.approx(direct(1.0), rel=1e-2)
+
+
+def test_two_contexts_train():
+    ctxs = [mx.cpu(0), mx.cpu(1)]
+    features, labels = linreg.make_dataset(seed=0)
+    run = linreg.train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, ctx=ctxs)
+    np.testing.assert_allclose(run.w, linreg.TRUE_W, atol=0.01)
+    assert abs(run.b - linreg.TRUE_B) <= 0.01
+
+
+def test_package_exports():
+    assert adam_plugin.MyAdam is MyAdam
+    assert isinstance(adam_plugin.__version__, str)
