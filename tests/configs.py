@@ -1,0 +1,39 @@
+"""The option table shared by the tests: one row per MyAdam configuration."""
+import mxnet as mx
+
+LR = 0.01
+
+# name -> MyAdam keyword arguments (the oracle takes the same names).
+CONFIGS = {
+    'defaults': {},
+    'wd': dict(wd=0.05),
+    'rescale_grad': dict(rescale_grad=0.1),
+    'clip_gradient': dict(clip_gradient=2.0),
+    'lr_scheduler': dict(lr_scheduler='factor'),
+    'all_base_options': dict(wd=0.05, rescale_grad=0.1, clip_gradient=1.5,
+                             lr_scheduler='factor'),
+    'betas_epsilon': dict(beta1=0.8, beta2=0.99, epsilon=1e-3),
+    'inside': dict(epsilon_mode='inside'),
+    'inside_big_eps': dict(epsilon_mode='inside', epsilon=1e-3),
+    'hat': dict(epsilon_mode='hat', epsilon=1e-3),
+    'amsgrad': dict(amsgrad=True),
+    'amsgrad_wd': dict(amsgrad=True, wd=0.05),
+    'decoupled_wd': dict(decoupled_wd=True, wd=0.05),
+    'decoupled_wd_amsgrad': dict(decoupled_wd=True, wd=0.05, amsgrad=True),
+    'everything': dict(beta1=0.85, beta2=0.995, epsilon=1e-4, epsilon_mode='hat',
+                       amsgrad=True, decoupled_wd=True, wd=0.1, rescale_grad=0.5,
+                       clip_gradient=3.0, lr_scheduler='factor'),
+}
+
+
+def factor_schedule(t):
+    """MXNet's FactorScheduler(step=5, factor=0.5), as documented: halve every 5 updates."""
+    return LR * 0.5 ** ((t - 1) // 5)
+
+
+def optimizer_kwargs(config):
+    """MyAdam keyword arguments for a row: ``learning_rate=LR``, the scheduler made real."""
+    kwargs = dict(config, learning_rate=LR)
+    if kwargs.pop('lr_scheduler', None):
+        kwargs['lr_scheduler'] = mx.lr_scheduler.FactorScheduler(step=5, factor=0.5, base_lr=LR)
+    return kwargs
