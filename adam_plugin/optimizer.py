@@ -11,6 +11,11 @@ from .textbook import EPSILON_MODES, Step
 
 NONFINITE_POLICIES = ('skip', 'raise')
 
+# With aggregate_num > 0, MXNet's Updater hands a whole list of parameters to one
+# update call (one list per dtype, up to this many): a 'raise' is then decided for
+# the whole step before anything changes.
+AGGREGATE_NUM = 1 << 16
+
 
 def _require(name, value, ok, expected):
     """Raise ``ValueError`` naming ``name`` unless ``value`` is a real number with ``ok(value)``.
@@ -70,7 +75,9 @@ class MyAdam(Optimizer):
     nonfinite : {'skip', 'raise'}, default 'skip'
         What to do with a gradient holding NaN or Inf: leave that parameter, its
         moments and its step count untouched and warn (``'skip'``, counted in
-        ``num_skipped``), or raise ``FloatingPointError`` before modifying anything.
+        ``num_skipped``), or raise ``FloatingPointError`` before modifying anything
+        the update call received (under ``gluon.Trainer`` without
+        ``update_on_kvstore``, the whole step: see ``aggregate_num``).
     **kwargs
         Passed to :class:`mxnet.optimizer.Optimizer`: ``wd`` (>= 0),
         ``rescale_grad``, ``clip_gradient`` (None or > 0), ``lr_scheduler``,
@@ -112,6 +119,7 @@ class MyAdam(Optimizer):
         self.lazy_update = bool(lazy_update)
         self.nonfinite = nonfinite
         self.num_skipped = 0
+        self.aggregate_num = AGGREGATE_NUM
 
     def set_learning_rate(self, lr):
         """Set the learning rate; a negative or NaN ``lr`` raises ``ValueError``."""

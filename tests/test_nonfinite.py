@@ -1,0 +1,105 @@
+"""A gradient holding NaN or Inf: skipped exactly (default) or refused before any change."""
+import warnings
+
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import gluon, nd
+
+from adam_plugin import MyAdam
+
+BAD_VALUES = [np.nan, np.inf, -np.inf]
+
+
+def two_params():
+    w = gluon.Parameter('weight', shape=(4,))
+    b = gluon.Parameter('bias', shape=(3,))
+    for p, v in ((w, np.linspace(-1, 1, 4)), (b, np.linspace(0.5, 1.5, 3))):
+        p.initialize()
+        p.set_data(nd.array(v))
+    return w, b
+
+
+def step(trainer, params, grads):
+    for p, g in zip(params, grads):
+        p.grad()[:] = nd.array(g)
+        p.data()._fresh_grad = True
+    trainer.step(1)
+
+
+def snapshot(trainer, params):
+    upd = trainer._updaters[0]
+    return ([p.data().asnumpy().copy() for p in params],
+            {i: [s.asnumpy().copy() for s in upd.states[i]] for i in upd.states},
+            dict(trainer._optimizer._index_update_count))
+
+
+GOOD_W = [np.array([0.3, -0.2, 0.1, 0.5]), np.array([1.0, -1.0, 2.0])]
+
+
+@pytest.mark.parametrize('bad', BAD_VALUES)
+def test_skip_leaves_the_parameter_exactly_as_it_was(bad):
+    params = two_params()
+    trainer = gluon.Trainer(params, 'myadam', {'learning_rate': 0.1, 'amsgrad': True})
+    step(trainer, params, GOOD_W)
+    before_w, before_s, before_t = snapshot(trainer, params)
+    bad_grad = GOOD_W[1].copy()
+    bad_grad[1] = bad
+    with pytest.warns(RuntimeWarning, match="'bias'"):
+        step(trainer, params, [GOOD_W[0], bad_grad])
+    after_w, after_s, after_t = snapshot(trainer, params)
+    np.testing.assert_array_equal(after_w[1], before_w[1])
+    for a, b in zip(after_s[1], before_s[1]):
+        np.testing.assert_array_equal(a, b)
+    assert after_t[1] == before_t[1] == 1
+    assert after_t[0] == 2 and not np.array_equal(after_w[0], before_w[0])
+    assert trainer._optimizer.num_skipped == 1
+
+
+@pytest.mark.parametrize('bad', BAD_VALUES)
+def test_the_next_finite_step_proceeds_as_if_the_bad_one_never_happened(bad):
+    params = two_params()
+    trainer = gluon.Trainer(params, 'myadam', {'learning_rate': 0.1})
+    bad_grad = [GOOD_W[0] * bad, GOOD_W[1] * bad]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        step(trainer, params, GOOD_W)
+        step(trainer, params, bad_grad)
+        step(trainer, params, [2 * g for g in GOOD_W])
+    assert trainer._optimizer.num_skipped == 2
+    clean = two_params()
+    clean_trainer = gluon.Trainer(clean, 'myadam', {'learning_rate': 0.1})
+    step(clean_trainer, clean, GOOD_W)
+    step(clean_trainer, clean, [2 * g for g in GOOD_W])
+    for p, q in zip(params, clean):
+        np.testing.assert_array_equal(p.data().asnumpy(), q.data().asnumpy())
+
+
+@pytest.mark.parametrize('bad', BAD_VALUES)
+def test_raise_names_the_parameter_and_modifies_nothing(bad):
+    params = two_params()
+    trainer = gluon.Trainer(params, 'myadam', {'learning_rate': 0.1, 'nonfinite': 'raise'})
+    step(trainer, params, GOOD_W)
+    before_w, before_s, before_t = snapshot(trainer, params)
+    bad_grad = GOOD_W[1].copy()
+    bad_grad[0] = bad
+    with pytest.raises(FloatingPointError, match="'bias'"):
+        step(trainer, params, [GOOD_W[0], bad_grad])
+    after_w, after_s, after_t = snapshot(trainer, params)
+    for a, b in zip(after_w, before_w):  # the finite 'weight' did not move either
+        np.testing.assert_array_equal(a, b)
+    for i in before_s:
+        for a, b in zip(after_s[i], before_s[i]):
+            np.testing.assert_array_equal(a, b)
+    assert after_t == before_t
+    assert trainer._optimizer.num_skipped == 0
+
+
+def test_skip_works_on_a_bare_optimizer_call():
+    opt = MyAdam(learning_rate=0.1)
+    w = nd.array([1.0, 2.0])
+    state = opt.create_state(7, w)
+    with pytest.warns(RuntimeWarning, match='index 7'):
+        opt.update(7, w, nd.array([np.nan, 1.0]), state)
+    np.testing.assert_array_equal(w.asnumpy(), [1.0, 2.0])
+    assert 7 not in opt._index_update_count and opt.num_skipped == 1

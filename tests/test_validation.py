@@ -1,0 +1,108 @@
+"""Bad hyperparameters are refused with a ValueError naming the parameter and the value."""
+import math
+import pickle
+
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import gluon, nd
+
+from adam_plugin import MyAdam
+
+NAN = float('nan')
+
+# (keyword arguments, the parameter name the message must carry)
+BAD = [
+    (dict(learning_rate=-0.1), 'learning_rate'),
+    (dict(learning_rate=NAN), 'learning_rate'),
+    (dict(learning_rate=math.inf), 'learning_rate'),
+    (dict(learning_rate='fast'), 'learning_rate'),
+    (dict(beta1=-0.1), 'beta1'),
+    (dict(beta1=1.0), 'beta1'),
+    (dict(beta1=NAN), 'beta1'),
+    (dict(beta2=-1e-3), 'beta2'),
+    (dict(beta2=1.0), 'beta2'),
+    (dict(beta2=NAN), 'beta2'),
+    (dict(epsilon=-1e-8), 'epsilon'),
+    (dict(epsilon=NAN), 'epsilon'),
+    (dict(wd=-0.01), 'wd'),
+    (dict(wd=NAN), 'wd'),
+    (dict(clip_gradient=0.0), 'clip_gradient'),
+    (dict(clip_gradient=-1.0), 'clip_gradient'),
+    (dict(clip_gradient=NAN), 'clip_gradient'),
+    (dict(rescale_grad=0.0), 'rescale_grad'),
+    (dict(rescale_grad=NAN), 'rescale_grad'),
+    (dict(epsilon_mode='middle'), 'epsilon_mode'),
+    (dict(epsilon_mode=None), 'epsilon_mode'),
+    (dict(nonfinite='ignore'), 'nonfinite'),
+]
+
+# Edges that are valid and must be accepted.
+GOOD = [
+    dict(learning_rate=0.0), dict(beta1=0.0), dict(beta2=0.0), dict(epsilon=0.0),
+    dict(wd=0.0), dict(clip_gradient=None), dict(clip_gradient=1e-6),
+    dict(learning_rate=None, lr_scheduler=mx.lr_scheduler.FactorScheduler(step=10)),
+]
+
+
+@pytest.mark.parametrize('kwargs,name', BAD, ids=[f'{n}={list(k.values())[0]!r}' for k, n in BAD])
+def test_bad_hyperparameter_is_refused(kwargs, name):
+    with pytest.raises(ValueError) as err:
+        MyAdam(**kwargs)
+    message = str(err.value)
+    assert name in message
+    assert repr(kwargs[name]) in message
+
+
+@pytest.mark.parametrize('kwargs,name', BAD[:3], ids=['negative', 'nan', 'inf'])
+def test_trainer_refuses_before_anything_exists(kwargs, name):
+    p = gluon.Parameter('w', shape=(2,))
+    p.initialize()
+    with pytest.raises(ValueError, match=name):
+        gluon.Trainer([p], 'myadam', kwargs)
+
+
+@pytest.mark.parametrize('kwargs', GOOD, ids=lambda k: str(k))
+def test_edges_are_accepted(kwargs):
+    MyAdam(**kwargs)
+
+
+def test_unknown_keyword_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match='betta1'):
+        MyAdam(betta1=0.9)
+
+
+@pytest.mark.parametrize('lr', [-1.0, NAN])
+def test_set_learning_rate_refuses_and_keeps_the_old_rate(lr):
+    p = gluon.Parameter('w', shape=(2,))
+    p.initialize()
+    trainer = gluon.Trainer([p], 'myadam', {'learning_rate': 0.1})
+    with pytest.raises(ValueError, match='learning_rate'):
+        trainer.set_learning_rate(lr)
+    assert trainer.learning_rate == 0.1
+
+
+HYPER = dict(learning_rate=0.02, beta1=0.8, beta2=0.95, epsilon=1e-4, epsilon_mode='inside',
+             amsgrad=True, decoupled_wd=True, lazy_update=False, nonfinite='raise', wd=0.1,
+             rescale_grad=0.5, clip_gradient=2.0, multi_precision=True,
+             lr_scheduler=mx.lr_scheduler.FactorScheduler(step=3, factor=0.5, base_lr=0.02))
+
+
+def test_pickle_keeps_every_hyperparameter_and_the_behaviour():
+    opt = MyAdam(**HYPER)
+    clone = pickle.loads(pickle.dumps(opt))
+    assert type(clone) is MyAdam
+    for attr in ('lr', 'beta1', 'beta2', 'epsilon', 'epsilon_mode', 'amsgrad', 'decoupled_wd',
+                 'lazy_update', 'nonfinite', 'wd', 'rescale_grad', 'clip_gradient',
+                 'multi_precision', 'num_skipped'):
+        assert getattr(clone, attr) == getattr(opt, attr), attr
+    assert clone.lr_scheduler.base_lr == opt.lr_scheduler.base_lr
+    weights = []
+    for o in (opt, clone):
+        w = nd.array(np.linspace(-1, 1, 6))
+        state = o.create_state(0, w)
+        for k in range(5):
+            o.update(0, w, nd.array(np.linspace(-3, 2, 6) * (k + 1)), state)
+        weights.append(w.asnumpy())
+    np.testing.assert_array_equal(weights[0], weights[1])
+    assert not np.allclose(weights[0], np.linspace(-1, 1, 6))
