@@ -30,6 +30,30 @@ def _require(name, value, ok, expected):
         raise ValueError(f"Invalid {name}: {value!r} (expected {expected})")
 
 
+# MXNet 1.9.1's multi_all_finite aborts the process when given much more than 200
+# arrays; its own AMP loss scaler checks in chunks of 200 too.
+_FINITE_CHUNK = 200
+
+
+def _all_finite(arrays):
+    """Whether every array holds only finite values: one engine sync per context and dtype.
+
+    ``multi_all_finite`` takes arrays of one context and one dtype, at most
+    ``_FINITE_CHUNK`` at a time; each group accumulates into one flag.
+    """
+    groups = {}
+    for a in arrays:
+        groups.setdefault((a.context, a.dtype), []).append(a)
+    flags = []
+    for (ctx, _), group in groups.items():
+        flag = nd.ones((1,), ctx=ctx)
+        for i in range(0, len(group), _FINITE_CHUNK):
+            chunk = group[i:i + _FINITE_CHUNK]
+            nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=False, out=flag)
+        flags.append(flag)
+    return all(flag.asscalar() for flag in flags)
+
+
 @Optimizer.register
 class MyAdam(Optimizer):
     r"""Adam (Kingma & Ba, 2014) as an MXNet optimizer, registered as ``'myadam'``.
@@ -174,7 +198,7 @@ class MyAdam(Optimizer):
         Under ``nonfinite='raise'`` the first bad gradient raises before any update.
         """
         values = [g.data if g.stype == 'row_sparse' else g for g in grads]
-        if nd.multi_all_finite(*values, num_arrays=len(values)).asscalar():
+        if _all_finite(values):
             return [True] * len(values)
         finite = [bool(nd.contrib.isfinite(v).min().asscalar()) if v.size else True
                   for v in values]

@@ -103,3 +103,26 @@ def test_skip_works_on_a_bare_optimizer_call():
         opt.update(7, w, nd.array([np.nan, 1.0]), state)
     np.testing.assert_array_equal(w.asnumpy(), [1.0, 2.0])
     assert 7 not in opt._index_update_count and opt.num_skipped == 1
+
+
+@pytest.mark.parametrize('bad_at', [None, 0, 450, 999])
+def test_many_mixed_arrays_in_one_call(bad_at):
+    # More arrays than MXNet's multi_all_finite takes at once, of three dtypes and two
+    # contexts: the check must neither crash nor miss the one bad gradient.
+    dtypes = ['float32', 'float64', 'float16']
+    ctxs = [mx.cpu(0), mx.cpu(1)]
+    opt = MyAdam(learning_rate=0.1, multi_precision=True)
+    n = 1000
+    weights = [nd.ones((2,), ctx=ctxs[i % 2], dtype=dtypes[i % 3]) for i in range(n)]
+    grads = [nd.ones((2,), ctx=ctxs[i % 2], dtype=dtypes[i % 3]) for i in range(n)]
+    if bad_at is not None:
+        grads[bad_at][0] = np.nan
+    states = [opt.create_state_multi_precision(i, w) for i, w in enumerate(weights)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', RuntimeWarning)
+        opt.update_multi_precision(list(range(n)), weights, grads, states)
+    moved = [i for i, w in enumerate(weights) if not np.all(w.asnumpy() == 1.0)]
+    expected = [i for i in range(n) if i != bad_at]
+    assert moved == expected
+    assert opt.num_skipped == (0 if bad_at is None else 1)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == opt.num_skipped
