@@ -1,28 +1,85 @@
-"""Figures: the chapter's loss-against-epoch plot on a log scale."""
-import matplotlib
+"""Figures for the command line and the notebook.
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+Every function returns a :class:`matplotlib.figure.Figure` built without
+``pyplot``: no global state, no backend choice. A notebook shows the returned
+figure inline; the command line writes it with :func:`save`.
+"""
+from matplotlib.figure import Figure
+
+STYLES = ('-', '--', ':', '-.')
 
 
-def loss_curves(path, runs, title=None):
-    """Write a PNG of each run's loss curve (log scale) on one axes.
+def save(fig, path):
+    """Write ``fig`` to ``path`` (the format follows the file's extension)."""
+    fig.savefig(path, dpi=100)
+
+
+def loss_curves(runs, title=None):
+    """The chapter's figure: each run's loss against epoch, on a log scale.
 
     Parameters
     ----------
-    path : str
-        Output file.
     runs : dict of str to adam_plugin.linreg.Run
         Label and run; each run's ``epochs`` and ``losses`` are plotted.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (label, run), style in zip(runs.items(), ['-', '--', ':', '-.'] * len(runs)):
-        ax.semilogy(run.epochs, run.losses, style, label=label)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for i, (label, run) in enumerate(runs.items()):
+        ax.semilogy(run.epochs, run.losses, STYLES[i % len(STYLES)], label=label)
     ax.set_xlabel('epoch')
     ax.set_ylabel('loss')
     if title:
         ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def lr_sweep(runs, batch_size):
+    """The chapter's exercise: one loss curve per learning rate.
+
+    Parameters
+    ----------
+    runs : dict of float to adam_plugin.linreg.Run
+        Learning rate and run, as :func:`adam_plugin.linreg.sweep` returns them.
+    batch_size : int
+        For the title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    return loss_curves({f'lr = {lr:g}': run for lr, run in runs.items()},
+                       title=f"Trainer 'myadam', batch size {batch_size}")
+
+
+def bias_correction(grads, raw, corrected, beta1):
+    """Gradients, the raw first moment ``v_t`` and the corrected ``v_hat_t`` against step ``t``.
+
+    Parameters
+    ----------
+    grads, raw, corrected : array_like of shape (steps,)
+        As :func:`adam_plugin.moments.first_moment` returns them.
+    beta1 : float
+        For the labels.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    steps = range(1, len(grads) + 1)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(steps, grads, 'o', color='0.6', label='gradient $g_t$')
+    ax.plot(steps, raw, '-', label=r'raw $v_t$')
+    ax.plot(steps, corrected, '--', label=rf'corrected $\hat v_t = v_t / (1 - {beta1:g}^t)$')
+    ax.set_xlabel('step $t$')
+    ax.set_title(rf'First moment, $\beta_1 = {beta1:g}$')
+    ax.legend()
+    fig.tight_layout()
+    return fig
