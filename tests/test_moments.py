@@ -1,0 +1,24 @@
+"""Bias correction as the chapter states it, read from MyAdam's own state."""
+import numpy as np
+import pytest
+
+from adam_plugin.moments import first_moment
+
+
+@pytest.mark.parametrize('beta1', [0.9, 0.5, 0.99])
+def test_constant_gradient(beta1):
+    # The chapter: v_t = (1 - beta1) * sum_i beta1**(t - i) * g_i, whose weights sum to
+    # 1 - beta1**t; dividing by that restores g when g is constant.
+    g, steps = 2.5, 12
+    raw, corrected = first_moment([g] * steps, beta1=beta1)
+    t = np.arange(1, steps + 1)
+    np.testing.assert_allclose(raw, g * (1 - beta1 ** t), rtol=1e-5)
+    np.testing.assert_allclose(corrected, g, rtol=1e-5)
+
+
+def test_first_step_is_a_tenth_of_the_gradient():
+    # The chapter's remark: with beta1 = 0.9, v_1 = 0.1 g_1.
+    raw, corrected = first_moment([-3.0, 1.0, 4.0], beta1=0.9)
+    assert raw[0] == pytest.approx(-0.3, rel=1e-6)
+    assert corrected[0] == pytest.approx(-3.0, rel=1e-6)
+    assert raw[1] == pytest.approx(0.9 * -0.3 + 0.1 * 1.0, rel=1e-5)
