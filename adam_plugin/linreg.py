@@ -31,6 +31,12 @@ def make_dataset(num_examples=1000, seed=0, noise=0.01):
     return nd.array(features), nd.array(labels)
 
 
+def noise_floor(features, labels):
+    """The mean loss of the true parameters: what a perfect fit still pays for the noise."""
+    w = nd.array(np.array(TRUE_W, np.float32).reshape(NUM_INPUTS, 1))
+    return float(squared_loss(linreg(features, w, TRUE_B), labels).mean().asscalar())
+
+
 def linreg(X, w, b):
     """The model: ``X @ w + b``."""
     return nd.dot(X, w) + b
@@ -82,6 +88,11 @@ class Run:
     def loss(self):
         """The final mean loss."""
         return self.losses[-1]
+
+    def first_epoch_below(self, level):
+        """The first logged epoch at which the loss is below ``level``, or None if never."""
+        below = np.flatnonzero(np.asarray(self.losses) < level)
+        return float(self.epochs[below[0]]) if below.size else None
 
 
 class _Recorder:
