@@ -58,11 +58,10 @@ def first_step(grads, **kwargs):
     ndarray of shape (len(grads),)
         ``|w_1 - w_0| / lr``.
     """
-    lr = 1.0
     sizes = []
     for g in grads:
-        opt = MyAdam(learning_rate=lr, **kwargs)
+        opt = MyAdam(learning_rate=1.0, **kwargs)  # so the move is the step / lr
         weight = nd.zeros((1,))
         opt.update(0, weight, nd.array([g]), opt.create_state(0, weight))
-        sizes.append(abs(weight.asscalar()) / lr)
+        sizes.append(abs(weight.asscalar()))
     return np.array(sizes)
