@@ -1,17 +1,21 @@
-# `make demo`: set up .venv and run the chapter's experiment (writes loss.png).
-# `make test`: the same set-up, then the whole test suite.
+# `make demo`: set up .venv and run the chapter's experiment (writes docs/loss.png, the README's figure).
+# `make test`: the same set-up, then the whole test suite (it also executes every notebook).
+# `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test notebooks clean
 
 demo: $(STAMP)
-	$(BIN)/python -m adam_plugin linreg --plot loss.png
+	$(BIN)/python -m adam_plugin linreg --plot docs/loss.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+notebooks: $(STAMP)
+	$(BIN)/jupyter-execute --inplace notebooks/*.ipynb
 
 $(STAMP): setup.py requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] > (3, 11))' || { \
@@ -23,4 +27,4 @@ $(STAMP): setup.py requirements.txt
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) loss.png *.egg-info
+	rm -rf $(VENV) *.egg-info

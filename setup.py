@@ -14,6 +14,7 @@ setup(
         'mxnet>=1.9.1,<2',
         'numpy<1.24',        # mxnet 1.9.1 still uses np.bool
         'matplotlib',
+        'tqdm',              # the command line's progress bars
     ],
     extras_require={
         'test': ['pytest'],

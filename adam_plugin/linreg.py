@@ -31,6 +31,12 @@ def make_dataset(num_examples=1000, seed=0, noise=0.01):
     return nd.array(features), nd.array(labels)
 
 
+def noise_floor(features, labels):
+    """The mean loss of the true parameters: what a perfect fit still pays for the noise."""
+    w = nd.array(np.array(TRUE_W, np.float32).reshape(NUM_INPUTS, 1))
+    return float(squared_loss(linreg(features, w, TRUE_B), labels).mean().asscalar())
+
+
 def linreg(X, w, b):
     """The model: ``X @ w + b``."""
     return nd.dot(X, w) + b
@@ -83,13 +89,19 @@ class Run:
         """The final mean loss."""
         return self.losses[-1]
 
+    def first_epoch_below(self, level):
+        """The first logged epoch at which the loss is below ``level``, or None if never."""
+        below = np.flatnonzero(np.asarray(self.losses) < level)
+        return float(self.epochs[below[0]]) if below.size else None
+
 
 class _Recorder:
     """Collects the loss curve and the per-step parameter trace of one run."""
 
-    def __init__(self, features, labels, batch_size, log_interval):
+    def __init__(self, features, labels, batch_size, log_interval, on_step):
         self.features, self.labels = features, labels
         self.batch_size, self.log_interval = batch_size, log_interval
+        self.on_step = on_step or (lambda: None)
         self.losses, self.trace = [], []
 
     def log_loss(self, w, b):
@@ -100,6 +112,7 @@ class _Recorder:
         self.trace.append(np.concatenate([w.asnumpy().ravel(), b.asnumpy().ravel()]))
         if batch_i * self.batch_size % self.log_interval == 0:
             self.log_loss(w, b)
+        self.on_step()
 
     def result(self, num_epochs):
         last = self.trace[-1]
@@ -108,9 +121,18 @@ class _Recorder:
                    trace=np.array(self.trace))
 
 
+def num_steps(features, batch_size, num_epochs):
+    """How many optimizer steps a training run takes (the last batch may be short)."""
+    return -(-len(features) // batch_size) * num_epochs
+
+
 def train_reference(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
-                    log_interval=10):
-    """Train with the chapter's ``adam(params, vs, sqrs, lr, batch_size, t)``; returns a :class:`Run`."""
+                    log_interval=10, on_step=None):
+    """Train with the chapter's ``adam(params, vs, sqrs, lr, batch_size, t)``; returns a :class:`Run`.
+
+    ``on_step``, if given, is called with no arguments after every step (a
+    progress bar's ``update``, say).
+    """
     w0, b0 = init_params(seed)
     params = [nd.array(w0), nd.array(b0)]
     vs, sqrs = [], []
@@ -119,7 +141,7 @@ def train_reference(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=
         vs.append(param.zeros_like())
         sqrs.append(param.zeros_like())
     w, b = params
-    rec = _Recorder(features, labels, batch_size, log_interval)
+    rec = _Recorder(features, labels, batch_size, log_interval, on_step)
     rec.log_loss(w, b)
     t = 0
     for epoch in range(num_epochs):
@@ -135,7 +157,7 @@ def train_reference(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=
 
 def train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
                   log_interval=10, optimizer='myadam', optimizer_params=None, ctx=None,
-                  kvstore='device', update_on_kvstore=None):
+                  kvstore='device', update_on_kvstore=None, on_step=None):
     """Train with ``gluon.Trainer(params, optimizer, ...)``; returns a :class:`Run`.
 
     Parameters
@@ -147,6 +169,8 @@ def train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
     ctx : Context or list of Context, optional
         With several contexts each batch is split across them and the gradients
         are summed by the KVStore, as in data-parallel training.
+    on_step : callable, optional
+        Called with no arguments after every step.
     """
     ctxs = ctx if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
     w0, b0 = init_params(seed)
@@ -158,7 +182,7 @@ def train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
     params = dict(optimizer_params or {}, learning_rate=lr)
     trainer = gluon.Trainer([w, b], optimizer, params, kvstore=kvstore,
                             update_on_kvstore=update_on_kvstore)
-    rec = _Recorder(features, labels, batch_size, log_interval)
+    rec = _Recorder(features, labels, batch_size, log_interval, on_step)
     rec.log_loss(w.data(ctxs[0]), b.data(ctxs[0]))
     for epoch in range(num_epochs):
         for batch_i, (X, y) in enumerate(data_iter(batch_size, features, labels, [seed, epoch])):
@@ -171,3 +195,24 @@ def train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
             trainer.step(batch_size)
             rec.after_step(batch_i, w.data(ctxs[0]), b.data(ctxs[0]))
     return rec.result(num_epochs)
+
+
+def sweep(lrs, features, labels, **kwargs):
+    """The chapter's exercise: the same run at several learning rates.
+
+    Parameters
+    ----------
+    lrs : iterable of float
+    features, labels : NDArray
+        The data set, as :func:`make_dataset` returns it.
+    **kwargs
+        Passed to :func:`train_trainer` (``batch_size``, ``num_epochs``, ``seed``,
+        ``optimizer``, ``on_step``, ...); every run gets the same initial
+        parameters and the same batches.
+
+    Returns
+    -------
+    dict of float to Run
+        One run per learning rate, in the order given.
+    """
+    return {lr: train_trainer(features, labels, lr=lr, **kwargs) for lr in lrs}

@@ -1,11 +1,10 @@
 """The chapter's experiment: Trainer('myadam') against the chapter's own adam(), step by step."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import cli
 from adam_plugin import linreg
 
 
@@ -51,9 +50,7 @@ def test_dataset_follows_the_chapter():
 
 
 def run_cli(*args):
-    out = subprocess.run([sys.executable, '-m', 'adam_plugin', *args],
-                         capture_output=True, text=True, timeout=300, check=True)
-    return out.stdout
+    return cli.run_cli(*args).stdout
 
 
 def test_cli_json_is_one_object(tmp_path):
