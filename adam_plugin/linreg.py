@@ -147,8 +147,17 @@ def train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
     ctx : Context or list of Context, optional
         With several contexts each batch is split across them and the gradients
         are summed by the KVStore, as in data-parallel training.
+    kvstore : str or mx.kvstore.KVStore
+        Passed to ``gluon.Trainer``. A distributed KVStore object (``dist_sync``)
+        makes this process one worker: it trains on its share of every batch
+        (part ``kvstore.rank`` of ``kvstore.num_workers``), so all the workers
+        together see the same global batches as a single process.
+    update_on_kvstore : bool, optional
+        Passed to ``gluon.Trainer``.
     """
     ctxs = ctx if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
+    part, parts = ((kvstore.rank, kvstore.num_workers) if isinstance(kvstore, mx.kvstore.KVStore)
+                   else (0, 1))
     w0, b0 = init_params(seed)
     w = gluon.Parameter('w', shape=w0.shape)
     b = gluon.Parameter('b', shape=b0.shape)
@@ -162,6 +171,8 @@ def train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
     rec.log_loss(w.data(ctxs[0]), b.data(ctxs[0]))
     for epoch in range(num_epochs):
         for batch_i, (X, y) in enumerate(data_iter(batch_size, features, labels, [seed, epoch])):
+            X = gluon.utils.split_data(X, parts, even_split=False)[part]
+            y = gluon.utils.split_data(y, parts, even_split=False)[part]
             Xs = gluon.utils.split_and_load(X, ctxs, even_split=False)
             ys = gluon.utils.split_and_load(y, ctxs, even_split=False)
             with autograd.record():
