@@ -71,12 +71,15 @@ class Run:
         The x position of each entry of ``losses``, in epochs.
     trace : ndarray of shape (steps, 3)
         ``[w0, w1, b]`` after every step.
+    trainer : gluon.Trainer or None
+        The trainer, for runs that used one.
     """
     w: np.ndarray
     b: float
     losses: list
     epochs: np.ndarray = field(repr=False)
     trace: np.ndarray = field(repr=False)
+    trainer: object = field(default=None, repr=False)
 
     @property
     def loss(self):
@@ -101,11 +104,11 @@ class _Recorder:
         if batch_i * self.batch_size % self.log_interval == 0:
             self.log_loss(w, b)
 
-    def result(self, num_epochs):
+    def result(self, num_epochs, trainer=None):
         last = self.trace[-1]
         return Run(w=last[:NUM_INPUTS].copy(), b=float(last[NUM_INPUTS]), losses=self.losses,
                    epochs=np.linspace(0, num_epochs, len(self.losses)),
-                   trace=np.array(self.trace))
+                   trace=np.array(self.trace), trainer=trainer)
 
 
 def train_reference(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
@@ -181,4 +184,4 @@ def train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
             autograd.backward(losses)
             trainer.step(batch_size)
             rec.after_step(batch_i, w.data(ctxs[0]), b.data(ctxs[0]))
-    return rec.result(num_epochs)
+    return rec.result(num_epochs, trainer)
