@@ -6,9 +6,9 @@
 
 starts one ps-lite scheduler, ``SERVERS`` servers and ``WORKERS`` copies of
 ``COMMAND`` on 127.0.0.1 (loopback, a free port), with the ``DMLC_*`` variables
-MXNet reads. Each line a worker prints is prefixed with ``[worker I]``, I being
-its place in the launch order; ps-lite assigns ``kv.rank`` itself when the
-workers register (by port), so I and ``kv.rank`` can differ. The
+MXNet reads. Each line a worker prints is prefixed with ``[worker RANK]``,
+``RANK`` being its ``kv.rank``: ps-lite ranks workers by their port, so worker
+``i`` is given the ``i``-th smallest of the free ports picked (``PORT``). The
 exit status is the first non-zero one among the workers (a server or the
 scheduler failing also fails the job); on that failure, on the timeout (status
 124) or on Ctrl-C / SIGTERM (status 130 / 143) every process started is ended,
@@ -55,31 +55,36 @@ GRACE = 5.0
 SERVER_EXIT_WAIT = 10.0
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+def free_ports(count):
+    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago, ascending."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(('127.0.0.1', 0))
+        return sorted(sock.getsockname()[1] for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
 
 
-def dmlc_env(role, num_workers, num_servers, port, rank=None):
+def dmlc_env(role, num_workers, num_servers, root_port, port=None):
     """The environment for one ps-lite process on loopback.
 
     Parameters
     ----------
     role : {'scheduler', 'server', 'worker'}
     num_workers, num_servers : int
-    port : int
+    root_port : int
         The scheduler's port on 127.0.0.1.
-    rank : int, optional
-        Asked-for rank (``DMLC_RANK``), so that worker ``i`` is ``kv.rank == i``.
+    port : int, optional
+        This process's own port (ps-lite's ``PORT``); ps-lite ranks workers by it.
     """
     env = dict(os.environ, DMLC_ROLE=role, DMLC_PS_ROOT_URI='127.0.0.1',
-               DMLC_PS_ROOT_PORT=str(port), DMLC_NUM_WORKER=str(num_workers),
+               DMLC_PS_ROOT_PORT=str(root_port), DMLC_NUM_WORKER=str(num_workers),
                DMLC_NUM_SERVER=str(num_servers), DMLC_NODE_HOST='127.0.0.1',
                DMLC_INTERFACE='lo', PYTHONUNBUFFERED='1')
-    if rank is not None:
-        env['DMLC_RANK'] = str(rank)
+    if port is not None:
+        env['PORT'] = str(port)
     return env
 
 
@@ -186,13 +191,13 @@ def launch(command, num_workers, num_servers=1, timeout=None):
             raise ValueError(f'Invalid {name}: {value!r} (expected an integer >= 1)')
     if timeout is not None and not timeout > 0:
         raise ValueError(f'Invalid timeout: {timeout!r} (expected seconds > 0)')
-    port = free_port()
+    root_port, *worker_ports = free_ports(1 + num_workers)
     server_argv = [sys.executable, '-c', SERVER_CODE]
     started = []
 
-    def start(name, argv, role, rank=None):
+    def start(name, argv, role, port=None):
         started.append(_Process(name, argv, dmlc_env(role, num_workers, num_servers,
-                                                     port, rank)))
+                                                     root_port, port)))
         return started[-1]
 
     def terminate(signum, frame):
@@ -202,8 +207,9 @@ def launch(command, num_workers, num_servers=1, timeout=None):
     status = 130
     try:
         others = [start('scheduler', server_argv, 'scheduler')]
-        others += [start(f'server {i}', server_argv, 'server', i) for i in range(num_servers)]
-        workers = [start(f'worker {i}', list(command), 'worker', i) for i in range(num_workers)]
+        others += [start(f'server {i}', server_argv, 'server') for i in range(num_servers)]
+        workers = [start(f'worker {rank}', list(command), 'worker', port)
+                   for rank, port in enumerate(worker_ports)]
         status = _supervise(workers, others, timeout)
     except KeyboardInterrupt as interrupt:
         status = 128 + (interrupt.args[0] if interrupt.args else signal.SIGINT)

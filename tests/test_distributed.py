@@ -20,7 +20,7 @@ LIMIT = 120  # seconds for any job, launcher included
 
 
 def launch(config, workers=2, servers=1):
-    """Run a job; return ``(status, {launch index: params}, stdout + stderr)``."""
+    """Run a job; return ``(status, {rank: params}, stdout + stderr)``."""
     proc = subprocess.run(
         [sys.executable, '-m', 'adam_plugin.launch', '-n', str(workers), '-s', str(servers),
          '--timeout', str(LIMIT - 30), '--', sys.executable, WORKER, json.dumps(config)],
@@ -29,7 +29,9 @@ def launch(config, workers=2, servers=1):
     for line in proc.stdout.splitlines():
         prefix, _, rest = line.partition('] ')
         if rest.startswith('{'):
-            params[prefix] = [float.fromhex(x) for x in json.loads(rest)['params']]
+            report = json.loads(rest)
+            assert prefix == f"[worker {report['rank']}"
+            params[report['rank']] = [float.fromhex(x) for x in report['params']]
     return proc.returncode, params, proc.stdout + proc.stderr
 
 
@@ -38,7 +40,7 @@ def test_update_on_kvstore_equals_one_process(servers):
     config = {'update_on_kvstore': True}
     status, params, output = launch(config, servers=servers)
     assert status == 0, output
-    assert len(params) == 2
+    assert sorted(params) == [0, 1]
     first, second = params.values()
     assert first == second, 'the workers ended with different weights'
     want = dist_worker.run({})  # one process, no KVStore
