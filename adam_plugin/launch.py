@@ -14,8 +14,8 @@ scheduler failing also fails the job); on that failure, on the timeout (status
 124) or on Ctrl-C / SIGTERM (status 130 / 143) every process started is ended,
 with its whole process group, so nothing is left behind.
 
-MXNet's own ``tools/launch.py --launcher local`` hung on the development machine;
-this is the same idea with nothing but the standard library.
+MXNet's own ``tools/launch.py --launcher local`` was found to hang on the
+development machine; this is the same idea with nothing but the standard library.
 
 Servers and the scheduler run :data:`SERVER_CODE`: MXNet enters a server's
 serving loop inside ``import mxnet`` and unpickles the optimizer there, which
