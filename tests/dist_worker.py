@@ -11,6 +11,7 @@ only a worker's ``__main__`` defines, so no server can unpickle it),
 """
 import json
 import sys
+import traceback
 
 import numpy as np
 import mxnet as mx
@@ -40,12 +41,23 @@ def run(config, kvstore='device'):
 
 
 def main(config_json):
+    """Train; print the report, or the traceback and return 1.
+
+    The exception is caught here so that the KVStore closes (a barrier with the
+    other workers) while MXNet is still running: left to the interpreter's
+    shutdown, closing it sometimes waited forever.
+    """
     config = json.loads(config_json)
     kv = mx.kv.create('dist_sync')
-    params = run(config, kvstore=kv)
+    try:
+        params = run(config, kvstore=kv)
+    except Exception:  # noqa: BLE001  (reported, and the status says so)
+        traceback.print_exc()
+        return 1
     print(json.dumps({'rank': kv.rank, 'params': [p.hex() for p in params.tolist()]}),
           flush=True)
+    return 0
 
 
 if __name__ == '__main__':
-    main(sys.argv[1])
+    sys.exit(main(sys.argv[1]))

@@ -16,7 +16,7 @@ import dist_worker
 from adam_plugin import MyAdam, linreg
 
 WORKER = os.path.join(os.path.dirname(__file__), 'dist_worker.py')
-LIMIT = 120  # seconds for any job, launcher included
+LIMIT = 90  # seconds for any job, launcher included
 
 
 def launch(config, workers=2, servers=1):
