@@ -203,8 +203,8 @@ def launch(command, num_workers, num_servers=1, timeout=None):
     def terminate(signum, frame):
         raise KeyboardInterrupt(signum)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
-    status = 130
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
+                signal.SIGINT: signal.getsignal(signal.SIGINT)}
     try:
         others = [start('scheduler', server_argv, 'scheduler')]
         others += [start(f'server {i}', server_argv, 'server') for i in range(num_servers)]
@@ -215,8 +215,11 @@ def launch(command, num_workers, num_servers=1, timeout=None):
         status = 128 + (interrupt.args[0] if interrupt.args else signal.SIGINT)
         _say('interrupted; ending the job')
     finally:
+        for signum in previous:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
         _end(started)
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return status
 
 
