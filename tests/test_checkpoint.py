@@ -213,9 +213,14 @@ def test_an_interrupted_save_keeps_the_previous_file(tmp_path):
     fname = tmp_path / 'trainer.states'
     checkpoint.save_states(job.trainer, fname)
     previous = fname.read_bytes()
-    job.trainer.save_states = lambda name: (open(name, 'wb').write(previous[:10]),
-                                            1 / 0)  # dies mid-write
-    with pytest.raises(ZeroDivisionError):
+
+    def dies_mid_write(name):
+        with open(name, 'wb') as f:
+            f.write(previous[:10])
+        raise OSError('simulated: the disk filled up')
+
+    job.trainer.save_states = dies_mid_write
+    with pytest.raises(OSError, match='simulated'):
         checkpoint.save_states(job.trainer, fname)
     assert fname.read_bytes() == previous
     assert [p.name for p in tmp_path.iterdir()] == ['trainer.states']
