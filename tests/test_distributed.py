@@ -5,7 +5,6 @@ batch (``tests/dist_worker.py``); the reference is one process on the same batch
 """
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import mxnet as mx
 
 import dist_worker
+import launching
 from adam_plugin import MyAdam, linreg
 
 WORKER = os.path.join(os.path.dirname(__file__), 'dist_worker.py')
@@ -21,18 +21,17 @@ LIMIT = 90  # seconds for any job, launcher included
 
 def launch(config, workers=2, servers=1):
     """Run a job; return ``(status, {rank: params}, stdout + stderr)``."""
-    proc = subprocess.run(
-        [sys.executable, '-m', 'adam_plugin.launch', '-n', str(workers), '-s', str(servers),
-         '--timeout', str(LIMIT - 30), '--', sys.executable, WORKER, json.dumps(config)],
-        capture_output=True, text=True, timeout=LIMIT)
+    status, out, err = launching.finish(launching.start(
+        ['-n', str(workers), '-s', str(servers), '--timeout', str(LIMIT - 30), '--',
+         sys.executable, WORKER, json.dumps(config)]), LIMIT)
     params = {}
-    for line in proc.stdout.splitlines():
+    for line in out.splitlines():
         prefix, _, rest = line.partition('] ')
         if rest.startswith('{'):
             report = json.loads(rest)
             assert prefix == f"[worker {report['rank']}"
             params[report['rank']] = [float.fromhex(x) for x in report['params']]
-    return proc.returncode, params, proc.stdout + proc.stderr
+    return status, params, out + err
 
 
 @pytest.mark.parametrize('servers', [1, 2])

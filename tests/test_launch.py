@@ -1,12 +1,13 @@
 """``python -m adam_plugin.launch``: exit statuses, output prefixes, and no orphans."""
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
 
 import pytest
+
+import launching
 
 # Every subprocess here is bounded by this many seconds.
 LIMIT = 90
@@ -24,14 +25,11 @@ HANG = OPEN_KV + "subprocess.Popen(['sleep', '300']); print('ready', flush=True)
 
 def start(args, token):
     """Start the launcher; every process it starts inherits ``ADAM_PLUGIN_TEST_TOKEN``."""
-    env = dict(os.environ, ADAM_PLUGIN_TEST_TOKEN=token)
-    return subprocess.Popen([sys.executable, '-m', 'adam_plugin.launch', *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return launching.start(args, ADAM_PLUGIN_TEST_TOKEN=token)
 
 
 def finish(proc):
-    out, err = proc.communicate(timeout=LIMIT)
-    return proc.returncode, out, err
+    return launching.finish(proc, LIMIT)
 
 
 def survivors(token):
