@@ -77,12 +77,15 @@ class Run:
         The x position of each entry of ``losses``, in epochs.
     trace : ndarray of shape (steps, 3)
         ``[w0, w1, b]`` after every step.
+    trainer : gluon.Trainer or None
+        The trainer, for runs that used one.
     """
     w: np.ndarray
     b: float
     losses: list
     epochs: np.ndarray = field(repr=False)
     trace: np.ndarray = field(repr=False)
+    trainer: object = field(default=None, repr=False)
 
     @property
     def loss(self):
@@ -114,11 +117,11 @@ class _Recorder:
             self.log_loss(w, b)
         self.on_step()
 
-    def result(self, num_epochs):
+    def result(self, num_epochs, trainer=None):
         last = self.trace[-1]
         return Run(w=last[:NUM_INPUTS].copy(), b=float(last[NUM_INPUTS]), losses=self.losses,
                    epochs=np.linspace(0, num_epochs, len(self.losses)),
-                   trace=np.array(self.trace))
+                   trace=np.array(self.trace), trainer=trainer)
 
 
 def num_steps(features, batch_size, num_epochs):
@@ -169,10 +172,19 @@ def train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
     ctx : Context or list of Context, optional
         With several contexts each batch is split across them and the gradients
         are summed by the KVStore, as in data-parallel training.
+    kvstore : str or mx.kvstore.KVStore
+        Passed to ``gluon.Trainer``. A distributed KVStore object (``dist_sync``)
+        makes this process one worker: it trains on its share of every batch
+        (part ``kvstore.rank`` of ``kvstore.num_workers``), so all the workers
+        together see the same global batches as a single process.
+    update_on_kvstore : bool, optional
+        Passed to ``gluon.Trainer``.
     on_step : callable, optional
         Called with no arguments after every step.
     """
     ctxs = ctx if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
+    part, parts = ((kvstore.rank, kvstore.num_workers) if isinstance(kvstore, mx.kvstore.KVStore)
+                   else (0, 1))
     w0, b0 = init_params(seed)
     w = gluon.Parameter('w', shape=w0.shape)
     b = gluon.Parameter('b', shape=b0.shape)
@@ -186,6 +198,8 @@ def train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
     rec.log_loss(w.data(ctxs[0]), b.data(ctxs[0]))
     for epoch in range(num_epochs):
         for batch_i, (X, y) in enumerate(data_iter(batch_size, features, labels, [seed, epoch])):
+            X = gluon.utils.split_data(X, parts, even_split=False)[part]
+            y = gluon.utils.split_data(y, parts, even_split=False)[part]
             Xs = gluon.utils.split_and_load(X, ctxs, even_split=False)
             ys = gluon.utils.split_and_load(y, ctxs, even_split=False)
             with autograd.record():
@@ -194,7 +208,7 @@ def train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
             autograd.backward(losses)
             trainer.step(batch_size)
             rec.after_step(batch_i, w.data(ctxs[0]), b.data(ctxs[0]))
-    return rec.result(num_epochs)
+    return rec.result(num_epochs, trainer)
 
 
 def sweep(lrs, features, labels, **kwargs):

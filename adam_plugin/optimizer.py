@@ -7,6 +7,7 @@ import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
 from . import textbook
+from .distributed import refuse_worker_update
 from .textbook import EPSILON_MODES, Step
 
 NONFINITE_POLICIES = ('skip', 'raise')
@@ -165,6 +166,7 @@ class MyAdam(Optimizer):
         self._update_impl(index, weight, grad, state, multi_precision=self.multi_precision)
 
     def _update_impl(self, indices, weights, grads, states, multi_precision):
+        refuse_worker_update()  # update_on_kvstore=False in a dist job: see distributed.py
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         finite = self._finite(indices, grads)

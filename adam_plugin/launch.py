@@ -1,0 +1,246 @@
+"""Run a distributed-KVStore job on this host: ``python -m adam_plugin.launch``.
+
+::
+
+    python -m adam_plugin.launch -n WORKERS [-s SERVERS] [--timeout SECONDS] -- COMMAND ...
+
+starts one ps-lite scheduler, ``SERVERS`` servers and ``WORKERS`` copies of
+``COMMAND`` on 127.0.0.1 (loopback, a free port), with the ``DMLC_*`` variables
+MXNet reads. Each line a worker prints is prefixed with ``[worker RANK]``,
+``RANK`` being its ``kv.rank``: ps-lite ranks workers by their port, so worker
+``i`` is given the ``i``-th smallest of the free ports picked (``PORT``). The
+exit status is the first non-zero one among the workers (a server or the
+scheduler failing also fails the job); on that failure, on the timeout (status
+124) or on Ctrl-C / SIGTERM (status 130 / 143) every process started is ended,
+with its whole process group, so nothing is left behind.
+
+MXNet's own ``tools/launch.py --launcher local`` was found to hang on the
+development machine; this is the same idea with nothing but the standard library.
+
+Servers and the scheduler run :data:`SERVER_CODE`: MXNet enters a server's
+serving loop inside ``import mxnet`` and unpickles the optimizer there, which
+imports ``adam_plugin.optimizer`` from the half-initialised ``mxnet`` (it only
+imports submodules, so that works). The code first installs a hook that ends the
+server with status 1 when the optimizer cannot be unpickled or raises while
+updating: MXNet would otherwise print the error and carry on serving wrong
+values, and the workers would train on garbage. The launcher then fails the job.
+"""
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+#: What servers and the scheduler run, as ``python -c SERVER_CODE``.
+#: An exception in MXNet's server-side Python callbacks (unpickling the optimizer,
+#: running its update) is "unraisable": ctypes prints it and returns. Make it fatal.
+SERVER_CODE = """\
+import os, sys
+def _fatal(unraisable):
+    sys.__unraisablehook__(unraisable)
+    print('adam_plugin.launch: the kvstore server failed in its optimizer callback '
+          '(see the traceback above); ending the server', file=sys.stderr, flush=True)
+    os._exit(1)
+sys.unraisablehook = _fatal
+import mxnet
+"""
+
+#: Seconds each process gets to exit after SIGTERM before SIGKILL.
+GRACE = 5.0
+#: Seconds servers and the scheduler get to stop by themselves after the last worker
+#: exits 0; then they are ended (workers that never opened a dist KVStore leave them waiting).
+SERVER_EXIT_WAIT = 10.0
+
+
+def free_ports(count):
+    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago, ascending."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(('127.0.0.1', 0))
+        return sorted(sock.getsockname()[1] for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def dmlc_env(role, num_workers, num_servers, root_port, port=None):
+    """The environment for one ps-lite process on loopback.
+
+    Parameters
+    ----------
+    role : {'scheduler', 'server', 'worker'}
+    num_workers, num_servers : int
+    root_port : int
+        The scheduler's port on 127.0.0.1.
+    port : int, optional
+        This process's own port (ps-lite's ``PORT``); ps-lite ranks workers by it.
+    """
+    env = dict(os.environ, DMLC_ROLE=role, DMLC_PS_ROOT_URI='127.0.0.1',
+               DMLC_PS_ROOT_PORT=str(root_port), DMLC_NUM_WORKER=str(num_workers),
+               DMLC_NUM_SERVER=str(num_servers), DMLC_NODE_HOST='127.0.0.1',
+               DMLC_INTERFACE='lo', PYTHONUNBUFFERED='1')
+    if port is not None:
+        env['PORT'] = str(port)
+    return env
+
+
+class _Process:
+    """One started process, in its own process group, its output relayed with a prefix."""
+
+    def __init__(self, name, argv, env):
+        self.name = name
+        self.popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      start_new_session=True)
+        self.relays = [threading.Thread(target=_relay, args=(pipe, f'[{name}] ', sink),
+                                        daemon=True)
+                       for pipe, sink in ((self.popen.stdout, sys.stdout),
+                                          (self.popen.stderr, sys.stderr))]
+        for relay in self.relays:
+            relay.start()
+
+    def status(self):
+        """The exit status as a shell reports it (128 + N for signal N), or None if running."""
+        code = self.popen.poll()
+        return None if code is None else (128 - code if code < 0 else code)
+
+    def signal_group(self, signum):
+        try:
+            os.killpg(self.popen.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def flush(self):
+        for relay in self.relays:
+            relay.join(timeout=GRACE)
+
+
+def _relay(pipe, prefix, sink):
+    for line in iter(pipe.readline, b''):
+        sink.write(prefix + line.decode('utf-8', 'replace'))
+        sink.flush()
+    pipe.close()
+
+
+def _end(processes):
+    """SIGTERM every process group, then SIGKILL whatever is still there after GRACE."""
+    for proc in processes:
+        proc.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + GRACE
+    for proc in processes:
+        try:
+            proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        proc.signal_group(signal.SIGKILL)  # also reaches children that outlived the leader
+        proc.popen.wait()
+        proc.flush()
+
+
+def _say(message):
+    print(f'adam_plugin.launch: {message}', file=sys.stderr, flush=True)
+
+
+def _supervise(workers, others, timeout):
+    """Wait for the job; return its exit status."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not all(proc.status() == 0 for proc in workers):
+        for proc in workers + others:
+            if proc.status():
+                _say(f'{proc.name} exited with status {proc.status()}; ending the job')
+                return proc.status()
+        if deadline is not None and time.monotonic() > deadline:
+            _say(f'timed out after {timeout:g} s; ending the job')
+            return 124
+        time.sleep(0.05)
+    # The servers and the scheduler stop by themselves once the workers' KVStores close.
+    wait_until = time.monotonic() + SERVER_EXIT_WAIT
+    while any(proc.status() is None for proc in others) and time.monotonic() < wait_until:
+        time.sleep(0.05)
+    failed = [proc for proc in others if proc.status()]
+    for proc in failed:
+        _say(f'{proc.name} exited with status {proc.status()}')
+    return 1 if failed else 0
+
+
+def launch(command, num_workers, num_servers=1, timeout=None):
+    """Run ``command`` as ``num_workers`` workers with ``num_servers`` servers; return the status.
+
+    Parameters
+    ----------
+    command : list of str
+        The worker's argv.
+    num_workers, num_servers : int
+        At least 1 each.
+    timeout : float, optional
+        Seconds before the whole job is ended (status 124).
+
+    Raises
+    ------
+    ValueError
+        If ``command`` is empty, or a count or ``timeout`` is not positive.
+    """
+    if not command:
+        raise ValueError('Invalid command: empty (expected the worker program after --)')
+    for name, value in (('num_workers', num_workers), ('num_servers', num_servers)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f'Invalid {name}: {value!r} (expected an integer >= 1)')
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f'Invalid timeout: {timeout!r} (expected seconds > 0)')
+    root_port, *worker_ports = free_ports(1 + num_workers)
+    server_argv = [sys.executable, '-c', SERVER_CODE]
+    started = []
+
+    def start(name, argv, role, port=None):
+        started.append(_Process(name, argv, dmlc_env(role, num_workers, num_servers,
+                                                     root_port, port)))
+        return started[-1]
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt(signum)
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
+                signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    try:
+        others = [start('scheduler', server_argv, 'scheduler')]
+        others += [start(f'server {i}', server_argv, 'server') for i in range(num_servers)]
+        workers = [start(f'worker {rank}', list(command), 'worker', port)
+                   for rank, port in enumerate(worker_ports)]
+        status = _supervise(workers, others, timeout)
+    except KeyboardInterrupt as interrupt:
+        status = 128 + (interrupt.args[0] if interrupt.args else signal.SIGINT)
+        _say('interrupted; ending the job')
+    finally:
+        for signum in previous:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
+        _end(started)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return status
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='python -m adam_plugin.launch',
+        description='Run a distributed-KVStore job (scheduler, servers, workers) on 127.0.0.1.')
+    parser.add_argument('-n', '--num-workers', type=int, required=True, help='worker count')
+    parser.add_argument('-s', '--num-servers', type=int, default=1,
+                        help='server count (default 1)')
+    parser.add_argument('--timeout', type=float, default=None,
+                        help='seconds before the job is ended with status 124 (default: none)')
+    parser.add_argument('command', nargs=argparse.REMAINDER,
+                        help='-- then the worker command')
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ['--'] else args.command
+    try:
+        return launch(command, args.num_workers, args.num_servers, args.timeout)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+if __name__ == '__main__':
+    sys.exit(main())
