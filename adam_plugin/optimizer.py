@@ -2,14 +2,14 @@
 import math
 import warnings
 
-import numpy
 import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
-from . import textbook
+from . import dispatch
 from .textbook import EPSILON_MODES, Step
 
 NONFINITE_POLICIES = ('skip', 'raise')
+AGGREGATE_NUM = 1 << 20
 
 
 def _require(name, value, ok, expected):
@@ -71,6 +71,12 @@ class MyAdam(Optimizer):
         What to do with a gradient holding NaN or Inf: leave that parameter, its
         moments and its step count untouched and warn (``'skip'``, counted in
         ``num_skipped``), or raise ``FloatingPointError`` before modifying anything.
+    fused : bool, default True
+        Take the fast routes of :mod:`adam_plugin.dispatch`: one multi-threaded
+        numba pass over memory for dense float32/float64 parameters on CPU (all
+        parameters of a ``Trainer`` step in one launch), MXNet's ``adam_update``
+        where it is exact on other devices. ``False`` updates every parameter with
+        the NDArray ops of :mod:`adam_plugin.textbook`. Both agree to float rounding.
     **kwargs
         Passed to :class:`mxnet.optimizer.Optimizer`: ``wd`` (>= 0),
         ``rescale_grad``, ``clip_gradient`` (None or > 0), ``lr_scheduler``,
@@ -84,7 +90,7 @@ class MyAdam(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
                  epsilon_mode='outside', amsgrad=False, decoupled_wd=False,
-                 lazy_update=True, nonfinite='skip', **kwargs):
+                 lazy_update=True, nonfinite='skip', fused=True, **kwargs):
         if learning_rate is not None:
             _require('learning_rate', learning_rate, lambda x: 0.0 <= x < math.inf, '>= 0')
         _require('beta1', beta1, lambda x: 0.0 <= x < 1.0, 'in [0, 1)')
@@ -111,7 +117,11 @@ class MyAdam(Optimizer):
         self.decoupled_wd = bool(decoupled_wd)
         self.lazy_update = bool(lazy_update)
         self.nonfinite = nonfinite
+        self.fused = bool(fused)
         self.num_skipped = 0
+        # The Updater then passes a Trainer step's parameters as lists (one per dtype),
+        # which the fused route updates in one kernel launch.
+        self.aggregate_num = AGGREGATE_NUM
 
     def set_learning_rate(self, lr):
         """Set the learning rate; a negative or NaN ``lr`` raises ``ValueError``."""
@@ -135,21 +145,18 @@ class MyAdam(Optimizer):
     def _update_impl(self, indices, weights, grads, states, multi_precision):
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
-        finite = self._finite(indices, grads)
-        for index, weight, grad, state, ok in zip(indices, weights, grads, states, finite):
-            if not ok:
+        batch = dispatch.Batch(self, weights, grads, states, multi_precision)
+        steps = []
+        for index, ok in zip(indices, self._finite(indices, batch)):
+            if ok:
+                self._update_count(index)
+                steps.append(self._step(index))
+            else:
                 self.num_skipped += 1
                 warnings.warn(f"myadam: skipped the update of {self._name(index)}: its "
                               "gradient holds NaN or Inf", RuntimeWarning, stacklevel=3)
-                continue
-            self._update_count(index)
-            step = self._step(index)
-            if multi_precision and weight.dtype == numpy.float16:
-                master, inner = state
-                textbook.adam_step(master, grad.astype(numpy.float32), inner, step)
-                nd.cast(master, dtype=weight.dtype, out=weight)
-            else:
-                textbook.adam_step(weight, grad, state, step)
+                steps.append(None)
+        batch.apply(steps)
 
     def _step(self, index):
         return Step(t=self._index_update_count[index], lr=self._get_lr(index),
@@ -159,17 +166,12 @@ class MyAdam(Optimizer):
                     rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
                     lazy_update=self.lazy_update)
 
-    def _finite(self, indices, grads):
-        """One flag per gradient: does it hold only finite values?
+    def _finite(self, indices, batch):
+        """One flag per gradient of ``batch``: does it hold only finite values?
 
-        One engine sync for the whole list when everything is finite (the usual case).
-        Under ``nonfinite='raise'`` the first bad gradient raises before any update.
+        Under ``nonfinite='raise'`` a bad gradient raises before any update.
         """
-        values = [g.data if g.stype == 'row_sparse' else g for g in grads]
-        if nd.multi_all_finite(*values, num_arrays=len(values)).asscalar():
-            return [True] * len(values)
-        finite = [bool(nd.contrib.isfinite(v).min().asscalar()) if v.size else True
-                  for v in values]
+        finite = batch.finite()
         if self.nonfinite == 'raise' and not all(finite):
             bad = ', '.join(self._name(i) for i, ok in zip(indices, finite) if not ok)
             raise FloatingPointError(f"myadam: the gradient of {bad} holds NaN or Inf; "
