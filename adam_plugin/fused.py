@@ -23,6 +23,7 @@ machine with more cores, set ``adam_plugin.fused.THREADS`` (at most numba's
 form numba 0.68 vectorised; the same loops compiled serially ran 6 to 10 times slower.
 """
 import ctypes
+import math
 
 import numpy as np
 from numba import carray, get_num_threads, njit, prange, set_num_threads, types
@@ -32,44 +33,39 @@ from mxnet.base import _LIB, check_call
 CHUNK = 1 << 14
 THREADS = 1
 
-# fastmath without 'nnan' and 'ninf': NaN and Inf must keep their IEEE behaviour
-# (the finiteness check and a non-finite weight rely on it); reassociation and
-# contraction are what lets LLVM vectorise the loops.
-_FASTMATH = {'nsz', 'arcp', 'contract', 'afn', 'reassoc'}
-
 # The exponent field of an IEEE float, as an integer of the same width.
 _EXPONENT = {np.dtype(np.float32): np.array([0x7F800000], dtype=np.int32),
              np.dtype(np.float64): np.array([0x7FF0000000000000], dtype=np.int64)}
 
 # Columns of the per-step constants table, all in the parameters' dtype.
-(_RESCALE, _WD, _CLIP, _BETA1, _ONE_MINUS_BETA1, _BETA2, _ONE_MINUS_BETA2,
- _STEP_SIZE, _INV_BC2, _EPS_INSIDE, _EPS_OUTSIDE, _DECAY, _NUM_CONSTANTS) = range(13)
+(_RESCALE, _WD, _CLIP, _BETA1, _ONE_MINUS_BETA1, _BETA2, _ONE_MINUS_BETA2, _BC1, _BC2,
+ _EPS_INSIDE, _EPS_OUTSIDE, _DECAY, _LR, _NUM_CONSTANTS) = range(14)
 
 
 def constants(step, dtype):
-    """The per-step scalars of :func:`adam_step`, computed once in float64 and cast to ``dtype``.
+    """The scalars of one step, computed in float64 and rounded to ``dtype`` once.
 
-    ``step_size = lr / (1 - beta1**t)`` and ``inv_bc2 = 1 / (1 - beta2**t)`` fold the
-    bias corrections; the three epsilon modes become ``eps_inside`` / ``eps_outside``:
-    'outside' ``(0, epsilon)``, 'inside' ``(epsilon, 0)``, 'hat'
-    ``(0, epsilon / sqrt(1 - beta2**t))``. ``decay = 1 - lr * wd`` with decoupled
-    weight decay, else 1; ``wd`` is the coupled L2 coefficient. A missing
-    ``clip_gradient`` is ``inf`` (clipping to it changes nothing).
+    They are the scalars :func:`adam_plugin.textbook.adam_step` hands MXNet's scalar
+    operators, which round them to the array's dtype the same way. The three
+    epsilon modes become ``(eps_inside, eps_outside)``: 'outside' ``(0, epsilon)``,
+    'inside' ``(epsilon, 0)``, 'hat' ``(0, epsilon / sqrt(1 - beta2**t))``.
+    ``decay = 1 - lr * wd`` with decoupled weight decay, else 1; ``wd`` is the
+    coupled L2 coefficient (0 when decoupled). A missing ``clip_gradient`` is
+    ``inf``: clipping to it changes nothing, NaN included.
     """
-    bc2 = step.bias_correction2
-    eps_inside = step.epsilon if step.epsilon_mode == 'inside' else 0.0
     eps_outside = {'outside': step.epsilon, 'inside': 0.0,
-                   'hat': step.epsilon / np.sqrt(bc2)}[step.epsilon_mode]
+                   'hat': step.epsilon / math.sqrt(step.bias_correction2)}[step.epsilon_mode]
     row = [0.0] * _NUM_CONSTANTS
     row[_RESCALE] = step.rescale_grad
     row[_WD] = step.coupled_wd
-    row[_CLIP] = np.inf if step.clip_gradient is None else step.clip_gradient
+    row[_CLIP] = math.inf if step.clip_gradient is None else step.clip_gradient
     row[_BETA1], row[_ONE_MINUS_BETA1] = step.beta1, 1.0 - step.beta1
     row[_BETA2], row[_ONE_MINUS_BETA2] = step.beta2, 1.0 - step.beta2
-    row[_STEP_SIZE] = step.lr / step.bias_correction1
-    row[_INV_BC2] = 1.0 / bc2
-    row[_EPS_INSIDE], row[_EPS_OUTSIDE] = eps_inside, eps_outside
+    row[_BC1], row[_BC2] = step.bias_correction1, step.bias_correction2
+    row[_EPS_INSIDE] = step.epsilon if step.epsilon_mode == 'inside' else 0.0
+    row[_EPS_OUTSIDE] = eps_outside
     row[_DECAY] = 1.0 - step.lr * step.wd if step.decoupled_wd else 1.0
+    row[_LR] = step.lr
     return np.array(row, dtype=dtype)
 
 
@@ -105,18 +101,20 @@ class Buffers:
     def adam_steps(self, steps):
         """Apply :func:`adam_plugin.textbook.adam_step` to the parameters in one kernel launch.
 
-        Per element, with the constants of :func:`constants` for that parameter's step::
+        Per element, with the constants of :func:`constants` for that parameter's step,
+        each operation rounded to the dtype in the textbook's order (no fused
+        multiply-add, no reciprocals), so the results equal the textbook path's::
 
-            g    = rescale * g + wd * w
-            g    = clip(g, -clip, clip)
-            m    = beta1 * m + (1 - beta1) * g
-            v    = beta2 * v + (1 - beta2) * g * g
-            vmax = max(vmax, v);  v <- vmax                       (amsgrad: 3 state buffers)
-            w    = decay * w - step_size * m / (sqrt(v * inv_bc2 + eps_inside) + eps_outside)
-
-        which is the textbook rule with ``m_hat = m / (1 - beta1**t)`` and
-        ``v_hat = v / (1 - beta2**t)`` written as multiplications. Results agree with the
-        textbook path to float rounding (a few ulp per step).
+            g     = g * rescale
+            g     = g + wd * w                  (if wd, the coupled L2 term, is not 0)
+            g     = clip(g, -clip, clip)
+            m     = beta1 * m + (1 - beta1) * g
+            v     = beta2 * v + (1 - beta2) * (g * g)
+            vmax  = max(vmax, v);  v <- vmax    (amsgrad: 3 state buffers)
+            m_hat = m / (1 - beta1**t)
+            v_hat = v / (1 - beta2**t)
+            u     = m_hat / (sqrt(v_hat + eps_inside) + eps_outside)
+            w     = w * decay - lr * u
 
         Parameters
         ----------
@@ -194,7 +192,7 @@ def _chunk(address, size, lo, hi, like):
     return carray(_pointer(address, like), size)[lo:hi]
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, cache=True)
 def _adam_kernel(addresses, sizes, param_rows, table, amsgrad):
     owner, start = _chunk_table(sizes)
     for c in prange(owner.size):
@@ -205,41 +203,49 @@ def _adam_kernel(addresses, sizes, param_rows, table, amsgrad):
         g = _chunk(addresses[1, p], sizes[p], lo, hi, k[0])
         m = _chunk(addresses[2, p], sizes[p], lo, hi, k[0])
         v = _chunk(addresses[3, p], sizes[p], lo, hi, k[0])
-        # Scalars hoisted out of the loops, in the arrays' dtype (a float64 constant
-        # in a float32 loop would promote it and stop vectorisation).
+        # Scalars read once, outside the loops, in the arrays' dtype (a float64
+        # constant in a float32 loop would promote it and stop vectorisation).
         rescale, wd, clip = k[_RESCALE], k[_WD], k[_CLIP]
         beta1, one_minus_beta1 = k[_BETA1], k[_ONE_MINUS_BETA1]
         beta2, one_minus_beta2 = k[_BETA2], k[_ONE_MINUS_BETA2]
-        step_size, inv_bc2, decay = k[_STEP_SIZE], k[_INV_BC2], k[_DECAY]
-        eps_inside, eps_outside = k[_EPS_INSIDE], k[_EPS_OUTSIDE]
+        bc1, bc2, eps_inside, eps_outside = k[_BC1], k[_BC2], k[_EPS_INSIDE], k[_EPS_OUTSIDE]
+        decay, lr = k[_DECAY], k[_LR]
         if amsgrad:
             vmax = _chunk(addresses[4, p], sizes[p], lo, hi, k[0])
             for i in range(hi - lo):
-                gi = _clip(rescale * g[i] + wd * w[i], clip)
+                gi = _gradient(g[i], w[i], rescale, wd, clip)
                 mi = beta1 * m[i] + one_minus_beta1 * gi
-                vi = beta2 * v[i] + one_minus_beta2 * gi * gi
+                vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
                 vmi = max(vmax[i], vi)
                 m[i], v[i], vmax[i] = mi, vi, vmi
-                w[i] = decay * w[i] - step_size * mi / (np.sqrt(vmi * inv_bc2 + eps_inside)
-                                                        + eps_outside)
+                w[i] = _weight(w[i], mi, vmi, bc1, bc2, eps_inside, eps_outside, decay, lr)
         else:
             for i in range(hi - lo):
-                gi = _clip(rescale * g[i] + wd * w[i], clip)
+                gi = _gradient(g[i], w[i], rescale, wd, clip)
                 mi = beta1 * m[i] + one_minus_beta1 * gi
-                vi = beta2 * v[i] + one_minus_beta2 * gi * gi
+                vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
                 m[i], v[i] = mi, vi
-                w[i] = decay * w[i] - step_size * mi / (np.sqrt(vi * inv_bc2 + eps_inside)
-                                                        + eps_outside)
+                w[i] = _weight(w[i], mi, vi, bc1, bc2, eps_inside, eps_outside, decay, lr)
 
 
-@njit(inline='always', fastmath=_FASTMATH)
-def _clip(x, bound):
-    """``clip(x, -bound, bound)`` as mshadow computes it: NaN passes through."""
-    if x > bound:
-        return bound
-    if x < -bound:
-        return -bound
-    return x
+@njit(inline='always')
+def _gradient(g, w, rescale, wd, clip):
+    """Rescale, add coupled L2, clip as mshadow does (NaN passes through)."""
+    g = g * rescale
+    if wd != 0:
+        g = g + wd * w
+    if g > clip:
+        return clip
+    if g < -clip:
+        return -clip
+    return g
+
+
+@njit(inline='always')
+def _weight(w, m, v, bc1, bc2, eps_inside, eps_outside, decay, lr):
+    """The bias-corrected step applied to the (decayed) weight."""
+    u = (m / bc1) / (np.sqrt(v / bc2 + eps_inside) + eps_outside)
+    return w * decay - lr * u
 
 
 @njit(parallel=True, cache=True)
