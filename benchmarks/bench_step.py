@@ -9,7 +9,7 @@ parameter shapes of ``gluon.model_zoo.vision.resnet18_v1``.
 Rounds are interleaved (every contender steps once per round, in turn, torch too)
 and the table shows medians and ratios to the built-in Adam. A second part measures
 memory: in a fresh process per optimizer, the growth of peak RSS over 5 steps on the
-10M tensor, counted from just before the first step (so it includes the moment
+10M tensor (Linux only), counted from just before the first step (so it includes the moment
 buffers, and for 'myadam' loading numba and its cached kernels), and from after the
 first step (steady state: parameter-sized temporaries would show here). A third
 times the first 'myadam' step of a fresh process (importing numba, then compiling
@@ -21,7 +21,6 @@ the kernels or loading them from numba's cache), with an empty and a warm cache.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -136,19 +135,36 @@ def time_rounds(shapes_by_workload, rounds):
 
 
 def memory_child(optimizer, options, size, steps):
-    """Child process: print peak-RSS growth (MB) from before the first step and after it."""
+    """Child process: print peak-RSS growth (MB) from before the first step and after it.
+
+    The peak (VmHWM) is reset to the current RSS at each starting point (Linux's
+    ``/proc/self/clear_refs``), so transient peaks of the set-up do not hide growth.
+    """
     step = mxnet_step([(size,)], optimizer, options)
-    before = _maxrss_mb()
+    before = _reset_peak_mb()
     step()
-    after_first = _maxrss_mb()
+    first_peak = _peak_mb()
+    after_first = _reset_peak_mb()
     for _ in range(steps - 1):
         step()
-    end = _maxrss_mb()
-    print(json.dumps({'growth_mb': end - before, 'steady_growth_mb': end - after_first}))
+    print(json.dumps({'growth_mb': max(first_peak, _peak_mb()) - before,
+                      'steady_growth_mb': _peak_mb() - after_first}))
 
 
-def _maxrss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mb(field):
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ':')) / 1024
+
+
+def _peak_mb():
+    return _status_mb('VmHWM')
+
+
+def _reset_peak_mb():
+    """Reset the peak RSS to the current RSS and return it."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    return _status_mb('VmRSS')
 
 
 def measure_memory(size, steps=5):
@@ -209,7 +225,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--rounds', type=int, default=15)
     parser.add_argument('--tiny', action='store_true', help='tiny sizes (a smoke test)')
-    parser.add_argument('--json', metavar='PATH', help="also write the results as JSON ('-': stdout)")
+    parser.add_argument('--json', metavar='PATH',
+                        help="also write the results as JSON ('-': stdout)")
     parser.add_argument('--torch-server', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--memory-child', nargs=3, help=argparse.SUPPRESS)
     parser.add_argument('--first-step-child', action='store_true', help=argparse.SUPPRESS)
