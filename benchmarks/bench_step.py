@@ -11,7 +11,8 @@ and the table shows medians and ratios to the built-in Adam. A second part measu
 memory: in a fresh process per optimizer, the growth of peak RSS over 5 steps on the
 10M tensor (Linux only), counted from just before the first step (so it includes the moment
 buffers, and for 'myadam' loading numba and its cached kernels), and from after the
-first step (steady state: parameter-sized temporaries would show here). A third
+first step (steady state: parameter-sized temporaries would show here), plus the
+growth of anonymous memory, which leaves out shared libraries mapped from disk. A third
 times the first 'myadam' step of a fresh process (importing numba, then compiling
 the kernels or loading them from numba's cache), with an empty and a warm cache.
 
@@ -137,18 +138,20 @@ def time_rounds(shapes_by_workload, rounds):
 def memory_child(optimizer, options, size, steps):
     """Child process: print peak-RSS growth (MB) from before the first step and after it.
 
-    The peak (VmHWM) is reset to the current RSS at each starting point (Linux's
+    Also the growth of anonymous memory (RssAnon, at the end): peak RSS also counts
+    pages of shared libraries mapped from disk, such as numba's LLVM. The peak (VmHWM) is reset to the current RSS at each starting point (Linux's
     ``/proc/self/clear_refs``), so transient peaks of the set-up do not hide growth.
     """
     step = mxnet_step([(size,)], optimizer, options)
-    before = _reset_peak_mb()
+    before, anon_before = _reset_peak_mb(), _status_mb('RssAnon')
     step()
     first_peak = _peak_mb()
     after_first = _reset_peak_mb()
     for _ in range(steps - 1):
         step()
     print(json.dumps({'growth_mb': max(first_peak, _peak_mb()) - before,
-                      'steady_growth_mb': _peak_mb() - after_first}))
+                      'steady_growth_mb': _peak_mb() - after_first,
+                      'anon_growth_mb': _status_mb('RssAnon') - anon_before}))
 
 
 def _status_mb(field):
@@ -215,7 +218,8 @@ def report(times, memory, first_step):
     for name in MXNET_OPTIMIZERS:
         m = memory[name]
         print(f"  {name:16} from before step 1: {m['growth_mb']:7.1f}   "
-              f"after step 1: {m['steady_growth_mb']:6.1f}")
+              f"after step 1: {m['steady_growth_mb']:6.1f}   "
+              f"anonymous memory, from before step 1: {m['anon_growth_mb']:6.1f}")
     print(f"\nfirst 'myadam' step of a fresh process: {first_step['cold_cache_s']:.2f} s with an "
           f"empty numba cache, {first_step['warm_cache_s']:.2f} s with a warm one")
     return {'threads': THREADS, 'timings': rows, 'memory': memory, 'first_step': first_step}
