@@ -122,18 +122,17 @@ class Buffers:
             One per parameter; None leaves that parameter untouched. Parameters
             sharing a step share one row of constants.
         """
-        keep = [i for i, step in enumerate(steps) if step is not None]
+        keep, param_rows, rows = [], [], {}  # rows: Step -> its row in the table
+        for i, step in enumerate(steps):
+            if step is not None:
+                keep.append(i)
+                param_rows.append(rows.setdefault(step, len(rows)))
         if not keep:
             return
-        rows, table = {}, []
-        for i in keep:
-            if steps[i] not in rows:
-                rows[steps[i]] = len(table)
-                table.append(constants(steps[i], self.dtype))
-        param_rows = np.array([rows[steps[i]] for i in keep], dtype=np.int64)
+        table = np.stack([constants(step, self.dtype) for step in rows])
         addresses, sizes = self.addresses[:, keep], self.sizes[keep]
         wait_all()
-        _launch(_adam_kernel, addresses, sizes, param_rows, np.stack(table),
+        _launch(_adam_kernel, addresses, sizes, np.array(param_rows, dtype=np.int64), table,
                 len(addresses) == 5)
 
 

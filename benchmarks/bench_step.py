@@ -3,7 +3,8 @@
 Contenders: MXNet's built-in ``'adam'``, ``'myadam'`` (fused route, the default),
 ``'myadam'`` with ``fused=False`` (the textbook NDArray ops), and, when torch is
 installed, ``torch.optim.Adam(fused=True)`` on CPU in its own process with the same
-number of threads. Workloads: one 10M-element tensor, 200 tensors of 1K, and the
+number of threads as MXNet's OpenMP (``OMP_NUM_THREADS``, else the number of cores),
+and again with one thread, like the fused kernel (``adam_plugin.fused.THREADS``). Workloads: one 10M-element tensor, 200 tensors of 1K, and the
 parameter shapes of ``gluon.model_zoo.vision.resnet18_v1``.
 
 Rounds are interleaved (every contender steps once per round, in turn, torch too)
@@ -79,10 +80,12 @@ def mxnet_step(shapes, optimizer, options, seed=0):
     return step
 
 
+TORCH_THREADS = {'torch fused': THREADS, 'torch fused 1 thread': 1}
+
+
 def torch_server():
-    """Child process: read a workload name per line, time one fused Adam step, print ms."""
+    """Child process: read 'workload threads' per line, time one fused Adam step, print ms."""
     import torch
-    torch.set_num_threads(THREADS)
     shapes = json.loads(sys.stdin.readline())
     optims = {}
     for name, shape_list in shapes.items():
@@ -93,8 +96,10 @@ def torch_server():
         optims[name].step()
     print('ready', flush=True)
     for line in sys.stdin:
+        name, threads = line.split()
+        torch.set_num_threads(int(threads))
         start = time.perf_counter()
-        optims[line.strip()].step()
+        optims[name].step()
         print((time.perf_counter() - start) * 1e3, flush=True)
 
 
@@ -126,9 +131,11 @@ def time_rounds(shapes_by_workload, rounds):
             step()
             times[w].setdefault(name, []).append((time.perf_counter() - start) * 1e3)
             if torch_child and name == 'myadam':
-                torch_child.stdin.write(w + '\n')
-                torch_child.stdin.flush()
-                times[w].setdefault('torch fused', []).append(float(torch_child.stdout.readline()))
+                for torch_name, threads in TORCH_THREADS.items():
+                    torch_child.stdin.write(f'{w} {threads}\n')
+                    torch_child.stdin.flush()
+                    times[w].setdefault(torch_name, []).append(
+                        float(torch_child.stdout.readline()))
     if torch_child:
         torch_child.stdin.close()
         torch_child.wait()
@@ -201,7 +208,7 @@ def measure_first_step():
 
 def report(times, memory, first_step):
     rows = {}
-    print(f"{'workload':10} {'contender':16} {'median ms':>10} {'vs mxnet adam':>14}"
+    print(f"{'workload':10} {'contender':20} {'median ms':>10} {'vs mxnet adam':>14}"
           f" {'vs torch fused':>15}")
     for w, by_name in times.items():
         base = statistics.median(by_name['mxnet adam'])
@@ -212,7 +219,7 @@ def report(times, memory, first_step):
                 'median_ms': ms, 'ratio_to_mxnet_adam': ms / base,
                 'ratio_to_torch_fused': ms / torch_ms if torch_ms else None, 'rounds': len(samples)}
             vs_torch = f"{ms / torch_ms:15.2f}" if torch_ms else f"{'-':>15}"
-            print(f"{w:10} {name:16} {ms:10.2f} {ms / base:14.2f}{vs_torch}")
+            print(f"{w:10} {name:20} {ms:10.2f} {ms / base:14.2f}{vs_torch}")
     print(f"\npeak RSS growth over {memory['steps']} steps on one tensor of {memory['size']:,}"
           " elements (MB), a fresh process each:")
     for name in MXNET_OPTIMIZERS:
