@@ -13,14 +13,15 @@ not know about these writes, which is safe because they are finished before the
 function returns and the engine has nothing in flight on those arrays.
 
 A whole list of parameters is one kernel call: the arrays are passed as tables of
-addresses and sizes, cut into chunks of at most ``CHUNK`` elements that ``THREADS``
-of numba's threads share. ``THREADS`` is 1: on the shared 2-core machine this was
-measured on, a second thread gained at most 20% on 10M elements (the loop is bound
-by memory) and made a call 10 to 30 times slower whenever another process held a
-core, because a parallel region waits for its slowest thread. On a dedicated
-machine with more cores, set ``adam_plugin.fused.THREADS`` (at most numba's
-``NUMBA_NUM_THREADS``). The loops are written with ``prange`` even so: that is the
-form numba 0.68 vectorised; the same loops compiled serially ran 6 to 10 times slower.
+addresses and sizes, cut into chunks of at most ``CHUNK`` elements that numba's
+threads share (``numba.get_num_threads()``, set by ``NUMBA_NUM_THREADS``). Calls
+over fewer than ``PARALLEL_MIN`` elements run on one thread: waking a second one
+costs more than it saves there. On the 2-core development machine, idle, two
+threads halved the time on 10M elements; when another process held a core, they
+made it up to 3 times slower (the adam pass) and 70 times (the finiteness pass),
+since a parallel region waits for its slowest thread. The loops are written with
+``prange`` also for another reason: that is the form numba 0.68 vectorised; the
+same loops compiled serially ran 6 to 10 times slower.
 """
 import ctypes
 import math
@@ -31,7 +32,7 @@ from numba.extending import intrinsic
 from mxnet.base import _LIB, check_call
 
 CHUNK = 1 << 14
-THREADS = 1
+PARALLEL_MIN = 1 << 20
 
 # The exponent field of an IEEE float, as an integer of the same width.
 _EXPONENT = {np.dtype(np.float32): np.array([0x7F800000], dtype=np.int32),
@@ -95,7 +96,7 @@ class Buffers:
         One pass over all gradients, reading each element's bits.
         """
         wait_all()
-        return list(_launch(_finite_kernel, self.addresses[1], self.sizes,
+        return list(_launch(_finite_kernel, self.sizes, self.addresses[1], self.sizes,
                             _EXPONENT[self.dtype]))
 
     def adam_steps(self, steps):
@@ -132,8 +133,8 @@ class Buffers:
         table = np.stack([constants(step, self.dtype) for step in rows])
         addresses, sizes = self.addresses[:, keep], self.sizes[keep]
         wait_all()
-        _launch(_adam_kernel, addresses, sizes, np.array(param_rows, dtype=np.int64), table,
-                len(addresses) == 5)
+        _launch(_adam_kernel, sizes, addresses, sizes, np.array(param_rows, dtype=np.int64),
+                table, len(addresses) == 5)
 
 
 def wait_all():
@@ -141,10 +142,10 @@ def wait_all():
     check_call(_LIB.MXNDArrayWaitAll())
 
 
-def _launch(kernel, *args):
-    """``kernel(*args)`` on ``THREADS`` of numba's threads; numba's setting is restored."""
+def _launch(kernel, sizes, *args):
+    """``kernel(*args)`` on numba's threads, or on one below ``PARALLEL_MIN`` elements."""
     threads = get_num_threads()
-    set_num_threads(THREADS)
+    set_num_threads(threads if sizes.sum() >= PARALLEL_MIN else 1)
     try:
         return kernel(*args)
     finally:

@@ -3,8 +3,8 @@
 Contenders: MXNet's built-in ``'adam'``, ``'myadam'`` (fused route, the default),
 ``'myadam'`` with ``fused=False`` (the textbook NDArray ops), and, when torch is
 installed, ``torch.optim.Adam(fused=True)`` on CPU in its own process with the same
-number of threads as MXNet's OpenMP (``OMP_NUM_THREADS``, else the number of cores),
-and again with one thread, like the fused kernel (``adam_plugin.fused.THREADS``). Workloads: one 10M-element tensor, 200 tensors of 1K, and the
+number of threads as MXNet's OpenMP and numba (``OMP_NUM_THREADS``, else the number
+of cores), and again with one thread. Workloads: one 10M-element tensor, 200 tensors of 1K, and the
 parameter shapes of ``gluon.model_zoo.vision.resnet18_v1``.
 
 Rounds are interleaved (every contender steps once per round, in turn, torch too)
