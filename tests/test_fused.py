@@ -57,6 +57,18 @@ def test_fused_matches_textbook(name, dtype, aggregated, rng):
         np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])
 
 
+@pytest.mark.parametrize('name', CONFIGS)
+def test_fused_matches_textbook_on_all_threads(name, rng, monkeypatch):
+    """As above with the kernels on all of numba's threads (the tests' sizes are small)."""
+    from adam_plugin import fused
+    monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)
+    weights, grads = inputs(rng, 'float32')
+    fast = run(CONFIGS[name], 'float32', True, True, weights, grads)
+    slow = run(CONFIGS[name], 'float32', False, True, weights, grads)
+    for f, s in zip(fast, slow):
+        np.testing.assert_allclose(f, s, **FUSED_TOL['float32'])
+
+
 # --- which route each parameter takes ---------------------------------------------------
 
 def fake(stype='default', dtype=np.float32, ctx=mx.cpu()):
