@@ -84,8 +84,11 @@ class Buffers:
     """
 
     def __init__(self, weights, grads, states):
+        if len({len(state) for state in states}) != 1:
+            raise ValueError("myadam: states of one call must all be (m, v) or all (m, v, vmax)")
         self.dtype = np.dtype(weights[0].dtype)
         columns = [weights, grads] + [list(bufs) for bufs in zip(*states)]
+        wait_all()  # nothing in flight may still allocate or move them
         self.addresses = np.array([[_address(a) for a in column] for column in columns],
                                   dtype=np.int64)
         self.sizes = np.array([w.size for w in weights], dtype=np.int64)
@@ -111,7 +114,7 @@ class Buffers:
             g     = clip(g, -clip, clip)
             m     = beta1 * m + (1 - beta1) * g
             v     = beta2 * v + (1 - beta2) * (g * g)
-            vmax  = max(vmax, v);  v <- vmax    (amsgrad: 3 state buffers)
+            vmax  = max(vmax, v);  v <- vmax    (step.amsgrad; needs 3 state buffers)
             m_hat = m / (1 - beta1**t)
             v_hat = v / (1 - beta2**t)
             u     = m_hat / (sqrt(v_hat + eps_inside) + eps_outside)
@@ -130,11 +133,14 @@ class Buffers:
                 param_rows.append(rows.setdefault(step, len(rows)))
         if not keep:
             return
+        amsgrad = any(step.amsgrad for step in rows)
+        if amsgrad and len(self.addresses) < 5:
+            raise ValueError("myadam: amsgrad needs (m, v, vmax) states")
         table = np.stack([constants(step, self.dtype) for step in rows])
         addresses, sizes = self.addresses[:, keep], self.sizes[keep]
         wait_all()
         _launch(_adam_kernel, sizes, addresses, sizes, np.array(param_rows, dtype=np.int64),
-                table, len(addresses) == 5)
+                table, amsgrad)
 
 
 def wait_all():
