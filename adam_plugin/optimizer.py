@@ -2,11 +2,10 @@
 import math
 import warnings
 
-import numpy
 import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
-from . import textbook
+from . import dispatch
 from .distributed import refuse_worker_update
 from .textbook import EPSILON_MODES, Step
 
@@ -14,8 +13,8 @@ NONFINITE_POLICIES = ('skip', 'raise')
 
 # With aggregate_num > 0, MXNet's Updater hands a whole list of parameters to one
 # update call (one list per dtype, up to this many): a 'raise' is then decided for
-# the whole step before anything changes.
-AGGREGATE_NUM = 1 << 16
+# the whole step before anything changes, and the fused route makes one launch.
+AGGREGATE_NUM = 1 << 20
 
 
 def _require(name, value, ok, expected):
@@ -29,30 +28,6 @@ def _require(name, value, ok, expected):
         good = False
     if not good:
         raise ValueError(f"Invalid {name}: {value!r} (expected {expected})")
-
-
-# MXNet 1.9.1's multi_all_finite aborts the process when given much more than 200
-# arrays; its own AMP loss scaler checks in chunks of 200 too.
-_FINITE_CHUNK = 200
-
-
-def _all_finite(arrays):
-    """Whether every array holds only finite values: one engine sync per context and dtype.
-
-    ``multi_all_finite`` takes arrays of one context and one dtype, at most
-    ``_FINITE_CHUNK`` at a time; each group accumulates into one flag.
-    """
-    groups = {}
-    for a in arrays:
-        groups.setdefault((a.context, a.dtype), []).append(a)
-    flags = []
-    for (ctx, _), group in groups.items():
-        flag = nd.ones((1,), ctx=ctx)
-        for i in range(0, len(group), _FINITE_CHUNK):
-            chunk = group[i:i + _FINITE_CHUNK]
-            nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=False, out=flag)
-        flags.append(flag)
-    return all(flag.asscalar() for flag in flags)
 
 
 @Optimizer.register
@@ -103,6 +78,14 @@ class MyAdam(Optimizer):
         ``num_skipped``), or raise ``FloatingPointError`` before modifying anything
         the update call received (under ``gluon.Trainer`` without
         ``update_on_kvstore``, the whole step: see ``aggregate_num``).
+        ``num_skipped`` counts skipped updates of parameter copies: with several
+        devices updated by the Trainer, one skip per device.
+    fused : bool, default True
+        Take the fast routes of :mod:`adam_plugin.dispatch`: one multi-threaded
+        numba pass over memory for dense float32/float64 parameters on CPU (all
+        parameters of a ``Trainer`` step in one launch), MXNet's ``adam_update``
+        where it is exact on other devices. ``False`` updates every parameter with
+        the NDArray ops of :mod:`adam_plugin.textbook`. Both agree to float rounding.
     **kwargs
         Passed to :class:`mxnet.optimizer.Optimizer`: ``wd`` (>= 0),
         ``rescale_grad``, ``clip_gradient`` (None or > 0), ``lr_scheduler``,
@@ -116,7 +99,7 @@ class MyAdam(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
                  epsilon_mode='outside', amsgrad=False, decoupled_wd=False,
-                 lazy_update=True, nonfinite='skip', **kwargs):
+                 lazy_update=True, nonfinite='skip', fused=True, **kwargs):
         if learning_rate is not None:
             _require('learning_rate', learning_rate, lambda x: 0.0 <= x < math.inf, '>= 0')
         _require('beta1', beta1, lambda x: 0.0 <= x < 1.0, 'in [0, 1)')
@@ -143,6 +126,7 @@ class MyAdam(Optimizer):
         self.decoupled_wd = bool(decoupled_wd)
         self.lazy_update = bool(lazy_update)
         self.nonfinite = nonfinite
+        self.fused = bool(fused)
         self.num_skipped = 0
         self.aggregate_num = AGGREGATE_NUM
 
@@ -169,21 +153,18 @@ class MyAdam(Optimizer):
         refuse_worker_update()  # update_on_kvstore=False in a dist job: see distributed.py
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
-        finite = self._finite(indices, grads)
-        for index, weight, grad, state, ok in zip(indices, weights, grads, states, finite):
-            if not ok:
+        batch = dispatch.Batch(self, weights, grads, states, multi_precision)
+        steps = []
+        for index, ok in zip(indices, self._finite(indices, batch)):
+            if ok:
+                self._update_count(index)
+                steps.append(self._step(index))
+            else:
                 self.num_skipped += 1
                 warnings.warn(f"myadam: skipped the update of {self._name(index)}: its "
                               "gradient holds NaN or Inf", RuntimeWarning, stacklevel=3)
-                continue
-            self._update_count(index)
-            step = self._step(index)
-            if multi_precision and weight.dtype == numpy.float16:
-                master, inner = state
-                textbook.adam_step(master, grad.astype(numpy.float32), inner, step)
-                nd.cast(master, dtype=weight.dtype, out=weight)
-            else:
-                textbook.adam_step(weight, grad, state, step)
+                steps.append(None)
+        batch.apply(steps)
 
     def _step(self, index):
         return Step(t=self._index_update_count[index], lr=self._get_lr(index),
@@ -193,17 +174,12 @@ class MyAdam(Optimizer):
                     rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
                     lazy_update=self.lazy_update)
 
-    def _finite(self, indices, grads):
-        """One flag per gradient: does it hold only finite values?
+    def _finite(self, indices, batch):
+        """One flag per gradient of ``batch``: does it hold only finite values?
 
-        One engine sync for the whole list when everything is finite (the usual case).
-        Under ``nonfinite='raise'`` the first bad gradient raises before any update.
+        Under ``nonfinite='raise'`` a bad gradient raises before any update.
         """
-        values = [g.data if g.stype == 'row_sparse' else g for g in grads]
-        if _all_finite(values):
-            return [True] * len(values)
-        finite = [bool(nd.contrib.isfinite(v).min().asscalar()) if v.size else True
-                  for v in values]
+        finite = batch.finite()
         if self.nonfinite == 'raise' and not all(finite):
             bad = ', '.join(self._name(i) for i, ok in zip(indices, finite) if not ok)
             raise FloatingPointError(f"myadam: the gradient of {bad} holds NaN or Inf; "

@@ -1,0 +1,189 @@
+"""Which implementation updates each parameter: the one place that decides.
+
+Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
+
+``'kernel'``
+    :mod:`adam_plugin.fused`, the single-pass numba kernel, for dense float32 and
+    float64 parameters on CPU. Every option is handled there.
+``'operator'``
+    MXNet's own fused ``adam_update`` operator, for dense parameters on other
+    devices (GPU) when the options are ones it computes exactly: no AMSGrad, coupled
+    weight decay, ``epsilon_mode`` 'outside' or 'hat' (see :func:`operator_step`).
+``'textbook'``
+    The NDArray-op ground truth, for everything else: ``fused=False``, row_sparse
+    weights or gradients, float16 weights (with or without a float32 master copy),
+    and options the operator lacks.
+
+This module does not import numba; :mod:`adam_plugin.fused` is imported on the first
+update that takes the kernel route.
+"""
+import math
+
+import numpy
+import mxnet.ndarray as nd
+
+from . import textbook
+
+KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
+KERNEL_DTYPES = (numpy.float32, numpy.float64)
+
+
+def route(weight, grad, options):
+    """The route that updates ``weight`` with ``grad``.
+
+    Parameters
+    ----------
+    weight, grad : NDArray
+        Only their ``stype``, ``dtype`` and ``context`` are read.
+    options : MyAdam
+        Or any object with its attributes ``fused``, ``amsgrad``, ``decoupled_wd``
+        and ``epsilon_mode``. ``fused=False`` always gives ``'textbook'``; the others
+        decide whether MXNet's operator is exact.
+
+    Returns
+    -------
+    str
+        ``'kernel'``, ``'operator'`` or ``'textbook'``. A float16 weight, with or
+        without a float32 master copy, always takes ``'textbook'``.
+    """
+    if not options.fused or weight.stype != 'default' or grad.stype != 'default':
+        return TEXTBOOK
+    if weight.dtype not in KERNEL_DTYPES:
+        return TEXTBOOK
+    if weight.context.device_type == 'cpu':
+        return KERNEL
+    if (not options.amsgrad and not options.decoupled_wd
+            and options.epsilon_mode in ('outside', 'hat')):
+        return OPERATOR
+    return TEXTBOOK
+
+
+class Batch:
+    """The parameters of one update call, each with its :func:`route`, decided once.
+
+    ``MyAdam`` asks :meth:`finite` which gradients hold only finite values, then
+    hands :meth:`apply` a step for each parameter to update.
+
+    Parameters
+    ----------
+    options : MyAdam
+        See :func:`route`.
+    weights, grads : list of NDArray
+    states : list of tuple of NDArray
+        As made by ``MyAdam.create_state_multi_precision``: ``(m, v[, vmax])``, or
+        ``(master, (m, v[, vmax]))`` for a float16 weight under ``multi_precision``.
+    multi_precision : bool
+        Whether float16 weights step on their float32 master copy.
+    """
+
+    def __init__(self, options, weights, grads, states, multi_precision=False):
+        self.weights, self.grads, self.states = weights, grads, states
+        self.multi_precision = multi_precision
+        self.routes = [route(w, g, options) for w, g in zip(weights, grads)]
+        groups = {}  # dtype -> positions on the kernel route
+        for i, (way, weight) in enumerate(zip(self.routes, weights)):
+            if way == KERNEL:
+                groups.setdefault(weight.dtype, []).append(i)
+        self.kernel_groups = []  # (positions, fused.Buffers)
+        if groups:
+            from . import fused
+            self.kernel_groups = [
+                (positions, fused.Buffers(*([column[i] for i in positions]
+                                            for column in (weights, grads, states))))
+                for positions in groups.values()]
+
+    def finite(self):
+        """One flag per gradient: does it hold only finite values?
+
+        Gradients on the kernel route are read by :meth:`adam_plugin.fused.Buffers.all_finite`,
+        one pass per dtype; the others by MXNet's ``multi_all_finite`` (one engine
+        sync for all of them when they are finite, then one per gradient).
+        """
+        flags = [None] * len(self.grads)
+        for positions, buffers in self.kernel_groups:
+            for i, ok in zip(positions, buffers.all_finite()):
+                flags[i] = bool(ok)
+        others = [i for i, way in enumerate(self.routes) if way != KERNEL]
+        if others:
+            for i, ok in zip(others, _finite_by_operators([self.grads[i] for i in others])):
+                flags[i] = ok
+        return flags
+
+    def apply(self, steps):
+        """Update in place every parameter ``i`` whose ``steps[i]`` is a Step (not None).
+
+        The kernel route makes one launch per dtype for all of its parameters.
+        """
+        for positions, buffers in self.kernel_groups:
+            buffers.adam_steps([steps[i] for i in positions])
+        for i, way in enumerate(self.routes):
+            if steps[i] is None or way == KERNEL:
+                continue
+            if way == OPERATOR:
+                operator_step(self.weights[i], self.grads[i], self.states[i], steps[i])
+            else:
+                textbook_step(self.weights[i], self.grads[i], self.states[i], steps[i],
+                              self.multi_precision)
+
+
+# MXNet 1.9.1's multi_all_finite aborts the process when given much more than 200
+# arrays; its own AMP loss scaler checks in chunks of 200 too.
+_FINITE_CHUNK = 200
+
+
+def _all_finite(arrays):
+    """Whether every array holds only finite values: one engine sync per context and dtype.
+
+    ``multi_all_finite`` takes arrays of one context and one dtype, at most
+    ``_FINITE_CHUNK`` at a time; each group accumulates into one flag.
+    """
+    groups = {}
+    for a in arrays:
+        groups.setdefault((a.context, a.dtype), []).append(a)
+    flags = []
+    for (ctx, _), group in groups.items():
+        flag = nd.ones((1,), ctx=ctx)
+        for i in range(0, len(group), _FINITE_CHUNK):
+            chunk = group[i:i + _FINITE_CHUNK]
+            nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=False, out=flag)
+        flags.append(flag)
+    return all(flag.asscalar() for flag in flags)
+
+
+def _finite_by_operators(grads):
+    values = [g.data if g.stype == 'row_sparse' else g for g in grads]
+    if _all_finite(values):
+        return [True] * len(values)
+    return [bool(nd.contrib.isfinite(v).min().asscalar()) if v.size else True for v in values]
+
+
+def textbook_step(weight, grad, state, step, multi_precision=False):
+    """:func:`adam_plugin.textbook.adam_step`; a float16 weight under ``multi_precision``
+    steps its float32 master copy ``state[0]`` and receives the result cast back."""
+    if multi_precision and weight.dtype == numpy.float16:
+        master, inner = state
+        textbook.adam_step(master, grad.astype(numpy.float32), inner, step)
+        nd.cast(master, dtype=weight.dtype, out=weight)
+    else:
+        textbook.adam_step(weight, grad, state, step)
+
+
+def operator_step(weight, grad, state, step):
+    """The step by MXNet's ``adam_update``, exact for 'outside' and 'hat' without AMSGrad.
+
+    ``adam_update`` computes, after the same ``rescale_grad``, coupled ``wd`` and
+    clipping, ``w - lr' * m / (sqrt(v) + epsilon')``. With
+    ``lr' = lr * sqrt(1 - beta2**t) / (1 - beta1**t)`` this is the 'hat' rule for
+    ``epsilon' = epsilon``, and the 'outside' rule for
+    ``epsilon' = epsilon * sqrt(1 - beta2**t)`` (divide numerator and denominator
+    by ``sqrt(1 - beta2**t)``).
+    """
+    root_bc2 = math.sqrt(step.bias_correction2)
+    epsilon = step.epsilon * root_bc2 if step.epsilon_mode == 'outside' else step.epsilon
+    kwargs = dict(lr=step.lr * root_bc2 / step.bias_correction1, wd=step.wd,
+                  beta1=step.beta1, beta2=step.beta2, epsilon=epsilon,
+                  rescale_grad=step.rescale_grad)
+    if step.clip_gradient is not None:
+        kwargs['clip_gradient'] = step.clip_gradient
+    mean, var = state
+    nd.adam_update(weight, grad, mean, var, out=weight, lazy_update=False, **kwargs)

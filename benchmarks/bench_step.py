@@ -1,0 +1,264 @@
+"""Time one optimizer step over all parameters, as ``gluon.Trainer.step`` makes it.
+
+Contenders: MXNet's built-in ``'adam'``, ``'myadam'`` (fused route, the default),
+``'myadam'`` with ``fused=False`` (the textbook NDArray ops), and, when torch is
+installed, ``torch.optim.Adam(fused=True)`` on CPU in its own process with the same
+number of threads as MXNet's OpenMP and numba (``OMP_NUM_THREADS``, else the number
+of cores), and again with one thread. Workloads: one 10M-element tensor, 200 tensors of 1K, and the
+parameter shapes of ``gluon.model_zoo.vision.resnet18_v1``.
+
+Rounds are interleaved (every contender steps once per round, in turn, torch too)
+and the table shows medians and ratios to the built-in Adam. A second part measures
+memory: in a fresh process per optimizer, the growth of peak RSS over 5 steps on the
+10M tensor (Linux only), counted from just before the first step (so it includes the moment
+buffers, and for 'myadam' loading numba and its cached kernels), and from after the
+first step (steady state: parameter-sized temporaries would show here), plus the
+growth of anonymous memory, which leaves out shared libraries mapped from disk. A third
+times the first 'myadam' step of a fresh process (importing numba, then compiling
+the kernels or loading them from numba's cache), with an empty and a warm cache.
+
+    python benchmarks/bench_step.py                # the table
+    python benchmarks/bench_step.py --json out.json
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+THREADS = int(os.environ.get('OMP_NUM_THREADS', os.cpu_count()))
+MXNET_OPTIMIZERS = {
+    'mxnet adam': ('adam', {}),
+    'myadam': ('myadam', {}),
+    'myadam textbook': ('myadam', {'fused': False}),
+}
+
+
+def workloads(tiny):
+    """name -> list of parameter shapes."""
+    if tiny:
+        return {'1x10M': [(1000,)], '200x1K': [(10,)] * 5, 'resnet18': [(4, 3, 3, 3), (4,)]}
+    return {'1x10M': [(10_000_000,)], '200x1K': [(1000,)] * 200, 'resnet18': resnet18_shapes()}
+
+
+def resnet18_shapes():
+    """Shapes of resnet18_v1's parameters, from one forward pass on a dummy input."""
+    import mxnet as mx
+    from mxnet import gluon
+    net = gluon.model_zoo.vision.resnet18_v1()
+    net.initialize()
+    net(mx.nd.zeros((1, 3, 64, 64)))
+    return [p.shape for p in net.collect_params().values()]
+
+
+def mxnet_step(shapes, optimizer, options, seed=0):
+    """A ``trainer.step(1)`` closure over fresh parameters with fixed random gradients."""
+    import mxnet as mx
+    from mxnet import gluon
+    import adam_plugin  # noqa: F401  (registers 'myadam')
+    mx.random.seed(seed)
+    params = []
+    for i, shape in enumerate(shapes):
+        p = gluon.Parameter(f'p{i}', shape=shape)
+        p.initialize(init=mx.init.Normal())
+        mx.nd.random.normal(shape=shape, out=p.grad())  # in place: no transient peak in RSS
+        params.append(p)
+    trainer = gluon.Trainer(params, optimizer, dict(options, learning_rate=1e-3))
+    arrays = [p.data() for p in params]
+    mx.nd.waitall()  # the set-up's allocations land here, not in the first step
+
+    def step():
+        for a in arrays:
+            a._fresh_grad = True
+        trainer.step(1)
+        mx.nd.waitall()
+    return step
+
+
+TORCH_THREADS = {'torch fused': THREADS, 'torch fused 1 thread': 1}
+
+
+def torch_server():
+    """Child process: read 'workload threads' per line, time one fused Adam step, print ms."""
+    import torch
+    shapes = json.loads(sys.stdin.readline())
+    optims = {}
+    for name, shape_list in shapes.items():
+        params = [torch.nn.Parameter(torch.randn(*s)) for s in shape_list]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optims[name] = torch.optim.Adam(params, lr=1e-3, fused=True)
+        optims[name].step()
+    print('ready', flush=True)
+    for line in sys.stdin:
+        name, threads = line.split()
+        torch.set_num_threads(int(threads))
+        start = time.perf_counter()
+        optims[name].step()
+        print((time.perf_counter() - start) * 1e3, flush=True)
+
+
+def start_torch(shapes):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None
+    child = subprocess.Popen([sys.executable, __file__, '--torch-server'], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             env=dict(os.environ, OMP_NUM_THREADS=str(THREADS)))
+    child.stdin.write(json.dumps(shapes) + '\n')
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == 'ready'
+    return child
+
+
+def time_rounds(shapes_by_workload, rounds):
+    """{workload: {contender: [ms per round]}}, contenders interleaved within each round."""
+    torch_child = start_torch(shapes_by_workload)
+    steps = {(w, name): mxnet_step(shapes, *MXNET_OPTIMIZERS[name])
+             for w, shapes in shapes_by_workload.items() for name in MXNET_OPTIMIZERS}
+    for step in steps.values():  # warm-up: state creation, numba compile or cache load
+        step()
+    times = {w: {} for w in shapes_by_workload}
+    for _ in range(rounds):
+        for (w, name), step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[w].setdefault(name, []).append((time.perf_counter() - start) * 1e3)
+            if torch_child and name == 'myadam':
+                for torch_name, threads in TORCH_THREADS.items():
+                    torch_child.stdin.write(f'{w} {threads}\n')
+                    torch_child.stdin.flush()
+                    times[w].setdefault(torch_name, []).append(
+                        float(torch_child.stdout.readline()))
+    if torch_child:
+        torch_child.stdin.close()
+        torch_child.wait()
+    return times
+
+
+def memory_child(optimizer, options, size, steps):
+    """Child process: print peak-RSS growth (MB) from before the first step and after it.
+
+    Also the growth of anonymous memory (RssAnon, at the end): peak RSS also counts
+    pages of shared libraries mapped from disk, such as numba's LLVM. The peak (VmHWM) is reset to the current RSS at each starting point (Linux's
+    ``/proc/self/clear_refs``), so transient peaks of the set-up do not hide growth.
+    """
+    step = mxnet_step([(size,)], optimizer, options)
+    before, anon_before = _reset_peak_mb(), _status_mb('RssAnon')
+    step()
+    first_peak = _peak_mb()
+    after_first = _reset_peak_mb()
+    for _ in range(steps - 1):
+        step()
+    print(json.dumps({'growth_mb': max(first_peak, _peak_mb()) - before,
+                      'steady_growth_mb': _peak_mb() - after_first,
+                      'anon_growth_mb': _status_mb('RssAnon') - anon_before}))
+
+
+def _status_mb(field):
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ':')) / 1024
+
+
+def _peak_mb():
+    return _status_mb('VmHWM')
+
+
+def _reset_peak_mb():
+    """Reset the peak RSS to the current RSS and return it."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    return _status_mb('VmRSS')
+
+
+def measure_memory(size, steps=5):
+    out = {'size': size, 'steps': steps}
+    for name, (optimizer, options) in MXNET_OPTIMIZERS.items():
+        result = subprocess.run([sys.executable, __file__, '--memory-child', name, str(size),
+                                 str(steps)], check=True, capture_output=True, text=True)
+        out[name] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+def first_step_child():
+    """Child process: print the seconds the first 'myadam' step takes."""
+    step = mxnet_step([(1000,)], 'myadam', {})
+    start = time.perf_counter()
+    step()
+    print(time.perf_counter() - start)
+
+
+def measure_first_step():
+    """The first 'myadam' step of a fresh process, with numba's cache empty, then warm."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for name in ('cold_cache_s', 'warm_cache_s'):
+            result = subprocess.run([sys.executable, __file__, '--first-step-child'], env=env,
+                                    check=True, capture_output=True, text=True)
+            out[name] = float(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+def report(times, memory, first_step):
+    rows = {}
+    print(f"{'workload':10} {'contender':20} {'median ms':>10} {'vs mxnet adam':>14}"
+          f" {'vs torch fused':>15}")
+    for w, by_name in times.items():
+        base = statistics.median(by_name['mxnet adam'])
+        torch_ms = statistics.median(by_name['torch fused']) if 'torch fused' in by_name else None
+        for name, samples in by_name.items():
+            ms = statistics.median(samples)
+            rows.setdefault(w, {})[name] = {
+                'median_ms': ms, 'ratio_to_mxnet_adam': ms / base,
+                'ratio_to_torch_fused': ms / torch_ms if torch_ms else None, 'rounds': len(samples)}
+            vs_torch = f"{ms / torch_ms:15.2f}" if torch_ms else f"{'-':>15}"
+            print(f"{w:10} {name:20} {ms:10.2f} {ms / base:14.2f}{vs_torch}")
+    print(f"\npeak RSS growth over {memory['steps']} steps on one tensor of {memory['size']:,}"
+          " elements (MB), a fresh process each:")
+    for name in MXNET_OPTIMIZERS:
+        m = memory[name]
+        print(f"  {name:16} from before step 1: {m['growth_mb']:7.1f}   "
+              f"after step 1: {m['steady_growth_mb']:6.1f}   "
+              f"anonymous memory, from before step 1: {m['anon_growth_mb']:6.1f}")
+    print(f"\nfirst 'myadam' step of a fresh process: {first_step['cold_cache_s']:.2f} s with an "
+          f"empty numba cache, {first_step['warm_cache_s']:.2f} s with a warm one")
+    return {'threads': THREADS, 'timings': rows, 'memory': memory, 'first_step': first_step}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--rounds', type=int, default=15)
+    parser.add_argument('--tiny', action='store_true', help='tiny sizes (a smoke test)')
+    parser.add_argument('--json', metavar='PATH',
+                        help="also write the results as JSON ('-': stdout)")
+    parser.add_argument('--torch-server', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--memory-child', nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument('--first-step-child', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.torch_server:
+        return torch_server()
+    if args.first_step_child:
+        return first_step_child()
+    if args.memory_child:
+        name, size, steps = args.memory_child
+        return memory_child(*MXNET_OPTIMIZERS[name], int(size), int(steps))
+    shapes = workloads(args.tiny)
+    times = time_rounds(shapes, args.rounds)
+    memory = measure_memory(shapes['1x10M'][0][0])
+    results = report(times, memory, measure_first_step())
+    if args.json == '-':
+        print(json.dumps(results, indent=1))
+    elif args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()

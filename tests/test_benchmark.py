@@ -1,0 +1,29 @@
+"""benchmarks/bench_step.py still runs: every part of it, on tiny sizes (timings not checked)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, 'benchmarks', 'bench_step.py')
+
+
+def test_bench_step_runs_on_tiny_sizes(tmp_path):
+    out = tmp_path / 'bench.json'
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))
+    subprocess.run([sys.executable, BENCH, '--tiny', '--rounds', '2', '--json', str(out)],
+                   check=True, capture_output=True, text=True,
+                   env=dict(os.environ, PYTHONPATH=path))
+    results = json.loads(out.read_text())
+    contenders = {'mxnet adam', 'myadam', 'myadam textbook'}
+    if importlib.util.find_spec('torch'):
+        contenders |= {'torch fused', 'torch fused 1 thread'}
+    assert set(results['timings']) == {'1x10M', '200x1K', 'resnet18'}
+    for by_name in results['timings'].values():
+        assert set(by_name) == contenders
+        for row in by_name.values():
+            assert row['rounds'] == 2 and row['median_ms'] > 0
+    for name in ('mxnet adam', 'myadam', 'myadam textbook'):
+        assert results['memory'][name]['growth_mb'] >= results['memory'][name]['steady_growth_mb']
+    assert results['first_step']['cold_cache_s'] > 0 and results['first_step']['warm_cache_s'] > 0

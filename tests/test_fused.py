@@ -1,0 +1,296 @@
+"""The fast routes of adam_plugin.dispatch against the textbook NDArray path."""
+import pickle
+import subprocess
+import sys
+import types
+import warnings
+
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import nd
+
+import adam_plugin  # noqa: F401  (registers 'myadam')
+from adam_plugin import MyAdam, dispatch, textbook
+from configs import CONFIGS, optimizer_kwargs
+from oracles import gradients
+
+STEPS = 20
+# (3,4,5), (10,4), (7,) as in the option tests, and one that spans several kernel chunks.
+SHAPES = [(3, 4, 5), (10, 4), (7,), (100_003,)]
+FUSED_TOL = {'float32': dict(rtol=1e-6, atol=1e-7), 'float64': dict(rtol=1e-12, atol=1e-14)}
+
+
+def run(config, dtype, fused, aggregated, weights, grads):
+    """20 steps of MyAdam; returns the weights and every state buffer as NumPy arrays."""
+    opt = MyAdam(fused=fused, **optimizer_kwargs(config))
+    ws = [nd.array(w, dtype=dtype) for w in weights]
+    states = [opt.create_state_multi_precision(i, w) for i, w in enumerate(ws)]
+    indices = list(range(len(ws)))
+    for step_grads in grads:
+        gs = [nd.array(g, dtype=dtype) for g in step_grads]
+        if aggregated:  # as the Updater calls it when aggregate_num > 0
+            opt.update_multi_precision(indices, ws, gs, states)
+        else:
+            for i in indices:
+                opt.update_multi_precision(i, ws[i], gs[i], states[i])
+    return [w.asnumpy() for w in ws] + [b.asnumpy() for s in states for b in s]
+
+
+def inputs(rng, dtype, shapes=SHAPES):
+    weights = [rng.normal(size=s).astype(dtype) for s in shapes]
+    grads = list(zip(*[gradients(rng, s, STEPS, dtype) for s in shapes]))
+    return weights, grads
+
+
+@pytest.mark.parametrize('aggregated', [False, True], ids=['single', 'list'])
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+@pytest.mark.parametrize('name', CONFIGS)
+def test_fused_matches_textbook(name, dtype, aggregated, rng):
+    weights, grads = inputs(rng, dtype)
+    fast = run(CONFIGS[name], dtype, True, aggregated, weights, grads)
+    slow = run(CONFIGS[name], dtype, False, aggregated, weights, grads)
+    for w, w0 in zip(slow, weights):
+        assert not np.allclose(w, w0), 'the weights did not move: the comparison would be empty'
+    for f, s in zip(fast, slow):
+        assert f.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_fused_matches_textbook_on_all_threads(name, rng, monkeypatch):
+    """As above with the kernels on all of numba's threads (the tests' sizes are small)."""
+    from adam_plugin import fused
+    monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)
+    weights, grads = inputs(rng, 'float32')
+    fast = run(CONFIGS[name], 'float32', True, True, weights, grads)
+    slow = run(CONFIGS[name], 'float32', False, True, weights, grads)
+    for f, s in zip(fast, slow):
+        np.testing.assert_allclose(f, s, **FUSED_TOL['float32'])
+
+
+# --- which route each parameter takes ---------------------------------------------------
+
+def fake(stype='default', dtype=np.float32, ctx=mx.cpu()):
+    """Stands in for an NDArray where only stype, dtype and context are read (e.g. on a GPU)."""
+    return types.SimpleNamespace(stype=stype, dtype=dtype, context=ctx)
+
+
+def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside'):
+    return types.SimpleNamespace(fused=fused, amsgrad=amsgrad, decoupled_wd=decoupled_wd,
+                                 epsilon_mode=epsilon_mode)
+
+
+ROUTES = [  # (weight, grad, options, expected route)
+    (fake(), fake(), options(), 'kernel'),
+    (fake(dtype=np.float64), fake(dtype=np.float64), options(amsgrad=True), 'kernel'),
+    (fake(ctx=mx.cpu(1)), fake(ctx=mx.cpu(1)), options(epsilon_mode='inside'), 'kernel'),
+    (fake(), fake(), options(fused=False), 'textbook'),
+    (fake(), fake(stype='row_sparse'), options(), 'textbook'),
+    (fake(stype='row_sparse'), fake(stype='row_sparse'), options(), 'textbook'),
+    (fake(dtype=np.float16), fake(dtype=np.float16), options(), 'textbook'),
+    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(), 'operator'),
+    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(epsilon_mode='hat'), 'operator'),
+    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(epsilon_mode='inside'), 'textbook'),
+    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(amsgrad=True), 'textbook'),
+    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(decoupled_wd=True), 'textbook'),
+    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(fused=False), 'textbook'),
+    (fake(ctx=mx.gpu(0), dtype=np.float16), fake(ctx=mx.gpu(0), dtype=np.float16), options(),
+     'textbook'),
+]
+
+
+@pytest.mark.parametrize('weight, grad, opts, expected', ROUTES)
+def test_route(weight, grad, opts, expected):
+    assert dispatch.route(weight, grad, opts) == expected
+
+
+@pytest.fixture
+def taken(monkeypatch):
+    """Counts the parameters each route updates during the test."""
+    from adam_plugin import fused
+    counts = {'kernel': 0, 'operator': 0, 'textbook': 0}
+
+    def counting(name, original, size_of):
+        def wrapper(*args, **kwargs):
+            counts[name] += size_of(*args)
+            return original(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(fused.Buffers, 'adam_steps', counting(
+        'kernel', fused.Buffers.adam_steps,
+        lambda self, steps: sum(s is not None for s in steps)))
+    monkeypatch.setattr(dispatch, 'operator_step', counting(
+        'operator', dispatch.operator_step, lambda *args: 1))
+    monkeypatch.setattr(dispatch, 'textbook_step', counting(
+        'textbook', dispatch.textbook_step, lambda *args: 1))
+    return counts
+
+
+def _dense(dtype):
+    return nd.ones((4, 3), dtype=dtype), nd.ones((4, 3), dtype=dtype)
+
+
+def _row_sparse():
+    grad = nd.sparse.row_sparse_array((np.ones((1, 3), np.float32), [2]), shape=(4, 3))
+    return nd.ones((4, 3)), grad
+
+
+PATHS = [  # (MyAdam kwargs, weight and grad, expected counts)
+    (dict(), lambda: _dense('float32'), dict(kernel=1, operator=0, textbook=0)),
+    (dict(), lambda: _dense('float64'), dict(kernel=1, operator=0, textbook=0)),
+    (dict(amsgrad=True, decoupled_wd=True, wd=0.1, epsilon_mode='inside', clip_gradient=1.0),
+     lambda: _dense('float32'), dict(kernel=1, operator=0, textbook=0)),
+    (dict(fused=False), lambda: _dense('float32'), dict(kernel=0, operator=0, textbook=1)),
+    (dict(), _row_sparse, dict(kernel=0, operator=0, textbook=1)),
+    (dict(lazy_update=False), _row_sparse, dict(kernel=0, operator=0, textbook=1)),
+    (dict(multi_precision=True), lambda: _dense('float16'), dict(kernel=0, operator=0, textbook=1)),
+]
+
+
+@pytest.mark.parametrize('kwargs, make, expected', PATHS)
+def test_dispatch_takes_the_route(kwargs, make, expected, taken):
+    opt = MyAdam(learning_rate=0.1, **kwargs)
+    weight, grad = make()
+    before = weight.asnumpy().copy()
+    opt.update_multi_precision(0, weight, grad, opt.create_state_multi_precision(0, weight))
+    assert taken == expected
+    assert not np.array_equal(weight.asnumpy(), before)
+
+
+def test_a_list_mixing_routes_takes_each(taken):
+    opt = MyAdam(learning_rate=0.1)
+    pairs = [_dense('float32'), _row_sparse(), _dense('float32'), _dense('float64')]
+    weights, grads = [p[0] for p in pairs], [p[1] for p in pairs]
+    states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+    opt.update(list(range(4)), weights, grads, states)
+    assert taken == dict(kernel=3, operator=0, textbook=1)
+
+
+# --- MXNet's adam_update with the remap (the route for GPUs), exercised on CPU -------------
+
+OPERATOR_CONFIGS = [name for name, config in CONFIGS.items()
+                    if dispatch.route(fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)),
+                                      MyAdam(**optimizer_kwargs(config))) == 'operator']
+
+
+def test_operator_configs_are_not_empty():
+    assert {'defaults', 'hat', 'all_base_options'} <= set(OPERATOR_CONFIGS)
+
+
+@pytest.mark.parametrize('name', OPERATOR_CONFIGS)
+def test_operator_step_matches_textbook(name, rng):
+    opt = MyAdam(**optimizer_kwargs(CONFIGS[name]))
+    weights, grads = inputs(rng, 'float32', SHAPES[:3])
+    steps = []
+    for _ in grads:  # the optimizer's own bookkeeping, once, shared by both runs
+        opt._update_count(0)
+        steps.append(opt._step(0))
+    results = []
+    for step_fn in (dispatch.operator_step, textbook.adam_step):
+        ws = [nd.array(w) for w in weights]
+        states = [(nd.zeros(w.shape), nd.zeros(w.shape)) for w in ws]
+        for step, step_grads in zip(steps, grads):
+            for w, g, s in zip(ws, step_grads, states):
+                step_fn(w, nd.array(g), s, step)
+        results.append([w.asnumpy() for w in ws])
+    for op, ref, w0 in zip(*results, weights):
+        assert not np.allclose(ref, w0)
+        np.testing.assert_allclose(op, ref, rtol=1e-5, atol=1e-6)
+
+
+# --- non-finite gradients through the kernel's check ----------------------------------------
+
+BAD_VALUES = [np.nan, np.inf, -np.inf]
+BAD_SPOTS = [0, 50_000, 100_002]  # first element, a middle chunk, the last element
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+@pytest.mark.parametrize('spot', BAD_SPOTS)
+@pytest.mark.parametrize('bad', BAD_VALUES)
+def test_nonfinite_gradient_is_skipped_untouched(bad, spot, dtype):
+    opt = MyAdam(learning_rate=0.1)
+    weights = [nd.ones((100_003,), dtype=dtype), nd.ones((5,), dtype=dtype)]
+    states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+    grad = np.ones(100_003, dtype)
+    grad[spot] = bad
+    with pytest.warns(RuntimeWarning, match='index 0'):
+        opt.update([0, 1], weights, [nd.array(grad, dtype=dtype), nd.ones((5,), dtype=dtype)],
+                   states)
+    assert opt.num_skipped == 1
+    assert 0 not in opt._index_update_count and opt._index_update_count[1] == 1
+    np.testing.assert_array_equal(weights[0].asnumpy(), np.ones(100_003))
+    for buf in states[0]:
+        np.testing.assert_array_equal(buf.asnumpy(), np.zeros(100_003))
+    assert (weights[1].asnumpy() < 1).all()  # the finite one stepped
+
+
+def test_nonfinite_raise_modifies_nothing():
+    opt = MyAdam(learning_rate=0.1, nonfinite='raise')
+    weights = [nd.ones((7,)), nd.ones((100_003,))]
+    states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+    grad = np.ones(100_003, np.float32)
+    grad[-1] = np.inf
+    with pytest.raises(FloatingPointError, match='index 1'):
+        opt.update([0, 1], weights, [nd.ones((7,)), nd.array(grad)], states)
+    for w, s in zip(weights, states):
+        np.testing.assert_array_equal(w.asnumpy(), np.ones(w.shape))
+        assert all(not b.asnumpy().any() for b in s)
+    assert not opt._index_update_count
+
+
+def test_huge_finite_values_are_finite():
+    opt = MyAdam(learning_rate=0.1)
+    weight = nd.ones((3,))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        opt.update(0, weight, nd.array([3e38, -3e38, 1e-45]), opt.create_state(0, weight))
+    assert opt.num_skipped == 0 and np.isfinite(weight.asnumpy()).all()
+
+
+# --- MXNet's engine: pending operations around the step --------------------------------------
+
+def test_pending_writer_and_reader_around_the_step(rng):
+    """A gradient still being computed, and a pending read of the weight, are both waited for."""
+    x = nd.array(rng.normal(size=(600, 600)).astype(np.float32))
+    weight = nd.array(rng.normal(size=(600 * 600,)).astype(np.float32))
+    w0 = weight.asnumpy()
+    opt, ref_opt = MyAdam(learning_rate=0.1), MyAdam(learning_rate=0.1, fused=False)
+    state, ref_state = opt.create_state(0, weight), ref_opt.create_state(0, weight)
+    nd.waitall()
+    heavy = nd.dot(nd.dot(x, x), x)          # slow, so what follows is still queued
+    grad = (heavy / 1e4).reshape((-1,))       # a writer the step must wait for
+    snapshot = weight + heavy[0, 0] * 0       # a reader of the old weight, queued behind it
+    opt.update(0, weight, grad, state)
+    np.testing.assert_array_equal(snapshot.asnumpy(), w0)
+    ref_weight = nd.array(w0)
+    ref_opt.update(0, ref_weight, grad, ref_state)
+    np.testing.assert_allclose(weight.asnumpy(), ref_weight.asnumpy(), **FUSED_TOL['float32'])
+
+
+# --- packaging --------------------------------------------------------------------------------
+
+def test_import_does_not_load_numba():
+    code = ("import sys, adam_plugin; "
+            "print(sorted(m for m in sys.modules if m == 'numba' or m == 'adam_plugin.fused'))")
+    out = subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == '[]'
+
+
+def test_fused_flag_survives_pickle():
+    for fused in (True, False):
+        opt = pickle.loads(pickle.dumps(MyAdam(fused=fused)))
+        assert opt.fused is fused
+
+
+def test_trainer_steps_through_the_kernel_in_one_list(taken):
+    params = []
+    for i, shape in enumerate(SHAPES):
+        p = mx.gluon.Parameter(f'p{i}', shape=shape)
+        p.initialize()
+        p.grad()[:] = 1.0
+        p.data()._fresh_grad = True  # as backward() would mark it
+        params.append(p)
+    trainer = mx.gluon.Trainer(params, 'myadam', {'learning_rate': 0.1})
+    trainer.step(1)
+    assert taken == dict(kernel=len(SHAPES), operator=0, textbook=0)
