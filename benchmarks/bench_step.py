@@ -13,7 +13,10 @@ memory: in a fresh process per optimizer, the growth of peak RSS over 5 steps on
 10M tensor (Linux only), counted from just before the first step (so it includes the moment
 buffers, and for 'myadam' loading numba and its cached kernels), and from after the
 first step (steady state: parameter-sized temporaries would show here), plus the
-growth of anonymous memory, which leaves out shared libraries mapped from disk. A third
+growth of anonymous memory, which leaves out shared libraries mapped from disk, and
+the growth from before step 1 once more in a process whose optimizer code was loaded
+first by one step on a separate 16-element parameter (for 'myadam': numba and its
+kernels; for MXNet's Adam nothing new). A third
 times the first 'myadam' step of a fresh process (importing numba, then compiling
 the kernels or loading them from numba's cache), with an empty and a warm cache.
 
@@ -142,13 +145,18 @@ def time_rounds(shapes_by_workload, rounds):
     return times
 
 
-def memory_child(optimizer, options, size, steps):
+def memory_child(optimizer, options, size, steps, warm_up):
     """Child process: print peak-RSS growth (MB) from before the first step and after it.
 
     Also the growth of anonymous memory (RssAnon, at the end): peak RSS also counts
-    pages of shared libraries mapped from disk, such as numba's LLVM. The peak (VmHWM) is reset to the current RSS at each starting point (Linux's
+    pages of shared libraries mapped from disk, such as numba's LLVM. The peak (VmHWM)
+    is reset to the current RSS at each starting point (Linux's
     ``/proc/self/clear_refs``), so transient peaks of the set-up do not hide growth.
+    With ``warm_up``, one step on a separate 16-element parameter first loads the
+    optimizer's code, so what remains is what the steps themselves allocate.
     """
+    if warm_up:
+        mxnet_step([(16,)], optimizer, options)()
     step = mxnet_step([(size,)], optimizer, options)
     before, anon_before = _reset_peak_mb(), _status_mb('RssAnon')
     step()
@@ -179,10 +187,16 @@ def _reset_peak_mb():
 
 def measure_memory(size, steps=5):
     out = {'size': size, 'steps': steps}
-    for name, (optimizer, options) in MXNET_OPTIMIZERS.items():
-        result = subprocess.run([sys.executable, __file__, '--memory-child', name, str(size),
-                                 str(steps)], check=True, capture_output=True, text=True)
-        out[name] = json.loads(result.stdout.strip().splitlines()[-1])
+    for name in MXNET_OPTIMIZERS:
+        for warm_up in (False, True):
+            result = subprocess.run([sys.executable, __file__, '--memory-child', name, str(size),
+                                     str(steps), str(int(warm_up))],
+                                    check=True, capture_output=True, text=True)
+            growth = json.loads(result.stdout.strip().splitlines()[-1])
+            if warm_up:
+                out[name]['growth_after_warm_up_mb'] = growth['growth_mb']
+            else:
+                out[name] = growth
     return out
 
 
@@ -226,7 +240,8 @@ def report(times, memory, first_step):
         m = memory[name]
         print(f"  {name:16} from before step 1: {m['growth_mb']:7.1f}   "
               f"after step 1: {m['steady_growth_mb']:6.1f}   "
-              f"anonymous memory, from before step 1: {m['anon_growth_mb']:6.1f}")
+              f"anonymous memory, from before step 1: {m['anon_growth_mb']:6.1f}   "
+              f"from before step 1, code loaded first: {m['growth_after_warm_up_mb']:6.1f}")
     print(f"\nfirst 'myadam' step of a fresh process: {first_step['cold_cache_s']:.2f} s with an "
           f"empty numba cache, {first_step['warm_cache_s']:.2f} s with a warm one")
     return {'threads': THREADS, 'timings': rows, 'memory': memory, 'first_step': first_step}
@@ -239,7 +254,7 @@ def main():
     parser.add_argument('--json', metavar='PATH',
                         help="also write the results as JSON ('-': stdout)")
     parser.add_argument('--torch-server', action='store_true', help=argparse.SUPPRESS)
-    parser.add_argument('--memory-child', nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument('--memory-child', nargs=4, help=argparse.SUPPRESS)
     parser.add_argument('--first-step-child', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_server:
@@ -247,8 +262,8 @@ def main():
     if args.first_step_child:
         return first_step_child()
     if args.memory_child:
-        name, size, steps = args.memory_child
-        return memory_child(*MXNET_OPTIMIZERS[name], int(size), int(steps))
+        name, size, steps, warm_up = args.memory_child
+        return memory_child(*MXNET_OPTIMIZERS[name], int(size), int(steps), bool(int(warm_up)))
     shapes = workloads(args.tiny)
     times = time_rounds(shapes, args.rounds)
     memory = measure_memory(shapes['1x10M'][0][0])
