@@ -37,22 +37,34 @@ def snapshot(trainer, params):
 GOOD_W = [np.array([0.3, -0.2, 0.1, 0.5]), np.array([1.0, -1.0, 2.0])]
 
 
+def after_one_good_step(options, bad, position):
+    """A Trainer after one finite step, its snapshot, and the next step, whose 'bias' gradient
+    holds ``bad`` at ``position``."""
+    params = two_params()
+    trainer = gluon.Trainer(params, 'myadam', dict(learning_rate=0.1, **options))
+    step(trainer, params, GOOD_W)
+    bad_grad = GOOD_W[1].copy()
+    bad_grad[position] = bad
+    return trainer, snapshot(trainer, params), lambda: step(trainer, params, [GOOD_W[0], bad_grad])
+
+
+def assert_unchanged(before, after, index):
+    """Weight, state buffers and step count of parameter ``index`` are bitwise the same."""
+    np.testing.assert_array_equal(after[0][index], before[0][index])
+    for a, b in zip(after[1][index], before[1][index]):
+        np.testing.assert_array_equal(a, b)
+    assert after[2][index] == before[2][index]
+
+
 @pytest.mark.parametrize('bad', BAD_VALUES)
 def test_skip_leaves_the_parameter_exactly_as_it_was(bad):
-    params = two_params()
-    trainer = gluon.Trainer(params, 'myadam', {'learning_rate': 0.1, 'amsgrad': True})
-    step(trainer, params, GOOD_W)
-    before_w, before_s, before_t = snapshot(trainer, params)
-    bad_grad = GOOD_W[1].copy()
-    bad_grad[1] = bad
+    trainer, before, bad_step = after_one_good_step({'amsgrad': True}, bad, position=1)
     with pytest.warns(RuntimeWarning, match="'bias'"):
-        step(trainer, params, [GOOD_W[0], bad_grad])
-    after_w, after_s, after_t = snapshot(trainer, params)
-    np.testing.assert_array_equal(after_w[1], before_w[1])
-    for a, b in zip(after_s[1], before_s[1]):
-        np.testing.assert_array_equal(a, b)
-    assert after_t[1] == before_t[1] == 1
-    assert after_t[0] == 2 and not np.array_equal(after_w[0], before_w[0])
+        bad_step()
+    after = snapshot(trainer, trainer._params)
+    assert_unchanged(before, after, 1)
+    assert after[2][1] == 1
+    assert after[2][0] == 2 and not np.array_equal(after[0][0], before[0][0])
     assert trainer._optimizer.num_skipped == 1
 
 
@@ -77,21 +89,12 @@ def test_the_next_finite_step_proceeds_as_if_the_bad_one_never_happened(bad):
 
 @pytest.mark.parametrize('bad', BAD_VALUES)
 def test_raise_names_the_parameter_and_modifies_nothing(bad):
-    params = two_params()
-    trainer = gluon.Trainer(params, 'myadam', {'learning_rate': 0.1, 'nonfinite': 'raise'})
-    step(trainer, params, GOOD_W)
-    before_w, before_s, before_t = snapshot(trainer, params)
-    bad_grad = GOOD_W[1].copy()
-    bad_grad[0] = bad
+    trainer, before, bad_step = after_one_good_step({'nonfinite': 'raise'}, bad, position=0)
     with pytest.raises(FloatingPointError, match="'bias'"):
-        step(trainer, params, [GOOD_W[0], bad_grad])
-    after_w, after_s, after_t = snapshot(trainer, params)
-    for a, b in zip(after_w, before_w):  # the finite 'weight' did not move either
-        np.testing.assert_array_equal(a, b)
-    for i in before_s:
-        for a, b in zip(after_s[i], before_s[i]):
-            np.testing.assert_array_equal(a, b)
-    assert after_t == before_t
+        bad_step()
+    after = snapshot(trainer, trainer._params)
+    for index in (0, 1):  # the finite 'weight' did not move either
+        assert_unchanged(before, after, index)
     assert trainer._optimizer.num_skipped == 0
 
 
