@@ -106,3 +106,38 @@ def test_pickle_keeps_every_hyperparameter_and_the_behaviour():
         weights.append(w.asnumpy())
     np.testing.assert_array_equal(weights[0], weights[1])
     assert not np.allclose(weights[0], np.linspace(-1, 1, 6))
+
+
+# (gradient shape, gradient dtype) that do not fit a float32 weight of shape (4,)
+MISFIT_GRADIENTS = [((1,), 'float32'), ((2, 2), 'float32'), ((5,), 'float32'),
+                    ((4,), 'float64'), ((4,), 'float16')]
+
+
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('shape,dtype', MISFIT_GRADIENTS)
+def test_gradient_that_does_not_fit_its_weight_is_refused(shape, dtype, fused):
+    opt = MyAdam(learning_rate=0.1, fused=fused)
+    weights = [nd.ones((3,)), nd.ones((4,))]
+    states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+    grads = [nd.ones((3,)), nd.ones(shape, dtype=dtype)]
+    with pytest.raises(ValueError, match='parameter index 1') as err:
+        opt.update([0, 1], weights, grads, states)
+    assert str(shape) in str(err.value) and dtype in str(err.value)
+    for w in weights:  # nothing moved, not even the parameter that fitted
+        np.testing.assert_array_equal(w.asnumpy(), np.ones(w.shape, 'float32'))
+    assert opt._index_update_count == {}
+
+
+def test_a_misfit_gradient_is_refused_after_fitting_ones_for_the_same_index():
+    # The fit check remembers fitted (weight, gradient) objects; a new object must be asked.
+    opt = MyAdam(learning_rate=0.1)
+    w = nd.ones((4,))
+    state = opt.create_state(0, w)
+    grad = nd.ones((4,))
+    opt.update(0, w, grad, state)
+    opt.update(0, w, grad, state)
+    moved = w.asnumpy().copy()
+    with pytest.raises(ValueError, match='shape'):
+        opt.update(0, w, nd.ones((1,)), state)
+    np.testing.assert_array_equal(w.asnumpy(), moved)
+    assert opt._index_update_count[0] == 2
