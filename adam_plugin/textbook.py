@@ -6,17 +6,18 @@ import nd``: a distributed-KVStore server imports this package from inside a
 half-initialised ``import mxnet``, where the ``nd`` alias does not exist yet.
 """
 import math
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import mxnet.ndarray as nd
 
 EPSILON_MODES = ('outside', 'inside', 'hat')
 
 
-@dataclass(frozen=True)
-class Step:
-    """Everything the rule needs to update one parameter at one step.
+class Step(NamedTuple):
+    """Everything the rule needs to update one parameter at one step (immutable, hashable).
+
+    A named tuple rather than a dataclass: one is built per parameter per step, and
+    a tuple is built three times faster.
 
     Attributes
     ----------
