@@ -97,7 +97,7 @@ class Batch:
 
         Gradients on the kernel route are read by :meth:`adam_plugin.fused.Buffers.all_finite`,
         one pass per dtype; the others by MXNet's ``multi_all_finite`` (one engine
-        sync for all of them when they are finite, then one per gradient).
+        sync per context and dtype when they are finite, then one per gradient).
         """
         flags = [None] * len(self.grads)
         for positions, buffers in self.kernel_groups:
@@ -151,6 +151,7 @@ def _all_finite(arrays):
 
 
 def _finite_by_operators(grads):
+    """One flag per gradient, by MXNet's operators (row_sparse: its stored rows)."""
     values = [g.data if g.stype == 'row_sparse' else g for g in grads]
     if _all_finite(values):
         return [True] * len(values)
