@@ -216,8 +216,8 @@ def _adam_kernel(addresses, sizes, param_rows, table, amsgrad):
         beta2, one_minus_beta2 = k[_BETA2], k[_ONE_MINUS_BETA2]
         bc1, bc2, eps_inside, eps_outside = k[_BC1], k[_BC2], k[_EPS_INSIDE], k[_EPS_OUTSIDE]
         decay, lr = k[_DECAY], k[_LR]
-        # Two loops, not one with a branch inside: the plain one must not touch vmax,
-        # and a branch in the loop body would keep it from vectorising.
+        # Two loops rather than a branch per element: the plain one never reads or
+        # writes vmax (whose buffer does not exist without AMSGrad) and stays branch-free.
         if amsgrad:
             vmax = _chunk(addresses[4, p], sizes[p], lo, hi, k[0])
             for i in range(hi - lo):
