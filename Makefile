@@ -17,7 +17,7 @@ test: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/jupyter-execute --inplace notebooks/*.ipynb
 
-$(STAMP): setup.py requirements.txt
+$(STAMP): setup.py requirements.txt adam_plugin/_kernel.cpp
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] > (3, 11))' || { \
 	  echo "error: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); mxnet 1.9.1 needs numpy<1.24, which has no wheels past Python 3.11." >&2; \
 	  echo "       Run with a Python 3.11 or older: make PYTHON=python3.11 ..." >&2; exit 1; }

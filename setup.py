@@ -1,5 +1,20 @@
 """adam_plugin: the Adam optimizer as an MXNet/Gluon plugin."""
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+
+# The fused CPU kernel, a plain shared library that adam_plugin.fused loads with ctypes
+# (it defines no Python module). Optional: without a C++ compiler the package installs
+# and MyAdam takes its slower routes. -march=native, as a JIT would: it is built on the
+# machine that runs it. -ffp-contract=off and no -ffast-math keep every operation
+# rounded as the textbook NDArray path rounds it; -fno-math-errno lets sqrt vectorise.
+KERNEL = Extension(
+    'adam_plugin._kernel',
+    sources=['adam_plugin/_kernel.cpp'],
+    language='c++',
+    extra_compile_args=['-std=c++17', '-O3', '-march=native', '-ffp-contract=off',
+                        '-fno-math-errno', '-pthread'],
+    extra_link_args=['-pthread'],
+    optional=True,
+)
 
 setup(
     name='adam_plugin',
@@ -9,6 +24,7 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     packages=find_packages(include=['adam_plugin', 'adam_plugin.*']),
+    ext_modules=[KERNEL],
     python_requires='>=3.8,<3.12',
     install_requires=[
         'mxnet>=1.9.1,<2',

@@ -3,26 +3,24 @@
 Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
 
 ``'kernel'``
-    :mod:`adam_plugin.fused`, the single-pass numba kernel, for dense float32 and
+    :mod:`adam_plugin.fused`, the single-pass compiled kernel, for dense float32 and
     float64 parameters on CPU. Every option is handled there.
 ``'operator'``
     MXNet's own fused ``adam_update`` operator, for dense parameters on other
-    devices (GPU) when the options are ones it computes exactly: no AMSGrad, coupled
-    weight decay, ``epsilon_mode`` 'outside' or 'hat' (see :func:`operator_step`).
+    devices (GPU), or on CPU when the kernel was not built, and only when the options
+    are ones it computes exactly: no AMSGrad, coupled weight decay, ``epsilon_mode``
+    'outside' or 'hat' (see :func:`operator_step`).
 ``'textbook'``
     The NDArray-op ground truth, for everything else: ``fused=False``, row_sparse
     weights or gradients, float16 weights (with or without a float32 master copy),
     and options the operator lacks.
-
-This module does not import numba; :mod:`adam_plugin.fused` is imported on the first
-update that takes the kernel route.
 """
 import math
 
 import numpy
 import mxnet.ndarray as nd
 
-from . import textbook
+from . import fused, textbook
 
 KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
 KERNEL_DTYPES = (numpy.float32, numpy.float64)
@@ -44,13 +42,14 @@ def route(weight, grad, options):
     -------
     str
         ``'kernel'``, ``'operator'`` or ``'textbook'``. A float16 weight, with or
-        without a float32 master copy, always takes ``'textbook'``.
+        without a float32 master copy, always takes ``'textbook'``; a CPU weight
+        takes ``'kernel'`` when :data:`adam_plugin.fused.LIBRARY` was built.
     """
     if not options.fused or weight.stype != 'default' or grad.stype != 'default':
         return TEXTBOOK
     if weight.dtype not in KERNEL_DTYPES:
         return TEXTBOOK
-    if weight.context.device_type == 'cpu':
+    if weight.context.device_type == 'cpu' and fused.LIBRARY is not None:
         return KERNEL
     if (not options.amsgrad and not options.decoupled_wd
             and options.epsilon_mode in ('outside', 'hat')):
@@ -84,13 +83,10 @@ class Batch:
         for i, (way, weight) in enumerate(zip(self.routes, weights)):
             if way == KERNEL:
                 groups.setdefault(weight.dtype, []).append(i)
-        self.kernel_groups = []  # (positions, fused.Buffers)
-        if groups:
-            from . import fused
-            self.kernel_groups = [
-                (positions, fused.Buffers(*([column[i] for i in positions]
-                                            for column in (weights, grads, states))))
-                for positions in groups.values()]
+        self.kernel_groups = [  # (positions, fused.Buffers)
+            (positions, fused.Buffers(*([column[i] for i in positions]
+                                        for column in (weights, grads, states))))
+            for positions in groups.values()]
 
     def finite(self):
         """One flag per gradient: does it hold only finite values?

@@ -1,9 +1,10 @@
-"""The whole Adam step in one pass over memory: numba kernels on MXNet's own CPU buffers.
+"""The whole Adam step in one pass over memory, on MXNet's own CPU buffers.
 
-Imported lazily by :mod:`adam_plugin.dispatch` on the first fused update, so that
-``import adam_plugin`` neither imports numba nor compiles anything. The compiled
-kernels are cached on disk (numba ``cache=True``: ``__pycache__`` beside this file,
-or numba's per-user cache directory when that is not writable).
+The pass is compiled C++ (``adam_plugin/_kernel.cpp``), built by ``setup.py`` when the
+package is installed and loaded here with ctypes: nothing is compiled at run time.
+When it was not built (no C++ compiler at install time), :data:`LIBRARY` is None,
+importing this module warns once, and :mod:`adam_plugin.dispatch` sends CPU
+parameters where it sends GPU ones.
 
 How the buffers are reached: every entry point first waits for all pending MXNet
 engine work (``MXNDArrayWaitAll``), so no engine operation still reads or writes
@@ -12,35 +13,66 @@ and the kernel reads and writes the memory directly. Nothing is copied. MXNet do
 not know about these writes, which is safe because they are finished before the
 function returns and the engine has nothing in flight on those arrays.
 
-A whole list of parameters is one kernel call: the arrays are passed as tables of
-addresses and sizes, cut into chunks of at most ``CHUNK`` elements that numba's
-threads share (``numba.get_num_threads()``, set by ``NUMBA_NUM_THREADS``). Calls
-over fewer than ``PARALLEL_MIN`` elements run on one thread: waking a second one
-costs more than it saves there. On the 2-core development machine, idle, two
-threads halved the time on 10M elements; when another process held a core, they
-made it up to 3 times slower (the adam pass) and 70 times (the finiteness pass),
-since a parallel region waits for its slowest thread. The loops are written with
-``prange`` also for another reason: that is the form numba 0.68 vectorised; the
-same loops compiled serially ran 6 to 10 times slower.
+A whole list of parameters is one call, the arrays passed as tables of addresses and
+sizes; the call releases the GIL. Calls over at least ``PARALLEL_MIN`` elements cut
+the list, laid end to end, into :data:`THREADS` equal slices, one thread each; smaller
+ones run on the calling thread, since starting a thread costs more than it saves
+there. On the 2-core development machine with another process holding a core, two
+threads can be slower than one (a parallel call waits for its slowest thread):
+``OMP_NUM_THREADS=1`` is then the better setting.
 """
 import ctypes
+import importlib.util
 import math
+import os
+import warnings
 
 import numpy as np
-from numba import carray, get_num_threads, njit, prange, set_num_threads, types
-from numba.extending import intrinsic
 from mxnet.base import _LIB, check_call
 
-CHUNK = 1 << 14
 PARALLEL_MIN = 1 << 20
 
-# The exponent field of an IEEE float, as an integer of the same width.
-_EXPONENT = {np.dtype(np.float32): np.array([0x7F800000], dtype=np.int32),
-             np.dtype(np.float64): np.array([0x7FF0000000000000], dtype=np.int64)}
-
-# Columns of the per-step constants table, all in the parameters' dtype.
+# Columns of the per-step constants table, all in the parameters' dtype; the same
+# order as ``enum Column`` in _kernel.cpp.
 (_RESCALE, _WD, _CLIP, _BETA1, _ONE_MINUS_BETA1, _BETA2, _ONE_MINUS_BETA2, _BC1, _BC2,
  _EPS_INSIDE, _EPS_OUTSIDE, _DECAY, _LR, _NUM_CONSTANTS) = range(14)
+
+
+def _threads():
+    """``OMP_NUM_THREADS`` (its first number), which MXNet's CPU operators obey too;
+    else the number of CPUs this process may run on."""
+    setting = os.environ.get('OMP_NUM_THREADS', '').split(',')[0].strip()
+    if not setting:
+        return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    if not setting.isdigit() or int(setting) < 1:
+        raise ValueError(f"adam_plugin: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']!r} "
+                         "is not a positive integer")
+    return int(setting)
+
+
+THREADS = _threads()
+
+
+def _load():
+    """The built kernel library with its functions typed, or None (with a warning)."""
+    spec = importlib.util.find_spec('adam_plugin._kernel')
+    if spec is None:
+        warnings.warn("adam_plugin: the compiled kernel adam_plugin/_kernel.cpp was not built "
+                      "(it needs a C++ compiler when the package is installed); CPU parameters "
+                      "take MXNet's adam_update where it is exact, else the slower textbook path",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    library = ctypes.CDLL(spec.origin)
+    pointer, count = ctypes.c_void_p, ctypes.c_int64
+    for dtype in ('float32', 'float64'):
+        getattr(library, f'adam_{dtype}').argtypes = [
+            count, pointer, pointer, pointer, pointer, ctypes.c_int, ctypes.c_int]
+        getattr(library, f'finite_{dtype}').argtypes = [
+            count, pointer, pointer, pointer, ctypes.c_int]
+    return library
+
+
+LIBRARY = _load()
 
 
 def constants(step, dtype):
@@ -96,14 +128,18 @@ class Buffers:
     def all_finite(self):
         """One flag per gradient: does it hold only finite values?
 
-        One pass over all gradients, reading each element's bits.
+        One pass over all gradients, reading each element's bits: an element whose
+        exponent field is all ones is an Inf or a NaN.
         """
+        finite = np.ones(len(self.sizes), dtype=np.uint8)
         wait_all()
-        return list(_launch(_finite_kernel, self.sizes, self.addresses[1], self.sizes,
-                            _EXPONENT[self.dtype]))
+        getattr(LIBRARY, f'finite_{self.dtype.name}')(
+            len(self.sizes), self.addresses[1].ctypes.data, self.sizes.ctypes.data,
+            finite.ctypes.data, _threads_for(self.sizes))
+        return [bool(ok) for ok in finite]
 
     def adam_steps(self, steps):
-        """Apply :func:`adam_plugin.textbook.adam_step` to the parameters in one kernel launch.
+        """Apply :func:`adam_plugin.textbook.adam_step` to the parameters in one call.
 
         Per element, with the constants of :func:`constants` for that parameter's step,
         each operation rounded to the dtype in the textbook's order (no fused
@@ -137,10 +173,13 @@ class Buffers:
         if amsgrad and len(self.addresses) < 5:
             raise ValueError("myadam: amsgrad needs (m, v, vmax) states")
         table = np.stack([constants(step, self.dtype) for step in rows])
-        addresses, sizes = self.addresses[:, keep], self.sizes[keep]
+        addresses = np.ascontiguousarray(self.addresses[:, keep])  # rows of len(keep)
+        sizes = self.sizes[keep]
+        param_rows = np.array(param_rows, dtype=np.int64)
         wait_all()
-        _launch(_adam_kernel, sizes, addresses, sizes, np.array(param_rows, dtype=np.int64),
-                table, amsgrad)
+        getattr(LIBRARY, f'adam_{self.dtype.name}')(
+            len(keep), addresses.ctypes.data, sizes.ctypes.data, param_rows.ctypes.data,
+            table.ctypes.data, amsgrad, _threads_for(sizes))
 
 
 def wait_all():
@@ -148,134 +187,12 @@ def wait_all():
     check_call(_LIB.MXNDArrayWaitAll())
 
 
-def _launch(kernel, sizes, *args):
-    """``kernel(*args)`` on numba's threads, or on one below ``PARALLEL_MIN`` elements."""
-    threads = get_num_threads()
-    set_num_threads(threads if sizes.sum() >= PARALLEL_MIN else 1)
-    try:
-        return kernel(*args)
-    finally:
-        set_num_threads(threads)
+def _threads_for(sizes):
+    """:data:`THREADS` for a call over at least ``PARALLEL_MIN`` elements, else 1."""
+    return THREADS if sizes.sum() >= PARALLEL_MIN else 1
 
 
 def _address(array):
     pointer = ctypes.c_void_p()
     check_call(_LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
     return pointer.value or 0
-
-
-@intrinsic
-def _pointer(typingctx, address, like):
-    """``(address, value of dtype T) -> T*``: reinterpret an integer address as a typed pointer."""
-    sig = types.CPointer(like)(address, like)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-    return sig, codegen
-
-
-@njit(cache=True)
-def _chunk_table(sizes):
-    """Chunks of at most CHUNK elements: ``(parameter, start)`` per chunk, in order."""
-    counts = np.maximum((sizes + CHUNK - 1) // CHUNK, 1)
-    owner = np.empty(counts.sum(), dtype=np.int64)
-    start = np.empty(counts.sum(), dtype=np.int64)
-    c = 0
-    for p in range(sizes.size):
-        for k in range(counts[p]):
-            owner[c] = p
-            start[c] = k * CHUNK
-            c += 1
-    return owner, start
-
-
-@njit(inline='always')
-def _chunk(address, size, lo, hi, like):
-    """Elements ``[lo, hi)`` of the ``size``-element array at ``address``, typed like ``like``.
-
-    Indexed from 0, so that a loop over ``range(hi - lo)`` is one LLVM can vectorise.
-    """
-    return carray(_pointer(address, like), size)[lo:hi]
-
-
-@njit(parallel=True, cache=True)
-def _adam_kernel(addresses, sizes, param_rows, table, amsgrad):
-    owner, start = _chunk_table(sizes)
-    for c in prange(owner.size):
-        p = owner[c]
-        k = table[param_rows[p]]
-        lo, hi = start[c], min(start[c] + CHUNK, sizes[p])
-        w = _chunk(addresses[0, p], sizes[p], lo, hi, k[0])
-        g = _chunk(addresses[1, p], sizes[p], lo, hi, k[0])
-        m = _chunk(addresses[2, p], sizes[p], lo, hi, k[0])
-        v = _chunk(addresses[3, p], sizes[p], lo, hi, k[0])
-        # Scalars read once, outside the loops, in the arrays' dtype (a float64
-        # constant in a float32 loop would promote it and stop vectorisation).
-        rescale, wd, clip = k[_RESCALE], k[_WD], k[_CLIP]
-        beta1, one_minus_beta1 = k[_BETA1], k[_ONE_MINUS_BETA1]
-        beta2, one_minus_beta2 = k[_BETA2], k[_ONE_MINUS_BETA2]
-        bc1, bc2, eps_inside, eps_outside = k[_BC1], k[_BC2], k[_EPS_INSIDE], k[_EPS_OUTSIDE]
-        decay, lr = k[_DECAY], k[_LR]
-        # Two loops rather than a branch per element: the plain one never reads or
-        # writes vmax (whose buffer does not exist without AMSGrad) and stays branch-free.
-        if amsgrad:
-            vmax = _chunk(addresses[4, p], sizes[p], lo, hi, k[0])
-            for i in range(hi - lo):
-                gi = _gradient(g[i], w[i], rescale, wd, clip)
-                mi = beta1 * m[i] + one_minus_beta1 * gi
-                vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
-                vmi = max(vmax[i], vi)
-                m[i], v[i], vmax[i] = mi, vi, vmi
-                w[i] = _weight(w[i], mi, vmi, bc1, bc2, eps_inside, eps_outside, decay, lr)
-        else:
-            for i in range(hi - lo):
-                gi = _gradient(g[i], w[i], rescale, wd, clip)
-                mi = beta1 * m[i] + one_minus_beta1 * gi
-                vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
-                m[i], v[i] = mi, vi
-                w[i] = _weight(w[i], mi, vi, bc1, bc2, eps_inside, eps_outside, decay, lr)
-
-
-@njit(inline='always')
-def _gradient(g, w, rescale, wd, clip):
-    """Rescale, add coupled L2, clip as mshadow does (NaN passes through)."""
-    g = g * rescale
-    if wd != 0:
-        g = g + wd * w
-    if g > clip:
-        return clip
-    if g < -clip:
-        return -clip
-    return g
-
-
-@njit(inline='always')
-def _weight(w, m, v, bc1, bc2, eps_inside, eps_outside, decay, lr):
-    """The bias-corrected step applied to the (decayed) weight."""
-    u = (m / bc1) / (np.sqrt(v / bc2 + eps_inside) + eps_outside)
-    return w * decay - lr * u
-
-
-@njit(parallel=True, cache=True)
-def _finite_kernel(addresses, sizes, exponent):
-    """Per array: is no element's exponent field all ones (the IEEE encoding of Inf and NaN)?
-
-    The floats are read as integers of the same width, so the test is an integer
-    max-reduction that vectorises and that no floating-point flag can fold away.
-    """
-    owner, start = _chunk_table(sizes)
-    mask = exponent[0]
-    top = np.zeros(owner.size, dtype=exponent.dtype)
-    for c in prange(owner.size):
-        p = owner[c]
-        lo, hi = start[c], min(start[c] + CHUNK, sizes[p])
-        bits = _chunk(addresses[p], sizes[p], lo, hi, mask)
-        acc = mask & 0
-        for i in range(hi - lo):
-            acc = max(acc, bits[i] & mask)
-        top[c] = acc
-    finite = np.ones(sizes.size, dtype=np.bool_)
-    for c in range(owner.size):
-        if top[c] == mask:
-            finite[owner[c]] = False
-    return finite

@@ -82,9 +82,9 @@ class MyAdam(Optimizer):
         ``num_skipped`` counts skipped updates of parameter copies: with several
         devices updated by the Trainer, one skip per device.
     fused : bool, default True
-        Take the fast routes of :mod:`adam_plugin.dispatch`: one multi-threaded
-        numba pass over memory for dense float32/float64 parameters on CPU (all
-        parameters of a ``Trainer`` step in one launch), MXNet's ``adam_update``
+        Take the fast routes of :mod:`adam_plugin.dispatch`: one compiled,
+        multi-threaded pass over memory for dense float32/float64 parameters on CPU
+        (all parameters of a ``Trainer`` step in one call), MXNet's ``adam_update``
         where it is exact on other devices. ``False`` updates every parameter with
         the NDArray ops of :mod:`adam_plugin.textbook`. Both agree to float rounding.
     **kwargs

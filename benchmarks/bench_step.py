@@ -3,22 +3,21 @@
 Contenders: MXNet's built-in ``'adam'``, ``'myadam'`` (fused route, the default),
 ``'myadam'`` with ``fused=False`` (the textbook NDArray ops), and, when torch is
 installed, ``torch.optim.Adam(fused=True)`` on CPU in its own process with the same
-number of threads as MXNet's OpenMP and numba (``OMP_NUM_THREADS``, else the number
-of cores), and again with one thread. Workloads: one 10M-element tensor, 200 tensors of 1K, and the
+number of threads as MXNet's OpenMP and the kernel (``OMP_NUM_THREADS``, else the
+number of cores), and again with one thread. Workloads: one 10M-element tensor, 200 tensors of 1K, and the
 parameter shapes of ``gluon.model_zoo.vision.resnet18_v1``.
 
 Rounds are interleaved (every contender steps once per round, in turn, torch too)
 and the table shows medians and ratios to the built-in Adam. A second part measures
 memory: in a fresh process per optimizer, the growth of peak RSS over 5 steps on the
 10M tensor (Linux only), counted from just before the first step (so it includes the moment
-buffers, and for 'myadam' loading numba and its cached kernels), and from after the
-first step (steady state: parameter-sized temporaries would show here), plus the
-growth of anonymous memory, which leaves out shared libraries mapped from disk, and
-the growth from before step 1 once more in a process whose optimizer code was loaded
-first by one step on a separate 16-element parameter (for 'myadam': numba and its
-kernels; for MXNet's Adam nothing new). A third
-times the first 'myadam' step of a fresh process (importing numba, then compiling
-the kernels or loading them from numba's cache), with an empty and a warm cache.
+buffers and anything the first step loads or starts, such as the kernel's threads),
+and from after the first step (steady state: parameter-sized temporaries would show
+here), plus the growth of anonymous memory, which leaves out shared libraries mapped
+from disk, and the growth from before step 1 once more in a process whose optimizer
+code was run first by one step on a separate 16-element parameter. A third part
+times the compilation of the kernel (what ``pip install`` does once; every process
+then loads the built library) and the first 'myadam' step of a fresh process.
 
     python benchmarks/bench_step.py                # the table
     python benchmarks/bench_step.py --json out.json
@@ -125,7 +124,7 @@ def time_rounds(shapes_by_workload, rounds):
     torch_child = start_torch(shapes_by_workload)
     steps = {(w, name): mxnet_step(shapes, *MXNET_OPTIMIZERS[name])
              for w, shapes in shapes_by_workload.items() for name in MXNET_OPTIMIZERS}
-    for step in steps.values():  # warm-up: state creation, numba compile or cache load
+    for step in steps.values():  # warm-up: state creation, the kernel's threads
         step()
     times = {w: {} for w in shapes_by_workload}
     for _ in range(rounds):
@@ -149,7 +148,7 @@ def memory_child(optimizer, options, size, steps, warm_up):
     """Child process: print peak-RSS growth (MB) from before the first step and after it.
 
     Also the growth of anonymous memory (RssAnon, at the end): peak RSS also counts
-    pages of shared libraries mapped from disk, such as numba's LLVM. The peak (VmHWM)
+    pages of shared libraries mapped from disk. The peak (VmHWM)
     is reset to the current RSS at each starting point (Linux's
     ``/proc/self/clear_refs``), so transient peaks of the set-up do not hide growth.
     With ``warm_up``, one step on a separate 16-element parameter first loads the
@@ -209,15 +208,19 @@ def first_step_child():
 
 
 def measure_first_step():
-    """The first 'myadam' step of a fresh process, with numba's cache empty, then warm."""
-    out = {}
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        for name in ('cold_cache_s', 'warm_cache_s'):
-            result = subprocess.run([sys.executable, __file__, '--first-step-child'], env=env,
-                                    check=True, capture_output=True, text=True)
-            out[name] = float(result.stdout.strip().splitlines()[-1])
-    return out
+    """Seconds to compile the kernel as ``pip install`` does, and for a fresh process's first step."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as build:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, 'setup.py', 'build_ext', '--build-lib', build,
+                        '--build-temp', build], cwd=root, check=True, capture_output=True)
+        build_s = time.perf_counter() - start
+        built = os.listdir(os.path.join(build, 'adam_plugin'))
+        if not any(name.startswith('_kernel') for name in built):  # optional: no error
+            raise RuntimeError('setup.py build_ext did not build the kernel')
+    result = subprocess.run([sys.executable, __file__, '--first-step-child'],
+                            check=True, capture_output=True, text=True)
+    return {'build_s': build_s, 'first_step_s': float(result.stdout.strip().splitlines()[-1])}
 
 
 def report(times, memory, first_step):
@@ -242,8 +245,9 @@ def report(times, memory, first_step):
               f"after step 1: {m['steady_growth_mb']:6.1f}   "
               f"anonymous memory, from before step 1: {m['anon_growth_mb']:6.1f}   "
               f"from before step 1, code loaded first: {m['growth_after_warm_up_mb']:6.1f}")
-    print(f"\nfirst 'myadam' step of a fresh process: {first_step['cold_cache_s']:.2f} s with an "
-          f"empty numba cache, {first_step['warm_cache_s']:.2f} s with a warm one")
+    print(f"\ncompiling the kernel (setup.py build_ext, once per install): "
+          f"{first_step['build_s']:.2f} s; first 'myadam' step of a fresh process: "
+          f"{first_step['first_step_s'] * 1e3:.1f} ms")
     return {'threads': THREADS, 'timings': rows, 'memory': memory, 'first_step': first_step}
 
 

@@ -1,7 +1,5 @@
 """The fast routes of adam_plugin.dispatch against the textbook NDArray path."""
 import pickle
-import subprocess
-import sys
 import types
 import warnings
 
@@ -11,7 +9,7 @@ import mxnet as mx
 from mxnet import nd
 
 import adam_plugin  # noqa: F401  (registers 'myadam')
-from adam_plugin import MyAdam, dispatch, textbook
+from adam_plugin import MyAdam, dispatch, fused, textbook
 from configs import CONFIGS, optimizer_kwargs
 from oracles import gradients
 
@@ -57,12 +55,17 @@ def test_fused_matches_textbook(name, dtype, aggregated, rng):
         np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])
 
 
+# More than 3 of the kernel's 2^18-element pieces, so that every thread gets some.
+LARGE = [(3, 4, 5), (800_003,), (7,)]
+
+
 @pytest.mark.parametrize('name', CONFIGS)
-def test_fused_matches_textbook_on_all_threads(name, rng, monkeypatch):
-    """As above with the kernels on all of numba's threads (the tests' sizes are small)."""
-    from adam_plugin import fused
+def test_fused_matches_textbook_on_several_threads(name, rng, monkeypatch):
+    """As above with the kernel's calls shared by three threads, whatever their size
+    (two threads: the fork and concurrency tests below)."""
     monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)
-    weights, grads = inputs(rng, 'float32')
+    monkeypatch.setattr(fused, 'THREADS', 3)
+    weights, grads = inputs(rng, 'float32', LARGE)
     fast = run(CONFIGS[name], 'float32', True, True, weights, grads)
     slow = run(CONFIGS[name], 'float32', False, True, weights, grads)
     for f, s in zip(fast, slow):
@@ -100,15 +103,32 @@ ROUTES = [  # (weight, grad, options, expected route)
 ]
 
 
+# Where a CPU parameter goes when the kernel was not built: where a GPU one goes.
+WITHOUT_KERNEL = [  # (weight, grad, options, expected route)
+    (fake(), fake(), options(), 'operator'),
+    (fake(dtype=np.float64), fake(dtype=np.float64), options(epsilon_mode='hat'), 'operator'),
+    (fake(), fake(), options(epsilon_mode='inside'), 'textbook'),
+    (fake(), fake(), options(amsgrad=True), 'textbook'),
+    (fake(), fake(), options(decoupled_wd=True), 'textbook'),
+    (fake(), fake(), options(fused=False), 'textbook'),
+    (fake(dtype=np.float16), fake(dtype=np.float16), options(), 'textbook'),
+]
+
+
 @pytest.mark.parametrize('weight, grad, opts, expected', ROUTES)
 def test_route(weight, grad, opts, expected):
+    assert dispatch.route(weight, grad, opts) == expected
+
+
+@pytest.mark.parametrize('weight, grad, opts, expected', WITHOUT_KERNEL)
+def test_route_without_the_kernel(weight, grad, opts, expected, monkeypatch):
+    monkeypatch.setattr(fused, 'LIBRARY', None)
     assert dispatch.route(weight, grad, opts) == expected
 
 
 @pytest.fixture
 def taken(monkeypatch):
     """Counts the parameters each route updates during the test."""
-    from adam_plugin import fused
     counts = {'kernel': 0, 'operator': 0, 'textbook': 0}
 
     def counting(name, original, size_of):
@@ -270,11 +290,62 @@ def test_pending_writer_and_reader_around_the_step(rng):
 
 # --- packaging --------------------------------------------------------------------------------
 
-def test_import_does_not_load_numba():
-    code = ("import sys, adam_plugin; "
-            "print(sorted(m for m in sys.modules if m == 'numba' or m == 'adam_plugin.fused'))")
-    out = subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True)
-    assert out.stdout.strip() == '[]'
+def test_the_kernel_was_built():
+    """The tests run with the compiled kernel, or the fused tests above test nothing new."""
+    assert fused.LIBRARY is not None, (
+        'adam_plugin/_kernel.cpp was not built: setup.py needs a C++ compiler (g++)')
+
+
+def test_a_missing_kernel_warns_and_is_none(monkeypatch):
+    monkeypatch.setattr(fused.importlib.util, 'find_spec', lambda name: None)
+    with pytest.warns(RuntimeWarning, match='_kernel.cpp was not built'):
+        assert fused._load() is None
+
+
+def test_without_the_kernel_cpu_parameters_step_by_the_operator(taken, monkeypatch):
+    monkeypatch.setattr(fused, 'LIBRARY', None)
+    opt = MyAdam(learning_rate=0.1)
+    weights = [nd.ones((4, 3)), nd.ones((5,))]
+    states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+    opt.update([0, 1], weights, [nd.ones((4, 3)), nd.ones((5,))], states)
+    assert taken == dict(kernel=0, operator=2, textbook=0)
+    for w in weights:  # the first step of Adam moves every weight by lr against the gradient
+        np.testing.assert_allclose(w.asnumpy(), 0.9, rtol=1e-6)
+
+
+def _threaded_update(weight, grad):
+    """One update of ``weight`` by a new MyAdam (with the caller's settings of fused)."""
+    opt = MyAdam(learning_rate=0.1)
+    opt.update(0, weight, grad, opt.create_state(0, weight))
+    return weight.asnumpy()
+
+
+def test_a_forked_child_steps_on_several_threads(monkeypatch):
+    """The kernel's thread pool, started in the parent, is started afresh in a forked child."""
+    import multiprocessing
+    monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)
+    monkeypatch.setattr(fused, 'THREADS', 2)
+    shape = (800_003,)
+    np.testing.assert_allclose(_threaded_update(nd.ones(shape), nd.ones(shape)), 0.9, rtol=1e-6)
+    context = multiprocessing.get_context('fork')
+    with context.Pool(1) as pool:
+        result = pool.apply_async(_threaded_update, (nd.ones(shape), nd.ones(shape)))
+        np.testing.assert_allclose(result.get(timeout=60), 0.9, rtol=1e-6)
+
+
+def test_concurrent_callers_each_get_their_step(rng, monkeypatch):
+    """Python threads calling the kernel at once (it releases the GIL) share its threads."""
+    from concurrent.futures import ThreadPoolExecutor
+    monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)
+    monkeypatch.setattr(fused, 'THREADS', 2)
+    weights, grads = inputs(rng, 'float32', LARGE)
+    slow = run(CONFIGS['defaults'], 'float32', False, True, weights, grads)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: run(CONFIGS['defaults'], 'float32', True, True,
+                                              weights, grads), range(4)))
+    for fast in results:
+        for f, s in zip(fast, slow):
+            np.testing.assert_allclose(f, s, **FUSED_TOL['float32'])
 
 
 def test_fused_flag_survives_pickle():
