@@ -27,4 +27,4 @@ $(STAMP): setup.py requirements.txt adam_plugin/_kernel.cpp
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info build adam_plugin/_kernel*.so

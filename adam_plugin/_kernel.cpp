@@ -1,8 +1,10 @@
 // The whole Adam step in one pass over memory, for adam_plugin.fused (loaded with ctypes).
 //
 // Built by setup.py (an optional extension: without a C++ compiler the package
-// installs without it and MyAdam takes its other routes). It holds no Python: every
-// function takes raw addresses, returns nothing that can fail, and runs without the GIL.
+// installs without it and MyAdam takes its other routes). It holds no Python and runs
+// without the GIL. Arrays arrive as MXNet NDArray handles; their data pointers are
+// asked of MXNet (MXNDArrayGetData, handed over once by use_mxnet) on the calling
+// thread, before any element is touched.
 //
 // A call covers a list of parameters, seen as one row of elements laid end to end;
 // with `threads` > 1 the threads share it in pieces (see run), which may start or end
@@ -156,11 +158,28 @@ void adam_range(T *__restrict__ w, const T *__restrict__ g, T *__restrict__ m,
     }
 }
 
-// addresses: 5 rows of n (w, g, m, v, vmax; the vmax row is read only with amsgrad).
+// MXNet's MXNDArrayGetData: 0, and the array's data pointer in *out; or -1 with
+// MXNet's last error set.
+using GetData = int (*)(void *handle, void **out);
+GetData get_data = nullptr;
+
+// The data pointers of handles[0 .. count), or an empty vector when MXNet refused one.
+std::vector<void *> data_pointers(void *const *handles, int64_t count) {
+    std::vector<void *> pointers(count);
+    for (int64_t i = 0; i < count; ++i)
+        if (get_data(handles[i], &pointers[i]) != 0) return {};
+    return pointers;
+}
+
+// handles: `columns` rows of n: w, g, m, v, and vmax (5 columns, needed by amsgrad).
+// Returns 0, or -1
+// (nothing touched) when MXNet could not give a data pointer.
 template <typename T>
-void adam(int64_t n, const int64_t *addresses, const int64_t *sizes, const int64_t *rows,
-          const T *table, int amsgrad, int threads) {
-    auto column = [&](int c, int64_t p) { return reinterpret_cast<T *>(addresses[c * n + p]); };
+int adam(int64_t n, void *const *handles, int columns, const int64_t *sizes,
+         const int64_t *rows, const T *table, int amsgrad, int threads) {
+    const std::vector<void *> pointers = data_pointers(handles, columns * n);
+    if (pointers.empty() && n > 0) return -1;
+    auto column = [&](int c, int64_t p) { return static_cast<T *>(pointers[c * n + p]); };
     run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
         const T *k = table + rows[p] * NUM_CONSTANTS;
         if (amsgrad)
@@ -170,44 +189,50 @@ void adam(int64_t n, const int64_t *addresses, const int64_t *sizes, const int64
             adam_range<T, false>(column(0, p), column(1, p), column(2, p), column(3, p),
                                  nullptr, k, lo, hi);
     });
+    return 0;
 }
 
 // finite[p] is set to 0 when array p holds an Inf or a NaN: an element whose exponent
 // field is all ones. The floats are read as integers of their width, so the test is an
 // integer OR-reduction that vectorises and that no floating-point setting can fold away.
 template <typename Bits>
-void finite(int64_t n, const int64_t *addresses, const int64_t *sizes, uint8_t *finite,
-            Bits exponent, int threads) {
+int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite,
+           Bits exponent, int threads) {
+    const std::vector<void *> pointers = data_pointers(handles, n);
+    if (pointers.empty() && n > 0) return -1;
     run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
-        const Bits *bits = reinterpret_cast<const Bits *>(addresses[p]);
+        const Bits *bits = static_cast<const Bits *>(pointers[p]);
         Bits any = 0;
         for (int64_t i = lo; i < hi; ++i) any |= (bits[i] & exponent) == exponent;
         if (any) __atomic_store_n(&finite[p], 0, __ATOMIC_RELAXED);
     });
+    return 0;
 }
 
 }  // namespace
 
 extern "C" {
 
-void adam_float32(int64_t n, const int64_t *addresses, const int64_t *sizes,
-                  const int64_t *rows, const float *table, int amsgrad, int threads) {
-    adam<float>(n, addresses, sizes, rows, table, amsgrad, threads);
+void use_mxnet(GetData mxnet_get_data) { get_data = mxnet_get_data; }
+
+int adam_float32(int64_t n, void *const *handles, int columns, const int64_t *sizes,
+                 const int64_t *rows, const float *table, int amsgrad, int threads) {
+    return adam<float>(n, handles, columns, sizes, rows, table, amsgrad, threads);
 }
 
-void adam_float64(int64_t n, const int64_t *addresses, const int64_t *sizes,
-                  const int64_t *rows, const double *table, int amsgrad, int threads) {
-    adam<double>(n, addresses, sizes, rows, table, amsgrad, threads);
+int adam_float64(int64_t n, void *const *handles, int columns, const int64_t *sizes,
+                 const int64_t *rows, const double *table, int amsgrad, int threads) {
+    return adam<double>(n, handles, columns, sizes, rows, table, amsgrad, threads);
 }
 
-void finite_float32(int64_t n, const int64_t *addresses, const int64_t *sizes,
-                    uint8_t *finite_out, int threads) {
-    finite<uint32_t>(n, addresses, sizes, finite_out, 0x7F800000u, threads);
+int finite_float32(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
+                   int threads) {
+    return finite<uint32_t>(n, handles, sizes, finite_out, 0x7F800000u, threads);
 }
 
-void finite_float64(int64_t n, const int64_t *addresses, const int64_t *sizes,
-                    uint8_t *finite_out, int threads) {
-    finite<uint64_t>(n, addresses, sizes, finite_out, 0x7FF0000000000000ull, threads);
+int finite_float64(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
+                   int threads) {
+    return finite<uint64_t>(n, handles, sizes, finite_out, 0x7FF0000000000000ull, threads);
 }
 
 }  // extern "C"

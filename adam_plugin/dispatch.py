@@ -16,6 +16,7 @@ Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
     and options the operator lacks.
 """
 import math
+from typing import NamedTuple
 
 import numpy
 import mxnet.ndarray as nd
@@ -23,16 +24,80 @@ import mxnet.ndarray as nd
 from . import fused, textbook
 
 KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
-KERNEL_DTYPES = (numpy.float32, numpy.float64)
+KERNEL_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
 
-def route(weight, grad, options):
-    """The route that updates ``weight`` with ``grad``.
+class Layout(NamedTuple):
+    """What the dispatch reads of a weight and its gradient; fixed for the arrays' life.
+
+    Attributes
+    ----------
+    dense : bool
+        Both are ``stype='default'`` (not row_sparse).
+    dtype : numpy.dtype
+        The weight's dtype, which is the gradient's.
+    device_type : str
+        ``'cpu'``, ``'gpu'``, ... of the weight's context.
+    size : int
+        Elements of the weight.
+    """
+    dense: bool
+    dtype: numpy.dtype
+    device_type: str
+    size: int
+
+
+class Layouts:
+    """The :class:`Layout` of each parameter index, read from MXNet only when its arrays change.
+
+    Under a ``Trainer`` (updating on one device) the same weight and gradient objects
+    come back every step, and each property read is a call into MXNet (about 1 us):
+    the layout of the last pair seen is kept per index and reused while both are
+    the same objects. With several devices updated locally, the copies alternate and
+    each is read afresh.
 
     Parameters
     ----------
-    weight, grad : NDArray
-        Only their ``stype``, ``dtype`` and ``context`` are read.
+    name : callable
+        ``name(index)``, the parameter as error messages call it.
+    """
+
+    def __init__(self, name):
+        self._name = name
+        self._last = {}  # index -> (weight, grad, Layout)
+
+    def __call__(self, index, weight, grad):
+        """The :class:`Layout` of ``weight`` and ``grad``.
+
+        Raises
+        ------
+        ValueError
+            If the gradient's shape or dtype is not the weight's: MXNet's NDArray
+            arithmetic would broadcast a smaller gradient, and the kernel reads raw
+            memory, either giving wrong numbers without a word.
+        """
+        last = self._last.get(index)
+        if last is not None and last[0] is weight and last[1] is grad:
+            return last[2]
+        if grad.shape != weight.shape or grad.dtype != weight.dtype:
+            raise ValueError(
+                f"myadam: the gradient of {self._name(index)} has shape {grad.shape} and "
+                f"dtype {numpy.dtype(grad.dtype).name}, its weight {weight.shape} and "
+                f"{numpy.dtype(weight.dtype).name}; nothing was updated")
+        layout = Layout(dense=weight.stype == 'default' and grad.stype == 'default',
+                        dtype=numpy.dtype(weight.dtype),
+                        device_type=weight.context.device_type, size=weight.size)
+        self._last[index] = (weight, grad, layout)
+        return layout
+
+
+def route(layout, options):
+    """The route that updates a parameter.
+
+    Parameters
+    ----------
+    layout : Layout
+        Of the weight and its gradient.
     options : MyAdam
         Or any object with its attributes ``fused``, ``amsgrad``, ``decoupled_wd``
         and ``epsilon_mode``. ``fused=False`` always gives ``'textbook'``; the others
@@ -45,11 +110,9 @@ def route(weight, grad, options):
         without a float32 master copy, always takes ``'textbook'``; a CPU weight
         takes ``'kernel'`` when :data:`adam_plugin.fused.LIBRARY` was built.
     """
-    if not options.fused or weight.stype != 'default' or grad.stype != 'default':
+    if not options.fused or not layout.dense or layout.dtype not in KERNEL_DTYPES:
         return TEXTBOOK
-    if weight.dtype not in KERNEL_DTYPES:
-        return TEXTBOOK
-    if weight.context.device_type == 'cpu' and fused.LIBRARY is not None:
+    if layout.device_type == 'cpu' and fused.LIBRARY is not None:
         return KERNEL
     if (not options.amsgrad and not options.decoupled_wd
             and options.epsilon_mode in ('outside', 'hat')):
@@ -67,6 +130,8 @@ class Batch:
     ----------
     options : MyAdam
         See :func:`route`.
+    layouts : list of Layout
+        One per parameter, from :class:`Layouts`.
     weights, grads : list of NDArray
     states : list of tuple of NDArray
         As made by ``MyAdam.create_state_multi_precision``: ``(m, v[, vmax])``, or
@@ -75,18 +140,19 @@ class Batch:
         Whether float16 weights step on their float32 master copy.
     """
 
-    def __init__(self, options, weights, grads, states, multi_precision=False):
+    def __init__(self, options, layouts, weights, grads, states, multi_precision=False):
         self.weights, self.grads, self.states = weights, grads, states
         self.multi_precision = multi_precision
-        self.routes = [route(w, g, options) for w, g in zip(weights, grads)]
+        self.routes = [route(layout, options) for layout in layouts]
         groups = {}  # dtype -> positions on the kernel route
-        for i, (way, weight) in enumerate(zip(self.routes, weights)):
+        for i, (way, layout) in enumerate(zip(self.routes, layouts)):
             if way == KERNEL:
-                groups.setdefault(weight.dtype, []).append(i)
+                groups.setdefault(layout.dtype, []).append(i)
         self.kernel_groups = [  # (positions, fused.Buffers)
-            (positions, fused.Buffers(*([column[i] for i in positions]
+            (positions, fused.Buffers(dtype, [layouts[i].size for i in positions],
+                                      *([column[i] for i in positions]
                                         for column in (weights, grads, states))))
-            for positions in groups.values()]
+            for dtype, positions in groups.items()]
 
     def finite(self):
         """One flag per gradient: does it hold only finite values?

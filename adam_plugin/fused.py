@@ -8,12 +8,13 @@ parameters where it sends GPU ones.
 
 How the buffers are reached: every entry point first waits for all pending MXNet
 engine work (``MXNDArrayWaitAll``), so no engine operation still reads or writes
-any of the arrays; it then takes each array's data pointer (``MXNDArrayGetData``)
-and the kernel reads and writes the memory directly. Nothing is copied. MXNet does
+any of the arrays; the kernel then asks MXNet for each array's data pointer
+(``MXNDArrayGetData``, called from C++ on the handles) and reads and writes the
+memory directly. Nothing is copied. MXNet does
 not know about these writes, which is safe because they are finished before the
 function returns and the engine has nothing in flight on those arrays.
 
-A whole list of parameters is one call, the arrays passed as tables of addresses and
+A whole list of parameters is one call, the arrays passed as tables of handles and
 sizes; the call releases the GIL. Calls over at least ``PARALLEL_MIN`` elements cut
 the list, laid end to end, into :data:`THREADS` equal slices, one thread each; smaller
 ones run on the calling thread, since starting a thread costs more than it saves
@@ -63,12 +64,13 @@ def _load():
                       RuntimeWarning, stacklevel=2)
         return None
     library = ctypes.CDLL(spec.origin)
-    pointer, count = ctypes.c_void_p, ctypes.c_int64
+    pointer, count, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    library.use_mxnet.argtypes = [pointer]
+    library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, pointer))
     for dtype in ('float32', 'float64'):
         getattr(library, f'adam_{dtype}').argtypes = [
-            count, pointer, pointer, pointer, pointer, ctypes.c_int, ctypes.c_int]
-        getattr(library, f'finite_{dtype}').argtypes = [
-            count, pointer, pointer, pointer, ctypes.c_int]
+            count, pointer, flag, pointer, pointer, pointer, flag, flag]
+        getattr(library, f'finite_{dtype}').argtypes = [count, pointer, pointer, pointer, flag]
     return library
 
 
@@ -103,27 +105,30 @@ def constants(step, dtype):
 
 
 class Buffers:
-    """The memory of a list of parameters of one dtype: their addresses and sizes.
+    """A list of parameters of one dtype, as the kernel takes them: handles and sizes.
 
-    Read once per update call and shared by :meth:`all_finite` and :meth:`adam_steps`.
+    Made once per update call and shared by :meth:`all_finite` and :meth:`adam_steps`.
 
     Parameters
     ----------
+    dtype : numpy.dtype
+        float32 or float64, the dtype of every array.
+    sizes : list of int
+        Elements per parameter.
     weights, grads : list of NDArray
-        Dense CPU arrays of one dtype, float32 or float64.
+        Dense CPU arrays of that dtype; each gradient of its weight's shape.
     states : list of tuple of NDArray
         ``(m, v)`` or, for all of them, ``(m, v, vmax)``; same shapes and dtype.
     """
 
-    def __init__(self, weights, grads, states):
+    def __init__(self, dtype, sizes, weights, grads, states):
         if len({len(state) for state in states}) != 1:
             raise ValueError("myadam: states of one call must all be (m, v) or all (m, v, vmax)")
-        self.dtype = np.dtype(weights[0].dtype)
+        self.dtype = np.dtype(dtype)
         columns = [weights, grads] + [list(bufs) for bufs in zip(*states)]
-        wait_all()  # nothing in flight may still allocate or move them
-        self.addresses = np.array([[_address(a) for a in column] for column in columns],
-                                  dtype=np.int64)
-        self.sizes = np.array([w.size for w in weights], dtype=np.int64)
+        self.handles = np.array([[a.handle.value for a in column] for column in columns],
+                                dtype=np.uintp)
+        self.sizes = np.array(sizes, dtype=np.int64)
 
     def all_finite(self):
         """One flag per gradient: does it hold only finite values?
@@ -133,9 +138,9 @@ class Buffers:
         """
         finite = np.ones(len(self.sizes), dtype=np.uint8)
         wait_all()
-        getattr(LIBRARY, f'finite_{self.dtype.name}')(
-            len(self.sizes), self.addresses[1].ctypes.data, self.sizes.ctypes.data,
-            finite.ctypes.data, _threads_for(self.sizes))
+        check_call(getattr(LIBRARY, f'finite_{self.dtype.name}')(
+            len(self.sizes), self.handles[1].ctypes.data, self.sizes.ctypes.data,
+            finite.ctypes.data, _threads_for(self.sizes)))
         return [bool(ok) for ok in finite]
 
     def adam_steps(self, steps):
@@ -170,16 +175,16 @@ class Buffers:
         if not keep:
             return
         amsgrad = any(step.amsgrad for step in rows)
-        if amsgrad and len(self.addresses) < 5:
+        if amsgrad and len(self.handles) < 5:
             raise ValueError("myadam: amsgrad needs (m, v, vmax) states")
         table = np.stack([constants(step, self.dtype) for step in rows])
-        addresses = np.ascontiguousarray(self.addresses[:, keep])  # rows of len(keep)
+        handles = np.ascontiguousarray(self.handles[:, keep])  # rows of len(keep)
         sizes = self.sizes[keep]
         param_rows = np.array(param_rows, dtype=np.int64)
         wait_all()
-        getattr(LIBRARY, f'adam_{self.dtype.name}')(
-            len(keep), addresses.ctypes.data, sizes.ctypes.data, param_rows.ctypes.data,
-            table.ctypes.data, amsgrad, _threads_for(sizes))
+        check_call(getattr(LIBRARY, f'adam_{self.dtype.name}')(
+            len(keep), handles.ctypes.data, len(handles), sizes.ctypes.data,
+            param_rows.ctypes.data, table.ctypes.data, amsgrad, _threads_for(sizes)))
 
 
 def wait_all():
@@ -190,9 +195,3 @@ def wait_all():
 def _threads_for(sizes):
     """:data:`THREADS` for a call over at least ``PARALLEL_MIN`` elements, else 1."""
     return THREADS if sizes.sum() >= PARALLEL_MIN else 1
-
-
-def _address(array):
-    pointer = ctypes.c_void_p()
-    check_call(_LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
-    return pointer.value or 0

@@ -2,7 +2,6 @@
 import math
 import warnings
 
-import numpy
 import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
@@ -129,17 +128,17 @@ class MyAdam(Optimizer):
         self.nonfinite = nonfinite
         self.fused = bool(fused)
         self.num_skipped = 0
-        self._fitted = {}  # see _check_gradients; not pickled
+        self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads; not pickled
         self.aggregate_num = AGGREGATE_NUM
 
     def __getstate__(self):
         state = super().__getstate__()
-        del state['_fitted']  # references to live arrays, not hyperparameters
+        del state['_layouts']  # references to live arrays, not hyperparameters
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._fitted = {}
+        self._layouts = dispatch.Layouts(self._name)
 
     def set_learning_rate(self, lr):
         """Set the learning rate; a negative or NaN ``lr`` raises ``ValueError``."""
@@ -164,8 +163,8 @@ class MyAdam(Optimizer):
         refuse_worker_update()  # update_on_kvstore=False in a dist job: see distributed.py
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
-        self._check_gradients(indices, weights, grads)
-        batch = dispatch.Batch(self, weights, grads, states, multi_precision)
+        layouts = [self._layouts(*args) for args in zip(indices, weights, grads)]
+        batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision)
         steps = []
         for index, ok in zip(indices, self._finite(indices, batch)):
             if ok:
@@ -185,26 +184,6 @@ class MyAdam(Optimizer):
                     amsgrad=self.amsgrad, decoupled_wd=self.decoupled_wd,
                     rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
                     lazy_update=self.lazy_update)
-
-    def _check_gradients(self, indices, weights, grads):
-        """Refuse, before anything changes, a gradient whose shape or dtype is not its weight's.
-
-        MXNet's NDArray arithmetic would broadcast a smaller gradient, and the fused
-        kernel reads raw memory: either would give wrong numbers without a word.
-        The last pair that fitted is remembered per index, and the same two objects
-        are not asked again: under a Trainer (updating on one device) they are the
-        same objects every step, and each question is a call into MXNet.
-        """
-        for index, weight, grad in zip(indices, weights, grads):
-            fitted = self._fitted.get(index)
-            if fitted is not None and fitted[0] is weight and fitted[1] is grad:
-                continue
-            if grad.shape != weight.shape or grad.dtype != weight.dtype:
-                raise ValueError(
-                    f"myadam: the gradient of {self._name(index)} has shape {grad.shape} and "
-                    f"dtype {numpy.dtype(grad.dtype).name}, its weight {weight.shape} and "
-                    f"{numpy.dtype(weight.dtype).name}; nothing was updated")
-            self._fitted[index] = (weight, grad)
 
     def _finite(self, indices, batch):
         """One flag per gradient of ``batch``: does it hold only finite values?

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 THREADS = int(os.environ.get('OMP_NUM_THREADS', os.cpu_count()))
 MXNET_OPTIMIZERS = {

@@ -74,9 +74,9 @@ def test_fused_matches_textbook_on_several_threads(name, rng, monkeypatch):
 
 # --- which route each parameter takes ---------------------------------------------------
 
-def fake(stype='default', dtype=np.float32, ctx=mx.cpu()):
-    """Stands in for an NDArray where only stype, dtype and context are read (e.g. on a GPU)."""
-    return types.SimpleNamespace(stype=stype, dtype=dtype, context=ctx)
+def layout(dense=True, dtype=np.float32, device='cpu'):
+    """The layout of a 12-element weight and its gradient, anywhere (a GPU too)."""
+    return dispatch.Layout(dense=dense, dtype=np.dtype(dtype), device_type=device, size=12)
 
 
 def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside'):
@@ -84,46 +84,57 @@ def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside
                                  epsilon_mode=epsilon_mode)
 
 
-ROUTES = [  # (weight, grad, options, expected route)
-    (fake(), fake(), options(), 'kernel'),
-    (fake(dtype=np.float64), fake(dtype=np.float64), options(amsgrad=True), 'kernel'),
-    (fake(ctx=mx.cpu(1)), fake(ctx=mx.cpu(1)), options(epsilon_mode='inside'), 'kernel'),
-    (fake(), fake(), options(fused=False), 'textbook'),
-    (fake(), fake(stype='row_sparse'), options(), 'textbook'),
-    (fake(stype='row_sparse'), fake(stype='row_sparse'), options(), 'textbook'),
-    (fake(dtype=np.float16), fake(dtype=np.float16), options(), 'textbook'),
-    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(), 'operator'),
-    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(epsilon_mode='hat'), 'operator'),
-    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(epsilon_mode='inside'), 'textbook'),
-    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(amsgrad=True), 'textbook'),
-    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(decoupled_wd=True), 'textbook'),
-    (fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)), options(fused=False), 'textbook'),
-    (fake(ctx=mx.gpu(0), dtype=np.float16), fake(ctx=mx.gpu(0), dtype=np.float16), options(),
-     'textbook'),
+ROUTES = [  # (layout, options, expected route)
+    (layout(), options(), 'kernel'),
+    (layout(dtype=np.float64), options(amsgrad=True), 'kernel'),
+    (layout(), options(epsilon_mode='inside'), 'kernel'),
+    (layout(), options(fused=False), 'textbook'),
+    (layout(dense=False), options(), 'textbook'),
+    (layout(dtype=np.float16), options(), 'textbook'),
+    (layout(device='gpu'), options(), 'operator'),
+    (layout(device='gpu'), options(epsilon_mode='hat'), 'operator'),
+    (layout(device='gpu'), options(epsilon_mode='inside'), 'textbook'),
+    (layout(device='gpu'), options(amsgrad=True), 'textbook'),
+    (layout(device='gpu'), options(decoupled_wd=True), 'textbook'),
+    (layout(device='gpu'), options(fused=False), 'textbook'),
+    (layout(device='gpu', dense=False), options(), 'textbook'),
+    (layout(device='gpu', dtype=np.float16), options(), 'textbook'),
 ]
-
 
 # Where a CPU parameter goes when the kernel was not built: where a GPU one goes.
-WITHOUT_KERNEL = [  # (weight, grad, options, expected route)
-    (fake(), fake(), options(), 'operator'),
-    (fake(dtype=np.float64), fake(dtype=np.float64), options(epsilon_mode='hat'), 'operator'),
-    (fake(), fake(), options(epsilon_mode='inside'), 'textbook'),
-    (fake(), fake(), options(amsgrad=True), 'textbook'),
-    (fake(), fake(), options(decoupled_wd=True), 'textbook'),
-    (fake(), fake(), options(fused=False), 'textbook'),
-    (fake(dtype=np.float16), fake(dtype=np.float16), options(), 'textbook'),
+WITHOUT_KERNEL = [  # (layout, options, expected route)
+    (layout(), options(), 'operator'),
+    (layout(dtype=np.float64), options(epsilon_mode='hat'), 'operator'),
+    (layout(), options(epsilon_mode='inside'), 'textbook'),
+    (layout(), options(amsgrad=True), 'textbook'),
+    (layout(), options(decoupled_wd=True), 'textbook'),
+    (layout(), options(fused=False), 'textbook'),
+    (layout(dtype=np.float16), options(), 'textbook'),
 ]
 
 
-@pytest.mark.parametrize('weight, grad, opts, expected', ROUTES)
-def test_route(weight, grad, opts, expected):
-    assert dispatch.route(weight, grad, opts) == expected
+@pytest.mark.parametrize('where, opts, expected', ROUTES)
+def test_route(where, opts, expected):
+    assert dispatch.route(where, opts) == expected
 
 
-@pytest.mark.parametrize('weight, grad, opts, expected', WITHOUT_KERNEL)
-def test_route_without_the_kernel(weight, grad, opts, expected, monkeypatch):
+@pytest.mark.parametrize('where, opts, expected', WITHOUT_KERNEL)
+def test_route_without_the_kernel(where, opts, expected, monkeypatch):
     monkeypatch.setattr(fused, 'LIBRARY', None)
-    assert dispatch.route(weight, grad, opts) == expected
+    assert dispatch.route(where, opts) == expected
+
+
+def test_layouts_are_read_from_the_arrays_and_kept_while_they_are_the_same():
+    layouts = dispatch.Layouts(lambda index: f'p{index}')
+    weight, grad = nd.ones((4, 3), dtype='float64'), nd.ones((4, 3), dtype='float64')
+    first = layouts(0, weight, grad)
+    assert first == dispatch.Layout(dense=True, dtype=np.dtype('float64'), device_type='cpu',
+                                    size=12)
+    assert layouts(0, weight, grad) is first
+    sparse = nd.sparse.row_sparse_array((np.ones((1, 3)), [2]), shape=(4, 3), dtype='float64')
+    assert layouts(0, weight, sparse) == first._replace(dense=False)  # a new gradient is read
+    with pytest.raises(ValueError, match='p1 has shape'):
+        layouts(1, weight, nd.ones((3,), dtype='float64'))
 
 
 @pytest.fixture
@@ -190,7 +201,7 @@ def test_a_list_mixing_routes_takes_each(taken):
 # --- MXNet's adam_update with the remap (the route for GPUs), exercised on CPU -------------
 
 OPERATOR_CONFIGS = [name for name, config in CONFIGS.items()
-                    if dispatch.route(fake(ctx=mx.gpu(0)), fake(ctx=mx.gpu(0)),
+                    if dispatch.route(layout(device='gpu'),
                                       MyAdam(**optimizer_kwargs(config))) == 'operator']
 
 
@@ -349,9 +360,9 @@ def test_concurrent_callers_each_get_their_step(rng, monkeypatch):
 
 
 def test_fused_flag_survives_pickle():
-    for fused in (True, False):
-        opt = pickle.loads(pickle.dumps(MyAdam(fused=fused)))
-        assert opt.fused is fused
+    for flag in (True, False):
+        opt = pickle.loads(pickle.dumps(MyAdam(fused=flag)))
+        assert opt.fused is flag
 
 
 def test_trainer_steps_through_the_kernel_in_one_list(taken):

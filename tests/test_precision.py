@@ -1,7 +1,6 @@
 """float16 weights: a float32 master copy with multi_precision, a warning without it."""
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import nd
 
 from adam_plugin import MyAdam
