@@ -33,13 +33,16 @@ enum Column {
 };
 
 // Run body(p, lo, hi) over elements [lo, hi) of parameter p, for every part of the
-// row of `sizes` that falls in [begin, end).
+// row that falls in [begin, end). offsets: n + 1 entries, where each parameter starts
+// in the row and, last, where the row ends.
 template <typename Body>
-void for_slice(int64_t n, const int64_t *sizes, int64_t begin, int64_t end, Body body) {
-    int64_t offset = 0;
-    for (int64_t p = 0; p < n && offset < end; offset += sizes[p], ++p) {
-        int64_t lo = begin > offset ? begin - offset : 0;
-        int64_t hi = end < offset + sizes[p] ? end - offset : sizes[p];
+void for_slice(const std::vector<int64_t> &offsets, int64_t begin, int64_t end, Body body) {
+    const int64_t n = static_cast<int64_t>(offsets.size()) - 1;
+    // The first parameter ending after `begin`.
+    int64_t p = std::upper_bound(offsets.begin() + 1, offsets.end(), begin) - offsets.begin() - 1;
+    for (; p < n && offsets[p] < end; ++p) {
+        const int64_t lo = std::max(begin, offsets[p]) - offsets[p];
+        const int64_t hi = std::min(end, offsets[p + 1]) - offsets[p];
         if (lo < hi) body(p, lo, hi);
     }
 }
@@ -114,13 +117,13 @@ Pool *Pool::instance = [] {
 // a shared counter, so a thread slowed by another process leaves more to the others.
 template <typename Body>
 void run(int64_t n, const int64_t *sizes, int threads, Body body) {
-    int64_t total = 0;
-    for (int64_t p = 0; p < n; ++p) total += sizes[p];
-    const int64_t chunks = (total + CHUNK - 1) / CHUNK;
+    std::vector<int64_t> offsets(n + 1, 0);
+    for (int64_t p = 0; p < n; ++p) offsets[p + 1] = offsets[p] + sizes[p];
+    const int64_t total = offsets[n], chunks = (total + CHUNK - 1) / CHUNK;
     std::atomic<int64_t> next{0};
     auto work = [&] {
         for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;)
-            for_slice(n, sizes, c * CHUNK, std::min(total, (c + 1) * CHUNK), body);
+            for_slice(offsets, c * CHUNK, std::min(total, (c + 1) * CHUNK), body);
     };
     const int64_t helpers = std::min<int64_t>(threads, chunks) - 1;
     if (helpers < 1) return work();
