@@ -15,12 +15,10 @@ not know about these writes, which is safe because they are finished before the
 function returns and the engine has nothing in flight on those arrays.
 
 A whole list of parameters is one call, the arrays passed as tables of handles and
-sizes; the call releases the GIL. Calls over at least ``PARALLEL_MIN`` elements cut
-the list, laid end to end, into :data:`THREADS` equal slices, one thread each; smaller
-ones run on the calling thread, since starting a thread costs more than it saves
-there. On the 2-core development machine with another process holding a core, two
-threads can be slower than one (a parallel call waits for its slowest thread):
-``OMP_NUM_THREADS=1`` is then the better setting.
+sizes; the call releases the GIL. Calls over at least ``PARALLEL_MIN`` elements are
+shared by :data:`THREADS` threads (the caller's and a pool kept by the kernel), which
+take the list, laid end to end, in pieces of 2^18 elements; smaller calls run on the
+calling thread alone, where waking another costs more than it saves.
 """
 import ctypes
 import importlib.util
