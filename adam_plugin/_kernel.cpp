@@ -175,8 +175,7 @@ std::vector<void *> data_pointers(void *const *handles, int64_t count) {
 }
 
 // handles: `columns` rows of n: w, g, m, v, and vmax (5 columns, needed by amsgrad).
-// Returns 0, or -1
-// (nothing touched) when MXNet could not give a data pointer.
+// Returns 0, or -1 (nothing touched) when MXNet could not give a data pointer.
 template <typename T>
 int adam(int64_t n, void *const *handles, int columns, const int64_t *sizes,
          const int64_t *rows, const T *table, int amsgrad, int threads) {

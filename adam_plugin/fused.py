@@ -10,9 +10,9 @@ How the buffers are reached: every entry point first waits for all pending MXNet
 engine work (``MXNDArrayWaitAll``), so no engine operation still reads or writes
 any of the arrays; the kernel then asks MXNet for each array's data pointer
 (``MXNDArrayGetData``, called from C++ on the handles) and reads and writes the
-memory directly. Nothing is copied. MXNet does
-not know about these writes, which is safe because they are finished before the
-function returns and the engine has nothing in flight on those arrays.
+memory directly. Nothing is copied. MXNet does not know about these writes, which is
+safe because they are finished before the function returns and the engine has
+nothing in flight on those arrays.
 
 A whole list of parameters is one call, the arrays passed as tables of handles and
 sizes; the call releases the GIL. Calls over at least ``PARALLEL_MIN`` elements are
@@ -38,14 +38,13 @@ PARALLEL_MIN = 1 << 20
 
 
 def _threads():
-    """``OMP_NUM_THREADS`` (its first number), which MXNet's CPU operators obey too;
-    else the number of CPUs this process may run on."""
-    setting = os.environ.get('OMP_NUM_THREADS', '').split(',')[0].strip()
+    """``OMP_NUM_THREADS``, which MXNet's CPU operators obey too (MXNet itself aborts
+    on one that is not an integer); else the number of CPUs this process may run on."""
+    setting = os.environ.get('OMP_NUM_THREADS', '').strip()
     if not setting:
         return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     if not setting.isdigit() or int(setting) < 1:
-        raise ValueError(f"adam_plugin: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']!r} "
-                         "is not a positive integer")
+        raise ValueError(f"adam_plugin: OMP_NUM_THREADS={setting!r} is not a positive integer")
     return int(setting)
 
 

@@ -1,5 +1,8 @@
 """The fast routes of adam_plugin.dispatch against the textbook NDArray path."""
+import os
 import pickle
+import subprocess
+import sys
 import types
 import warnings
 
@@ -357,6 +360,25 @@ def test_concurrent_callers_each_get_their_step(rng, monkeypatch):
     for fast in results:
         for f, s in zip(fast, slow):
             np.testing.assert_allclose(f, s, **FUSED_TOL['float32'])
+
+
+THREAD_SETTINGS = [  # (OMP_NUM_THREADS, the kernel's threads, or words of the error)
+    ('1', 1),
+    ('3', 3),
+    ('0', "OMP_NUM_THREADS='0' is not a positive integer"),
+]
+
+
+@pytest.mark.parametrize('setting, expected', THREAD_SETTINGS)
+def test_threads_follow_omp_num_threads(setting, expected):
+    result = subprocess.run(
+        [sys.executable, '-c', 'from adam_plugin import fused; print(fused.THREADS)'],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=setting))
+    if isinstance(expected, int):
+        assert result.returncode == 0, result.stderr
+        assert int(result.stdout) == expected
+    else:
+        assert result.returncode != 0 and expected in result.stderr
 
 
 def test_fused_flag_survives_pickle():
