@@ -17,7 +17,7 @@ from configs import CONFIGS, optimizer_kwargs
 from oracles import gradients
 
 STEPS = 20
-# (3,4,5), (10,4), (7,) as in the option tests, and one that spans several kernel chunks.
+# (3,4,5), (10,4), (7,) as in the option tests, and one of 100K elements.
 SHAPES = [(3, 4, 5), (10, 4), (7,), (100_003,)]
 FUSED_TOL = {'float32': dict(rtol=1e-6, atol=1e-7), 'float64': dict(rtol=1e-12, atol=1e-14)}
 
@@ -236,26 +236,30 @@ def test_operator_step_matches_textbook(name, rng):
 # --- non-finite gradients through the kernel's check ----------------------------------------
 
 BAD_VALUES = [np.nan, np.inf, -np.inf]
-BAD_SPOTS = [0, 50_000, 100_002]  # first element, a middle chunk, the last element
+BAD_SIZE = 800_003  # 4 of the kernel's 2^18-element pieces
+BAD_SPOTS = [0, 400_000, BAD_SIZE - 1]  # first element, a middle piece, the last element
 
 
+@pytest.mark.parametrize('threads', [1, 3])
 @pytest.mark.parametrize('dtype', ['float32', 'float64'])
 @pytest.mark.parametrize('spot', BAD_SPOTS)
 @pytest.mark.parametrize('bad', BAD_VALUES)
-def test_nonfinite_gradient_is_skipped_untouched(bad, spot, dtype):
+def test_nonfinite_gradient_is_skipped_untouched(bad, spot, dtype, threads, monkeypatch):
+    monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)  # the check shared by `threads` threads
+    monkeypatch.setattr(fused, 'THREADS', threads)
     opt = MyAdam(learning_rate=0.1)
-    weights = [nd.ones((100_003,), dtype=dtype), nd.ones((5,), dtype=dtype)]
+    weights = [nd.ones((BAD_SIZE,), dtype=dtype), nd.ones((5,), dtype=dtype)]
     states = [opt.create_state(i, w) for i, w in enumerate(weights)]
-    grad = np.ones(100_003, dtype)
+    grad = np.ones(BAD_SIZE, dtype)
     grad[spot] = bad
     with pytest.warns(RuntimeWarning, match='index 0'):
         opt.update([0, 1], weights, [nd.array(grad, dtype=dtype), nd.ones((5,), dtype=dtype)],
                    states)
     assert opt.num_skipped == 1
     assert 0 not in opt._index_update_count and opt._index_update_count[1] == 1
-    np.testing.assert_array_equal(weights[0].asnumpy(), np.ones(100_003))
+    np.testing.assert_array_equal(weights[0].asnumpy(), np.ones(BAD_SIZE))
     for buf in states[0]:
-        np.testing.assert_array_equal(buf.asnumpy(), np.zeros(100_003))
+        np.testing.assert_array_equal(buf.asnumpy(), np.zeros(BAD_SIZE))
     assert (weights[1].asnumpy() < 1).all()  # the finite one stepped
 
 
