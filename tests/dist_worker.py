@@ -1,4 +1,4 @@
-"""One worker of a ``dist_sync`` linreg run, started by ``python -m adam_plugin.launch``.
+"""One worker of a ``dist_sync`` linreg run, started by ``python -m adam_plugin.scaleout.launch``.
 
 Prints one JSON line ``{"rank": ..., "params": [w0, w1, b]}`` (the parameters as
 exact float32 bit patterns in hex, so the test can compare workers bitwise).
@@ -17,7 +17,7 @@ import numpy as np
 import mxnet as mx
 
 import adam_plugin
-from adam_plugin import linreg
+from adam_plugin.chapter import linreg
 
 DATA = dict(num_examples=40, seed=3)
 TRAIN = dict(batch_size=8, lr=0.05, num_epochs=2, seed=3, log_interval=40)

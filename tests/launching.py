@@ -1,4 +1,4 @@
-"""Running ``python -m adam_plugin.launch`` from the tests, always within a time limit."""
+"""Running ``python -m adam_plugin.scaleout.launch`` from the tests, always within a time limit."""
 import os
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 
 def start(args, **env):
     """Start the launcher with ``args``, extra environment ``env``, output captured as text."""
-    return subprocess.Popen([sys.executable, '-m', 'adam_plugin.launch', *args],
+    return subprocess.Popen([sys.executable, '-m', 'adam_plugin.scaleout.launch', *args],
                             env=dict(os.environ, **env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import cli
-from adam_plugin import linreg
+from adam_plugin.chapter import linreg
 
 
 @pytest.fixture(scope='module')

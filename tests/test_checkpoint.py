@@ -13,7 +13,8 @@ import pytest
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-from adam_plugin import checkpoint, linreg
+from adam_plugin import checkpoint
+from adam_plugin.chapter import linreg
 from configs import CONFIGS, optimizer_kwargs
 
 STEPS, SAVE_AFTER, BATCH = 12, 6, 8

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import mxnet as mx
 
-from adam_plugin import linreg
+from adam_plugin.chapter import linreg
 from configs import CONFIGS, LR, optimizer_kwargs
 
 TWO = [mx.cpu(0), mx.cpu(1)]

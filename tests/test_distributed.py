@@ -1,4 +1,4 @@
-"""dist_sync training with 'myadam' through ``python -m adam_plugin.launch``, on loopback.
+"""dist_sync training with 'myadam' through ``python -m adam_plugin.scaleout.launch``, on loopback.
 
 Each job is two workers training the linreg task on their halves of every global
 batch (``tests/dist_worker.py``); the reference is one process on the same batches.
@@ -13,7 +13,8 @@ import mxnet as mx
 
 import dist_worker
 import launching
-from adam_plugin import MyAdam, linreg
+from adam_plugin import MyAdam
+from adam_plugin.chapter import linreg
 
 WORKER = os.path.join(os.path.dirname(__file__), 'dist_worker.py')
 LIMIT = 90  # seconds for any job, launcher included

@@ -1,4 +1,4 @@
-"""``python -m adam_plugin.launch``: exit statuses, output prefixes, and no orphans."""
+"""``python -m adam_plugin.scaleout.launch``: exit statuses, output prefixes, and no orphans."""
 import os
 import signal
 import sys

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from adam_plugin.probes import first_moment, first_step
+from adam_plugin.chapter.probes import first_moment, first_step
 
 
 @pytest.mark.parametrize('beta1', [0.9, 0.5, 0.99])

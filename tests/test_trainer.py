@@ -5,7 +5,8 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 import adam_plugin
-from adam_plugin import MyAdam, linreg
+from adam_plugin import MyAdam
+from adam_plugin.chapter import linreg
 
 
 def test_registered_under_myadam():

@@ -6,7 +6,7 @@ did, so the figures show the plugin's behaviour, not a re-derivation of it.
 import numpy as np
 import mxnet.ndarray as nd
 
-from .optimizer import MyAdam
+from ..optimizer import MyAdam
 
 
 def first_moment(grads, beta1=0.9):

@@ -2,7 +2,7 @@
 
 Two training loops feed the identical batch sequence to the same initial
 parameters: :func:`train_reference` drives the chapter's hand-rolled
-:func:`adam_plugin.reference.adam`, :func:`train_trainer` drives
+:func:`adam_plugin.chapter.reference.adam`, :func:`train_trainer` drives
 ``gluon.Trainer(..., 'myadam')`` (or any other registered optimizer).
 """
 from dataclasses import dataclass, field
@@ -12,7 +12,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from . import reference
-from .optimizer import MyAdam  # noqa: F401  (registers 'myadam')
+from ..optimizer import MyAdam  # noqa: F401  (registers 'myadam')
 
 TRUE_W = (2.0, -3.4)
 TRUE_B = 4.2

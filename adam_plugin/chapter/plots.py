@@ -38,7 +38,7 @@ def loss_curves(runs, title=None):
 
     Parameters
     ----------
-    runs : dict of str to adam_plugin.linreg.Run
+    runs : dict of str to adam_plugin.chapter.linreg.Run
         Label and run; each run's ``epochs`` and ``losses`` are plotted.
     title : str, optional
 
@@ -55,8 +55,8 @@ def lr_sweep(runs, batch_size):
 
     Parameters
     ----------
-    runs : dict of float to adam_plugin.linreg.Run
-        Learning rate and run, as :func:`adam_plugin.linreg.sweep` returns them.
+    runs : dict of float to adam_plugin.chapter.linreg.Run
+        Learning rate and run, as :func:`adam_plugin.chapter.linreg.sweep` returns them.
     batch_size : int
         For the title.
 
@@ -74,7 +74,7 @@ def bias_correction(grads, raw, corrected, beta1, mean=None):
     Parameters
     ----------
     grads, raw, corrected : array_like of shape (steps,)
-        As :func:`adam_plugin.probes.first_moment` returns them.
+        As :func:`adam_plugin.chapter.probes.first_moment` returns them.
     beta1 : float
         For the labels.
     mean : float, optional
@@ -107,7 +107,7 @@ def first_steps(grads, sizes, title=None):
     grads : array_like
         Gradient magnitudes.
     sizes : dict of str to array_like
-        Label and step sizes, as :func:`adam_plugin.probes.first_step` returns them.
+        Label and step sizes, as :func:`adam_plugin.chapter.probes.first_step` returns them.
     title : str, optional
 
     Returns

@@ -1,8 +1,8 @@
-"""Run a distributed-KVStore job on this host: ``python -m adam_plugin.launch``.
+"""Run a distributed-KVStore job on this host: ``python -m adam_plugin.scaleout.launch``.
 
 ::
 
-    python -m adam_plugin.launch -n WORKERS [-s SERVERS] [--timeout SECONDS] -- COMMAND ...
+    python -m adam_plugin.scaleout.launch -n WORKERS [-s SERVERS] [--timeout SECONDS] -- COMMAND ...
 
 starts one ps-lite scheduler, ``SERVERS`` servers and ``WORKERS`` copies of
 ``COMMAND`` on 127.0.0.1 (loopback, a free port), with the ``DMLC_*`` variables
@@ -41,7 +41,7 @@ SERVER_CODE = """\
 import os, sys
 def _fatal(unraisable):
     sys.__unraisablehook__(unraisable)
-    print('adam_plugin.launch: the kvstore server failed in its optimizer callback '
+    print('adam_plugin.scaleout.launch: the kvstore server failed in its optimizer callback '
           '(see the traceback above); ending the server', file=sys.stderr, flush=True)
     os._exit(1)
 sys.unraisablehook = _fatal
@@ -142,7 +142,7 @@ def _end(processes):
 
 
 def _say(message):
-    print(f'adam_plugin.launch: {message}', file=sys.stderr, flush=True)
+    print(f'adam_plugin.scaleout.launch: {message}', file=sys.stderr, flush=True)
 
 
 def _supervise(workers, others, timeout):
@@ -225,7 +225,7 @@ def launch(command, num_workers, num_servers=1, timeout=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog='python -m adam_plugin.launch',
+        prog='python -m adam_plugin.scaleout.launch',
         description='Run a distributed-KVStore job (scheduler, servers, workers) on 127.0.0.1.')
     parser.add_argument('-n', '--num-workers', type=int, required=True, help='worker count')
     parser.add_argument('-s', '--num-servers', type=int, default=1,
