@@ -9,7 +9,12 @@ instead and raised at the optimizer's next entry point outside the callback:
 ``Trainer.step`` and ``Trainer.update`` set ``rescale_grad`` first thing in
 every call, and ``Trainer.save_states`` pickles the optimizer. A warning says so
 at once, for a loop that ends before its next step.
+
+A distributed KVStore's server (``DMLC_ROLE=server``) runs the same callback but
+has no Trainer to raise from: there the exception goes on to ctypes, whose
+``sys.unraisablehook`` the servers of :mod:`adam_plugin.scaleout.launch` make fatal.
 """
+import os
 import sys
 import traceback
 import types
@@ -63,7 +68,7 @@ class DeferredError:
         try:
             update(*args)
         except Exception as error:
-            if not in_kvstore_callback():
+            if not in_kvstore_callback() or os.environ.get('DMLC_ROLE') == 'server':
                 raise
             self.error = error
             origin = traceback.extract_tb(error.__traceback__)[-1]
