@@ -49,10 +49,9 @@ class DeferredError:
     """The first exception an update raised inside the KVStore callback, until raised.
 
     :meth:`run` calls an update. Outside the callback an exception propagates as
-    usual; inside it, it is kept, and so are the updates after it: as a raising
-    loop would, the KVStore's remaining updates of that step are not applied
-    (one call per parameter, so the parameters updated before the failure keep
-    their step). :meth:`raise_pending` raises the kept exception, with its
+    usual; inside it, it is kept, and the updates after it are not applied, as a
+    raising loop would stop: the KVStore calls once per parameter, so those
+    updated before the failure keep their step. :meth:`raise_pending` raises the kept exception, with its
     original traceback, once.
     """
 

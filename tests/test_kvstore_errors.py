@@ -151,3 +151,27 @@ def test_a_sparse_embedding_trains_or_raises():
                    for file, name in frames), frames  # raised out of Trainer.step
         return
     np.testing.assert_allclose(mine, adam, rtol=1e-5, atol=1e-6)
+
+
+def test_module_over_two_devices_stops_at_the_error():
+    """``Module`` gives the optimizer no entry point after the callback: the warning is
+    all it can show, and no later update is applied (nothing trains on past it)."""
+    x = np.ones((40, 3), np.float32)
+    x[20:30] = np.nan  # the third batch
+    data = mx.io.NDArrayIter(x, np.ones((40, 1), np.float32), batch_size=10, label_name='l')
+    out = mx.sym.FullyConnected(mx.sym.Variable('data'), num_hidden=1, name='fc')
+    out = mx.sym.LinearRegressionOutput(out, mx.sym.Variable('l'))
+    module = mx.mod.Module(out, label_names=['l'], context=TWO)
+    module.bind(data.provide_data, data.provide_label)
+    module.init_params(mx.init.Uniform())
+    module.init_optimizer(optimizer='myadam', optimizer_params=dict(nonfinite='raise'))
+    assert module._update_on_kvstore
+    after = []
+    with pytest.warns(RuntimeWarning, match="gradient of parameter .*fc_weight.* holds NaN"):
+        for batch in data:
+            module.forward_backward(batch)
+            module.update()
+            after.append(module.get_params()[0]['fc_bias'].asnumpy())
+    assert not np.array_equal(after[1], after[0])  # it trained ...
+    for later in after[2:]:
+        np.testing.assert_array_equal(later, after[1])  # ... until the NaN batch
