@@ -78,7 +78,8 @@ class MyAdam(Optimizer):
         moments and its step count untouched and warn (``'skip'``, counted in
         ``num_skipped``), or raise ``FloatingPointError`` before modifying anything
         the update call received (under ``gluon.Trainer`` without
-        ``update_on_kvstore``, the whole step: see ``aggregate_num``).
+        ``update_on_kvstore``, the whole step: see ``aggregate_num``; with it, the
+        error comes out of the next ``Trainer.step``: see :mod:`adam_plugin.deferred`).
         ``num_skipped`` counts skipped updates of parameter copies: with several
         devices updated by the Trainer, one skip per device.
     fused : bool, default True
