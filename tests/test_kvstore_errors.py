@@ -13,6 +13,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from adam_plugin import checkpoint
+from conftest import TOL
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 
@@ -150,7 +151,7 @@ def test_a_sparse_embedding_trains_or_raises():
         assert any(file.endswith('gluon/trainer.py') and name == 'step'
                    for file, name in frames), frames  # raised out of Trainer.step
         return
-    np.testing.assert_allclose(mine, adam, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mine, adam, **TOL['float32'])
 
 
 def test_module_over_two_devices_stops_at_the_error():
