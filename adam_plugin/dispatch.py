@@ -4,7 +4,8 @@ Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
 
 ``'kernel'``
     :mod:`adam_plugin.fused`, the single-pass compiled kernel, for dense float32 and
-    float64 parameters on CPU. Every option is handled there.
+    float64 parameters in host memory (cpu, cpu_pinned, cpu_shared). Every option
+    is handled there.
 ``'operator'``
     MXNet's own fused ``adam_update`` operator, for dense parameters on other
     devices (GPU), or on CPU when the kernel was not built, and only when the options
@@ -25,6 +26,10 @@ from . import fused, textbook
 
 KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
 KERNEL_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+# Host memory, which the kernel reads: ``cpu_pinned`` holds the KVStore's merged
+# copies (kvstore 'local', and 'device' over CPU contexts), ``cpu_shared`` the
+# DataLoader's worker output.
+HOST_DEVICE_TYPES = ('cpu', 'cpu_pinned', 'cpu_shared')
 
 
 class Layout(NamedTuple):
@@ -107,12 +112,13 @@ def route(layout, options):
     -------
     str
         ``'kernel'``, ``'operator'`` or ``'textbook'``. A float16 weight, with or
-        without a float32 master copy, always takes ``'textbook'``; a CPU weight
-        takes ``'kernel'`` when :data:`adam_plugin.fused.LIBRARY` was built.
+        without a float32 master copy, always takes ``'textbook'``; a weight in host
+        memory (:data:`HOST_DEVICE_TYPES`) takes ``'kernel'`` when
+        :data:`adam_plugin.fused.LIBRARY` was built.
     """
     if not options.fused or not layout.dense or layout.dtype not in KERNEL_DTYPES:
         return TEXTBOOK
-    if layout.device_type == 'cpu' and fused.LIBRARY is not None:
+    if layout.device_type in HOST_DEVICE_TYPES and fused.LIBRARY is not None:
         return KERNEL
     if (not options.amsgrad and not options.decoupled_wd
             and options.epsilon_mode in ('outside', 'hat')):

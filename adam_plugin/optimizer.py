@@ -6,6 +6,7 @@ import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
 from . import dispatch
+from .deferred import DeferredError
 from .distributed import refuse_worker_update
 from .textbook import EPSILON_MODES, Step
 
@@ -77,7 +78,8 @@ class MyAdam(Optimizer):
         moments and its step count untouched and warn (``'skip'``, counted in
         ``num_skipped``), or raise ``FloatingPointError`` before modifying anything
         the update call received (under ``gluon.Trainer`` without
-        ``update_on_kvstore``, the whole step: see ``aggregate_num``).
+        ``update_on_kvstore``, the whole step: see ``aggregate_num``; with it, the
+        error comes out of the next ``Trainer.step``: see :mod:`adam_plugin.deferred`).
         ``num_skipped`` counts skipped updates of parameter copies: with several
         devices updated by the Trainer, one skip per device.
     fused : bool, default True
@@ -117,6 +119,7 @@ class MyAdam(Optimizer):
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"Invalid nonfinite: {nonfinite!r} "
                              f"(expected one of {NONFINITE_POLICIES})")
+        self._deferred = DeferredError()  # before Optimizer sets rescale_grad
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta1 = float(beta1)
         self.beta2 = float(beta2)
@@ -132,13 +135,27 @@ class MyAdam(Optimizer):
         self.aggregate_num = AGGREGATE_NUM
 
     def __getstate__(self):
+        self._deferred.raise_pending()  # never save over an update that failed
         state = super().__getstate__()
         del state['_layouts']  # references to live arrays, not hyperparameters
+        del state['_deferred']
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self._layouts = dispatch.Layouts(self._name)
+        self._deferred = DeferredError()
+
+    @property
+    def rescale_grad(self):
+        """Gradient scale; ``Trainer.step`` sets it first thing, which raises an error
+        an update left inside the KVStore callback (see :mod:`adam_plugin.deferred`)."""
+        return self.__dict__['rescale_grad']
+
+    @rescale_grad.setter
+    def rescale_grad(self, value):
+        self._deferred.raise_pending()
+        self.__dict__['rescale_grad'] = value
 
     def set_learning_rate(self, lr):
         """Set the learning rate; a negative or NaN ``lr`` raises ``ValueError``."""
@@ -152,12 +169,17 @@ class MyAdam(Optimizer):
                      for _ in range(count))
 
     def update(self, index, weight, grad, state):
-        """Update one parameter (or lists of them) in place; see the class docstring."""
-        self._update_impl(index, weight, grad, state, multi_precision=False)
+        """Update one parameter (or lists of them) in place; see the class docstring.
+
+        An exception raised inside the KVStore's callback reaches the user from the
+        next ``Trainer.step`` (see :mod:`adam_plugin.deferred`).
+        """
+        self._deferred.run(self._update_impl, index, weight, grad, state, False)
 
     def update_multi_precision(self, index, weight, grad, state):
         """As :meth:`update`; float16 weights step on their float32 master copy."""
-        self._update_impl(index, weight, grad, state, multi_precision=self.multi_precision)
+        self._deferred.run(self._update_impl, index, weight, grad, state,
+                           self.multi_precision)
 
     def _update_impl(self, indices, weights, grads, states, multi_precision):
         refuse_worker_update()  # update_on_kvstore=False in a dist job: see distributed.py

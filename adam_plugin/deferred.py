@@ -1,0 +1,83 @@
+"""Errors raised inside MXNet's KVStore callback, carried to the user.
+
+With ``update_on_kvstore=True`` (``gluon.Trainer``'s default with several
+devices) the KVStore runs the optimizer from C through a ctypes callback,
+``updater_handle`` in ``mxnet/kvstore/kvstore.py``. ctypes cannot pass an
+exception back through C: it hands it to ``sys.unraisablehook``, which prints
+it, and the push returns normally. So an exception raised there is kept here
+instead and raised at the optimizer's next entry point outside the callback:
+``Trainer.step`` and ``Trainer.update`` set ``rescale_grad`` first thing in
+every call, and ``Trainer.save_states`` pickles the optimizer. A warning says so
+at once, for a loop that ends before its next step.
+
+A distributed KVStore's server (``DMLC_ROLE=server``) runs the same callback but
+has no Trainer to raise from: there the exception goes on to ctypes, whose
+``sys.unraisablehook`` the servers of :mod:`adam_plugin.scaleout.launch` make fatal.
+"""
+import os
+import sys
+import traceback
+import types
+import warnings
+
+from mxnet.kvstore import kvstore as _kvstore
+
+
+def _callback_code():
+    """The code object of the KVStore's ctypes callback, ``updater_handle``."""
+    for const in _kvstore._updater_wrapper.__code__.co_consts:
+        if isinstance(const, types.CodeType) and const.co_name == 'updater_handle':
+            return const
+    raise ImportError("adam_plugin: mxnet.kvstore.kvstore._updater_wrapper has no "
+                      "updater_handle; this MXNet version is not supported")
+
+
+CALLBACK_CODE = _callback_code()
+
+
+def in_kvstore_callback():
+    """Whether the caller runs inside the KVStore's updater callback."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is CALLBACK_CODE:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class DeferredError:
+    """The first exception an update raised inside the KVStore callback, until raised.
+
+    :meth:`run` calls an update. Outside the callback an exception propagates as
+    usual; inside it, it is kept, and the updates after it are not applied, as a
+    raising loop would stop: the KVStore calls once per parameter, so those
+    updated before the failure keep their step. :meth:`raise_pending` raises the kept exception, with its
+    original traceback, once.
+    """
+
+    def __init__(self):
+        self.error = None
+
+    def run(self, update, *args):
+        """``update(*args)``, keeping its exception when inside the KVStore callback."""
+        if self.error is not None:
+            if in_kvstore_callback():
+                return  # the step stopped at the kept error
+            self.raise_pending()
+        try:
+            update(*args)
+        except Exception as error:
+            if not in_kvstore_callback() or os.environ.get('DMLC_ROLE') == 'server':
+                raise
+            self.error = error
+            origin = traceback.extract_tb(error.__traceback__)[-1]
+            warnings.warn(f"myadam: {type(error).__name__}({error}), raised at "
+                          f"{origin.filename}:{origin.lineno} in {origin.name} inside the "
+                          "KVStore's updater callback, which cannot pass it on; it is "
+                          "raised by the next Trainer.step (or save_states)", RuntimeWarning)
+
+    def raise_pending(self):
+        """Raise the kept exception, if any, and forget it."""
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
