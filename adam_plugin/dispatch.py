@@ -86,7 +86,8 @@ class Layouts:
                 f"{numpy.dtype(weight.dtype).name}; nothing was updated")
         layout = Layout(dense=weight.stype == 'default' and grad.stype == 'default',
                         dtype=numpy.dtype(weight.dtype),
-                        device_type=weight.context.device_type, size=weight.size)
+                        device_type=weight.context.device_type,
+                        size=math.prod(weight.shape))  # NDArray.size raises for sparse arrays
         self._last[index] = (weight, grad, layout)
         return layout
 
@@ -226,7 +227,7 @@ def textbook_step(weight, grad, state, step, multi_precision=False):
     if multi_precision and weight.dtype == numpy.float16:
         master, inner = state
         textbook.adam_step(master, grad.astype(numpy.float32), inner, step)
-        nd.cast(master, dtype=weight.dtype, out=weight)
+        weight[:] = master.astype(weight.dtype)  # not nd.cast: it has no row_sparse form
     else:
         textbook.adam_step(weight, grad, state, step)
 
