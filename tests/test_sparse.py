@@ -4,9 +4,11 @@ import pytest
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-from adam_plugin import MyAdam
+from adam_plugin import MyAdam, dispatch, fused
+from configs import CONFIGS, optimizer_kwargs
 from conftest import TOL
 from oracles import NumpyAdam
+from test_fused import FUSED_TOL
 
 SHAPE = (10, 4)
 # rows present in the gradient, one entry per step; [] is a gradient holding no rows
@@ -128,6 +130,64 @@ def test_lazy_amsgrad_matches_the_oracle_in_every_buffer(options, w_stype, rng):
         np.testing.assert_allclose(mine, w, **TOL['float32'])
         for name, buf in zip(('m', 'v', 'vmax'), state):
             np.testing.assert_allclose(buf, expected[name], **TOL['float32'], err_msg=name)
+
+
+ROUTES = [  # (MyAdam kwargs, weight stype, the route of a row_sparse gradient)
+    (dict(), 'default', 'textbook'),  # lazy: the rows it holds
+    (dict(lazy_update=False), 'default', 'kernel'),  # densified
+    (dict(lazy_update=False, fused=False), 'default', 'textbook'),
+    (dict(), 'row_sparse', 'textbook'),
+    (dict(lazy_update=False), 'row_sparse', 'textbook'),
+    (dict(lazy_update=False, multi_precision=True, dtype='float16'), 'default', 'textbook'),
+]
+
+
+@pytest.mark.parametrize('kwargs, w_stype, expected', ROUTES)
+def test_route_of_a_row_sparse_gradient(kwargs, w_stype, expected, rng):
+    dtype = kwargs.pop('dtype', 'float32')
+    weight = nd.array(rng.normal(size=SHAPE), dtype=dtype).tostype(w_stype)
+    grad = rsp_grads(rng, dtype)[0]
+    layout = dispatch.Layouts(str)(0, weight, grad)
+    assert dispatch.route(layout, MyAdam(**kwargs)) == expected
+
+
+def standard(name, **kwargs):
+    """MyAdam with the options of ``CONFIGS[name]`` (a scheduler of its own) and lazy_update=False."""
+    return MyAdam(lazy_update=False, **optimizer_kwargs(CONFIGS[name]), **kwargs)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+@pytest.mark.parametrize('name', CONFIGS)
+def test_standard_update_on_the_kernel_matches_textbook(name, dtype, rng):
+    w0 = rng.normal(size=SHAPE).astype(dtype)
+    grads = rsp_grads(rng, dtype)
+    fast = run(standard(name), grads, w0)
+    slow = run(standard(name, fused=False), grads, w0)
+    for (w, state), (v, reference) in zip(fast, slow):
+        for a, b in zip([w] + state, [v] + reference):
+            np.testing.assert_allclose(a, b, **FUSED_TOL[dtype])
+    absent = [0, 4, 7, 8, 9]  # from the last gradient, moved by their momentum
+    assert not np.any(fast[-1][0][absent] == fast[-2][0][absent])
+
+
+OPERATOR_CONFIGS = [name for name, config in CONFIGS.items()
+                    if dispatch.route(dispatch.Layout(True, np.dtype('float32'), 'gpu', 1),
+                                      MyAdam(**optimizer_kwargs(config))) == 'operator']
+
+
+@pytest.mark.parametrize('name', OPERATOR_CONFIGS)
+def test_standard_update_on_the_operator_matches_textbook(name, rng, monkeypatch):
+    """MXNet's adam_update, the route where the kernel was not built, given the densified gradient."""
+    monkeypatch.setattr(fused, 'LIBRARY', None)
+    w0 = rng.normal(size=SHAPE).astype('float32')
+    grads = rsp_grads(rng)
+    layout = dispatch.Layouts(str)(0, nd.array(w0), grads[0])
+    assert dispatch.route(layout, standard(name)) == 'operator'
+    fast = run(standard(name), grads, w0)
+    slow = run(standard(name, fused=False), grads, w0)
+    for (w, state), (v, reference) in zip(fast, slow):
+        for a, b in zip([w] + state, [v] + reference):
+            np.testing.assert_allclose(a, b, **TOL['float32'])
 
 
 # Sparse models through gluon.Trainer on one context. SparseEmbedding's weight is
