@@ -44,7 +44,7 @@ STORAGES = {
 
 
 def _cases():
-    """(id, dtype, options, storage) for every case of test_adam: float16 only with multi_precision."""
+    """(id, dtype, options, storage) for each case of test_adam; float16 only multi_precision."""
     for dtype in (np.float16, np.float32, np.float64):
         for options in itertools.product(CG_OPTIONS, RG_OPTIONS, WD_OPTIONS, MP_OPTIONS):
             kwargs = {k: v for option in options for k, v in option.items()}

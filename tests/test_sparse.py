@@ -1,4 +1,4 @@
-"""Row-sparse gradients and weights: lazy updates touch only the rows present; dense semantics otherwise."""
+"""Row-sparse gradients and weights: lazy updates change only the rows present, else all rows."""
 import numpy as np
 import pytest
 import mxnet as mx
@@ -152,7 +152,7 @@ def test_route_of_a_row_sparse_gradient(kwargs, w_stype, expected, rng):
 
 
 def standard(name, **kwargs):
-    """MyAdam with the options of ``CONFIGS[name]`` (a scheduler of its own) and lazy_update=False."""
+    """MyAdam with ``CONFIGS[name]`` (a scheduler of its own) and ``lazy_update=False``."""
     return MyAdam(lazy_update=False, **optimizer_kwargs(CONFIGS[name]), **kwargs)
 
 
@@ -177,7 +177,7 @@ OPERATOR_CONFIGS = [name for name, config in CONFIGS.items()
 
 @pytest.mark.parametrize('name', OPERATOR_CONFIGS)
 def test_standard_update_on_the_operator_matches_textbook(name, rng, monkeypatch):
-    """MXNet's adam_update, the route where the kernel was not built, given the densified gradient."""
+    """MXNet's adam_update, the route without the kernel, given the densified gradient."""
     monkeypatch.setattr(fused, 'LIBRARY', None)
     w0 = rng.normal(size=SHAPE).astype('float32')
     grads = rsp_grads(rng)
