@@ -5,15 +5,19 @@ Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
 ``'kernel'``
     :mod:`adam_plugin.fused`, the single-pass compiled kernel, for dense float32 and
     float64 parameters in host memory (cpu, cpu_pinned, cpu_shared). Every option
-    is handled there.
+    is handled there. A row_sparse gradient without ``lazy_update`` takes it too,
+    densified first.
 ``'operator'``
     MXNet's own fused ``adam_update`` operator, for dense parameters on other
-    devices (GPU), or on CPU when the kernel was not built, and only when the options
-    are ones it computes exactly: no AMSGrad, coupled weight decay, ``epsilon_mode``
-    'outside' or 'hat' (see :func:`operator_step`).
+    devices (GPU), or on CPU when the kernel was not built (a row_sparse gradient as
+    on the kernel route), and only when the options are ones it computes exactly:
+    no AMSGrad, coupled weight decay, ``epsilon_mode`` 'outside' or 'hat' (see
+    :func:`operator_step`).
 ``'textbook'``
     The NDArray-op ground truth, for everything else: ``fused=False``, row_sparse
-    weights or gradients, float16 weights (with or without a float32 master copy),
+    weights, lazy updates from row_sparse gradients (the kernel updates whole arrays;
+    taking each run of rows as an array of its own costs more than the textbook's
+    gather and scatter), float16 weights (with or without a float32 master copy),
     and options the operator lacks.
 """
 import math
@@ -38,18 +42,21 @@ class Layout(NamedTuple):
     Attributes
     ----------
     dense : bool
-        Both are ``stype='default'`` (not row_sparse).
+        The weight is ``stype='default'`` (not row_sparse).
     dtype : numpy.dtype
         The weight's dtype, which is the gradient's.
     device_type : str
         ``'cpu'``, ``'gpu'``, ... of the weight's context.
     size : int
         Elements of the weight.
+    row_sparse_grad : bool
+        The gradient is ``stype='row_sparse'``.
     """
     dense: bool
     dtype: numpy.dtype
     device_type: str
     size: int
+    row_sparse_grad: bool = False
 
 
 class Layouts:
@@ -89,9 +96,10 @@ class Layouts:
                 f"myadam: the gradient of {self._name(index)} has shape {grad.shape} and "
                 f"dtype {numpy.dtype(grad.dtype).name}, its weight {weight.shape} and "
                 f"{numpy.dtype(weight.dtype).name}; nothing was updated")
-        layout = Layout(dense=weight.stype == 'default' and grad.stype == 'default',
-                        dtype=numpy.dtype(weight.dtype),
-                        device_type=weight.context.device_type, size=weight.size)
+        layout = Layout(dense=weight.stype == 'default', dtype=numpy.dtype(weight.dtype),
+                        device_type=weight.context.device_type,
+                        size=math.prod(weight.shape),  # NDArray.size raises for sparse arrays
+                        row_sparse_grad=grad.stype == 'row_sparse')
         self._last[index] = (weight, grad, layout)
         return layout
 
@@ -104,9 +112,10 @@ def route(layout, options):
     layout : Layout
         Of the weight and its gradient.
     options : MyAdam
-        Or any object with its attributes ``fused``, ``amsgrad``, ``decoupled_wd``
-        and ``epsilon_mode``. ``fused=False`` always gives ``'textbook'``; the others
-        decide whether MXNet's operator is exact.
+        Or any object with its attributes ``fused``, ``amsgrad``, ``decoupled_wd``,
+        ``epsilon_mode`` and, read for a row_sparse gradient, ``lazy_update``.
+        ``fused=False`` always gives ``'textbook'``; the others decide whether
+        MXNet's operator is exact.
 
     Returns
     -------
@@ -117,6 +126,8 @@ def route(layout, options):
         :data:`adam_plugin.fused.LIBRARY` was built.
     """
     if not options.fused or not layout.dense or layout.dtype not in KERNEL_DTYPES:
+        return TEXTBOOK
+    if layout.row_sparse_grad and options.lazy_update:
         return TEXTBOOK
     if layout.device_type in HOST_DEVICE_TYPES and fused.LIBRARY is not None:
         return KERNEL
@@ -147,9 +158,12 @@ class Batch:
     """
 
     def __init__(self, options, layouts, weights, grads, states, multi_precision=False):
-        self.weights, self.grads, self.states = weights, grads, states
+        self.weights, self.states = weights, states
         self.multi_precision = multi_precision
         self.routes = [route(layout, options) for layout in layouts]
+        # the kernel and the operator take a row_sparse gradient (not lazy there) densified
+        self.grads = [g.tostype('default') if way != TEXTBOOK and layout.row_sparse_grad else g
+                      for g, way, layout in zip(grads, self.routes, layouts)]
         groups = {}  # dtype -> positions on the kernel route
         for i, (way, layout) in enumerate(zip(self.routes, layouts)):
             if way == KERNEL:
@@ -157,7 +171,7 @@ class Batch:
         self.kernel_groups = [  # (positions, fused.Buffers)
             (positions, fused.Buffers(dtype, [layouts[i].size for i in positions],
                                       *([column[i] for i in positions]
-                                        for column in (weights, grads, states))))
+                                        for column in (weights, self.grads, states))))
             for dtype, positions in groups.items()]
 
     def finite(self):
@@ -232,7 +246,7 @@ def textbook_step(weight, grad, state, step, multi_precision=False):
     if multi_precision and weight.dtype == numpy.float16:
         master, inner = state
         textbook.adam_step(master, grad.astype(numpy.float32), inner, step)
-        nd.cast(master, dtype=weight.dtype, out=weight)
+        weight[:] = master.astype(weight.dtype)  # not nd.cast: it has no row_sparse form
     else:
         textbook.adam_step(weight, grad, state, step)
 

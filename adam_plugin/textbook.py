@@ -95,24 +95,39 @@ def adam_step(weight, grad, state, step):
 
     A ``row_sparse`` gradient with ``step.lazy_update`` updates only the rows it
     holds (weights and moments of other rows keep their values, as in MXNet's
-    lazy Adam); without ``lazy_update`` it is densified first.
+    lazy Adam; a gradient holding no rows changes nothing); without
+    ``lazy_update`` it is densified first, absent rows counting as zero gradient.
+    A ``row_sparse`` weight is updated through a dense copy, written back.
 
     Parameters
     ----------
     weight : NDArray
-        The parameter, updated in place.
+        The parameter, dense or ``row_sparse``, updated in place.
     grad : NDArray
         Its gradient, dense or ``row_sparse``; not modified.
     state : tuple of NDArray
-        ``(m, v)``, or ``(m, v, vmax)`` with AMSGrad; updated in place.
+        ``(m, v)``, or ``(m, v, vmax)`` with AMSGrad, dense; updated in place.
     step : Step
         Hyperparameters and step count for this parameter.
     """
-    if grad.stype == 'row_sparse':
-        if step.lazy_update:
+    if weight.stype == 'row_sparse':
+        dense = weight.tostype('default')
+        adam_step(dense, grad, state, step)
+        weight[:] = dense.tostype('row_sparse')
+    elif grad.stype == 'row_sparse' and step.lazy_update:
+        if grad.indices.shape[0]:
             _lazy_rows_step(weight, grad, state, step)
-            return
-        grad = grad.tostype('default')
+    else:
+        _dense_step(weight, _dense(grad), state, step)
+
+
+def _dense(array):
+    """``array`` itself if dense, else a dense copy."""
+    return array if array.stype == 'default' else array.tostype('default')
+
+
+def _dense_step(weight, grad, state, step):
+    """The rule on every element of dense arrays."""
     new_weight, new_state = _rule(weight, grad, state, step)
     weight[:] = new_weight
     for buf, new in zip(state, new_state):
@@ -120,7 +135,7 @@ def adam_step(weight, grad, state, step):
 
 
 def _lazy_rows_step(weight, grad, state, step):
-    """The dense rule applied to the rows a ``row_sparse`` gradient holds."""
+    """The rule on the rows a ``row_sparse`` gradient holds, of a dense weight and state."""
     rows = grad.indices
     sub_state = tuple(nd.take(buf, rows) for buf in state)
     new_weight, new_state = _rule(nd.take(weight, rows), grad.data, sub_state, step)

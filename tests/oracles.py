@@ -30,15 +30,29 @@ class NumpyAdam:
         self.lr_at = lr_at or (lambda t: lr)
         self.state = {}
 
-    def step(self, key, w, g):
-        w = np.asarray(w, np.float64)
-        g = np.asarray(g, np.float64) * self.rescale
+    def step(self, key, w, g, rows=None):
+        """The new weight after one step of ``w`` with gradient ``g``.
+
+        With ``rows`` (MXNet's lazy row_sparse update), ``g`` holds the gradient of
+        those rows of ``w`` only: they alone change, weights and moments; the step
+        count ``t`` counts the step all the same.
+        """
+        w = np.array(w, np.float64)
         if key not in self.state:
             self.state[key] = dict(t=0, m=np.zeros_like(w), v=np.zeros_like(w),
                                    vmax=np.zeros_like(w))
         s = self.state[key]
         s['t'] += 1
-        t, b1, b2 = s['t'], self.beta1, self.beta2
+        rows = slice(None) if rows is None else np.asarray(rows, dtype=np.intp)
+        moments = {name: s[name][rows] for name in ('m', 'v', 'vmax')}
+        w[rows] = self._rule(s['t'], w[rows], np.asarray(g, np.float64) * self.rescale, moments)
+        for name, value in moments.items():
+            s[name][rows] = value
+        return w
+
+    def _rule(self, t, w, g, s):
+        """Adam on float64 arrays; updates the moments in the dict ``s``; returns the weight."""
+        b1, b2 = self.beta1, self.beta2
         lr = self.lr_at(t)
         if self.wd and not self.decoupled:
             g = g + self.wd * w

@@ -135,7 +135,7 @@ def test_layouts_are_read_from_the_arrays_and_kept_while_they_are_the_same():
                                     size=12)
     assert layouts(0, weight, grad) is first
     sparse = nd.sparse.row_sparse_array((np.ones((1, 3)), [2]), shape=(4, 3), dtype='float64')
-    assert layouts(0, weight, sparse) == first._replace(dense=False)  # a new gradient is read
+    assert layouts(0, weight, sparse) == first._replace(row_sparse_grad=True)  # read afresh
     with pytest.raises(ValueError, match='p1 has shape'):
         layouts(1, weight, nd.ones((3,), dtype='float64'))
 
@@ -177,7 +177,7 @@ PATHS = [  # (MyAdam kwargs, weight and grad, expected counts)
      lambda: _dense('float32'), dict(kernel=1, operator=0, textbook=0)),
     (dict(fused=False), lambda: _dense('float32'), dict(kernel=0, operator=0, textbook=1)),
     (dict(), _row_sparse, dict(kernel=0, operator=0, textbook=1)),
-    (dict(lazy_update=False), _row_sparse, dict(kernel=0, operator=0, textbook=1)),
+    (dict(lazy_update=False), _row_sparse, dict(kernel=1, operator=0, textbook=0)),
     (dict(multi_precision=True), lambda: _dense('float16'), dict(kernel=0, operator=0, textbook=1)),
 ]
 
