@@ -340,6 +340,22 @@ def test_numpy_interface_states_resume_bitwise(loader, numpy_interface, tmp_path
     assert not np.all(straight[0] == 0.5)
 
 
+def test_a_numpy_interface_file_is_refused_outside_it(tmp_path):
+    npx.set_np()
+    try:
+        net, trainer = dense_numpy(0.5)
+        train_dense(net, trainer, range(1, 3))
+        checkpoint.save_states(trainer, tmp_path / 'trainer.states')
+    finally:
+        npx.reset_np()
+    net, trainer = dense_numpy(0.5)  # the same network, outside the NumPy interface
+    optimizer = trainer.optimizer
+    with pytest.raises(ValueError, match='ndarray was saved in np shape semantics'):
+        checkpoint.load_states(trainer, tmp_path / 'trainer.states')
+    assert trainer.optimizer is optimizer and trainer._updaters[0].states == {}
+    assert np.all(net.weight.data().asnumpy() == 0.5)
+
+
 def test_every_array_kind_is_rebuilt_exactly():
     """Arrays of every storage type, NumPy-interface arrays and NumPy scalars, pickled by
     pickle itself, come back equal: same class, storage type, dtype, shape and values."""

@@ -146,6 +146,14 @@ def cycle():
     return loop
 
 
+def doubling(levels):
+    """A tuple nesting of 2**levels leaves in ``levels`` objects: walked naively, it never ends."""
+    nest = ()
+    for _ in range(levels):
+        nest = (nest, nest)
+    return nest
+
+
 def without(obj, name):
     del obj.__dict__[name]
 
@@ -190,6 +198,11 @@ TAMPERED = {
                                   'is nested deeper than'),
     'number_as_state': (tampered(lambda s, o, m: put(s, 0, 5)),
                         'the state of parameter index 0 holds int, not an MXNet array'),
+    'number_as_lr_scheduler': (tampered(lambda s, o, m: setattrs(o, lr_scheduler=0)),
+                               "'lr_scheduler' of adam_plugin.optimizer.MyAdam holds int, "
+                               "not one of MXNet's schedulers"),
+    'state_of_shared_nesting': (tampered(lambda s, o, m: put(s, 0, doubling(30))),
+                                "has layout (((("),
 }
 
 FILES = {**ATTACKS, **TAMPERED}

@@ -26,6 +26,7 @@ A changed number inside a well-formed file cannot be told from a real one (the
 format has no checksum).
 """
 import os
+import reprlib
 import warnings
 
 from mxnet.optimizer import Optimizer
@@ -123,7 +124,8 @@ def _rebuild(trainer, data):
                                f"'{param.name}' ({type(err).__name__}: {err})") from None
         if safe.layout(state) != safe.layout(expected):
             raise safe.Refused(f"the state of parameter '{param.name}' has layout "
-                               f"{safe.layout(state)}, expected {safe.layout(expected)}")
+                               f"{reprlib.repr(safe.layout(state))}, "
+                               f"expected {safe.layout(expected)}")
     return optimizer, _built(states), states
 
 
@@ -131,7 +133,8 @@ def _built(records):
     try:
         return safe.build(records)
     except Exception as err:  # noqa: BLE001  (MXNet refused checked bytes, e.g. np shape)
-        raise safe.Refused(f"MXNet could not rebuild it ({type(err).__name__}: {err})") from None
+        reason = str(err).strip().splitlines()[-1]  # MXNet's message follows its traceback
+        raise safe.Refused(f"MXNet could not rebuild it ({reason})") from None
 
 
 def _install(trainer, optimizer, states, records):

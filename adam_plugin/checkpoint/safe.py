@@ -169,11 +169,14 @@ class _Instance:
             record.refuse(f"with attributes {extra} it does not have" if extra
                           else f"without its attributes {missing}")
         for key, value in state.items():
-            if key == 'lr_scheduler' and isinstance(value, Record) \
-                    and isinstance(value.kind, _Instance) and value.kind.reference:
+            where = f"attribute {key!r} of {record.name}"
+            if key != 'lr_scheduler' or value is None:
+                _walk(value, _plain, where)
+            elif isinstance(value, Record) and isinstance(value.kind, _Instance) \
+                    and value.kind.reference is not None:
                 value.kind.check(value, value.kind.reference)
             else:
-                _walk(value, _plain, f"attribute {key!r} of {record.name}")
+                raise Refused(f"{where} holds {_what(value)}, not one of MXNet's schedulers")
 
     def build(self, record, build):
         obj = self.cls.__new__(self.cls)
@@ -234,16 +237,21 @@ def _what(value):
     return value.name if isinstance(value, Record) else type(value).__name__
 
 
-def _walk(value, leaf, where, depth=0):
-    """Check ``value``: containers recursed into (keys too), the rest handed to ``leaf``."""
+def _walk(value, leaf, where, depth=0, done=None):
+    """Check ``value``: containers recursed into (keys too), the rest handed to ``leaf``.
+
+    A container met again is checked once (``done``), so shared ones cost nothing.
+    """
+    done = set() if done is None else done
     if depth > MAX_DEPTH:
         raise Refused(f"{where} is nested deeper than {MAX_DEPTH} levels (or contains itself)")
-    if type(value) in CONTAINERS:
+    if type(value) not in CONTAINERS:
+        leaf(value, where)
+    elif id(value) not in done:
         items = [x for pair in value.items() for x in pair] if type(value) is dict else value
         for item in items:
-            _walk(item, leaf, where, depth + 1)
-    else:
-        leaf(value, where)
+            _walk(item, leaf, where, depth + 1, done)
+        done.add(id(value))
 
 
 def _plain(value, where):
@@ -334,12 +342,15 @@ def build(value, memo=None):
     return memo[id(value)]
 
 
-def layout(state):
+def layout(state, memo=None):
     """The nesting, shapes, dtypes and storage types of a state (records or arrays)."""
+    memo = {} if memo is None else memo
     if isinstance(state, Record):
         return (state.header.shape, state.header.dtype, state.header.stype)
     if isinstance(state, NDArray):
         return (state.shape, numpy.dtype(state.dtype).name, state.stype)
     if isinstance(state, (tuple, list)):
-        return tuple(layout(s) for s in state)
+        if id(state) not in memo:  # a nesting shared in the file is laid out once
+            memo[id(state)] = tuple(layout(s, memo) for s in state)
+        return memo[id(state)]
     return type(state).__name__
