@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import pickle
+import pickletools
 import subprocess
 
 import numpy as np
@@ -251,6 +252,29 @@ def test_mxnet_runs_the_command(row, tmp_path):
     except Exception:  # noqa: BLE001  (what happens after the command does not matter)
         pass
     assert marker.exists()
+
+
+def test_copyreg_extension_codes_are_refused(tmp_path):
+    """An EXT opcode names a callable by a number in copyreg's registry. Once any
+    unpickler in the process has resolved the number, the answer is cached for all,
+    past find_class: so such files are refused whether or not the number is known."""
+    job = Job('everything', 'one_device').train(range(1, 3))
+    marker, fname = tmp_path / 'marker', tmp_path / 'ext.states'
+    copyreg.add_extension('posix', 'system', 0xF0)  # some library of the victim's did this
+    try:
+        fname.write_bytes(pickle.dumps(Call(os.system, touch(marker)), 2))
+        assert 'EXT1' in [op.name for op, _, _ in pickletools.genops(fname.read_bytes())]
+        for resolved_before in (False, True):
+            if resolved_before:
+                with pytest.raises(AttributeError):  # MXNet runs it, then fails on its result
+                    job.trainer.load_states(str(fname))
+                assert marker.exists()
+                marker.unlink()
+            with pytest.raises(ValueError, match='copyreg extension code 240'):
+                checkpoint.load_states(job.trainer, fname)
+            assert not marker.exists()
+    finally:
+        copyreg.remove_extension('posix', 'system', 0xF0)
 
 
 @pytest.mark.parametrize('row', ['whole_file_os_system', 'lr_scheduler_os_system',

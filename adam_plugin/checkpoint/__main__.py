@@ -19,7 +19,7 @@ COUNTS = ('num_update', 'begin_num_update', 'num_skipped', '_all_index_update_co
 
 def describe(data):
     """What the states file ``data`` holds, as JSON-ready data; raises :class:`safe.Refused`."""
-    states, optimizer = safe.read(data, registered_optimizers(), lambda cls: cls())
+    states, optimizer = safe.read(data, registered_optimizers(), _default)
     attrs = optimizer.state
     scheduler = attrs['lr_scheduler']
     return {
@@ -34,6 +34,15 @@ def describe(data):
             'per_device': _plain(attrs['_all_index_update_counts'])},
         'states': {str(index): _arrays(state) for index, state in sorted(states.items())},
     }
+
+
+def _default(cls):
+    """A default instance of ``cls``, whose attributes the file's optimizer must have."""
+    try:
+        return cls()
+    except Exception as err:  # noqa: BLE001  (an optimizer that needs arguments)
+        raise safe.Refused(f"its optimizer {cls.__name__} cannot be checked: "
+                           f"{cls.__name__}() raised {type(err).__name__}: {err}") from None
 
 
 def _plain(value):

@@ -17,6 +17,7 @@ optimizer and its ``lr_scheduler``.
 """
 import io
 import pickle
+import pickletools
 import re
 import reprlib
 
@@ -213,6 +214,16 @@ ALLOWED = {
 }
 
 
+def _refuse_extension_codes(data):
+    """Refuse the ``EXT`` opcodes: they name a callable by a number in ``copyreg``'s
+    extension registry, and pickle caches what a number resolved to for every
+    unpickler in the process, past ``find_class``. No checkpoint uses them."""
+    for opcode, code, _ in pickletools.genops(data):
+        if opcode.name.startswith('EXT'):
+            raise Refused(f"it names a callable by copyreg extension code {code} "
+                          f"({opcode.name}), which no checkpoint does")
+
+
 class _Unpickler(pickle.Unpickler):
     """Unpickles into :class:`Record` objects; refuses names not in ``allowed``."""
 
@@ -299,6 +310,7 @@ def read(data, optimizer_classes, reference):
     allowed = dict(ALLOWED, **{_name(cls): _Instance(cls) for cls in optimizer_classes})
     file = io.BytesIO(data)
     try:
+        _refuse_extension_codes(data)
         saved = _Unpickler(file, allowed).load()
     except Refused:
         raise
