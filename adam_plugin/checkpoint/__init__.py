@@ -133,8 +133,8 @@ def _built(records):
     try:
         return safe.build(records)
     except Exception as err:  # noqa: BLE001  (MXNet refused checked bytes, e.g. np shape)
-        reason = str(err).strip().splitlines()[-1]  # MXNet's message follows its traceback
-        raise safe.Refused(f"MXNet could not rebuild it ({reason})") from None
+        lines = str(err).strip().splitlines() or [type(err).__name__]  # MXNet's message
+        raise safe.Refused(f"it could not be rebuilt ({lines[-1]})") from None  # comes last
 
 
 def _install(trainer, optimizer, states, records):

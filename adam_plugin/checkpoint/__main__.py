@@ -103,11 +103,11 @@ def main(argv=None):
     inspect.add_argument('file')
     inspect.add_argument('--json', action='store_true', help="print JSON")
     args = parser.parse_args(argv)
-    with open(args.file, 'rb') as f:
-        data = f.read()
     try:
+        with open(args.file, 'rb') as f:
+            data = f.read()
         info = describe(data)
-    except safe.Refused as err:
+    except (OSError, safe.Refused) as err:
         print(invalid(args.file, err), file=sys.stderr)
         return 1
     print(json.dumps(info, indent=1) if args.json else _text(info))

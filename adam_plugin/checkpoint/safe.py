@@ -85,11 +85,13 @@ class _Array:
             record.refuse(f"with state {reprlib.repr(state)}")
         handle = state['handle']
         if isinstance(handle, Record) and handle.kind is BYTES:
-            handle = BYTES.check(handle)
-        if type(handle) is not bytearray:
+            raw = BYTES.check(handle)
+        elif type(handle) is bytearray:  # protocol 5 writes a bytearray as such
+            raw = handle
+        else:
             record.refuse(f"with a handle of {_what(handle)}")
         try:
-            record.header = rawarray.parse(handle)
+            record.header = rawarray.parse(raw)
         except ValueError as err:
             raise Refused(f"an array's raw bytes are not an MXNet array: {err}") from None
         if record.header.stype != self.stype:
@@ -97,21 +99,21 @@ class _Array:
 
     def build(self, record, build):
         array = self.cls(*record.args)
-        array.__setstate__({'handle': bytearray(build(record.state['handle']))})
+        array.__setstate__({'handle': build(record.state['handle'])})
         return array
 
 
 class _Bytes:
-    """The array bytes: ``bytearray(data)``."""
+    """An array's raw bytes: ``bytearray(data)``."""
 
     def check(self, record):
         if not (record.called and len(record.args) == 1 and type(record.args[0]) is bytes
                 and record.state is _NO_STATE):
             record.refuse(f"from arguments {reprlib.repr(record.args)}")
-        return bytearray(record.args[0])
+        return record.args[0]
 
     def build(self, record, build):
-        return self.check(record)
+        return bytearray(record.args[0])
 
 
 class _Dtype:
