@@ -26,7 +26,7 @@ from mxnet.ndarray.ndarray import NDArray
 
 import adam_plugin
 from adam_plugin import checkpoint
-from test_checkpoint import PLACEMENTS, SAVE_AFTER, Job, assert_same, inspect, save
+from test_checkpoint import SAVE_AFTER, Job, assert_same, inspect, save
 
 
 class Call:

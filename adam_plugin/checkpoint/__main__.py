@@ -80,7 +80,8 @@ def _text(info):
     lines.append("update counts: " + ", ".join(f"{k} = {v}" for k, v in counts.items()))
     lines += [f"  device {d}: {per_index}" for d, per_index in per_device.items()]
     lines.append("states:")
-    lines += [f"  parameter {index}: {_state_text(state)}" for index, state in info['states'].items()]
+    lines += [f"  parameter {index}: {_state_text(state)}"
+              for index, state in info['states'].items()]
     return "\n".join(lines)
 
 
