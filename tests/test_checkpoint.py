@@ -4,16 +4,22 @@ Every row trains 12 steps without a break, and again with a checkpoint after ste
 6 loaded into a new network and Trainer; the two must end bitwise equal (weights,
 optimizer states, step counts, skip counter, schedule). Damaged files must raise
 a clear error from ``adam_plugin.checkpoint.load_states`` and change nothing.
+Files that try to run code are in test_checkpoint_attacks.py.
 """
+import json
 import pickle
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
 import mxnet as mx
-from mxnet import autograd, gluon, nd
+from mxnet import autograd, gluon, nd, npx
 
+import adam_plugin
 from adam_plugin import checkpoint
+from adam_plugin.checkpoint import safe
 from adam_plugin.chapter import linreg
 from configs import CONFIGS, optimizer_kwargs
 
@@ -172,6 +178,12 @@ def other_states(tmp_path, optimizer, options, in_units=linreg.NUM_INPUTS):
     return fname.read_bytes()
 
 
+def resaved(good, change):
+    """The good file (our own, so plain pickle may read it) with ``change(states, optimizer)``."""
+    states, optimizer = pickle.loads(good)
+    return pickle.dumps(change(states, optimizer))
+
+
 # name -> (how to make the bad file from a good one, what the error must say)
 BAD_FILES = {
     'truncated': (lambda good, tmp: good[:len(good) // 2], 'truncated or corrupted'),
@@ -185,6 +197,11 @@ BAD_FILES = {
                         'saved for optimizer SGD, this Trainer uses MyAdam'),
     'wrong_network': (lambda good, tmp: other_states(tmp, 'myadam', {}, in_units=3),
                       'has layout'),
+    'more_parameters': (lambda good, tmp: resaved(good, lambda s, o: ({**s, 2: s[0]}, o)),
+                        'holds a state for parameter index 2, this Trainer has 2'),
+    'second_element_not_an_optimizer': (
+        lambda good, tmp: resaved(good, lambda s, o: (s, o.__getstate__())),
+        'its second element is dict, not an optimizer'),
 }
 
 
@@ -225,3 +242,197 @@ def test_an_interrupted_save_keeps_the_previous_file(tmp_path):
         checkpoint.save_states(job.trainer, fname)
     assert fname.read_bytes() == previous
     assert [p.name for p in tmp_path.iterdir()] == ['trainer.states']
+
+
+@pytest.mark.parametrize('placement', PLACEMENTS)
+def test_checkpoint_save_states_writes_what_the_trainer_writes(placement, tmp_path):
+    job = Job('everything', placement).train(range(1, 4))
+    job.trainer.save_states(str(tmp_path / 'mxnet.states'))
+    checkpoint.save_states(job.trainer, tmp_path / 'ours.states')
+    assert (tmp_path / 'ours.states').read_bytes() == (tmp_path / 'mxnet.states').read_bytes()
+
+
+def resume(make, train, save_after, steps, tmp_path, loader):
+    """Weights after training ``steps`` straight, and resumed from a checkpoint."""
+    straight = make(0.5)
+    train(*straight, range(1, steps + 1))
+    first = make(0.5)
+    train(*first, range(1, save_after + 1))
+    checkpoint.save_states(first[1], tmp_path / 'trainer.states')
+    resumed = make(-1.0)
+    for mine, theirs in zip(params(resumed), params(first)):
+        mine.set_data(weight(theirs))
+    LOADERS[loader](resumed[1], tmp_path / 'trainer.states')
+    train(*resumed, range(save_after + 1, steps + 1))
+    return [[weight(p).asnumpy() for p in params(job)] for job in (straight, resumed)]
+
+
+def params(job):
+    return job[0].collect_params().values()
+
+
+def weight(param):
+    """All of a parameter's rows, dense or row_sparse."""
+    if param._stype == 'default':
+        return param.data()
+    return param.row_sparse_data(nd.arange(param.shape[0]))
+
+
+def sparse_embedding(init):
+    """MXNet's own SGD with momentum on a row_sparse weight: its states are row_sparse."""
+    emb = gluon.contrib.nn.SparseEmbedding(8, 3)
+    emb.initialize(mx.init.Constant(init))
+    return emb, gluon.Trainer(emb.collect_params(), 'sgd',
+                              {'learning_rate': 0.1, 'momentum': 0.9, 'wd': 0.01})
+
+
+def train_embedding(emb, trainer, steps):
+    for t in steps:
+        with autograd.record():
+            loss = (emb(nd.array([[t % 8, (3 * t) % 8]])) ** 2).sum()
+        loss.backward()
+        trainer.step(1)
+
+
+@pytest.mark.parametrize('loader', LOADERS)
+def test_row_sparse_states_resume_bitwise(loader, tmp_path):
+    straight, resumed = resume(sparse_embedding, train_embedding, 2, 6, tmp_path, loader)
+    fname = tmp_path / 'trainer.states'
+    state = json.loads(inspect(fname, '--json').stdout)['states']['0']
+    assert (state['shape'], state['stype'], state['class']) == (
+        [8, 3], 'row_sparse', 'mxnet.ndarray.sparse.RowSparseNDArray')
+    np.testing.assert_array_equal(resumed[0], straight[0])
+    assert not np.all(straight[0] == 0.5)
+
+
+@pytest.fixture
+def numpy_interface():
+    npx.set_np()
+    try:
+        yield
+    finally:
+        npx.reset_np()
+
+
+def dense_numpy(init):
+    """A Dense layer and 'myadam' under the NumPy interface: the states file is saved
+    in NumPy shape semantics."""
+    net = gluon.nn.Dense(1, in_units=linreg.NUM_INPUTS)
+    net.initialize(mx.init.Constant(init))
+    return net, gluon.Trainer(net.collect_params(), 'myadam', optimizer_kwargs({'amsgrad': True}))
+
+
+def train_dense(net, trainer, steps):
+    data = batches('float32')
+    for t in steps:
+        X, y = (mx.np.array(a.asnumpy()) for a in data[t - 1])
+        with autograd.record():
+            loss = ((net(X).reshape(-1) - y) ** 2).sum()
+        loss.backward()
+        trainer.step(BATCH)
+
+
+@pytest.mark.parametrize('loader', LOADERS)
+def test_numpy_interface_states_resume_bitwise(loader, numpy_interface, tmp_path):
+    straight, resumed = resume(dense_numpy, train_dense, 4, 8, tmp_path, loader)
+    for got, want in zip(resumed, straight):
+        np.testing.assert_array_equal(got, want)
+    assert not np.all(straight[0] == 0.5)
+
+
+def test_a_numpy_interface_file_is_refused_outside_it(tmp_path):
+    npx.set_np()
+    try:
+        net, trainer = dense_numpy(0.5)
+        train_dense(net, trainer, range(1, 3))
+        checkpoint.save_states(trainer, tmp_path / 'trainer.states')
+    finally:
+        npx.reset_np()
+    net, trainer = dense_numpy(0.5)  # the same network, outside the NumPy interface
+    optimizer = trainer.optimizer
+    with pytest.raises(ValueError, match='ndarray was saved in np shape semantics'):
+        checkpoint.load_states(trainer, tmp_path / 'trainer.states')
+    assert trainer.optimizer is optimizer and trainer._updaters[0].states == {}
+    assert np.all(net.weight.data().asnumpy() == 0.5)
+
+
+def test_every_array_kind_is_rebuilt_exactly():
+    """Arrays of every storage type, NumPy-interface arrays and NumPy scalars, pickled by
+    pickle itself, come back equal: same class, storage type, dtype, shape and values."""
+    optimizer = adam_plugin.MyAdam(learning_rate=np.float32(0.25))
+    arrays = (nd.array([[1, 2], [3, 4]], dtype='float16'),
+              nd.sparse.row_sparse_array(([[1.0, 2.0], [3, 4]], [1, 3]), shape=(5, 2)),
+              nd.sparse.csr_matrix(([1.0, 2, 3], [0, 2, 1], [0, 2, 2, 3]), shape=(3, 4)),
+              nd.array([7, 8], dtype='int64'))
+    for numpy_interface in (False, True):  # its arrays are saved in NumPy shape semantics
+        with mx.util.np_shape(numpy_interface), mx.util.np_array(numpy_interface):
+            saved = (mx.np.array([[1.5, 2.5]]), mx.np.array(3.0)) if numpy_interface else arrays
+            states, record = safe.read(pickle.dumps(({0: saved}, optimizer)),
+                                       [adam_plugin.MyAdam], lambda cls: cls())
+            got = safe.build(states)[0]
+            for g, want in zip(got, saved):
+                assert type(g) is type(want)
+                assert (g.stype, g.dtype, g.shape) == (want.stype, want.dtype, want.shape)
+                np.testing.assert_array_equal(g.asnumpy(), want.asnumpy())
+    lr = safe.build(record).lr
+    assert type(lr) is np.float32 and lr == 0.25
+
+
+def inspect(fname, *options):
+    return subprocess.run([sys.executable, '-m', 'adam_plugin.checkpoint', 'inspect',
+                           str(fname), *options], capture_output=True, text=True, check=False)
+
+
+def test_inspect_prints_what_the_file_holds(tmp_path):
+    job = Job('everything', 'two_devices_trainer_updates').train(range(1, SAVE_AFTER + 1))
+    _, fname = save(job, tmp_path)
+    done = inspect(fname, '--json')
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    opt = job.trainer.optimizer
+    assert info['optimizer'] == 'adam_plugin.optimizer.MyAdam'
+    hyper = info['hyperparameters']
+    for name, value in CONFIGS['everything'].items():
+        if name not in ('lr_scheduler', 'rescale_grad'):  # Trainer.step sets rescale_grad
+            assert hyper[name] == value, name
+    assert (hyper['lr'], hyper['rescale_grad']) == (opt.lr, opt.rescale_grad)
+    assert set(hyper) == set(vars(opt)) - {'param_dict', '_layouts', 'lr_scheduler', 'num_update',
+                                           'begin_num_update', 'num_skipped',
+                                           '_all_index_update_counts', '_index_update_count'}
+    scheduler = info['lr_scheduler']
+    assert scheduler['class'] == 'mxnet.lr_scheduler.FactorScheduler'
+    assert (scheduler['step'], scheduler['factor']) == (5, 0.5)
+    assert info['update_counts'] == {
+        'num_update': opt.num_update, 'begin_num_update': 0, 'num_skipped': opt.num_skipped,
+        'per_device': {str(d): {str(i): n for i, n in c.items()}
+                       for d, c in opt._all_index_update_counts.items()}}
+    assert opt.num_skipped > 0 and opt.num_update == SAVE_AFTER
+    states = job.trainer._updaters[0].states
+    assert info['states'] == {
+        str(i): [{'shape': list(a.shape), 'dtype': 'float32', 'stype': 'default',
+                  'device': str(a.context), 'class': 'mxnet.ndarray.ndarray.NDArray'}
+                 for a in states[i]] for i in states}
+
+    text = inspect(fname)
+    assert text.returncode == 0, text.stderr
+    assert 'optimizer: adam_plugin.optimizer.MyAdam' in text.stdout
+    assert '  beta1 = 0.85' in text.stdout
+    assert f'update counts: num_update = {SAVE_AFTER}' in text.stdout
+    assert '  parameter 1: (float32[2x1], float32[2x1], float32[2x1])' in text.stdout
+
+
+# The damaged files that are refused on their own, without a Trainer to fit.
+@pytest.mark.parametrize('bad', ['truncated', 'garbage', 'not_a_states_pickle',
+                                 'second_element_not_an_optimizer'])
+def test_inspect_refuses_a_damaged_file_as_load_states_does(bad, tmp_path):
+    make, message = BAD_FILES[bad]
+    job = Job('defaults', 'one_device').train(range(1, 3))
+    _, good = save(job, tmp_path)
+    fname = tmp_path / 'bad.states'
+    fname.write_bytes(make(good.read_bytes(), tmp_path))
+    with pytest.raises(ValueError) as err:
+        checkpoint.load_states(job.trainer, fname)
+    done = inspect(fname)
+    assert (done.returncode, done.stdout) == (1, '')
+    assert message in done.stderr
+    assert done.stderr.strip() == str(err.value).replace(' The Trainer was not changed.', '')

@@ -1,0 +1,164 @@
+"""Trainer checkpoints that fail clearly and run no code: :func:`save_states`, :func:`load_states`.
+
+``gluon.Trainer.save_states`` pickles ``(states, optimizer)``, and MXNet's
+``Trainer.load_states`` is ``pickle.loads``: a states file runs whatever
+callable its author named the moment it is loaded, a truncated file surfaces as
+a bare ``UnpicklingError`` from deep inside MXNet, and a file from another
+optimizer or model is taken as it is. These functions wrap the Trainer instead:
+
+- :func:`load_states` reads the file with :mod:`.safe`, which calls nothing the
+  file names: it admits only what a real checkpoint holds (MXNet arrays of every
+  storage type and the NumPy interface's arrays, the registered optimizer
+  classes, MXNet's lr_scheduler classes, NumPy numeric dtypes and scalars, plain
+  Python containers and numbers), each rebuilt exactly as pickle rebuilds it in
+  a real checkpoint. It then checks that the file fits this Trainer (its
+  optimizer class; a state of the right structure, shapes and dtypes for each
+  parameter) and only then hands the Trainer the rebuilt objects, as
+  ``Trainer.load_states`` would. A bad file raises ``ValueError`` naming the file
+  and what is wrong (the callable it names, if it names one it may not), with
+  the Trainer (weights, states, update counts, optimizer) untouched.
+- :func:`save_states` writes to a temporary file beside the target and renames
+  it, so an interrupted save leaves the previous checkpoint, never a truncated one.
+- ``python -m adam_plugin.checkpoint inspect FILE [--json]`` prints what a file
+  holds, read the same way.
+
+A changed number inside a well-formed file cannot be told from a real one (the
+format has no checksum).
+"""
+import os
+import reprlib
+import warnings
+
+from mxnet.optimizer import Optimizer
+
+from . import safe
+
+
+def save_states(trainer, fname):
+    """``trainer.save_states(fname)``, atomically: the file is complete or not replaced.
+
+    Parameters
+    ----------
+    trainer : gluon.Trainer
+    fname : str or path-like
+    """
+    partial = f'{os.fspath(fname)}.partial'
+    try:
+        trainer.save_states(partial)
+        os.replace(partial, fname)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def load_states(trainer, fname):
+    """``trainer.load_states(fname)``, without running code from the file, once it fits.
+
+    The file must hold ``(states, optimizer)`` as ``Trainer.save_states`` writes
+    it, built only from what such a file holds; the optimizer must be of the
+    Trainer's optimizer class, with the attributes such an optimizer has; and
+    every saved state must have the structure, shapes and dtypes that optimizer
+    creates for this Trainer's parameter of the same index.
+
+    Parameters
+    ----------
+    trainer : gluon.Trainer
+    fname : str or path-like
+
+    Raises
+    ------
+    ValueError
+        If the file names a callable a checkpoint does not hold, or is truncated,
+        corrupted, or saved for another optimizer or other parameters. The
+        message names the file; the Trainer is unchanged.
+    """
+    with open(fname, 'rb') as f:
+        data = f.read()
+    try:
+        optimizer, states, records = _rebuild(trainer, data)
+    except safe.Refused as err:
+        raise ValueError(f"{invalid(fname, err)} The Trainer was not changed.") from None
+    _install(trainer, optimizer, states, records)
+
+
+def invalid(fname, problem):
+    """The message for a refused file."""
+    return f"Invalid states file {os.fspath(fname)!r}: {problem}."
+
+
+def registered_optimizers():
+    """The optimizer classes registered with MXNet (the names a file may hold)."""
+    return list(Optimizer.opt_registry.values())
+
+
+def _rebuild(trainer, data):
+    """The file's optimizer and states, rebuilt, and the states' records (for more copies).
+
+    Everything in the file is checked before anything is built; nothing of
+    ``trainer`` changes. Raises :class:`safe.Refused`.
+    """
+    ours = trainer.optimizer
+
+    def reference(cls):
+        if cls is not type(ours):
+            raise safe.Refused(f"it was saved for optimizer {cls.__name__}, "
+                               f"this Trainer uses {type(ours).__name__}")
+        return ours
+
+    states, record = safe.read(data, registered_optimizers(), reference)
+    params = trainer._params  # pylint: disable=protected-access
+    for index in states:
+        if not 0 <= index < len(params):
+            raise safe.Refused(f"it holds a state for parameter index {index}, "
+                               f"this Trainer has {len(params)}")
+    optimizer = _built(record)
+    for index, state in states.items():
+        param = params[index]
+        weight = param._check_and_get(param._data, list)[0]  # pylint: disable=protected-access
+        try:
+            with warnings.catch_warnings():  # float16 without multi_precision warns here
+                warnings.simplefilter('ignore')
+                expected = optimizer.create_state_multi_precision(index, weight)
+        except Exception as err:  # noqa: BLE001  (the file's hyperparameters are bad)
+            raise safe.Refused(f"its optimizer cannot create a state for parameter "
+                               f"'{param.name}' ({type(err).__name__}: {err})") from None
+        if safe.layout(state) != safe.layout(expected):
+            raise safe.Refused(f"the state of parameter '{param.name}' has layout "
+                               f"{reprlib.repr(safe.layout(state))}, "
+                               f"expected {safe.layout(expected)}")
+    return optimizer, _built(states), states
+
+
+def _built(records):
+    try:
+        return safe.build(records)
+    except Exception as err:  # noqa: BLE001  (MXNet refused checked bytes, e.g. np shape)
+        lines = str(err).strip().splitlines() or [type(err).__name__]  # MXNet's message
+        raise safe.Refused(f"it could not be rebuilt ({lines[-1]})") from None  # comes last
+
+
+def _install(trainer, optimizer, states, records):
+    """What ``Trainer.load_states`` does with the unpickled ``(states, optimizer)``.
+
+    MXNet unpickles the file once per Updater (one per device, or the KVStore's):
+    each gets its own arrays (rebuilt from ``records``), all get the first one's
+    optimizer.
+    """
+    # pylint: disable=protected-access
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    if trainer._update_on_kvstore:
+        updaters = [trainer._kvstore._updater]
+        if updaters[0] is None:
+            raise ValueError("Cannot load states for distributed training: the KVStore's "
+                             "servers hold them. The Trainer was not changed.")
+    else:
+        updaters = trainer._updaters
+    copies = [states] + [safe.build(records) for _ in updaters[1:]]
+    for updater, copy in zip(updaters, copies):
+        updater.states, updater.optimizer = copy, optimizer
+        updater.states_synced = dict.fromkeys(copy, False)
+    trainer._optimizer = optimizer
+    optimizer.param_dict = dict(enumerate(trainer._params))

@@ -1,0 +1,119 @@
+"""``python -m adam_plugin.checkpoint inspect FILE [--json]``: what a states file holds.
+
+Reads the file as :func:`adam_plugin.checkpoint.load_states` does, without
+running code from it or building anything: the optimizer's class and
+hyperparameters, its update counts, and each parameter's state shapes and
+dtypes. A refused file prints the loader's message and exits with status 1.
+"""
+import argparse
+import json
+import sys
+
+import adam_plugin  # noqa: F401  (registers 'myadam', so its files can be read)
+from . import invalid, registered_optimizers, safe
+
+# The optimizer's bookkeeping, shown as update counts rather than hyperparameters.
+COUNTS = ('num_update', 'begin_num_update', 'num_skipped', '_all_index_update_counts',
+          '_index_update_count')
+
+
+def describe(data):
+    """What the states file ``data`` holds, as JSON-ready data; raises :class:`safe.Refused`."""
+    states, optimizer = safe.read(data, registered_optimizers(), _default)
+    attrs = optimizer.state
+    scheduler = attrs['lr_scheduler']
+    return {
+        'optimizer': optimizer.name,
+        'hyperparameters': {k: _plain(v) for k, v in attrs.items()
+                            if k not in COUNTS and k != 'lr_scheduler'},
+        'lr_scheduler': None if scheduler is None else {
+            'class': scheduler.name, **{k: _plain(v) for k, v in scheduler.state.items()}},
+        'update_counts': {
+            **{k: attrs[k] for k in ('num_update', 'begin_num_update', 'num_skipped')
+               if k in attrs},
+            'per_device': _plain(attrs['_all_index_update_counts'])},
+        'states': {str(index): _arrays(state) for index, state in sorted(states.items())},
+    }
+
+
+def _default(cls):
+    """A default instance of ``cls``, whose attributes the file's optimizer must have."""
+    try:
+        return cls()
+    except Exception as err:  # noqa: BLE001  (an optimizer that needs arguments)
+        raise safe.Refused(f"its optimizer {cls.__name__} cannot be checked: "
+                           f"{cls.__name__}() raised {type(err).__name__}: {err}") from None
+
+
+def _plain(value):
+    """``value`` (checked plain data) as JSON: NumPy scalars and dtypes by value and name."""
+    if isinstance(value, safe.Record):
+        return value.kind.check(value).item() if value.kind is safe.SCALAR \
+            else str(value.kind.check(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bytes, bytearray, complex)):
+        return repr(value)
+    return value
+
+
+def _arrays(state):
+    if isinstance(state, safe.Record):
+        header = state.header
+        return {'shape': list(header.shape), 'dtype': header.dtype, 'stype': header.stype,
+                'device': header.device, 'class': state.name}
+    if state is None:
+        return None
+    return [_arrays(s) for s in state]
+
+
+def _text(info):
+    lines = [f"optimizer: {info['optimizer']}", "hyperparameters:"]
+    lines += [f"  {k} = {v!r}" for k, v in info['hyperparameters'].items()]
+    scheduler = info['lr_scheduler']
+    lines.append(f"lr_scheduler: {scheduler and scheduler.pop('class')}")
+    lines += [f"  {k} = {v!r}" for k, v in (scheduler or {}).items()]
+    counts = info['update_counts']
+    per_device = counts.pop('per_device')
+    lines.append("update counts: " + ", ".join(f"{k} = {v}" for k, v in counts.items()))
+    lines += [f"  device {d}: {per_index}" for d, per_index in per_device.items()]
+    lines.append("states:")
+    lines += [f"  parameter {index}: {_state_text(state)}"
+              for index, state in info['states'].items()]
+    return "\n".join(lines)
+
+
+def _state_text(state):
+    if isinstance(state, dict):
+        shape = "x".join(map(str, state['shape'])) or "scalar"
+        stype = "" if state['stype'] == 'default' else f" {state['stype']}"
+        return f"{state['dtype']}[{shape}]{stype}"
+    if state is None:
+        return "None"
+    return "(" + ", ".join(_state_text(s) for s in state) + ")"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m adam_plugin.checkpoint',
+                                     description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest='command', required=True)
+    inspect = commands.add_parser('inspect', help="print what a states file holds, "
+                                  "without running code from it")
+    inspect.add_argument('file')
+    inspect.add_argument('--json', action='store_true', help="print JSON")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.file, 'rb') as f:
+            data = f.read()
+        info = describe(data)
+    except (OSError, safe.Refused) as err:
+        print(invalid(args.file, err), file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=1) if args.json else _text(info))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

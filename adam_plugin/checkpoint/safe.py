@@ -1,0 +1,370 @@
+"""Unpickle a Trainer checkpoint without running anything the file names.
+
+A pickle is a program: ``GLOBAL`` looks a callable up by name, ``REDUCE`` calls it
+with arguments from the file, ``BUILD`` hands an object its state. The
+:class:`_Unpickler` here gives every name the file asks for a :class:`Record`
+instead, so calling or building one only writes down what the file asked for.
+Only the names a real checkpoint uses get a record at all (:data:`ALLOWED` plus
+the registered optimizer classes); any other name is refused on sight.
+
+:func:`read` then checks each record against how pickle rebuilds that class in
+a file ``Trainer.save_states`` wrote (the arguments it is called with, the exact
+set of attributes it is built with, an array's raw bytes) and where it may
+appear, and :func:`build` makes the real objects from checked records the way
+pickle would have: ``cls(*args)`` and ``__setstate__`` for arrays,
+``cls.__new__(cls)`` and ``__setstate__`` (or the instance ``__dict__``) for the
+optimizer and its ``lr_scheduler``.
+"""
+import io
+import pickle
+import pickletools
+import re
+import reprlib
+
+import numpy
+from mxnet import lr_scheduler
+from mxnet.ndarray.ndarray import NDArray
+from mxnet.ndarray.sparse import CSRNDArray, RowSparseNDArray
+from mxnet.numpy import ndarray as NumpyArray
+
+from . import rawarray
+
+# Deeper nesting than this is refused (a real checkpoint nests about 6 deep).
+MAX_DEPTH = 32
+PLAIN = (type(None), bool, int, float, complex, str, bytes, bytearray)
+CONTAINERS = (tuple, list, dict, set, frozenset)
+_NO_STATE = object()
+
+
+class Refused(Exception):
+    """The file is not a checkpoint that may be rebuilt; the message says why."""
+
+
+def _name(obj):
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+class Record:
+    """An object the file asks for, written down instead of made.
+
+    Subclassed once per allowed name, with ``kind`` (how such an object is
+    checked and built) and ``name``. ``args`` are the arguments the file gives,
+    ``called`` says whether it calls the name (``REDUCE``) or only its
+    ``__new__`` (``NEWOBJ``), ``state`` is what ``BUILD`` hands it.
+    """
+    kind = name = None
+
+    def __new__(cls, *args):
+        record = object.__new__(cls)
+        record.args, record.called, record.state = args, False, _NO_STATE
+        return record
+
+    def __init__(self, *args):  # pylint: disable=unused-argument
+        self.called = True
+
+    def __setstate__(self, state):
+        if self.state is not _NO_STATE:
+            raise Refused(f"it builds {self.name} twice")
+        self.state = state
+
+    def refuse(self, what):
+        raise Refused(f"{self.name} is rebuilt {what}, which no checkpoint does")
+
+
+class _Array:
+    """An MXNet array: ``cls(None)``, then ``__setstate__({'handle': raw bytes})``."""
+
+    def __init__(self, cls, stype):
+        self.cls, self.stype = cls, stype
+
+    def check(self, record):
+        if not (record.called and record.args == (None,)):
+            record.refuse(f"from arguments {reprlib.repr(record.args)}")
+        state = record.state
+        if not (type(state) is dict and list(state) == ['handle']):
+            record.refuse(f"with state {reprlib.repr(state)}")
+        handle = state['handle']
+        if isinstance(handle, Record) and handle.kind is BYTES:
+            raw = BYTES.check(handle)
+        elif type(handle) is bytearray:  # protocol 5 writes a bytearray as such
+            raw = handle
+        else:
+            record.refuse(f"with a handle of {_what(handle)}")
+        try:
+            record.header = rawarray.parse(raw)
+        except ValueError as err:
+            raise Refused(f"an array's raw bytes are not an MXNet array: {err}") from None
+        if record.header.stype != self.stype:
+            record.refuse(f"from the bytes of a {record.header.stype} array")
+
+    def build(self, record, build):
+        array = self.cls(*record.args)
+        array.__setstate__({'handle': build(record.state['handle'])})
+        return array
+
+
+class _Bytes:
+    """An array's raw bytes: ``bytearray(data)``."""
+
+    def check(self, record):
+        if not (record.called and len(record.args) == 1 and type(record.args[0]) is bytes
+                and record.state is _NO_STATE):
+            record.refuse(f"from arguments {reprlib.repr(record.args)}")
+        return record.args[0]
+
+    def build(self, record, build):
+        return bytearray(record.args[0])
+
+
+class _Dtype:
+    """A numeric NumPy dtype: ``numpy.dtype(code, False, True)`` and its pickled state."""
+    CODE = re.compile(r'[biufc][0-9]{1,2}')
+
+    def check(self, record):
+        code = record.args[0] if record.called and len(record.args) == 3 else None
+        try:
+            reference = numpy.dtype(code) if self.CODE.fullmatch(str(code)) else None
+        except TypeError:  # a size numpy has no such type for, e.g. 'f3'
+            reference = None
+        if reference is None or reference.kind not in 'biufc' or \
+                (record.args, record.state) != reference.__reduce__()[1:]:
+            record.refuse(f"from {reprlib.repr(record.args)}, state "
+                          f"{reprlib.repr(record.state)}, not a numeric dtype's")
+        return reference
+
+    def build(self, record, build):
+        return self.check(record)
+
+
+class _Scalar:
+    """A NumPy scalar of a numeric dtype: ``scalar(dtype, its bytes)``."""
+
+    def check(self, record):
+        if record.called and len(record.args) == 2 and isinstance(record.args[0], Record) \
+                and record.args[0].kind is DTYPE and record.state is _NO_STATE:
+            dtype = DTYPE.check(record.args[0])
+            if type(record.args[1]) is bytes and len(record.args[1]) == dtype.itemsize:
+                return numpy.frombuffer(record.args[1], dtype)[0]
+        return record.refuse(f"from arguments {reprlib.repr(record.args)}")
+
+    def build(self, record, build):
+        return self.check(record)
+
+
+class _Instance:
+    """An optimizer or lr_scheduler: ``cls.__new__(cls)``, then its attributes.
+
+    ``reference`` is an instance whose attributes a checkpoint's must match.
+    """
+
+    def __init__(self, cls, reference=None):
+        self.cls, self.reference = cls, reference
+
+    def check(self, record, reference):
+        if record.called or record.args != ():
+            record.refuse(f"by calling it with {reprlib.repr(record.args)}")
+        state = record.state
+        if type(state) is not dict or not all(type(key) is str for key in state):
+            record.refuse(f"with state {reprlib.repr(state)}")
+        expected = set(reference.__getstate__())
+        if set(state) != expected:
+            extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
+            record.refuse(f"with attributes {extra} it does not have" if extra
+                          else f"without its attributes {missing}")
+        for key, value in state.items():
+            where = f"attribute {key!r} of {record.name}"
+            if key != 'lr_scheduler' or value is None:
+                _walk(value, _plain, where)
+            elif isinstance(value, Record) and isinstance(value.kind, _Instance) \
+                    and value.kind.reference is not None:
+                value.kind.check(value, value.kind.reference)
+            else:
+                raise Refused(f"{where} holds {_what(value)}, not one of MXNet's schedulers")
+
+    def build(self, record, build):
+        obj = self.cls.__new__(self.cls)
+        state = build(record.state)
+        setstate = getattr(obj, '__setstate__', None)
+        if setstate is not None:
+            setstate(state)
+        else:
+            obj.__dict__.update(state)
+        return obj
+
+
+BYTES, DTYPE, SCALAR = _Bytes(), _Dtype(), _Scalar()
+
+# MXNet's schedulers, each with the constructor arguments of a reference instance.
+SCHEDULERS = {
+    lr_scheduler.LRScheduler: {},
+    lr_scheduler.FactorScheduler: {'step': 1},
+    lr_scheduler.MultiFactorScheduler: {'step': [1]},
+    lr_scheduler.PolyScheduler: {'max_update': 1},
+    lr_scheduler.CosineScheduler: {'max_update': 1},
+}
+
+# Every name a checkpoint may hold besides its optimizer's class -> its kind.
+ALLOWED = {
+    _name(NDArray): _Array(NDArray, 'default'),
+    _name(RowSparseNDArray): _Array(RowSparseNDArray, 'row_sparse'),
+    _name(CSRNDArray): _Array(CSRNDArray, 'csr'),
+    _name(NumpyArray): _Array(NumpyArray, 'default'),
+    'builtins.bytearray': BYTES,
+    _name(numpy.dtype): DTYPE,
+    f"{numpy.core.multiarray.scalar.__module__}.scalar": SCALAR,
+    **{_name(cls): _Instance(cls, cls(**kwargs)) for cls, kwargs in SCHEDULERS.items()},
+}
+
+
+def _refuse_extension_codes(data):
+    """Refuse the ``EXT`` opcodes: they name a callable by a number in ``copyreg``'s
+    extension registry, and pickle caches what a number resolved to for every
+    unpickler in the process, past ``find_class``. No checkpoint uses them."""
+    for opcode, code, _ in pickletools.genops(data):
+        if opcode.name.startswith('EXT'):
+            raise Refused(f"it names a callable by copyreg extension code {code} "
+                          f"({opcode.name}), which no checkpoint does")
+
+
+class _Unpickler(pickle.Unpickler):
+    """Unpickles into :class:`Record` objects; refuses names not in ``allowed``."""
+
+    def __init__(self, file, allowed):
+        super().__init__(file)
+        self.allowed, self.records = allowed, {}
+
+    def find_class(self, module, name):
+        full = f"{module}.{name}"
+        if full not in self.allowed:
+            raise Refused(f"it names {full}, which no checkpoint holds (refused, "
+                          "nothing from the file was run)")
+        if full not in self.records:
+            self.records[full] = type(name, (Record,), {'kind': self.allowed[full], 'name': full})
+        return self.records[full]
+
+    def persistent_load(self, pid):
+        raise Refused("it holds a persistent id, which no checkpoint holds")
+
+
+def _what(value):
+    return value.name if isinstance(value, Record) else type(value).__name__
+
+
+def _walk(value, leaf, where, depth=0, done=None):
+    """Check ``value``: containers recursed into (keys too), the rest handed to ``leaf``.
+
+    A container met again is checked once (``done``), so shared ones cost nothing.
+    """
+    done = set() if done is None else done
+    if depth > MAX_DEPTH:
+        raise Refused(f"{where} is nested deeper than {MAX_DEPTH} levels (or contains itself)")
+    if type(value) not in CONTAINERS:
+        leaf(value, where)
+    elif id(value) not in done:
+        items = [x for pair in value.items() for x in pair] if type(value) is dict else value
+        for item in items:
+            _walk(item, leaf, where, depth + 1, done)
+        done.add(id(value))
+
+
+def _plain(value, where):
+    """Plain data: numbers, strings, NumPy scalars and dtypes."""
+    if isinstance(value, Record) and value.kind in (SCALAR, DTYPE):
+        value.kind.check(value)
+    elif type(value) not in PLAIN:
+        raise Refused(f"{where} holds {_what(value)}, which does not belong there")
+
+
+def _array(value, where):
+    """An optimizer state: MXNet arrays (or None)."""
+    if isinstance(value, Record) and isinstance(value.kind, _Array):
+        value.kind.check(value)
+    elif value is not None:
+        raise Refused(f"{where} holds {_what(value)}, not an MXNet array")
+
+
+def read(data, optimizer_classes, reference):
+    """The checked records of a states file: ``(states, optimizer)``.
+
+    Parameters
+    ----------
+    data : bytes
+        The file, as ``Trainer.save_states`` writes it.
+    optimizer_classes : iterable of type
+        The optimizer classes whose names the file may hold.
+    reference : callable
+        ``reference(cls)`` returns an instance of the file's optimizer class
+        whose attributes the file's must match, or raises :class:`Refused`.
+
+    Returns
+    -------
+    states : dict
+        Parameter index -> state, as :class:`Record` objects; each array record
+        has a ``header`` (:class:`rawarray.Header`).
+    optimizer : Record
+
+    Raises
+    ------
+    Refused
+        If the file names anything else, or rebuilds an allowed name in a way
+        that no real checkpoint does. Nothing the file names is ever called.
+    """
+    allowed = dict(ALLOWED, **{_name(cls): _Instance(cls) for cls in optimizer_classes})
+    file = io.BytesIO(data)
+    try:
+        _refuse_extension_codes(data)
+        saved = _Unpickler(file, allowed).load()
+    except Refused:
+        raise
+    except Exception as err:  # noqa: BLE001  (any failure means a damaged file)
+        raise Refused("it is truncated or corrupted (unpickling failed: "
+                      f"{type(err).__name__}: {err})") from None
+    if file.read(1):
+        raise Refused("it is corrupted (bytes after the end of the pickle)")
+    if not (type(saved) is tuple and len(saved) == 2 and type(saved[0]) is dict):
+        raise Refused("it does not hold (states, optimizer) as Trainer.save_states writes them "
+                      f"(found {_what(saved)})")
+    states, optimizer = saved
+    if not (isinstance(optimizer, Record) and isinstance(optimizer.kind, _Instance)
+            and optimizer.kind.cls in set(optimizer_classes)):
+        raise Refused("it does not hold (states, optimizer) as Trainer.save_states writes them "
+                      f"(its second element is {_what(optimizer)}, not an optimizer)")
+    optimizer.kind.check(optimizer, reference(optimizer.kind.cls))
+    for index, state in states.items():
+        if type(index) is not int:
+            raise Refused(f"it holds a state for parameter index {index!r}")
+        _walk(state, _array, f"the state of parameter index {index}")
+    return states, optimizer
+
+
+def build(value, memo=None):
+    """The real object a checked record (or container of them) stands for.
+
+    Objects shared in the file are shared in the result, as with pickle.
+    """
+    memo = {} if memo is None else memo
+    if type(value) in PLAIN:
+        return value
+    if id(value) not in memo:
+        if isinstance(value, Record):
+            built = value.kind.build(value, lambda v: build(v, memo))
+        elif type(value) is dict:
+            built = {build(k, memo): build(v, memo) for k, v in value.items()}
+        else:
+            built = type(value)(build(v, memo) for v in value)
+        memo[id(value)] = built
+    return memo[id(value)]
+
+
+def layout(state, memo=None):
+    """The nesting, shapes, dtypes and storage types of a state (records or arrays)."""
+    memo = {} if memo is None else memo
+    if isinstance(state, Record):
+        return (state.header.shape, state.header.dtype, state.header.stype)
+    if isinstance(state, NDArray):
+        return (state.shape, numpy.dtype(state.dtype).name, state.stype)
+    if isinstance(state, (tuple, list)):
+        if id(state) not in memo:  # a nesting shared in the file is laid out once
+            memo[id(state)] = tuple(layout(s, memo) for s in state)
+        return memo[id(state)]
+    return type(state).__name__
