@@ -5,8 +5,7 @@ import warnings
 import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
-from . import dispatch
-from .distributed import refuse_worker_update
+from . import dispatch, distributed
 from .textbook import EPSILON_MODES, Step
 
 NONFINITE_POLICIES = ('skip', 'raise')
@@ -132,6 +131,7 @@ class MyAdam(Optimizer):
         self.aggregate_num = AGGREGATE_NUM
 
     def __getstate__(self):
+        distributed.watch_worker(self)  # a dist Trainer sending us to its servers: see there
         state = super().__getstate__()
         del state['_layouts']  # references to live arrays, not hyperparameters
         return state
@@ -160,9 +160,9 @@ class MyAdam(Optimizer):
         self._update_impl(index, weight, grad, state, multi_precision=self.multi_precision)
 
     def _update_impl(self, indices, weights, grads, states, multi_precision):
-        refuse_worker_update()  # update_on_kvstore=False in a dist job: see distributed.py
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
+        distributed.refuse_worker_update(self, indices)  # update_on_kvstore=False in a dist job
         layouts = [self._layouts(*args) for args in zip(indices, weights, grads)]
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision)
         steps = []
