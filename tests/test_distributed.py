@@ -17,11 +17,10 @@ import uuid
 import numpy as np
 import pytest
 import mxnet as mx
-from mxnet import autograd, gluon
+from mxnet import gluon
 
 import dist_worker
 import launching
-from adam_plugin import MyAdam, distributed
 from adam_plugin.chapter import linreg
 
 WORKER = os.path.join(os.path.dirname(__file__), 'dist_worker.py')
