@@ -1,4 +1,4 @@
-"""MyAdam in a distributed-KVStore job: the update runs on the servers, never on workers.
+"""MyAdam in a distributed-KVStore job: the update runs on the servers, and a failing worker exits.
 
 With a ``dist`` KVStore, ``gluon.Trainer(..., update_on_kvstore=True)`` (MXNet's
 default there) pickles the optimizer to the servers, which run every update
@@ -13,23 +13,65 @@ keys without ordering the two, so a worker can pull the summed gradient as its
 initial weight (initialising the KVStore before the first backward pass made
 the runs agree, but that needs Trainer internals). Rather than diverge silently,
 MyAdam refuses to update on a worker: :func:`refuse_worker_update` raises.
+
+A worker whose script raises does not end by itself: at interpreter exit
+ps-lite's finalisation waits for the other workers, which wait for it in a
+push or pull, and the job hangs. So once MyAdam knows it runs in a
+distributed-KVStore worker, :func:`exit_on_uncaught_exception` makes an uncaught
+exception end the process at once.
+
+"Runs in a distributed-KVStore worker" is decided by the ``gluon.Trainer`` that
+drives the optimizer: it gives every Parameter a reference to itself and sets
+``_distributed`` when it creates a KVStore whose type holds ``'dist'``. A
+``DMLC_ROLE=worker`` left in the environment, a Horovod rank
+(``hvd.DistributedTrainer`` has no KVStore) and a local Trainer do not count.
 """
 import os
+import sys
 
 
-def refuse_worker_update():
-    """Raise ``RuntimeError`` if this process is a worker of a distributed-KVStore job.
+def trainer_is_distributed(optimizer, indices=None):
+    """Is ``optimizer`` driven by a ``gluon.Trainer`` that runs a distributed KVStore?
 
-    ps-lite decides the role from ``DMLC_ROLE``; on a worker MyAdam is only asked to
-    update when the Trainer has ``update_on_kvstore=False``. Called before the
-    optimizer touches any weight, state or step count.
+    Parameters
+    ----------
+    optimizer : mx.optimizer.Optimizer
+    indices : list of int, optional
+        Look only at these parameters (those of one update call, all from one
+        Trainer); by default at every parameter in ``optimizer.param_dict``.
+    """
+    params = optimizer.param_dict
+    found = params.values() if indices is None else (params[i] for i in indices if i in params)
+    return any(getattr(getattr(param, '_trainer', None), '_distributed', False)
+               for param in found)
+
+
+def watch_worker(optimizer):
+    """Call :func:`exit_on_uncaught_exception` if :func:`trainer_is_distributed`.
+
+    MyAdam calls this when it is pickled: a distributed Trainer pickles it to send
+    it to the servers, at its first ``step``.
+    """
+    if trainer_is_distributed(optimizer):
+        exit_on_uncaught_exception()
+
+
+def refuse_worker_update(optimizer, indices):
+    """Raise ``RuntimeError`` if a distributed-KVStore worker asks ``optimizer`` to update.
+
+    On a worker MyAdam is only asked to update when the Trainer has
+    ``update_on_kvstore=False``. Called before the optimizer touches any weight,
+    state or step count. The uncaught refusal ends the process (see
+    :func:`exit_on_uncaught_exception`).
 
     Raises
     ------
     RuntimeError
-        If ``DMLC_ROLE`` is ``'worker'``; the message names ``update_on_kvstore``.
+        If :func:`trainer_is_distributed` for ``indices``; the message names
+        ``update_on_kvstore``.
     """
-    if os.environ.get('DMLC_ROLE') == 'worker':
+    if trainer_is_distributed(optimizer, indices[:1]):
+        exit_on_uncaught_exception()
         raise RuntimeError(
             "myadam: refusing to update on a distributed-KVStore worker: with "
             "update_on_kvstore=False every worker updates its own copy of the weights, and "
@@ -37,3 +79,36 @@ def refuse_worker_update():
             "broadcast and gradient all-reduce race on the same keys). Create the Trainer "
             "with update_on_kvstore=True (the default for dist kvstores): the servers then "
             "run the update once for all workers. No weight, state or step count was changed.")
+
+
+def exit_on_uncaught_exception():
+    """Make an uncaught exception end this process at once with status 1.
+
+    The installed ``sys.excepthook`` flushes ``sys.stdout``, reports the
+    exception through the hook it replaces (by default the usual traceback on
+    stderr), flushes ``sys.stderr`` and calls ``os._exit(1)``: interpreter
+    shutdown, where ps-lite would wait for the other workers, is skipped, and so
+    are ``atexit`` handlers and the flushing of other open files. Exceptions
+    caught by the script, ``sys.exit`` and exceptions in other threads are not
+    affected.
+
+    MyAdam calls this itself in a distributed-KVStore worker: when the Trainer
+    sends it to the servers (:func:`watch_worker`) and when it refuses
+    ``update_on_kvstore=False``. Call it yourself right after
+    ``mx.kv.create('dist_sync')`` if your script can fail before its first step.
+    Installing it twice is the same as once.
+    """
+    if getattr(sys.excepthook, 'adam_plugin_exits', False):
+        return
+    report = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        try:
+            sys.stdout.flush()
+            report(exc_type, exc, tb)
+            sys.stderr.flush()
+        finally:
+            os._exit(1)
+
+    hook.adam_plugin_exits = True
+    sys.excepthook = hook

@@ -5,9 +5,8 @@ import warnings
 import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
-from . import dispatch
+from . import dispatch, distributed
 from .deferred import DeferredError
-from .distributed import refuse_worker_update
 from .textbook import EPSILON_MODES, Step
 
 NONFINITE_POLICIES = ('skip', 'raise')
@@ -136,6 +135,7 @@ class MyAdam(Optimizer):
 
     def __getstate__(self):
         self._deferred.raise_pending()  # never save over an update that failed
+        distributed.watch_worker(self)  # a dist Trainer sending us to its servers: see there
         state = super().__getstate__()
         del state['_layouts']  # references to live arrays, not hyperparameters
         del state['_deferred']
@@ -182,9 +182,9 @@ class MyAdam(Optimizer):
                            self.multi_precision)
 
     def _update_impl(self, indices, weights, grads, states, multi_precision):
-        refuse_worker_update()  # update_on_kvstore=False in a dist job: see distributed.py
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
+        distributed.refuse_worker_update(self, indices)  # update_on_kvstore=False in a dist job
         layouts = [self._layouts(*args) for args in zip(indices, weights, grads)]
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision)
         steps = []

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 
 def start(args, **env):
@@ -24,3 +25,32 @@ def finish(proc, timeout):
         proc.communicate(timeout=30)
         raise
     return proc.returncode, out, err
+
+
+def survivors(token):
+    """Live (non-zombie) processes whose environment holds ``token``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/environ', 'rb') as f:
+                environ = f.read()
+            with open(f'/proc/{pid}/stat') as f:
+                state = f.read().rsplit(')', 1)[1].split()[0]
+        except OSError:
+            continue
+        if token.encode() in environ and state != 'Z':
+            found.append(int(pid))
+    return found
+
+
+def orphans(token):
+    """The processes with ``token`` in their environment that are still there after 10 s."""
+    deadline = time.monotonic() + 10  # reparented children may take a moment to be reaped
+    while survivors(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return survivors(token)
+
+
+def assert_no_orphans(token):
+    """Every process started with ``token`` in its environment is gone (within 10 s)."""
+    assert orphans(token) == []

@@ -1,5 +1,4 @@
 """``python -m adam_plugin.scaleout.launch``: exit statuses, output prefixes, and no orphans."""
-import os
 import signal
 import sys
 import time
@@ -32,29 +31,6 @@ def finish(proc):
     return launching.finish(proc, LIMIT)
 
 
-def survivors(token):
-    """Live (non-zombie) processes whose environment holds ``token``."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-        try:
-            with open(f'/proc/{pid}/environ', 'rb') as f:
-                environ = f.read()
-            with open(f'/proc/{pid}/stat') as f:
-                state = f.read().rsplit(')', 1)[1].split()[0]
-        except OSError:
-            continue
-        if token.encode() in environ and state != 'Z':
-            found.append(int(pid))
-    return found
-
-
-def assert_no_orphans(token):
-    deadline = time.monotonic() + 10  # reparented children may take a moment to be reaped
-    while survivors(token) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert survivors(token) == []
-
-
 @pytest.fixture
 def token():
     return f'adam-plugin-test-{uuid.uuid4()}'
@@ -66,7 +42,7 @@ def test_success_prefixes_every_line_with_the_workers_rank(token, servers):
                                      '--', sys.executable, '-c', GREET], token))
     assert status == 0, err
     assert sorted(out.splitlines()) == [f'[worker {r}] hello from rank {r}' for r in range(3)]
-    assert_no_orphans(token)
+    launching.assert_no_orphans(token)
 
 
 def test_a_failing_worker_ends_the_job_with_its_status(token):
@@ -75,7 +51,7 @@ def test_a_failing_worker_ends_the_job_with_its_status(token):
     assert status == 3
     assert out.count('] ready') == 2
     assert 'exited with status 3; ending the job' in err
-    assert_no_orphans(token)
+    launching.assert_no_orphans(token)
 
 
 def test_timeout_ends_the_job_with_124(token):
@@ -83,7 +59,7 @@ def test_timeout_ends_the_job_with_124(token):
                                      sys.executable, '-c', HANG], token))
     assert status == 124
     assert 'timed out after 8 s' in err
-    assert_no_orphans(token)
+    launching.assert_no_orphans(token)
 
 
 @pytest.mark.parametrize('signum, status', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -98,7 +74,7 @@ def test_interrupt_ends_the_job(token, signum, status):
     got, _, err = finish(proc)
     assert got == status
     assert 'interrupted; ending the job' in err
-    assert_no_orphans(token)
+    launching.assert_no_orphans(token)
 
 
 @pytest.mark.parametrize('args, message', [
@@ -114,4 +90,4 @@ def test_bad_arguments_are_refused_before_anything_starts(token, args, message):
     assert status == 2
     assert message in err
     assert out == ''
-    assert_no_orphans(token)
+    launching.assert_no_orphans(token)

@@ -17,13 +17,17 @@ with its whole process group, so nothing is left behind.
 MXNet's own ``tools/launch.py --launcher local`` was found to hang on the
 development machine; this is the same idea with nothing but the standard library.
 
-Servers and the scheduler run :data:`SERVER_CODE`: MXNet enters a server's
+Servers run :data:`SERVER_CODE`: MXNet enters a server's
 serving loop inside ``import mxnet`` and unpickles the optimizer there, which
 imports ``adam_plugin.optimizer`` from the half-initialised ``mxnet`` (it only
 imports submodules, so that works). The code first installs a hook that ends the
 server with status 1 when the optimizer cannot be unpickled or raises while
 updating: MXNet would otherwise print the error and carry on serving wrong
 values, and the workers would train on garbage. The launcher then fails the job.
+
+The scheduler runs :data:`SCHEDULER_CODE`: what ``import mxnet`` does in a
+scheduler, through MXNet's C API without its Python package (whose import costs
+about 2 s of CPU here; the scheduler never runs Python code of MXNet's).
 """
 import argparse
 import os
@@ -46,6 +50,27 @@ def _fatal(unraisable):
     os._exit(1)
 sys.unraisablehook = _fatal
 import mxnet
+"""
+
+#: What the scheduler runs, as ``python -c SCHEDULER_CODE``: MXNet's C library, found by
+#: MXNet's own ``libinfo.py`` (loaded alone, not as part of the package), creates a 'dist'
+#: KVStore and runs it, as ``mxnet.kvstore.kvstore_server`` does; a scheduler never calls
+#: the controller.
+SCHEDULER_CODE = """\
+import ctypes, importlib.util, os, sys
+libinfo_py = os.path.join(os.path.dirname(importlib.util.find_spec('mxnet').origin), 'libinfo.py')
+spec = importlib.util.spec_from_file_location('mxnet_libinfo', libinfo_py)
+libinfo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(libinfo)
+lib = ctypes.CDLL(libinfo.find_lib_path()[0], ctypes.RTLD_LOCAL)
+lib.MXGetLastError.restype = ctypes.c_char_p
+kvstore = ctypes.c_void_p()
+controller = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(
+    lambda head, body, handle: None)
+if lib.MXKVStoreCreate(b'dist', ctypes.byref(kvstore)) or lib.MXKVStoreRunServer(
+        kvstore, controller, None):
+    sys.exit('adam_plugin.scaleout.launch: the scheduler failed: '
+             + lib.MXGetLastError().decode('utf-8', 'replace'))
 """
 
 #: Seconds each process gets to exit after SIGTERM before SIGKILL.
@@ -192,7 +217,6 @@ def launch(command, num_workers, num_servers=1, timeout=None):
     if timeout is not None and not timeout > 0:
         raise ValueError(f'Invalid timeout: {timeout!r} (expected seconds > 0)')
     root_port, *worker_ports = free_ports(1 + num_workers)
-    server_argv = [sys.executable, '-c', SERVER_CODE]
     started = []
 
     def start(name, argv, role, port=None):
@@ -206,8 +230,9 @@ def launch(command, num_workers, num_servers=1, timeout=None):
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
                 signal.SIGINT: signal.getsignal(signal.SIGINT)}
     try:
-        others = [start('scheduler', server_argv, 'scheduler')]
-        others += [start(f'server {i}', server_argv, 'server') for i in range(num_servers)]
+        others = [start('scheduler', [sys.executable, '-c', SCHEDULER_CODE], 'scheduler')]
+        others += [start(f'server {i}', [sys.executable, '-c', SERVER_CODE], 'server')
+                   for i in range(num_servers)]
         workers = [start(f'worker {rank}', list(command), 'worker', port)
                    for rank, port in enumerate(worker_ports)]
         status = _supervise(workers, others, timeout)
