@@ -142,7 +142,7 @@ void run(int64_t n, const int64_t *sizes, int threads, Body body) {
 
 // Rescale, add coupled L2, clip as mshadow does (NaN passes through).
 template <typename T>
-inline T gradient(T g, T w, T rescale, T wd, T clip) {
+[[gnu::always_inline]] inline T gradient(T g, T w, T rescale, T wd, T clip) {
     g = g * rescale;
     if (wd != 0) g = g + wd * w;
     return g > clip ? clip : (g < -clip ? -clip : g);
@@ -209,7 +209,8 @@ template <typename Bits>
         }                                                                                   \
     };
 
-// The variants compiled, widest first.
+// The variants compiled, widest first. A native build (or one for another architecture)
+// has one, compiled for the flags the compiler was given.
 #if defined(ADAM_PLUGIN_NATIVE) || !defined(__x86_64__)
 VARIANT(native, , true)
 using Variants = std::tuple<native>;
@@ -228,7 +229,9 @@ void for_each_variant(F f) {
 
 // The position in Variants of the variant in use.
 std::atomic<int> in_use = [] {
+#ifdef __x86_64__
     __builtin_cpu_init();  // __builtin_cpu_supports may run before libgcc's constructor
+#endif
     int chosen = -1, i = 0;
     for_each_variant([&](auto variant) {
         if (chosen < 0 && variant.runs_here()) chosen = i;
