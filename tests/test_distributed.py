@@ -36,6 +36,7 @@ def launch(config, workers=2, servers=1):
 
 
 @pytest.mark.parametrize('servers', [1, 2])
+@pytest.mark.slow
 def test_update_on_kvstore_equals_one_process(servers):
     config = {'update_on_kvstore': True}
     status, params, output = launch(config, servers=servers)
@@ -64,6 +65,7 @@ FAILURES = {
 
 
 @pytest.mark.parametrize('name', FAILURES)
+@pytest.mark.slow
 def test_failures_are_loud(name):
     config, messages = FAILURES[name]
     status, params, output = launch(config)
