@@ -73,6 +73,7 @@ LARGE = [(3, 4, 5), (800_003,), (7,)]
 
 
 @pytest.mark.parametrize('name', CONFIGS)
+@pytest.mark.slow
 def test_fused_matches_textbook_on_several_threads(name, variant, rng, monkeypatch):
     """As above with the kernel's calls shared by three threads, whatever their size
     (two threads: the fork and concurrency tests below)."""
@@ -387,6 +388,7 @@ def test_a_forked_child_steps_on_several_threads(monkeypatch):
         np.testing.assert_allclose(result.get(timeout=60), 0.9, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_concurrent_callers_each_get_their_step(rng, monkeypatch):
     """Python threads calling the kernel at once (it releases the GIL) share its threads."""
     from concurrent.futures import ThreadPoolExecutor
@@ -410,6 +412,7 @@ THREAD_SETTINGS = [  # (OMP_NUM_THREADS, the kernel's threads, or words of the e
 
 
 @pytest.mark.parametrize('setting, expected', THREAD_SETTINGS)
+@pytest.mark.slow
 def test_threads_follow_omp_num_threads(setting, expected):
     result = subprocess.run(
         [sys.executable, '-c', 'from adam_plugin import fused; print(fused.THREADS)'],

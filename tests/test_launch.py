@@ -113,6 +113,7 @@ def test_interrupt_ends_the_job(token, signum, status):
     (['-n', '1'], 'Invalid command: empty'),
     (['-n', '1', '--'], 'Invalid command: empty'),
 ])
+@pytest.mark.slow
 def test_bad_arguments_are_refused_before_anything_starts(token, args, message):
     status, out, err = finish(start(args, token))
     assert status == 2

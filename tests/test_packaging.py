@@ -66,6 +66,7 @@ print(weight.asnumpy().tolist())
 '''
 
 
+@pytest.mark.slow
 def test_the_optimizer_needs_neither_matplotlib_nor_tqdm():
     run = lambda code: subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     alone = run(OPTIMIZER_ALONE)
