@@ -1,7 +1,7 @@
 # `make demo`: set up .venv and run the chapter's experiment (writes docs/loss.png, the README's figure).
 # `make test`: set up .venv-test, then the whole test suite against the installed wheel (it also
 #              executes every notebook, runs KVStore jobs and a tiny benchmark).
-# `make quick`: the same without the tests marked slow (pytest -m "not slow"): under a minute.
+# `make quick`: the same without the tests marked slow (pytest -m "not slow"), meant to take under a minute.
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
 #
 # Two virtual environments, their versions pinned by requirements.txt (used as constraints, so
