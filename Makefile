@@ -17,7 +17,8 @@
 # PYTHONSAFEPATH=1 in VENV, inherited by every subprocess the tests start, so the source tree's
 # adam_plugin/ never shadows the installed copy. A target that builds more into VENV against its
 # packages (e.g. `pip install --no-build-isolation ...`) makes its own stamp in $(VENV) that
-# depends on $(STAMP), and adds that stamp to TEST_DEPS.
+# depends on $(STAMP), and adds that stamp to TEST_DEPS where TEST_DEPS is defined (make reads
+# prerequisites as it meets the rules).
 PYTHON   ?= python3
 DEV_VENV := .venv
 VENV     := .venv-test
