@@ -1,37 +1,83 @@
 # `make demo`: set up .venv and run the chapter's experiment (writes docs/loss.png, the README's figure).
-# `make test`: the same set-up plus Horovod, then the whole test suite (it also executes every notebook).
+# `make test`: set up .venv-test (with Horovod built into it), then the whole test suite against the
+#              installed wheel (it also executes every notebook, runs KVStore and Horovod jobs and a
+#              tiny benchmark).
+# `make quick`: the same without the tests marked slow (pytest -m "not slow"), meant to take under a minute.
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-HOROVOD := $(VENV)/.horovod
+#
+# Two virtual environments, their versions pinned by requirements.txt (used as constraints, so
+# a dependency the package forgets to declare in pyproject.toml is missing there too):
+#   DEV_VENV (.venv)       this tree installed editable (`pip install -e`), with the `test` extra
+#                          (it includes `chapter`): `make demo`; by hand, `.venv/bin/python -m
+#                          adam_plugin ...`, `.venv/bin/python -m pytest tests/test_x.py`.
+#   VENV     (.venv-test)  the package as users get it: a wheel built from this tree by `pip wheel`
+#                          (the portable kernel inside), installed, not editable, with its
+#                          `chapter` and `test` extras: `make test`, `make quick`, `make notebooks`.
+# Stamps: $(DEV_VENV)/.installed and $(STAMP) = $(VENV)/.installed (the wheel of the current
+# sources and its dependencies), remade when the sources change. Python runs with
+# PYTHONSAFEPATH=1 in VENV, inherited by every subprocess the tests start, so the source tree's
+# adam_plugin/ never shadows the installed copy. A target that builds more into VENV against its
+# packages (e.g. `pip install --no-build-isolation ...`) makes its own stamp in $(VENV) that
+# depends on $(STAMP) (order-only when a new wheel of this package does not change it), and
+# adds that stamp to TEST_DEPS where TEST_DEPS is defined (make reads prerequisites as it meets
+# the rules).
+PYTHON   ?= python3
+DEV_VENV := .venv
+VENV     := .venv-test
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+WHEELS   := $(VENV)/wheels
+RUN      := PYTHONSAFEPATH=1 $(BIN)/python
+BUILD    := setup.py pyproject.toml requirements.txt adam_plugin/_kernel.cpp
+SOURCES  := $(BUILD) README.md $(wildcard adam_plugin/*.py adam_plugin/*/*.py)
+HOROVOD  := $(VENV)/.horovod
+TEST_DEPS := $(STAMP) $(HOROVOD)
 
-.PHONY: demo test notebooks clean
+.PHONY: demo test quick notebooks clean objdump
 
-demo: $(STAMP)
-	$(BIN)/python -m adam_plugin linreg --plot docs/loss.png
+demo: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m adam_plugin linreg --plot docs/loss.png
 
-test: $(STAMP) $(HOROVOD)
-	$(BIN)/python -m pytest
+test: $(TEST_DEPS) objdump
+	ADAM_PLUGIN_TEST_INSTALLED=1 $(RUN) -m pytest
+
+quick: $(TEST_DEPS) objdump
+	ADAM_PLUGIN_TEST_INSTALLED=1 $(RUN) -m pytest -m "not slow"
 
 notebooks: $(STAMP)
-	$(BIN)/jupyter-execute --inplace notebooks/*.ipynb
+	PYTHONSAFEPATH=1 $(BIN)/jupyter-execute --inplace notebooks/*.ipynb
 
-$(STAMP): setup.py requirements.txt adam_plugin/_kernel.cpp
+# tests/test_packaging.py reads the built kernel with objdump.
+objdump:
+	@command -v objdump >/dev/null || { \
+	  echo "error: the tests need objdump, from binutils (Debian/Ubuntu: apt-get install binutils)." >&2; exit 1; }
+
+# A venv of $(PYTHON), if it is a Python mxnet 1.9.1 runs on.
+%/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] > (3, 11))' || { \
 	  echo "error: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); mxnet 1.9.1 needs numpy<1.24, which has no wheels past Python 3.11." >&2; \
 	  echo "       Run with a Python 3.11 or older: make PYTHON=python3.11 ..." >&2; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
-	touch $(STAMP)
+	$(PYTHON) -m venv $*
+	$*/bin/python -m pip install --quiet --upgrade pip
+
+$(DEV_VENV)/.installed: $(BUILD) | $(DEV_VENV)/bin/python
+	$(DEV_VENV)/bin/python -m pip install --quiet -c requirements.txt -e ".[test]"
+	touch $@
+
+$(STAMP): $(SOURCES) | $(BIN)/python
+	rm -rf build $(WHEELS)
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEELS) .
+	$(BIN)/python -m pip install --quiet -c requirements.txt "$$(ls $(WHEELS)/*.whl)[chapter,test]"
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall $(WHEELS)/*.whl
+	touch $@
 
 # Horovod for tests/test_horovod.py: built from source against the venv's MXNet, CPU over
 # Gloo, no MPI. CMAKE_POLICY_VERSION_MINIMUM lets a cmake 4 configure Horovod's bundled gloo
 # (older ones ignore it). --no-cache-dir: a wheel cached from a build with other HOROVOD_*
 # flags would be reused otherwise; the last line checks what was built.
-$(HOROVOD): $(STAMP) requirements-horovod-build.txt requirements-horovod.txt
+# Order-only on $(STAMP): Horovod needs the venv's MXNet, not this package, so a new wheel of
+# adam_plugin does not rebuild it.
+$(HOROVOD): requirements-horovod-build.txt requirements-horovod.txt | $(STAMP)
 	@for tool in cmake $(CXX); do command -v $$tool >/dev/null || { \
 	  echo "error: building Horovod (for make test) needs $$tool on PATH; Debian and Ubuntu: apt install cmake g++" >&2; exit 1; }; done
 	$(BIN)/python -m pip install --quiet -r requirements-horovod-build.txt
@@ -43,4 +89,4 @@ $(HOROVOD): $(STAMP) requirements-horovod-build.txt requirements-horovod.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) *.egg-info build adam_plugin/_kernel*.so
+	rm -rf $(DEV_VENV) $(VENV) *.egg-info build adam_plugin/*.so

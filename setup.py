@@ -1,39 +1,51 @@
-"""adam_plugin: the Adam optimizer as an MXNet/Gluon plugin."""
-from setuptools import Extension, find_packages, setup
+"""Builds adam_plugin's compiled kernel; the package's metadata is in pyproject.toml."""
+import os
+import platform
 
-# The fused CPU kernel, a plain shared library that adam_plugin.fused loads with ctypes
-# (it defines no Python module). Optional: without a C++ compiler the package installs
-# and MyAdam takes its slower routes. -march=native, as a JIT would: it is built on the
-# machine that runs it. -ffp-contract=off and no -ffast-math keep every operation
-# rounded as the textbook NDArray path rounds it; -fno-math-errno lets sqrt vectorise.
+from setuptools import Extension, setup
+from setuptools.command.bdist_wheel import bdist_wheel
+from setuptools.command.build_ext import build_ext
+
+# The fused CPU kernel, a plain shared library (adam_plugin/libadam_kernel.so) that
+# adam_plugin.fused loads with ctypes; it holds no Python code. Optional: without a C++
+# compiler the package installs without it and MyAdam takes its slower routes.
+# By default it runs on any x86-64 CPU: the library is compiled for the x86-64 baseline
+# and its two loops also for AVX2 and AVX-512, chosen when it is loaded (_kernel.cpp).
+# ADAM_PLUGIN_NATIVE=1 at install time compiles it all for this machine's CPU only.
+# -ffp-contract=off and no -ffast-math keep every operation rounded as the textbook
+# NDArray path rounds it; -fno-math-errno lets sqrt vectorise.
+NATIVE = os.environ.get('ADAM_PLUGIN_NATIVE', '') not in ('', '0')
+if NATIVE:
+    TARGET = ['-march=native', '-DADAM_PLUGIN_NATIVE']
+elif platform.machine().lower() in ('x86_64', 'amd64'):
+    TARGET = ['-march=x86-64', '-mtune=generic']  # not the compiler's default, which may be newer
+else:
+    TARGET = []
+
 KERNEL = Extension(
-    'adam_plugin._kernel',
+    'adam_plugin.libadam_kernel',
     sources=['adam_plugin/_kernel.cpp'],
     language='c++',
-    extra_compile_args=['-std=c++17', '-O3', '-march=native', '-ffp-contract=off',
-                        '-fno-math-errno', '-pthread'],
+    extra_compile_args=['-std=c++17', '-O3', *TARGET, '-ffp-contract=off', '-fno-math-errno',
+                        '-pthread'],
     extra_link_args=['-pthread'],
     optional=True,
 )
 
-setup(
-    name='adam_plugin',
-    version='0.1.0',
-    description="Adam for MXNet/Gluon: readable, tested against the D2L chapter, registered as 'myadam'",
-    long_description=open('README.md', encoding='utf-8').read(),
-    long_description_content_type='text/markdown',
-    license='Apache-2.0',
-    packages=find_packages(include=['adam_plugin', 'adam_plugin.*']),
-    ext_modules=[KERNEL],
-    python_requires='>=3.8,<3.12',
-    install_requires=[
-        'mxnet>=1.9.1,<2',
-        'numpy<1.24',        # mxnet 1.9.1 still uses np.bool
-        'matplotlib',
-        'tqdm',              # the command line's progress bars
-    ],
-    extras_require={
-        'test': ['pytest'],
-    },
-    entry_points={},
-)
+
+class BuildLibrary(build_ext):
+    """build_ext naming the library ``libadam_kernel.so``: no CPython ABI tag, since it
+    is no extension module (Python cannot import it, ctypes loads it)."""
+
+    def get_ext_filename(self, fullname):
+        return os.path.join(*fullname.split('.')) + '.so'
+
+
+class Wheel(bdist_wheel):
+    """A wheel for any Python 3 on this platform: the library does not use Python's ABI."""
+
+    def get_tag(self):
+        return ('py3', 'none', super().get_tag()[2])
+
+
+setup(ext_modules=[KERNEL], cmdclass={'build_ext': BuildLibrary, 'bdist_wheel': Wheel})

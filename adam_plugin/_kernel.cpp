@@ -1,8 +1,8 @@
 // The whole Adam step in one pass over memory, for adam_plugin.fused (loaded with ctypes).
 //
-// Built by setup.py (an optional extension: without a C++ compiler the package
-// installs without it and MyAdam takes its other routes). It holds no Python and runs
-// without the GIL. Arrays arrive as MXNet NDArray handles; their data pointers are
+// Built by setup.py as a plain shared library (optional: without a C++ compiler the
+// package installs without it and MyAdam takes its other routes). It holds no Python and
+// runs without the GIL. Arrays arrive as MXNet NDArray handles; their data pointers are
 // asked of MXNet (MXNDArrayGetData, handed over once by use_mxnet) on the calling
 // thread, before any element is touched.
 //
@@ -10,8 +10,16 @@
 // with `threads` > 1 the threads share it in pieces (see run), which may start or end
 // inside a parameter.
 //
-// Built with -ffp-contract=off and without -ffast-math: each operation is rounded to
-// the dtype in the order written, so the results equal the textbook NDArray path's.
+// The two loops over elements (the update and the check for Inf/NaN) are compiled once
+// per variant (see VARIANT): on x86-64 for AVX-512F, for AVX2 and for the x86-64
+// baseline, the rest of the library for the baseline only, so one build runs on any
+// x86-64 CPU. Loading the library picks the widest variant this CPU runs; use_variant
+// picks another. With ADAM_PLUGIN_NATIVE (setup.py, ADAM_PLUGIN_NATIVE=1) there is one
+// variant, "native", for the flags the compiler was given (-march=native).
+//
+// Built with -ffp-contract=off and without -ffast-math: in every variant each operation
+// is rounded to the dtype in the order written, so the results equal the textbook
+// NDArray path's.
 #include <pthread.h>
 
 #include <algorithm>
@@ -21,7 +29,9 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -132,15 +142,18 @@ void run(int64_t n, const int64_t *sizes, int threads, Body body) {
 
 // Rescale, add coupled L2, clip as mshadow does (NaN passes through).
 template <typename T>
-inline T gradient(T g, T w, T rescale, T wd, T clip) {
+[[gnu::always_inline]] inline T gradient(T g, T w, T rescale, T wd, T clip) {
     g = g * rescale;
     if (wd != 0) g = g + wd * w;
     return g > clip ? clip : (g < -clip ? -clip : g);
 }
 
+// The update loop; inlined into each variant's adam (below), which compiles it.
 template <typename T, bool AMSGRAD>
-void adam_range(T *__restrict__ w, const T *__restrict__ g, T *__restrict__ m,
-                T *__restrict__ v, T *__restrict__ vmax, const T *k, int64_t lo, int64_t hi) {
+[[gnu::always_inline]] inline void adam_range(T *__restrict__ w, const T *__restrict__ g,
+                                              T *__restrict__ m, T *__restrict__ v,
+                                              T *__restrict__ vmax, const T *k, int64_t lo,
+                                              int64_t hi) {
     const T rescale = k[RESCALE], wd = k[WD], clip = k[CLIP];
     const T beta1 = k[BETA1], one_minus_beta1 = k[ONE_MINUS_BETA1];
     const T beta2 = k[BETA2], one_minus_beta2 = k[ONE_MINUS_BETA2];
@@ -159,6 +172,83 @@ void adam_range(T *__restrict__ w, const T *__restrict__ g, T *__restrict__ m,
         const T u = (mi / bc1) / (std::sqrt(vi / bc2 + eps_inside) + eps_outside);
         w[i] = w[i] * decay - lr * u;
     }
+}
+
+// The check loop: does bits[lo, hi) hold an element whose exponent field is all ones
+// (an Inf or a NaN)? The floats are read as integers of their width, so the test is an
+// integer OR-reduction that vectorises and that no floating-point setting can fold away.
+template <typename Bits>
+[[gnu::always_inline]] inline bool nonfinite_range(const Bits *bits, int64_t lo, int64_t hi) {
+    constexpr Bits exponent = sizeof(Bits) == 4 ? Bits(0x7F800000u) : Bits(0x7FF0000000000000ull);
+    Bits any = 0;
+    for (int64_t i = lo; i < hi; ++i) any |= (bits[i] & exponent) == exponent;
+    return any != 0;
+}
+
+// A variant: a struct NAME whose static functions adam and nonfinite are the two loops
+// compiled with the GCC function attribute TARGET (empty: the compiler's flags), and
+// that runs on a CPU where RUNS_HERE is true. noinline keeps each one a function of its
+// own, called only once the variant is chosen (objdump -d shows them by name).
+#define VARIANT(NAME, TARGET, RUNS_HERE)                                                    \
+    struct NAME {                                                                           \
+        static constexpr const char *name = #NAME;                                          \
+        static bool runs_here() { return RUNS_HERE; }                                       \
+        template <typename T>                                                               \
+        [[gnu::noinline]] TARGET static void adam(T *w, const T *g, T *m, T *v, T *vmax,    \
+                                                  const T *k, int64_t lo, int64_t hi,       \
+                                                  bool amsgrad) {                           \
+            if (amsgrad)                                                                    \
+                adam_range<T, true>(w, g, m, v, vmax, k, lo, hi);                           \
+            else                                                                            \
+                adam_range<T, false>(w, g, m, v, vmax, k, lo, hi);                          \
+        }                                                                                   \
+        template <typename Bits>                                                            \
+        [[gnu::noinline]] TARGET static bool nonfinite(const Bits *bits, int64_t lo,        \
+                                                       int64_t hi) {                        \
+            return nonfinite_range(bits, lo, hi);                                           \
+        }                                                                                   \
+    };
+
+// The variants compiled, widest first. A native build (or one for another architecture)
+// has one, compiled for the flags the compiler was given.
+#if defined(ADAM_PLUGIN_NATIVE) || !defined(__x86_64__)
+VARIANT(native, , true)
+using Variants = std::tuple<native>;
+#else
+VARIANT(avx512f, [[gnu::target("avx512f")]], __builtin_cpu_supports("avx512f"))
+VARIANT(avx2, [[gnu::target("avx2")]], __builtin_cpu_supports("avx2"))
+VARIANT(baseline, , true)
+using Variants = std::tuple<avx512f, avx2, baseline>;
+#endif
+
+// f(variant) for a default-constructed object of each variant, in order.
+template <typename F>
+void for_each_variant(F f) {
+    std::apply([&](auto... variant) { (f(variant), ...); }, Variants{});
+}
+
+// The position in Variants of the variant in use.
+std::atomic<int> in_use = [] {
+#ifdef __x86_64__
+    __builtin_cpu_init();  // __builtin_cpu_supports may run before libgcc's constructor
+#endif
+    int chosen = -1, i = 0;
+    for_each_variant([&](auto variant) {
+        if (chosen < 0 && variant.runs_here()) chosen = i;
+        ++i;
+    });
+    return chosen;
+}();
+
+// f(variant) for the variant in use.
+template <typename F>
+int with_variant(F f) {
+    const int chosen = in_use.load(std::memory_order_relaxed);
+    int result = 0, i = 0;
+    for_each_variant([&](auto variant) {
+        if (i++ == chosen) result = f(variant);
+    });
+    return result;
 }
 
 // MXNet's MXNDArrayGetData: 0, and the array's data pointer in *out; or -1 with
@@ -181,34 +271,31 @@ int adam(int64_t n, void *const *handles, int columns, const int64_t *sizes,
          const int64_t *rows, const T *table, int amsgrad, int threads) {
     const std::vector<void *> pointers = data_pointers(handles, columns * n);
     if (pointers.empty() && n > 0) return -1;
-    auto column = [&](int c, int64_t p) { return static_cast<T *>(pointers[c * n + p]); };
-    run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
-        const T *k = table + rows[p] * NUM_CONSTANTS;
-        if (amsgrad)
-            adam_range<T, true>(column(0, p), column(1, p), column(2, p), column(3, p),
-                                column(4, p), k, lo, hi);
-        else
-            adam_range<T, false>(column(0, p), column(1, p), column(2, p), column(3, p),
-                                 nullptr, k, lo, hi);
+    auto column = [&](int c, int64_t p) {
+        return c < columns ? static_cast<T *>(pointers[c * n + p]) : nullptr;
+    };
+    return with_variant([&](auto variant) {
+        run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
+            variant.adam(column(0, p), column(1, p), column(2, p), column(3, p), column(4, p),
+                         table + rows[p] * NUM_CONSTANTS, lo, hi, amsgrad != 0);
+        });
+        return 0;
     });
-    return 0;
 }
 
-// finite[p] is set to 0 when array p holds an Inf or a NaN: an element whose exponent
-// field is all ones. The floats are read as integers of their width, so the test is an
-// integer OR-reduction that vectorises and that no floating-point setting can fold away.
+// finite[p] is set to 0 when array p holds an Inf or a NaN.
 template <typename Bits>
 int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite,
-           Bits exponent, int threads) {
+           int threads) {
     const std::vector<void *> pointers = data_pointers(handles, n);
     if (pointers.empty() && n > 0) return -1;
-    run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
-        const Bits *bits = static_cast<const Bits *>(pointers[p]);
-        Bits any = 0;
-        for (int64_t i = lo; i < hi; ++i) any |= (bits[i] & exponent) == exponent;
-        if (any) __atomic_store_n(&finite[p], 0, __ATOMIC_RELAXED);
+    return with_variant([&](auto variant) {
+        run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
+            if (variant.nonfinite(static_cast<const Bits *>(pointers[p]), lo, hi))
+                __atomic_store_n(&finite[p], 0, __ATOMIC_RELAXED);
+        });
+        return 0;
     });
-    return 0;
 }
 
 }  // namespace
@@ -216,6 +303,49 @@ int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finit
 extern "C" {
 
 void use_mxnet(GetData mxnet_get_data) { get_data = mxnet_get_data; }
+
+// The names of the variants compiled, widest first, separated by spaces.
+const char *variants() {
+    static const std::string names = [] {
+        std::string list;
+        for_each_variant([&](auto variant) { list += (list.empty() ? "" : " ") + std::string(variant.name); });
+        return list;
+    }();
+    return names.c_str();
+}
+
+// The name of the variant in use.
+const char *variant_in_use() {
+    const char *name = nullptr;
+    int i = 0;
+    for_each_variant([&](auto variant) {
+        if (i++ == in_use.load()) name = variant.name;
+    });
+    return name;
+}
+
+// 1 when this CPU runs the variant called `name`, 0 when it does not, -1 when no
+// variant has that name.
+int variant_runs_here(const char *name) {
+    int result = -1;
+    for_each_variant([&](auto variant) {
+        if (std::string(variant.name) == name) result = variant.runs_here();
+    });
+    return result;
+}
+
+// Use the variant called `name` from the next call on: 0, or -1 when no variant has
+// that name, or -2 when this CPU cannot run it (the variant in use stays).
+int use_variant(const char *name) {
+    const int runs = variant_runs_here(name);
+    if (runs != 1) return runs == 0 ? -2 : -1;
+    int i = 0;
+    for_each_variant([&](auto variant) {
+        if (std::string(variant.name) == name) in_use.store(i);
+        ++i;
+    });
+    return 0;
+}
 
 int adam_float32(int64_t n, void *const *handles, int columns, const int64_t *sizes,
                  const int64_t *rows, const float *table, int amsgrad, int threads) {
@@ -229,12 +359,12 @@ int adam_float64(int64_t n, void *const *handles, int columns, const int64_t *si
 
 int finite_float32(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
                    int threads) {
-    return finite<uint32_t>(n, handles, sizes, finite_out, 0x7F800000u, threads);
+    return finite<uint32_t>(n, handles, sizes, finite_out, threads);
 }
 
 int finite_float64(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
                    int threads) {
-    return finite<uint64_t>(n, handles, sizes, finite_out, 0x7FF0000000000000ull, threads);
+    return finite<uint64_t>(n, handles, sizes, finite_out, threads);
 }
 
 }  // extern "C"

@@ -1,10 +1,15 @@
 """The whole Adam step in one pass over memory, on MXNet's own CPU buffers.
 
 The pass is compiled C++ (``adam_plugin/_kernel.cpp``), built by ``setup.py`` when the
-package is installed and loaded here with ctypes: nothing is compiled at run time.
-When it was not built (no C++ compiler at install time), :data:`LIBRARY` is None,
-importing this module warns once, and :mod:`adam_plugin.dispatch` sends CPU
-parameters where it sends GPU ones.
+package is installed, as the plain shared library ``libadam_kernel.so`` beside this file,
+and loaded here with ctypes: nothing is compiled at run time. When it was not built (no
+C++ compiler at install time), :data:`LIBRARY` is None, importing this module warns once,
+and :mod:`adam_plugin.dispatch` sends CPU parameters where it sends GPU ones.
+
+The library's loops over elements come in variants, one per instruction set (on x86-64:
+``'avx512f'``, ``'avx2'``, ``'baseline'``; a build with ``ADAM_PLUGIN_NATIVE=1``: only
+``'native'``). Loading picks the widest this CPU runs; :func:`use_variant` picks another.
+All variants round every operation alike, so they give the same numbers.
 
 How the buffers are reached: every entry point first waits for all pending MXNet
 engine work (``MXNDArrayWaitAll``), so no engine operation still reads or writes
@@ -21,7 +26,6 @@ take the list, laid end to end, in pieces of 2^18 elements; smaller calls run on
 calling thread alone, where waking another costs more than it saves.
 """
 import ctypes
-import importlib.util
 import math
 import os
 import warnings
@@ -51,19 +55,23 @@ def _threads():
 THREADS = _threads()
 
 
-def _load():
-    """The built kernel library with its functions typed, or None (with a warning)."""
-    spec = importlib.util.find_spec('adam_plugin._kernel')
-    if spec is None:
+PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'libadam_kernel.so')
+
+
+def load(path=PATH):
+    """The kernel library at ``path`` with its functions typed, or None (with a warning)."""
+    if not os.path.exists(path):
         warnings.warn("adam_plugin: the compiled kernel adam_plugin/_kernel.cpp was not built "
                       "(it needs a C++ compiler when the package is installed); CPU parameters "
                       "take MXNet's adam_update where it is exact, else the slower textbook path",
                       RuntimeWarning, stacklevel=2)
         return None
-    library = ctypes.CDLL(spec.origin)
-    pointer, count, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    library = ctypes.CDLL(path)
+    pointer, count, flag, name = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_char_p
     library.use_mxnet.argtypes = [pointer]
     library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, pointer))
+    library.variants.restype = library.variant_in_use.restype = name
+    library.use_variant.argtypes = library.variant_runs_here.argtypes = [name]
     for dtype in ('float32', 'float64'):
         getattr(library, f'adam_{dtype}').argtypes = [
             count, pointer, flag, pointer, pointer, pointer, flag, flag]
@@ -71,7 +79,39 @@ def _load():
     return library
 
 
-LIBRARY = _load()
+LIBRARY = load()
+
+
+def variants():
+    """The names of the kernel's variants, widest first: all that were compiled."""
+    return LIBRARY.variants().decode().split()
+
+
+def variant():
+    """The name of the variant the kernel uses."""
+    return LIBRARY.variant_in_use().decode()
+
+
+def runs_here(name):
+    """Can this CPU run the kernel's variant ``name`` (one of :func:`variants`)?"""
+    runs = LIBRARY.variant_runs_here(name.encode())
+    if runs == -1:
+        raise ValueError(f"runs_here: name={name!r} is not one of the kernel's variants "
+                         f"{variants()}")
+    return bool(runs)
+
+
+def use_variant(name):
+    """Make the kernel use the variant ``name`` (one of :func:`variants`) from its next call.
+
+    Returns the name of the variant used until now. A ValueError names a variant that
+    was not compiled or that this CPU cannot run.
+    """
+    if not runs_here(name):
+        raise ValueError(f"use_variant: name={name!r}: this CPU cannot run that variant")
+    previous = variant()
+    LIBRARY.use_variant(name.encode())
+    return previous
 
 
 def constants(step, dtype):

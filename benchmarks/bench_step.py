@@ -1,14 +1,18 @@
 """Time one optimizer step over all parameters, as ``gluon.Trainer.step`` makes it.
 
-Contenders: MXNet's built-in ``'adam'``, ``'myadam'`` (fused route, the default),
-``'myadam'`` with ``fused=False`` (the textbook NDArray ops), and, when torch is
+Contenders: MXNet's built-in ``'adam'``, ``'myadam'`` (fused route, the default, with
+the kernel as installed: the portable build unless it was installed with
+``ADAM_PLUGIN_NATIVE=1``), ``'myadam native'`` (the same with the kernel compiled by
+``setup.py`` with ``ADAM_PLUGIN_NATIVE=1`` into a temporary directory and loaded beside
+it), ``'myadam'`` with ``fused=False`` (the textbook NDArray ops), and, when torch is
 installed, ``torch.optim.Adam(fused=True)`` on CPU in its own process with the same
 number of threads as MXNet's OpenMP and the kernel (``OMP_NUM_THREADS``, else the
 number of cores), and again with one thread. Workloads: one 10M-element tensor, 200 tensors of 1K, and the
 parameter shapes of ``gluon.model_zoo.vision.resnet18_v1``.
 
 Rounds are interleaved (every contender steps once per round, in turn, torch too)
-and the table shows medians and ratios to the built-in Adam. A second part measures
+and the table shows medians and ratios to the built-in Adam, then the ratio of the installed
+kernel's step to the native one's. A second part measures
 memory: in a fresh process per optimizer, the growth of peak RSS over 5 steps on the
 10M tensor (Linux only), counted from just before the first step (so it includes the moment
 buffers and anything the first step loads or starts, such as the kernel's threads),
@@ -16,8 +20,9 @@ and from after the first step (steady state: parameter-sized temporaries would s
 here), plus the growth of anonymous memory, which leaves out shared libraries mapped
 from disk, and the growth from before step 1 once more in a process whose optimizer
 code was run first by one step on a separate 16-element parameter. A third part
-times the compilation of the kernel (what ``pip install`` does once; every process
-then loads the built library) and the first 'myadam' step of a fresh process.
+times the compilation of the kernel, portable and native (what ``pip install`` does
+once; every process then loads the built library), and the first 'myadam' step of a
+fresh process.
 
     python benchmarks/bench_step.py                # the table
     python benchmarks/bench_step.py --json out.json
@@ -36,8 +41,10 @@ THREADS = int(os.environ.get('OMP_NUM_THREADS', os.cpu_count()))
 MXNET_OPTIMIZERS = {
     'mxnet adam': ('adam', {}),
     'myadam': ('myadam', {}),
+    'myadam native': ('myadam', {}),  # with the native kernel (see with_kernel)
     'myadam textbook': ('myadam', {'fused': False}),
 }
+MEMORY_CONTENDERS = ['mxnet adam', 'myadam', 'myadam textbook']
 
 
 def workloads(tiny):
@@ -81,6 +88,37 @@ def mxnet_step(shapes, optimizer, options, seed=0):
     return step
 
 
+def build_kernel(into, native):
+    """Compile the kernel as ``pip install`` does, into the directory ``into``.
+
+    Returns the library's path and the seconds the build took; ``native``: as with
+    ``ADAM_PLUGIN_NATIVE=1``, for this machine's CPU only.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, ADAM_PLUGIN_NATIVE='1' if native else '0')
+    start = time.perf_counter()
+    subprocess.run([sys.executable, 'setup.py', 'build_ext', '--build-lib', into,
+                    '--build-temp', into], cwd=root, env=env, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    path = os.path.join(into, 'adam_plugin', 'libadam_kernel.so')
+    if not os.path.exists(path):  # optional: setup.py does not fail without it
+        raise RuntimeError('setup.py build_ext did not build the kernel')
+    return path, seconds
+
+
+def with_kernel(step, library):
+    """``step`` with adam_plugin.fused using ``library`` (a loaded kernel) meanwhile."""
+    from adam_plugin import fused
+
+    def swapped():
+        installed, fused.LIBRARY = fused.LIBRARY, library
+        try:
+            step()
+        finally:
+            fused.LIBRARY = installed
+    return swapped
+
+
 TORCH_THREADS = {'torch fused': THREADS, 'torch fused 1 thread': 1}
 
 
@@ -118,11 +156,16 @@ def start_torch(shapes):
     return child
 
 
-def time_rounds(shapes_by_workload, rounds):
-    """{workload: {contender: [ms per round]}}, contenders interleaved within each round."""
+def time_rounds(shapes_by_workload, rounds, native_kernel):
+    """{workload: {contender: [ms per round]}}, contenders interleaved within each round.
+
+    ``native_kernel``: the loaded library 'myadam native' steps with.
+    """
     torch_child = start_torch(shapes_by_workload)
     steps = {(w, name): mxnet_step(shapes, *MXNET_OPTIMIZERS[name])
              for w, shapes in shapes_by_workload.items() for name in MXNET_OPTIMIZERS}
+    for w in shapes_by_workload:
+        steps[w, 'myadam native'] = with_kernel(steps[w, 'myadam native'], native_kernel)
     for step in steps.values():  # warm-up: state creation, the kernel's threads
         step()
     times = {w: {} for w in shapes_by_workload}
@@ -185,7 +228,7 @@ def _reset_peak_mb():
 
 def measure_memory(size, steps=5):
     out = {'size': size, 'steps': steps}
-    for name in MXNET_OPTIMIZERS:
+    for name in MEMORY_CONTENDERS:
         for warm_up in (False, True):
             result = subprocess.run([sys.executable, __file__, '--memory-child', name, str(size),
                                      str(steps), str(int(warm_up))],
@@ -207,22 +250,13 @@ def first_step_child():
 
 
 def measure_first_step():
-    """Seconds to compile the kernel as ``pip install`` does, and for a fresh process's first step."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with tempfile.TemporaryDirectory() as build:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, 'setup.py', 'build_ext', '--build-lib', build,
-                        '--build-temp', build], cwd=root, check=True, capture_output=True)
-        build_s = time.perf_counter() - start
-        built = os.listdir(os.path.join(build, 'adam_plugin'))
-        if not any(name.startswith('_kernel') for name in built):  # optional: no error
-            raise RuntimeError('setup.py build_ext did not build the kernel')
+    """Seconds for a fresh process's first 'myadam' step."""
     result = subprocess.run([sys.executable, __file__, '--first-step-child'],
                             check=True, capture_output=True, text=True)
-    return {'build_s': build_s, 'first_step_s': float(result.stdout.strip().splitlines()[-1])}
+    return float(result.stdout.strip().splitlines()[-1])
 
 
-def report(times, memory, first_step):
+def report(times, memory, first_step, kernel):
     rows = {}
     print(f"{'workload':10} {'contender':20} {'median ms':>10} {'vs mxnet adam':>14}"
           f" {'vs torch fused':>15}")
@@ -236,18 +270,24 @@ def report(times, memory, first_step):
                 'ratio_to_torch_fused': ms / torch_ms if torch_ms else None, 'rounds': len(samples)}
             vs_torch = f"{ms / torch_ms:15.2f}" if torch_ms else f"{'-':>15}"
             print(f"{w:10} {name:20} {ms:10.2f} {ms / base:14.2f}{vs_torch}")
+    kernel['installed_over_native'] = {
+        w: rows[w]['myadam']['median_ms'] / rows[w]['myadam native']['median_ms'] for w in rows}
+    print(f"\nthe installed kernel (variants {' '.join(kernel['installed_variants'])}; "
+          f"using {kernel['installed_variant']}) against the native build, median step ratio: "
+          + ', '.join(f"{w} {r:.3f}" for w, r in kernel['installed_over_native'].items()))
     print(f"\npeak RSS growth over {memory['steps']} steps on one tensor of {memory['size']:,}"
           " elements (MB), a fresh process each:")
-    for name in MXNET_OPTIMIZERS:
+    for name in MEMORY_CONTENDERS:
         m = memory[name]
         print(f"  {name:16} from before step 1: {m['growth_mb']:7.1f}   "
               f"after step 1: {m['steady_growth_mb']:6.1f}   "
               f"anonymous memory, from before step 1: {m['anon_growth_mb']:6.1f}   "
               f"from before step 1, code loaded first: {m['growth_after_warm_up_mb']:6.1f}")
     print(f"\ncompiling the kernel (setup.py build_ext, once per install): "
-          f"{first_step['build_s']:.2f} s; first 'myadam' step of a fresh process: "
-          f"{first_step['first_step_s'] * 1e3:.1f} ms")
-    return {'threads': THREADS, 'timings': rows, 'memory': memory, 'first_step': first_step}
+          f"{first_step['build_s']:.2f} s portable, {first_step['build_native_s']:.2f} s native; "
+          f"first 'myadam' step of a fresh process: {first_step['first_step_s'] * 1e3:.1f} ms")
+    return {'threads': THREADS, 'timings': rows, 'memory': memory, 'first_step': first_step,
+            'kernel': kernel}
 
 
 def main():
@@ -267,10 +307,19 @@ def main():
     if args.memory_child:
         name, size, steps, warm_up = args.memory_child
         return memory_child(*MXNET_OPTIMIZERS[name], int(size), int(steps), bool(int(warm_up)))
+    from adam_plugin import fused
     shapes = workloads(args.tiny)
-    times = time_rounds(shapes, args.rounds)
+    with tempfile.TemporaryDirectory() as portable, tempfile.TemporaryDirectory() as native:
+        build_s = build_kernel(portable, native=False)[1]
+        native_path, build_native_s = build_kernel(native, native=True)
+        native_kernel = fused.load(native_path)
+        kernel = {'installed_variants': fused.variants(), 'installed_variant': fused.variant(),
+                  'native_variants': native_kernel.variants().decode().split()}
+        times = time_rounds(shapes, args.rounds, native_kernel)
     memory = measure_memory(shapes['1x10M'][0][0])
-    results = report(times, memory, measure_first_step())
+    first_step = {'build_s': build_s, 'build_native_s': build_native_s,
+                  'first_step_s': measure_first_step()}
+    results = report(times, memory, first_step, kernel)
     if args.json == '-':
         print(json.dumps(results, indent=1))
     elif args.json:

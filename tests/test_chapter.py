@@ -15,6 +15,7 @@ def chapter_runs():
     return linreg.train_reference(features, labels, **kw), linreg.train_trainer(features, labels, **kw)
 
 
+@pytest.mark.slow
 def test_every_step_matches_the_chapters_adam(chapter_runs):
     ref, ours = chapter_runs
     assert ref.trace.shape == ours.trace.shape == (300, 3)
@@ -23,6 +24,7 @@ def test_every_step_matches_the_chapters_adam(chapter_runs):
     assert np.abs(ours.trace[-1] - ours.trace[0]).max() > 1.0
 
 
+@pytest.mark.slow
 def test_fit_lands_on_the_true_parameters(chapter_runs):
     _, ours = chapter_runs
     np.testing.assert_allclose(ours.w, linreg.TRUE_W, atol=0.01)
@@ -53,6 +55,7 @@ def run_cli(*args):
     return cli.run_cli(*args).stdout
 
 
+@pytest.mark.slow
 def test_cli_json_is_one_object(tmp_path):
     plot = tmp_path / 'loss.png'
     out = run_cli('linreg', '--json', '--plot', str(plot))
@@ -64,6 +67,7 @@ def test_cli_json_is_one_object(tmp_path):
     assert plot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+@pytest.mark.slow
 def test_cli_options_change_the_run():
     fast = json.loads(run_cli('linreg', '--json', '--epochs', '1', '--lr', '0.5',
                               '--batch-size', '20', '--seed', '2'))
@@ -71,6 +75,7 @@ def test_cli_options_change_the_run():
     assert fast['loss'] != default['loss']
 
 
+@pytest.mark.slow
 def test_cli_human_output_names_the_numbers():
     out = run_cli('linreg', '--epochs', '1')
     assert 'w:' in out and 'b:' in out and 'final loss' in out and 'difference' in out

@@ -20,6 +20,7 @@ def finished_bar(stream):
     return int(found[-1][0]) if found and found[-1][0] == found[-1][1] else None
 
 
+@pytest.mark.slow
 def test_sweep_json_plot(tmp_path):
     plot = tmp_path / 'sweep.png'
     out = run_cli('sweep', '--lrs', '0.001,0.01,0.1,0.5', '--epochs', '3', '--json', '--quiet',
@@ -35,6 +36,7 @@ def test_sweep_json_plot(tmp_path):
     assert plot.read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow
 def test_sweep_options_change_the_runs():
     base = ['sweep', '--lrs', '0.1', '--epochs', '1', '--json', '--quiet']
     default = json.loads(run_cli(*base).stdout)['0.1']
@@ -42,6 +44,7 @@ def test_sweep_options_change_the_runs():
         assert json.loads(run_cli(*base, *extra).stdout)['0.1'] != default, extra
 
 
+@pytest.mark.slow
 def test_sweep_human_output_lists_every_lr():
     out = run_cli('sweep', '--lrs', '0.5,0.02', '--epochs', '1', '--quiet').stdout
     rows = [line.split() for line in out.splitlines()]
@@ -60,6 +63,7 @@ PROGRESS = [
 
 
 @pytest.mark.parametrize('args,bar_steps', PROGRESS, ids=[' '.join(a) for a, _ in PROGRESS])
+@pytest.mark.slow
 def test_progress_bar_on_stderr_only(args, bar_steps):
     proc = run_cli(*args)
     assert finished_bar(proc.stderr) == bar_steps
@@ -84,6 +88,7 @@ BAD_ARGS = [
 
 
 @pytest.mark.parametrize('args,option', BAD_ARGS, ids=[' '.join(a) for a, _ in BAD_ARGS])
+@pytest.mark.slow
 def test_bad_arguments_are_refused_by_name(args, option):
     proc = run_cli(*args, check=False)
     assert proc.returncode == 2

@@ -43,6 +43,7 @@ def launch(config, workers=2, servers=1):
 
 
 @pytest.mark.parametrize('servers', [1, 2])
+@pytest.mark.slow
 def test_update_on_kvstore_equals_one_process(servers):
     config = {'update_on_kvstore': True}
     status, params, output = launch(config, servers=servers)
@@ -67,6 +68,7 @@ FAILURES = {
 
 
 @pytest.mark.parametrize('name', FAILURES)
+@pytest.mark.slow
 def test_failures_on_a_server_are_loud(name):
     config, messages = FAILURES[name]
     status, params, output = launch(config)
@@ -129,6 +131,7 @@ def timed_job(config, marker):
 
 
 @pytest.mark.parametrize('name', FAIL_FAST)
+@pytest.mark.slow
 def test_a_failing_job_ends_every_time(name):
     config, marker, want_status, messages = FAIL_FAST[name]
     with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:

@@ -20,6 +20,16 @@ STEPS = 20
 # (3,4,5), (10,4), (7,) as in the option tests, and one of 100K elements.
 SHAPES = [(3, 4, 5), (10, 4), (7,), (100_003,)]
 FUSED_TOL = {'float32': dict(rtol=1e-6, atol=1e-7), 'float64': dict(rtol=1e-12, atol=1e-14)}
+# The kernel's variants this CPU runs (test_variants_follow_the_cpu checks the list).
+VARIANTS = [v for v in fused.variants() if fused.runs_here(v)] if fused.LIBRARY else []
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request):
+    """Each variant of the kernel's loops this CPU runs, in turn, for the test."""
+    previous = fused.use_variant(request.param)
+    yield request.param
+    fused.use_variant(previous)
 
 
 def run(config, dtype, fused, aggregated, weights, grads):
@@ -47,7 +57,7 @@ def inputs(rng, dtype, shapes=SHAPES):
 @pytest.mark.parametrize('aggregated', [False, True], ids=['single', 'list'])
 @pytest.mark.parametrize('dtype', ['float32', 'float64'])
 @pytest.mark.parametrize('name', CONFIGS)
-def test_fused_matches_textbook(name, dtype, aggregated, rng):
+def test_fused_matches_textbook(name, dtype, aggregated, variant, rng):
     weights, grads = inputs(rng, dtype)
     fast = run(CONFIGS[name], dtype, True, aggregated, weights, grads)
     slow = run(CONFIGS[name], dtype, False, aggregated, weights, grads)
@@ -63,7 +73,8 @@ LARGE = [(3, 4, 5), (800_003,), (7,)]
 
 
 @pytest.mark.parametrize('name', CONFIGS)
-def test_fused_matches_textbook_on_several_threads(name, rng, monkeypatch):
+@pytest.mark.slow
+def test_fused_matches_textbook_on_several_threads(name, variant, rng, monkeypatch):
     """As above with the kernel's calls shared by three threads, whatever their size
     (two threads: the fork and concurrency tests below)."""
     monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)
@@ -244,7 +255,8 @@ BAD_SPOTS = [0, 400_000, BAD_SIZE - 1]  # first element, a middle piece, the las
 @pytest.mark.parametrize('dtype', ['float32', 'float64'])
 @pytest.mark.parametrize('spot', BAD_SPOTS)
 @pytest.mark.parametrize('bad', BAD_VALUES)
-def test_nonfinite_gradient_is_skipped_untouched(bad, spot, dtype, threads, monkeypatch):
+def test_nonfinite_gradient_is_skipped_untouched(bad, spot, dtype, threads, variant,
+                                                monkeypatch):
     monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)  # the check shared by `threads` threads
     monkeypatch.setattr(fused, 'THREADS', threads)
     opt = MyAdam(learning_rate=0.1)
@@ -314,10 +326,35 @@ def test_the_kernel_was_built():
         'adam_plugin/_kernel.cpp was not built: setup.py needs a C++ compiler (g++)')
 
 
-def test_a_missing_kernel_warns_and_is_none(monkeypatch):
-    monkeypatch.setattr(fused.importlib.util, 'find_spec', lambda name: None)
+def test_a_missing_kernel_warns_and_is_none(tmp_path):
     with pytest.warns(RuntimeWarning, match='_kernel.cpp was not built'):
-        assert fused._load() is None
+        assert fused.load(str(tmp_path / 'libadam_kernel.so')) is None
+
+
+def _cpu_flags():
+    with open('/proc/cpuinfo') as f:
+        return next(line for line in f if line.startswith('flags')).split(':')[1].split()
+
+
+def test_variants_follow_the_cpu():
+    """The portable build's variants, and which of them run here, by the kernel's own
+    cpuid check against Linux's (/proc/cpuinfo)."""
+    assert fused.variants() == ['avx512f', 'avx2', 'baseline'], 'not the portable build'
+    flags = _cpu_flags()
+    expected = [v for v in ('avx512f', 'avx2') if v in flags] + ['baseline']
+    assert VARIANTS == expected
+    assert fused.variant() == expected[0]  # the widest, chosen when the library was loaded
+
+
+def test_use_variant_refuses_what_it_cannot_use():
+    before = fused.variant()
+    for name in fused.variants():
+        if name not in VARIANTS:
+            with pytest.raises(ValueError, match='this CPU cannot run'):
+                fused.use_variant(name)
+    with pytest.raises(ValueError, match="name='sse9'"):
+        fused.use_variant('sse9')
+    assert fused.variant() == before
 
 
 def test_without_the_kernel_cpu_parameters_step_by_the_operator(taken, monkeypatch):
@@ -351,6 +388,7 @@ def test_a_forked_child_steps_on_several_threads(monkeypatch):
         np.testing.assert_allclose(result.get(timeout=60), 0.9, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_concurrent_callers_each_get_their_step(rng, monkeypatch):
     """Python threads calling the kernel at once (it releases the GIL) share its threads."""
     from concurrent.futures import ThreadPoolExecutor
@@ -374,6 +412,7 @@ THREAD_SETTINGS = [  # (OMP_NUM_THREADS, the kernel's threads, or words of the e
 
 
 @pytest.mark.parametrize('setting, expected', THREAD_SETTINGS)
+@pytest.mark.slow
 def test_threads_follow_omp_num_threads(setting, expected):
     result = subprocess.run(
         [sys.executable, '-c', 'from adam_plugin import fused; print(fused.THREADS)'],

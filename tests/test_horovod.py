@@ -19,6 +19,8 @@ import pytest
 import hvd_worker
 import launching
 
+pytestmark = pytest.mark.slow  # two horovodrun jobs
+
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), 'horovodrun')
 WORKER = os.path.join(os.path.dirname(__file__), 'hvd_worker.py')
 LIMIT = 120  # seconds for any job; a hang fails the test instead of hanging the suite

@@ -37,6 +37,7 @@ def token():
 
 
 @pytest.mark.parametrize('servers', [1, 2])
+@pytest.mark.slow
 def test_success_prefixes_every_line_with_the_workers_rank(token, servers):
     status, out, err = finish(start(['-n', '3', '-s', str(servers), '--timeout', '60',
                                      '--', sys.executable, '-c', GREET], token))
@@ -45,6 +46,7 @@ def test_success_prefixes_every_line_with_the_workers_rank(token, servers):
     launching.assert_no_orphans(token)
 
 
+@pytest.mark.slow
 def test_a_failing_worker_ends_the_job_with_its_status(token):
     status, out, err = finish(start(['-n', '2', '--timeout', '60', '--',
                                      sys.executable, '-c', ONE_FAILS], token))
@@ -54,6 +56,7 @@ def test_a_failing_worker_ends_the_job_with_its_status(token):
     launching.assert_no_orphans(token)
 
 
+@pytest.mark.slow
 def test_timeout_ends_the_job_with_124(token):
     status, out, err = finish(start(['-n', '2', '--timeout', '8', '--',
                                      sys.executable, '-c', HANG], token))
@@ -63,6 +66,7 @@ def test_timeout_ends_the_job_with_124(token):
 
 
 @pytest.mark.parametrize('signum, status', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_interrupt_ends_the_job(token, signum, status):
     proc = start(['-n', '2', '--timeout', '60', '--', sys.executable, '-c', HANG], token)
     ready = 0
@@ -85,6 +89,7 @@ def test_interrupt_ends_the_job(token, signum, status):
     (['-n', '1'], 'Invalid command: empty'),
     (['-n', '1', '--'], 'Invalid command: empty'),
 ])
+@pytest.mark.slow
 def test_bad_arguments_are_refused_before_anything_starts(token, args, message):
     status, out, err = finish(start(args, token))
     assert status == 2

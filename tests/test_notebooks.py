@@ -35,6 +35,7 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.slow
 def test_notebook_runs_and_shows_its_figures(path, tmp_path):
     committed = nbformat.read(path, as_version=4)
     assert images(committed) > 0, f'{path.name} is committed without its figures'

@@ -1,0 +1,135 @@
+"""The package as it is installed: the wheel's contents, its dependencies, the portable kernel."""
+import importlib.metadata
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+import adam_plugin
+from adam_plugin import fused
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# `make test` and `make quick` set this: they run the suite against the wheel installed in
+# their venv, which the two tests marked with it check.
+INSTALLED = os.environ.get('ADAM_PLUGIN_TEST_INSTALLED') == '1'
+installed_only = pytest.mark.skipif(
+    not INSTALLED, reason='ADAM_PLUGIN_TEST_INSTALLED=1 (set by make test) checks the installed wheel')
+
+
+@installed_only
+def test_the_suite_imports_the_installed_wheel():
+    """Not the source tree: neither here nor in the subprocesses the tests start."""
+    site_packages = pathlib.Path(sysconfig.get_paths()['purelib']).resolve()
+    here = pathlib.Path(adam_plugin.__file__).resolve()
+    assert here.is_relative_to(site_packages), here
+    child = subprocess.run([sys.executable, '-c', 'import adam_plugin; print(adam_plugin.__file__)'],
+                           cwd=ROOT, capture_output=True, text=True, check=True)
+    assert pathlib.Path(child.stdout.strip()).resolve() == here
+    origin = json.loads(importlib.metadata.distribution('adam_plugin').read_text('direct_url.json'))
+    assert origin['url'].endswith('.whl'), origin  # pip's record: installed from a wheel file
+
+
+@installed_only
+def test_the_wheel_holds_every_module_and_the_kernel():
+    installed = {f.as_posix() for f in importlib.metadata.files('adam_plugin')}  # pip's RECORD
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / 'adam_plugin').rglob('*.py')}
+    assert {'adam_plugin/chapter/plots.py', 'adam_plugin/scaleout/launch.py'} <= modules
+    assert modules - installed == set()
+    assert 'adam_plugin/libadam_kernel.so' in installed
+
+
+# A Python that cannot import the chapter's plotting and progress-bar packages.
+WITHOUT_CHAPTER_EXTRA = '''
+import sys
+
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition('.')[0] in ('matplotlib', 'tqdm'):
+            raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+
+sys.meta_path.insert(0, Missing())
+'''
+
+OPTIMIZER_ALONE = WITHOUT_CHAPTER_EXTRA + '''
+import mxnet as mx
+import adam_plugin, adam_plugin.checkpoint, adam_plugin.distributed, adam_plugin.scaleout.launch
+opt = mx.optimizer.create('myadam', learning_rate=0.1)
+weight = mx.nd.ones((3,))
+opt.update(0, weight, mx.nd.ones((3,)), opt.create_state(0, weight))
+print(weight.asnumpy().tolist())
+'''
+
+
+@pytest.mark.slow
+def test_the_optimizer_needs_neither_matplotlib_nor_tqdm():
+    run = lambda code: subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    alone = run(OPTIMIZER_ALONE)
+    assert alone.returncode == 0, alone.stderr
+    assert json.loads(alone.stdout.splitlines()[-1]) == pytest.approx([0.9] * 3)
+    chapter = run(WITHOUT_CHAPTER_EXTRA + 'import adam_plugin.chapter.plots')
+    assert "No module named 'matplotlib" in chapter.stderr  # the blocker above works
+
+
+def test_matplotlib_and_tqdm_are_the_chapter_extra():
+    requires = importlib.metadata.requires('adam_plugin')
+    plain = {re.split('[<>=; ]', r)[0] for r in requires if 'extra ==' not in r}
+    chapter = {re.split('[<>=; ]', r)[0] for r in requires if 'extra == "chapter"' in r}
+    assert plain == {'mxnet', 'numpy'}
+    assert chapter == {'matplotlib', 'tqdm'}
+
+
+def test_one_version():
+    assert importlib.metadata.version('adam_plugin') == adam_plugin.__version__
+
+
+# --- the portable kernel, read with objdump ----------------------------------------------------
+
+LOOPS = ['adam<float>', 'adam<double>', 'nonfinite<unsigned int>', 'nonfinite<unsigned long>']
+# A variant's copy of a loop, as objdump -C names it: (anonymous namespace)::avx2::adam<float>(...
+LOOP_FUNCTION = re.compile(r'\(anonymous namespace\)::(\w+)::(\w+<[\w ]+>)\(')
+WIDE_REGISTER = re.compile(r'%(ymm|zmm)\d+|%k[0-7]\b')
+
+
+def functions(path):
+    """{function name: [instruction, ...]} of the library's code, by ``objdump -d``."""
+    listing = subprocess.run(['objdump', '-d', '-C', '--no-show-raw-insn', path],
+                             capture_output=True, text=True, check=True).stdout
+    found, current = {}, None
+    for line in listing.splitlines():
+        header = re.match(r'[0-9a-f]+ <(.*)>:$', line)
+        if header:
+            current = found.setdefault(header.group(1), [])
+        elif current is not None and '\t' in line:
+            current.append(line.split('\t')[-1].strip())
+    return found
+
+
+def is_avx(instruction):
+    """A VEX- or EVEX-encoded instruction (AVX, AVX2, AVX-512), or one on their registers."""
+    return instruction.startswith('v') or bool(WIDE_REGISTER.search(instruction))
+
+
+def test_the_kernel_has_each_loop_per_variant_and_no_avx_elsewhere():
+    assert fused.variants() == ['avx512f', 'avx2', 'baseline'], 'not the portable build'
+    code = functions(fused.LIBRARY._name)
+    loops = {}  # (variant, loop) -> instructions
+    for name, instructions in code.items():
+        match = LOOP_FUNCTION.search(name)
+        if match and match.group(1) in fused.variants() and name.startswith(('void', 'bool')):
+            loops[match.groups()] = instructions
+    assert set(loops) == {(v, loop) for v in fused.variants() for loop in LOOPS}
+    for loop in LOOPS:
+        assert not any(map(is_avx, loops['baseline', loop])), loop
+        assert any('%ymm' in i for i in loops['avx2', loop]), loop
+        assert any('%zmm' in i for i in loops['avx512f', loop]), loop
+    chosen_at_run_time = {id(loops[v, loop]) for v in ('avx2', 'avx512f') for loop in LOOPS}
+    elsewhere = {name: [i for i in instructions if is_avx(i)] for name, instructions in code.items()
+                 if id(instructions) not in chosen_at_run_time}
+    assert {name: found for name, found in elsewhere.items() if found} == {}
+    assert len(code) > len(loops)  # there was an elsewhere to look at
