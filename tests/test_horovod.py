@@ -33,7 +33,10 @@ def horovodrun(out, *tasks, **env):
     proc = subprocess.Popen(
         [HOROVODRUN, '--gloo', '-np', '2', '-H', 'localhost:2', sys.executable, WORKER,
          str(out), *tasks],
-        env=dict(os.environ, ADAM_PLUGIN_TEST_TOKEN=token, OMP_NUM_THREADS='1', **env),
+        # PYTHONPATH: the worker imports tests/configs.py; under PYTHONSAFEPATH=1 (make test)
+        # Python does not put a script's own folder on sys.path.
+        env=dict(os.environ, ADAM_PLUGIN_TEST_TOKEN=token, OMP_NUM_THREADS='1',
+                 PYTHONPATH=os.path.dirname(os.path.abspath(__file__)), **env),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = proc.communicate(timeout=LIMIT)
@@ -60,6 +63,8 @@ def jobs(tmp_path_factory):
     """
     first, second = tmp_path_factory.mktemp('train'), tmp_path_factory.mktemp('resume')
     done = {'train': horovodrun(first, 'train', DMLC_ROLE='worker')}
+    status, output, _ = done['train']
+    assert status == 0, output
     for name in ('net.params', 'trainer.states'):
         (first / name).rename(second / name)
     done['resume raise'] = horovodrun(second, 'resume', 'raise')
