@@ -67,3 +67,25 @@ def test_a_skipped_update_warns_at_the_callers_line():
     assert str(caught[0].message) == ("myadam: skipped the update of parameter index 4: "
                                       "its gradient holds NaN or Inf")
     np.testing.assert_array_equal(weight.asnumpy(), [1.0, 1.0])
+
+
+def test_an_unpickled_optimizer_still_names_a_misfit_gradient():
+    import pickle
+    opt = pickle.loads(pickle.dumps(MyAdam(learning_rate=0.1)))
+    weight = nd.ones((4,))
+    with pytest.raises(ValueError, match='parameter index 3'):
+        opt.update(3, weight, nd.ones((2,)), opt.create_state(3, weight))
+
+
+def test_update_steps_a_float16_weight_in_float16():
+    # update() never uses a master copy, whatever multi_precision says: the state is (m, v).
+    from oracles import NumpyAdam
+    opt = MyAdam(learning_rate=0.1, multi_precision=True)
+    w0 = np.float16([0.5, -1.0, 2.0])
+    weight = nd.array(w0, dtype='float16')
+    state = opt.create_state(0, weight)
+    grad = np.float16([1.0, -0.5, 0.25])
+    opt.update(0, weight, nd.array(grad, dtype='float16'), state)
+    want = NumpyAdam(lr=0.1).step(0, w0, grad)
+    assert weight.dtype == np.float16
+    np.testing.assert_allclose(weight.asnumpy(), want, rtol=2e-3, atol=1e-3)
