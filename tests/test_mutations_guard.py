@@ -89,3 +89,16 @@ def test_update_steps_a_float16_weight_in_float16():
     want = NumpyAdam(lr=0.1).step(0, w0, grad)
     assert weight.dtype == np.float16
     np.testing.assert_allclose(weight.asnumpy(), want, rtol=2e-3, atol=1e-3)
+
+
+def test_raise_names_every_bad_gradient_and_says_nothing_moved():
+    opt = MyAdam(learning_rate=0.1, nonfinite='raise')
+    weights = [nd.ones((2,)) for _ in range(3)]
+    grads = [nd.array([np.inf, 1.0]), nd.ones((2,)), nd.array([1.0, np.nan])]
+    states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+    with pytest.raises(FloatingPointError) as err:
+        opt.update([0, 1, 2], weights, grads, states)
+    assert str(err.value) == ("myadam: the gradient of parameter index 0, parameter index 2 "
+                              "holds NaN or Inf; nothing was updated")
+    for w in weights:
+        np.testing.assert_array_equal(w.asnumpy(), [1.0, 1.0])
