@@ -109,7 +109,7 @@ def test_unknown_keyword_is_a_type_error_naming_it():
         MyAdam(betta1=0.9)
 
 
-@pytest.mark.parametrize('lr', [-1.0, NAN])
+@pytest.mark.parametrize('lr', [-1.0, NAN, math.inf])
 def test_set_learning_rate_refuses_and_keeps_the_old_rate(lr):
     p = gluon.Parameter('w', shape=(2,))
     p.initialize()
