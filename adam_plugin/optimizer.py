@@ -61,7 +61,9 @@ class MyAdam(Optimizer):
     beta2 : float, default 0.999
         Decay rate of the second moment, in [0, 1).
     epsilon : float, default 1e-8
-        Stabilising constant, >= 0.
+        Stabilising constant, > 0. Zero is refused: a gradient element that has
+        been 0 at every step so far (``m = v = 0``) would make the update ``0 / 0``,
+        a NaN in the weight that the finiteness check of the gradient cannot see.
     epsilon_mode : {'outside', 'inside', 'hat'}, default 'outside'
         Where ``epsilon`` enters: outside the root (the chapter's code, PyTorch),
         inside it (the chapter's printed formula, optax ``eps_root``), or the
@@ -105,7 +107,8 @@ class MyAdam(Optimizer):
             _require('learning_rate', learning_rate, lambda x: 0.0 <= x < math.inf, '>= 0')
         _require('beta1', beta1, lambda x: 0.0 <= x < 1.0, 'in [0, 1)')
         _require('beta2', beta2, lambda x: 0.0 <= x < 1.0, 'in [0, 1)')
-        _require('epsilon', epsilon, lambda x: 0.0 <= x < math.inf, '>= 0')
+        _require('epsilon', epsilon, lambda x: 0.0 < x < math.inf,
+                 '> 0: with 0, a zero gradient element makes the update 0 / 0')
         _require('wd', kwargs.get('wd', 0.0), lambda x: 0.0 <= x < math.inf, '>= 0')
         _require('rescale_grad', kwargs.get('rescale_grad', 1.0),
                  lambda x: 0.0 < x < math.inf, '> 0')

@@ -19,3 +19,12 @@ TOL = {
 def rng():
     import numpy as np
     return np.random.default_rng(1234)
+
+# Property-based tests (tests/test_properties.py) run the same examples on every run and
+# every machine: derandomized, no example database, a bounded number of examples, and no
+# per-example deadline (a loaded CI machine must not turn slowness into a failure).
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile('ci', derandomize=True, database=None, max_examples=60,
+                          deadline=None, print_blob=True)
+settings.load_profile('ci')

@@ -1,6 +1,7 @@
 """Every notebook runs top to bottom in a fresh kernel and shows its figures."""
 import json
 import pathlib
+import re
 import sys
 
 import nbformat
@@ -10,6 +11,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / 'notebooks').glob('*.ipynb'))
+CHAPTER = pathlib.Path(__file__).parent.parent / 'notebooks' / 'adam_chapter.ipynb'
 CELL_TIMEOUT = 300  # seconds; generous: the whole notebook takes well under a minute
 
 
@@ -34,19 +36,70 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, 'notebooks/ holds no .ipynb: the test below would be skipped'
 
 
+@pytest.fixture(scope='module')
+def executed(tmp_path_factory):
+    """``executed(path)``: the notebook run top to bottom in a fresh kernel, once per module."""
+    cache = {}
+
+    def run(path):
+        if path not in cache:
+            nb = nbformat.read(path, as_version=4)
+            for cell in nb.cells:
+                if cell.cell_type == 'code':
+                    cell.outputs, cell.execution_count = [], None
+            km = kernel_manager(tmp_path_factory.mktemp('kernels'))
+            # Raises CellExecutionError on the first cell that fails.
+            NotebookClient(nb, km=km, timeout=CELL_TIMEOUT, startup_timeout=120,
+                           resources={'metadata': {'path': str(path.parent)}}).execute()
+            cache[path] = nb
+        return cache[path]
+    return run
+
+
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 @pytest.mark.slow
-def test_notebook_runs_and_shows_its_figures(path, tmp_path):
+def test_notebook_runs_and_shows_its_figures(path, executed):
     committed = nbformat.read(path, as_version=4)
     assert images(committed) > 0, f'{path.name} is committed without its figures'
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == 'code':
-            cell.outputs, cell.execution_count = [], None
-    km = kernel_manager(tmp_path / 'kernels')
-    # Raises CellExecutionError on the first cell that fails.
-    NotebookClient(nb, km=km, timeout=CELL_TIMEOUT, startup_timeout=120,
-                   resources={'metadata': {'path': str(path.parent)}}).execute()
+    nb = executed(path)
     code = [cell for cell in nb.cells if cell.cell_type == 'code']
     assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
     assert images(nb) == images(committed)
+
+
+def printed(nb):
+    return ''.join(out.get('text', '') for cell in nb.cells if cell.cell_type == 'code'
+                   for out in cell.outputs if out.get('output_type') == 'stream')
+
+
+NUMBER = r'([-+0-9.e]+)'
+
+
+def number(text, before):
+    """The number printed right after ``before`` (a regex) in ``text``."""
+    found = re.search(before + r'\s*' + NUMBER, text)
+    assert found, f'the notebook no longer prints {before!r}'
+    return float(found.group(1))
+
+
+@pytest.mark.slow
+def test_chapter_notebook_prints_its_parity_figures(executed):
+    """The printed figures, against what is known without the code under test: the
+    dataset's true parameters (the fit to 1000 examples with noise 0.01 lands within
+    about 1e-3), Adam's first step (lr * sign(g) for |g| >> epsilon), and float32
+    rounding as the only difference between the chapter's adam() and the Trainer."""
+    text = printed(executed(CHAPTER))
+    for name in (r"chapter's adam\(\)", r"Trainer\('myadam'\)"):
+        fit = re.search(name + r'\s+w = \[\s*' + NUMBER + r'\s+' + NUMBER + r'\]\s+b = ' + NUMBER,
+                        text)
+        assert fit, f'the notebook no longer prints the fit of {name}'
+        w1, w2, b = map(float, fit.groups())
+        assert abs(w1 - 2.0) < 2e-3 and abs(w2 + 3.4) < 2e-3 and abs(b - 4.2) < 2e-3, fit.group(0)
+    assert number(text, r'largest difference in any parameter after any of the 300 steps:') < 1e-5
+    for name in (r"chapter's adam\(\)", r"Trainer\('myadam'\)"):
+        assert 0.9 < number(text, r'final loss / floor:.*?' + name) < 1.05
+    assert number(text, r'corrected first step / lr, measured on MyAdam for g_1 = [0-9.]+:') \
+        == pytest.approx(1.0, abs=1e-6)
+    # MXNet's own Adam is the 'hat' placement, and far from 'outside' at epsilon = 1.
+    assert number(text, r"largest difference, MXNet 'adam' vs MyAdam 'hat':") < 1e-4
+    assert number(text, r"largest difference, MXNet 'adam' vs MyAdam 'outside':") > 0.1

@@ -43,3 +43,40 @@ def test_matches_numpy_oracle(name, dtype, rng):
         assert g.dtype == np.dtype(dtype)
         assert not np.allclose(w, w0), 'the oracle did not move: the comparison would be empty'
         np.testing.assert_allclose(g, w, **TOL[dtype])
+
+
+# --- Where epsilon goes, with gradients small enough that the placement shows ---------------
+
+MODES = ['outside', 'inside', 'hat']
+# (epsilon, smallest and largest gradient magnitude): around each mode's scale, where
+# 'outside' uses epsilon, 'inside' sqrt(epsilon), 'hat' epsilon / sqrt(1 - beta2**t).
+PLACEMENT = {'eps1e-8': (1e-8, 1e-9, 1e-3), 'eps1e-3': (1e-3, 1e-5, 1e-1)}
+
+
+def small_gradients(rng, shape, low, high, dtype):
+    out = []
+    for _ in range(STEPS):
+        scale = 10 ** rng.uniform(np.log10(low), np.log10(high), size=shape)
+        out.append((rng.choice([-1.0, 1.0], size=shape) * scale).astype(dtype))
+    return out
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+@pytest.mark.parametrize('placement', PLACEMENT)
+def test_epsilon_placement_shows_and_matches_the_oracle(placement, dtype, rng):
+    epsilon, low, high = PLACEMENT[placement]
+    weights = [rng.normal(size=s).astype(dtype) for s in SHAPES]
+    grads = list(zip(*[small_gradients(rng, s, low, high, dtype) for s in SHAPES]))
+    want = {}
+    for mode in MODES:
+        config = dict(epsilon=epsilon, epsilon_mode=mode)
+        got = run_myadam(config, dtype, weights, grads)
+        want[mode] = run_oracle(config, weights, grads)
+        for g, w in zip(got, want[mode]):
+            np.testing.assert_allclose(g, w, **TOL[dtype])
+    # The modes differ by far more than the tolerance, so a mode mixed up with another fails.
+    tol = TOL[dtype]
+    for a, b in [('outside', 'inside'), ('outside', 'hat'), ('inside', 'hat')]:
+        for wa, wb in zip(want[a], want[b]):
+            gap = np.abs(wa - wb).max()
+            assert gap > 100 * (tol['atol'] + tol['rtol'] * np.abs(wb).max()), (a, b, gap)

@@ -7,6 +7,8 @@ from mxnet import autograd, gluon, nd
 import adam_plugin
 from adam_plugin import MyAdam
 from adam_plugin.chapter import linreg
+from conftest import TOL
+from oracles import NumpyAdam
 
 
 def test_registered_under_myadam():
@@ -80,6 +82,78 @@ def test_wd_mult_zero_exempts_a_parameter():
     np.testing.assert_allclose(b.data().asnumpy(), np.full(3, 1 - 0.1 * 0.5), rtol=1e-6)
 
 
+def test_lr_mult_half_makes_the_first_step_half_as_long():
+    # Adam's first step is lr * g / (|g| + epsilon): lr * sign(g) for |g| >> epsilon.
+    w = gluon.Parameter('w', shape=(3,), lr_mult=0.5)
+    b = gluon.Parameter('b', shape=(3,))
+    for p in (w, b):
+        p.initialize(init=mx.init.One())
+        p.grad()[:] = nd.array([0.3, -2.0, 50.0])
+        p.data()._fresh_grad = True
+    gluon.Trainer([w, b], 'myadam', {'learning_rate': 0.1}).step(1)
+    np.testing.assert_allclose(w.data().asnumpy(), 1 - 0.05 * np.array([1, -1, 1]), rtol=1e-6)
+    np.testing.assert_allclose(b.data().asnumpy(), 1 - 0.1 * np.array([1, -1, 1]), rtol=1e-6)
+
+
+# (Trainer's optimizer params, lr_mult, wd_mult of the parameter under test)
+MULTS = [
+    (dict(), 0.5, 1.0),
+    (dict(), 3.0, 1.0),
+    (dict(wd=0.2), 1.0, 0.5),
+    (dict(wd=0.2, decoupled_wd=True), 1.0, 0.5),
+    (dict(wd=0.2, decoupled_wd=True), 0.5, 0.25),
+    (dict(wd=0.1, amsgrad=True), 2.0, 3.0),
+]
+MULT_GRADS = [np.array([0.3, -2.0, 5.0, 0.0]), np.array([-0.1, -1.0, 4.0, 0.01]),
+              np.array([0.2, 3.0, -6.0, -0.02])]
+
+
+def _oracle_walk(lr, opts, w0):
+    oracle = NumpyAdam(lr=lr, wd=opts.get('wd', 0.0), decoupled_wd=opts.get('decoupled_wd', False),
+                       amsgrad=opts.get('amsgrad', False))
+    walk = w0
+    for g in MULT_GRADS:
+        walk = oracle.step(0, walk, g.astype(np.float32))
+    return walk
+
+
+@pytest.mark.parametrize('fused', [True, False], ids=['kernel', 'textbook'])
+@pytest.mark.parametrize('opts,lr_mult,wd_mult', MULTS)
+def test_trainer_applies_lr_mult_and_wd_mult(opts, lr_mult, wd_mult, fused):
+    w0 = np.float32([0.5, -1.5, 2.0, 1.0])
+    w = gluon.Parameter('w', shape=(4,), lr_mult=lr_mult, wd_mult=wd_mult)
+    b = gluon.Parameter('b', shape=(4,))
+    for p in (w, b):
+        p.initialize()
+        p.set_data(nd.array(w0))
+    trainer = gluon.Trainer([w, b], 'myadam', dict(learning_rate=0.1, fused=fused, **opts))
+    for g in MULT_GRADS:
+        for p in (w, b):
+            p.grad()[:] = nd.array(g)
+            p.data()._fresh_grad = True
+        trainer.step(1)
+    want_w = _oracle_walk(0.1 * lr_mult, dict(opts, wd=opts.get('wd', 0.0) * wd_mult), w0)
+    want_b = _oracle_walk(0.1, opts, w0)
+    np.testing.assert_allclose(w.data().asnumpy(), want_w, **TOL['float32'])
+    np.testing.assert_allclose(b.data().asnumpy(), want_b, **TOL['float32'])
+    assert np.abs(want_w - want_b).max() > 1e-3  # the multipliers made a difference
+
+
+def test_optimizer_set_lr_mult_and_set_wd_mult_by_name():
+    # Without a Trainer: multipliers by parameter name (MXNet zeroes wd_mult for names
+    # not ending in _weight or _gamma, so the name is a weight's).
+    opt = MyAdam(learning_rate=0.1, wd=0.2, decoupled_wd=True, param_idx2name={0: 'fc_weight'})
+    opt.set_lr_mult({'fc_weight': 0.5})
+    opt.set_wd_mult({'fc_weight': 0.25})
+    w0 = np.float32([0.5, -1.5, 2.0, 1.0])
+    weight = nd.array(w0)
+    state = opt.create_state(0, weight)
+    for g in MULT_GRADS:
+        opt.update(0, weight, nd.array(g), state)
+    want = _oracle_walk(0.05, dict(wd=0.05, decoupled_wd=True), w0)
+    np.testing.assert_allclose(weight.asnumpy(), want, **TOL['float32'])
+
+
 def test_trainer_step_rescales_by_batch_size():
     # A large epsilon makes the step depend on the gradient's scale (Adam alone is
     # scale-invariant), so a missing 1/batch_size would show.
@@ -108,5 +182,10 @@ def test_two_contexts_train():
 
 
 def test_package_exports():
+    from importlib.metadata import version
+    assert adam_plugin.__all__ == ['MyAdam']
     assert adam_plugin.MyAdam is MyAdam
-    assert isinstance(adam_plugin.__version__, str)
+    assert issubclass(MyAdam, mx.optimizer.Optimizer)
+    assert type(mx.optimizer.create('myadam')) is MyAdam
+    assert mx.optimizer.Optimizer.opt_registry['myadam'] is MyAdam
+    assert adam_plugin.__version__ == version('adam_plugin')

@@ -8,6 +8,8 @@ import mxnet as mx
 from mxnet import gluon, nd
 
 from adam_plugin import MyAdam
+from conftest import TOL
+from oracles import NumpyAdam
 
 NAN = float('nan')
 
@@ -25,6 +27,9 @@ BAD = [
     (dict(beta2=NAN), 'beta2'),
     (dict(epsilon=-1e-8), 'epsilon'),
     (dict(epsilon=NAN), 'epsilon'),
+    (dict(epsilon=0.0), 'epsilon'),
+    (dict(epsilon=0), 'epsilon'),
+    (dict(epsilon=math.inf), 'epsilon'),
     (dict(wd=-0.01), 'wd'),
     (dict(wd=NAN), 'wd'),
     (dict(clip_gradient=0.0), 'clip_gradient'),
@@ -37,12 +42,22 @@ BAD = [
     (dict(nonfinite='ignore'), 'nonfinite'),
 ]
 
-# Edges that are valid and must be accepted.
+# Edges that are valid and must be accepted: (MyAdam keywords, the oracle's keywords).
+# FactorScheduler's documented default base_lr is 0.01; with step=10 it stays there.
 GOOD = [
-    dict(learning_rate=0.0), dict(beta1=0.0), dict(beta2=0.0), dict(epsilon=0.0),
-    dict(wd=0.0), dict(clip_gradient=None), dict(clip_gradient=1e-6),
-    dict(learning_rate=None, lr_scheduler=mx.lr_scheduler.FactorScheduler(step=10)),
+    (dict(learning_rate=0.0), dict(lr=0.0)),
+    (dict(beta1=0.0), dict(beta1=0.0)),
+    (dict(beta2=0.0), dict(beta2=0.0)),
+    (dict(epsilon=1e-30), dict(epsilon=1e-30)),
+    (dict(wd=0.0), dict(wd=0.0)),
+    (dict(clip_gradient=None), dict(clip_gradient=None)),
+    (dict(clip_gradient=1e-6), dict(clip_gradient=1e-6)),
+    (dict(learning_rate=None, lr_scheduler=mx.lr_scheduler.FactorScheduler(step=10)),
+     dict(lr=0.01)),
 ]
+# Gradients for three steps; the zero element stays zero, so m = v = 0 there.
+EDGE_GRADS = [np.array([0.0, 0.5, -2.0, 3e-4]), np.array([0.0, -0.25, -1.0, 7.0]),
+              np.array([0.0, 0.125, 4.0, -1e-3])]
 
 
 @pytest.mark.parametrize('kwargs,name', BAD, ids=[f'{n}={list(k.values())[0]!r}' for k, n in BAD])
@@ -62,9 +77,31 @@ def test_trainer_refuses_before_anything_exists(kwargs, name):
         gluon.Trainer([p], 'myadam', kwargs)
 
 
-@pytest.mark.parametrize('kwargs', GOOD, ids=lambda k: str(k))
-def test_edges_are_accepted(kwargs):
-    MyAdam(**kwargs)
+def test_epsilon_zero_is_refused_saying_why():
+    with pytest.raises(ValueError, match=r'epsilon: 0\.0 .*zero gradient element .*0 / 0'):
+        MyAdam(epsilon=0.0)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+@pytest.mark.parametrize('fused', [True, False], ids=['kernel', 'textbook'])
+@pytest.mark.parametrize('kwargs,oracle_kwargs', GOOD, ids=[str(k) for k, _ in GOOD])
+def test_edges_are_accepted_and_step_as_the_oracle(kwargs, oracle_kwargs, fused, dtype):
+    opt = MyAdam(fused=fused, **kwargs)
+    oracle = NumpyAdam(**dict(dict(lr=0.001), **oracle_kwargs))
+    w0 = np.array([0.5, -1.0, 2.0, 0.25], dtype)
+    weight = nd.array(w0, dtype=dtype)
+    state = opt.create_state(0, weight)
+    want = w0
+    for g in EDGE_GRADS:
+        opt.update(0, weight, nd.array(g, dtype=dtype), state)
+        want = oracle.step(0, want, g.astype(dtype))
+    got = weight.asnumpy()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+    if oracle.lr == 0.0:
+        np.testing.assert_array_equal(got, w0)
+    else:  # every element with a gradient moved, the zero-gradient one did not
+        assert got[0] == w0[0] and (got[1:] != w0[1:]).all()
 
 
 def test_unknown_keyword_is_a_type_error_naming_it():
@@ -72,7 +109,7 @@ def test_unknown_keyword_is_a_type_error_naming_it():
         MyAdam(betta1=0.9)
 
 
-@pytest.mark.parametrize('lr', [-1.0, NAN])
+@pytest.mark.parametrize('lr', [-1.0, NAN, math.inf])
 def test_set_learning_rate_refuses_and_keeps_the_old_rate(lr):
     p = gluon.Parameter('w', shape=(2,))
     p.initialize()

@@ -1,0 +1,114 @@
+"""What the speed depends on, observed at the compiled kernel's entry points.
+
+Every call into ``fused.LIBRARY`` is recorded by a wrapper around its functions, and
+the threads the kernel starts are counted in ``/proc/self/task`` of a fresh process.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import gluon, nd
+
+from adam_plugin import MyAdam, fused
+
+ENTRY_POINTS = ('adam_float32', 'adam_float64', 'finite_float32', 'finite_float64')
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The (function name, arguments) of every call into the kernel library, in order."""
+    seen = []
+    for name in ENTRY_POINTS:
+        def wrapper(*args, _name=name, _original=getattr(fused.LIBRARY, name)):
+            seen.append((_name, args))
+            return _original(*args)
+        monkeypatch.setattr(fused.LIBRARY, name, wrapper)
+    return seen
+
+
+def _trainer(shapes_and_dtypes, **optimizer_params):
+    params = []
+    for i, (shape, dtype) in enumerate(shapes_and_dtypes):
+        p = gluon.Parameter(f'p{i}', shape=shape, dtype=dtype)
+        p.initialize(init=mx.init.One())
+        params.append(p)
+    return params, gluon.Trainer(params, 'myadam', dict(learning_rate=0.1, **optimizer_params))
+
+
+def _step(params, trainer):
+    for p in params:
+        p.grad()[:] = 0.5
+        p.data()._fresh_grad = True  # as backward() would mark it
+    trainer.step(1)
+
+
+@pytest.mark.parametrize('amsgrad', [False, True])
+def test_one_kernel_call_per_dtype_per_step(calls, amsgrad):
+    layout = [((3, 4), 'float32'), ((7,), 'float64'), ((5,), 'float32'), ((2, 2), 'float32'),
+              ((6,), 'float64')]
+    params, trainer = _trainer(layout, amsgrad=amsgrad)
+    for step in range(1, 4):
+        _step(params, trainer)
+        names = sorted(name for name, _ in calls)
+        assert names == sorted(ENTRY_POINTS * step)
+    for name, args in calls:  # args[0]: how many parameters the call covers
+        assert args[0] == (3 if name.endswith('32') else 2)
+    for p in params:  # and the step was taken
+        assert (p.data().asnumpy() < 1).all()
+
+
+SIZES = [  # (parameter sizes in one call, threads the call must ask for)
+    ([fused.PARALLEL_MIN // 2, fused.PARALLEL_MIN // 2], 'THREADS'),  # the call's total counts
+    ([fused.PARALLEL_MIN], 'THREADS'),
+    ([fused.PARALLEL_MIN - 1], 1),
+    ([1000, 20], 1),
+]
+
+
+@pytest.mark.parametrize('sizes,threads', SIZES, ids=[str(s) for s, _ in SIZES])
+def test_threads_asked_for_follow_the_size_of_the_call(calls, monkeypatch, sizes, threads):
+    monkeypatch.setattr(fused, 'THREADS', 3)
+    expected = 3 if threads == 'THREADS' else threads
+    opt = MyAdam(learning_rate=0.1)
+    weights = [nd.ones((n,)) for n in sizes]
+    grads = [nd.full((n,), 0.5) for n in sizes]
+    states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+    opt.update(list(range(len(sizes))), weights, grads, states)
+    assert [name for name, _ in calls] == ['finite_float32', 'adam_float32']
+    assert [args[-1] for _, args in calls] == [expected, expected]
+    for w in weights:
+        np.testing.assert_allclose(w.asnumpy(), 0.9, rtol=1e-6)
+
+
+# In a fresh process with OMP_NUM_THREADS set: the threads the process has after a small
+# step (no pool needed), and after a step over PARALLEL_MIN elements.
+COUNT_THREADS = '''
+import os
+from mxnet import nd
+from adam_plugin import MyAdam, fused
+opt = MyAdam(learning_rate=0.1)
+small, big = nd.ones((1000,)), nd.ones((fused.PARALLEL_MIN,))
+states = [opt.create_state(i, w) for i, w in enumerate((small, big))]
+grads = [nd.ones(small.shape), nd.ones(big.shape)]
+for _ in range(2):
+    opt.update(0, small, grads[0], states[0])
+nd.waitall()
+before = len(os.listdir('/proc/self/task'))
+opt.update(1, big, grads[1], states[1])
+nd.waitall()
+print(fused.THREADS, before, len(os.listdir('/proc/self/task')))
+'''
+
+
+@pytest.mark.parametrize('threads', [1, 3])
+def test_a_large_step_starts_the_helper_threads(threads):
+    result = subprocess.run([sys.executable, '-c', COUNT_THREADS], capture_output=True,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)),
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    kernel_threads, before, after = map(int, result.stdout.split())
+    assert kernel_threads == threads
+    assert after - before == threads - 1  # the pool's helpers; the caller is the last one
