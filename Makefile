@@ -3,6 +3,7 @@
 #              installed wheel (it also executes every notebook, runs KVStore and Horovod jobs and a
 #              tiny benchmark).
 # `make quick`: the same without the tests marked slow (pytest -m "not slow"), meant to take under a minute.
+# `make failfast`: each failing-KVStore-job test 20 times (make test runs them 5 times).
 # `make mutants`: mutation testing of the optimizer library with mutmut (slow; see below).
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
 #
@@ -34,13 +35,20 @@ SOURCES  := $(BUILD) README.md $(wildcard adam_plugin/*.py adam_plugin/*/*.py)
 HOROVOD  := $(VENV)/.horovod
 TEST_DEPS := $(STAMP) $(HOROVOD)
 
-.PHONY: demo test quick notebooks clean objdump mutants
+.PHONY: demo test quick failfast notebooks clean objdump mutants
 
 demo: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m adam_plugin linreg --plot docs/loss.png
 
+# Two pytest workers (pytest-xdist), one per core: much of the suite waits on subprocesses or
+# runs on one thread. Modules whose fixtures start costly jobs keep to one worker (xdist_group).
+# The repeated failing KVStore jobs run 5 times each here; `make failfast` runs the 20 of the issue.
 test: $(TEST_DEPS) objdump
-	ADAM_PLUGIN_TEST_INSTALLED=1 $(RUN) -m pytest
+	ADAM_PLUGIN_TEST_INSTALLED=1 ADAM_PLUGIN_FAILFAST_RUNS=5 $(RUN) -m pytest -n 2 --dist loadgroup
+
+failfast: $(TEST_DEPS)
+	ADAM_PLUGIN_TEST_INSTALLED=1 ADAM_PLUGIN_FAILFAST_RUNS=20 $(RUN) -m pytest -s \
+	  tests/test_distributed.py -k test_a_failing_job_ends_every_time
 
 quick: $(TEST_DEPS) objdump
 	ADAM_PLUGIN_TEST_INSTALLED=1 $(RUN) -m pytest -m "not slow"

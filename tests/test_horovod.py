@@ -19,7 +19,8 @@ import pytest
 import hvd_worker
 import launching
 
-pytestmark = pytest.mark.slow  # two horovodrun jobs
+# Two horovodrun jobs, made once by the module's fixture: one xdist worker runs them all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('horovod')]
 
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), 'horovodrun')
 WORKER = os.path.join(os.path.dirname(__file__), 'hvd_worker.py')

@@ -13,6 +13,8 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / 'notebooks').glob('*.ipynb'))
 CHAPTER = pathlib.Path(__file__).parent.parent / 'notebooks' / 'adam_chapter.ipynb'
 CELL_TIMEOUT = 300  # seconds; generous: the whole notebook takes well under a minute
+# The notebook is executed once by the module's fixture: one xdist worker runs these tests.
+pytestmark = pytest.mark.xdist_group('notebooks')
 
 
 def kernel_manager(spec_root):

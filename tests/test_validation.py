@@ -84,7 +84,9 @@ def test_epsilon_zero_is_refused_saying_why():
 
 @pytest.mark.parametrize('dtype', ['float32', 'float64'])
 @pytest.mark.parametrize('fused', [True, False], ids=['kernel', 'textbook'])
-@pytest.mark.parametrize('kwargs,oracle_kwargs', GOOD, ids=[str(k) for k, _ in GOOD])
+@pytest.mark.parametrize('kwargs,oracle_kwargs', GOOD,  # ids without object addresses (xdist)
+                         ids=[','.join(f'{n}={type(v).__name__ if hasattr(v, "__dict__") else v}'
+                                       for n, v in k.items()) for k, _ in GOOD])
 def test_edges_are_accepted_and_step_as_the_oracle(kwargs, oracle_kwargs, fused, dtype):
     opt = MyAdam(fused=fused, **kwargs)
     oracle = NumpyAdam(**dict(dict(lr=0.001), **oracle_kwargs))
