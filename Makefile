@@ -51,7 +51,7 @@ failfast: $(TEST_DEPS)
 	  tests/test_distributed.py -k test_a_failing_job_ends_every_time
 
 quick: $(TEST_DEPS) objdump
-	ADAM_PLUGIN_TEST_INSTALLED=1 $(RUN) -m pytest -m "not slow"
+	ADAM_PLUGIN_TEST_INSTALLED=1 $(RUN) -m pytest -n 2 --dist loadgroup -m "not slow"
 
 notebooks: $(STAMP)
 	PYTHONSAFEPATH=1 $(BIN)/jupyter-execute --inplace notebooks/*.ipynb

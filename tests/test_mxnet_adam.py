@@ -42,6 +42,9 @@ STORAGES = {
     'dense_weight_rsp_grad_std': ('default', 'row_sparse', False, False),
 }
 
+# 2520 items, about a minute: the slow tier (make test runs them; make quick does not).
+pytestmark = pytest.mark.slow
+
 
 def _cases():
     """(id, dtype, options, storage) for each case of test_adam; float16 only multi_precision."""
