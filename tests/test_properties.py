@@ -19,7 +19,7 @@ from mxnet import nd
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from adam_plugin import MyAdam, dispatch, fused
+from adam_plugin import MyAdam, dispatch
 from adam_plugin.textbook import EPSILON_MODES, Step
 from oracles import NumpyAdam
 

@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 
-import adam_plugin  # noqa: F401  (registers 'myadam', so its files can be read)
 from . import invalid, registered_optimizers, safe
 
 # The optimizer's bookkeeping, shown as update counts rather than hyperparameters.
