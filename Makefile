@@ -2,7 +2,7 @@
 # `make test`: set up .venv-test (with Horovod built into it), then the whole test suite against the
 #              installed wheel (it also executes every notebook, runs KVStore and Horovod jobs and a
 #              tiny benchmark).
-# `make quick`: the same without the tests marked slow (pytest -m "not slow"), meant to take under a minute.
+# `make quick`: the same without the tests marked slow (pytest -m "not slow"), under a minute.
 # `make failfast`: each failing-KVStore-job test 20 times (make test runs them 5 times).
 # `make mutants`: mutation testing of the optimizer library with mutmut (slow; see below).
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.

@@ -383,6 +383,7 @@ def inspect(fname, *options):
                            str(fname), *options], capture_output=True, text=True, check=False)
 
 
+@pytest.mark.slow  # two runs of a Python that imports MXNet
 def test_inspect_prints_what_the_file_holds(tmp_path):
     job = Job('everything', 'two_devices_trainer_updates').train(range(1, SAVE_AFTER + 1))
     _, fname = save(job, tmp_path)
@@ -421,9 +422,11 @@ def test_inspect_prints_what_the_file_holds(tmp_path):
     assert '  parameter 1: (float32[2x1], float32[2x1], float32[2x1])' in text.stdout
 
 
-# The damaged files that are refused on their own, without a Trainer to fit.
-@pytest.mark.parametrize('bad', ['truncated', 'garbage', 'not_a_states_pickle',
-                                 'second_element_not_an_optimizer'])
+# The damaged files that are refused on their own, without a Trainer to fit. Each row starts
+# a Python that imports MXNet (about 2.5 s): the quick tier runs the first.
+@pytest.mark.parametrize('bad', ['truncated'] + [
+    pytest.param(bad, marks=pytest.mark.slow)
+    for bad in ['garbage', 'not_a_states_pickle', 'second_element_not_an_optimizer']])
 def test_inspect_refuses_a_damaged_file_as_load_states_does(bad, tmp_path):
     make, message = BAD_FILES[bad]
     job = Job('defaults', 'one_device').train(range(1, 3))

@@ -1,4 +1,5 @@
 """The fast routes of adam_plugin.dispatch against the textbook NDArray path."""
+import functools
 import os
 import pickle
 import subprocess
@@ -24,7 +25,10 @@ FUSED_TOL = {'float32': dict(rtol=1e-6, atol=1e-7), 'float64': dict(rtol=1e-12, 
 VARIANTS = [v for v in fused.variants() if fused.runs_here(v)] if fused.LIBRARY else []
 
 
-@pytest.fixture(params=VARIANTS)
+# The quick tier runs the variant the kernel chose at load, on float32 (float64 on the kernel:
+# test_properties); the full one runs every variant on both.
+@pytest.fixture(params=[v if v == fused.variant() else pytest.param(v, marks=pytest.mark.slow)
+                        for v in VARIANTS])
 def variant(request):
     """Each variant of the kernel's loops this CPU runs, in turn, for the test."""
     previous = fused.use_variant(request.param)
@@ -54,13 +58,33 @@ def inputs(rng, dtype, shapes=SHAPES):
     return weights, grads
 
 
-@pytest.mark.parametrize('aggregated', [False, True], ids=['single', 'list'])
-@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+@functools.lru_cache(maxsize=None)
+def textbook_run(name, dtype):
+    """The inputs of test_fused_matches_textbook and the textbook route's result on them,
+    computed once per row and dtype for every variant and calling convention: the textbook
+    route runs no kernel, and its one-by-one and list calls give bitwise the same result."""
+    weights, grads = inputs(np.random.default_rng(1234), dtype)
+    return weights, grads, run(CONFIGS[name], dtype, False, False, weights, grads)
+
+
 @pytest.mark.parametrize('name', CONFIGS)
-def test_fused_matches_textbook(name, dtype, aggregated, variant, rng):
-    weights, grads = inputs(rng, dtype)
+def test_textbook_list_call_equals_one_by_one(name, rng):
+    """What lets textbook_run serve both calling conventions."""
+    weights, grads = inputs(rng, 'float32', SHAPES[:3])
+    one_by_one = run(CONFIGS[name], 'float32', False, False, weights, grads)
+    as_list = run(CONFIGS[name], 'float32', False, True, weights, grads)
+    for a, b in zip(one_by_one, as_list):
+        np.testing.assert_array_equal(a, b)
+
+
+# One pytest-xdist worker runs them all, so that each textbook_run is computed once.
+@pytest.mark.xdist_group('textbook_run')
+@pytest.mark.parametrize('aggregated', [False, True], ids=['single', 'list'])
+@pytest.mark.parametrize('dtype', ['float32', pytest.param('float64', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('name', CONFIGS)
+def test_fused_matches_textbook(name, dtype, aggregated, variant):
+    weights, grads, slow = textbook_run(name, dtype)
     fast = run(CONFIGS[name], dtype, True, aggregated, weights, grads)
-    slow = run(CONFIGS[name], dtype, False, aggregated, weights, grads)
     for w, w0 in zip(slow, weights):
         assert not np.allclose(w, w0), 'the weights did not move: the comparison would be empty'
     for f, s in zip(fast, slow):

@@ -103,7 +103,9 @@ print(fused.THREADS, before, len(os.listdir('/proc/self/task')))
 '''
 
 
-@pytest.mark.parametrize('threads', [1, 3])
+# Each row starts a Python that imports MXNet (about 2 s): the quick tier runs the one with
+# helper threads.
+@pytest.mark.parametrize('threads', [pytest.param(1, marks=pytest.mark.slow), 3])
 def test_a_large_step_starts_the_helper_threads(threads):
     result = subprocess.run([sys.executable, '-c', COUNT_THREADS], capture_output=True,
                             text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)),
