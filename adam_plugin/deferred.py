@@ -18,9 +18,10 @@ import os
 import sys
 import traceback
 import types
-import warnings
 
 from mxnet.kvstore import kvstore as _kvstore
+
+from . import _warn
 
 
 def _callback_code():
@@ -71,10 +72,10 @@ class DeferredError:
                 raise
             self.error = error
             origin = traceback.extract_tb(error.__traceback__)[-1]
-            warnings.warn(f"myadam: {type(error).__name__}({error}), raised at "
-                          f"{origin.filename}:{origin.lineno} in {origin.name} inside the "
-                          "KVStore's updater callback, which cannot pass it on; it is "
-                          "raised by the next Trainer.step (or save_states)", RuntimeWarning)
+            _warn.warn(f"myadam: {type(error).__name__}({error}), raised at "
+                       f"{origin.filename}:{origin.lineno} in {origin.name} inside the "
+                       "KVStore's updater callback, which cannot pass it on; it is "
+                       "raised by the next Trainer.step (or save_states)")
 
     def raise_pending(self):
         """Raise the kept exception, if any, and forget it."""

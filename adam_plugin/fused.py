@@ -28,10 +28,11 @@ calling thread alone, where waking another costs more than it saves.
 import ctypes
 import math
 import os
-import warnings
 
 import numpy as np
 from mxnet.base import _LIB, check_call
+
+from . import _warn
 
 PARALLEL_MIN = 1 << 20
 
@@ -61,10 +62,9 @@ PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'libadam_kernel.
 def load(path=PATH):
     """The kernel library at ``path`` with its functions typed, or None (with a warning)."""
     if not os.path.exists(path):
-        warnings.warn("adam_plugin: the compiled kernel adam_plugin/_kernel.cpp was not built "
-                      "(it needs a C++ compiler when the package is installed); CPU parameters "
-                      "take MXNet's adam_update where it is exact, else the slower textbook path",
-                      RuntimeWarning, stacklevel=2)
+        _warn.warn("adam_plugin: the compiled kernel adam_plugin/_kernel.cpp was not built "
+                   "(it needs a C++ compiler when the package is installed); CPU parameters "
+                   "take MXNet's adam_update where it is exact, else the slower textbook path")
         return None
     library = ctypes.CDLL(path)
     pointer, count, flag, name = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_char_p

@@ -1,11 +1,10 @@
 """``MyAdam``: the Adam optimizer registered with MXNet as ``'myadam'``."""
 import math
-import warnings
 
 import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
-from . import dispatch, distributed
+from . import _warn, dispatch, distributed
 from .deferred import DeferredError
 from .textbook import EPSILON_MODES, Step
 
@@ -197,8 +196,8 @@ class MyAdam(Optimizer):
                 steps.append(self._step(index))
             else:
                 self.num_skipped += 1
-                warnings.warn(f"myadam: skipped the update of {self._name(index)}: its "
-                              "gradient holds NaN or Inf", RuntimeWarning, stacklevel=3)
+                _warn.warn(f"myadam: skipped the update of {self._name(index)}: its "
+                           "gradient holds NaN or Inf")
                 steps.append(None)
         batch.apply(steps)
 

@@ -6,6 +6,8 @@ optimizer states, step counts, skip counter, schedule). Damaged files must raise
 a clear error from ``adam_plugin.checkpoint.load_states`` and change nothing.
 Files that try to run code are in test_checkpoint_attacks.py.
 """
+import contextlib
+import io
 import json
 import pickle
 import subprocess
@@ -19,7 +21,7 @@ from mxnet import autograd, gluon, nd, npx
 
 import adam_plugin
 from adam_plugin import checkpoint
-from adam_plugin.checkpoint import safe
+from adam_plugin.checkpoint import __main__ as checkpoint_main, safe
 from adam_plugin.chapter import linreg
 from configs import CONFIGS, optimizer_kwargs
 
@@ -379,11 +381,24 @@ def test_every_array_kind_is_rebuilt_exactly():
 
 
 def inspect(fname, *options):
-    return subprocess.run([sys.executable, '-m', 'adam_plugin.checkpoint', 'inspect',
+    """``python -m adam_plugin.checkpoint inspect fname *options`` run in this process (as
+    test_inspect_runs_as_a_module checks): its exit status and what it printed."""
+    argv = ['inspect', str(fname), *options]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = checkpoint_main.main(argv)
+    return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())
+
+
+@pytest.mark.parametrize('options', [(), pytest.param(('--json',), marks=pytest.mark.slow)])
+def test_inspect_runs_as_a_module(options, tmp_path):
+    """The command line a user types prints what :func:`inspect` does in this process."""
+    _, fname = save(Job('defaults', 'one_device').train(range(1, 3)), tmp_path)
+    done = subprocess.run([sys.executable, '-m', 'adam_plugin.checkpoint', 'inspect',
                            str(fname), *options], capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, inspect(fname, *options).stdout, '')
 
 
-@pytest.mark.slow  # two runs of a Python that imports MXNet
 def test_inspect_prints_what_the_file_holds(tmp_path):
     job = Job('everything', 'two_devices_trainer_updates').train(range(1, SAVE_AFTER + 1))
     _, fname = save(job, tmp_path)
@@ -422,11 +437,9 @@ def test_inspect_prints_what_the_file_holds(tmp_path):
     assert '  parameter 1: (float32[2x1], float32[2x1], float32[2x1])' in text.stdout
 
 
-# The damaged files that are refused on their own, without a Trainer to fit. Each row starts
-# a Python that imports MXNet (about 2.5 s): the quick tier runs the first.
-@pytest.mark.parametrize('bad', ['truncated'] + [
-    pytest.param(bad, marks=pytest.mark.slow)
-    for bad in ['garbage', 'not_a_states_pickle', 'second_element_not_an_optimizer']])
+# The damaged files that are refused on their own, without a Trainer to fit.
+@pytest.mark.parametrize('bad', ['truncated', 'garbage', 'not_a_states_pickle',
+                                 'second_element_not_an_optimizer'])
 def test_inspect_refuses_a_damaged_file_as_load_states_does(bad, tmp_path):
     make, message = BAD_FILES[bad]
     job = Job('defaults', 'one_device').train(range(1, 3))

@@ -277,11 +277,8 @@ def test_copyreg_extension_codes_are_refused(tmp_path):
         copyreg.remove_extension('posix', 'system', 0xF0)
 
 
-# Each row starts a Python that imports MXNet (about 2.5 s): the quick tier runs the first.
-@pytest.mark.parametrize('row', ['whole_file_os_system'] + [
-    pytest.param(row, marks=pytest.mark.slow)
-    for row in ['lr_scheduler_os_system', 'numpy_object_array', 'getattr_chain',
-                'array_garbage_bytes']])
+@pytest.mark.parametrize('row', ['whole_file_os_system', 'lr_scheduler_os_system',
+                                 'numpy_object_array', 'getattr_chain', 'array_garbage_bytes'])
 def test_inspect_refuses_and_runs_nothing(row, tmp_path):
     job = Job('everything', 'one_device').train(range(1, 3))
     fname, marker = write(row, job, tmp_path)

@@ -2,6 +2,7 @@
 import functools
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import types
@@ -16,6 +17,7 @@ import adam_plugin  # noqa: F401  (registers 'myadam')
 from adam_plugin import MyAdam, dispatch, fused, textbook
 from configs import CONFIGS, optimizer_kwargs
 from oracles import gradients
+from test_kernel_calls import record_calls
 
 STEPS = 20
 # (3,4,5), (10,4), (7,) as in the option tests, and one of 100K elements.
@@ -351,8 +353,32 @@ def test_the_kernel_was_built():
 
 
 def test_a_missing_kernel_warns_and_is_none(tmp_path):
-    with pytest.warns(RuntimeWarning, match='_kernel.cpp was not built'):
+    with pytest.warns(RuntimeWarning, match='_kernel.cpp was not built') as warned:
         assert fused.load(str(tmp_path / 'libadam_kernel.so')) is None
+    assert warned[0].filename == __file__
+
+
+IMPORT_WITHOUT_KERNEL = """
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    import adam_plugin
+print(*[f'{w.filename}:{w.lineno}' for w in caught if 'was not built' in str(w.message)])
+"""
+
+
+@pytest.mark.slow  # a Python that imports MXNet
+def test_without_the_kernel_the_import_warns_at_the_users_import(tmp_path):
+    """A copy of the package without its kernel: ``import adam_plugin`` warns once, and the
+    warning names the user's import line (past the import machinery's frames)."""
+    shutil.copytree(os.path.dirname(adam_plugin.__file__), tmp_path / 'adam_plugin',
+                    ignore=shutil.ignore_patterns('*.so', '__pycache__'))
+    script = tmp_path / 'user.py'
+    script.write_text(IMPORT_WITHOUT_KERNEL)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [f'{script}:5']
 
 
 def _cpu_flags():
@@ -446,6 +472,53 @@ def test_threads_follow_omp_num_threads(setting, expected):
         assert int(result.stdout) == expected
     else:
         assert result.returncode != 0 and expected in result.stderr
+
+
+@pytest.mark.parametrize('setting, expected', THREAD_SETTINGS + [
+    (None, 3), ('', 3), (' 2 ', 2),
+    ('2.5', "OMP_NUM_THREADS='2.5' is not a positive integer"),
+    ('-1', "OMP_NUM_THREADS='-1' is not a positive integer"),
+    ('two', "OMP_NUM_THREADS='two' is not a positive integer")])
+def test_what_threads_makes_of_the_setting(setting, expected, monkeypatch):
+    """fused._threads(), which the import ran before any test could change its input, called
+    here: OMP_NUM_THREADS, else (unset or blank) the CPUs this process may run on."""
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 4, 5} if pid == 0 else None)
+    monkeypatch.setattr(os, 'cpu_count', lambda: 7)
+    if setting is None:
+        monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    else:
+        monkeypatch.setenv('OMP_NUM_THREADS', setting)
+    if isinstance(expected, int):
+        assert fused._threads() == expected
+    else:
+        with pytest.raises(ValueError) as error:
+            fused._threads()
+        assert str(error.value) == f'adam_plugin: {expected}'
+
+
+def test_without_an_affinity_call_threads_counts_the_cpus(monkeypatch):
+    monkeypatch.delattr(os, 'sched_getaffinity')
+    monkeypatch.setattr(os, 'cpu_count', lambda: 7)
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    assert fused._threads() == 7
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rng):
+    """fused.load(), which the import ran before any test could watch it, run here: the
+    library it returns answers for its variants and steps as the textbook route does."""
+    library = fused.load()
+    monkeypatch.setattr(fused, 'LIBRARY', library)
+    assert (fused.variants(), fused.variant()) == (['avx512f', 'avx2', 'baseline'], VARIANTS[0])
+    assert [fused.runs_here(v) for v in fused.variants()] == [
+        v in VARIANTS for v in fused.variants()]
+    weights, grads = inputs(rng, dtype, SHAPES[:3])
+    calls = record_calls(monkeypatch, library)
+    fast = run(CONFIGS['everything'], dtype, True, True, weights, grads)
+    assert [name for name, _ in calls] == [f'finite_{dtype}', f'adam_{dtype}'] * STEPS
+    slow = run(CONFIGS['everything'], dtype, False, True, weights, grads)
+    for f, s in zip(fast, slow):
+        np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])
 
 
 def test_fused_flag_survives_pickle():

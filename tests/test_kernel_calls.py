@@ -17,16 +17,21 @@ from adam_plugin import MyAdam, fused
 ENTRY_POINTS = ('adam_float32', 'adam_float64', 'finite_float32', 'finite_float64')
 
 
+def record_calls(monkeypatch, library):
+    """The list to which every later call into ``library`` appends (function name, arguments)."""
+    seen = []
+    for name in ENTRY_POINTS:
+        def wrapper(*args, _name=name, _original=getattr(library, name)):
+            seen.append((_name, args))
+            return _original(*args)
+        monkeypatch.setattr(library, name, wrapper)
+    return seen
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """The (function name, arguments) of every call into the kernel library, in order."""
-    seen = []
-    for name in ENTRY_POINTS:
-        def wrapper(*args, _name=name, _original=getattr(fused.LIBRARY, name)):
-            seen.append((_name, args))
-            return _original(*args)
-        monkeypatch.setattr(fused.LIBRARY, name, wrapper)
-    return seen
+    return record_calls(monkeypatch, fused.LIBRARY)
 
 
 def _trainer(shapes_and_dtypes, **optimizer_params):

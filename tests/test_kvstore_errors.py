@@ -79,8 +79,9 @@ def test_the_error_reaches_the_user(error, kvstore, update_on_kvstore, raised_by
         with pytest.raises(kind, match=message):
             step(net, trainer, value)
     else:
-        with pytest.warns(RuntimeWarning, match='raised by the next Trainer.step'):
+        with pytest.warns(RuntimeWarning, match='raised by the next Trainer.step') as warned:
             step(net, trainer, value)
+        assert warned[0].filename == __file__  # the user's trainer.step line, in step()
         with pytest.raises(kind, match=message) as caught:
             step(net, trainer, 1.0)
         # The original traceback: the frame that raised inside MyAdam is in it.

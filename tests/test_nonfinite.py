@@ -1,4 +1,6 @@
 """A gradient holding NaN or Inf: skipped exactly (default) or refused before any change."""
+import linecache
+import sys
 import warnings
 
 import numpy as np
@@ -106,6 +108,24 @@ def test_skip_works_on_a_bare_optimizer_call():
         opt.update(7, w, nd.array([np.nan, 1.0]), state)
     np.testing.assert_array_equal(w.asnumpy(), [1.0, 2.0])
     assert 7 not in opt._index_update_count and opt.num_skipped == 1
+
+
+def test_the_warning_names_the_users_line():
+    """Called by the user or by the Trainer's Updater (MXNet's code), the skip warning
+    points at the user's line, not at adam_plugin's or MXNet's."""
+    opt = MyAdam(learning_rate=0.1)
+    w = nd.array([1.0, 2.0])
+    state = opt.create_state(0, w)
+    with pytest.warns(RuntimeWarning, match='skipped') as direct:
+        line = sys._getframe().f_lineno + 1
+        opt.update(0, w, nd.array([np.nan, 1.0]), state)
+    assert (direct[0].filename, direct[0].lineno) == (__file__, line)
+    _, _, bad_step = after_one_good_step({}, np.nan, 0)
+    with pytest.warns(RuntimeWarning, match='skipped') as through_trainer:
+        bad_step()
+    warning = through_trainer[0]
+    assert warning.filename == __file__
+    assert linecache.getline(warning.filename, warning.lineno).strip() == 'trainer.step(1)'
 
 
 @pytest.mark.parametrize('bad_at', [None, 0, 450, 999])
