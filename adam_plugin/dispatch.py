@@ -269,4 +269,4 @@ def operator_step(weight, grad, state, step):
     if step.clip_gradient is not None:
         kwargs['clip_gradient'] = step.clip_gradient
     mean, var = state
-    nd.adam_update(weight, grad, mean, var, out=weight, lazy_update=False, **kwargs)
+    nd.adam_update(weight, grad, mean, var, out=weight, **kwargs)  # grad is dense (Batch)
