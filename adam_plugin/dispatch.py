@@ -240,7 +240,7 @@ def _finite_by_operators(grads):
     return [bool(nd.contrib.isfinite(v).min().asscalar()) if v.size else True for v in values]
 
 
-def textbook_step(weight, grad, state, step, multi_precision=False):
+def textbook_step(weight, grad, state, step, multi_precision):
     """:func:`adam_plugin.textbook.adam_step`; a float16 weight under ``multi_precision``
     steps its float32 master copy ``state[0]`` and receives the result cast back."""
     if multi_precision and weight.dtype == numpy.float16:

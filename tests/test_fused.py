@@ -521,6 +521,17 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
         np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])
 
 
+def test_amsgrad_without_its_third_buffer_is_refused_before_the_kernel_reads_it():
+    """States made without AMSGrad hold no vmax for the kernel to read."""
+    opt = MyAdam(learning_rate=0.1)
+    weight = nd.ones((3,))
+    state = opt.create_state(0, weight)
+    opt.amsgrad = True
+    with pytest.raises(ValueError, match=r'^myadam: amsgrad needs \(m, v, vmax\) states$'):
+        opt.update(0, weight, nd.ones((3,)), state)
+    np.testing.assert_array_equal(weight.asnumpy(), 1.0)
+
+
 def test_fused_flag_survives_pickle():
     for flag in (True, False):
         opt = pickle.loads(pickle.dumps(MyAdam(fused=flag)))

@@ -8,7 +8,7 @@ import pytest
 import mxnet as mx
 from mxnet import gluon, nd
 
-from adam_plugin import MyAdam
+from adam_plugin import MyAdam, dispatch
 
 BAD_VALUES = [np.nan, np.inf, -np.inf]
 
@@ -128,24 +128,38 @@ def test_the_warning_names_the_users_line():
     assert linecache.getline(warning.filename, warning.lineno).strip() == 'trainer.step(1)'
 
 
-@pytest.mark.parametrize('bad_at', [None, 0, 450, 999])
-def test_many_mixed_arrays_in_one_call(bad_at):
+# (fused, how many arrays, index of the one bad gradient). float32 and float64 arrays take
+# the kernel when fused; float16 ones (index 2 mod 3), and all of them without it, take
+# MXNet's multi_all_finite in groups (one per context and dtype) of up to _FINITE_CHUNK
+# arrays. Here that is 4, so that 60 arrays make groups of 3 chunks; the slow row keeps
+# MXNet's 200, with groups of 217.
+MIXED = [(True, 60, None), (True, 60, 0), (True, 60, 2), (True, 60, 59), (False, 60, 0),
+         (False, 60, 30), pytest.param(False, 1300, 650, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize('fused, n, bad_at', MIXED)
+def test_many_mixed_arrays_in_one_call(fused, n, bad_at, monkeypatch):
     # More arrays than MXNet's multi_all_finite takes at once, of three dtypes and two
-    # contexts: the check must neither crash nor miss the one bad gradient.
+    # contexts, and a lazy row_sparse gradient without rows (nothing to check; no step):
+    # the check must neither crash nor miss the one bad gradient.
+    if n < 1000:
+        monkeypatch.setattr(dispatch, '_FINITE_CHUNK', 4)
     dtypes = ['float32', 'float64', 'float16']
     ctxs = [mx.cpu(0), mx.cpu(1)]
-    opt = MyAdam(learning_rate=0.1, multi_precision=True)
-    n = 1000
+    opt = MyAdam(learning_rate=0.1, multi_precision=True, fused=fused)
     weights = [nd.ones((2,), ctx=ctxs[i % 2], dtype=dtypes[i % 3]) for i in range(n)]
     grads = [nd.ones((2,), ctx=ctxs[i % 2], dtype=dtypes[i % 3]) for i in range(n)]
+    weights.append(nd.ones((3, 2)))
+    grads.append(nd.sparse.zeros('row_sparse', (3, 2)))
     if bad_at is not None:
         grads[bad_at][0] = np.nan
     states = [opt.create_state_multi_precision(i, w) for i, w in enumerate(weights)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', RuntimeWarning)
-        opt.update_multi_precision(list(range(n)), weights, grads, states)
-    moved = [i for i, w in enumerate(weights) if not np.all(w.asnumpy() == 1.0)]
+        opt.update_multi_precision(list(range(n + 1)), weights, grads, states)
+    moved = [i for i, w in enumerate(weights[:n]) if not np.all(w.asnumpy() == 1.0)]
     expected = [i for i in range(n) if i != bad_at]
     assert moved == expected
     assert opt.num_skipped == (0 if bad_at is None else 1)
+    assert n in opt._index_update_count  # the gradient without rows counted its step
     assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == opt.num_skipped

@@ -53,6 +53,29 @@ def _flat(state):
     return [state]
 
 
+# What MXNet prints (stderr, once per operator and storage types) when an operator without
+# a sparse form is given a row_sparse array and densifies it for the call.
+FALLBACK = 'Storage type fallback detected'
+
+
+@pytest.mark.filterwarnings('ignore:myadam. skipped')
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('lazy_update', [True, False])
+@pytest.mark.parametrize('w_stype', W_STYPES)
+def test_no_operator_falls_back_to_dense_storage(w_stype, lazy_update, fused, rng, capfd):
+    """Every route, NaN check included, reads a row_sparse gradient's stored rows or
+    densifies it once itself: MXNet never has to (a silent copy per operator)."""
+    grads = rsp_grads(rng)
+    data = grads[1].data.asnumpy()
+    data[0, 0] = np.nan
+    grads[1] = nd.sparse.row_sparse_array((nd.array(data), grads[1].indices), shape=SHAPE)
+    opt = MyAdam(learning_rate=0.1, lazy_update=lazy_update, fused=fused, amsgrad=True)
+    run(opt, grads, rng.normal(size=SHAPE).astype('float32'), w_stype)
+    nd.waitall()
+    assert opt.num_skipped == 1
+    assert FALLBACK not in capfd.readouterr().err
+
+
 @pytest.mark.parametrize('w_stype', W_STYPES)
 @pytest.mark.parametrize('options', OPTIONS, ids=str)
 def test_lazy_update_touches_only_present_rows(options, w_stype, rng):
