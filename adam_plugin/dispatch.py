@@ -157,7 +157,7 @@ class Batch:
         Whether float16 weights step on their float32 master copy.
     """
 
-    def __init__(self, options, layouts, weights, grads, states, multi_precision=False):
+    def __init__(self, options, layouts, weights, grads, states, multi_precision):
         self.weights, self.states = weights, states
         self.multi_precision = multi_precision
         self.routes = [route(layout, options) for layout in layouts]

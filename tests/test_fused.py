@@ -173,8 +173,10 @@ def test_layouts_are_read_from_the_arrays_and_kept_while_they_are_the_same():
     assert layouts(0, weight, grad) is first
     sparse = nd.sparse.row_sparse_array((np.ones((1, 3)), [2]), shape=(4, 3), dtype='float64')
     assert layouts(0, weight, sparse) == first._replace(row_sparse_grad=True)  # read afresh
-    with pytest.raises(ValueError, match='p1 has shape'):
-        layouts(1, weight, nd.ones((3,), dtype='float64'))
+    with pytest.raises(ValueError) as error:
+        layouts(1, weight, nd.ones((3,), dtype='float32'))
+    assert str(error.value) == ("myadam: the gradient of p1 has shape (3,) and dtype float32, "
+                                "its weight (4, 3) and float64; nothing was updated")
 
 
 @pytest.fixture
@@ -530,6 +532,14 @@ def test_amsgrad_without_its_third_buffer_is_refused_before_the_kernel_reads_it(
     with pytest.raises(ValueError, match=r'^myadam: amsgrad needs \(m, v, vmax\) states$'):
         opt.update(0, weight, nd.ones((3,)), state)
     np.testing.assert_array_equal(weight.asnumpy(), 1.0)
+    other = nd.ones((2,))
+    mixed = [state, opt.create_state(1, other)]  # made after the switch: with vmax
+    with pytest.raises(ValueError) as error:
+        opt.update([0, 1], [weight, other], [nd.ones((3,)), nd.ones((2,))], mixed)
+    assert str(error.value) == (
+        "myadam: states of one call must all be (m, v) or all (m, v, vmax)")
+    for w in (weight, other):
+        np.testing.assert_array_equal(w.asnumpy(), 1.0)
 
 
 def test_fused_flag_survives_pickle():

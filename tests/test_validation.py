@@ -32,9 +32,11 @@ BAD = [
     (dict(epsilon=math.inf), 'epsilon'),
     (dict(wd=-0.01), 'wd'),
     (dict(wd=NAN), 'wd'),
+    (dict(wd=math.inf), 'wd'),
     (dict(clip_gradient=0.0), 'clip_gradient'),
     (dict(clip_gradient=-1.0), 'clip_gradient'),
     (dict(clip_gradient=NAN), 'clip_gradient'),
+    (dict(clip_gradient=math.inf), 'clip_gradient'),  # no clipping is clip_gradient=None
     (dict(rescale_grad=0.0), 'rescale_grad'),
     (dict(rescale_grad=NAN), 'rescale_grad'),
     (dict(epsilon_mode='middle'), 'epsilon_mode'),
