@@ -9,6 +9,7 @@ Files that try to run code are in test_checkpoint_attacks.py.
 import contextlib
 import io
 import json
+import copyreg
 import pickle
 import struct
 import subprocess
@@ -615,3 +616,167 @@ def test_array_bytes_that_are_not_an_array_are_refused(row):
         rawarray.parse(raw)
     assert str(err.value) == message
 
+
+class Reduced:
+    """Pickles as ``func(*args)``, then given ``state``. With ``copyreg.__newobj__`` as
+    ``func``, as ``args[0].__new__(*args)`` (the NEWOBJ opcode), its ``__init__`` not called."""
+
+    def __init__(self, func, args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    @property
+    def __class__(self):  # pickle requires NEWOBJ's class to be the object's
+        return self.args[0] if self.func is copyreg.__newobj__ else Reduced
+
+    def __reduce__(self):
+        return self.func, self.args, self.state
+
+
+def forged(change):
+    """The good file with ``change(states, optimizer)`` (a new pair, or None: changed in place)."""
+    def make(good, tmp):
+        states, optimizer = pickle.loads(good)
+        return pickle.dumps(change(states, optimizer) or (states, optimizer))
+    return make
+
+
+def first_array(states):
+    return states[0][0]
+
+
+def array_handle(states):
+    return first_array(states).__getstate__()['handle']
+
+
+def set_state(states, state):
+    states[0] = state
+
+
+def set_name(optimizer, value):
+    optimizer.idx2name = {0: value}
+
+
+def on_device(raw, device_type):
+    """Dense array bytes with another device type (after the int32 ndim and int64 sizes)."""
+    ndim, = struct.unpack_from('<i', raw, 8)
+    return bytearray(with_field(raw, 12 + 8 * ndim, '<i', device_type))
+
+
+DTYPE_STATE = np.dtype('float32').__reduce__()[2]  # (3, '<', None, None, None, -1, -1, 0)
+
+# name -> (how to make the file from a good one, the words of the error). Names a
+# checkpoint holds, rebuilt as no checkpoint rebuilds them.
+FORGED_FILES = {
+    'array_made_without_calling_it': (forged(lambda s, o: set_state(s, (Reduced(
+        copyreg.__newobj__, (nd.NDArray, None), {'handle': array_handle(s)}),))),
+        ': mxnet.ndarray.ndarray.NDArray is rebuilt from arguments (None,), '
+        'which no checkpoint does.'),
+    'array_state_with_more_keys': (forged(lambda s, o: set_state(s, (Reduced(
+        nd.NDArray, (None,), {'handle': array_handle(s), 'extra': 1}),))),
+        ": mxnet.ndarray.ndarray.NDArray is rebuilt with state {'extra': 1, 'handle': "),
+    'array_of_an_unknown_device': (forged(lambda s, o: set_state(s, (Reduced(
+        nd.NDArray, (None,), {'handle': on_device(array_handle(s), 4)}), *s[0][1:]))),
+        ": an array's raw bytes are not an MXNet array: it names the unknown device (4, 0)."),
+    'dtype_made_without_calling_it': (forged(lambda s, o: set_name(o, Reduced(
+        copyreg.__newobj__, (np.dtype, 'f8', False, True), DTYPE_STATE))),
+        ": numpy.dtype is rebuilt from ('f8', False, True), state "
+        "(3, '<', None, None, None, -1, ...), not a numeric dtype's, which no checkpoint does."),
+    'dtype_of_no_numpy_size': (forged(lambda s, o: set_name(o, Reduced(
+        np.dtype, ('f3', False, True), DTYPE_STATE))),
+        ": numpy.dtype is rebuilt from ('f3', False, True), state "
+        "(3, '<', None, None, None, -1, ...), not a numeric dtype's, which no checkpoint does."),
+    'dtype_big_endian': (forged(lambda s, o: set_name(o, Reduced(
+        np.dtype, ('f4', False, True), (3, '>', None, None, None, -1, -1, 0)))),
+        ": numpy.dtype is rebuilt from ('f4', False, True), state "
+        "(3, '>', None, None, None, -1, ...), not a numeric dtype's, which no checkpoint does."),
+    'scalar_of_three_arguments': (forged(lambda s, o: set_name(o, Reduced(
+        np.core.multiarray.scalar, (np.dtype('float32'), np.float32(1).tobytes(), 1)))),
+        ': numpy.core.multiarray.scalar is rebuilt from arguments (<'),
+    'scalar_of_two_values': (forged(lambda s, o: set_name(o, Reduced(
+        np.core.multiarray.scalar, (np.dtype('float32'), np.float32([1, 2]).tobytes())))),
+        ": numpy.core.multiarray.scalar is rebuilt from arguments (<"),
+    'array_as_optimizer': (forged(lambda s, o: (s, first_array(s))),
+                           'its second element is mxnet.ndarray.ndarray.NDArray, not an optimizer'),
+    'state_a_dict': (forged(lambda s, o: set_state(s, {})),
+                     "_b' has layout 'dict', expected (((1,), 'float32', 'default'), "),
+}
+
+
+@pytest.mark.parametrize('forgery', FORGED_FILES)
+def test_a_forged_file_raises_and_changes_nothing(forgery, tmp_path):
+    make, message = FORGED_FILES[forgery]
+    job = Job('everything', 'one_device').train(range(1, 3))
+    _, good = save(job, tmp_path)
+    fname = tmp_path / 'forged.states'
+    fname.write_bytes(make(good.read_bytes(), tmp_path))
+    before, optimizer = job.snapshot(), job.trainer.optimizer
+    with pytest.raises(ValueError) as err:
+        checkpoint.load_states(job.trainer, fname)
+    assert str(err.value).startswith(f"Invalid states file {str(fname)!r}: ")
+    assert message in str(err.value)
+    assert str(err.value).endswith('. The Trainer was not changed.')
+    assert job.trainer.optimizer is optimizer
+    assert_same(job.snapshot(), before)
+
+
+def test_objects_shared_in_the_file_are_shared_when_rebuilt():
+    """As pickle shares them: an array, a scalar (the optimizer's lr is its scheduler's
+    base_lr), a tuple as a dict key, a dict value and a list item; and a shared nesting of
+    a state is laid out once."""
+    optimizer = adam_plugin.MyAdam(learning_rate=np.float32(0.25),
+                                   lr_scheduler=mx.lr_scheduler.FactorScheduler(step=1))
+    assert optimizer.lr is optimizer.lr_scheduler.base_lr
+    key, array = (1, 2), nd.ones(2)
+    optimizer.idx2name = {key: 'w', 'value': key, 'items': [key, optimizer.lr]}
+    pair = (array, array)
+    data = pickle.dumps(({0: (pair, pair), 1: [array]}, optimizer))
+    states, record = safe.read(data, [adam_plugin.MyAdam], lambda cls: adam_plugin.MyAdam(
+        lr_scheduler=mx.lr_scheduler.FactorScheduler(step=1)))
+    for got_states, got in [pickle.loads(data), safe.build((states, record))]:
+        assert got_states[0][0][0] is got_states[0][1][1] is got_states[1][0]
+        assert got.lr is got.lr_scheduler.base_lr is got.idx2name['items'][1]
+        got_key, = (k for k in got.idx2name if type(k) is tuple)
+        assert got_key is got.idx2name['value'] is got.idx2name['items'][0]
+    layout = safe.layout(states[0])
+    assert layout[0] is layout[1]  # so a nesting of 2**n leaves in n objects takes n steps
+
+
+def test_states_go_to_each_device_on_its_first_update(tmp_path):
+    """As after Trainer.load_states: each device's Updater moves its copy of the states
+    (all saved from the first device) to its weights' device."""
+    job = Job('everything', 'two_devices_trainer_updates').train(range(1, 3))
+    _, fname = save(job, tmp_path)
+    for loader in LOADERS.values():
+        resumed = Job('everything', 'two_devices_trainer_updates')
+        loader(resumed.trainer, fname)
+        resumed.train(range(3, 4))
+        for updater, ctx in zip(resumed.trainer._updaters, resumed.ctxs):
+            assert {a.context for i in updater.states for a in updater.states[i]} == {ctx}
+
+
+def test_distributed_training_is_refused(tmp_path):
+    """A dist KVStore updating on its servers has no Updater here (its _updater is None)."""
+    job = Job('everything', 'two_devices_kvstore_updates').train(range(1, 3))
+    _, fname = save(job, tmp_path)
+    job.trainer._kvstore._updater = None
+    optimizer = job.trainer.optimizer
+    with pytest.raises(ValueError) as err:
+        checkpoint.load_states(job.trainer, fname)
+    assert str(err.value) == ("Cannot load states for distributed training: the KVStore's "
+                              "servers hold them. The Trainer was not changed.")
+    assert job.trainer.optimizer is optimizer
+
+
+def test_an_error_rebuilding_without_a_message_is_named_by_its_type(tmp_path, monkeypatch):
+    """If MXNet refuses checked bytes, its message is shown; an exception without one, by name."""
+    job = Job('everything', 'one_device').train(range(1, 3))
+    _, fname = save(job, tmp_path)
+
+    def fails(records):
+        raise MemoryError()
+
+    monkeypatch.setattr(safe, 'build', fails)
+    with pytest.raises(ValueError) as err:
+        checkpoint.load_states(job.trainer, fname)
+    assert str(err.value) == (f"Invalid states file {str(fname)!r}: it could not be rebuilt "
+                              "(MemoryError). The Trainer was not changed.")
