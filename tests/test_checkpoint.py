@@ -9,7 +9,9 @@ Files that try to run code are in test_checkpoint_attacks.py.
 import contextlib
 import io
 import json
+import copyreg
 import pickle
+import struct
 import subprocess
 import sys
 import warnings
@@ -21,7 +23,7 @@ from mxnet import autograd, gluon, nd, npx
 
 import adam_plugin
 from adam_plugin import checkpoint
-from adam_plugin.checkpoint import __main__ as checkpoint_main, safe
+from adam_plugin.checkpoint import __main__ as checkpoint_main, rawarray, safe
 from adam_plugin.chapter import linreg
 from configs import CONFIGS, optimizer_kwargs
 
@@ -452,3 +454,329 @@ def test_inspect_refuses_a_damaged_file_as_load_states_does(bad, tmp_path):
     assert (done.returncode, done.stdout) == (1, '')
     assert message in done.stderr
     assert done.stderr.strip() == str(err.value).replace(' The Trainer was not changed.', '')
+
+
+# Array bytes written field by field as MXNet 1.9.1's NDArray::Save writes them
+# (src/ndarray/ndarray.cc): test_array_bytes_are_written_as_mxnet_writes_them checks
+# these against MXNet's own bytes, so the rows below change one field of a real layout.
+LEGACY_MAGIC, NP_SHAPE_MAGIC = 0xF993FAC9, 0xF993FACA
+FLOAT32, FLOAT64, INT64 = 0, 1, 6  # MXNet's dtype flags
+
+
+def shape_bytes(shape):
+    return struct.pack(f'<i{len(shape)}q', len(shape), *shape)
+
+
+def array_bytes(shape, data, *, magic=LEGACY_MAGIC, stype=0, storage_shape=None,
+                device=(1, 0), dtype=FLOAT32, aux=()):
+    """``aux``: (dtype flag, shape, data) of each auxiliary array (sparse only)."""
+    raw = struct.pack('<Ii', magic, stype)
+    if storage_shape is not None:
+        raw += shape_bytes(storage_shape)
+    raw += shape_bytes(shape) + struct.pack('<3i', *device, dtype)
+    for flag, aux_shape, _ in aux:
+        raw += struct.pack('<i', flag) + shape_bytes(aux_shape)
+    return raw + data + b''.join(aux_data for _, _, aux_data in aux)
+
+
+def values(count, dtype='<f4'):
+    return np.arange(count, dtype=dtype).tobytes()
+
+
+def dense_bytes(shape=(2, 3), **fields):
+    return array_bytes(shape, values(int(np.prod(shape))), **fields)
+
+
+def row_sparse_bytes(rows, shape=(5, 2), storage_shape=None, row_flag=INT64):
+    storage_shape = storage_shape or (len(rows), shape[1])
+    row_dtype = {INT64: '<i8', FLOAT64: '<f8'}[row_flag]
+    return array_bytes(shape, values(int(np.prod(storage_shape))), stype=1,
+                       storage_shape=storage_shape,
+                       aux=[(row_flag, (len(rows),), np.array(rows, row_dtype).tobytes())])
+
+
+def csr_bytes(indptr, indices, shape=(3, 4), index_flag=INT64):
+    index_dtype = {INT64: '<i8', FLOAT64: '<f8'}[index_flag]
+    return array_bytes(shape, values(len(indices)), stype=2, storage_shape=(len(indices),),
+                       aux=[(INT64, (len(indptr),), np.array(indptr, '<i8').tobytes()),
+                            (index_flag, (len(indices),), np.array(indices, index_dtype).tobytes())])
+
+
+def test_array_bytes_are_written_as_mxnet_writes_them():
+    written = {
+        'default': (nd.array(np.arange(6, dtype='float32').reshape(2, 3)), dense_bytes()),
+        'row_sparse': (nd.sparse.row_sparse_array((np.arange(4, dtype='float32').reshape(2, 2), [1, 3]),
+                                                  shape=(5, 2)), row_sparse_bytes([1, 3])),
+        'no_rows': (nd.sparse.zeros('row_sparse', (5, 2)), row_sparse_bytes([])),
+        'csr': (nd.sparse.csr_matrix((np.arange(3, dtype='float32'), [0, 2, 1], [0, 2, 2, 3]), shape=(3, 4)),
+                csr_bytes([0, 2, 2, 3], [0, 2, 1])),
+    }
+    for name, (array, raw) in written.items():
+        assert bytes(array.__getstate__()['handle']) == raw, name
+    with mx.util.np_shape(True):
+        assert bytes(nd.zeros((0, 3)).__getstate__()['handle']) == array_bytes(
+            (0, 3), b'', magic=NP_SHAPE_MAGIC)
+
+
+def mxnet_loads(raw, np_shape):
+    """MXNet's own parser (``NDArray.__setstate__``) on ``raw``: the array it makes."""
+    with mx.util.np_shape(np_shape):
+        array = nd.NDArray(None)
+        array.__setstate__({'handle': bytearray(raw)})
+        return array
+
+
+# name -> (raw bytes, the Header parse returns): MXNet loads each as that array.
+ACCEPTED_ARRAYS = {
+    'dense': (dense_bytes(), ('default', (2, 3), 'float32', 'cpu(0)', False)),
+    'cpu_pinned_float64': (array_bytes((2,), values(2, '<f8'), device=(3, 2), dtype=FLOAT64),
+                           ('default', (2,), 'float64', 'cpu_pinned(2)', False)),
+    '32_dimensions': (dense_bytes((1,) * 32), ('default', (1,) * 32, 'float32', 'cpu(0)', False)),
+    'zero_size_in_np_shape': (array_bytes((0, 3), b'', magic=NP_SHAPE_MAGIC),
+                              ('default', (0, 3), 'float32', 'cpu(0)', True)),
+    'scalar_in_np_shape': (array_bytes((), values(1), magic=NP_SHAPE_MAGIC),
+                           ('default', (), 'float32', 'cpu(0)', True)),
+    'row_sparse': (row_sparse_bytes([1, 3]), ('row_sparse', (5, 2), 'float32', 'cpu(0)', False)),
+    'row_sparse_no_rows': (row_sparse_bytes([]),
+                           ('row_sparse', (5, 2), 'float32', 'cpu(0)', False)),
+    'row_sparse_one_row': (row_sparse_bytes([2]),
+                           ('row_sparse', (5, 2), 'float32', 'cpu(0)', False)),
+    'row_sparse_first_and_last_rows': (row_sparse_bytes([0, 4]),
+                                       ('row_sparse', (5, 2), 'float32', 'cpu(0)', False)),
+    'csr': (csr_bytes([0, 2, 2, 3], [0, 2, 1]), ('csr', (3, 4), 'float32', 'cpu(0)', False)),
+    'csr_last_column_empty_rows': (csr_bytes([0, 0, 0, 1], [3]),
+                                   ('csr', (3, 4), 'float32', 'cpu(0)', False)),
+}
+
+
+@pytest.mark.parametrize('row', ACCEPTED_ARRAYS)
+def test_array_bytes_mxnet_saves_are_parsed(row):
+    raw, header = ACCEPTED_ARRAYS[row]
+    got = rawarray.parse(raw)
+    assert got == rawarray.Header(*header)
+    assert type(got.np_shape) is bool
+    array = mxnet_loads(raw, got.np_shape)
+    assert (array.stype, array.shape, array.dtype) == (got.stype, got.shape, np.dtype(got.dtype))
+
+
+def with_field(raw, offset, fmt, value):
+    raw = bytearray(raw)
+    struct.pack_into(fmt, raw, offset, value)
+    return bytes(raw)
+
+
+# name -> (raw bytes, parse's whole message). Offsets into dense_bytes(): magic 0, storage
+# type 4, ndim 8, sizes 12, device 28, device id 32, dtype flag 36, data 40.
+REFUSED_ARRAYS = {
+    'cut_in_its_data': (dense_bytes()[:-2],
+                        'it ends after 62 bytes, in the middle of the array'),
+    'cut_in_its_header': (dense_bytes()[:30], 'it ends after 30 bytes, in the middle of the array'),
+    'more_elements_than_int64_counts': (array_bytes((2**32, 2**32), b''),
+                                        'it ends after 40 bytes, in the middle of the array'),
+    'bytes_appended': (dense_bytes() + b'\0' * 4, 'it has 4 bytes after the array'),
+    'not_an_array': (with_field(dense_bytes(), 0, '<I', 0x12345678),
+                     "it starts with 0x12345678, not an MXNet 1.x array's magic number"),
+    'unknown_storage_type': (with_field(dense_bytes(), 4, '<i', 7),
+                             'it has an unknown storage type'),
+    'sparse_in_np_shape': (with_field(row_sparse_bytes([1, 3]), 0, '<I', NP_SHAPE_MAGIC),
+                           'it has an unknown storage type'),  # MXNet cannot save one
+    'no_dimensions_outside_np_shape': (array_bytes((), values(1)), 'it has 0 dimensions'),
+    '33_dimensions': (dense_bytes((1,) * 33), 'it has 33 dimensions'),
+    'negative_size': (with_field(dense_bytes(), 12, '<q', -1), 'it has shape (-1, 3)'),
+    'unknown_dtype_flag': (with_field(dense_bytes(), 36, '<i', 99),
+                           'it has the unknown dtype flag 99'),
+    'dtype_flag_without_a_numpy_dtype': (with_field(dense_bytes(), 36, '<i', -1),
+                                         'it has the unknown dtype flag -1'),
+    'unknown_device_type': (with_field(dense_bytes(), 28, '<i', 4),
+                            'it names the unknown device (4, 0)'),
+    'negative_device_id': (with_field(dense_bytes(), 32, '<i', -1),
+                           'it names the unknown device (1, -1)'),
+    **{f'row_sparse_rows_{name}': (row_sparse_bytes(rows), "its row_sparse rows do not fit its shape")
+       for name, rows in [('past_the_end', [1, 5]), ('unsorted', [3, 1]), ('repeated', [1, 1]),
+                          ('negative', [-1, 3]), ('last_past_the_end', [0, 1, 7]),
+                          ('one_past_the_end', [5])]},
+    'row_sparse_rows_of_floats': (row_sparse_bytes([1, 3], row_flag=FLOAT64),
+                                  "its row_sparse rows do not fit its shape"),
+    'row_sparse_storage_of_other_width': (row_sparse_bytes([1, 3], storage_shape=(2, 3)),
+                                          "its row_sparse rows do not fit its shape"),
+    **{f'csr_{name}': (csr_bytes(indptr, indices, **kw), "its csr indices do not fit its shape")
+       for name, indptr, indices, kw in [
+           ('column_past_the_end', [0, 2, 2, 3], [0, 4, 1], {}),
+           ('indptr_decreasing', [0, 2, 1, 3], [0, 2, 1], {}),
+           ('indptr_not_from_zero', [1, 2, 2, 3], [0, 2, 1], {}),
+           ('indptr_short', [0, 2, 3], [0, 2, 1], {}),
+           ('float_indices', [0, 2, 2, 3], [0, 2, 1], {'index_flag': FLOAT64})]},
+}
+
+
+@pytest.mark.parametrize('row', REFUSED_ARRAYS)
+def test_array_bytes_that_are_not_an_array_are_refused(row):
+    raw, message = REFUSED_ARRAYS[row]
+    with pytest.raises(ValueError) as err:
+        rawarray.parse(raw)
+    assert str(err.value) == message
+
+
+class Reduced:
+    """Pickles as ``func(*args)``, then given ``state``. With ``copyreg.__newobj__`` as
+    ``func``, as ``args[0].__new__(*args)`` (the NEWOBJ opcode), its ``__init__`` not called."""
+
+    def __init__(self, func, args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    @property
+    def __class__(self):  # pickle requires NEWOBJ's class to be the object's
+        return self.args[0] if self.func is copyreg.__newobj__ else Reduced
+
+    def __reduce__(self):
+        return self.func, self.args, self.state
+
+
+def forged(change):
+    """The good file with ``change(states, optimizer)`` (a new pair, or None: changed in place)."""
+    def make(good, tmp):
+        states, optimizer = pickle.loads(good)
+        return pickle.dumps(change(states, optimizer) or (states, optimizer))
+    return make
+
+
+def first_array(states):
+    return states[0][0]
+
+
+def array_handle(states):
+    return first_array(states).__getstate__()['handle']
+
+
+def set_state(states, state):
+    states[0] = state
+
+
+def set_name(optimizer, value):
+    optimizer.idx2name = {0: value}
+
+
+def on_device(raw, device_type):
+    """Dense array bytes with another device type (after the int32 ndim and int64 sizes)."""
+    ndim, = struct.unpack_from('<i', raw, 8)
+    return bytearray(with_field(raw, 12 + 8 * ndim, '<i', device_type))
+
+
+DTYPE_STATE = np.dtype('float32').__reduce__()[2]  # (3, '<', None, None, None, -1, -1, 0)
+
+# name -> (how to make the file from a good one, the words of the error). Names a
+# checkpoint holds, rebuilt as no checkpoint rebuilds them.
+FORGED_FILES = {
+    'array_made_without_calling_it': (forged(lambda s, o: set_state(s, (Reduced(
+        copyreg.__newobj__, (nd.NDArray, None), {'handle': array_handle(s)}),))),
+        ': mxnet.ndarray.ndarray.NDArray is rebuilt from arguments (None,), '
+        'which no checkpoint does.'),
+    'array_state_with_more_keys': (forged(lambda s, o: set_state(s, (Reduced(
+        nd.NDArray, (None,), {'handle': array_handle(s), 'extra': 1}),))),
+        ": mxnet.ndarray.ndarray.NDArray is rebuilt with state {'extra': 1, 'handle': "),
+    'array_of_an_unknown_device': (forged(lambda s, o: set_state(s, (Reduced(
+        nd.NDArray, (None,), {'handle': on_device(array_handle(s), 4)}), *s[0][1:]))),
+        ": an array's raw bytes are not an MXNet array: it names the unknown device (4, 0)."),
+    'dtype_made_without_calling_it': (forged(lambda s, o: set_name(o, Reduced(
+        copyreg.__newobj__, (np.dtype, 'f8', False, True), DTYPE_STATE))),
+        ": numpy.dtype is rebuilt from ('f8', False, True), state "
+        "(3, '<', None, None, None, -1, ...), not a numeric dtype's, which no checkpoint does."),
+    'dtype_of_no_numpy_size': (forged(lambda s, o: set_name(o, Reduced(
+        np.dtype, ('f3', False, True), DTYPE_STATE))),
+        ": numpy.dtype is rebuilt from ('f3', False, True), state "
+        "(3, '<', None, None, None, -1, ...), not a numeric dtype's, which no checkpoint does."),
+    'dtype_big_endian': (forged(lambda s, o: set_name(o, Reduced(
+        np.dtype, ('f4', False, True), (3, '>', None, None, None, -1, -1, 0)))),
+        ": numpy.dtype is rebuilt from ('f4', False, True), state "
+        "(3, '>', None, None, None, -1, ...), not a numeric dtype's, which no checkpoint does."),
+    'scalar_of_three_arguments': (forged(lambda s, o: set_name(o, Reduced(
+        np.core.multiarray.scalar, (np.dtype('float32'), np.float32(1).tobytes(), 1)))),
+        ': numpy.core.multiarray.scalar is rebuilt from arguments (<'),
+    'scalar_of_two_values': (forged(lambda s, o: set_name(o, Reduced(
+        np.core.multiarray.scalar, (np.dtype('float32'), np.float32([1, 2]).tobytes())))),
+        ": numpy.core.multiarray.scalar is rebuilt from arguments (<"),
+    'array_as_optimizer': (forged(lambda s, o: (s, first_array(s))),
+                           'its second element is mxnet.ndarray.ndarray.NDArray, not an optimizer'),
+    'state_a_dict': (forged(lambda s, o: set_state(s, {})),
+                     "_b' has layout 'dict', expected (((1,), 'float32', 'default'), "),
+}
+
+
+@pytest.mark.parametrize('forgery', FORGED_FILES)
+def test_a_forged_file_raises_and_changes_nothing(forgery, tmp_path):
+    make, message = FORGED_FILES[forgery]
+    job = Job('everything', 'one_device').train(range(1, 3))
+    _, good = save(job, tmp_path)
+    fname = tmp_path / 'forged.states'
+    fname.write_bytes(make(good.read_bytes(), tmp_path))
+    before, optimizer = job.snapshot(), job.trainer.optimizer
+    with pytest.raises(ValueError) as err:
+        checkpoint.load_states(job.trainer, fname)
+    assert str(err.value).startswith(f"Invalid states file {str(fname)!r}: ")
+    assert message in str(err.value)
+    assert str(err.value).endswith('. The Trainer was not changed.')
+    assert job.trainer.optimizer is optimizer
+    assert_same(job.snapshot(), before)
+
+
+def test_objects_shared_in_the_file_are_shared_when_rebuilt():
+    """As pickle shares them: an array, a scalar (the optimizer's lr is its scheduler's
+    base_lr), a tuple as a dict key, a dict value and a list item; and a shared nesting of
+    a state is laid out once."""
+    optimizer = adam_plugin.MyAdam(learning_rate=np.float32(0.25),
+                                   lr_scheduler=mx.lr_scheduler.FactorScheduler(step=1))
+    assert optimizer.lr is optimizer.lr_scheduler.base_lr
+    key, array = (1, 2), nd.ones(2)
+    optimizer.idx2name = {key: 'w', 'value': key, 'items': [key, optimizer.lr]}
+    pair = (array, array)
+    data = pickle.dumps(({0: (pair, pair), 1: [array]}, optimizer))
+    states, record = safe.read(data, [adam_plugin.MyAdam], lambda cls: adam_plugin.MyAdam(
+        lr_scheduler=mx.lr_scheduler.FactorScheduler(step=1)))
+    for got_states, got in [pickle.loads(data), safe.build((states, record))]:
+        assert got_states[0][0][0] is got_states[0][1][1] is got_states[1][0]
+        assert got.lr is got.lr_scheduler.base_lr is got.idx2name['items'][1]
+        got_key, = (k for k in got.idx2name if type(k) is tuple)
+        assert got_key is got.idx2name['value'] is got.idx2name['items'][0]
+    layout = safe.layout(states[0])
+    assert layout[0] is layout[1]  # so a nesting of 2**n leaves in n objects takes n steps
+
+
+def test_states_go_to_each_device_on_its_first_update(tmp_path):
+    """As after Trainer.load_states: each device's Updater moves its copy of the states
+    (all saved from the first device) to its weights' device."""
+    job = Job('everything', 'two_devices_trainer_updates').train(range(1, 3))
+    _, fname = save(job, tmp_path)
+    for loader in LOADERS.values():
+        resumed = Job('everything', 'two_devices_trainer_updates')
+        loader(resumed.trainer, fname)
+        resumed.train(range(3, 4))
+        for updater, ctx in zip(resumed.trainer._updaters, resumed.ctxs):
+            assert {a.context for i in updater.states for a in updater.states[i]} == {ctx}
+
+
+def test_distributed_training_is_refused(tmp_path):
+    """A dist KVStore updating on its servers has no Updater here (its _updater is None)."""
+    job = Job('everything', 'two_devices_kvstore_updates').train(range(1, 3))
+    _, fname = save(job, tmp_path)
+    job.trainer._kvstore._updater = None
+    optimizer = job.trainer.optimizer
+    with pytest.raises(ValueError) as err:
+        checkpoint.load_states(job.trainer, fname)
+    assert str(err.value) == ("Cannot load states for distributed training: the KVStore's "
+                              "servers hold them. The Trainer was not changed.")
+    assert job.trainer.optimizer is optimizer
+
+
+def test_an_error_rebuilding_without_a_message_is_named_by_its_type(tmp_path, monkeypatch):
+    """If MXNet refuses checked bytes, its message is shown; an exception without one, by name."""
+    job = Job('everything', 'one_device').train(range(1, 3))
+    _, fname = save(job, tmp_path)
+
+    def fails(records):
+        raise MemoryError()
+
+    monkeypatch.setattr(safe, 'build', fails)
+    with pytest.raises(ValueError) as err:
+        checkpoint.load_states(job.trainer, fname)
+    assert str(err.value) == (f"Invalid states file {str(fname)!r}: it could not be rebuilt "
+                              "(MemoryError). The Trainer was not changed.")
