@@ -355,8 +355,13 @@ def test_the_kernel_was_built():
 
 
 def test_a_missing_kernel_warns_and_is_none(tmp_path):
-    with pytest.warns(RuntimeWarning, match='_kernel.cpp was not built') as warned:
+    with pytest.warns(RuntimeWarning, match='_kernel.cpp was not built'):
         assert fused.load(str(tmp_path / 'libadam_kernel.so')) is None
+
+
+def test_the_kernel_warning_names_the_users_line(tmp_path):
+    with pytest.warns(RuntimeWarning, match='_kernel.cpp was not built') as warned:
+        fused.load(str(tmp_path / 'libadam_kernel.so'))
     assert warned[0].filename == __file__
 
 

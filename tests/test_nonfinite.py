@@ -110,7 +110,7 @@ def test_skip_works_on_a_bare_optimizer_call():
     assert 7 not in opt._index_update_count and opt.num_skipped == 1
 
 
-def test_the_warning_names_the_users_line():
+def test_the_skip_warning_names_the_users_line():
     """Called by the user or by the Trainer's Updater (MXNet's code), the skip warning
     points at the user's line, not at adam_plugin's or MXNet's."""
     opt = MyAdam(learning_rate=0.1)
