@@ -780,3 +780,87 @@ def test_an_error_rebuilding_without_a_message_is_named_by_its_type(tmp_path, mo
         checkpoint.load_states(job.trainer, fname)
     assert str(err.value) == (f"Invalid states file {str(fname)!r}: it could not be rebuilt "
                               "(MemoryError). The Trainer was not changed.")
+
+
+# --- the inspect command line: its help, and how it shows each kind of value ---------------
+
+def test_inspect_help_and_usage(capsys):
+    with pytest.raises(SystemExit) as done:
+        checkpoint_main.main(['--help'])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert out.startswith('usage: python -m adam_plugin.checkpoint [-h] {inspect} ...\n')
+    flat = ' '.join(out.split())  # argparse wraps lines at the terminal's width
+    assert ('``python -m adam_plugin.checkpoint inspect FILE [--json]``: what a states file '
+            'holds.') in flat
+    assert 'print what a states file holds, without running code from it' in flat
+    with pytest.raises(SystemExit):
+        checkpoint_main.main(['inspect', '--help'])
+    assert '--json      print JSON' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        checkpoint_main.main([])
+    assert done.value.code == 2
+    assert 'error: the following arguments are required: command' in capsys.readouterr().err
+
+
+def test_inspect_json_is_indented_by_one(tmp_path):
+    _, fname = save(Job('defaults', 'one_device').train(range(1, 3)), tmp_path)
+    out = inspect(fname, '--json').stdout
+    assert out == json.dumps(json.loads(out), indent=1) + '\n'
+
+
+def test_inspect_shows_row_sparse_and_empty_states(tmp_path):
+    """MXNet's SGD on a row_sparse weight keeps row_sparse momentum; without momentum it
+    keeps no state at all (None)."""
+    for momentum, shown in ((0.9, 'float32[8x3] row_sparse'), (0.0, 'None')):
+        emb = gluon.contrib.nn.SparseEmbedding(8, 3)
+        emb.initialize(mx.init.Constant(0.5))
+        trainer = gluon.Trainer(emb.collect_params(), 'sgd',
+                                {'learning_rate': 0.1, 'momentum': momentum})
+        train_embedding(emb, trainer, range(1, 3))
+        trainer.save_states(str(tmp_path / 'sgd.states'))
+        assert f'  parameter 0: {shown}\n' in inspect(tmp_path / 'sgd.states').stdout + '\n'
+
+
+def test_inspect_shows_numpy_scalars_sequences_and_other_numbers_as_values(tmp_path):
+    """Hyperparameters a user may have set to a NumPy scalar, a NumPy dtype or bytes, and a
+    scheduler's list of steps: shown by value (JSON numbers and lists, a dtype by name,
+    bytes by repr), and a 0-d state."""
+    optimizer = adam_plugin.MyAdam(
+        learning_rate=np.float32(0.25),
+        lr_scheduler=mx.lr_scheduler.MultiFactorScheduler(step=[5, 10], factor=0.5))
+    optimizer.clip_gradient = b'ab'
+    optimizer.multi_precision = np.dtype('float16')
+    with mx.util.np_shape(True), mx.util.np_array(True):
+        data = pickle.dumps(({0: (mx.np.array(3.0), mx.np.array([1.0, 2.0]))}, optimizer))
+    fname = tmp_path / 'hand.states'
+    fname.write_bytes(data)
+    info = json.loads(inspect(fname, '--json').stdout)
+    assert info['hyperparameters']['lr'] == 0.25
+    assert info['hyperparameters']['clip_gradient'] == "b'ab'"
+    assert info['lr_scheduler']['step'] == [5, 10]
+    assert info['hyperparameters']['multi_precision'] == 'float16'
+    text = inspect(fname).stdout
+    assert '  lr = 0.25\n' in text and '  clip_gradient = "b\'ab\'"\n' in text
+    assert '  step = [5, 10]\n' in text
+    assert '  parameter 0: (float32[scalar], float32[2])' in text
+
+
+class NeedsAnArgument(mx.optimizer.SGD):
+    """A registered optimizer that cannot be made without an argument."""
+
+    def __init__(self, required, **kwargs):
+        super().__init__(**kwargs)
+        self.required = required
+
+
+def test_inspect_names_an_optimizer_it_cannot_make(tmp_path, monkeypatch):
+    monkeypatch.setitem(mx.optimizer.Optimizer.opt_registry, 'needsanargument', NeedsAnArgument)
+    fname = tmp_path / 'needs.states'
+    fname.write_bytes(pickle.dumps(({}, NeedsAnArgument(1))))
+    done = inspect(fname)
+    assert (done.returncode, done.stdout) == (1, '')
+    assert done.stderr == (
+        f"Invalid states file {str(fname)!r}: its optimizer NeedsAnArgument cannot be checked: "
+        "NeedsAnArgument() raised TypeError: NeedsAnArgument.__init__() missing 1 required "
+        "positional argument: 'required'.\n")

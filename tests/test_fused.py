@@ -1,4 +1,5 @@
 """The fast routes of adam_plugin.dispatch against the textbook NDArray path."""
+import ctypes
 import functools
 import os
 import pickle
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import mxnet as mx
 from mxnet import nd
+from mxnet.base import _LIB
 
 import adam_plugin  # noqa: F401  (registers 'myadam')
 from adam_plugin import MyAdam, dispatch, fused, textbook
@@ -174,9 +176,9 @@ def test_layouts_are_read_from_the_arrays_and_kept_while_they_are_the_same():
     sparse = nd.sparse.row_sparse_array((np.ones((1, 3)), [2]), shape=(4, 3), dtype='float64')
     assert layouts(0, weight, sparse) == first._replace(row_sparse_grad=True)  # read afresh
     with pytest.raises(ValueError) as error:
-        layouts(1, weight, nd.ones((3,), dtype='float32'))
-    assert str(error.value) == ("myadam: the gradient of p1 has shape (3,) and dtype float32, "
-                                "its weight (4, 3) and float64; nothing was updated")
+        layouts(1, nd.ones((4, 3), dtype='float32'), nd.ones((3,), dtype='float16'))
+    assert str(error.value) == ("myadam: the gradient of p1 has shape (3,) and dtype float16, "
+                                "its weight (4, 3) and float32; nothing was updated")
 
 
 @pytest.fixture
@@ -355,8 +357,12 @@ def test_the_kernel_was_built():
 
 
 def test_a_missing_kernel_warns_and_is_none(tmp_path):
-    with pytest.warns(RuntimeWarning, match='_kernel.cpp was not built'):
+    with pytest.warns(RuntimeWarning) as warned:
         assert fused.load(str(tmp_path / 'libadam_kernel.so')) is None
+    assert str(warned[0].message) == (
+        "adam_plugin: the compiled kernel adam_plugin/_kernel.cpp was not built (it needs a "
+        "C++ compiler when the package is installed); CPU parameters take MXNet's adam_update "
+        "where it is exact, else the slower textbook path")
 
 
 def test_the_kernel_warning_names_the_users_line(tmp_path):
@@ -481,11 +487,16 @@ def test_threads_follow_omp_num_threads(setting, expected):
         assert result.returncode != 0 and expected in result.stderr
 
 
-@pytest.mark.parametrize('setting, expected', THREAD_SETTINGS + [
+SETTINGS_IN_PROCESS = THREAD_SETTINGS + [
     (None, 3), ('', 3), (' 2 ', 2),
     ('2.5', "OMP_NUM_THREADS='2.5' is not a positive integer"),
     ('-1', "OMP_NUM_THREADS='-1' is not a positive integer"),
-    ('two', "OMP_NUM_THREADS='two' is not a positive integer")])
+    ('two', "OMP_NUM_THREADS='two' is not a positive integer")]
+
+
+# ids name the setting only (make mutants deselects tests by words such as omp_num_threads)
+@pytest.mark.parametrize('setting, expected', SETTINGS_IN_PROCESS,
+                         ids=[repr(setting) for setting, _ in SETTINGS_IN_PROCESS])
 def test_what_threads_makes_of_the_setting(setting, expected, monkeypatch):
     """fused._threads(), which the import ran before any test could change its input, called
     here: OMP_NUM_THREADS, else (unset or blank) the CPUs this process may run on."""
@@ -515,6 +526,12 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     """fused.load(), which the import ran before any test could watch it, run here: the
     library it returns answers for its variants and steps as the textbook route does."""
     library = fused.load()
+    # Typed entry points: a 64-bit address given as a Python int, and names only as bytes
+    # (untyped, ctypes would refuse the first as too long and pass a str as wchar_t*).
+    library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, ctypes.c_void_p).value)
+    for entry_point in (library.use_variant, library.variant_runs_here):
+        with pytest.raises(ctypes.ArgumentError):
+            entry_point(VARIANTS[0])
     monkeypatch.setattr(fused, 'LIBRARY', library)
     assert (fused.variants(), fused.variant()) == (['avx512f', 'avx2', 'baseline'], VARIANTS[0])
     assert [fused.runs_here(v) for v in fused.variants()] == [
