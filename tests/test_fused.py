@@ -526,12 +526,6 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     """fused.load(), which the import ran before any test could watch it, run here: the
     library it returns answers for its variants and steps as the textbook route does."""
     library = fused.load()
-    # Typed entry points: a 64-bit address given as a Python int, and names only as bytes
-    # (untyped, ctypes would refuse the first as too long and pass a str as wchar_t*).
-    library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, ctypes.c_void_p).value)
-    for entry_point in (library.use_variant, library.variant_runs_here):
-        with pytest.raises(ctypes.ArgumentError):
-            entry_point(VARIANTS[0])
     monkeypatch.setattr(fused, 'LIBRARY', library)
     assert (fused.variants(), fused.variant()) == (['avx512f', 'avx2', 'baseline'], VARIANTS[0])
     assert [fused.runs_here(v) for v in fused.variants()] == [
@@ -543,6 +537,13 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     slow = run(CONFIGS['everything'], dtype, False, True, weights, grads)
     for f, s in zip(fast, slow):
         np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])
+    # Typed entry points (checked last: use_mxnet sets what load() set, for every handle of
+    # the library): a 64-bit address given as a Python int, and names only as bytes
+    # (untyped, ctypes would refuse the first as too long and pass a str as wchar_t*).
+    library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, ctypes.c_void_p).value)
+    for entry_point in (library.use_variant, library.variant_runs_here):
+        with pytest.raises(ctypes.ArgumentError):
+            entry_point(VARIANTS[0])
 
 
 def test_amsgrad_without_its_third_buffer_is_refused_before_the_kernel_reads_it():
