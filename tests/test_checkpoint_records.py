@@ -9,6 +9,7 @@ saying exactly that, and leave the Trainer as it was; the same file written
 differently but faithfully (pickle protocol 5) still loads.
 """
 import copyreg
+import io
 import pickle
 import pickletools
 import struct
@@ -313,3 +314,33 @@ def test_an_optimizer_that_cannot_create_a_state_is_named(per_index, tmp_path):
     assert refused(per_index, data, tmp_path) == (
         f"its optimizer cannot create a state for parameter '{name}' (TypeError: unsupported "
         "operand type(s) for +: 'int' and 'str')")
+
+
+def test_a_persistent_id_is_refused(tmp_path):
+    """pickle's persistent ids name outside objects; a Trainer checkpoint has none."""
+    job = Job('defaults', 'one_device').train(range(1, 3))
+    _, good = save(job, tmp_path)
+
+    class WithPersistentId(pickle.Pickler):
+        def persistent_id(self, obj):
+            return 'an outside object' if isinstance(obj, dict) and not obj else None
+
+    def write(good):
+        buffer = io.BytesIO()
+        WithPersistentId(buffer, 3).dump(({0: {}}, pickle.loads(good)[1]))
+        return buffer.getvalue()
+
+    data = write(good.read_bytes())
+    assert 'BINPERSID' in [op.name for op, _, _ in pickletools.genops(data)]
+    assert refused(job, data, tmp_path) == 'it holds a persistent id, which no checkpoint holds'
+
+
+def test_a_numpy_dtype_hyperparameter_is_rebuilt(tmp_path):
+    """A NumPy dtype where a user put one (as a hyperparameter's value) comes back equal."""
+    job = Job('defaults', 'one_device').train(range(1, 3))
+    job.trainer.optimizer.multi_precision = np.dtype('float16')
+    _, fname = save(job, tmp_path)
+    job.trainer.optimizer.multi_precision = False
+    checkpoint.load_states(job.trainer, fname)
+    assert job.trainer.optimizer.multi_precision == np.dtype('float16')
+    assert type(job.trainer.optimizer.multi_precision) is type(np.dtype('float16'))
