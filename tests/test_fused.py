@@ -537,13 +537,16 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     slow = run(CONFIGS['everything'], dtype, False, True, weights, grads)
     for f, s in zip(fast, slow):
         np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])
-    # Typed entry points (checked last: use_mxnet sets what load() set, for every handle of
-    # the library): a 64-bit address given as a Python int, and names only as bytes
-    # (untyped, ctypes would refuse the first as too long and pass a str as wchar_t*).
-    library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, ctypes.c_void_p).value)
+    # Typed entry points (after the steps above, which use what load() set): names only
+    # as bytes (untyped, ctypes would pass a str as wchar_t*), and MXNet's accessor as a
+    # 64-bit address even from a Python int (untyped, ctypes would pass a 32-bit int).
     for entry_point in (library.use_variant, library.variant_runs_here):
         with pytest.raises(ctypes.ArgumentError):
             entry_point(VARIANTS[0])
+    library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, ctypes.c_void_p).value)
+    again = run(CONFIGS['everything'], dtype, True, True, weights, grads)
+    for a, f in zip(again, fast):
+        np.testing.assert_array_equal(a, f)
 
 
 def test_amsgrad_without_its_third_buffer_is_refused_before_the_kernel_reads_it():
