@@ -1,15 +1,23 @@
 """Running ``python -m adam_plugin.scaleout.launch`` from the tests, always within a time limit."""
 import os
+import signal
 import subprocess
 import sys
 import time
 
 
+def _as_a_foreground_job():
+    """Ctrl-C's default action, which a shell without job control (a CI script's ``&``)
+    replaces with 'ignore' for what it starts, and children inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, **env):
-    """Start the launcher with ``args``, extra environment ``env``, output captured as text."""
+    """Start the launcher with ``args``, extra environment ``env``, output captured as text,
+    as a user's foreground job (Ctrl-C not ignored)."""
     return subprocess.Popen([sys.executable, '-m', 'adam_plugin.scaleout.launch', *args],
                             env=dict(os.environ, **env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_a_foreground_job)
 
 
 def finish(proc, timeout):

@@ -68,8 +68,6 @@ def test_timeout_ends_the_job_with_124(token):
 @pytest.mark.parametrize('signum, status', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.slow
 def test_interrupt_ends_the_job(token, signum, status):
-    # The launcher's own timeout must outlast this test's wait for the workers (up to LIMIT
-    # on a loaded machine), or it ends the job first (status 124), as it once did here.
     proc = start(['-n', '2', '--timeout', str(3 * LIMIT), '--', sys.executable, '-c', HANG],
                  token)
     ready = 0
