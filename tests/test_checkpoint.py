@@ -146,6 +146,14 @@ def save(job, tmp_path):
     return tmp_path / 'net.params', tmp_path / 'trainer.states'
 
 
+def save_tampered(job, make, tmp_path, name='bad.states'):
+    """The job's states file changed by ``make(its bytes, tmp_path)``, saved as ``name``."""
+    _, good = save(job, tmp_path)
+    fname = tmp_path / name
+    fname.write_bytes(make(good.read_bytes(), tmp_path))
+    return fname
+
+
 @pytest.mark.parametrize('loader', LOADERS)
 @pytest.mark.parametrize('placement', PLACEMENTS)
 @pytest.mark.parametrize('row', ROWS)
@@ -216,9 +224,7 @@ def test_a_damaged_file_raises_and_changes_nothing(bad, placement, tmp_path):
     straight = Job('everything', placement).train(range(1, STEPS + 1)).snapshot()
 
     job = Job('everything', placement).train(range(1, SAVE_AFTER + 1))
-    _, good = save(job, tmp_path)
-    fname = tmp_path / 'bad.states'
-    fname.write_bytes(make(good.read_bytes(), tmp_path))
+    fname = save_tampered(job, make, tmp_path)
     before = job.snapshot()
     optimizer = job.trainer.optimizer
     with pytest.raises(ValueError) as err:
@@ -445,9 +451,7 @@ def test_inspect_prints_what_the_file_holds(tmp_path):
 def test_inspect_refuses_a_damaged_file_as_load_states_does(bad, tmp_path):
     make, message = BAD_FILES[bad]
     job = Job('defaults', 'one_device').train(range(1, 3))
-    _, good = save(job, tmp_path)
-    fname = tmp_path / 'bad.states'
-    fname.write_bytes(make(good.read_bytes(), tmp_path))
+    fname = save_tampered(job, make, tmp_path)
     with pytest.raises(ValueError) as err:
         checkpoint.load_states(job.trainer, fname)
     done = inspect(fname)
@@ -706,9 +710,7 @@ FORGED_FILES = {
 def test_a_forged_file_raises_and_changes_nothing(forgery, tmp_path):
     make, message = FORGED_FILES[forgery]
     job = Job('everything', 'one_device').train(range(1, 3))
-    _, good = save(job, tmp_path)
-    fname = tmp_path / 'forged.states'
-    fname.write_bytes(make(good.read_bytes(), tmp_path))
+    fname = save_tampered(job, make, tmp_path, 'forged.states')
     before, optimizer = job.snapshot(), job.trainer.optimizer
     with pytest.raises(ValueError) as err:
         checkpoint.load_states(job.trainer, fname)
