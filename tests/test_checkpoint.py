@@ -14,6 +14,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -315,6 +316,68 @@ def test_row_sparse_states_resume_bitwise(loader, tmp_path):
     assert not np.all(straight[0] == 0.5)
 
 
+class _Held(mx.operator.CustomOp):
+    """Identity whose forward waits for GATE: everything after it stays pending."""
+    def forward(self, is_train, req, in_data, out_data, aux):
+        GATE.wait()
+        self.assign(out_data[0], req[0], in_data[0])
+
+    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
+        self.assign(in_grad[0], req[0], out_grad[0])
+
+
+@mx.operator.register('adam_plugin_tests_held')
+class _HeldProp(mx.operator.CustomOpProp):
+    def __init__(self):
+        super().__init__(need_top_grad=True)
+
+    def list_arguments(self):
+        return ['data']
+
+    def list_outputs(self):
+        return ['output']
+
+    def infer_shape(self, in_shape):
+        return in_shape, in_shape, []
+
+    def create_operator(self, ctx, shapes, dtypes):
+        return _Held()
+
+
+GATE = threading.Event()
+HOLD = 1.0  # seconds the first step stays pending, ample for a save to start
+
+
+def train_embedding_first_step_held(emb, trainer, steps):
+    """train_embedding, with step 1's update still pending when the step returns."""
+    for t in steps:
+        if t == 1:
+            GATE.clear()
+            threading.Timer(HOLD, GATE.set).start()
+        with autograd.record():
+            out = nd.Custom(emb(nd.array([[t % 8, (3 * t) % 8]])), op_type='adam_plugin_tests_held')
+            loss = (out ** 2).sum()
+        loss.backward()
+        trainer.step(1)
+
+
+# A row_sparse float32 array of shape (8, 3) whose storage shape says (0, 3).
+EMPTY_STORAGE_HEADER = struct.pack('<Iii2qi2q', 0xF993FAC9, 1, 2, 0, 3, 2, 8, 3)
+
+
+@pytest.mark.parametrize('loader', LOADERS)
+def test_a_state_saved_while_its_first_update_runs_resumes_bitwise(loader, tmp_path):
+    """MXNet's ``NDArray::Save`` writes a sparse array's storage shape before it waits
+    for the array's pending writes. Saved right after the first step, the row_sparse
+    state records the empty storage it was made with, then all 8 rows. MXNet's loader
+    takes the storage shape from the indices when the saved one is empty; so must ours."""
+    straight, resumed = resume(sparse_embedding, train_embedding_first_step_held, 1, 4,
+                               tmp_path, loader)
+    assert EMPTY_STORAGE_HEADER in (tmp_path / 'trainer.states').read_bytes()
+    np.testing.assert_array_equal(resumed[0], straight[0])
+    assert not np.all(straight[0] == 0.5)
+
+
 @pytest.fixture
 def numpy_interface():
     npx.set_np()
@@ -550,6 +613,17 @@ ACCEPTED_ARRAYS = {
     'csr': (csr_bytes([0, 2, 2, 3], [0, 2, 1]), ('csr', (3, 4), 'float32', 'cpu(0)', False)),
     'csr_last_column_empty_rows': (csr_bytes([0, 0, 0, 1], [3]),
                                    ('csr', (3, 4), 'float32', 'cpu(0)', False)),
+    # Saved while a write was pending (see test_a_state_saved_while_its_first_update_runs_...):
+    # the storage shape is empty, and MXNet takes it from the indices.
+    'row_sparse_storage_saved_empty': (
+        array_bytes((5, 2), values(4), stype=1, storage_shape=(0, 2),
+                    aux=[(INT64, (2,), np.array([1, 3], '<i8').tobytes())]),
+        ('row_sparse', (5, 2), 'float32', 'cpu(0)', False)),
+    'csr_storage_saved_empty': (
+        array_bytes((3, 4), values(3), stype=2, storage_shape=(0,),
+                    aux=[(INT64, (4,), np.array([0, 2, 2, 3], '<i8').tobytes()),
+                         (INT64, (3,), np.array([0, 2, 1], '<i8').tobytes())]),
+        ('csr', (3, 4), 'float32', 'cpu(0)', False)),
 }
 
 
@@ -603,6 +677,11 @@ REFUSED_ARRAYS = {
                                   "its row_sparse rows do not fit its shape"),
     'row_sparse_storage_of_other_width': (row_sparse_bytes([1, 3], storage_shape=(2, 3)),
                                           "its row_sparse rows do not fit its shape"),
+    # MXNet's parser would read the indices from the values' bytes: only an empty storage shape is derived.
+    'row_sparse_storage_of_fewer_rows': (
+        array_bytes((5, 2), values(4), stype=1, storage_shape=(1, 2),
+                    aux=[(INT64, (2,), np.array([1, 3], '<i8').tobytes())]),
+        'it has 8 bytes after the array'),
     **{f'csr_{name}': (csr_bytes(indptr, indices, **kw), "its csr indices do not fit its shape")
        for name, indptr, indices, kw in [
            ('column_past_the_end', [0, 2, 2, 3], [0, 4, 1], {}),

@@ -101,6 +101,8 @@ def parse(raw):
         raise ValueError(f"it names the unknown device ({device_type}, {device_id})")
     dtype = _dtype(read.int())
     aux = [(_dtype(read.int()), read.shape(np_shape)) for _ in range(aux_count)]
+    if aux_count and _size(storage_shape) == 0:
+        storage_shape = _stored_shape(stype, shape, [aux_shape for _, aux_shape in aux])
     read.array(dtype, storage_shape if aux_count else shape)
     aux = [read.array(aux_dtype, aux_shape) for aux_dtype, aux_shape in aux]
     if read.at != len(read.raw):
@@ -110,6 +112,16 @@ def parse(raw):
     elif stype == 'csr':
         _check_csr(shape, storage_shape, *aux)
     return Header(stype, shape, dtype.name, f"{DEVICES[device_type]}({device_id})", np_shape)
+
+
+def _stored_shape(stype, shape, aux_shapes):
+    """A sparse array's storage shape from its indices, as MXNet's ``NDArray``
+    constructor takes it when the saved one is empty: ``NDArray::Save`` writes the
+    storage shape before it waits for the array's pending writes, so a state saved
+    while its first update still runs records the empty storage it was made with."""
+    if stype == 'row_sparse':
+        return aux_shapes[0][:1] + shape[1:]
+    return aux_shapes[1]
 
 
 def _check_row_sparse(shape, storage_shape, rows):
