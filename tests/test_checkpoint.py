@@ -682,6 +682,10 @@ REFUSED_ARRAYS = {
         array_bytes((5, 2), values(4), stype=1, storage_shape=(1, 2),
                     aux=[(INT64, (2,), np.array([1, 3], '<i8').tobytes())]),
         'it has 8 bytes after the array'),
+    'row_sparse_storage_saved_empty_rows_in_two_dimensions': (
+        array_bytes((5, 2), values(4), stype=1, storage_shape=(0, 2),
+                    aux=[(INT64, (2, 2), np.array([[0, 1], [3, 4]], '<i8').tobytes())]),
+        "its row_sparse rows do not fit its shape"),
     **{f'csr_{name}': (csr_bytes(indptr, indices, **kw), "its csr indices do not fit its shape")
        for name, indptr, indices, kw in [
            ('column_past_the_end', [0, 2, 2, 3], [0, 4, 1], {}),
