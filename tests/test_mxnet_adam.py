@@ -11,6 +11,10 @@ Every case runs twice: against ``PyAdam`` exactly as MXNet runs it against its o
 Adam (``compare_optimizer`` hands the reference dense copies), and against
 ``mx.optimizer.Adam`` given arrays of the same storage types as ``MyAdam``.
 MXNet seeds ``test_adam`` at random; each case here has its own fixed seed.
+
+``test_lr_wd_mult`` (same file) runs with ``'myadam'`` too: MXNet's assertions on a
+Module whose symbol sets ``lr_mult`` and ``wd_mult``, and the weights compared with
+MXNet's Adam's.
 """
 import itertools
 import math
@@ -154,3 +158,46 @@ def test_against_mxnet_adam(case_id, dtype, options, storage):
     compare_same_storage(mx.optimizer.Adam(lazy_update=lazy, **options),
                          MyAdam(epsilon_mode='hat', lazy_update=lazy, **options),
                          SHAPE, dtype, w_stype, g_stype, RTOL, ATOL)
+
+
+def lr_wd_mult_module(optimizer, options):
+    """test_lr_wd_mult's Module after one update: its parameters before and after, and it.
+
+    MXNet's test uses SGD with ``wd=0``; ``wd=0.1`` here makes ``wd_mult`` change weights.
+    """
+    mx.random.seed(3)
+    data = mx.sym.Variable('data')
+    bias = mx.sym.Variable('fc1_bias', lr_mult=1.0)
+    fc1 = mx.sym.FullyConnected(data=data, bias=bias, name='fc1', num_hidden=10, lr_mult=0)
+    fc2 = mx.sym.FullyConnected(data=fc1, name='fc2', num_hidden=10, wd_mult=0.5)
+
+    mod = mx.mod.Module(symbol=fc2, label_names=None, context=default_context())
+    mod.bind(data_shapes=[('data', (5, 10))])
+    mod.init_params(initializer=mx.init.Uniform(1.0))
+    mod.init_optimizer(optimizer=optimizer,
+                       optimizer_params=dict(options, learning_rate=1.0, wd=0.1))
+    args1, _ = mod.get_params()
+    args1 = {k: v.asnumpy() for k, v in args1.items()}
+    mod.forward(mx.io.DataBatch(data=[mx.random.uniform(low=-1.0, high=1.0, shape=(5, 10))],
+                                label=None), is_train=True)
+    mod.backward(mod.get_outputs())
+    mod.update()
+    args2, _ = mod.get_params()
+    args2 = {k: v.asnumpy() for k, v in args2.items()}
+    return args1, args2, mod
+
+
+def test_lr_wd_mult():
+    args1, args2, mod = lr_wd_mult_module('myadam', {'epsilon_mode': 'hat'})
+    assert type(mod._optimizer) is MyAdam
+    assert mod._optimizer.lr_mult == {'fc1_bias': 1.0, 'fc1_weight': 0.0}
+    assert mod._optimizer.wd_mult == {'fc2_bias': 0.5, 'fc2_weight': 0.5, 'fc1_bias': 0.0}
+    assert mx.test_utils.almost_equal(args1['fc1_weight'], args2['fc1_weight'], 1e-10)
+    assert not mx.test_utils.almost_equal(args1['fc1_bias'], args2['fc1_bias'], 1e-1)
+    assert not mx.test_utils.almost_equal(args1['fc2_weight'], args2['fc2_weight'], 1e-1)
+
+    adam_before, adam_after, _ = lr_wd_mult_module('adam', {})
+    assert sorted(adam_after) == sorted(args2)
+    for name in args2:
+        np.testing.assert_array_equal(args1[name], adam_before[name])
+        assert_almost_equal(args2[name], adam_after[name], rtol=RTOL, atol=ATOL, names=(name, name))
