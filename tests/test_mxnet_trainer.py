@@ -29,16 +29,16 @@ from mxnet import gluon
 from mxnet.gluon import nn
 
 from adam_plugin import checkpoint
+from test_mxnet_adam import ATOL, RTOL
 
 # name -> (optimizer, the options both runs share, with the learning rate MXNet's test gives)
 OPTIMIZERS = {'adam': ('adam', {}), 'myadam': ('myadam', {'epsilon_mode': 'hat'})}
 
-# test_adam's own (test_optimizer.py; tests/test_mxnet_adam.py). They are needed here: MXNet's
-# adam_update computes 1 - beta2 in float32, 1.3e-5 too small for beta2 = 0.999, while its
-# bias correction is exact. At learning rate 1 a weight that steps from 1 to about 0 shows
-# that: MXNet's Adam gives -6.4e-6 in test_trainer_multi_layer_init, 'myadam' 1.2e-7. The
-# rule gives 1.6e-7 and 7.9e-8 there (gradients 2 and 4); float32 steps by 6e-8 below 1.
-RTOL, ATOL = 1e-4, 2e-5
+# RTOL, ATOL: test_adam's own. They are needed here: MXNet's adam_update computes 1 - beta2
+# in float32, 1.3e-5 too small for beta2 = 0.999, while its bias correction is exact. At
+# learning rate 1 a weight that steps from 1 to about 0 shows that: MXNet's Adam gives
+# -6.4e-6 in test_trainer_multi_layer_init, 'myadam' 1.2e-7. The rule gives 1.6e-7 and
+# 7.9e-8 there (gradients 2 and 4); float32 steps by 6e-8 below 1.
 
 LOADERS = {
     'Trainer.load_states': lambda trainer, fname: trainer.load_states(fname),
