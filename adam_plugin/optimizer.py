@@ -1,7 +1,9 @@
 """``MyAdam``: the Adam optimizer registered with MXNet as ``'myadam'``."""
 import math
+import numbers
 
 import mxnet.ndarray as nd
+import numpy
 from mxnet.optimizer import Optimizer
 
 from . import _warn, dispatch, distributed
@@ -19,14 +21,28 @@ AGGREGATE_NUM = 1 << 20
 def _require(name, value, ok, expected):
     """Raise ``ValueError`` naming ``name`` unless ``value`` is a real number with ``ok(value)``.
 
+    A string is not a number here, even one that ``float`` would read: MXNet keeps
+    ``learning_rate`` as given, and ``'0.1'`` would fail at the first step.
     NaN fails every comparison, so ``ok`` written as ``lo <= x`` rejects it.
     """
     try:
-        good = not isinstance(value, bool) and ok(float(value))
-    except (TypeError, ValueError):
+        good = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and ok(float(value)))
+    except OverflowError:  # an int beyond float's range
         good = False
     if not good:
         raise ValueError(f"Invalid {name}: {value!r} (expected {expected})")
+
+
+def _flag(name, value):
+    """``value`` as a bool; ``ValueError`` naming ``name`` unless it is True, False, 1 or 0.
+
+    ``bool('no')`` is True: a flag read from a config file as a string would turn on.
+    """
+    if not (isinstance(value, (bool, numpy.bool_))
+            or (isinstance(value, numbers.Integral) and value in (0, 1))):
+        raise ValueError(f"Invalid {name}: {value!r} (expected True or False)")
+    return bool(value)
 
 
 @Optimizer.register
@@ -96,7 +112,8 @@ class MyAdam(Optimizer):
     Raises
     ------
     ValueError
-        If a hyperparameter is out of range or NaN; the message names it.
+        If a hyperparameter is out of range, NaN or not a number, or a flag is not
+        True or False (1 or 0); the message names it.
     """
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
@@ -120,17 +137,22 @@ class MyAdam(Optimizer):
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"Invalid nonfinite: {nonfinite!r} "
                              f"(expected one of {NONFINITE_POLICIES})")
+        amsgrad, decoupled_wd, lazy_update, fused = (_flag(name, value) for name, value in [
+            ('amsgrad', amsgrad), ('decoupled_wd', decoupled_wd),
+            ('lazy_update', lazy_update), ('fused', fused)])
+        if 'multi_precision' in kwargs:
+            kwargs['multi_precision'] = _flag('multi_precision', kwargs['multi_precision'])
         self._deferred = DeferredError()  # before Optimizer sets rescale_grad
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta1 = float(beta1)
         self.beta2 = float(beta2)
         self.epsilon = float(epsilon)
         self.epsilon_mode = epsilon_mode
-        self.amsgrad = bool(amsgrad)
-        self.decoupled_wd = bool(decoupled_wd)
-        self.lazy_update = bool(lazy_update)
+        self.amsgrad = amsgrad
+        self.decoupled_wd = decoupled_wd
+        self.lazy_update = lazy_update
         self.nonfinite = nonfinite
-        self.fused = bool(fused)
+        self.fused = fused
         self.num_skipped = 0
         self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads; not pickled
         self.aggregate_num = AGGREGATE_NUM

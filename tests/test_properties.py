@@ -186,6 +186,9 @@ INVALID = {
                               st.just(None), st.just(1)),
     'nonfinite': st.one_of(st.text(max_size=8).filter(lambda s: s not in ('skip', 'raise')),
                            st.just(None)),
+    **{flag: st.one_of(st.text(max_size=5), st.just(None), st.floats(),
+                       st.integers().filter(lambda i: i not in (0, 1)))
+       for flag in ('amsgrad', 'decoupled_wd', 'lazy_update', 'fused', 'multi_precision')},
 }
 
 

@@ -19,6 +19,8 @@ BAD = [
     (dict(learning_rate=NAN), 'learning_rate'),
     (dict(learning_rate=math.inf), 'learning_rate'),
     (dict(learning_rate='fast'), 'learning_rate'),
+    (dict(learning_rate='0.1'), 'learning_rate'),  # MXNet would keep the string, then fail
+    (dict(beta1='0.9'), 'beta1'),
     (dict(beta1=-0.1), 'beta1'),
     (dict(beta1=1.0), 'beta1'),
     (dict(beta1=NAN), 'beta1'),
@@ -42,6 +44,13 @@ BAD = [
     (dict(epsilon_mode='middle'), 'epsilon_mode'),
     (dict(epsilon_mode=None), 'epsilon_mode'),
     (dict(nonfinite='ignore'), 'nonfinite'),
+    # flags: bool('no') is True, so a string from a config file would turn the option on
+    (dict(amsgrad='no'), 'amsgrad'),
+    (dict(amsgrad=2), 'amsgrad'),
+    (dict(decoupled_wd=None), 'decoupled_wd'),
+    (dict(lazy_update='False'), 'lazy_update'),
+    (dict(fused='false'), 'fused'),
+    (dict(multi_precision='yes'), 'multi_precision'),
 ]
 
 # Edges that are valid and must be accepted: (MyAdam keywords, the oracle's keywords).
@@ -69,6 +78,17 @@ def test_bad_hyperparameter_is_refused(kwargs, name):
     message = str(err.value)
     assert name in message
     assert repr(kwargs[name]) in message
+
+
+FLAGS = ['amsgrad', 'decoupled_wd', 'lazy_update', 'fused', 'multi_precision']
+
+
+@pytest.mark.parametrize('flag', FLAGS)
+@pytest.mark.parametrize('value, meaning', [(True, True), (False, False), (1, True), (0, False),
+                                            (np.bool_(True), True), (np.bool_(False), False)])
+def test_a_flag_is_true_false_one_or_zero_and_kept_as_a_bool(flag, value, meaning):
+    got = getattr(MyAdam(**{flag: value}), flag)
+    assert type(got) is bool and got is meaning
 
 
 @pytest.mark.parametrize('kwargs,name', BAD[:3], ids=['negative', 'nan', 'inf'])
