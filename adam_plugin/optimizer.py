@@ -137,9 +137,10 @@ class MyAdam(Optimizer):
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"Invalid nonfinite: {nonfinite!r} "
                              f"(expected one of {NONFINITE_POLICIES})")
-        amsgrad, decoupled_wd, lazy_update, fused = (_flag(name, value) for name, value in [
-            ('amsgrad', amsgrad), ('decoupled_wd', decoupled_wd),
-            ('lazy_update', lazy_update), ('fused', fused)])
+        amsgrad = _flag('amsgrad', amsgrad)
+        decoupled_wd = _flag('decoupled_wd', decoupled_wd)
+        lazy_update = _flag('lazy_update', lazy_update)
+        fused = _flag('fused', fused)
         if 'multi_precision' in kwargs:
             kwargs['multi_precision'] = _flag('multi_precision', kwargs['multi_precision'])
         self._deferred = DeferredError()  # before Optimizer sets rescale_grad

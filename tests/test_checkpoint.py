@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import copyreg
+import functools
 import pickle
 import struct
 import subprocess
@@ -297,25 +298,6 @@ def sparse_embedding(init):
                               {'learning_rate': 0.1, 'momentum': 0.9, 'wd': 0.01})
 
 
-def train_embedding(emb, trainer, steps):
-    for t in steps:
-        with autograd.record():
-            loss = (emb(nd.array([[t % 8, (3 * t) % 8]])) ** 2).sum()
-        loss.backward()
-        trainer.step(1)
-
-
-@pytest.mark.parametrize('loader', LOADERS)
-def test_row_sparse_states_resume_bitwise(loader, tmp_path):
-    straight, resumed = resume(sparse_embedding, train_embedding, 2, 6, tmp_path, loader)
-    fname = tmp_path / 'trainer.states'
-    state = json.loads(inspect(fname, '--json').stdout)['states']['0']
-    assert (state['shape'], state['stype'], state['class']) == (
-        [8, 3], 'row_sparse', 'mxnet.ndarray.sparse.RowSparseNDArray')
-    np.testing.assert_array_equal(resumed[0], straight[0])
-    assert not np.all(straight[0] == 0.5)
-
-
 class _Held(mx.operator.CustomOp):
     """Identity whose forward waits for GATE: everything after it stays pending."""
     def forward(self, is_train, req, in_data, out_data, aux):
@@ -345,20 +327,34 @@ class _HeldProp(mx.operator.CustomOpProp):
 
 
 GATE = threading.Event()
-HOLD = 1.0  # seconds the first step stays pending, ample for a save to start
+HOLD = 1.0  # seconds a held step stays pending, ample for a save to start
 
 
-def train_embedding_first_step_held(emb, trainer, steps):
-    """train_embedding, with step 1's update still pending when the step returns."""
+def train_embedding(emb, trainer, steps, held_step=None):
+    """One step for each t in ``steps``; step ``held_step``'s update is still pending when
+    the step returns, until HOLD seconds later."""
     for t in steps:
-        if t == 1:
+        if t == held_step:
             GATE.clear()
             threading.Timer(HOLD, GATE.set).start()
         with autograd.record():
-            out = nd.Custom(emb(nd.array([[t % 8, (3 * t) % 8]])), op_type='adam_plugin_tests_held')
+            out = emb(nd.array([[t % 8, (3 * t) % 8]]))
+            if t == held_step:
+                out = nd.Custom(out, op_type='adam_plugin_tests_held')
             loss = (out ** 2).sum()
         loss.backward()
         trainer.step(1)
+
+
+@pytest.mark.parametrize('loader', LOADERS)
+def test_row_sparse_states_resume_bitwise(loader, tmp_path):
+    straight, resumed = resume(sparse_embedding, train_embedding, 2, 6, tmp_path, loader)
+    fname = tmp_path / 'trainer.states'
+    state = json.loads(inspect(fname, '--json').stdout)['states']['0']
+    assert (state['shape'], state['stype'], state['class']) == (
+        [8, 3], 'row_sparse', 'mxnet.ndarray.sparse.RowSparseNDArray')
+    np.testing.assert_array_equal(resumed[0], straight[0])
+    assert not np.all(straight[0] == 0.5)
 
 
 # A row_sparse float32 array of shape (8, 3) whose storage shape says (0, 3).
@@ -371,8 +367,8 @@ def test_a_state_saved_while_its_first_update_runs_resumes_bitwise(loader, tmp_p
     for the array's pending writes. Saved right after the first step, the row_sparse
     state records the empty storage it was made with, then all 8 rows. MXNet's loader
     takes the storage shape from the indices when the saved one is empty; so must ours."""
-    straight, resumed = resume(sparse_embedding, train_embedding_first_step_held, 1, 4,
-                               tmp_path, loader)
+    straight, resumed = resume(sparse_embedding, functools.partial(train_embedding, held_step=1),
+                               1, 4, tmp_path, loader)
     assert EMPTY_STORAGE_HEADER in (tmp_path / 'trainer.states').read_bytes()
     np.testing.assert_array_equal(resumed[0], straight[0])
     assert not np.all(straight[0] == 0.5)
