@@ -31,8 +31,8 @@ from mxnet.gluon import nn
 from adam_plugin import checkpoint
 from test_mxnet_adam import ATOL, RTOL
 
-# name -> (optimizer, the options both runs share, with the learning rate MXNet's test gives)
-OPTIMIZERS = {'adam': ('adam', {}), 'myadam': ('myadam', {'epsilon_mode': 'hat'})}
+# registered optimizer -> its options (trainer_for adds the learning rate MXNet's test gives)
+OPTIMIZERS = {'adam': {}, 'myadam': {'epsilon_mode': 'hat'}}
 
 # RTOL, ATOL: test_adam's own. They are needed here: MXNet's adam_update computes 1 - beta2
 # in float32, 1.3e-5 too small for beta2 = 0.999, while its bias correction is exact. At
@@ -47,8 +47,8 @@ LOADERS = {
 
 
 def trainer_for(params, name, learning_rate, **kwargs):
-    optimizer, options = OPTIMIZERS[name]
-    return gluon.Trainer(params, optimizer, dict(options, learning_rate=learning_rate), **kwargs)
+    return gluon.Trainer(params, name, dict(OPTIMIZERS[name], learning_rate=learning_rate),
+                         **kwargs)
 
 
 def assert_same_weights(run):
@@ -63,11 +63,13 @@ def assert_same_weights(run):
 def dict_equ(a, b):
     assert set(a) == set(b)
     for k in a:
-        for x, y in zip(*(s if isinstance(s, (tuple, list)) else (s,) for s in (a[k], b[k]))):
-            assert (x.asnumpy() == y.asnumpy()).all()
+        x, y = (s if isinstance(s, (tuple, list)) else (s,) for s in (a[k], b[k]))
+        assert len(x) == len(y)
+        for p, q in zip(x, y):
+            assert (p.asnumpy() == q.asnumpy()).all()
 
 
-def step_plus_one(x, trainer, data):
+def step_plus_one(trainer, data):
     with mx.autograd.record():
         for w in data:
             y = w + 1
@@ -95,7 +97,7 @@ def test_trainer_with_sparse_grad_on_single_context():
         x = gluon.Parameter('x', shape=(10,), grad_stype='row_sparse')
         x.initialize(ctx=[mx.cpu(0)], init='zeros')
         trainer = trainer_for([x], name, 1.0)
-        step_plus_one(x, trainer, x.list_data())
+        step_plus_one(trainer, x.list_data())
         assert trainer._update_on_kvstore is None
         assert trainer._kvstore is None  # No kvstore created for single-device training
         return [x.data(mx.cpu(0)).asnumpy()]
@@ -108,7 +110,7 @@ def test_trainer_with_teststore():
         x.initialize(ctx=[mx.cpu(0), mx.cpu(1)], init='zeros')
         kv = mx.kv.create('teststore')
         trainer = trainer_for([x], name, 1.0, kvstore=kv)
-        step_plus_one(x, trainer, x.list_data())
+        step_plus_one(trainer, x.list_data())
         assert trainer._update_on_kvstore is False
         # Expect exceptions if update_on_kvstore is set to True,
         # because TestStore does not support that
@@ -125,12 +127,12 @@ def test_trainer(loader, tmp_path):
         x = gluon.Parameter('x', shape=(10,))
         x.initialize(ctx=[mx.cpu(0), mx.cpu(1)], init='zeros')
         trainer = trainer_for([x], name, 1.0)
-        step_plus_one(x, trainer, x.list_data())
+        step_plus_one(trainer, x.list_data())
         assert trainer._optimizer.param_dict == trainer._optimizer.param_dict
         after_one = x.data(mx.cpu(1)).asnumpy()
 
         x.lr_mult = 0.5
-        step_plus_one(x, trainer, x.list_data())
+        step_plus_one(trainer, x.list_data())
         after_two = x.data(mx.cpu(1)).asnumpy()
 
         trainer.save_states(tmp_path / f'{name}.states')
@@ -173,7 +175,7 @@ def test_trainer_save_load(loader, tmp_path):
     x = gluon.Parameter('x', shape=(10,), lr_mult=1.0)
     x.initialize(ctx=[mx.cpu(0), mx.cpu(1)], init='zeros')
     trainer = trainer_for([x], 'myadam', 0.1)
-    step_plus_one(x, trainer, x.list_data())
+    step_plus_one(trainer, x.list_data())
     assert trainer._kvstore._updater.optimizer._get_lr(0) == 0.1
     trainer.save_states(tmp_path / 'test_trainer_save_load.states')
     LOADERS[loader](trainer, tmp_path / 'test_trainer_save_load.states')
@@ -254,7 +256,7 @@ def test_trainer_reset_kv(kv, tmp_path):
         params.initialize(ctx=[mx.cpu(0), mx.cpu(1)], init='zeros')
         trainer = trainer_for(params, name, 0.1, kvstore=kv)
         params.save(str(tmp_path / 'test_trainer_reset_kv.params'))
-        step_plus_one(x, trainer, x.list_data())
+        step_plus_one(trainer, x.list_data())
         assert trainer._kvstore.type == kv
         # load would reset kvstore
         mx.nd.waitall()
@@ -263,7 +265,7 @@ def test_trainer_reset_kv(kv, tmp_path):
             # drop kvstore state if new parameters are loaded
             assert trainer._kvstore is None
             assert trainer._kv_initialized is False
-        step_plus_one(x, trainer, x.list_data())
+        step_plus_one(trainer, x.list_data())
         # the updated parameter should be based on the loaded checkpoint
         return [x.data(mx.cpu()).asnumpy()]
     assert_same_weights(run)
@@ -295,7 +297,7 @@ def test_trainer_sparse_kv(kv, stype, grad_stype, update_on_kv, expected):
         trainer = trainer_for(params, name, 0.1, kvstore=kv, update_on_kvstore=update_on_kv)
         all_rows = mx.nd.arange(0, 10, ctx=mx.cpu(0))
         ws = x.list_data() if stype == 'default' else x.list_row_sparse_data(all_rows)
-        step_plus_one(x, trainer, ws)
+        step_plus_one(trainer, ws)
         assert trainer._kvstore.type == kv
         assert trainer._kv_initialized
         assert trainer._update_on_kvstore is expected
@@ -322,7 +324,7 @@ def test_trainer_lr_sched(update_on_kvstore):
     trainer = gluon.Trainer([x], 'myadam', {'learning_rate': lr, 'lr_scheduler': lr_sched},
                             update_on_kvstore=update_on_kvstore)
     for i in range(10):
-        step_plus_one(x, trainer, x.list_data())
+        step_plus_one(trainer, x.list_data())
         if i % freq == 0:
             assert trainer.learning_rate == lr, (lr, trainer.learning_rate, i)
             lr *= factor
