@@ -26,7 +26,7 @@ from mxnet.ndarray.ndarray import NDArray
 
 import adam_plugin
 from adam_plugin import checkpoint
-from test_checkpoint import SAVE_AFTER, Job, assert_same, inspect, save
+from test_checkpoint import SAVE_AFTER, Job, assert_same, inspect, row_sparse_bytes, save
 
 
 class Call:
@@ -87,13 +87,6 @@ def put(states, index, value):
 def handle(states):
     """The raw bytes of a real state array."""
     return states[0][0].__getstate__()['handle']
-
-
-def row_sparse_bytes(rows):
-    array = nd.sparse.row_sparse_array(([[1.0, 2.0], [3, 4]], [1, 3]), shape=(5, 2))
-    raw = bytearray(array.__getstate__()['handle'])
-    raw[-16:] = np.array(rows, '<i8').tobytes()  # the row indices close the bytes
-    return raw
 
 
 # getattr(__import__('os'), 'system')('touch ...'), in protocol 0 opcodes.
@@ -181,10 +174,10 @@ TAMPERED = {
         NDArray, (12345,), {'handle': handle(s)}),))),
         'mxnet.ndarray.ndarray.NDArray is rebuilt from arguments (12345,)'),
     'array_rows_out_of_range': (tampered(lambda s, o, m: put(s, 0, (Rebuilt(
-        NDArray, (None,), {'handle': row_sparse_bytes([1, 9])}),))),
+        NDArray, (None,), {'handle': bytearray(row_sparse_bytes([1, 9]))}),))),
         'row_sparse rows do not fit its shape'),
     'array_class_of_other_storage': (tampered(lambda s, o, m: put(s, 0, (Rebuilt(
-        NDArray, (None,), {'handle': row_sparse_bytes([1, 3])}),))),
+        NDArray, (None,), {'handle': bytearray(row_sparse_bytes([1, 3]))}),))),
         'NDArray is rebuilt from the bytes of a row_sparse array'),
     'numpy_object_dtype': (tampered(lambda s, o, m: setattrs(o, lr=Call(
         np.core.multiarray.scalar, np.dtype(object), touch(m)))),

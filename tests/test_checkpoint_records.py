@@ -23,9 +23,8 @@ from mxnet.optimizer import SGD, Optimizer
 import adam_plugin
 from adam_plugin import checkpoint
 from adam_plugin.checkpoint import safe
-from test_checkpoint import Job, assert_same, save
-from test_checkpoint_attacks import (Call, Rebuilt, cycle, handle, put, row_sparse_bytes,
-                                     setattrs, without)
+from test_checkpoint import Job, assert_same, row_sparse_bytes, save
+from test_checkpoint_attacks import Call, Rebuilt, cycle, handle, put, setattrs, without
 
 OPT = 'adam_plugin.optimizer.MyAdam'
 ARRAY = 'mxnet.ndarray.ndarray.NDArray'
@@ -143,7 +142,7 @@ ROWS = {
         nd.NDArray, (None,), {'handle': bytearray(b'\x12' * 64)}),))),
         "an array's raw bytes are not an MXNet array: ..."),
     'array_of_other_storage': (resaved(lambda s, o: put(s, 0, (Rebuilt(
-        nd.NDArray, (None,), {'handle': row_sparse_bytes([1, 3])}),))),
+        nd.NDArray, (None,), {'handle': bytearray(row_sparse_bytes([1, 3]))}),))),
         f'{ARRAY} is rebuilt from the bytes of a row_sparse array, which no checkpoint does'),
     'bytearray_from_text': (resaved(lambda s, o: put(s, 0, (Rebuilt(
         nd.NDArray, (None,), {'handle': Call(bytearray, 'abc', 'latin-1')}),))),
