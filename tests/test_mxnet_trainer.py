@@ -15,7 +15,8 @@ Changes from the original:
 - SGD's ``momentum`` is dropped; Adam has none.
 - States files go to ``tmp_path``.
 - ``dict_equ`` compares tuple states buffer by buffer (Adam's are ``(mean, var)``).
-- The save/load tests also run with :func:`adam_plugin.checkpoint.load_states`.
+- The save/load tests also run with :func:`adam_plugin.checkpoint.load_states`
+  (``test_checkpoint.LOADERS``).
 - ``check_trainer_sparse_kv`` expects its exception with ``pytest.raises``. The original
   caught every exception and compared its type.
 """
@@ -28,7 +29,7 @@ import mxnet as mx
 from mxnet import gluon
 from mxnet.gluon import nn
 
-from adam_plugin import checkpoint
+from test_checkpoint import LOADERS
 from test_mxnet_adam import ATOL, RTOL
 
 # registered optimizer -> its options (trainer_for adds the learning rate MXNet's test gives)
@@ -39,12 +40,6 @@ OPTIMIZERS = {'adam': {}, 'myadam': {'epsilon_mode': 'hat'}}
 # learning rate 1 a weight that steps from 1 to about 0 shows that: MXNet's Adam gives
 # -6.4e-6 in test_trainer_multi_layer_init, 'myadam' 1.2e-7. The rule gives 1.6e-7 and
 # 7.9e-8 there (gradients 2 and 4); float32 steps by 6e-8 below 1.
-
-LOADERS = {
-    'Trainer.load_states': lambda trainer, fname: trainer.load_states(fname),
-    'checkpoint.load_states': checkpoint.load_states,
-}
-
 
 def trainer_for(params, name, learning_rate, **kwargs):
     return gluon.Trainer(params, name, dict(OPTIMIZERS[name], learning_rate=learning_rate),
