@@ -1,4 +1,6 @@
 """``MyAdam``: the Adam optimizer registered with MXNet as ``'myadam'``."""
+__all__ = ['MyAdam']
+
 import math
 import numbers
 

@@ -5,6 +5,8 @@ This module imports MXNet submodules only (``mxnet.ndarray``), never ``from mxne
 import nd``: a distributed-KVStore server imports this package from inside a
 half-initialised ``import mxnet``, where the ``nd`` alias does not exist yet.
 """
+__all__ = ['EPSILON_MODES', 'Step', 'adam_step']
+
 import math
 from typing import NamedTuple, Optional
 

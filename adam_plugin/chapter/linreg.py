@@ -5,6 +5,23 @@ parameters: :func:`train_reference` drives the chapter's hand-rolled
 :func:`adam_plugin.chapter.reference.adam`, :func:`train_trainer` drives
 ``gluon.Trainer(..., 'myadam')`` (or any other registered optimizer).
 """
+__all__ = [
+    'TRUE_W',
+    'TRUE_B',
+    'NUM_INPUTS',
+    'make_dataset',
+    'noise_floor',
+    'linreg',
+    'squared_loss',
+    'data_iter',
+    'init_params',
+    'Run',
+    'num_steps',
+    'train_reference',
+    'train_trainer',
+    'sweep',
+]
+
 from dataclasses import dataclass, field
 
 import numpy as np
