@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional
 
 import mxnet.ndarray as nd
 
+#: The values of ``epsilon_mode``: where epsilon enters the update.
 EPSILON_MODES = ('outside', 'inside', 'hat')
 
 

@@ -31,8 +31,11 @@ from mxnet import autograd, gluon, nd
 from . import reference
 from ..optimizer import MyAdam  # noqa: F401  (registers 'myadam')
 
+#: The chapter's true weights.
 TRUE_W = (2.0, -3.4)
+#: The chapter's true bias.
 TRUE_B = 4.2
+#: The number of features.
 NUM_INPUTS = 2
 
 
