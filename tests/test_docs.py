@@ -6,7 +6,10 @@ Conventions (docs/testing.md states them for writers):
   Python process, in one namespace, in a temporary working directory.
 - A block that cannot run here starts with the line ``# not runnable: REASON``.
 - Links are checked by GitHub's rules for heading anchors.
+- Every module of the package lists its public names in ``__all__`` or says "Internal:"
+  in its docstring, and the pages name public names only.
 """
+import ast
 import importlib
 import json
 import os
@@ -28,6 +31,8 @@ HEADING = re.compile(r'^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$')
 LINK = re.compile(r'!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]*)>?(?:\s+"[^"]*")?\s*\)')
 REFERENCE_DEF = re.compile(r'^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)')
 SCHEME = re.compile(r'^[a-zA-Z][a-zA-Z0-9+.-]*:')
+DOTTED = re.compile(r'\badam_plugin(?:\.[A-Za-z_]\w*)+')
+INTERNAL = re.compile(r'^Internal:', re.MULTILINE)
 # Pages whose blocks take under ~2 s on the quiet 2-core machine (MXNet's import is about
 # 1 s of it); the others run in the slow tier.
 QUICK_PAGES = ('README.md', 'checkpoints.md', 'gluon-toolkits.md', 'speed.md')
@@ -243,6 +248,61 @@ def test_not_runnable_block(page, block):
     """Each block marked not runnable is reported as a skip with its reason, which it must give."""
     assert block.not_runnable, f'{page.name}:{block.line}: "# not runnable:" needs a reason'
     pytest.skip(f'{page.name}:{block.line}: not runnable: {block.not_runnable}')
+
+
+def marking(path):
+    """``(internal, all)`` of a module's source: does its docstring have an ``Internal:``
+    line, and the names its ``__all__`` lists (None without one). Read, not imported:
+    importing a ``__main__`` module would run it."""
+    tree = ast.parse(path.read_text())
+    internal = bool(INTERNAL.search(ast.get_docstring(tree) or ''))
+    names = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+             and [getattr(t, 'id', None) for t in node.targets] == ['__all__']]
+    return internal, (names[0] if names else None)
+
+
+def public(dotted):
+    """Is ``adam_plugin.x.y`` a public module, or a name in a public module's ``__all__``?"""
+    parts = dotted.split('.')
+    for cut in range(len(parts), 0, -1):
+        path = ROOT.joinpath(*parts[:cut])
+        source = path / '__init__.py' if path.is_dir() else path.with_suffix('.py')
+        if source.exists():
+            internal, names = marking(source)
+            rest = parts[cut:]
+            return not internal and (not rest or names is not None and rest[0] in names)
+    return False
+
+
+MODULES = sorted((ROOT / 'adam_plugin').rglob('*.py'))
+
+
+@pytest.mark.parametrize('path', MODULES, ids=[str(m.relative_to(ROOT)) for m in MODULES])
+def test_every_module_is_public_or_says_it_is_internal(path):
+    internal, names = marking(path)
+    assert internal != (names is not None), (
+        f'{path.relative_to(ROOT)}: a public module lists its names in __all__, an internal '
+        f'one says "Internal:" in its docstring; it has exactly one of the two')
+    if names is not None and path.name != '__main__.py':
+        module = importlib.import_module('.'.join(path.relative_to(ROOT).with_suffix('').parts)
+                                         .removesuffix('.__init__'))
+        for name in names:
+            assert hasattr(module, name) or importlib.import_module(f'{module.__name__}.{name}')
+
+
+@pytest.mark.parametrize('page', PAGES, ids=[p.name for p in PAGES])
+def test_pages_name_public_api_only(page):
+    named = set(DOTTED.findall(page.read_text()))
+    assert not {n for n in named if not public(n)}, \
+        f'{page.name} sends users to names that are not public: {sorted(n for n in named if not public(n))}'
+
+
+def test_the_public_api_check_knows_internal_names():
+    assert public('adam_plugin.MyAdam') and public('adam_plugin.fused.use_variant')
+    assert public('adam_plugin.scaleout.launch') and public('adam_plugin.chapter')
+    assert not public('adam_plugin.dispatch.route') and not public('adam_plugin.dispatch')
+    assert not public('adam_plugin.fused.Buffers') and not public('adam_plugin.textbook._rule')
+    assert not public('adam_plugin.checkpoint.safe') and not public('adam_plugin.nonesuch')
 
 
 # --- the API reference
