@@ -5,6 +5,8 @@ Conventions (docs/testing.md states them for writers):
 - A page's Python blocks (fences opened with ``python``) run in order in one fresh
   Python process, in one namespace, in a temporary working directory.
 - A block that cannot run here starts with the line ``# not runnable: REASON``.
+- Every ``python -m adam_plugin...`` command of a shell block (``sh``) parses: its
+  module's argparse accepts its arguments (the command itself does not run).
 - Links are checked by GitHub's rules for heading anchors.
 - Every module of the package lists its public names in ``__all__`` or says "Internal:"
   in its docstring, and the pages name public names only.
@@ -15,6 +17,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 
@@ -248,6 +251,61 @@ def test_not_runnable_block(page, block):
     """Each block marked not runnable is reported as a skip with its reason, which it must give."""
     assert block.not_runnable, f'{page.name}:{block.line}: "# not runnable:" needs a reason'
     pytest.skip(f'{page.name}:{block.line}: not runnable: {block.not_runnable}')
+
+
+SHELL_INFO = ('sh', 'bash', 'shell', 'console')
+COMMAND = re.compile(r'^(?:\S*/)?python3? -m (adam_plugin[\w.]*)\b')
+# Runs each command's module with argparse made to stop after parsing: an unknown flag or a
+# bad value exits 2, as it would for the user; a good command line exits 0 unrun.
+PARSE_ONLY = """\
+import argparse, json, runpy, sys
+parse = argparse.ArgumentParser.parse_args
+def parse_only(self, args=None, namespace=None):
+    parse(self, args, namespace)
+    raise SystemExit(0)
+argparse.ArgumentParser.parse_args = parse_only
+codes = []
+for argv in json.load(sys.stdin):
+    sys.argv = argv
+    try:
+        runpy.run_module(argv[0], run_name='__main__', alter_sys=True)
+        codes.append('ran past argparse')
+    except SystemExit as done:
+        codes.append(done.code)
+print(json.dumps(codes))
+"""
+
+
+def commands(page):
+    """``(line, argv)`` of each ``python -m adam_plugin...`` line in the page's shell blocks."""
+    found = []
+    for block in split(page.read_text())[0]:
+        if block.info.lower() in SHELL_INFO:
+            for offset, line in enumerate(block.code.split('\n')):
+                if COMMAND.match(line.strip()):
+                    argv = shlex.split(line.strip(), comments=True)
+                    found.append((block.line + offset, argv[argv.index('-m') + 1:]))
+    return found
+
+
+def parse_commands(argvs):
+    """The exit code of parsing each argv (``[module, arg, ...]``), as ``PARSE_ONLY`` saw it."""
+    done = subprocess.run([sys.executable, '-c', PARSE_ONLY], input=json.dumps(argvs),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_command_lines_parse():
+    """Each page's commands parse; two made-up bad ones in the same run show the check bites."""
+    found = [(page, line, argv) for page in PAGES for line, argv in commands(page)]
+    assert len(found) >= 5, 'the pages show fewer commands than expected: is COMMAND right?'
+    planted = [['adam_plugin', 'linreg', '--no-such-flag'], ['adam_plugin', 'nonesuch']]
+    codes = parse_commands([argv for _, _, argv in found] + planted)
+    assert codes[len(found):] == [2, 2], 'the parse-only run does not catch bad command lines'
+    bad = [f'{page.name}:{line}: {shlex.join(argv)} -> {code}'
+           for (page, line, argv), code in zip(found, codes) if code != 0]
+    assert not bad, 'command lines their module refuses:\n' + '\n'.join(bad)
 
 
 def marking(path):
