@@ -6,6 +6,7 @@
 # `make failfast`: each failing-KVStore-job test 20 times (make test runs them 5 times).
 # `make mutants`: mutation testing of the optimizer library with mutmut (slow; see below).
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
+# `make docs`: the API reference from the docstrings (Sphinx, warnings as errors) into build/docs.
 #
 # Two virtual environments, their versions pinned by requirements.txt (used as constraints, so
 # a dependency the package forgets to declare in pyproject.toml is missing there too):
@@ -35,7 +36,7 @@ SOURCES  := $(BUILD) README.md $(wildcard adam_plugin/*.py adam_plugin/*/*.py)
 HOROVOD  := $(VENV)/.horovod
 TEST_DEPS := $(STAMP) $(HOROVOD)
 
-.PHONY: demo test quick failfast notebooks clean objdump mutants
+.PHONY: demo test quick failfast notebooks docs clean objdump mutants
 
 demo: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m adam_plugin linreg --plot docs/loss.png
@@ -55,6 +56,11 @@ quick: $(TEST_DEPS) objdump
 
 notebooks: $(STAMP)
 	PYTHONSAFEPATH=1 $(BIN)/jupyter-execute --inplace notebooks/*.ipynb
+
+# The installed package's docstrings; tests/test_docs.py builds the same in `make test`.
+docs: $(STAMP)
+	$(RUN) -m sphinx -W --keep-going -E -q -b html docs/api build/docs
+	@echo "the API reference: build/docs/index.html"
 
 # tests/test_packaging.py reads the built kernel with objdump.
 objdump:

@@ -4,6 +4,13 @@
 ``'myadam'``, so ``gluon.Trainer(params, 'myadam', {'learning_rate': 0.1})`` works.
 Only the optimizer is imported here: a distributed-KVStore server imports this
 package while ``mxnet`` itself is still initialising.
+
+The public API: :class:`MyAdam` (here), :mod:`adam_plugin.checkpoint`,
+:func:`adam_plugin.distributed.exit_on_uncaught_exception`, the kernel's variant
+functions in :mod:`adam_plugin.fused`, the rule in :mod:`adam_plugin.textbook`, the
+chapter's code (:mod:`adam_plugin.chapter`) and :mod:`adam_plugin.scaleout.launch`;
+each module's ``__all__`` lists its public names. Modules whose docstring says
+"Internal" (``dispatch``, ``deferred``, ``checkpoint.safe``, ...) may change at any time.
 """
 from .optimizer import MyAdam
 

@@ -1,4 +1,7 @@
-"""``python -m adam_plugin linreg | sweep``: the chapter's command line (:mod:`adam_plugin.chapter.cli`)."""
+"""``python -m adam_plugin linreg | sweep``: the chapter's command line (:mod:`adam_plugin.chapter.cli`).
+
+Internal: the command is public, this module's names are not (see :mod:`adam_plugin`).
+"""
 import sys
 
 from .chapter.cli import main

@@ -1,4 +1,7 @@
-"""The package's warnings, attributed to the user's line rather than to ours."""
+"""The package's warnings, attributed to the user's line rather than to ours.
+
+Internal: not part of the public API (see :mod:`adam_plugin`); its names may change.
+"""
 import sys
 import warnings
 

@@ -1,5 +1,7 @@
 """Errors raised inside MXNet's KVStore callback, carried to the user.
 
+Internal: not part of the public API (see :mod:`adam_plugin`); its names may change.
+
 With ``update_on_kvstore=True`` (``gluon.Trainer``'s default with several
 devices) the KVStore runs the optimizer from C through a ctypes callback,
 ``updater_handle`` in ``mxnet/kvstore/kvstore.py``. ctypes cannot pass an

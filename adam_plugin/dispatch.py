@@ -1,5 +1,7 @@
 """Which implementation updates each parameter: the one place that decides.
 
+Internal: not part of the public API (see :mod:`adam_plugin`); its names may change.
+
 Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
 
 ``'kernel'``

@@ -1,5 +1,7 @@
 """MyAdam in a distributed-KVStore job: the update runs on the servers, and a failing worker exits.
 
+Public: :func:`exit_on_uncaught_exception`; the rest is internal (MyAdam calls it).
+
 With a ``dist`` KVStore, ``gluon.Trainer(..., update_on_kvstore=True)`` (MXNet's
 default there) pickles the optimizer to the servers, which run every update
 once; the workers only push gradients and pull weights, and end bitwise equal.
@@ -26,6 +28,8 @@ drives the optimizer: it gives every Parameter a reference to itself and sets
 ``DMLC_ROLE=worker`` left in the environment, a Horovod rank
 (``hvd.DistributedTrainer`` has no KVStore) and a local Trainer do not count.
 """
+__all__ = ['exit_on_uncaught_exception']
+
 import os
 import sys
 

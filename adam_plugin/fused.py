@@ -1,5 +1,7 @@
 """The whole Adam step in one pass over memory, on MXNet's own CPU buffers.
 
+Public: :func:`variants`, :func:`variant` and :func:`use_variant`; the rest is internal.
+
 The pass is compiled C++ (``adam_plugin/_kernel.cpp``), built by ``setup.py`` when the
 package is installed, as the plain shared library ``libadam_kernel.so`` beside this file,
 and loaded here with ctypes: nothing is compiled at run time. When it was not built (no
@@ -25,6 +27,8 @@ shared by :data:`THREADS` threads (the caller's and a pool kept by the kernel), 
 take the list, laid end to end, in pieces of 2^18 elements; smaller calls run on the
 calling thread alone, where waking another costs more than it saves.
 """
+__all__ = ['variants', 'variant', 'use_variant']
+
 import ctypes
 import math
 import os

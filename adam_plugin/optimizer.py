@@ -1,4 +1,6 @@
 """``MyAdam``: the Adam optimizer registered with MXNet as ``'myadam'``."""
+__all__ = ['MyAdam']
+
 import math
 import numbers
 
@@ -64,8 +66,9 @@ class MyAdam(Optimizer):
         w     = w * (1 - lr * wd)                           (decoupled_wd, no L2 in g)
         w     = w - lr * u
 
-    The defaults equal ``torch.optim.Adam``; ``epsilon_mode='hat'`` equals
-    ``mx.optimizer.Adam``; ``decoupled_wd=True`` equals ``torch.optim.AdamW``.
+    The defaults equal ``torch.optim.Adam``; ``decoupled_wd=True`` equals
+    ``torch.optim.AdamW``; ``epsilon_mode='hat'`` agrees with ``mx.optimizer.Adam`` to
+    the float32 rounding of each step (MXNet's ``adam_update`` takes float32 betas).
 
     Parameters
     ----------

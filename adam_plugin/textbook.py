@@ -5,11 +5,14 @@ This module imports MXNet submodules only (``mxnet.ndarray``), never ``from mxne
 import nd``: a distributed-KVStore server imports this package from inside a
 half-initialised ``import mxnet``, where the ``nd`` alias does not exist yet.
 """
+__all__ = ['EPSILON_MODES', 'Step', 'adam_step']
+
 import math
 from typing import NamedTuple, Optional
 
 import mxnet.ndarray as nd
 
+#: The values of ``epsilon_mode``: where epsilon enters the update.
 EPSILON_MODES = ('outside', 'inside', 'hat')
 
 

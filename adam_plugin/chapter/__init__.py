@@ -8,3 +8,4 @@
 
 Nothing in the optimizer library (:mod:`adam_plugin`) imports this package.
 """
+__all__ = ['cli', 'linreg', 'plots', 'probes', 'reference']

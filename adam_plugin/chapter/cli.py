@@ -6,6 +6,8 @@
 Both show a progress bar on stderr unless ``--quiet``; with ``--json`` stdout
 holds exactly one JSON object.
 """
+__all__ = ['main']
+
 import argparse
 import json
 import math

@@ -5,6 +5,23 @@ parameters: :func:`train_reference` drives the chapter's hand-rolled
 :func:`adam_plugin.chapter.reference.adam`, :func:`train_trainer` drives
 ``gluon.Trainer(..., 'myadam')`` (or any other registered optimizer).
 """
+__all__ = [
+    'TRUE_W',
+    'TRUE_B',
+    'NUM_INPUTS',
+    'make_dataset',
+    'noise_floor',
+    'linreg',
+    'squared_loss',
+    'data_iter',
+    'init_params',
+    'Run',
+    'num_steps',
+    'train_reference',
+    'train_trainer',
+    'sweep',
+]
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,8 +31,11 @@ from mxnet import autograd, gluon, nd
 from . import reference
 from ..optimizer import MyAdam  # noqa: F401  (registers 'myadam')
 
+#: The chapter's true weights.
 TRUE_W = (2.0, -3.4)
+#: The chapter's true bias.
 TRUE_B = 4.2
+#: The number of features.
 NUM_INPUTS = 2
 
 

@@ -4,6 +4,8 @@ Every function returns a :class:`matplotlib.figure.Figure` built without
 ``pyplot``: no global state, no backend choice. A notebook shows the returned
 figure inline; the command line writes it with :func:`save`.
 """
+__all__ = ['save', 'loss_curves', 'lr_sweep', 'bias_correction', 'first_steps']
+
 from matplotlib.figure import Figure
 
 STYLES = ('-', '--', ':', '-.')

@@ -3,6 +3,8 @@
 Each probe drives the real optimizer (``MyAdam.update``) and reads back what it
 did, so the figures show the plugin's behaviour, not a re-derivation of it.
 """
+__all__ = ['first_moment', 'first_step']
+
 import numpy as np
 import mxnet.ndarray as nd
 

@@ -3,6 +3,7 @@
 This is the outside reference the plugin is checked against: it shares no code
 with :mod:`adam_plugin.optimizer` or :mod:`adam_plugin.textbook`.
 """
+__all__ = ['adam']
 
 
 def adam(params, vs, sqrs, lr, batch_size, t):

@@ -25,6 +25,8 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
 A changed number inside a well-formed file cannot be told from a real one (the
 format has no checksum).
 """
+__all__ = ['save_states', 'load_states']
+
 import os
 import reprlib
 import warnings

@@ -1,5 +1,7 @@
 """``python -m adam_plugin.checkpoint inspect FILE [--json]``: what a states file holds.
 
+Internal: the command is public, this module's names are not (see :mod:`adam_plugin`).
+
 Reads the file as :func:`adam_plugin.checkpoint.load_states` does, without
 running code from it or building anything: the optimizer's class and
 hyperparameters, its update counts, and each parameter's state shapes and

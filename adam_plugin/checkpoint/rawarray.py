@@ -1,5 +1,7 @@
 """Read the header of an MXNet array's raw bytes, the ``handle`` its pickle holds.
 
+Internal: not part of the public API (see :mod:`adam_plugin`); its names may change.
+
 ``NDArray.__getstate__`` stores ``MXNDArraySaveRawBytes``, MXNet's
 ``NDArray::Save`` (``src/ndarray/ndarray.cc`` at 1.9.1), little-endian::
 

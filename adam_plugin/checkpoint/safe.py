@@ -1,5 +1,7 @@
 """Unpickle a Trainer checkpoint without running anything the file names.
 
+Internal: not part of the public API (see :mod:`adam_plugin`); its names may change.
+
 A pickle is a program: ``GLOBAL`` looks a callable up by name, ``REDUCE`` calls it
 with arguments from the file, ``BUILD`` hands an object its state. The
 :class:`_Unpickler` here gives every name the file asks for a :class:`Record`

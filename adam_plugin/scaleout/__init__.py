@@ -4,3 +4,4 @@
 
 The optimizer's own behaviour in a distributed job lives in :mod:`adam_plugin.distributed`.
 """
+__all__ = ['launch']

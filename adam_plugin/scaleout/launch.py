@@ -29,6 +29,8 @@ The scheduler runs :data:`SCHEDULER_CODE`: what ``import mxnet`` does in a
 scheduler, through MXNet's C API without its Python package (whose import costs
 about 2 s of CPU here; the scheduler never runs Python code of MXNet's).
 """
+__all__ = ['launch', 'main', 'dmlc_env', 'SERVER_CODE', 'SCHEDULER_CODE']
+
 import argparse
 import os
 import signal
