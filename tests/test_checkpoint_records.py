@@ -335,11 +335,11 @@ def test_a_persistent_id_is_refused(tmp_path):
 
 
 def test_a_numpy_dtype_hyperparameter_is_rebuilt(tmp_path):
-    """A NumPy dtype where a user put one (as a hyperparameter's value) comes back equal."""
+    """A NumPy dtype where a user put one (in an unchecked attribute) comes back equal."""
     job = Job('defaults', 'one_device').train(range(1, 3))
-    job.trainer.optimizer.multi_precision = np.dtype('float16')
+    job.trainer.optimizer.idx2name = {0: np.dtype('float16')}
     _, fname = save(job, tmp_path)
-    job.trainer.optimizer.multi_precision = False
+    job.trainer.optimizer.idx2name = {}
     checkpoint.load_states(job.trainer, fname)
-    assert job.trainer.optimizer.multi_precision == np.dtype('float16')
-    assert type(job.trainer.optimizer.multi_precision) is type(np.dtype('float16'))
+    assert job.trainer.optimizer.idx2name == {0: np.dtype('float16')}
+    assert type(job.trainer.optimizer.idx2name[0]) is type(np.dtype('float16'))

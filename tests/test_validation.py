@@ -1,4 +1,5 @@
 """Bad hyperparameters are refused with a ValueError naming the parameter and the value."""
+import inspect
 import math
 import pickle
 import reprlib
@@ -9,6 +10,7 @@ import mxnet as mx
 from mxnet import gluon, nd
 
 from adam_plugin import MyAdam
+from adam_plugin.options import OPTIONS
 from conftest import TOL
 from oracles import NumpyAdam
 
@@ -203,3 +205,18 @@ def test_a_misfit_gradient_is_refused_after_fitting_ones_for_the_same_index():
         opt.update(0, w, nd.ones((1,)), state)
     np.testing.assert_array_equal(w.asnumpy(), moved)
     assert opt._index_update_count[0] == 2
+
+
+# The option table (adam_plugin.options) is the one declaration of every hyperparameter.
+@pytest.mark.parametrize('option', OPTIONS, ids=[o.name for o in OPTIONS])
+def test_each_option_is_in_the_signature_the_docs_and_a_default_instance(option):
+    parameter = inspect.signature(MyAdam).parameters[option.name]
+    assert parameter.default == option.default or parameter.default is option.default
+    assert f"\n    {option.name} : {option.type}, default {option.default!r}\n" in MyAdam.__doc__
+    assert getattr(MyAdam(), option.key) == option.default
+
+
+def test_positional_arguments_keep_their_order():
+    opt = MyAdam(0.05, 0.8, 0.99, 1e-6, 'inside', True)
+    assert (opt.lr, opt.beta1, opt.beta2, opt.epsilon, opt.epsilon_mode, opt.amsgrad) == \
+        (0.05, 0.8, 0.99, 1e-6, 'inside', True)
