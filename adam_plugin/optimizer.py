@@ -7,17 +7,9 @@ from mxnet.optimizer import Optimizer
 
 from . import _warn, dispatch, distributed, options
 from .deferred import DeferredError
-from .options import OPTIONS
+from .options import AGGREGATE_NUM, OPTIONS
 from .textbook import Step
 
-# With aggregate_num > 0, MXNet's Updater hands a whole list of parameters to one
-# update call (one list per dtype, up to this many): a 'raise' is then decided for
-# the whole step before anything changes, and the fused route makes one launch.
-AGGREGATE_NUM = 1 << 20
-
-# MyAdam's own bookkeeping, kept in a states file besides the options -> its value in
-# a file saved before it existed.
-BOOKKEEPING = {'num_skipped': 0, 'aggregate_num': AGGREGATE_NUM}
 
 @Optimizer.register
 class MyAdam(Optimizer):
@@ -55,6 +47,10 @@ class MyAdam(Optimizer):
         True or False (1 or 0); the message names it.
     """
 
+    # What a states file saved before an attribute existed means by it (the safe loader's
+    # list of attributes a file may lack).
+    state_defaults = options.state_defaults()
+
     def __init__(self, *args, **kwargs):
         given = _SIGNATURE.bind(self, *args, **kwargs).arguments
         del given['self']
@@ -78,12 +74,9 @@ class MyAdam(Optimizer):
         return state
 
     def __setstate__(self, state):
-        """Checked as :meth:`__init__` checks its arguments (for ``Trainer.load_states``
-        too); an option or bookkeeping the state lacks (saved before it existed) takes
-        its default."""
-        values = options.checked({o.name: state[o.key] for o in OPTIONS if o.key in state})
-        state = {**BOOKKEEPING, **state, **{o.key: values[o.name] for o in OPTIONS}}
-        super().__setstate__(state)
+        """Checked as :meth:`__init__` checks its arguments (so ``Trainer.load_states``
+        refuses a bad file too); see :func:`adam_plugin.options.checked_state`."""
+        super().__setstate__(options.checked_state(state))
         self._layouts = dispatch.Layouts(self._name)
         self._deferred = DeferredError()
 

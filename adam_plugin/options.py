@@ -17,10 +17,16 @@ import textwrap
 from typing import Callable, NamedTuple, Optional
 
 import numpy
+from mxnet import lr_scheduler as _lrs
 
 from .textbook import EPSILON_MODES
 
 NONFINITE_POLICIES = ('skip', 'raise')
+
+# With aggregate_num > 0, MXNet's Updater hands a whole list of parameters to one
+# update call (one list per dtype, up to this many): a 'raise' is then decided for
+# the whole step before anything changes, and the fused route makes one launch.
+AGGREGATE_NUM = 1 << 20
 
 
 def _refuse(name, value, expected):
@@ -66,6 +72,85 @@ def one_of(choices):
             _refuse(name, value, f'one of {choices}')
         return value
     return check
+
+
+def integer(low):
+    """A check: an int (not a bool) >= ``low``."""
+    def check(name, value):
+        if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                and value >= low):
+            _refuse(name, value, f'an int >= {low}')
+        return value
+    return check
+
+
+def counts(name, value):
+    """A check: MXNet's per-index update counts, ``{index: count}``, each count >= 1
+    (``Optimizer._update_count`` starts an index at ``begin_num_update`` and adds 1
+    before the step uses it: a count of 0 would bias-correct a used state as new)."""
+    if type(value) is not dict:
+        _refuse(name, value, 'a dict of parameter index -> update count')
+    for index, count in value.items():
+        integer(0)(f"{name} key", index)
+        integer(1)(f"{name}[{index}]", count)
+    return value
+
+
+def per_device_counts(name, value):
+    """A check: ``{device: {index: count}}`` (``Optimizer._all_index_update_counts``)."""
+    if type(value) is not dict or not value:
+        _refuse(name, value, 'a dict of device -> update counts')
+    for device, device_counts in value.items():
+        integer(0)(f"{name} key", device)
+        counts(f"{name}[{device}]", device_counts)
+    return value
+
+
+_FINITE = number(lambda x: 0.0 <= x < math.inf, '>= 0')
+_FACTOR = number(lambda x: 0.0 < x <= 1.0, 'in (0, 1]')
+
+
+def _increasing_steps(name, value):
+    if not (type(value) is list and value and all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in value)
+            and value[0] >= 1 and all(a < b for a, b in zip(value, value[1:]))):
+        _refuse(name, value, 'an increasing list of ints >= 1')
+    return value
+
+
+# MXNet's scheduler classes -> the constraints of the fields they add (their
+# constructors' own checks, and what keeps __call__ finite and returning).
+SCHEDULER_FIELDS = {
+    _lrs.LRScheduler: {'base_lr': _FINITE, 'warmup_steps': integer(0),
+                       'warmup_begin_lr': _FINITE, 'warmup_final_lr': _FINITE,
+                       'warmup_mode': one_of(('linear', 'constant'))},
+    _lrs.FactorScheduler: {'step': integer(1), 'factor': _FACTOR,
+                           'stop_factor_lr': _FINITE, 'count': integer(0)},
+    _lrs.MultiFactorScheduler: {'step': _increasing_steps, 'cur_step_ind': integer(0),
+                                'factor': _FACTOR, 'count': integer(0)},
+    _lrs.PolyScheduler: {'power': number(lambda x: abs(x) < math.inf, 'finite'),
+                         'base_lr_orig': _FINITE, 'max_update': integer(1),
+                         'final_lr': _FINITE, 'max_steps': integer(0)},
+    _lrs.CosineScheduler: {'base_lr_orig': _FINITE, 'max_update': integer(1),
+                           'final_lr': _FINITE, 'max_steps': integer(0)},
+}
+
+
+def scheduler(name, value):
+    """A check: None, or a callable schedule; MXNet's classes' fields by their constraints."""
+    if value is None:
+        return value
+    if not callable(value):
+        _refuse(name, value, 'None or a callable lr_scheduler')
+    fields = vars(value)
+    for cls in type(value).__mro__:
+        for field, check in SCHEDULER_FIELDS.get(cls, {}).items():
+            if field not in fields:
+                _refuse(f"{name}.{field}", '<missing>', f"{type(value).__name__} to have it")
+            check(f"{name}.{field}", fields[field])
+    if isinstance(value, _lrs.MultiFactorScheduler) and fields['cur_step_ind'] > len(fields['step']):
+        _refuse(f"{name}.cur_step_ind", fields['cur_step_ind'], f"<= {len(fields['step'])}")
+    return value
 
 
 LEARNING_RATE = number(lambda x: 0.0 <= x < math.inf, '>= 0')
@@ -143,6 +228,35 @@ OPTIONS = (
            "does not clip.", mxnet=True),
     Option('multi_precision', False, flag, 'bool',
            "Step float16 weights on a float32 master copy.", mxnet=True),
+    Option('lr_scheduler', None, scheduler, 'LRScheduler or None',
+           "The learning rate at update ``num_update`` is ``lr_scheduler(num_update)``. "
+           "MXNet's scheduler classes are checked by their own constraints (``step >= 1``, "
+           "``0 < factor <= 1``, finite rates, ...).", mxnet=True),
+)
+
+
+class Kept(NamedTuple):
+    """An attribute of the optimizer's bookkeeping that a states file holds.
+
+    ``default`` is what a file saved before it existed means by it; ``REQUIRED``
+    if every file holds it (MXNet's own).
+    """
+    key: str
+    default: object
+    check: Callable
+
+
+REQUIRED = object()
+
+# The bookkeeping a states file holds besides the options.
+KEPT = (
+    Kept('num_update', REQUIRED, integer(0)),
+    Kept('begin_num_update', REQUIRED, integer(0)),
+    Kept('_all_index_update_counts', REQUIRED, per_device_counts),
+    Kept('_index_update_count', REQUIRED, counts),
+    Kept('num_skipped', 0, integer(0)),
+    # MXNet's Updater loops ``current_index += aggregate_num``: 0 never returns.
+    Kept('aggregate_num', AGGREGATE_NUM, integer(1)),
 )
 
 
@@ -155,6 +269,29 @@ def checked(values):
     for option in OPTIONS:
         out[option.name] = option.check(option.name, values.get(option.name, option.default))
     return out
+
+
+def checked_state(state):
+    """An optimizer's pickled ``state`` checked as :func:`checked` checks arguments.
+
+    An option or bookkeeping the state lacks (saved before it existed) takes its
+    default; lacking one that every file holds raises ``ValueError`` naming it.
+    """
+    values = checked({o.name: state[o.key] for o in OPTIONS if o.key in state})
+    state = {**state, **{o.key: values[o.name] for o in OPTIONS}}
+    for kept in KEPT:
+        if kept.key not in state and kept.default is REQUIRED:
+            _refuse(kept.key, '<missing>', 'every states file to hold it')
+        state[kept.key] = kept.check(kept.key, state.get(kept.key, kept.default))
+    if state['lr'] is None and state['lr_scheduler'] is None:
+        _refuse('learning_rate', None, 'a number when there is no lr_scheduler')
+    return state
+
+
+def state_defaults():
+    """Attribute -> the value a states file that lacks it means."""
+    return {**{o.key: o.default for o in OPTIONS},
+            **{k.key: k.default for k in KEPT if k.default is not REQUIRED}}
 
 
 def parameters_doc():

@@ -156,11 +156,11 @@ def without(obj, name):
 TAMPERED = {
     'scheduler_extra_attribute': (tampered(lambda s, o, m: setattrs(
         o.lr_scheduler, command=touch(m))),
-        "mxnet.lr_scheduler.FactorScheduler is rebuilt with attributes ['command']"),
+        "its mxnet.lr_scheduler.FactorScheduler has attributes ['command']"),
     'optimizer_extra_attribute': (tampered(lambda s, o, m: setattrs(o, command=touch(m))),
-                                  "MyAdam is rebuilt with attributes ['command']"),
-    'optimizer_missing_attribute': (tampered(lambda s, o, m: without(o, 'fused')),
-                                    "MyAdam is rebuilt without its attributes ['fused']"),
+                                  "MyAdam has attributes ['command']"),
+    'optimizer_missing_attribute': (tampered(lambda s, o, m: without(o, 'idx2name')),
+                                    "MyAdam is rebuilt without its attributes ['idx2name']"),
     'optimizer_called': (tampered(lambda s, o, m: (s, Call(adam_plugin.MyAdam, 0.5))),
                          "MyAdam is rebuilt by calling it with (0.5,)"),
     'array_garbage_bytes': (tampered(lambda s, o, m: put(s, 0, (Rebuilt(

@@ -165,14 +165,16 @@ ROWS = {
     'optimizer_attribute_not_a_string': (resaved(lambda s, o: o.__dict__.update({1: 0})),
                                          f'{OPT} is rebuilt with state {{...'),
     'optimizer_extra_attributes': (resaved(lambda s, o: setattrs(o, z_cmd=1, a_cmd=2)),
-                                   f"{OPT} is rebuilt with attributes ['a_cmd', 'z_cmd'] it does "
-                                   "not have, which no checkpoint does"),
+                                   f"its {OPT} has attributes ['a_cmd', 'z_cmd'], which this "
+                                   "release's MyAdam does not know"),
     'optimizer_extra_and_missing': (resaved(lambda s, o: setattrs(o, cmd=1) or without(o, 'fused')),
-                                    f"{OPT} is rebuilt with attributes ['cmd'] it does not have, "
-                                    "which no checkpoint does"),
-    'optimizer_missing_attributes': (resaved(lambda s, o: without(o, 'fused') or without(
-        o, 'beta1')), f"{OPT} is rebuilt without its attributes ['beta1', 'fused'], which no "
-                      "checkpoint does"),
+                                    f"its {OPT} has attributes ['cmd'], which this release's "
+                                    "MyAdam does not know"),
+    # an option may be missing (a file from before it existed: see test_checkpoint_upgrade),
+    # MXNet's own bookkeeping may not
+    'optimizer_missing_attributes': (resaved(lambda s, o: without(o, 'num_update') or without(
+        o, 'idx2name')), f"{OPT} is rebuilt without its attributes ['idx2name', 'num_update'], "
+                         "which no checkpoint does"),
     'array_in_a_hyperparameter': (resaved(lambda s, o: setattrs(o, lr=[1.0, (nd.ones(1),)])),
                                   f"attribute 'lr' of {OPT} holds {ARRAY}, which does not "
                                   "belong there"),

@@ -111,7 +111,7 @@ def _rebuild(trainer, data):
         if not 0 <= index < len(params):
             raise safe.Refused(f"it holds a state for parameter index {index}, "
                                f"this Trainer has {len(params)}")
-    optimizer = _built(record)
+    optimizer = checked_optimizer(record)
     for index, state in states.items():
         param = params[index]
         weight = param._check_and_get(param._data, list)[0]  # pylint: disable=protected-access
@@ -127,6 +127,16 @@ def _rebuild(trainer, data):
                                f"{reprlib.repr(safe.layout(state))}, "
                                f"expected {safe.layout(expected)}")
     return optimizer, _built(states), states
+
+
+def checked_optimizer(record):
+    """The file's optimizer, rebuilt from its checked ``record``; its own checks (for
+    ``MyAdam``, those of :mod:`adam_plugin.options`: a hyperparameter, schedule or
+    update count out of range) raise :class:`safe.Refused` with their message."""
+    try:
+        return safe.build(record)
+    except ValueError as err:
+        raise safe.Refused(str(err)) from None
 
 
 def _built(records):

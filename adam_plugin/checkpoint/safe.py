@@ -167,10 +167,13 @@ class _Instance:
         if type(state) is not dict or not all(type(key) is str for key in state):
             record.refuse(f"with state {reprlib.repr(state)}")
         expected = set(reference.__getstate__())
-        if set(state) != expected:
-            extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
-            record.refuse(f"with attributes {extra} it does not have" if extra
-                          else f"without its attributes {missing}")
+        optional = set(getattr(self.cls, 'state_defaults', {}))  # a file from before they were
+        extra, missing = sorted(set(state) - expected), sorted(expected - optional - set(state))
+        if extra:
+            raise Refused(f"its {record.name} has attributes {extra}, which this release's "
+                          f"{self.cls.__name__} does not know")
+        if missing:
+            record.refuse(f"without its attributes {missing}")
         for key, value in state.items():
             where = f"attribute {key!r} of {record.name}"
             if key != 'lr_scheduler' or value is None:
