@@ -29,8 +29,12 @@ NONFINITE_POLICIES = ('skip', 'raise')
 AGGREGATE_NUM = 1 << 20
 
 
+class InvalidOption(ValueError):
+    """A value an option (or the bookkeeping of a states file) may not take."""
+
+
 def _refuse(name, value, expected):
-    raise ValueError(f"Invalid {name}: {value!r} (expected {expected})")
+    raise InvalidOption(f"Invalid {name}: {value!r} (expected {expected})")
 
 
 def number(ok, expected, cast=None):

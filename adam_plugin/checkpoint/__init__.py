@@ -31,6 +31,7 @@ import warnings
 
 from mxnet.optimizer import Optimizer
 
+from ..options import InvalidOption
 from . import safe
 
 
@@ -111,7 +112,7 @@ def _rebuild(trainer, data):
         if not 0 <= index < len(params):
             raise safe.Refused(f"it holds a state for parameter index {index}, "
                                f"this Trainer has {len(params)}")
-    optimizer = checked_optimizer(record)
+    optimizer = built(record)
     for index, state in states.items():
         param = params[index]
         weight = param._check_and_get(param._data, list)[0]  # pylint: disable=protected-access
@@ -126,22 +127,20 @@ def _rebuild(trainer, data):
             raise safe.Refused(f"the state of parameter '{param.name}' has layout "
                                f"{reprlib.repr(safe.layout(state))}, "
                                f"expected {safe.layout(expected)}")
-    return optimizer, _built(states), states
+    return optimizer, built(states), states
 
 
-def checked_optimizer(record):
-    """The file's optimizer, rebuilt from its checked ``record``; its own checks (for
-    ``MyAdam``, those of :mod:`adam_plugin.options`: a hyperparameter, schedule or
-    update count out of range) raise :class:`safe.Refused` with their message."""
-    try:
-        return safe.build(record)
-    except ValueError as err:
-        raise safe.Refused(str(err)) from None
+def built(records):
+    """The real objects of checked ``records``: :func:`safe.build`, its errors refused.
 
-
-def _built(records):
+    The optimizer's own checks (for ``MyAdam``, :mod:`adam_plugin.options`: a
+    hyperparameter, schedule or update count out of range) are refused with their
+    message; anything else MXNet raises, with its last line or the error's name.
+    """
     try:
         return safe.build(records)
+    except InvalidOption as err:
+        raise safe.Refused(str(err)) from None
     except Exception as err:  # noqa: BLE001  (MXNet refused checked bytes, e.g. np shape)
         lines = str(err).strip().splitlines() or [type(err).__name__]  # MXNet's message
         raise safe.Refused(f"it could not be rebuilt ({lines[-1]})") from None  # comes last

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from . import checked_optimizer, invalid, registered_optimizers, safe
+from . import built, invalid, registered_optimizers, safe
 
 # The optimizer's bookkeeping, shown as update counts rather than hyperparameters.
 COUNTS = ('num_update', 'begin_num_update', 'num_skipped', '_all_index_update_counts',
@@ -19,7 +19,7 @@ COUNTS = ('num_update', 'begin_num_update', 'num_skipped', '_all_index_update_co
 def describe(data):
     """What the states file ``data`` holds, as JSON-ready data; raises :class:`safe.Refused`."""
     states, optimizer = safe.read(data, registered_optimizers(), _default)
-    checked_optimizer(optimizer)  # its values, by the optimizer's own checks
+    built(optimizer)  # its values, by the optimizer's own checks
     attrs = optimizer.state
     scheduler = attrs['lr_scheduler']
     return {
