@@ -114,7 +114,7 @@ ATTACKS = {
     'inst_opcode': (opcodes(INST), 'os.system'),
     'copyreg_reconstructor': (tampered(lambda s, o, m: setattrs(o, lr_scheduler=Call(
         copyreg._reconstructor, logging.FileHandler, logging.FileHandler, str(m)))),
-        'copyreg._reconstructor'),
+        'logging.FileHandler'),
     'reduce_ex': (tampered(lambda s, o, m: put(s, 0, (CallEx(os.system, touch(m)),))),
                   'posix.system'),
     'functools_partial': (whole_file(lambda m: Call(functools.partial(os.system, touch(m)))),
@@ -184,7 +184,7 @@ TAMPERED = {
         "numpy.dtype is rebuilt from ('O8', False, True)"),
     'bytearray_from_text': (tampered(lambda s, o, m: put(s, 0, (Rebuilt(
         NDArray, (None,), {'handle': Call(bytearray, touch(m), 'latin-1')}),))),
-        'builtins.bytearray is rebuilt from arguments'),
+        "an array's raw bytes are not an MXNet array"),  # protocol 2's form; a shell command
     'array_as_hyperparameter': (tampered(lambda s, o, m: setattrs(o, lr=nd.ones(1))),
                                 "attribute 'lr' of adam_plugin.optimizer.MyAdam holds "
                                 "mxnet.ndarray.ndarray.NDArray, which does not belong there"),

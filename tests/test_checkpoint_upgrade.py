@@ -95,3 +95,22 @@ def test_a_file_without_an_attribute_loads_with_its_default(attribute, loader, t
     """``MyAdam.state_defaults`` is the rule, for options and MyAdam's bookkeeping."""
     _, opt = resumed(loader, older_file(tmp_path, attribute), steps=[])
     assert getattr(opt, attribute) == type(opt).state_defaults[attribute]
+
+
+@pytest.mark.parametrize('loader', LOADERS)
+@pytest.mark.parametrize('protocol', range(pickle.HIGHEST_PROTOCOL + 1))
+def test_every_pickle_protocol_of_the_file_loads(protocol, loader, straight, tmp_path):
+    """Protocols 0 to 2 name Python 2's modules (__builtin__, copy_reg), write bytes as
+    _codecs.encode(text, 'latin1') and a bytearray from latin-1 text."""
+    with open(STATES, 'rb') as f:
+        fname = tmp_path / f'p{protocol}.states'
+        fname.write_bytes(pickle.dumps(pickle.load(f), protocol))
+    got, _ = resumed(loader, fname)
+    assert_weights(got, straight)
+
+
+def test_a_protocol_0_file_names_python_2s_modules(tmp_path):
+    with open(STATES, 'rb') as f:
+        data = pickle.dumps(pickle.load(f), 0)
+    for name in (b'__builtin__\nbytearray', b'copy_reg\n_reconstructor', b'_codecs\nencode'):
+        assert name in data

@@ -15,6 +15,7 @@ pickle would have: ``cls(*args)`` and ``__setstate__`` for arrays,
 ``cls.__new__(cls)`` and ``__setstate__`` (or the instance ``__dict__``) for the
 optimizer and its ``lr_scheduler``.
 """
+import _compat_pickle
 import io
 import pickle
 import pickletools
@@ -104,16 +105,23 @@ class _Array:
 
 
 class _Bytes:
-    """An array's raw bytes: ``bytearray(data)``."""
+    """An array's raw bytes: ``bytearray(data)``, or ``bytearray(text, 'latin-1')`` as
+    pickle protocols 0 to 2 write it."""
 
     def check(self, record):
-        if not (record.called and len(record.args) == 1 and type(record.args[0]) is bytes
-                and record.state is _NO_STATE):
-            record.refuse(f"from arguments {reprlib.repr(record.args)}")
-        return record.args[0]
+        args = record.args
+        if record.called and record.state is _NO_STATE:
+            if len(args) == 1 and type(args[0]) is bytes:
+                return args[0]
+            if len(args) == 2 and type(args[0]) is str and args[1] == 'latin-1':
+                try:
+                    return args[0].encode('latin-1')
+                except UnicodeEncodeError:
+                    pass
+        return record.refuse(f"from arguments {reprlib.repr(args)}")
 
     def build(self, record, build):
-        return bytearray(record.args[0])
+        return bytearray(self.check(record))
 
 
 class _Dtype:
@@ -229,6 +237,35 @@ def _refuse_extension_codes(data):
                           f"({opcode.name}), which no checkpoint does")
 
 
+def _latin1(text, encoding):
+    """``_codecs.encode(text, 'latin1')``: how pickle protocols 0 to 2 write ``bytes``."""
+    if type(text) is not str or encoding != 'latin1':
+        raise Refused(f"it calls _codecs.encode with {reprlib.repr((text, encoding))}, "
+                      "which no checkpoint does")
+    try:
+        return text.encode('latin1')
+    except UnicodeEncodeError:
+        raise Refused("it calls _codecs.encode with text beyond latin1") from None
+
+
+_OBJECT = object()  # stands for builtins.object, only as _reconstructor's base
+
+
+def _reconstructor(cls, base, state):
+    """``copyreg._reconstructor(cls, object, None)``: protocols 0 and 1's ``cls.__new__(cls)``."""
+    if not (isinstance(cls, type) and issubclass(cls, Record) and base is _OBJECT
+            and state is None):
+        raise Refused(f"it calls copyreg._reconstructor with {reprlib.repr((cls, base, state))}"
+                      ", which no checkpoint does")
+    return cls.__new__(cls)
+
+
+# What pickle protocols 0 to 2 name besides a checkpoint's classes -> what the name
+# stands for here (each checks its arguments and makes what a genuine file means).
+_OLD_PROTOCOLS = {'_codecs.encode': _latin1, 'copyreg._reconstructor': _reconstructor,
+                  'builtins.object': _OBJECT}
+
+
 class _Unpickler(pickle.Unpickler):
     """Unpickles into :class:`Record` objects; refuses names not in ``allowed``."""
 
@@ -237,7 +274,10 @@ class _Unpickler(pickle.Unpickler):
         self.allowed, self.records = allowed, {}
 
     def find_class(self, module, name):
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)  # Python 2's names
         full = f"{module}.{name}"
+        if full in _OLD_PROTOCOLS:
+            return _OLD_PROTOCOLS[full]
         if full not in self.allowed:
             raise Refused(f"it names {full}, which no checkpoint holds (refused, "
                           "nothing from the file was run)")
