@@ -62,6 +62,7 @@ class MyAdam(Optimizer):
             if not option.mxnet:
                 setattr(self, option.key, values[option.name])
         self.num_skipped = 0
+        self.param_shapes = None  # set on saving, checked on loading: see param_dict
         self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads; not pickled
         self.aggregate_num = AGGREGATE_NUM
 
@@ -71,6 +72,8 @@ class MyAdam(Optimizer):
         state = super().__getstate__()
         del state['_layouts']  # references to live arrays, not hyperparameters
         del state['_deferred']
+        if self.param_dict:
+            state['param_shapes'] = {i: tuple(p.shape) for i, p in self.param_dict.items()}
         return state
 
     def __setstate__(self, state):
@@ -79,6 +82,18 @@ class MyAdam(Optimizer):
         super().__setstate__(options.checked_state(state))
         self._layouts = dispatch.Layouts(self._name)
         self._deferred = DeferredError()
+
+    @property
+    def param_dict(self):
+        """Parameter index -> ``gluon.Parameter``, set by the Trainer (also on loading)."""
+        return self.__dict__['param_dict']
+
+    @param_dict.setter
+    def param_dict(self, params):
+        saved = self.__dict__.get('param_shapes')  # Optimizer.__init__ sets params first
+        if params and saved is not None:
+            _check_fits(saved, params)
+        self.__dict__['param_dict'] = params
 
     @property
     def rescale_grad(self):
@@ -158,6 +173,23 @@ class MyAdam(Optimizer):
         if index in self.idx2name:
             return f"parameter '{self.idx2name[index]}'"
         return f"parameter index {index}"
+
+
+def _check_fits(saved, params):
+    """``ValueError`` unless ``params`` (index -> Parameter) are those ``saved`` (index ->
+    shape) describes: the same indices, each of the same shape (a dimension that is not
+    known yet, 0 or -1, fits any)."""
+    have = {i: tuple(p.shape) for i, p in params.items()}
+    if set(have) != set(saved):
+        raise ValueError(f"the states were saved for {len(saved)} parameters (indices "
+                         f"{sorted(saved)}), the Trainer has {len(have)} "
+                         f"(indices {sorted(have)})")
+    for index in sorted(saved):
+        if len(have[index]) != len(saved[index]) or not all(
+                a == b or a <= 0 or b <= 0 for a, b in zip(have[index], saved[index])):
+            raise ValueError(f"the states were saved for a parameter {index} of shape "
+                             f"{saved[index]}, the Trainer's, '{params[index].name}', has "
+                             f"shape {have[index]}")
 
 
 # The signature and the Parameters section are the option table's (adam_plugin.options).

@@ -110,6 +110,17 @@ def per_device_counts(name, value):
     return value
 
 
+def shapes(name, value):
+    """A check: ``{index: shape}`` of the parameters a file was saved for."""
+    if not (type(value) is dict and all(
+            type(shape) is tuple and all(type(n) is int for n in shape)
+            for shape in value.values())):
+        _refuse(name, value, 'None or a dict of parameter index -> shape')
+    for index in value:
+        integer(0)(f"{name} key", index)
+    return value
+
+
 _FINITE = number(lambda x: 0.0 <= x < math.inf, '>= 0')
 _FACTOR = number(lambda x: 0.0 < x <= 1.0, 'in (0, 1]')
 
@@ -261,6 +272,8 @@ KEPT = (
     Kept('num_skipped', 0, integer(0)),
     # MXNet's Updater loops ``current_index += aggregate_num``: 0 never returns.
     Kept('aggregate_num', AGGREGATE_NUM, integer(1)),
+    # The Trainer's parameters when saved; None: unknown (an older file, or no Trainer).
+    Kept('param_shapes', None, none_or(shapes)),
 )
 
 

@@ -210,7 +210,7 @@ BAD_FILES = {
     'wrong_optimizer': (lambda good, tmp: other_states(tmp, 'sgd', {'momentum': 0.9}),
                         'saved for optimizer SGD, this Trainer uses MyAdam'),
     'wrong_network': (lambda good, tmp: other_states(tmp, 'myadam', {}, in_units=3),
-                      'has layout'),
+                      "the states were saved for a parameter 1 of shape (3, 1), the Trainer's"),
     'more_parameters': (lambda good, tmp: resaved(good, lambda s, o: ({**s, 2: s[0]}, o)),
                         'holds a state for parameter index 2, this Trainer has 2'),
     'second_element_not_an_optimizer': (

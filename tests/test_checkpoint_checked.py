@@ -12,6 +12,8 @@ import math
 import pickle
 
 import pytest
+import mxnet as mx
+from mxnet import autograd, gluon, nd
 
 from test_checkpoint import LOADERS, SAVE_AFTER, Job, assert_same, inspect, save
 
@@ -107,3 +109,36 @@ def test_mxnet_refuses_with_several_devices_too(loader, placement, tmp_path):
     job = Job('everything', placement).train(range(1, 3))
     with pytest.raises(ValueError, match=r"Invalid beta2: 1\.0 \(expected in \[0, 1\)\)"):
         LOADERS[loader](job.trainer, changed_file(job, CHANGED['beta2_one'][0], tmp_path))
+
+
+def dense(in_units, use_bias):
+    """A Dense layer's 'myadam' Trainer after one step."""
+    net = gluon.nn.Dense(2, in_units=in_units, use_bias=use_bias)
+    net.initialize(mx.init.Constant(0.1))
+    trainer = gluon.Trainer(net.collect_params(), 'myadam', {'learning_rate': 0.1})
+    with autograd.record():
+        loss = net(nd.ones((4, in_units))).sum()
+    loss.backward()
+    trainer.step(4)
+    return trainer
+
+
+# name -> (the saving layer, the loading layer, the message): (in_units, use_bias)
+MISFITS = {
+    'one_parameter_into_two': ((3, False), (3, True), "the states were saved for 1 parameters "
+                               "(indices [0]), the Trainer has 2 (indices [0, 1])"),
+    'two_parameters_into_one': ((3, True), (3, False), "the states were saved for 2 parameters "
+                                "(indices [0, 1]), the Trainer has 1 (indices [0])"),
+    'other_shape': ((4, True), (3, True), "the states were saved for a parameter 1 of shape "
+                    "(2, 4), the Trainer's, 'dense"),
+}
+
+
+@pytest.mark.parametrize('loader', LOADERS)
+@pytest.mark.parametrize('row', MISFITS)
+def test_a_file_for_other_parameters_is_refused_naming_the_misfit(row, loader, tmp_path):
+    saving, loading, message = MISFITS[row]
+    dense(*saving).save_states(str(tmp_path / 'dense.states'))
+    with pytest.raises(ValueError) as err:
+        LOADERS[loader](dense(*loading), tmp_path / 'dense.states')
+    assert message in str(err.value)

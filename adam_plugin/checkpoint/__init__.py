@@ -108,11 +108,15 @@ def _rebuild(trainer, data):
 
     states, record = safe.read(data, registered_optimizers(), reference)
     params = trainer._params  # pylint: disable=protected-access
+    optimizer = built(record)
+    try:  # MyAdam checks that the file was saved for these parameters
+        optimizer.param_dict = dict(enumerate(params))
+    except ValueError as err:
+        raise safe.Refused(str(err)) from None
     for index in states:
         if not 0 <= index < len(params):
             raise safe.Refused(f"it holds a state for parameter index {index}, "
                                f"this Trainer has {len(params)}")
-    optimizer = built(record)
     for index, state in states.items():
         param = params[index]
         weight = param._check_and_get(param._data, list)[0]  # pylint: disable=protected-access
