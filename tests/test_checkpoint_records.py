@@ -107,8 +107,10 @@ ROWS = {
     'index_a_string': (resaved(lambda s, o: ({'0': s[0], 1: s[1]}, o)),
                        "it holds a state for parameter index '0'"),
     'name_not_allowed': (resaved(lambda s, o: put(s, 0, Call(len, 'abc'))),
-                         'it names builtins.len, which no checkpoint holds (refused, '
-                         'nothing from the file was run)'),
+                         'it names builtins.len, which is not allowed (refused, nothing from '
+                         'the file was run; a class you trust may be allowed: '
+                         'adam_plugin.checkpoint.add_safe_globals([cls]), or '
+                         "'with adam_plugin.checkpoint.safe_globals([cls]):')"),
     # the states: MXNet arrays in tuples, nothing else, no deeper than MAX_DEPTH
     'number_in_a_state': (resaved(lambda s, o: put(s, 0, (s[0][0], 5))),
                           'the state of parameter index 0 holds int, not an MXNet array'),
@@ -187,13 +189,14 @@ ROWS = {
                                        "levels (or contains itself)"),
     'number_as_lr_scheduler': (resaved(lambda s, o: setattrs(o, lr_scheduler=0)),
                                f"attribute 'lr_scheduler' of {OPT} holds int, not one of "
-                               "MXNet's schedulers"),
+                               "MXNet's schedulers (a class you trust may be allowed: ..."),
     'array_as_lr_scheduler': (resaved(lambda s, o: setattrs(o, lr_scheduler=nd.ones(1))),
                               f"attribute 'lr_scheduler' of {OPT} holds {ARRAY}, not one of "
-                              "MXNet's schedulers"),
+                              "MXNet's schedulers (a class you trust may be allowed: ..."),
     'optimizer_as_lr_scheduler': (resaved(lambda s, o: setattrs(
         o, lr_scheduler=adam_plugin.MyAdam())),
-        f"attribute 'lr_scheduler' of {OPT} holds {OPT}, not one of MXNet's schedulers"),
+        f"attribute 'lr_scheduler' of {OPT} holds {OPT}, not one of MXNet's schedulers (a class "
+        "you trust may be allowed: ..."),
 }
 
 

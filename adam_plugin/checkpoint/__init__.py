@@ -17,6 +17,16 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
   ``Trainer.load_states`` would. A bad file raises ``ValueError`` naming the file
   and what is wrong (the callable it names, if it names one it may not), with
   the Trainer (weights, states, update counts, optimizer) untouched.
+- A class of your own (say, an ``lr_scheduler`` from your code or GluonCV's
+  ``LRSequential``) is refused unless you allow it, as with PyTorch's
+  ``torch.serialization.add_safe_globals``: :func:`add_safe_globals` for the
+  process, :func:`safe_globals` within a ``with`` block. An allowed class is
+  rebuilt as pickle rebuilds a plain object, never by calling anything the file
+  names: ``cls.__new__(cls)``, then ``obj.__setstate__(attributes)`` if the class
+  defines it, else ``obj.__dict__.update(attributes)``; its attributes may hold
+  plain data only (numbers, strings, bytes, NumPy scalars and dtypes, tuples,
+  lists, dicts and sets of them) and objects of allowed classes or MXNet's
+  schedulers. A class pickled any other way (its own ``__reduce__``) is refused.
 - :func:`save_states` writes to a temporary file beside the target and renames
   it, so an interrupted save leaves the previous checkpoint, never a truncated one.
 - ``python -m adam_plugin.checkpoint inspect FILE [--json]`` prints what a file
@@ -25,6 +35,7 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
 A changed number inside a well-formed file cannot be told from a real one (the
 format has no checksum).
 """
+import contextlib
 import os
 import reprlib
 import warnings
@@ -82,6 +93,46 @@ def load_states(trainer, fname):
     _install(trainer, optimizer, states, records)
 
 
+_ALLOWED_CLASSES = []
+
+
+def add_safe_globals(classes):
+    """Allow ``classes`` in the states files this process reads (PyTorch's idiom).
+
+    See the module's docstring for how an object of an allowed class is rebuilt.
+
+    Parameters
+    ----------
+    classes : list of type
+    """
+    for cls in classes:
+        if not isinstance(cls, type):
+            raise TypeError(f"add_safe_globals takes classes, not {cls!r}")
+        if cls not in _ALLOWED_CLASSES:
+            _ALLOWED_CLASSES.append(cls)
+
+
+def get_safe_globals():
+    """The classes allowed by :func:`add_safe_globals` (and any :func:`safe_globals` block)."""
+    return list(_ALLOWED_CLASSES)
+
+
+def clear_safe_globals():
+    """Allow no class of the user's any more."""
+    _ALLOWED_CLASSES.clear()
+
+
+@contextlib.contextmanager
+def safe_globals(classes):
+    """Allow ``classes`` within a ``with`` block only, as :func:`add_safe_globals` does."""
+    before = list(_ALLOWED_CLASSES)
+    add_safe_globals(classes)
+    try:
+        yield
+    finally:
+        _ALLOWED_CLASSES[:] = before
+
+
 def invalid(fname, problem):
     """The message for a refused file."""
     return f"Invalid states file {os.fspath(fname)!r}: {problem}."
@@ -106,7 +157,7 @@ def _rebuild(trainer, data):
                                f"this Trainer uses {type(ours).__name__}")
         return ours
 
-    states, record = safe.read(data, registered_optimizers(), reference)
+    states, record = safe.read(data, registered_optimizers(), reference, _ALLOWED_CLASSES)
     params = trainer._params  # pylint: disable=protected-access
     optimizer = built(record)
     try:  # MyAdam checks that the file was saved for these parameters

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from . import built, invalid, registered_optimizers, safe
+from . import built, get_safe_globals, invalid, registered_optimizers, safe
 
 # The optimizer's bookkeeping, shown as update counts rather than hyperparameters.
 COUNTS = ('num_update', 'begin_num_update', 'num_skipped', '_all_index_update_counts',
@@ -18,7 +18,7 @@ COUNTS = ('num_update', 'begin_num_update', 'num_skipped', '_all_index_update_co
 
 def describe(data):
     """What the states file ``data`` holds, as JSON-ready data; raises :class:`safe.Refused`."""
-    states, optimizer = safe.read(data, registered_optimizers(), _default)
+    states, optimizer = safe.read(data, registered_optimizers(), _default, get_safe_globals())
     built(optimizer)  # its values, by the optimizer's own checks
     attrs = optimizer.state
     scheduler = attrs['lr_scheduler']
@@ -48,6 +48,8 @@ def _default(cls):
 def _plain(value):
     """``value`` (checked plain data) as JSON: NumPy scalars and dtypes by value and name."""
     if isinstance(value, safe.Record):
+        if getattr(value.kind, 'schedule', False):  # an object of an allowed class
+            return {'class': value.name, **{k: _plain(v) for k, v in value.state.items()}}
         return value.kind.check(value).item() if value.kind is safe.SCALAR \
             else str(value.kind.check(value))
     if isinstance(value, dict):

@@ -160,21 +160,47 @@ class _Scalar:
 
 
 class _Instance:
-    """An optimizer or lr_scheduler: ``cls.__new__(cls)``, then its attributes.
+    """An optimizer, an lr_scheduler or a class the user allowed: ``cls.__new__(cls)``,
+    then its attributes.
 
-    ``reference`` is an instance whose attributes a checkpoint's must match.
+    ``reference`` is an instance whose attributes a checkpoint's must match (MXNet's
+    schedulers; the optimizer's is given to :meth:`check`). ``leaf`` checks what its
+    attributes hold: plain data (:func:`_plain`), or, for a class the user allowed,
+    plain data and objects of allowed classes (:func:`_object`).
     """
 
-    def __init__(self, cls, reference=None):
-        self.cls, self.reference = cls, reference
+    def __init__(self, cls, reference=None, leaf=None):
+        self.cls, self.reference, self.leaf = cls, reference, leaf
 
-    def check(self, record, reference):
+    @property
+    def schedule(self):
+        """Whether it may stand as an lr_scheduler (or inside an allowed object)."""
+        return self.leaf is not None
+
+    def check(self, record, reference=None):
+        if getattr(record, 'checked', False):  # met again, or inside itself
+            return
+        record.checked = True
         if record.called or record.args != ():
             record.refuse(f"by calling it with {reprlib.repr(record.args)}")
         state = record.state
         if type(state) is not dict or not all(type(key) is str for key in state):
             record.refuse(f"with state {reprlib.repr(state)}")
-        expected = set(reference.__getstate__())
+        reference = reference if reference is not None else self.reference
+        if reference is not None:
+            self._attributes(record, set(reference.__getstate__()))
+        for key, value in state.items():
+            where = f"attribute {key!r} of {record.name}"
+            if self.schedule or key != 'lr_scheduler' or value is None:
+                _walk(value, self.leaf or _plain, where)
+            elif isinstance(value, Record) and getattr(value.kind, 'schedule', False):
+                value.kind.check(value)
+            else:
+                raise Refused(f"{where} holds {_what(value)}, not one of MXNet's schedulers "
+                              f"(a class you trust may be allowed: {HOW_TO_ALLOW})")
+
+    def _attributes(self, record, expected):
+        state = record.state
         optional = set(getattr(self.cls, 'state_defaults', {}))  # a file from before they were
         extra, missing = sorted(set(state) - expected), sorted(expected - optional - set(state))
         if extra:
@@ -182,15 +208,6 @@ class _Instance:
                           f"{self.cls.__name__} does not know")
         if missing:
             record.refuse(f"without its attributes {missing}")
-        for key, value in state.items():
-            where = f"attribute {key!r} of {record.name}"
-            if key != 'lr_scheduler' or value is None:
-                _walk(value, _plain, where)
-            elif isinstance(value, Record) and isinstance(value.kind, _Instance) \
-                    and value.kind.reference is not None:
-                value.kind.check(value, value.kind.reference)
-            else:
-                raise Refused(f"{where} holds {_what(value)}, not one of MXNet's schedulers")
 
     def build(self, record, build):
         obj = self.cls.__new__(self.cls)
@@ -201,6 +218,52 @@ class _Instance:
         else:
             obj.__dict__.update(state)
         return obj
+
+
+def _what(value):
+    return value.name if isinstance(value, Record) else type(value).__name__
+
+
+def _walk(value, leaf, where, depth=0, done=None):
+    """Check ``value``: containers recursed into (keys too), the rest handed to ``leaf``.
+
+    A container met again is checked once (``done``), so shared ones cost nothing.
+    """
+    done = set() if done is None else done
+    if depth > MAX_DEPTH:
+        raise Refused(f"{where} is nested deeper than {MAX_DEPTH} levels (or contains itself)")
+    if type(value) not in CONTAINERS:
+        leaf(value, where)
+    elif id(value) not in done:
+        items = [x for pair in value.items() for x in pair] if type(value) is dict else value
+        for item in items:
+            _walk(item, leaf, where, depth + 1, done)
+        done.add(id(value))
+
+
+def _plain(value, where):
+    """Plain data: numbers, strings, NumPy scalars and dtypes."""
+    if isinstance(value, Record) and value.kind in (SCALAR, DTYPE):
+        value.kind.check(value)
+    elif type(value) not in PLAIN:
+        raise Refused(f"{where} holds {_what(value)}, which does not belong there")
+
+
+def _object(value, where):
+    """What an object of a class the user allowed holds: plain data, and objects of
+    allowed classes (or MXNet's schedulers)."""
+    if isinstance(value, Record) and getattr(value.kind, 'schedule', False):
+        value.kind.check(value)
+    else:
+        _plain(value, where)
+
+
+def _array(value, where):
+    """An optimizer state: MXNet arrays (or None)."""
+    if isinstance(value, Record) and isinstance(value.kind, _Array):
+        value.kind.check(value)
+    elif value is not None:
+        raise Refused(f"{where} holds {_what(value)}, not an MXNet array")
 
 
 BYTES, DTYPE, SCALAR = _Bytes(), _Dtype(), _Scalar()
@@ -223,8 +286,11 @@ ALLOWED = {
     'builtins.bytearray': BYTES,
     _name(numpy.dtype): DTYPE,
     f"{numpy.core.multiarray.scalar.__module__}.scalar": SCALAR,
-    **{_name(cls): _Instance(cls, cls(**kwargs)) for cls, kwargs in SCHEDULERS.items()},
+    **{_name(cls): _Instance(cls, cls(**kwargs), _plain) for cls, kwargs in SCHEDULERS.items()},
 }
+
+HOW_TO_ALLOW = ("adam_plugin.checkpoint.add_safe_globals([cls]), or "
+                "'with adam_plugin.checkpoint.safe_globals([cls]):'")
 
 
 def _refuse_extension_codes(data):
@@ -279,8 +345,8 @@ class _Unpickler(pickle.Unpickler):
         if full in _OLD_PROTOCOLS:
             return _OLD_PROTOCOLS[full]
         if full not in self.allowed:
-            raise Refused(f"it names {full}, which no checkpoint holds (refused, "
-                          "nothing from the file was run)")
+            raise Refused(f"it names {full}, which is not allowed (refused, nothing from the "
+                          f"file was run; a class you trust may be allowed: {HOW_TO_ALLOW})")
         if full not in self.records:
             self.records[full] = type(name, (Record,), {'kind': self.allowed[full], 'name': full})
         return self.records[full]
@@ -289,44 +355,7 @@ class _Unpickler(pickle.Unpickler):
         raise Refused("it holds a persistent id, which no checkpoint holds")
 
 
-def _what(value):
-    return value.name if isinstance(value, Record) else type(value).__name__
-
-
-def _walk(value, leaf, where, depth=0, done=None):
-    """Check ``value``: containers recursed into (keys too), the rest handed to ``leaf``.
-
-    A container met again is checked once (``done``), so shared ones cost nothing.
-    """
-    done = set() if done is None else done
-    if depth > MAX_DEPTH:
-        raise Refused(f"{where} is nested deeper than {MAX_DEPTH} levels (or contains itself)")
-    if type(value) not in CONTAINERS:
-        leaf(value, where)
-    elif id(value) not in done:
-        items = [x for pair in value.items() for x in pair] if type(value) is dict else value
-        for item in items:
-            _walk(item, leaf, where, depth + 1, done)
-        done.add(id(value))
-
-
-def _plain(value, where):
-    """Plain data: numbers, strings, NumPy scalars and dtypes."""
-    if isinstance(value, Record) and value.kind in (SCALAR, DTYPE):
-        value.kind.check(value)
-    elif type(value) not in PLAIN:
-        raise Refused(f"{where} holds {_what(value)}, which does not belong there")
-
-
-def _array(value, where):
-    """An optimizer state: MXNet arrays (or None)."""
-    if isinstance(value, Record) and isinstance(value.kind, _Array):
-        value.kind.check(value)
-    elif value is not None:
-        raise Refused(f"{where} holds {_what(value)}, not an MXNet array")
-
-
-def read(data, optimizer_classes, reference):
+def read(data, optimizer_classes, reference, allowed_classes=()):
     """The checked records of a states file: ``(states, optimizer)``.
 
     Parameters
@@ -338,6 +367,10 @@ def read(data, optimizer_classes, reference):
     reference : callable
         ``reference(cls)`` returns an instance of the file's optimizer class
         whose attributes the file's must match, or raises :class:`Refused`.
+    allowed_classes : iterable of type
+        Classes the user allowed (an lr_scheduler of their own): rebuilt as plain
+        objects, ``cls.__new__(cls)`` and then their attributes, which may hold only
+        plain data and objects of allowed classes.
 
     Returns
     -------
@@ -352,7 +385,8 @@ def read(data, optimizer_classes, reference):
         If the file names anything else, or rebuilds an allowed name in a way
         that no real checkpoint does. Nothing the file names is ever called.
     """
-    allowed = dict(ALLOWED, **{_name(cls): _Instance(cls) for cls in optimizer_classes})
+    allowed = dict({_name(cls): _Instance(cls, leaf=_object) for cls in allowed_classes},
+                   **ALLOWED, **{_name(cls): _Instance(cls) for cls in optimizer_classes})
     file = io.BytesIO(data)
     try:
         _refuse_extension_codes(data)
