@@ -189,7 +189,7 @@ TAMPERED = {
                                 "attribute 'lr' of adam_plugin.optimizer.MyAdam holds "
                                 "mxnet.ndarray.ndarray.NDArray, which does not belong there"),
     'attribute_contains_itself': (tampered(lambda s, o, m: setattrs(o, idx2name=cycle())),
-                                  'is nested deeper than'),
+                                  'it nests objects deeper than 128 levels'),
     'number_as_state': (tampered(lambda s, o, m: put(s, 0, 5)),
                         'the state of parameter index 0 holds int, not an MXNet array'),
     'number_as_lr_scheduler': (tampered(lambda s, o, m: setattrs(o, lr_scheduler=0)),

@@ -116,9 +116,10 @@ ROWS = {
                           'the state of parameter index 0 holds int, not an MXNet array'),
     'number_as_a_state': (resaved(lambda s, o: put(s, 1, 5)),
                           'the state of parameter index 1 holds int, not an MXNet array'),
+    # an object inside itself: the pre-scan refuses it before unpickling
     'state_contains_itself': (resaved(lambda s, o: put(s, 0, cycle())),
-                              'the state of parameter index 0 is nested deeper than 32 '
-                              'levels (or contains itself)'),
+                              'it nests objects deeper than 128 levels (or in themselves); '
+                              'refused before unpickling'),
     'state_nested_33_deep': (resaved(lambda s, o: put(s, 0, nested(32, s[0]))),
                              'the state of parameter index 0 is nested deeper than 32 '
                              'levels (or contains itself)'),
@@ -185,8 +186,8 @@ ROWS = {
                               f"attribute 'idx2name' of {OPT} holds {ARRAY}, which does not "
                               "belong there"),
     'hyperparameter_contains_itself': (resaved(lambda s, o: setattrs(o, idx2name=cycle())),
-                                       f"attribute 'idx2name' of {OPT} is nested deeper than 32 "
-                                       "levels (or contains itself)"),
+                                       'it nests objects deeper than 128 levels (or in '
+                                       'themselves); refused before unpickling'),
     'number_as_lr_scheduler': (resaved(lambda s, o: setattrs(o, lr_scheduler=0)),
                                f"attribute 'lr_scheduler' of {OPT} holds int, not one of "
                                "MXNet's schedulers (a class you trust may be allowed: ..."),

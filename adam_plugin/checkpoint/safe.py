@@ -79,6 +79,8 @@ class _Array:
         self.cls, self.stype = cls, stype
 
     def check(self, record):
+        if hasattr(record, 'header'):  # referenced again (BINGET): parsed once
+            return
         if not (record.called and record.args == (None,)):
             record.refuse(f"from arguments {reprlib.repr(record.args)}")
         state = record.state
@@ -293,14 +295,76 @@ HOW_TO_ALLOW = ("adam_plugin.checkpoint.add_safe_globals([cls]), or "
                 "'with adam_plugin.checkpoint.safe_globals([cls]):'")
 
 
-def _refuse_extension_codes(data):
-    """Refuse the ``EXT`` opcodes: they name a callable by a number in ``copyreg``'s
-    extension registry, and pickle caches what a number resolved to for every
-    unpickler in the process, past ``find_class``. No checkpoint uses them."""
-    for opcode, code, _ in pickletools.genops(data):
-        if opcode.name.startswith('EXT'):
-            raise Refused(f"it names a callable by copyreg extension code {code} "
-                          f"({opcode.name}), which no checkpoint does")
+# Deeper nesting of the objects a pickle builds than this is refused before unpickling:
+# a tuple nested 10**6 deep as a dict key crashes the process when the dict hashes it.
+# Counted as the pre-scan counts (every call and build a level): a real checkpoint is
+# about 8 deep.
+MAX_PICKLE_DEPTH = 4 * MAX_DEPTH
+# The opcodes that change the object below their arguments rather than make a new one.
+_MUTATORS = {'APPEND', 'APPENDS', 'SETITEM', 'SETITEMS', 'ADDITEMS', 'BUILD'}
+
+
+class _Nest:
+    """An object the pickle builds, in :func:`_prescan`: how deep it nests, and what holds it."""
+    __slots__ = ('depth', 'holders')
+
+    def __init__(self):
+        self.depth, self.holders = 0, []
+
+    def hold(self, item):
+        """``item`` is put inside this object: this one is at least one level deeper."""
+        item.holders.append(self)
+        pending = [(self, item.depth + 1)]
+        while pending:  # each object deepens at most MAX_PICKLE_DEPTH times: linear
+            nest, depth = pending.pop()
+            if depth > nest.depth:
+                if depth > MAX_PICKLE_DEPTH:
+                    raise Refused(f"it nests objects deeper than {MAX_PICKLE_DEPTH} levels "
+                                  "(or in themselves); refused before unpickling")
+                nest.depth = depth
+                pending += [(holder, depth + 1) for holder in nest.holders]
+
+
+def _prescan(data):
+    """Read the opcodes once, before unpickling, and refuse:
+
+    - the ``EXT`` opcodes: they name a callable by a number in ``copyreg``'s
+      extension registry, and pickle caches what a number resolved to for every
+      unpickler in the process, past ``find_class``. No checkpoint uses them;
+    - nesting deeper than :data:`MAX_PICKLE_DEPTH` (or an object inside itself),
+      followed through the memo as the unpickler would, in time linear in the file.
+
+    A sequence of opcodes no unpickler could follow fails here (reported as a
+    damaged file).
+    """
+    stack, marks, memo = [], [], {}
+    for opcode, arg, _ in pickletools.genops(data):
+        name = opcode.name
+        if name.startswith('EXT'):
+            raise Refused(f"it names a callable by copyreg extension code {arg} "
+                          f"({name}), which no checkpoint does")
+        if name == 'MARK':
+            marks.append(stack)
+            stack = []
+        elif name in ('PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'):
+            memo[len(memo) if name == 'MEMOIZE' else arg] = stack[-1]
+        elif name in ('GET', 'BINGET', 'LONG_BINGET', 'DUP'):
+            stack.append(memo[arg] if name != 'DUP' else stack[-1])
+        else:
+            before = opcode.stack_before
+            if pickletools.markobject in before:  # what was pushed since the mark
+                below = before.index(pickletools.markobject)  # and the object below it
+                items, stack = stack, marks.pop()
+            else:
+                below, items = len(before), []
+            if below:
+                items = stack[-below:] + items
+                del stack[-below:]
+            if opcode.stack_after:
+                nest = items[0] if name in _MUTATORS else _Nest()
+                for item in items[1:] if name in _MUTATORS else items:
+                    nest.hold(item)
+                stack.append(nest)
 
 
 def _latin1(text, encoding):
@@ -389,7 +453,7 @@ def read(data, optimizer_classes, reference, allowed_classes=()):
                    **ALLOWED, **{_name(cls): _Instance(cls) for cls in optimizer_classes})
     file = io.BytesIO(data)
     try:
-        _refuse_extension_codes(data)
+        _prescan(data)
         saved = _Unpickler(file, allowed).load()
     except Refused:
         raise
