@@ -152,11 +152,14 @@ SCHEDULER_FIELDS = {
 
 
 def scheduler(name, value):
-    """A check: None, or a callable schedule; MXNet's classes' fields by their constraints."""
+    """A check: None, or a callable schedule; MXNet's own classes' fields by their
+    constraints (a subclass of the user's may keep other fields: not checked)."""
     if value is None:
         return value
     if not callable(value):
         _refuse(name, value, 'None or a callable lr_scheduler')
+    if type(value) not in SCHEDULER_FIELDS:
+        return value
     fields = vars(value)
     for cls in type(value).__mro__:
         for field, check in SCHEDULER_FIELDS.get(cls, {}).items():

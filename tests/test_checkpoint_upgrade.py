@@ -15,7 +15,7 @@ import pickle
 import numpy as np
 import pytest
 
-from test_checkpoint import LOADERS
+from test_checkpoint import LOADERS, inspect
 
 HERE = os.path.join(os.path.dirname(__file__), 'states')
 _spec = importlib.util.spec_from_file_location('make_v0_1_0', os.path.join(HERE, 'make_v0_1_0.py'))
@@ -107,6 +107,7 @@ def test_every_pickle_protocol_of_the_file_loads(protocol, loader, straight, tmp
         fname.write_bytes(pickle.dumps(pickle.load(f), protocol))
     got, _ = resumed(loader, fname)
     assert_weights(got, straight)
+    assert inspect(fname).returncode == 0
 
 
 def test_a_protocol_0_file_names_python_2s_modules(tmp_path):

@@ -220,3 +220,30 @@ def test_positional_arguments_keep_their_order():
     opt = MyAdam(0.05, 0.8, 0.99, 1e-6, 'inside', True)
     assert (opt.lr, opt.beta1, opt.beta2, opt.epsilon, opt.epsilon_mode, opt.amsgrad) == \
         (0.05, 0.8, 0.99, 1e-6, 'inside', True)
+
+
+class _OwnFields(mx.lr_scheduler.LRScheduler):
+    """A user's scheduler that keeps its own fields, not MXNet's (no super().__init__)."""
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        self.rate = 0.01
+
+    def __call__(self, num_update):
+        return self.rate
+
+
+def test_a_users_scheduler_subclass_is_not_held_to_mxnets_fields():
+    assert MyAdam(learning_rate=None, lr_scheduler=_OwnFields()).lr_scheduler.rate == 0.01
+
+
+@pytest.mark.parametrize('scheduler, name', [
+    (mx.lr_scheduler.FactorScheduler(step=3), 'step'),
+    (mx.lr_scheduler.MultiFactorScheduler(step=[2, 5]), 'cur_step_ind'),
+    (mx.lr_scheduler.PolyScheduler(max_update=5), 'max_update'),
+    (mx.lr_scheduler.CosineScheduler(max_update=5), 'final_lr')])
+def test_mxnets_scheduler_with_a_field_out_of_range_is_refused(scheduler, name):
+    MyAdam(lr_scheduler=scheduler)  # as made: valid
+    scheduler.__dict__[name] = -1
+    with pytest.raises(ValueError) as err:
+        MyAdam(lr_scheduler=scheduler)
+    assert str(err.value).startswith(f"Invalid lr_scheduler.{name}: -1 (expected ")
