@@ -1,5 +1,6 @@
 """``MyAdam``: the Adam optimizer registered with MXNet as ``'myadam'``."""
 import inspect
+import operator
 import textwrap
 
 import mxnet.ndarray as nd
@@ -148,12 +149,8 @@ class MyAdam(Optimizer):
         batch.apply(steps)
 
     def _step(self, index):
-        return Step(t=self._index_update_count[index], lr=self._get_lr(index),
-                    wd=self._get_wd(index), beta1=self.beta1, beta2=self.beta2,
-                    epsilon=self.epsilon, epsilon_mode=self.epsilon_mode,
-                    amsgrad=self.amsgrad, decoupled_wd=self.decoupled_wd,
-                    rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
-                    lazy_update=self.lazy_update)
+        return Step(self._index_update_count[index], self._get_lr(index), self._get_wd(index),
+                    *_RULE_OPTIONS(self))
 
     def _finite(self, indices, batch):
         """One flag per gradient of ``batch``: does it hold only finite values?
@@ -191,6 +188,10 @@ def _check_fits(saved, params):
                              f"{saved[index]}, the Trainer's, '{params[index].name}', has "
                              f"shape {have[index]}")
 
+
+# The rest of a Step, read from the optimizer's attributes of the same names (one C call).
+_RULE_OPTIONS = operator.attrgetter(*Step._fields[3:])
+assert Step._fields[:3] == ('t', 'lr', 'wd')
 
 # The signature and the Parameters section are the option table's (adam_plugin.options).
 _SIGNATURE = inspect.Signature(
