@@ -91,10 +91,22 @@ class MyAdam(Optimizer):
 
     @param_dict.setter
     def param_dict(self, params):
+        try:
+            self.check_fits(params)
+        except ValueError as err:  # Trainer.load_states sets param_dict last
+            raise ValueError(f"{err}. A Trainer that loaded them with Trainer.load_states "
+                             "holds them now; adam_plugin.checkpoint.load_states refuses "
+                             "such a file before changing anything") from None
+        self.__dict__['param_dict'] = params
+
+    def check_fits(self, params):
+        """``ValueError`` unless ``params`` (index -> ``gluon.Parameter``) are those the
+        optimizer was saved for (``param_shapes``): the same indices, each of the same
+        shape (a dimension not known yet, 0 or -1, fits any). Nothing to check if it
+        was not saved with a Trainer's parameters."""
         saved = self.__dict__.get('param_shapes')  # Optimizer.__init__ sets params first
         if params and saved is not None:
             _check_fits(saved, params)
-        self.__dict__['param_dict'] = params
 
     @property
     def rescale_grad(self):

@@ -142,3 +142,4 @@ def test_a_file_for_other_parameters_is_refused_naming_the_misfit(row, loader, t
     with pytest.raises(ValueError) as err:
         LOADERS[loader](dense(*loading), tmp_path / 'dense.states')
     assert message in str(err.value)
+    assert ('holds them now' in str(err.value)) == (loader == 'Trainer.load_states')

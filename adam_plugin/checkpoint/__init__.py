@@ -161,7 +161,7 @@ def _rebuild(trainer, data):
     params = trainer._params  # pylint: disable=protected-access
     optimizer = built(record)
     try:  # MyAdam checks that the file was saved for these parameters
-        optimizer.param_dict = dict(enumerate(params))
+        getattr(optimizer, 'check_fits', lambda params: None)(dict(enumerate(params)))
     except ValueError as err:
         raise safe.Refused(str(err)) from None
     for index in states:
