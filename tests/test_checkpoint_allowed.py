@@ -110,6 +110,18 @@ def test_inspect_shows_an_allowed_object(schedules, tmp_path):
     assert '"class": "user_schedules.Halving"' in done.stdout
 
 
+def test_inspect_allows_a_class_named_on_its_command_line(schedules, tmp_path):
+    _, fname = save(job_with(sequence(schedules)).train(range(1, 3)), tmp_path)
+    done = inspect(fname, '--allow', 'user_schedules.Sequence',
+                   '--allow', 'user_schedules.Halving')
+    assert done.returncode == 0, done.stderr
+    assert 'lr_scheduler: user_schedules.Sequence' in done.stdout
+    assert checkpoint.get_safe_globals() == []
+    with pytest.raises(SystemExit) as done:  # argparse's usage error
+        inspect(fname, '--allow', 'user_schedules.NoSuchClass')
+    assert done.value.code == 2
+
+
 def test_allowing_takes_classes_only():
     with pytest.raises(TypeError, match='takes classes'):
         checkpoint.add_safe_globals(['user_schedules.Halving'])

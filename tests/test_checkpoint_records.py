@@ -110,7 +110,8 @@ ROWS = {
                          'it names builtins.len, which is not allowed (refused, nothing from '
                          'the file was run; a class you trust may be allowed: '
                          'adam_plugin.checkpoint.add_safe_globals([cls]), or '
-                         "'with adam_plugin.checkpoint.safe_globals([cls]):')"),
+                         "'with adam_plugin.checkpoint.safe_globals([cls]):', or inspect's "
+                         "--allow)"),
     # the states: MXNet arrays in tuples, nothing else, no deeper than MAX_DEPTH
     'number_in_a_state': (resaved(lambda s, o: put(s, 0, (s[0][0], 5))),
                           'the state of parameter index 0 holds int, not an MXNet array'),

@@ -292,7 +292,7 @@ ALLOWED = {
 }
 
 HOW_TO_ALLOW = ("adam_plugin.checkpoint.add_safe_globals([cls]), or "
-                "'with adam_plugin.checkpoint.safe_globals([cls]):'")
+                "'with adam_plugin.checkpoint.safe_globals([cls]):', or inspect's --allow")
 
 
 # Deeper nesting of the objects a pickle builds than this is refused before unpickling:
