@@ -17,7 +17,7 @@ import textwrap
 from typing import Callable, NamedTuple, Optional
 
 import numpy
-from mxnet import lr_scheduler as _lrs
+import mxnet.lr_scheduler as _lrs  # a submodule: a KVStore server imports us mid-`import mxnet`
 
 from .textbook import EPSILON_MODES
 
