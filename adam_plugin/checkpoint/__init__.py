@@ -11,9 +11,16 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
   storage type and the NumPy interface's arrays, the registered optimizer
   classes, MXNet's lr_scheduler classes, NumPy numeric dtypes and scalars, plain
   Python containers and numbers), each rebuilt exactly as pickle rebuilds it in
-  a real checkpoint. It then checks that the file fits this Trainer (its
-  optimizer class; a state of the right structure, shapes and dtypes for each
-  parameter) and only then hands the Trainer the rebuilt objects, as
+  a real checkpoint, in any pickle protocol (0 to 5). Each array is parsed once
+  however often the file refers to it, and nesting deeper than the loader's
+  limit is refused by a pre-scan of the opcodes before anything is unpickled.
+  The optimizer is checked as its own constructor checks its arguments
+  (``MyAdam``: :mod:`adam_plugin.options`, which ``Trainer.load_states`` runs too);
+  an attribute the file lacks takes its declared default (a file saved before it
+  existed), one this release does not know is refused, naming it. It then checks
+  that the file fits this Trainer (its optimizer class; the parameters it was
+  saved for, their count and shapes; a state of the right structure, shapes and
+  dtypes for each parameter) and only then hands the Trainer the rebuilt objects, as
   ``Trainer.load_states`` would. A bad file raises ``ValueError`` naming the file
   and what is wrong (the callable it names, if it names one it may not), with
   the Trainer (weights, states, update counts, optimizer) untouched.
@@ -29,8 +36,8 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
   schedulers. A class pickled any other way (its own ``__reduce__``) is refused.
 - :func:`save_states` writes to a temporary file beside the target and renames
   it, so an interrupted save leaves the previous checkpoint, never a truncated one.
-- ``python -m adam_plugin.checkpoint inspect FILE [--json]`` prints what a file
-  holds, read the same way.
+- ``python -m adam_plugin.checkpoint inspect FILE [--json] [--allow MODULE.CLASS]``
+  prints what a file holds, read and refused the same way.
 
 A changed number inside a well-formed file cannot be told from a real one (the
 format has no checksum).
