@@ -1,50 +1,17 @@
 """``MyAdam``: the Adam optimizer registered with MXNet as ``'myadam'``."""
 __all__ = ['MyAdam']
 
-import math
-import numbers
+import inspect
+import operator
+import textwrap
 
 import mxnet.ndarray as nd
-import numpy
 from mxnet.optimizer import Optimizer
 
-from . import _warn, dispatch, distributed
+from . import _warn, dispatch, distributed, options
 from .deferred import DeferredError
-from .textbook import EPSILON_MODES, Step
-
-NONFINITE_POLICIES = ('skip', 'raise')
-
-# With aggregate_num > 0, MXNet's Updater hands a whole list of parameters to one
-# update call (one list per dtype, up to this many): a 'raise' is then decided for
-# the whole step before anything changes, and the fused route makes one launch.
-AGGREGATE_NUM = 1 << 20
-
-
-def _require(name, value, ok, expected):
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is a real number with ``ok(value)``.
-
-    A string is not a number here, even one that ``float`` would read: MXNet keeps
-    ``learning_rate`` as given, and ``'0.1'`` would fail at the first step.
-    NaN fails every comparison, so ``ok`` written as ``lo <= x`` rejects it.
-    """
-    try:
-        good = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                and ok(float(value)))
-    except OverflowError:  # an int beyond float's range
-        good = False
-    if not good:
-        raise ValueError(f"Invalid {name}: {value!r} (expected {expected})")
-
-
-def _flag(name, value):
-    """``value`` as a bool; ``ValueError`` naming ``name`` unless it is True, False, 1 or 0.
-
-    ``bool('no')`` is True: a flag read from a config file as a string would turn on.
-    """
-    if not (isinstance(value, (bool, numpy.bool_))
-            or (isinstance(value, numbers.Integral) and value in (0, 1))):
-        raise ValueError(f"Invalid {name}: {value!r} (expected True or False)")
-    return bool(value)
+from .options import AGGREGATE_NUM, OPTIONS
+from .textbook import Step
 
 
 @Optimizer.register
@@ -72,45 +39,10 @@ class MyAdam(Optimizer):
 
     Parameters
     ----------
-    learning_rate : float, default 0.001
-        Step size ``lr``, >= 0. ``None`` takes it from ``lr_scheduler``.
-    beta1 : float, default 0.9
-        Decay rate of the first moment, in [0, 1).
-    beta2 : float, default 0.999
-        Decay rate of the second moment, in [0, 1).
-    epsilon : float, default 1e-8
-        Stabilising constant, > 0. Zero is refused: a gradient element that has
-        been 0 at every step so far (``m = v = 0``) would make the update ``0 / 0``,
-        a NaN in the weight that the finiteness check of the gradient cannot see.
-    epsilon_mode : {'outside', 'inside', 'hat'}, default 'outside'
-        Where ``epsilon`` enters: outside the root (the chapter's code, PyTorch),
-        inside it (the chapter's printed formula, optax ``eps_root``), or the
-        paper's epsilon-hat (MXNet's built-in Adam).
-    amsgrad : bool, default False
-        Use the running maximum of ``v`` (Reddi et al., 2018; PyTorch's variant).
-    decoupled_wd : bool, default False
-        Decoupled weight decay (Loshchilov & Hutter, 2019; ``torch.optim.AdamW``).
-    lazy_update : bool, default True
-        With a ``row_sparse`` gradient, update only the rows present in it.
-    nonfinite : {'skip', 'raise'}, default 'skip'
-        What to do with a gradient holding NaN or Inf: leave that parameter, its
-        moments and its step count untouched and warn (``'skip'``, counted in
-        ``num_skipped``), or raise ``FloatingPointError`` before modifying anything
-        the update call received (under ``gluon.Trainer`` without
-        ``update_on_kvstore``, the whole step: see ``aggregate_num``; with it, the
-        error comes out of the next ``Trainer.step``: see :mod:`adam_plugin.deferred`).
-        ``num_skipped`` counts skipped updates of parameter copies: with several
-        devices updated by the Trainer, one skip per device.
-    fused : bool, default True
-        Take the fast routes of :mod:`adam_plugin.dispatch`: one compiled,
-        multi-threaded pass over memory for dense float32/float64 parameters on CPU
-        (all parameters of a ``Trainer`` step in one call), MXNet's ``adam_update``
-        where it is exact on other devices. ``False`` updates every parameter with
-        the NDArray ops of :mod:`adam_plugin.textbook`. Both agree to float rounding.
+{parameters}
     **kwargs
-        Passed to :class:`mxnet.optimizer.Optimizer`: ``wd`` (>= 0),
-        ``rescale_grad``, ``clip_gradient`` (None or > 0), ``lr_scheduler``,
-        ``multi_precision``, ``param_idx2name``, ``begin_num_update``, ...
+        Passed to :class:`mxnet.optimizer.Optimizer`: ``lr_scheduler``,
+        ``param_idx2name``, ``begin_num_update``, ...
 
     Raises
     ------
@@ -119,45 +51,22 @@ class MyAdam(Optimizer):
         True or False (1 or 0); the message names it.
     """
 
-    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
-                 epsilon_mode='outside', amsgrad=False, decoupled_wd=False,
-                 lazy_update=True, nonfinite='skip', fused=True, **kwargs):
-        if learning_rate is not None:
-            _require('learning_rate', learning_rate, lambda x: 0.0 <= x < math.inf, '>= 0')
-        _require('beta1', beta1, lambda x: 0.0 <= x < 1.0, 'in [0, 1)')
-        _require('beta2', beta2, lambda x: 0.0 <= x < 1.0, 'in [0, 1)')
-        _require('epsilon', epsilon, lambda x: 0.0 < x < math.inf,
-                 '> 0: with 0, a zero gradient element makes the update 0 / 0')
-        _require('wd', kwargs.get('wd', 0.0), lambda x: 0.0 <= x < math.inf, '>= 0')
-        _require('rescale_grad', kwargs.get('rescale_grad', 1.0),
-                 lambda x: 0.0 < x < math.inf, '> 0')
-        if kwargs.get('clip_gradient') is not None:
-            _require('clip_gradient', kwargs['clip_gradient'], lambda x: 0.0 < x < math.inf,
-                     'None or > 0')
-        if epsilon_mode not in EPSILON_MODES:
-            raise ValueError(f"Invalid epsilon_mode: {epsilon_mode!r} "
-                             f"(expected one of {EPSILON_MODES})")
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"Invalid nonfinite: {nonfinite!r} "
-                             f"(expected one of {NONFINITE_POLICIES})")
-        amsgrad = _flag('amsgrad', amsgrad)
-        decoupled_wd = _flag('decoupled_wd', decoupled_wd)
-        lazy_update = _flag('lazy_update', lazy_update)
-        fused = _flag('fused', fused)
-        if 'multi_precision' in kwargs:
-            kwargs['multi_precision'] = _flag('multi_precision', kwargs['multi_precision'])
+    # What a states file saved before an attribute existed means by it (the safe loader's
+    # list of attributes a file may lack).
+    state_defaults = options.state_defaults()
+
+    def __init__(self, *args, **kwargs):
+        given = _SIGNATURE.bind(self, *args, **kwargs).arguments
+        del given['self']
+        values = options.checked(given)
         self._deferred = DeferredError()  # before Optimizer sets rescale_grad
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self.beta1 = float(beta1)
-        self.beta2 = float(beta2)
-        self.epsilon = float(epsilon)
-        self.epsilon_mode = epsilon_mode
-        self.amsgrad = amsgrad
-        self.decoupled_wd = decoupled_wd
-        self.lazy_update = lazy_update
-        self.nonfinite = nonfinite
-        self.fused = fused
+        super().__init__(**{o.name: values[o.name] for o in OPTIONS if o.mxnet},
+                         **given.get('kwargs', {}))
+        for option in OPTIONS:
+            if not option.mxnet:
+                setattr(self, option.key, values[option.name])
         self.num_skipped = 0
+        self.param_shapes = None  # set on saving, checked on loading: see param_dict
         self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads; not pickled
         self.aggregate_num = AGGREGATE_NUM
 
@@ -167,12 +76,40 @@ class MyAdam(Optimizer):
         state = super().__getstate__()
         del state['_layouts']  # references to live arrays, not hyperparameters
         del state['_deferred']
+        if self.param_dict:
+            state['param_shapes'] = {i: tuple(p.shape) for i, p in self.param_dict.items()}
         return state
 
     def __setstate__(self, state):
-        super().__setstate__(state)
+        """Checked as :meth:`__init__` checks its arguments (so ``Trainer.load_states``
+        refuses a bad file too); see :func:`adam_plugin.options.checked_state`."""
+        super().__setstate__(options.checked_state(state))
         self._layouts = dispatch.Layouts(self._name)
         self._deferred = DeferredError()
+
+    @property
+    def param_dict(self):
+        """Parameter index -> ``gluon.Parameter``, set by the Trainer (also on loading)."""
+        return self.__dict__['param_dict']
+
+    @param_dict.setter
+    def param_dict(self, params):
+        try:
+            self.check_fits(params)
+        except ValueError as err:  # Trainer.load_states sets param_dict last
+            raise ValueError(f"{err}. A Trainer that loaded them with Trainer.load_states "
+                             "holds them now; adam_plugin.checkpoint.load_states refuses "
+                             "such a file before changing anything") from None
+        self.__dict__['param_dict'] = params
+
+    def check_fits(self, params):
+        """``ValueError`` unless ``params`` (index -> ``gluon.Parameter``) are those the
+        optimizer was saved for (``param_shapes``): the same indices, each of the same
+        shape (a dimension not known yet, 0 or -1, fits any). Nothing to check if it
+        was not saved with a Trainer's parameters."""
+        saved = self.__dict__.get('param_shapes')  # Optimizer.__init__ sets params first
+        if params and saved is not None:
+            _check_fits(saved, params)
 
     @property
     def rescale_grad(self):
@@ -187,8 +124,7 @@ class MyAdam(Optimizer):
 
     def set_learning_rate(self, lr):
         """Set the learning rate; a negative or NaN ``lr`` raises ``ValueError``."""
-        _require('learning_rate', lr, lambda x: 0.0 <= x < math.inf, '>= 0')
-        super().set_learning_rate(lr)
+        super().set_learning_rate(options.LEARNING_RATE('learning_rate', lr))
 
     def create_state(self, index, weight):
         """Zero moments ``(m, v)``, plus ``vmax`` with AMSGrad, on ``weight``'s context and dtype."""
@@ -228,12 +164,8 @@ class MyAdam(Optimizer):
         batch.apply(steps)
 
     def _step(self, index):
-        return Step(t=self._index_update_count[index], lr=self._get_lr(index),
-                    wd=self._get_wd(index), beta1=self.beta1, beta2=self.beta2,
-                    epsilon=self.epsilon, epsilon_mode=self.epsilon_mode,
-                    amsgrad=self.amsgrad, decoupled_wd=self.decoupled_wd,
-                    rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
-                    lazy_update=self.lazy_update)
+        return Step(self._index_update_count[index], self._get_lr(index), self._get_wd(index),
+                    *_RULE_OPTIONS(self))
 
     def _finite(self, indices, batch):
         """One flag per gradient of ``batch``: does it hold only finite values?
@@ -253,3 +185,35 @@ class MyAdam(Optimizer):
         if index in self.idx2name:
             return f"parameter '{self.idx2name[index]}'"
         return f"parameter index {index}"
+
+
+def _check_fits(saved, params):
+    """``ValueError`` unless ``params`` (index -> Parameter) are those ``saved`` (index ->
+    shape) describes: the same indices, each of the same shape (a dimension that is not
+    known yet, 0 or -1, fits any)."""
+    have = {i: tuple(p.shape) for i, p in params.items()}
+    if set(have) != set(saved):
+        raise ValueError(f"the states were saved for {len(saved)} parameters (indices "
+                         f"{sorted(saved)}), the Trainer has {len(have)} "
+                         f"(indices {sorted(have)})")
+    for index in sorted(saved):
+        if len(have[index]) != len(saved[index]) or not all(
+                a == b or a <= 0 or b <= 0 for a, b in zip(have[index], saved[index])):
+            raise ValueError(f"the states were saved for a parameter {index} of shape "
+                             f"{saved[index]}, the Trainer's, '{params[index].name}', has "
+                             f"shape {have[index]}")
+
+
+# The rest of a Step, read from the optimizer's attributes of the same names (one C call).
+_RULE_OPTIONS = operator.attrgetter(*Step._fields[3:])
+assert Step._fields[:3] == ('t', 'lr', 'wd')
+
+# The signature and the Parameters section are the option table's (adam_plugin.options).
+_SIGNATURE = inspect.Signature(
+    [inspect.Parameter('self', inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=o.default)
+       for o in OPTIONS]
+    + [inspect.Parameter('kwargs', inspect.Parameter.VAR_KEYWORD)])
+MyAdam.__init__.__signature__ = _SIGNATURE
+MyAdam.__doc__ = MyAdam.__doc__.replace(
+    '{parameters}', textwrap.indent(options.parameters_doc(), '    '))

@@ -210,7 +210,7 @@ BAD_FILES = {
     'wrong_optimizer': (lambda good, tmp: other_states(tmp, 'sgd', {'momentum': 0.9}),
                         'saved for optimizer SGD, this Trainer uses MyAdam'),
     'wrong_network': (lambda good, tmp: other_states(tmp, 'myadam', {}, in_units=3),
-                      'has layout'),
+                      "the states were saved for a parameter 1 of shape (3, 1), the Trainer's"),
     'more_parameters': (lambda good, tmp: resaved(good, lambda s, o: ({**s, 2: s[0]}, o)),
                         'holds a state for parameter index 2, this Trainer has 2'),
     'second_element_not_an_optimizer': (
@@ -877,7 +877,7 @@ def test_inspect_help_and_usage(capsys):
     assert 'print what a states file holds, without running code from it' in flat
     with pytest.raises(SystemExit):
         checkpoint_main.main(['inspect', '--help'])
-    assert '--json      print JSON' in capsys.readouterr().out
+    assert '--json print JSON' in ' '.join(capsys.readouterr().out.split())
     with pytest.raises(SystemExit) as done:
         checkpoint_main.main([])
     assert done.value.code == 2
@@ -910,19 +910,17 @@ def test_inspect_shows_numpy_scalars_sequences_and_other_numbers_as_values(tmp_p
     optimizer = adam_plugin.MyAdam(
         learning_rate=np.float32(0.25),
         lr_scheduler=mx.lr_scheduler.MultiFactorScheduler(step=[5, 10], factor=0.5))
-    optimizer.clip_gradient = b'ab'
-    optimizer.multi_precision = np.dtype('float16')
+    optimizer.idx2name = {0: b'ab', 1: np.dtype('float16')}  # unchecked: options are checked
     with mx.util.np_shape(True), mx.util.np_array(True):
         data = pickle.dumps(({0: (mx.np.array(3.0), mx.np.array([1.0, 2.0]))}, optimizer))
     fname = tmp_path / 'hand.states'
     fname.write_bytes(data)
     info = json.loads(inspect(fname, '--json').stdout)
     assert info['hyperparameters']['lr'] == 0.25
-    assert info['hyperparameters']['clip_gradient'] == "b'ab'"
+    assert info['hyperparameters']['idx2name'] == {'0': "b'ab'", '1': 'float16'}
     assert info['lr_scheduler']['step'] == [5, 10]
-    assert info['hyperparameters']['multi_precision'] == 'float16'
     text = inspect(fname).stdout
-    assert '  lr = 0.25\n' in text and '  clip_gradient = "b\'ab\'"\n' in text
+    assert '  lr = 0.25\n' in text and '  idx2name = {\'0\': "b\'ab\'", \'1\': \'float16\'}\n' in text
     assert '  step = [5, 10]\n' in text
     assert '  parameter 0: (float32[scalar], float32[2])' in text
 

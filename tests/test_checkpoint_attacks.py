@@ -114,7 +114,7 @@ ATTACKS = {
     'inst_opcode': (opcodes(INST), 'os.system'),
     'copyreg_reconstructor': (tampered(lambda s, o, m: setattrs(o, lr_scheduler=Call(
         copyreg._reconstructor, logging.FileHandler, logging.FileHandler, str(m)))),
-        'copyreg._reconstructor'),
+        'logging.FileHandler'),
     'reduce_ex': (tampered(lambda s, o, m: put(s, 0, (CallEx(os.system, touch(m)),))),
                   'posix.system'),
     'functools_partial': (whole_file(lambda m: Call(functools.partial(os.system, touch(m)))),
@@ -156,11 +156,11 @@ def without(obj, name):
 TAMPERED = {
     'scheduler_extra_attribute': (tampered(lambda s, o, m: setattrs(
         o.lr_scheduler, command=touch(m))),
-        "mxnet.lr_scheduler.FactorScheduler is rebuilt with attributes ['command']"),
+        "its mxnet.lr_scheduler.FactorScheduler has attributes ['command']"),
     'optimizer_extra_attribute': (tampered(lambda s, o, m: setattrs(o, command=touch(m))),
-                                  "MyAdam is rebuilt with attributes ['command']"),
-    'optimizer_missing_attribute': (tampered(lambda s, o, m: without(o, 'fused')),
-                                    "MyAdam is rebuilt without its attributes ['fused']"),
+                                  "MyAdam has attributes ['command']"),
+    'optimizer_missing_attribute': (tampered(lambda s, o, m: without(o, 'idx2name')),
+                                    "MyAdam is rebuilt without its attributes ['idx2name']"),
     'optimizer_called': (tampered(lambda s, o, m: (s, Call(adam_plugin.MyAdam, 0.5))),
                          "MyAdam is rebuilt by calling it with (0.5,)"),
     'array_garbage_bytes': (tampered(lambda s, o, m: put(s, 0, (Rebuilt(
@@ -184,12 +184,12 @@ TAMPERED = {
         "numpy.dtype is rebuilt from ('O8', False, True)"),
     'bytearray_from_text': (tampered(lambda s, o, m: put(s, 0, (Rebuilt(
         NDArray, (None,), {'handle': Call(bytearray, touch(m), 'latin-1')}),))),
-        'builtins.bytearray is rebuilt from arguments'),
+        "an array's raw bytes are not an MXNet array"),  # protocol 2's form; a shell command
     'array_as_hyperparameter': (tampered(lambda s, o, m: setattrs(o, lr=nd.ones(1))),
                                 "attribute 'lr' of adam_plugin.optimizer.MyAdam holds "
                                 "mxnet.ndarray.ndarray.NDArray, which does not belong there"),
     'attribute_contains_itself': (tampered(lambda s, o, m: setattrs(o, idx2name=cycle())),
-                                  'is nested deeper than'),
+                                  'it nests objects deeper than 128 levels'),
     'number_as_state': (tampered(lambda s, o, m: put(s, 0, 5)),
                         'the state of parameter index 0 holds int, not an MXNet array'),
     'number_as_lr_scheduler': (tampered(lambda s, o, m: setattrs(o, lr_scheduler=0)),

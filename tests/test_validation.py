@@ -1,4 +1,5 @@
 """Bad hyperparameters are refused with a ValueError naming the parameter and the value."""
+import inspect
 import math
 import pickle
 import reprlib
@@ -9,6 +10,7 @@ import mxnet as mx
 from mxnet import gluon, nd
 
 from adam_plugin import MyAdam
+from adam_plugin.options import OPTIONS
 from conftest import TOL
 from oracles import NumpyAdam
 
@@ -203,3 +205,45 @@ def test_a_misfit_gradient_is_refused_after_fitting_ones_for_the_same_index():
         opt.update(0, w, nd.ones((1,)), state)
     np.testing.assert_array_equal(w.asnumpy(), moved)
     assert opt._index_update_count[0] == 2
+
+
+# The option table (adam_plugin.options) is the one declaration of every hyperparameter.
+@pytest.mark.parametrize('option', OPTIONS, ids=[o.name for o in OPTIONS])
+def test_each_option_is_in_the_signature_the_docs_and_a_default_instance(option):
+    parameter = inspect.signature(MyAdam).parameters[option.name]
+    assert parameter.default == option.default or parameter.default is option.default
+    assert f"\n    {option.name} : {option.type}, default {option.default!r}\n" in MyAdam.__doc__
+    assert getattr(MyAdam(), option.key) == option.default
+
+
+def test_positional_arguments_keep_their_order():
+    opt = MyAdam(0.05, 0.8, 0.99, 1e-6, 'inside', True)
+    assert (opt.lr, opt.beta1, opt.beta2, opt.epsilon, opt.epsilon_mode, opt.amsgrad) == \
+        (0.05, 0.8, 0.99, 1e-6, 'inside', True)
+
+
+class _OwnFields(mx.lr_scheduler.LRScheduler):
+    """A user's scheduler that keeps its own fields, not MXNet's (no super().__init__)."""
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        self.rate = 0.01
+
+    def __call__(self, num_update):
+        return self.rate
+
+
+def test_a_users_scheduler_subclass_is_not_held_to_mxnets_fields():
+    assert MyAdam(learning_rate=None, lr_scheduler=_OwnFields()).lr_scheduler.rate == 0.01
+
+
+@pytest.mark.parametrize('scheduler, name', [
+    (mx.lr_scheduler.FactorScheduler(step=3), 'step'),
+    (mx.lr_scheduler.MultiFactorScheduler(step=[2, 5]), 'cur_step_ind'),
+    (mx.lr_scheduler.PolyScheduler(max_update=5), 'max_update'),
+    (mx.lr_scheduler.CosineScheduler(max_update=5), 'final_lr')])
+def test_mxnets_scheduler_with_a_field_out_of_range_is_refused(scheduler, name):
+    MyAdam(lr_scheduler=scheduler)  # as made: valid
+    scheduler.__dict__[name] = -1
+    with pytest.raises(ValueError) as err:
+        MyAdam(lr_scheduler=scheduler)
+    assert str(err.value).startswith(f"Invalid lr_scheduler.{name}: -1 (expected ")

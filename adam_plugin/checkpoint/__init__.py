@@ -11,28 +11,48 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
   storage type and the NumPy interface's arrays, the registered optimizer
   classes, MXNet's lr_scheduler classes, NumPy numeric dtypes and scalars, plain
   Python containers and numbers), each rebuilt exactly as pickle rebuilds it in
-  a real checkpoint. It then checks that the file fits this Trainer (its
-  optimizer class; a state of the right structure, shapes and dtypes for each
-  parameter) and only then hands the Trainer the rebuilt objects, as
+  a real checkpoint, in any pickle protocol (0 to 5). Each array is parsed once
+  however often the file refers to it, and nesting deeper than the loader's
+  limit is refused by a pre-scan of the opcodes before anything is unpickled.
+  The optimizer is checked as its own constructor checks its arguments
+  (``MyAdam``: :mod:`adam_plugin.options`, which ``Trainer.load_states`` runs too);
+  an attribute the file lacks takes its declared default (a file saved before it
+  existed), one this release does not know is refused, naming it. It then checks
+  that the file fits this Trainer (its optimizer class; the parameters it was
+  saved for, their count and shapes; a state of the right structure, shapes and
+  dtypes for each parameter) and only then hands the Trainer the rebuilt objects, as
   ``Trainer.load_states`` would. A bad file raises ``ValueError`` naming the file
   and what is wrong (the callable it names, if it names one it may not), with
   the Trainer (weights, states, update counts, optimizer) untouched.
+- A class of your own (say, an ``lr_scheduler`` from your code or GluonCV's
+  ``LRSequential``) is refused unless you allow it, as with PyTorch's
+  ``torch.serialization.add_safe_globals``: :func:`add_safe_globals` for the
+  process, :func:`safe_globals` within a ``with`` block. An allowed class is
+  rebuilt as pickle rebuilds a plain object, never by calling anything the file
+  names: ``cls.__new__(cls)``, then ``obj.__setstate__(attributes)`` if the class
+  defines it, else ``obj.__dict__.update(attributes)``; its attributes may hold
+  plain data only (numbers, strings, bytes, NumPy scalars and dtypes, tuples,
+  lists, dicts and sets of them) and objects of allowed classes or MXNet's
+  schedulers. A class pickled any other way (its own ``__reduce__``) is refused.
 - :func:`save_states` writes to a temporary file beside the target and renames
   it, so an interrupted save leaves the previous checkpoint, never a truncated one.
-- ``python -m adam_plugin.checkpoint inspect FILE [--json]`` prints what a file
-  holds, read the same way.
+- ``python -m adam_plugin.checkpoint inspect FILE [--json] [--allow MODULE.CLASS]``
+  prints what a file holds, read and refused the same way.
 
 A changed number inside a well-formed file cannot be told from a real one (the
 format has no checksum).
 """
-__all__ = ['save_states', 'load_states']
+__all__ = ['save_states', 'load_states', 'add_safe_globals', 'safe_globals', 'get_safe_globals',
+           'clear_safe_globals']
 
+import contextlib
 import os
 import reprlib
 import warnings
 
 from mxnet.optimizer import Optimizer
 
+from ..options import InvalidOption
 from . import safe
 
 
@@ -83,6 +103,46 @@ def load_states(trainer, fname):
     _install(trainer, optimizer, states, records)
 
 
+_ALLOWED_CLASSES = []
+
+
+def add_safe_globals(classes):
+    """Allow ``classes`` in the states files this process reads (PyTorch's idiom).
+
+    See the module's docstring for how an object of an allowed class is rebuilt.
+
+    Parameters
+    ----------
+    classes : list of type
+    """
+    for cls in classes:
+        if not isinstance(cls, type):
+            raise TypeError(f"add_safe_globals takes classes, not {cls!r}")
+        if cls not in _ALLOWED_CLASSES:
+            _ALLOWED_CLASSES.append(cls)
+
+
+def get_safe_globals():
+    """The classes allowed by :func:`add_safe_globals` (and any :func:`safe_globals` block)."""
+    return list(_ALLOWED_CLASSES)
+
+
+def clear_safe_globals():
+    """Allow no class of the user's any more."""
+    _ALLOWED_CLASSES.clear()
+
+
+@contextlib.contextmanager
+def safe_globals(classes):
+    """Allow ``classes`` within a ``with`` block only, as :func:`add_safe_globals` does."""
+    before = list(_ALLOWED_CLASSES)
+    add_safe_globals(classes)
+    try:
+        yield
+    finally:
+        _ALLOWED_CLASSES[:] = before
+
+
 def invalid(fname, problem):
     """The message for a refused file."""
     return f"Invalid states file {os.fspath(fname)!r}: {problem}."
@@ -107,13 +167,17 @@ def _rebuild(trainer, data):
                                f"this Trainer uses {type(ours).__name__}")
         return ours
 
-    states, record = safe.read(data, registered_optimizers(), reference)
+    states, record = safe.read(data, registered_optimizers(), reference, _ALLOWED_CLASSES)
     params = trainer._params  # pylint: disable=protected-access
+    optimizer = built(record)
+    try:  # MyAdam checks that the file was saved for these parameters
+        getattr(optimizer, 'check_fits', lambda params: None)(dict(enumerate(params)))
+    except ValueError as err:
+        raise safe.Refused(str(err)) from None
     for index in states:
         if not 0 <= index < len(params):
             raise safe.Refused(f"it holds a state for parameter index {index}, "
                                f"this Trainer has {len(params)}")
-    optimizer = _built(record)
     for index, state in states.items():
         param = params[index]
         weight = param._check_and_get(param._data, list)[0]  # pylint: disable=protected-access
@@ -128,12 +192,20 @@ def _rebuild(trainer, data):
             raise safe.Refused(f"the state of parameter '{param.name}' has layout "
                                f"{reprlib.repr(safe.layout(state))}, "
                                f"expected {safe.layout(expected)}")
-    return optimizer, _built(states), states
+    return optimizer, built(states), states
 
 
-def _built(records):
+def built(records):
+    """The real objects of checked ``records``: :func:`safe.build`, its errors refused.
+
+    The optimizer's own checks (for ``MyAdam``, :mod:`adam_plugin.options`: a
+    hyperparameter, schedule or update count out of range) are refused with their
+    message; anything else MXNet raises, with its last line or the error's name.
+    """
     try:
         return safe.build(records)
+    except InvalidOption as err:
+        raise safe.Refused(str(err)) from None
     except Exception as err:  # noqa: BLE001  (MXNet refused checked bytes, e.g. np shape)
         lines = str(err).strip().splitlines() or [type(err).__name__]  # MXNet's message
         raise safe.Refused(f"it could not be rebuilt ({lines[-1]})") from None  # comes last

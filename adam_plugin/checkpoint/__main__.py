@@ -6,12 +6,15 @@ Reads the file as :func:`adam_plugin.checkpoint.load_states` does, without
 running code from it or building anything: the optimizer's class and
 hyperparameters, its update counts, and each parameter's state shapes and
 dtypes. A refused file prints the loader's message and exits with status 1.
+``--allow MODULE.CLASS`` (repeatable) allows a class one trusts, as
+:func:`adam_plugin.checkpoint.add_safe_globals` does.
 """
 import argparse
+import importlib
 import json
 import sys
 
-from . import invalid, registered_optimizers, safe
+from . import built, get_safe_globals, invalid, registered_optimizers, safe, safe_globals
 
 # The optimizer's bookkeeping, shown as update counts rather than hyperparameters.
 COUNTS = ('num_update', 'begin_num_update', 'num_skipped', '_all_index_update_counts',
@@ -20,7 +23,8 @@ COUNTS = ('num_update', 'begin_num_update', 'num_skipped', '_all_index_update_co
 
 def describe(data):
     """What the states file ``data`` holds, as JSON-ready data; raises :class:`safe.Refused`."""
-    states, optimizer = safe.read(data, registered_optimizers(), _default)
+    states, optimizer = safe.read(data, registered_optimizers(), _default, get_safe_globals())
+    built(optimizer)  # its values, by the optimizer's own checks
     attrs = optimizer.state
     scheduler = attrs['lr_scheduler']
     return {
@@ -49,6 +53,8 @@ def _default(cls):
 def _plain(value):
     """``value`` (checked plain data) as JSON: NumPy scalars and dtypes by value and name."""
     if isinstance(value, safe.Record):
+        if getattr(value.kind, 'schedule', False):  # an object of an allowed class
+            return {'class': value.name, **{k: _plain(v) for k, v in value.state.items()}}
         return value.kind.check(value).item() if value.kind is safe.SCALAR \
             else str(value.kind.check(value))
     if isinstance(value, dict):
@@ -96,6 +102,14 @@ def _state_text(state):
     return "(" + ", ".join(_state_text(s) for s in state) + ")"
 
 
+def _imported(name):
+    """The class ``MODULE.CLASS`` names, imported (only as the user asks, by --allow)."""
+    module, _, qualname = name.rpartition('.')
+    if not module:
+        raise ValueError(f"{name!r} is not MODULE.CLASS")
+    return getattr(importlib.import_module(module), qualname)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m adam_plugin.checkpoint',
                                      description=__doc__.splitlines()[0])
@@ -104,14 +118,20 @@ def main(argv=None):
                                   "without running code from it")
     inspect.add_argument('file')
     inspect.add_argument('--json', action='store_true', help="print JSON")
+    inspect.add_argument('--allow', action='append', default=[], metavar='MODULE.CLASS',
+                         help="a class you trust that the file may hold (imports MODULE), "
+                         "as adam_plugin.checkpoint.add_safe_globals allows it; repeatable")
     args = parser.parse_args(argv)
     try:
-        with open(args.file, 'rb') as f:
-            data = f.read()
-        info = describe(data)
+        with safe_globals([_imported(name) for name in args.allow]):
+            with open(args.file, 'rb') as f:
+                data = f.read()
+            info = describe(data)
     except (OSError, safe.Refused) as err:
         print(invalid(args.file, err), file=sys.stderr)
         return 1
+    except (ImportError, AttributeError, ValueError, TypeError) as err:  # a bad --allow
+        parser.error(f"--allow: {err}")
     print(json.dumps(info, indent=1) if args.json else _text(info))
     return 0
 

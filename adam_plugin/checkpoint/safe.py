@@ -17,6 +17,7 @@ pickle would have: ``cls(*args)`` and ``__setstate__`` for arrays,
 ``cls.__new__(cls)`` and ``__setstate__`` (or the instance ``__dict__``) for the
 optimizer and its ``lr_scheduler``.
 """
+import _compat_pickle
 import io
 import pickle
 import pickletools
@@ -80,6 +81,8 @@ class _Array:
         self.cls, self.stype = cls, stype
 
     def check(self, record):
+        if hasattr(record, 'header'):  # referenced again (BINGET): parsed once
+            return
         if not (record.called and record.args == (None,)):
             record.refuse(f"from arguments {reprlib.repr(record.args)}")
         state = record.state
@@ -106,16 +109,23 @@ class _Array:
 
 
 class _Bytes:
-    """An array's raw bytes: ``bytearray(data)``."""
+    """An array's raw bytes: ``bytearray(data)``, or ``bytearray(text, 'latin-1')`` as
+    pickle protocols 0 to 2 write it."""
 
     def check(self, record):
-        if not (record.called and len(record.args) == 1 and type(record.args[0]) is bytes
-                and record.state is _NO_STATE):
-            record.refuse(f"from arguments {reprlib.repr(record.args)}")
-        return record.args[0]
+        args = record.args
+        if record.called and record.state is _NO_STATE:
+            if len(args) == 1 and type(args[0]) is bytes:
+                return args[0]
+            if len(args) == 2 and type(args[0]) is str and args[1] == 'latin-1':
+                try:
+                    return args[0].encode('latin-1')
+                except UnicodeEncodeError:
+                    pass
+        return record.refuse(f"from arguments {reprlib.repr(args)}")
 
     def build(self, record, build):
-        return bytearray(record.args[0])
+        return bytearray(self.check(record))
 
 
 class _Dtype:
@@ -154,34 +164,54 @@ class _Scalar:
 
 
 class _Instance:
-    """An optimizer or lr_scheduler: ``cls.__new__(cls)``, then its attributes.
+    """An optimizer, an lr_scheduler or a class the user allowed: ``cls.__new__(cls)``,
+    then its attributes.
 
-    ``reference`` is an instance whose attributes a checkpoint's must match.
+    ``reference`` is an instance whose attributes a checkpoint's must match (MXNet's
+    schedulers; the optimizer's is given to :meth:`check`). ``leaf`` checks what its
+    attributes hold: plain data (:func:`_plain`), or, for a class the user allowed,
+    plain data and objects of allowed classes (:func:`_object`).
     """
 
-    def __init__(self, cls, reference=None):
-        self.cls, self.reference = cls, reference
+    def __init__(self, cls, reference=None, leaf=None):
+        self.cls, self.reference, self.leaf = cls, reference, leaf
 
-    def check(self, record, reference):
+    @property
+    def schedule(self):
+        """Whether it may stand as an lr_scheduler (or inside an allowed object)."""
+        return self.leaf is not None
+
+    def check(self, record, reference=None):
+        if getattr(record, 'checked', False):  # met again, or inside itself
+            return
+        record.checked = True
         if record.called or record.args != ():
             record.refuse(f"by calling it with {reprlib.repr(record.args)}")
         state = record.state
         if type(state) is not dict or not all(type(key) is str for key in state):
             record.refuse(f"with state {reprlib.repr(state)}")
-        expected = set(reference.__getstate__())
-        if set(state) != expected:
-            extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
-            record.refuse(f"with attributes {extra} it does not have" if extra
-                          else f"without its attributes {missing}")
+        reference = reference if reference is not None else self.reference
+        if reference is not None:
+            self._attributes(record, set(reference.__getstate__()))
         for key, value in state.items():
             where = f"attribute {key!r} of {record.name}"
-            if key != 'lr_scheduler' or value is None:
-                _walk(value, _plain, where)
-            elif isinstance(value, Record) and isinstance(value.kind, _Instance) \
-                    and value.kind.reference is not None:
-                value.kind.check(value, value.kind.reference)
+            if self.schedule or key != 'lr_scheduler' or value is None:
+                _walk(value, self.leaf or _plain, where)
+            elif isinstance(value, Record) and getattr(value.kind, 'schedule', False):
+                value.kind.check(value)
             else:
-                raise Refused(f"{where} holds {_what(value)}, not one of MXNet's schedulers")
+                raise Refused(f"{where} holds {_what(value)}, not one of MXNet's schedulers "
+                              f"(a class you trust may be allowed: {HOW_TO_ALLOW})")
+
+    def _attributes(self, record, expected):
+        state = record.state
+        optional = set(getattr(self.cls, 'state_defaults', {}))  # a file from before they were
+        extra, missing = sorted(set(state) - expected), sorted(expected - optional - set(state))
+        if extra:
+            raise Refused(f"its {record.name} has attributes {extra}, which this release's "
+                          f"{self.cls.__name__} does not know")
+        if missing:
+            record.refuse(f"without its attributes {missing}")
 
     def build(self, record, build):
         obj = self.cls.__new__(self.cls)
@@ -192,60 +222,6 @@ class _Instance:
         else:
             obj.__dict__.update(state)
         return obj
-
-
-BYTES, DTYPE, SCALAR = _Bytes(), _Dtype(), _Scalar()
-
-# MXNet's schedulers, each with the constructor arguments of a reference instance.
-SCHEDULERS = {
-    lr_scheduler.LRScheduler: {},
-    lr_scheduler.FactorScheduler: {'step': 1},
-    lr_scheduler.MultiFactorScheduler: {'step': [1]},
-    lr_scheduler.PolyScheduler: {'max_update': 1},
-    lr_scheduler.CosineScheduler: {'max_update': 1},
-}
-
-# Every name a checkpoint may hold besides its optimizer's class -> its kind.
-ALLOWED = {
-    _name(NDArray): _Array(NDArray, 'default'),
-    _name(RowSparseNDArray): _Array(RowSparseNDArray, 'row_sparse'),
-    _name(CSRNDArray): _Array(CSRNDArray, 'csr'),
-    _name(NumpyArray): _Array(NumpyArray, 'default'),
-    'builtins.bytearray': BYTES,
-    _name(numpy.dtype): DTYPE,
-    f"{numpy.core.multiarray.scalar.__module__}.scalar": SCALAR,
-    **{_name(cls): _Instance(cls, cls(**kwargs)) for cls, kwargs in SCHEDULERS.items()},
-}
-
-
-def _refuse_extension_codes(data):
-    """Refuse the ``EXT`` opcodes: they name a callable by a number in ``copyreg``'s
-    extension registry, and pickle caches what a number resolved to for every
-    unpickler in the process, past ``find_class``. No checkpoint uses them."""
-    for opcode, code, _ in pickletools.genops(data):
-        if opcode.name.startswith('EXT'):
-            raise Refused(f"it names a callable by copyreg extension code {code} "
-                          f"({opcode.name}), which no checkpoint does")
-
-
-class _Unpickler(pickle.Unpickler):
-    """Unpickles into :class:`Record` objects; refuses names not in ``allowed``."""
-
-    def __init__(self, file, allowed):
-        super().__init__(file)
-        self.allowed, self.records = allowed, {}
-
-    def find_class(self, module, name):
-        full = f"{module}.{name}"
-        if full not in self.allowed:
-            raise Refused(f"it names {full}, which no checkpoint holds (refused, "
-                          "nothing from the file was run)")
-        if full not in self.records:
-            self.records[full] = type(name, (Record,), {'kind': self.allowed[full], 'name': full})
-        return self.records[full]
-
-    def persistent_load(self, pid):
-        raise Refused("it holds a persistent id, which no checkpoint holds")
 
 
 def _what(value):
@@ -277,6 +253,15 @@ def _plain(value, where):
         raise Refused(f"{where} holds {_what(value)}, which does not belong there")
 
 
+def _object(value, where):
+    """What an object of a class the user allowed holds: plain data, and objects of
+    allowed classes (or MXNet's schedulers)."""
+    if isinstance(value, Record) and getattr(value.kind, 'schedule', False):
+        value.kind.check(value)
+    else:
+        _plain(value, where)
+
+
 def _array(value, where):
     """An optimizer state: MXNet arrays (or None)."""
     if isinstance(value, Record) and isinstance(value.kind, _Array):
@@ -285,7 +270,158 @@ def _array(value, where):
         raise Refused(f"{where} holds {_what(value)}, not an MXNet array")
 
 
-def read(data, optimizer_classes, reference):
+BYTES, DTYPE, SCALAR = _Bytes(), _Dtype(), _Scalar()
+
+# MXNet's schedulers, each with the constructor arguments of a reference instance.
+SCHEDULERS = {
+    lr_scheduler.LRScheduler: {},
+    lr_scheduler.FactorScheduler: {'step': 1},
+    lr_scheduler.MultiFactorScheduler: {'step': [1]},
+    lr_scheduler.PolyScheduler: {'max_update': 1},
+    lr_scheduler.CosineScheduler: {'max_update': 1},
+}
+
+# Every name a checkpoint may hold besides its optimizer's class -> its kind.
+ALLOWED = {
+    _name(NDArray): _Array(NDArray, 'default'),
+    _name(RowSparseNDArray): _Array(RowSparseNDArray, 'row_sparse'),
+    _name(CSRNDArray): _Array(CSRNDArray, 'csr'),
+    _name(NumpyArray): _Array(NumpyArray, 'default'),
+    'builtins.bytearray': BYTES,
+    _name(numpy.dtype): DTYPE,
+    f"{numpy.core.multiarray.scalar.__module__}.scalar": SCALAR,
+    **{_name(cls): _Instance(cls, cls(**kwargs), _plain) for cls, kwargs in SCHEDULERS.items()},
+}
+
+HOW_TO_ALLOW = ("adam_plugin.checkpoint.add_safe_globals([cls]), or "
+                "'with adam_plugin.checkpoint.safe_globals([cls]):', or inspect's --allow")
+
+
+# Deeper nesting of the objects a pickle builds than this is refused before unpickling:
+# a tuple nested 10**6 deep as a dict key crashes the process when the dict hashes it.
+# Counted as the pre-scan counts (every call and build a level): a real checkpoint is
+# about 8 deep.
+MAX_PICKLE_DEPTH = 4 * MAX_DEPTH
+# The opcodes that change the object below their arguments rather than make a new one.
+_MUTATORS = {'APPEND', 'APPENDS', 'SETITEM', 'SETITEMS', 'ADDITEMS', 'BUILD'}
+
+
+class _Nest:
+    """An object the pickle builds, in :func:`_prescan`: how deep it nests, and what holds it."""
+    __slots__ = ('depth', 'holders')
+
+    def __init__(self):
+        self.depth, self.holders = 0, []
+
+    def hold(self, item):
+        """``item`` is put inside this object: this one is at least one level deeper."""
+        item.holders.append(self)
+        pending = [(self, item.depth + 1)]
+        while pending:  # each object deepens at most MAX_PICKLE_DEPTH times: linear
+            nest, depth = pending.pop()
+            if depth > nest.depth:
+                if depth > MAX_PICKLE_DEPTH:
+                    raise Refused(f"it nests objects deeper than {MAX_PICKLE_DEPTH} levels "
+                                  "(or in themselves); refused before unpickling")
+                nest.depth = depth
+                pending += [(holder, depth + 1) for holder in nest.holders]
+
+
+def _prescan(data):
+    """Read the opcodes once, before unpickling, and refuse:
+
+    - the ``EXT`` opcodes: they name a callable by a number in ``copyreg``'s
+      extension registry, and pickle caches what a number resolved to for every
+      unpickler in the process, past ``find_class``. No checkpoint uses them;
+    - nesting deeper than :data:`MAX_PICKLE_DEPTH` (or an object inside itself),
+      followed through the memo as the unpickler would, in time linear in the file.
+
+    A sequence of opcodes no unpickler could follow fails here (reported as a
+    damaged file).
+    """
+    stack, marks, memo = [], [], {}
+    for opcode, arg, _ in pickletools.genops(data):
+        name = opcode.name
+        if name.startswith('EXT'):
+            raise Refused(f"it names a callable by copyreg extension code {arg} "
+                          f"({name}), which no checkpoint does")
+        if name == 'MARK':
+            marks.append(stack)
+            stack = []
+        elif name in ('PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'):
+            memo[len(memo) if name == 'MEMOIZE' else arg] = stack[-1]
+        elif name in ('GET', 'BINGET', 'LONG_BINGET', 'DUP'):
+            stack.append(memo[arg] if name != 'DUP' else stack[-1])
+        else:
+            before = opcode.stack_before
+            if pickletools.markobject in before:  # what was pushed since the mark
+                below = before.index(pickletools.markobject)  # and the object below it
+                items, stack = stack, marks.pop()
+            else:
+                below, items = len(before), []
+            if below:
+                items = stack[-below:] + items
+                del stack[-below:]
+            if opcode.stack_after:
+                nest = items[0] if name in _MUTATORS else _Nest()
+                for item in items[1:] if name in _MUTATORS else items:
+                    nest.hold(item)
+                stack.append(nest)
+
+
+def _latin1(text, encoding):
+    """``_codecs.encode(text, 'latin1')``: how pickle protocols 0 to 2 write ``bytes``."""
+    if type(text) is not str or encoding != 'latin1':
+        raise Refused(f"it calls _codecs.encode with {reprlib.repr((text, encoding))}, "
+                      "which no checkpoint does")
+    try:
+        return text.encode('latin1')
+    except UnicodeEncodeError:
+        raise Refused("it calls _codecs.encode with text beyond latin1") from None
+
+
+_OBJECT = object()  # stands for builtins.object, only as _reconstructor's base
+
+
+def _reconstructor(cls, base, state):
+    """``copyreg._reconstructor(cls, object, None)``: protocols 0 and 1's ``cls.__new__(cls)``."""
+    if not (isinstance(cls, type) and issubclass(cls, Record) and base is _OBJECT
+            and state is None):
+        raise Refused(f"it calls copyreg._reconstructor with {reprlib.repr((cls, base, state))}"
+                      ", which no checkpoint does")
+    return cls.__new__(cls)
+
+
+# What pickle protocols 0 to 2 name besides a checkpoint's classes -> what the name
+# stands for here (each checks its arguments and makes what a genuine file means).
+_OLD_PROTOCOLS = {'_codecs.encode': _latin1, 'copyreg._reconstructor': _reconstructor,
+                  'builtins.object': _OBJECT}
+
+
+class _Unpickler(pickle.Unpickler):
+    """Unpickles into :class:`Record` objects; refuses names not in ``allowed``."""
+
+    def __init__(self, file, allowed):
+        super().__init__(file)
+        self.allowed, self.records = allowed, {}
+
+    def find_class(self, module, name):
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)  # Python 2's names
+        full = f"{module}.{name}"
+        if full in _OLD_PROTOCOLS:
+            return _OLD_PROTOCOLS[full]
+        if full not in self.allowed:
+            raise Refused(f"it names {full}, which is not allowed (refused, nothing from the "
+                          f"file was run; a class you trust may be allowed: {HOW_TO_ALLOW})")
+        if full not in self.records:
+            self.records[full] = type(name, (Record,), {'kind': self.allowed[full], 'name': full})
+        return self.records[full]
+
+    def persistent_load(self, pid):
+        raise Refused("it holds a persistent id, which no checkpoint holds")
+
+
+def read(data, optimizer_classes, reference, allowed_classes=()):
     """The checked records of a states file: ``(states, optimizer)``.
 
     Parameters
@@ -297,6 +433,10 @@ def read(data, optimizer_classes, reference):
     reference : callable
         ``reference(cls)`` returns an instance of the file's optimizer class
         whose attributes the file's must match, or raises :class:`Refused`.
+    allowed_classes : iterable of type
+        Classes the user allowed (an lr_scheduler of their own): rebuilt as plain
+        objects, ``cls.__new__(cls)`` and then their attributes, which may hold only
+        plain data and objects of allowed classes.
 
     Returns
     -------
@@ -311,10 +451,11 @@ def read(data, optimizer_classes, reference):
         If the file names anything else, or rebuilds an allowed name in a way
         that no real checkpoint does. Nothing the file names is ever called.
     """
-    allowed = dict(ALLOWED, **{_name(cls): _Instance(cls) for cls in optimizer_classes})
+    allowed = dict({_name(cls): _Instance(cls, leaf=_object) for cls in allowed_classes},
+                   **ALLOWED, **{_name(cls): _Instance(cls) for cls in optimizer_classes})
     file = io.BytesIO(data)
     try:
-        _refuse_extension_codes(data)
+        _prescan(data)
         saved = _Unpickler(file, allowed).load()
     except Refused:
         raise

@@ -1,0 +1,326 @@
+"""``MyAdam``'s options, declared once: name, default, check and doc of each.
+
+Internal: not part of the public API (see :mod:`adam_plugin`); its names may change.
+
+:class:`MyAdam`'s signature, its ``__init__`` and ``__setstate__`` (so both
+``Trainer.load_states`` and :func:`adam_plugin.checkpoint.load_states`),
+``set_learning_rate`` and the ``Parameters`` section of its docstring all read
+:data:`OPTIONS`. Adding an option is one row here, plus its use in the update
+rule (:mod:`adam_plugin.textbook`) and the kernel. A states file saved before an
+option existed loads with the option's default.
+
+Every check raises ``ValueError("Invalid NAME: VALUE (expected WHAT)")`` and
+returns the value to keep. Like ``torch.optim``'s ``if not 0.0 <= lr``, a check
+is written so that NaN fails it.
+"""
+import math
+import numbers
+import textwrap
+from typing import Callable, NamedTuple, Optional
+
+import numpy
+import mxnet.lr_scheduler as _lrs  # a submodule: a KVStore server imports us mid-`import mxnet`
+
+from .textbook import EPSILON_MODES
+
+NONFINITE_POLICIES = ('skip', 'raise')
+
+# With aggregate_num > 0, MXNet's Updater hands a whole list of parameters to one
+# update call (one list per dtype, up to this many): a 'raise' is then decided for
+# the whole step before anything changes, and the fused route makes one launch.
+AGGREGATE_NUM = 1 << 20
+
+
+class InvalidOption(ValueError):
+    """A value an option (or the bookkeeping of a states file) may not take."""
+
+
+def _refuse(name, value, expected):
+    raise InvalidOption(f"Invalid {name}: {value!r} (expected {expected})")
+
+
+def number(ok, expected, cast=None):
+    """A check: a real number (not a bool, not a string) with ``ok(float(value))``.
+
+    A string is not a number here, even one that ``float`` would read: MXNet keeps
+    ``learning_rate`` as given, and ``'0.1'`` would fail at the first step.
+    ``cast`` (e.g. ``float``) is applied to the value kept.
+    """
+    def check(name, value):
+        try:
+            good = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                    and ok(float(value)))
+        except OverflowError:  # an int beyond float's range
+            good = False
+        if not good:
+            _refuse(name, value, expected)
+        return cast(value) if cast else value
+    return check
+
+
+def none_or(check):
+    """A check that also takes ``None``."""
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def flag(name, value):
+    """A check: True, False, 1 or 0, kept as a bool (``bool('no')`` is True)."""
+    if not (isinstance(value, (bool, numpy.bool_))
+            or (isinstance(value, numbers.Integral) and value in (0, 1))):
+        _refuse(name, value, 'True or False')
+    return bool(value)
+
+
+def one_of(choices):
+    """A check: one of ``choices``."""
+    def check(name, value):
+        if not (isinstance(value, str) and value in choices):
+            _refuse(name, value, f'one of {choices}')
+        return value
+    return check
+
+
+def integer(low):
+    """A check: an int (not a bool) >= ``low``."""
+    def check(name, value):
+        if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                and value >= low):
+            _refuse(name, value, f'an int >= {low}')
+        return value
+    return check
+
+
+def counts(name, value):
+    """A check: MXNet's per-index update counts, ``{index: count}``, each count >= 1
+    (``Optimizer._update_count`` starts an index at ``begin_num_update`` and adds 1
+    before the step uses it: a count of 0 would bias-correct a used state as new)."""
+    if type(value) is not dict:
+        _refuse(name, value, 'a dict of parameter index -> update count')
+    for index, count in value.items():
+        integer(0)(f"{name} key", index)
+        integer(1)(f"{name}[{index}]", count)
+    return value
+
+
+def per_device_counts(name, value):
+    """A check: ``{device: {index: count}}`` (``Optimizer._all_index_update_counts``)."""
+    if type(value) is not dict or not value:
+        _refuse(name, value, 'a dict of device -> update counts')
+    for device, device_counts in value.items():
+        integer(0)(f"{name} key", device)
+        counts(f"{name}[{device}]", device_counts)
+    return value
+
+
+def shapes(name, value):
+    """A check: ``{index: shape}`` of the parameters a file was saved for."""
+    if not (type(value) is dict and all(
+            type(shape) is tuple and all(type(n) is int for n in shape)
+            for shape in value.values())):
+        _refuse(name, value, 'None or a dict of parameter index -> shape')
+    for index in value:
+        integer(0)(f"{name} key", index)
+    return value
+
+
+_FINITE = number(lambda x: 0.0 <= x < math.inf, '>= 0')
+_FACTOR = number(lambda x: 0.0 < x <= 1.0, 'in (0, 1]')
+
+
+def _increasing_steps(name, value):
+    if not (type(value) is list and value and all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in value)
+            and value[0] >= 1 and all(a < b for a, b in zip(value, value[1:]))):
+        _refuse(name, value, 'an increasing list of ints >= 1')
+    return value
+
+
+# MXNet's scheduler classes -> the constraints of the fields they add (their
+# constructors' own checks, and what keeps __call__ finite and returning).
+SCHEDULER_FIELDS = {
+    _lrs.LRScheduler: {'base_lr': _FINITE, 'warmup_steps': integer(0),
+                       'warmup_begin_lr': _FINITE, 'warmup_final_lr': _FINITE,
+                       'warmup_mode': one_of(('linear', 'constant'))},
+    _lrs.FactorScheduler: {'step': integer(1), 'factor': _FACTOR,
+                           'stop_factor_lr': _FINITE, 'count': integer(0)},
+    _lrs.MultiFactorScheduler: {'step': _increasing_steps, 'cur_step_ind': integer(0),
+                                'factor': _FACTOR, 'count': integer(0)},
+    _lrs.PolyScheduler: {'power': number(lambda x: abs(x) < math.inf, 'finite'),
+                         'base_lr_orig': _FINITE, 'max_update': integer(1),
+                         'final_lr': _FINITE, 'max_steps': integer(0)},
+    _lrs.CosineScheduler: {'base_lr_orig': _FINITE, 'max_update': integer(1),
+                           'final_lr': _FINITE, 'max_steps': integer(0)},
+}
+
+
+def scheduler(name, value):
+    """A check: None, or a callable schedule; MXNet's own classes' fields by their
+    constraints (a subclass of the user's may keep other fields: not checked)."""
+    if value is None:
+        return value
+    if not callable(value):
+        _refuse(name, value, 'None or a callable lr_scheduler')
+    if type(value) not in SCHEDULER_FIELDS:
+        return value
+    fields = vars(value)
+    for cls in type(value).__mro__:
+        for field, check in SCHEDULER_FIELDS.get(cls, {}).items():
+            if field not in fields:
+                _refuse(f"{name}.{field}", '<missing>', f"{type(value).__name__} to have it")
+            check(f"{name}.{field}", fields[field])
+    if isinstance(value, _lrs.MultiFactorScheduler) and fields['cur_step_ind'] > len(fields['step']):
+        _refuse(f"{name}.cur_step_ind", fields['cur_step_ind'], f"<= {len(fields['step'])}")
+    return value
+
+
+LEARNING_RATE = number(lambda x: 0.0 <= x < math.inf, '>= 0')
+_BETA = number(lambda x: 0.0 <= x < 1.0, 'in [0, 1)', cast=float)
+
+
+class Option(NamedTuple):
+    """One hyperparameter: its keyword (MXNet's name), default, check and doc.
+
+    ``attr`` is the attribute it is kept in when that is not ``name``;
+    ``mxnet`` says that :class:`mxnet.optimizer.Optimizer` keeps it (checked here,
+    passed on to ``Optimizer.__init__``).
+    """
+    name: str
+    default: object
+    check: Callable
+    type: str
+    doc: str
+    attr: Optional[str] = None
+    mxnet: bool = False
+
+    @property
+    def key(self):
+        """The attribute the optimizer keeps the value in (and a states file holds)."""
+        return self.attr or self.name
+
+
+OPTIONS = (
+    Option('learning_rate', 0.001, none_or(LEARNING_RATE), 'float or None',
+           "Step size ``lr``, >= 0. ``None`` takes it from ``lr_scheduler``.",
+           attr='lr', mxnet=True),
+    Option('beta1', 0.9, _BETA, 'float', "Decay rate of the first moment, in [0, 1)."),
+    Option('beta2', 0.999, _BETA, 'float', "Decay rate of the second moment, in [0, 1)."),
+    Option('epsilon', 1e-8,
+           number(lambda x: 0.0 < x < math.inf,
+                  '> 0: with 0, a zero gradient element makes the update 0 / 0', cast=float),
+           'float',
+           "Stabilising constant, > 0. Zero is refused: a gradient element that has been "
+           "0 at every step so far (``m = v = 0``) would make the update ``0 / 0``, a NaN "
+           "in the weight that the finiteness check of the gradient cannot see."),
+    Option('epsilon_mode', 'outside', one_of(EPSILON_MODES), "{'outside', 'inside', 'hat'}",
+           "Where ``epsilon`` enters: outside the root (the chapter's code, PyTorch), "
+           "inside it (the chapter's printed formula, optax ``eps_root``), or the paper's "
+           "epsilon-hat (MXNet's built-in Adam)."),
+    Option('amsgrad', False, flag, 'bool',
+           "Use the running maximum of ``v`` (Reddi et al., 2018; PyTorch's variant)."),
+    Option('decoupled_wd', False, flag, 'bool',
+           "Decoupled weight decay (Loshchilov & Hutter, 2019; ``torch.optim.AdamW``)."),
+    Option('lazy_update', True, flag, 'bool',
+           "With a ``row_sparse`` gradient, update only the rows present in it."),
+    Option('nonfinite', 'skip', one_of(NONFINITE_POLICIES), "{'skip', 'raise'}",
+           "What to do with a gradient holding NaN or Inf: leave that parameter, its "
+           "moments and its step count untouched and warn (``'skip'``, counted in "
+           "``num_skipped``), or raise ``FloatingPointError`` before modifying anything "
+           "the update call received (under ``gluon.Trainer`` without "
+           "``update_on_kvstore``, the whole step: see ``aggregate_num``; with it, the "
+           "error comes out of the next ``Trainer.step``: see :mod:`adam_plugin.deferred`). "
+           "``num_skipped`` counts skipped updates of parameter copies: with several "
+           "devices updated by the Trainer, one skip per device."),
+    Option('fused', True, flag, 'bool',
+           "Take the fast routes of :mod:`adam_plugin.dispatch`: one compiled, "
+           "multi-threaded pass over memory for dense float32/float64 parameters on CPU "
+           "(all parameters of a ``Trainer`` step in one call), MXNet's ``adam_update`` "
+           "where it is exact on other devices. ``False`` updates every parameter with "
+           "the NDArray ops of :mod:`adam_plugin.textbook`. Both agree to float rounding."),
+    Option('wd', 0.0, number(lambda x: 0.0 <= x < math.inf, '>= 0'), 'float',
+           "Weight decay, >= 0: coupled L2 (``g + wd * w``), or decoupled with "
+           "``decoupled_wd``.", mxnet=True),
+    Option('rescale_grad', 1.0, number(lambda x: 0.0 < x < math.inf, '> 0'), 'float',
+           "Factor applied to the gradient first; ``Trainer.step(batch_size)`` sets it "
+           "to ``1 / batch_size``.", mxnet=True),
+    Option('clip_gradient', None,
+           none_or(number(lambda x: 0.0 < x < math.inf, 'None or > 0')), 'float or None',
+           "Clip the rescaled gradient to ``[-clip_gradient, clip_gradient]``; ``None`` "
+           "does not clip.", mxnet=True),
+    Option('multi_precision', False, flag, 'bool',
+           "Step float16 weights on a float32 master copy.", mxnet=True),
+    Option('lr_scheduler', None, scheduler, 'LRScheduler or None',
+           "The learning rate at update ``num_update`` is ``lr_scheduler(num_update)``. "
+           "MXNet's scheduler classes are checked by their own constraints (``step >= 1``, "
+           "``0 < factor <= 1``, finite rates, ...).", mxnet=True),
+)
+
+
+class Kept(NamedTuple):
+    """An attribute of the optimizer's bookkeeping that a states file holds.
+
+    ``default`` is what a file saved before it existed means by it; ``REQUIRED``
+    if every file holds it (MXNet's own).
+    """
+    key: str
+    default: object
+    check: Callable
+
+
+REQUIRED = object()
+
+# The bookkeeping a states file holds besides the options.
+KEPT = (
+    Kept('num_update', REQUIRED, integer(0)),
+    Kept('begin_num_update', REQUIRED, integer(0)),
+    Kept('_all_index_update_counts', REQUIRED, per_device_counts),
+    Kept('_index_update_count', REQUIRED, counts),
+    Kept('num_skipped', 0, integer(0)),
+    # MXNet's Updater loops ``current_index += aggregate_num``: 0 never returns.
+    Kept('aggregate_num', AGGREGATE_NUM, integer(1)),
+    # The Trainer's parameters when saved; None: unknown (an older file, or no Trainer).
+    Kept('param_shapes', None, none_or(shapes)),
+)
+
+
+def checked(values):
+    """``values`` (keyword -> value) with every option checked, defaults filled in.
+
+    Keys that are not options are left as they are.
+    """
+    out = dict(values)
+    for option in OPTIONS:
+        out[option.name] = option.check(option.name, values.get(option.name, option.default))
+    return out
+
+
+def checked_state(state):
+    """An optimizer's pickled ``state`` checked as :func:`checked` checks arguments.
+
+    An option or bookkeeping the state lacks (saved before it existed) takes its
+    default; lacking one that every file holds raises ``ValueError`` naming it.
+    """
+    values = checked({o.name: state[o.key] for o in OPTIONS if o.key in state})
+    state = {**state, **{o.key: values[o.name] for o in OPTIONS}}
+    for kept in KEPT:
+        if kept.key not in state and kept.default is REQUIRED:
+            _refuse(kept.key, '<missing>', 'every states file to hold it')
+        state[kept.key] = kept.check(kept.key, state.get(kept.key, kept.default))
+    if state['lr'] is None and state['lr_scheduler'] is None:
+        _refuse('learning_rate', None, 'a number when there is no lr_scheduler')
+    return state
+
+
+def state_defaults():
+    """Attribute -> the value a states file that lacks it means."""
+    return {**{o.key: o.default for o in OPTIONS},
+            **{k.key: k.default for k in KEPT if k.default is not REQUIRED}}
+
+
+def parameters_doc():
+    """The numpydoc ``Parameters`` entries of the options."""
+    lines = []
+    for option in OPTIONS:
+        lines.append(f"{option.name} : {option.type}, default {option.default!r}")
+        lines += textwrap.wrap(option.doc, 84, initial_indent='    ', subsequent_indent='    ',
+                               break_on_hyphens=False)
+    return "\n".join(lines)

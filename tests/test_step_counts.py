@@ -1,0 +1,111 @@
+"""Each parameter keeps its own step count ``t``, through a checkpoint too.
+
+Four parameters updated unequally often under one Trainer: 'always' every step,
+'frozen' not at steps 3 to 5 (``grad_req='null'``), 'late' only from step 5 on
+(as if added to the model then), 'nan' skipped at step 2 for a NaN gradient. Each
+must bias-correct with its own ``t`` (MXNet's ``_index_update_count``), while the
+learning rate follows MXNet's rule for every parameter: ``lr_scheduler(num_update)``,
+``num_update`` being the largest count so far. The oracle (tests/oracles.py) is told
+both; a checkpoint at step 6 keeps every count, and the resumed run is the straight one.
+"""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import gluon, nd
+
+from adam_plugin import checkpoint
+from conftest import TOL
+from oracles import NumpyAdam
+from test_checkpoint import LOADERS
+
+STEPS, SAVE_AFTER, LR = 10, 6, 0.01
+NAMES = ('always', 'frozen', 'late', 'nan')
+ACTIVE = {  # name -> the steps it is updated at (its gradient is fresh and finite)
+    'always': set(range(1, STEPS + 1)),
+    'frozen': set(range(1, STEPS + 1)) - {3, 4, 5},
+    'late': set(range(5, STEPS + 1)),
+    'nan': set(range(1, STEPS + 1)) - {2},
+}
+COUNTS = {i: len(ACTIVE[name]) for i, name in enumerate(NAMES)}
+W0 = np.array([0.5, -1.0, 2.0], np.float32)
+
+
+def schedule(num_update):
+    """MXNet's CosineScheduler(max_update=12, base_lr=LR), as documented. It computes the
+    rate from ``num_update`` alone (FactorScheduler only ever lowers it, so it would not
+    show a parameter asking with its own, smaller, count)."""
+    return LR * (1 + math.cos(math.pi * num_update / 12)) / 2
+
+
+def grad(name, t):
+    if name == 'nan' and t == 2:
+        return np.array([1.0, np.nan, 0.5], np.float32)
+    rng = np.random.default_rng(10 * t + NAMES.index(name))
+    return rng.normal(size=3).astype(np.float32) * (NAMES.index(name) + 1)
+
+
+def job(weights=None):
+    params = [gluon.Parameter(name, shape=(3,)) for name in NAMES]
+    for param, w in zip(params, weights or [W0] * len(NAMES)):
+        param.initialize(mx.init.Constant(0.0))
+        param.set_data(nd.array(w))
+    scheduler = mx.lr_scheduler.CosineScheduler(max_update=12, base_lr=LR)
+    return params, gluon.Trainer(params, 'myadam', {'learning_rate': LR,
+                                                    'lr_scheduler': scheduler})
+
+
+def train(params, trainer, steps):
+    for t in steps:
+        for name, param in zip(NAMES, params):
+            param.grad_req = 'write' if (t in ACTIVE[name] or name == 'nan') else 'null'
+            if param.grad_req == 'write':
+                param.grad()[:] = grad(name, t)
+                param.data()._fresh_grad = True  # pylint: disable=protected-access
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)  # the NaN skip warns
+            trainer.step(1)
+
+
+def oracle_weights():
+    num_update = [0]
+    oracle = NumpyAdam(lr=LR, lr_at=lambda t: schedule(num_update[0]))
+    weights = {name: W0.astype(np.float64) for name in NAMES}
+    for t in range(1, STEPS + 1):
+        num_update[0] = t  # 'always' is updated first, at every step
+        for name in NAMES:
+            if t in ACTIVE[name]:
+                weights[name] = oracle.step(name, weights[name], grad(name, t))
+    assert {n: oracle.state[n]['t'] for n in NAMES} == {n: len(ACTIVE[n]) for n in NAMES}
+    return [weights[name] for name in NAMES]
+
+
+def test_each_parameter_bias_corrects_with_its_own_count():
+    params, trainer = job()
+    train(params, trainer, range(1, STEPS + 1))
+    assert trainer.optimizer._index_update_count == COUNTS
+    assert trainer.optimizer.num_update == STEPS
+    for param, want in zip(params, oracle_weights()):
+        np.testing.assert_allclose(param.data().asnumpy(), want, err_msg=param.name,
+                                   **TOL['float32'])
+
+
+@pytest.mark.parametrize('loader', LOADERS)
+def test_a_checkpoint_keeps_each_count(loader, tmp_path):
+    straight, trainer = job()
+    train(straight, trainer, range(1, STEPS + 1))
+
+    first, trainer = job()
+    train(first, trainer, range(1, SAVE_AFTER + 1))
+    checkpoint.save_states(trainer, tmp_path / 'trainer.states')
+    saved = dict(trainer.optimizer._index_update_count)
+    assert saved == {0: 6, 1: 3, 2: 2, 3: 5}
+    params, trainer = job([p.data().asnumpy() for p in first])
+    LOADERS[loader](trainer, tmp_path / 'trainer.states')
+    assert trainer.optimizer._index_update_count == saved
+    train(params, trainer, range(SAVE_AFTER + 1, STEPS + 1))
+    assert trainer.optimizer._index_update_count == COUNTS
+    for got, want in zip(params, straight):
+        np.testing.assert_array_equal(got.data().asnumpy(), want.data().asnumpy())
