@@ -39,7 +39,7 @@ namespace {
 // Columns of the constants table, one row per distinct step, in the parameters' dtype.
 enum Column {
     RESCALE, WD, CLIP, BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, BC1, BC2,
-    EPS_INSIDE, EPS_OUTSIDE, DECAY, LR, NUM_CONSTANTS
+    EPS_INSIDE, EPS_OUTSIDE, DECAY, LR, YOGI, NUM_CONSTANTS
 };
 
 // Run body(p, lo, hi) over elements [lo, hi) of parameter p, for every part of the
@@ -159,10 +159,14 @@ template <typename T, bool AMSGRAD>
     const T beta2 = k[BETA2], one_minus_beta2 = k[ONE_MINUS_BETA2];
     const T bc1 = k[BC1], bc2 = k[BC2], eps_inside = k[EPS_INSIDE], eps_outside = k[EPS_OUTSIDE];
     const T decay = k[DECAY], lr = k[LR];
+    const bool yogi = k[YOGI] != 0;  // loop-invariant: -O3 compiles a loop for each value
     for (int64_t i = lo; i < hi; ++i) {
         const T gi = gradient(g[i], w[i], rescale, wd, clip);
         const T mi = beta1 * m[i] + one_minus_beta1 * gi;
-        T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        const T g2 = gi * gi;
+        // Yogi: v + ((1 - beta2) * g) * g * sign(g * g - v); the sign as two comparisons
+        T vi = yogi ? v[i] + ((one_minus_beta2 * gi) * gi) * (T(g2 > v[i]) - T(g2 < v[i]))
+                    : beta2 * v[i] + one_minus_beta2 * g2;
         m[i] = mi;
         v[i] = vi;
         if (AMSGRAD) {  // a template argument: the plain loop never touches vmax

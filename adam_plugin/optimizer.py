@@ -56,6 +56,7 @@ class MyAdam(Optimizer):
         g     = clip(g, -clip_gradient, clip_gradient)      (if clip_gradient)
         m     = beta1 * m + (1 - beta1) * g
         v     = beta2 * v + (1 - beta2) * g * g
+        v     = v + ((1 - beta2) * g) * g * sign(g * g - v)  (yogi, instead)
         vmax  = max(vmax, v), used in place of v            (amsgrad)
         m_hat = m / (1 - beta1**t),   v_hat = v / (1 - beta2**t)
         u     = m_hat / (sqrt(v_hat) + epsilon)             epsilon_mode='outside'
@@ -65,7 +66,9 @@ class MyAdam(Optimizer):
         w     = w - lr * u
 
     The defaults equal ``torch.optim.Adam``; ``epsilon_mode='hat'`` equals
-    ``mx.optimizer.Adam``; ``decoupled_wd=True`` equals ``torch.optim.AdamW``.
+    ``mx.optimizer.Adam``; ``decoupled_wd=True`` equals ``torch.optim.AdamW``;
+    ``yogi=True, epsilon=1e-3`` is d2l.ai's Yogi (registered as ``'myyogi'``, see
+    :class:`MyYogi`).
 
     Parameters
     ----------
@@ -87,6 +90,10 @@ class MyAdam(Optimizer):
         Use the running maximum of ``v`` (Reddi et al., 2018; PyTorch's variant).
     decoupled_wd : bool, default False
         Decoupled weight decay (Loshchilov & Hutter, 2019; ``torch.optim.AdamW``).
+    yogi : bool, default False
+        Yogi's second moment (Zaheer et al., 2018, as in d2l.ai's Adam section):
+        ``v`` moves towards ``g * g`` by at most ``(1 - beta2) * g * g`` a step. Its
+        authors and d2l use ``epsilon=1e-3``, the default of ``'myyogi'``.
     lazy_update : bool, default True
         With a ``row_sparse`` gradient, update only the rows present in it.
     nonfinite : {'skip', 'raise'}, default 'skip'
@@ -117,7 +124,7 @@ class MyAdam(Optimizer):
     """
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
-                 epsilon_mode='outside', amsgrad=False, decoupled_wd=False,
+                 epsilon_mode='outside', amsgrad=False, decoupled_wd=False, yogi=False,
                  lazy_update=True, nonfinite='skip', fused=True, **kwargs):
         if learning_rate is not None:
             _require('learning_rate', learning_rate, lambda x: 0.0 <= x < math.inf, '>= 0')
@@ -139,6 +146,7 @@ class MyAdam(Optimizer):
                              f"(expected one of {NONFINITE_POLICIES})")
         amsgrad = _flag('amsgrad', amsgrad)
         decoupled_wd = _flag('decoupled_wd', decoupled_wd)
+        yogi = _flag('yogi', yogi)
         lazy_update = _flag('lazy_update', lazy_update)
         fused = _flag('fused', fused)
         if 'multi_precision' in kwargs:
@@ -151,6 +159,7 @@ class MyAdam(Optimizer):
         self.epsilon_mode = epsilon_mode
         self.amsgrad = amsgrad
         self.decoupled_wd = decoupled_wd
+        self.yogi = yogi
         self.lazy_update = lazy_update
         self.nonfinite = nonfinite
         self.fused = fused
@@ -228,7 +237,8 @@ class MyAdam(Optimizer):
         return Step(t=self._index_update_count[index], lr=self._get_lr(index),
                     wd=self._get_wd(index), beta1=self.beta1, beta2=self.beta2,
                     epsilon=self.epsilon, epsilon_mode=self.epsilon_mode,
-                    amsgrad=self.amsgrad, decoupled_wd=self.decoupled_wd,
+                    amsgrad=self.amsgrad, yogi=self.yogi,
+                    decoupled_wd=self.decoupled_wd,
                     rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
                     lazy_update=self.lazy_update)
 
@@ -250,3 +260,20 @@ class MyAdam(Optimizer):
         if index in self.idx2name:
             return f"parameter '{self.idx2name[index]}'"
         return f"parameter index {index}"
+
+
+@Optimizer.register
+class MyYogi(MyAdam):
+    """Yogi (Zaheer et al., 2018) as d2l.ai teaches it, registered as ``'myyogi'``.
+
+    ``MyAdam(yogi=True)`` with the ``epsilon=1e-3`` that d2l.ai, the paper and optax's
+    ``yogi`` use (epsilon outside the root, as ``MyAdam``'s default mode). Takes every
+    other argument of :class:`MyAdam`; ``v`` starts at 0 as in d2l (optax starts it
+    at ``initial_accumulator_value=1e-6``).
+    """
+
+    def __init__(self, epsilon=1e-3, **kwargs):
+        if 'yogi' in kwargs:
+            raise ValueError(f"Invalid yogi: {kwargs['yogi']!r} ('myyogi' is always Yogi; "
+                             "use 'myadam' for yogi=False)")
+        super().__init__(epsilon=epsilon, yogi=True, **kwargs)

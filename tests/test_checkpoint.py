@@ -35,6 +35,7 @@ STEPS, SAVE_AFTER, BATCH = 12, 6, 8
 ROWS = {
     'defaults': ({}, 'float32', None),
     'amsgrad': ({'amsgrad': True}, 'float32', None),
+    'yogi': (CONFIGS['yogi_options'], 'float32', None),
     'multi_precision': ({'multi_precision': True}, 'float16', None),
     'nan_skip': ({}, 'float32', 3),
     'lr_scheduler': ({'lr_scheduler': 'factor'}, 'float32', None),
