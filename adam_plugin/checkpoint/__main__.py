@@ -96,7 +96,7 @@ def _state_text(state):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m adam_plugin.checkpoint',
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.splitlines()[0].replace('``', ''))
     commands = parser.add_subparsers(dest='command', required=True)
     inspect = commands.add_parser('inspect', help="print what a states file holds, "
                                   "without running code from it")
