@@ -161,7 +161,8 @@ def _progress(args, features, num_runs):
 
 def _linreg(args):
     from . import exercises, linreg
-    _check_optimizer(args.parser, args.optimizer, _optimizer_params(args, args.lr))
+    _check_optimizer(args.parser, args.optimizer,
+                     dict(_optimizer_params(args, args.lr), learning_rate=args.lr))
     features, labels = _data(args)
     with _progress(args, features, num_runs=2 + args.folded) as bar:
         kw = dict(batch_size=args.batch_size, lr=args.lr, num_epochs=args.epochs,
@@ -208,7 +209,8 @@ def _linreg(args):
 def _sweep(args):
     from . import linreg
     for lr in args.lrs:
-        _check_optimizer(args.parser, args.optimizer, _optimizer_params(args, lr))
+        _check_optimizer(args.parser, args.optimizer,
+                         dict(_optimizer_params(args, lr), learning_rate=lr))
     features, labels = _data(args)
     with _progress(args, features, num_runs=len(args.lrs)) as bar:
         runs = {lr: linreg.train_trainer(features, labels, lr=lr, batch_size=args.batch_size,
