@@ -873,8 +873,9 @@ def test_inspect_help_and_usage(capsys):
     assert done.value.code == 0
     assert out.startswith('usage: python -m adam_plugin.checkpoint [-h] {inspect} ...\n')
     flat = ' '.join(out.split())  # argparse wraps lines at the terminal's width
-    assert ('``python -m adam_plugin.checkpoint inspect FILE [--json]``: what a states file '
+    assert ('python -m adam_plugin.checkpoint inspect FILE [--json]: what a states file '
             'holds.') in flat
+    assert '`' not in out  # the docstring's RST markup is not for the terminal
     assert 'print what a states file holds, without running code from it' in flat
     with pytest.raises(SystemExit):
         checkpoint_main.main(['inspect', '--help'])

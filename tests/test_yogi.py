@@ -13,7 +13,7 @@ import pytest
 import mxnet as mx
 from mxnet import nd
 
-from adam_plugin import MyAdam, MyYogi, dispatch
+from adam_plugin import MyAdam, MyYogi, dispatch, fused
 from adam_plugin.chapter import linreg
 from conftest import SHAPES, TOL
 from oracles import NumpyAdam, d2l_yogi, gradients, optax_yogi
@@ -80,6 +80,22 @@ def test_matches_optax_yogi(route, dtype, rng):
     weights, grads = problem(rng, dtype)
     got = run(MyYogi(learning_rate=LR, **ROUTES[route]), dtype, weights, grads, init=1e-6)
     check(got, optax_yogi(LR, grads, weights), weights, dtype)
+
+
+def test_every_kernel_variant_computes_yogi_as_the_textbook(rng):
+    from test_fused import FUSED_TOL
+    weights, grads = problem(rng, 'float32')
+    textbook = run(MyYogi(learning_rate=LR, fused=False), 'float32', weights, grads)
+    for name in fused.variants():
+        if not fused.runs_here(name):
+            continue
+        previous = fused.use_variant(name)
+        try:
+            kernel = run(MyYogi(learning_rate=LR), 'float32', weights, grads)
+        finally:
+            fused.use_variant(previous)
+        for a, b in zip(kernel, textbook):
+            np.testing.assert_allclose(a, b, **FUSED_TOL['float32'], err_msg=name)
 
 
 def test_optax_init_matters(rng):
