@@ -1,7 +1,8 @@
 """adam_plugin: the Adam optimizer as an MXNet/Gluon plugin.
 
 ``import adam_plugin`` registers :class:`MyAdam` with MXNet under the name
-``'myadam'``, so ``gluon.Trainer(params, 'myadam', {'learning_rate': 0.1})`` works.
+``'myadam'``, so ``gluon.Trainer(params, 'myadam', {'learning_rate': 0.1})`` works,
+and :class:`MyYogi` (``MyAdam(yogi=True)`` with d2l's ``epsilon=1e-3``) as ``'myyogi'``.
 Only the optimizer is imported here: a distributed-KVStore server imports this
 package while ``mxnet`` itself is still initialising.
 
@@ -12,7 +13,7 @@ chapter's code (:mod:`adam_plugin.chapter`) and :mod:`adam_plugin.scaleout.launc
 each module's ``__all__`` lists its public names. Modules whose docstring says
 "Internal" (``dispatch``, ``deferred``, ``checkpoint.safe``, ...) may change at any time.
 """
-from .optimizer import MyAdam
+from .optimizer import MyAdam, MyYogi
 
-__all__ = ['MyAdam']
+__all__ = ['MyAdam', 'MyYogi']
 __version__ = '0.1.0'

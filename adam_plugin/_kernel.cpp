@@ -39,7 +39,7 @@ namespace {
 // Columns of the constants table, one row per distinct step, in the parameters' dtype.
 enum Column {
     RESCALE, WD, CLIP, BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, BC1, BC2,
-    EPS_INSIDE, EPS_OUTSIDE, DECAY, LR, NUM_CONSTANTS
+    EPS_INSIDE, EPS_OUTSIDE, DECAY, LR, YOGI, NUM_CONSTANTS
 };
 
 // Run body(p, lo, hi) over elements [lo, hi) of parameter p, for every part of the
@@ -149,7 +149,7 @@ template <typename T>
 }
 
 // The update loop; inlined into each variant's adam (below), which compiles it.
-template <typename T, bool AMSGRAD>
+template <typename T, bool AMSGRAD, bool YOGI>
 [[gnu::always_inline]] inline void adam_range(T *__restrict__ w, const T *__restrict__ g,
                                               T *__restrict__ m, T *__restrict__ v,
                                               T *__restrict__ vmax, const T *k, int64_t lo,
@@ -162,7 +162,10 @@ template <typename T, bool AMSGRAD>
     for (int64_t i = lo; i < hi; ++i) {
         const T gi = gradient(g[i], w[i], rescale, wd, clip);
         const T mi = beta1 * m[i] + one_minus_beta1 * gi;
-        T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        const T g2 = gi * gi;
+        // Yogi: v + ((1 - beta2) * g) * g * sign(g * g - v); the sign as two comparisons
+        T vi = YOGI ? v[i] + ((one_minus_beta2 * gi) * gi) * (T(g2 > v[i]) - T(g2 < v[i]))
+                    : beta2 * v[i] + one_minus_beta2 * g2;
         m[i] = mi;
         v[i] = vi;
         if (AMSGRAD) {  // a template argument: the plain loop never touches vmax
@@ -197,10 +200,15 @@ template <typename Bits>
         [[gnu::noinline]] TARGET static void adam(T *w, const T *g, T *m, T *v, T *vmax,    \
                                                   const T *k, int64_t lo, int64_t hi,       \
                                                   bool amsgrad) {                           \
-            if (amsgrad)                                                                    \
-                adam_range<T, true>(w, g, m, v, vmax, k, lo, hi);                           \
+            const bool yogi = k[YOGI] != 0;                                                 \
+            if (amsgrad && yogi)                                                            \
+                adam_range<T, true, true>(w, g, m, v, vmax, k, lo, hi);                     \
+            else if (amsgrad)                                                               \
+                adam_range<T, true, false>(w, g, m, v, vmax, k, lo, hi);                    \
+            else if (yogi)                                                                  \
+                adam_range<T, false, true>(w, g, m, v, vmax, k, lo, hi);                    \
             else                                                                            \
-                adam_range<T, false>(w, g, m, v, vmax, k, lo, hi);                          \
+                adam_range<T, false, false>(w, g, m, v, vmax, k, lo, hi);                   \
         }                                                                                   \
         template <typename Bits>                                                            \
         [[gnu::noinline]] TARGET static bool nonfinite(const Bits *bits, int64_t lo,        \

@@ -13,7 +13,7 @@ Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
     MXNet's own fused ``adam_update`` operator, for dense parameters on other
     devices (GPU), or on CPU when the kernel was not built (a row_sparse gradient as
     on the kernel route), and only when the options are ones it computes exactly:
-    no AMSGrad, coupled weight decay, ``epsilon_mode`` 'outside' or 'hat' (see
+    no AMSGrad, no Yogi, coupled weight decay, ``epsilon_mode`` 'outside' or 'hat' (see
     :func:`operator_step`).
 ``'textbook'``
     The NDArray-op ground truth, for everything else: ``fused=False``, row_sparse
@@ -114,7 +114,7 @@ def route(layout, options):
     layout : Layout
         Of the weight and its gradient.
     options : MyAdam
-        Or any object with its attributes ``fused``, ``amsgrad``, ``decoupled_wd``,
+        Or any object with its attributes ``fused``, ``amsgrad``, ``yogi``, ``decoupled_wd``,
         ``epsilon_mode`` and, read for a row_sparse gradient, ``lazy_update``.
         ``fused=False`` always gives ``'textbook'``; the others decide whether
         MXNet's operator is exact.
@@ -133,7 +133,7 @@ def route(layout, options):
         return TEXTBOOK
     if layout.device_type in HOST_DEVICE_TYPES and fused.LIBRARY is not None:
         return KERNEL
-    if (not options.amsgrad and not options.decoupled_wd
+    if (not options.amsgrad and not options.yogi and not options.decoupled_wd
             and options.epsilon_mode in ('outside', 'hat')):
         return OPERATOR
     return TEXTBOOK
@@ -254,7 +254,8 @@ def textbook_step(weight, grad, state, step, multi_precision):
 
 
 def operator_step(weight, grad, state, step):
-    """The step by MXNet's ``adam_update``, exact for 'outside' and 'hat' without AMSGrad.
+    """The step by MXNet's ``adam_update``, exact for 'outside' and 'hat' without AMSGrad
+    or Yogi.
 
     ``adam_update`` computes, after the same ``rescale_grad``, coupled ``wd`` and
     clipping, ``w - lr' * m / (sqrt(v) + epsilon')``. With

@@ -43,7 +43,7 @@ PARALLEL_MIN = 1 << 20
 # Columns of the per-step constants table, all in the parameters' dtype; the same
 # order as ``enum Column`` in _kernel.cpp.
 (_RESCALE, _WD, _CLIP, _BETA1, _ONE_MINUS_BETA1, _BETA2, _ONE_MINUS_BETA2, _BC1, _BC2,
- _EPS_INSIDE, _EPS_OUTSIDE, _DECAY, _LR, _NUM_CONSTANTS) = range(14)
+ _EPS_INSIDE, _EPS_OUTSIDE, _DECAY, _LR, _YOGI, _NUM_CONSTANTS) = range(15)
 
 
 def _threads():
@@ -127,7 +127,8 @@ def constants(step, dtype):
     'inside' ``(epsilon, 0)``, 'hat' ``(0, epsilon / sqrt(1 - beta2**t))``.
     ``decay = 1 - lr * wd`` with decoupled weight decay, else 1; ``wd`` is the
     coupled L2 coefficient (0 when decoupled). A missing ``clip_gradient`` is
-    ``inf``: clipping to it changes nothing, NaN included.
+    ``inf``: clipping to it changes nothing, NaN included. ``yogi`` is 1 for Yogi's
+    second moment, else 0.
     """
     eps_outside = {'outside': step.epsilon, 'inside': 0.0,
                    'hat': step.epsilon / math.sqrt(step.bias_correction2)}[step.epsilon_mode]
@@ -142,6 +143,7 @@ def constants(step, dtype):
     row[_EPS_OUTSIDE] = eps_outside
     row[_DECAY] = 1.0 - step.lr * step.wd if step.decoupled_wd else 1.0
     row[_LR] = step.lr
+    row[_YOGI] = 1.0 if step.yogi else 0.0
     return np.array(row, dtype=dtype)
 
 
@@ -196,6 +198,7 @@ class Buffers:
             g     = clip(g, -clip, clip)
             m     = beta1 * m + (1 - beta1) * g
             v     = beta2 * v + (1 - beta2) * (g * g)
+            v     = v + ((1 - beta2) * g) * g * sign(g * g - v)   (yogi, instead)
             vmax  = max(vmax, v);  v <- vmax    (step.amsgrad; needs 3 state buffers)
             m_hat = m / (1 - beta1**t)
             v_hat = v / (1 - beta2**t)

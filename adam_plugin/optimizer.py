@@ -1,5 +1,5 @@
 """``MyAdam``: the Adam optimizer registered with MXNet as ``'myadam'``."""
-__all__ = ['MyAdam']
+__all__ = ['MyAdam', 'MyYogi']
 
 import inspect
 import operator
@@ -25,6 +25,7 @@ class MyAdam(Optimizer):
         g     = clip(g, -clip_gradient, clip_gradient)      (if clip_gradient)
         m     = beta1 * m + (1 - beta1) * g
         v     = beta2 * v + (1 - beta2) * g * g
+        v     = v + ((1 - beta2) * g) * g * sign(g * g - v)  (yogi, instead)
         vmax  = max(vmax, v), used in place of v            (amsgrad)
         m_hat = m / (1 - beta1**t),   v_hat = v / (1 - beta2**t)
         u     = m_hat / (sqrt(v_hat) + epsilon)             epsilon_mode='outside'
@@ -35,7 +36,9 @@ class MyAdam(Optimizer):
 
     The defaults equal ``torch.optim.Adam``; ``decoupled_wd=True`` equals
     ``torch.optim.AdamW``; ``epsilon_mode='hat'`` agrees with ``mx.optimizer.Adam`` to
-    the float32 rounding of each step (MXNet's ``adam_update`` takes float32 betas).
+    the float32 rounding of each step (MXNet's ``adam_update`` takes float32 betas);
+    ``yogi=True, epsilon=1e-3`` is d2l.ai's Yogi (registered as ``'myyogi'``, see
+    :class:`MyYogi`).
 
     Parameters
     ----------
@@ -217,3 +220,23 @@ _SIGNATURE = inspect.Signature(
 MyAdam.__init__.__signature__ = _SIGNATURE
 MyAdam.__doc__ = MyAdam.__doc__.replace(
     '{parameters}', textwrap.indent(options.parameters_doc(), '    '))
+
+
+@Optimizer.register
+class MyYogi(MyAdam):
+    """Yogi (Zaheer et al., 2018) as d2l.ai teaches it, registered as ``'myyogi'``.
+
+    ``MyAdam(yogi=True)`` with the ``epsilon=1e-3`` that d2l.ai, the paper and optax's
+    ``yogi`` use (epsilon outside the root, as ``MyAdam``'s default mode). Takes every
+    other argument of :class:`MyAdam`, in the same positions; ``v`` starts at 0 as in
+    d2l (optax starts it at ``initial_accumulator_value=1e-6``).
+    """
+
+    def __init__(self, *args, **kwargs):
+        bound = _SIGNATURE.bind(self, *args, **kwargs).arguments
+        named = {k: v for k, v in bound.items() if k not in ('self', 'kwargs')}
+        if 'yogi' in named:
+            raise ValueError(f"Invalid yogi: {named['yogi']!r} ('myyogi' is always Yogi; "
+                             "use 'myadam' for yogi=False)")
+        named.setdefault('epsilon', 1e-3)
+        super().__init__(yogi=True, **named, **bound.get('kwargs', {}))

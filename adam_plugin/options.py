@@ -236,6 +236,10 @@ OPTIONS = (
            "(all parameters of a ``Trainer`` step in one call), MXNet's ``adam_update`` "
            "where it is exact on other devices. ``False`` updates every parameter with "
            "the NDArray ops of :mod:`adam_plugin.textbook`. Both agree to float rounding."),
+    Option('yogi', False, flag, 'bool',
+           "Yogi's second moment (Zaheer et al., 2018, as in d2l.ai's Adam section): "
+           "``v`` moves towards ``g * g`` by at most ``(1 - beta2) * g * g`` a step. Its "
+           "authors and d2l use ``epsilon=1e-3``, the default of ``'myyogi'``."),
     Option('wd', 0.0, number(lambda x: 0.0 <= x < math.inf, '>= 0'), 'float',
            "Weight decay, >= 0: coupled L2 (``g + wd * w``), or decoupled with "
            "``decoupled_wd``.", mxnet=True),

@@ -35,6 +35,9 @@ class Step(NamedTuple):
         Where ``epsilon`` enters the denominator (see :func:`adam_step`).
     amsgrad : bool
         Divide by the running maximum of the second moment (PyTorch's AMSGrad).
+    yogi : bool
+        Yogi's second moment (Zaheer et al., 2018): ``v`` moves towards ``g * g``
+        by ``(1 - beta2) * g * g`` at most, instead of by ``(1 - beta2) * (g * g - v)``.
     decoupled_wd : bool
         Decay the weight directly (AdamW) instead of adding ``wd * w`` to the gradient.
     rescale_grad : float
@@ -52,6 +55,7 @@ class Step(NamedTuple):
     epsilon: float
     epsilon_mode: str
     amsgrad: bool
+    yogi: bool
     decoupled_wd: bool
     rescale_grad: float
     clip_gradient: Optional[float]
@@ -83,6 +87,7 @@ def adam_step(weight, grad, state, step):
         g     = clip(g, -clip_gradient, clip_gradient)   (if clip_gradient is set)
         m     = beta1 * m + (1 - beta1) * g
         v     = beta2 * v + (1 - beta2) * g**2
+        v     = v + ((1 - beta2) * g) * g * sign(g**2 - v)   (yogi, instead)
         vmax  = max(vmax, v);  v <- vmax            (amsgrad only)
         m_hat = m / (1 - beta1**t)
         v_hat = v / (1 - beta2**t)
@@ -95,6 +100,11 @@ def adam_step(weight, grad, state, step):
     'outside' is the chapter's code and ``torch.optim.Adam``; 'inside' is the
     chapter's printed formula and optax's ``eps_root``; 'hat' is the epsilon-hat
     of Kingma & Ba (2014), section 2, which is what ``mx.optimizer.Adam`` computes.
+    Yogi's second moment is d2l.ai's (section "Adam", Yogi) and Zaheer et al.
+    (2018)'s, Algorithm 2, starting from ``v = 0``: it moves by ``(1 - beta2) * g**2``
+    towards ``g**2`` whatever its distance, where Adam's moves by ``(1 - beta2)`` times
+    the distance; so after large gradients a large ``v`` shrinks slowly when the
+    gradients become small, and the step ``lr * m_hat / sqrt(v_hat)`` grows slowly.
 
     A ``row_sparse`` gradient with ``step.lazy_update`` updates only the rows it
     holds (weights and moments of other rows keep their values, as in MXNet's
@@ -155,7 +165,10 @@ def _rule(w, g, state, step):
     if step.clip_gradient is not None:
         g = nd.clip(g, -step.clip_gradient, step.clip_gradient)
     m = step.beta1 * state[0] + (1.0 - step.beta1) * g
-    v = step.beta2 * state[1] + (1.0 - step.beta2) * nd.square(g)
+    if step.yogi:
+        v = state[1] + ((1.0 - step.beta2) * g) * g * nd.sign(nd.square(g) - state[1])
+    else:
+        v = step.beta2 * state[1] + (1.0 - step.beta2) * nd.square(g)
     new_state = (m, v)
     if step.amsgrad:
         v = nd.maximum(state[2], v)

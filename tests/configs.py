@@ -20,6 +20,8 @@ CONFIGS = {
     'amsgrad_wd': dict(amsgrad=True, wd=0.05),
     'decoupled_wd': dict(decoupled_wd=True, wd=0.05),
     'decoupled_wd_amsgrad': dict(decoupled_wd=True, wd=0.05, amsgrad=True),
+    'yogi_options': dict(yogi=True, amsgrad=True, decoupled_wd=True, wd=0.05,
+                         epsilon_mode='inside', clip_gradient=3.0, lr_scheduler='factor'),
     'everything': dict(beta1=0.85, beta2=0.995, epsilon=1e-4, epsilon_mode='hat',
                        amsgrad=True, decoupled_wd=True, wd=0.1, rescale_grad=0.5,
                        clip_gradient=3.0, lr_scheduler='factor'),

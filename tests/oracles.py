@@ -12,6 +12,14 @@ Sources
   in PyTorch's variant (the maximum of the raw second moment, then bias-corrected).
 - Loshchilov & Hutter (2019), *Decoupled Weight Decay Regularization*, AdamW
   with the schedule multiplier folded into lr (PyTorch's ``w -= lr * wd * w``).
+- Zaheer, Reddi, Sachan, Kale & Kumar (2018), *Adaptive Methods for Nonconvex
+  Optimization*, Algorithm 2 (Yogi): ``v_t = v_{t-1} - (1 - beta2) sign(v_{t-1} - g_t^2) g_t^2``,
+  here with Adam's bias correction and epsilon placement around it (``yogi=True``).
+- d2l.ai, chapter "Optimization Algorithms", section "Adam", Yogi (MXNet tab):
+  :func:`d2l_yogi`, transcribed to NumPy as the book prints it.
+- optax 0.1.7, ``optax.yogi`` = ``scale_by_yogi`` then ``scale(-learning_rate)``:
+  :func:`optax_yogi`, transcribed to NumPy (jax itself needs SciPy, whose presence
+  makes MXNet 1.9.1 import deprecated ``scipy.sparse`` names and warn).
 - MXNet's documented Optimizer semantics: ``grad * rescale_grad``, L2 added
   before clipping, per-parameter step counts.
 """
@@ -22,10 +30,11 @@ class NumpyAdam:
     """Adam on NumPy arrays. ``step(w, g)`` returns the new weight; state is kept per key."""
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, epsilon_mode='outside',
-                 amsgrad=False, decoupled_wd=False, wd=0.0, rescale_grad=1.0,
+                 amsgrad=False, yogi=False, decoupled_wd=False, wd=0.0, rescale_grad=1.0,
                  clip_gradient=None, lr_at=None):
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, epsilon
         self.mode, self.amsgrad, self.decoupled = epsilon_mode, amsgrad, decoupled_wd
+        self.yogi = yogi
         self.wd, self.rescale, self.clip = wd, rescale_grad, clip_gradient
         self.lr_at = lr_at or (lambda t: lr)
         self.state = {}
@@ -59,7 +68,10 @@ class NumpyAdam:
         if self.clip is not None:
             g = np.clip(g, -self.clip, self.clip)
         s['m'] = b1 * s['m'] + (1 - b1) * g
-        s['v'] = b2 * s['v'] + (1 - b2) * g ** 2
+        if self.yogi:  # Zaheer et al. (2018), Algorithm 2
+            s['v'] = s['v'] - (1 - b2) * np.sign(s['v'] - g ** 2) * g ** 2
+        else:
+            s['v'] = b2 * s['v'] + (1 - b2) * g ** 2
         v = s['v']
         if self.amsgrad:
             s['vmax'] = np.maximum(s['vmax'], s['v'])
@@ -77,6 +89,49 @@ class NumpyAdam:
         if self.mode == 'inside':
             return w - lr * m_hat / np.sqrt(v_hat + self.eps)
         raise ValueError(self.mode)
+
+
+def d2l_yogi(params, states, hyperparams):
+    """d2l.ai's ``yogi`` (section "Adam", MXNet tab), with NumPy arrays for NDArrays.
+
+    ``params`` and ``p.grad`` become pairs ``(p, grad)`` of float64 arrays; ``states``
+    holds ``(v, s)`` pairs, zeros at first; ``hyperparams`` has ``'lr'`` and ``'t'``
+    (1 at the first call). As in the book: beta1=0.9, beta2=0.999, eps=1e-3.
+    """
+    beta1, beta2, eps = 0.9, 0.999, 1e-3
+    for (p, grad), (v, s) in zip(params, states):
+        v[:] = beta1 * v + (1 - beta1) * grad
+        s[:] = s + (1 - beta2) * np.sign(
+            np.square(grad) - s) * np.square(grad)
+        v_bias_corr = v / (1 - beta1 ** hyperparams['t'])
+        s_bias_corr = s / (1 - beta2 ** hyperparams['t'])
+        p[:] -= hyperparams['lr'] * v_bias_corr / (np.sqrt(s_bias_corr)
+                                                    + eps)
+    hyperparams['t'] += 1
+
+
+def optax_yogi(learning_rate, grads_per_step, params, b1=0.9, b2=0.999, eps=1e-3,
+               eps_root=0.0, initial_accumulator_value=1e-6):
+    """optax 0.1.7's ``yogi(learning_rate)`` at its defaults, in NumPy; returns the params.
+
+    As its ``scale_by_yogi``: ``mu`` and ``nu`` both start at
+    ``initial_accumulator_value``; ``nu = nu - (1 - b2) * sign(nu - g**2) * g**2``;
+    bias-corrected with the count after the increment; ``m / (sqrt(v + eps_root) + eps)``.
+    """
+    params = [np.array(p, np.float64) for p in params]
+    mu = [np.full_like(p, initial_accumulator_value) for p in params]
+    nu = [np.full_like(p, initial_accumulator_value) for p in params]
+    count = 0
+    for grads in grads_per_step:
+        count += 1
+        for i, g in enumerate(grads):
+            g = np.asarray(g, np.float64)
+            mu[i] = (1 - b1) * g + b1 * mu[i]
+            nu[i] = nu[i] - (1 - b2) * np.sign(nu[i] - g ** 2) * g ** 2
+            mu_hat = mu[i] / (1 - b1 ** count)
+            nu_hat = nu[i] / (1 - b2 ** count)
+            params[i] = params[i] + -learning_rate * (mu_hat / (np.sqrt(nu_hat + eps_root) + eps))
+    return params
 
 
 def gradients(rng, shape, steps, dtype=np.float32):

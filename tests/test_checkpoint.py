@@ -35,6 +35,7 @@ STEPS, SAVE_AFTER, BATCH = 12, 6, 8
 ROWS = {
     'defaults': ({}, 'float32', None),
     'amsgrad': ({'amsgrad': True}, 'float32', None),
+    'yogi': (CONFIGS['yogi_options'], 'float32', None),
     'multi_precision': ({'multi_precision': True}, 'float16', None),
     'nan_skip': ({}, 'float32', 3),
     'lr_scheduler': ({'lr_scheduler': 'factor'}, 'float32', None),
@@ -872,8 +873,9 @@ def test_inspect_help_and_usage(capsys):
     assert done.value.code == 0
     assert out.startswith('usage: python -m adam_plugin.checkpoint [-h] {inspect} ...\n')
     flat = ' '.join(out.split())  # argparse wraps lines at the terminal's width
-    assert ('``python -m adam_plugin.checkpoint inspect FILE [--json]``: what a states file '
+    assert ('python -m adam_plugin.checkpoint inspect FILE [--json]: what a states file '
             'holds.') in flat
+    assert '`' not in out  # the docstring's RST markup is not for the terminal
     assert 'print what a states file holds, without running code from it' in flat
     with pytest.raises(SystemExit):
         checkpoint_main.main(['inspect', '--help'])

@@ -59,9 +59,9 @@ def test_every_device_holds_the_same_weights():
 
 # --- the route per device type ---------------------------------------------------------
 
-def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside'):
+def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside', yogi=False):
     return types.SimpleNamespace(fused=fused, amsgrad=amsgrad, decoupled_wd=decoupled_wd,
-                                 epsilon_mode=epsilon_mode)
+                                 epsilon_mode=epsilon_mode, yogi=yogi)
 
 
 # (device type, options, expected route). No GPU here: its rows are Layouts built directly.

@@ -121,9 +121,9 @@ def layout(dense=True, dtype=np.float32, device='cpu'):
     return dispatch.Layout(dense=dense, dtype=np.dtype(dtype), device_type=device, size=12)
 
 
-def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside'):
+def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside', yogi=False):
     return types.SimpleNamespace(fused=fused, amsgrad=amsgrad, decoupled_wd=decoupled_wd,
-                                 epsilon_mode=epsilon_mode)
+                                 epsilon_mode=epsilon_mode, yogi=yogi)
 
 
 ROUTES = [  # (layout, options, expected route)
@@ -137,6 +137,8 @@ ROUTES = [  # (layout, options, expected route)
     (layout(device='gpu'), options(epsilon_mode='hat'), 'operator'),
     (layout(device='gpu'), options(epsilon_mode='inside'), 'textbook'),
     (layout(device='gpu'), options(amsgrad=True), 'textbook'),
+    (layout(device='gpu'), options(yogi=True), 'textbook'),
+    (layout(), options(yogi=True), 'kernel'),
     (layout(device='gpu'), options(decoupled_wd=True), 'textbook'),
     (layout(device='gpu'), options(fused=False), 'textbook'),
     (layout(device='gpu', dense=False), options(), 'textbook'),

@@ -105,3 +105,24 @@ def test_chapter_notebook_prints_its_parity_figures(executed):
     # MXNet's own Adam is the 'hat' placement, and far from 'outside' at epsilon = 1.
     assert number(text, r"largest difference, MXNet 'adam' vs MyAdam 'hat':") < 1e-4
     assert number(text, r"largest difference, MXNet 'adam' vs MyAdam 'outside':") > 0.1
+
+
+@pytest.mark.slow
+def test_chapter_notebook_answers_the_four_exercises(executed):
+    """d2l.ai's exercises, by what the executed notebook prints (known without the code
+    under test: the folding is exact algebra, the written-out loop is the same program,
+    Reddi et al. prove Adam goes to the worst point x = +1 and the optimum is -1)."""
+    text = printed(executed(CHAPTER))
+    assert number(text, r"largest difference from linreg.train_trainer's run:") == 0
+    assert number(text, r"largest difference, folded vs the chapter's adam\(\), over 300 steps:") \
+        < 1e-5
+    for lr in ('0.1', '0.5'):
+        constant = number(text, rf"lr {lr}, constant\s+[0-9.]+")
+        decayed = number(text, rf"lr {lr}, halved every 100 steps\s+[0-9.]+")
+        assert decayed < constant, f'lr {lr}: decay should calm the last epoch'
+    assert number(text, r"\nAdam\s+") > 0.9
+    assert number(text, r"\nAMSGrad\s+") < -0.9
+    assert number(text, r"\nYogi \(epsilon 1e-3\)\s+") < -0.9
+    assert 0.9 < number(text, r"Trainer\('myyogi'\):.*?final loss / floor =") < 1.1
+    assert number(text, r"MyAdam, lr 0.1\s+") < 2  # the badly scaled problem: Adam wins
+    assert number(text, r"MXNet 'sgd', lr 0.015\s+") > 100

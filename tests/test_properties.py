@@ -154,7 +154,7 @@ def test_mxnet_operator_matches_the_oracle_where_exact(problem, mode):
                  nd.array(np.zeros_like(w0), dtype=dtype))
         for t, g in enumerate(grads, start=1):
             step = Step(t=t, lr=h['lr'], wd=h['wd'], beta1=h['beta1'], beta2=h['beta2'],
-                        epsilon=h['epsilon'], epsilon_mode=mode, amsgrad=False,
+                        epsilon=h['epsilon'], epsilon_mode=mode, amsgrad=False, yogi=False,
                         decoupled_wd=False, rescale_grad=h['rescale_grad'],
                         clip_gradient=h['clip_gradient'], lazy_update=True)
             dispatch.operator_step(weight, nd.array(g, dtype=dtype), state, step)

@@ -183,8 +183,9 @@ def test_two_contexts_train():
 
 def test_package_exports():
     from importlib.metadata import version
-    assert adam_plugin.__all__ == ['MyAdam']
+    assert adam_plugin.__all__ == ['MyAdam', 'MyYogi']
     assert adam_plugin.MyAdam is MyAdam
+    assert mx.optimizer.Optimizer.opt_registry['myyogi'] is adam_plugin.MyYogi
     assert issubclass(MyAdam, mx.optimizer.Optimizer)
     assert type(mx.optimizer.create('myadam')) is MyAdam
     assert mx.optimizer.Optimizer.opt_registry['myadam'] is MyAdam

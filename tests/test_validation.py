@@ -83,7 +83,7 @@ def test_bad_hyperparameter_is_refused(kwargs, name):
     assert str(err.value).startswith(f"Invalid {name}: {kwargs[name]!r} (expected ")
 
 
-FLAGS = ['amsgrad', 'decoupled_wd', 'lazy_update', 'fused', 'multi_precision']
+FLAGS = ['amsgrad', 'yogi', 'decoupled_wd', 'lazy_update', 'fused', 'multi_precision']
 
 
 @pytest.mark.parametrize('flag', FLAGS)
@@ -147,8 +147,8 @@ def test_set_learning_rate_refuses_and_keeps_the_old_rate(lr):
 
 
 HYPER = dict(learning_rate=0.02, beta1=0.8, beta2=0.95, epsilon=1e-4, epsilon_mode='inside',
-             amsgrad=True, decoupled_wd=True, lazy_update=False, nonfinite='raise', wd=0.1,
-             rescale_grad=0.5, clip_gradient=2.0, multi_precision=True,
+             amsgrad=True, yogi=True, decoupled_wd=True, lazy_update=False, nonfinite='raise',
+             wd=0.1, rescale_grad=0.5, clip_gradient=2.0, multi_precision=True,
              lr_scheduler=mx.lr_scheduler.FactorScheduler(step=3, factor=0.5, base_lr=0.02))
 
 
@@ -156,8 +156,8 @@ def test_pickle_keeps_every_hyperparameter_and_the_behaviour():
     opt = MyAdam(**HYPER)
     clone = pickle.loads(pickle.dumps(opt))
     assert type(clone) is MyAdam
-    for attr in ('lr', 'beta1', 'beta2', 'epsilon', 'epsilon_mode', 'amsgrad', 'decoupled_wd',
-                 'lazy_update', 'nonfinite', 'wd', 'rescale_grad', 'clip_gradient',
+    for attr in ('lr', 'beta1', 'beta2', 'epsilon', 'epsilon_mode', 'amsgrad', 'yogi',
+                 'decoupled_wd', 'lazy_update', 'nonfinite', 'wd', 'rescale_grad', 'clip_gradient',
                  'multi_precision', 'num_skipped'):
         assert getattr(clone, attr) == getattr(opt, attr), attr
     assert clone.lr_scheduler.base_lr == opt.lr_scheduler.base_lr

@@ -1,30 +1,45 @@
-"""Command line: the chapter's experiment and its exercise.
+"""Command line: the chapter's experiment, its exercises, and every figure of the notebook.
 
-``python -m adam_plugin linreg [--lr 0.1] [--json] [--plot FILE]``
-``python -m adam_plugin sweep [--lrs 0.001,0.01,0.1,0.5] [--json] [--plot FILE]``
+``python -m adam_plugin linreg [--lr 0.1] [optimizer options] [--json] [--plot FILE]``
+``python -m adam_plugin sweep [--lrs 0.001,0.01,0.1,0.5] [optimizer options] ...``
+``python -m adam_plugin compare RUN [RUN ...]``, ``moments``, ``first-steps``, ``reddi``
 
-Both show a progress bar on stderr unless ``--quiet``; with ``--json`` stdout
-holds exactly one JSON object.
+The training commands show a progress bar on stderr unless ``--quiet``; with
+``--json`` stdout holds exactly one JSON object. ``python -m adam_plugin COMMAND --help``
+describes each command, with an example.
 """
 __all__ = ['main']
 
 import argparse
+import ast
 import json
 import math
 import sys
 
 import numpy as np
 
+EPSILON_MODES = ('outside', 'inside', 'hat')  # textbook.EPSILON_MODES, without importing mxnet
+
+
+def _number(text, ok, expected):
+    """``float(text)`` if ``ok`` of it (NaN fails every comparison), else an argparse error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f'{text!r} is not {expected}')
+    return value
+
 
 def _learning_rate(text):
     """argparse type: a finite number >= 0."""
-    try:
-        lr = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
-    if not 0.0 <= lr < math.inf:  # also rejects NaN
-        raise argparse.ArgumentTypeError(f'{text!r} is not a learning rate (expected >= 0)')
-    return lr
+    return _number(text, lambda x: 0.0 <= x < math.inf, 'a learning rate (expected >= 0)')
+
+
+def _positive(text):
+    """argparse type: a finite number > 0."""
+    return _number(text, lambda x: 0.0 < x < math.inf, '> 0')
 
 
 def _learning_rates(text):
@@ -33,6 +48,14 @@ def _learning_rates(text):
     if len(set(lrs)) != len(lrs):
         raise argparse.ArgumentTypeError(f'{text!r} repeats a learning rate')
     return lrs
+
+
+def _scales(text):
+    """argparse type: one factor > 0 per feature of the chapter's data (two)."""
+    scales = [_positive(item.strip()) for item in text.split(',')]
+    if len(scales) != 2:
+        raise argparse.ArgumentTypeError(f'{text!r} is not two factors (one per feature)')
+    return scales
 
 
 def _positive_int(text):
@@ -46,6 +69,90 @@ def _positive_int(text):
     return value
 
 
+def _run_spec(text):
+    """argparse type of ``compare``: ``OPTIMIZER[:key=value,...]`` as ``(name, options)``.
+
+    Values are Python literals (``0.1``, ``True``, ``'hat'`` or plain ``hat``).
+    """
+    name, _, rest = text.partition(':')
+    options = {}
+    for item in filter(None, (part.strip() for part in rest.split(','))):
+        key, eq, value = item.partition('=')
+        if not eq or not key.strip().isidentifier():
+            raise argparse.ArgumentTypeError(f'{text!r}: {item!r} is not key=value')
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    if not name.strip():
+        raise argparse.ArgumentTypeError(f'{text!r} names no optimizer')
+    return text, name.strip(), options
+
+
+# The optimizer options of linreg and sweep: flag -> (MyAdam keyword, argparse keywords).
+# Only the options given on the command line are passed, so that an optimizer without
+# them ('sgd') still runs with the defaults.
+OPTIONS = {
+    '--beta1': ('beta1', dict(type=float, help="decay rate of the first moment (MyAdam: 0.9)")),
+    '--beta2': ('beta2', dict(type=float, help="decay rate of the second moment (MyAdam: 0.999)")),
+    '--epsilon': ('epsilon', dict(type=float, help="MyAdam: 1e-8; 'myyogi': 1e-3")),
+    '--epsilon-mode': ('epsilon_mode', dict(choices=EPSILON_MODES,
+                                            help="where epsilon goes (MyAdam: outside)")),
+    '--wd': ('wd', dict(type=float, help="weight decay (default 0)")),
+    '--amsgrad': ('amsgrad', dict(action='store_true', help="AMSGrad's running maximum")),
+    '--decoupled-wd': ('decoupled_wd', dict(action='store_true',
+                                            help="decoupled weight decay (AdamW)")),
+    '--yogi': ('yogi', dict(action='store_true', help="Yogi's second moment")),
+}
+
+
+def _optimizer_parser():
+    """The flags shared by linreg and sweep: the optimizer, its options, a schedule, the data."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group('optimizer')
+    group.add_argument('--optimizer', default='myadam',
+                       help="any registered MXNet optimizer: myadam (default), myyogi, "
+                            "adam, sgd, ...")
+    for flag, (dest, kwargs) in OPTIONS.items():
+        group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, **kwargs)
+    group.add_argument('--lr-step', type=_positive_int, metavar='N',
+                       help="multiply the learning rate by --lr-factor every N steps "
+                            "(MXNet's FactorScheduler)")
+    group.add_argument('--lr-factor', type=_positive, default=0.5,
+                       help="with --lr-step (default 0.5)")
+    parser.add_argument('--scales', type=_scales, metavar='A,B',
+                        help="multiply the two features by A and B (a badly scaled problem; "
+                             "the true weights become 2/A, -3.4/B)")
+    return parser
+
+
+def _optimizer_params(args, lr):
+    """``optimizer_params`` for one run at ``lr``: the options given, a fresh scheduler."""
+    from . import exercises
+    params = {dest: getattr(args, dest) for dest, _ in OPTIONS.values() if hasattr(args, dest)}
+    if args.lr_step:
+        params['lr_scheduler'] = exercises.decay_schedule(lr, args.lr_step, args.lr_factor)
+    return params
+
+
+def _check_optimizer(parser, name, params):
+    """Make the optimizer once, so a bad option fails before training, by its name."""
+    import mxnet as mx
+    from .. import optimizer  # noqa: F401  (registers 'myadam', 'myyogi')
+    try:
+        mx.optimizer.create(name, **params)
+    except (ValueError, TypeError) as err:
+        parser.error(f'optimizer {name!r}: {err}')
+
+
+def _data(args):
+    from . import exercises, linreg
+    features, labels = linreg.make_dataset(seed=args.seed)
+    if getattr(args, 'scales', None):
+        features = exercises.badly_scaled(features, args.scales)
+    return features, labels
+
+
 def _progress(args, features, num_runs):
     """A tqdm bar on stderr counting the optimizer steps of ``num_runs`` runs."""
     from tqdm import tqdm
@@ -55,45 +162,74 @@ def _progress(args, features, num_runs):
 
 
 def _linreg(args):
-    from . import linreg
-    features, labels = linreg.make_dataset(seed=args.seed)
-    with _progress(args, features, num_runs=2) as bar:
+    from . import exercises, linreg
+    _check_optimizer(args.parser, args.optimizer,
+                     dict(_optimizer_params(args, args.lr), learning_rate=args.lr))
+    features, labels = _data(args)
+    with _progress(args, features, num_runs=2 + args.folded) as bar:
         kw = dict(batch_size=args.batch_size, lr=args.lr, num_epochs=args.epochs,
                   seed=args.seed, on_step=bar.update)
         ref = linreg.train_reference(features, labels, **kw)
-        ours = linreg.train_trainer(features, labels, **kw)
+        ours = linreg.train_trainer(features, labels, optimizer=args.optimizer,
+                                    optimizer_params=_optimizer_params(args, args.lr), **kw)
+        folded = (linreg.train_reference(features, labels, update=exercises.adam_folded, **kw)
+                  if args.folded else None)
     diff = float(np.abs(ref.trace - ours.trace).max())
-    if args.plot:
+    label = f"Trainer {args.optimizer!r}"
+    if args.plot or args.plot_diff:
         from . import plots
-        plots.save(plots.loss_curves({"chapter's adam()": ref, "Trainer 'myadam'": ours},
-                                     title=f'Adam, lr={args.lr}, batch size {args.batch_size}'),
+    if args.plot:
+        plots.save(plots.loss_curves({"chapter's adam()": ref, label: ours},
+                                     title=f'lr={args.lr}, batch size {args.batch_size}'),
                    args.plot)
+    if args.plot_diff:
+        traces = {f"{label} - chapter's adam()": ours.trace}
+        if folded:
+            traces["folded - chapter's adam()"] = folded.trace
+        plots.save(plots.differences(traces, ref.trace, title='Difference from the chapter'),
+                   args.plot_diff)
     if args.json:
-        print(json.dumps({'w': ours.w.tolist(), 'b': ours.b, 'loss': ours.loss,
-                          'max_abs_diff': diff}))
+        result = {'w': ours.w.tolist(), 'b': ours.b, 'loss': ours.loss, 'max_abs_diff': diff}
+        if folded:
+            result['max_abs_diff_folded'] = float(np.abs(ref.trace - folded.trace).max())
+        print(json.dumps(result))
         return
-    print(f"w: {np.array2string(ours.w, precision=6)}  (true {list(linreg.TRUE_W)})")
+    print(f"w: {np.array2string(ours.w, precision=6)}  (true {list(linreg.TRUE_W)}"
+          f"{' before --scales' if args.scales else ''})")
     print(f"b: {ours.b:.6f}  (true {linreg.TRUE_B})")
     print(f"final loss: {ours.loss:.6g}")
-    print(f"largest parameter difference, Trainer 'myadam' vs the chapter's adam(), "
+    print(f"largest parameter difference, {label} vs the chapter's adam(), "
           f"over {len(ours.trace)} steps: {diff:.3g}")
-    if args.plot:
-        print(f"wrote {args.plot}")
+    if folded:
+        print(f"largest parameter difference, folded adam() vs the chapter's adam(): "
+              f"{np.abs(ref.trace - folded.trace).max():.3g}")
+    for path in (args.plot, args.plot_diff):
+        if path:
+            print(f"wrote {path}")
 
 
 def _sweep(args):
     from . import linreg
-    features, labels = linreg.make_dataset(seed=args.seed)
+    for lr in args.lrs:
+        _check_optimizer(args.parser, args.optimizer,
+                         dict(_optimizer_params(args, lr), learning_rate=lr))
+    features, labels = _data(args)
     with _progress(args, features, num_runs=len(args.lrs)) as bar:
-        runs = linreg.sweep(args.lrs, features, labels, batch_size=args.batch_size,
-                            num_epochs=args.epochs, seed=args.seed, on_step=bar.update)
+        runs = {lr: linreg.train_trainer(features, labels, lr=lr, batch_size=args.batch_size,
+                                         num_epochs=args.epochs, seed=args.seed,
+                                         optimizer=args.optimizer,
+                                         optimizer_params=_optimizer_params(args, lr),
+                                         on_step=bar.update)
+                for lr in args.lrs}
     if args.plot:
         from . import plots
-        plots.save(plots.lr_sweep(runs, args.batch_size), args.plot)
+        plots.save(plots.loss_curves({f'lr = {lr:g}': run for lr, run in runs.items()},
+                                     title=f"Trainer {args.optimizer!r}, batch size "
+                                           f"{args.batch_size}"), args.plot)
     if args.json:
         print(json.dumps({str(lr): run.loss for lr, run in runs.items()}))
         return
-    print(f"Trainer 'myadam', batch size {args.batch_size}, {args.epochs} epochs "
+    print(f"Trainer {args.optimizer!r}, batch size {args.batch_size}, {args.epochs} epochs "
           f"(true w {list(linreg.TRUE_W)}, b {linreg.TRUE_B})")
     print(f"{'lr':>8}  {'final loss':>11}  {'w':>22}  {'b':>9}")
     for lr, run in runs.items():
@@ -103,6 +239,114 @@ def _sweep(args):
         print(f"wrote {args.plot}")
 
 
+def _compare_params(options):
+    """``compare``'s options of one run: ``learning_rate`` and ``lr_step``/``lr_factor`` apart."""
+    from . import exercises
+    options = dict(options)
+    lr = options.pop('learning_rate', 0.1)
+    step, factor = options.pop('lr_step', None), options.pop('lr_factor', 0.5)
+    if step is not None:
+        options['lr_scheduler'] = exercises.decay_schedule(lr, step, factor)
+    return lr, options
+
+
+def _compare(args):
+    from . import linreg
+    for _, name, options in args.runs:
+        lr, params = _compare_params(options)
+        _check_optimizer(args.parser, name, dict(params, learning_rate=lr))
+    features, labels = _data(args)
+    floor = linreg.noise_floor(*linreg.make_dataset(seed=args.seed))
+    runs = {}
+    with _progress(args, features, num_runs=len(args.runs)) as bar:
+        for label, name, options in args.runs:
+            lr, params = _compare_params(options)
+            runs[label] = linreg.train_trainer(
+                features, labels, lr=lr, batch_size=args.batch_size, num_epochs=args.epochs,
+                seed=args.seed, optimizer=name, optimizer_params=params, on_step=bar.update)
+    if args.plot:
+        from . import plots
+        plots.save(plots.loss_curves({k: r for k, r in runs.items() if np.isfinite(r.loss)},
+                                     title=f'batch size {args.batch_size}'), args.plot)
+    if args.json:
+        print(json.dumps({label: run.loss for label, run in runs.items()}))
+        return
+    print(f"noise floor {floor:.4g}")
+    print(f"{'run':<40} {'final loss / floor':>19} {'loss < 2 floors at epoch':>25}")
+    for label, run in runs.items():
+        epoch = run.first_epoch_below(2 * floor)
+        print(f"{label:<40} {run.loss / floor:>19.4g} "
+              f"{'never' if epoch is None else f'{epoch:.2f}':>25}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+
+
+def _moments(args):
+    from . import plots, probes
+    _check_optimizer(args.parser, 'myadam', dict(beta1=args.beta1, beta2=args.beta2))
+    grads = np.random.default_rng(args.seed).normal(loc=1.0, scale=0.5, size=args.steps)
+    mom = probes.moments(grads, beta1=args.beta1, beta2=args.beta2)
+    if args.plot:
+        plots.save(plots.bias_correction(grads, mom, args.beta1, args.beta2, mean=1.0),
+                   args.plot)
+    table = {name: getattr(mom, name).tolist() for name in mom._fields}
+    if args.json:
+        print(json.dumps(dict(table, g=grads.tolist())))
+        return
+    print(f"{'step t':>6}  {'g_t':>7}  {'v_t':>7}  {'v_hat_t':>7}  {'s_t':>8}  {'s_hat_t':>7}")
+    for t, row in enumerate(zip(grads, *mom), start=1):
+        print(f"{t:>6}  {row[0]:>7.3f}  {row[1]:>7.3f}  {row[2]:>7.3f}  {row[3]:>8.4f}  "
+              f"{row[4]:>7.3f}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+
+
+def _first_steps(args):
+    from . import plots, probes
+    grads = np.logspace(-12, 1, 79)
+    sizes = {mode: probes.first_step(grads, epsilon=args.epsilon, epsilon_mode=mode)
+             for mode in EPSILON_MODES}
+    if args.plot:
+        plots.save(plots.first_steps(grads, sizes, title=f"MyAdam's first step, epsilon = "
+                                                         f"{args.epsilon:g}"), args.plot)
+    if args.json:
+        print(json.dumps({'g': grads.tolist(), **{m: s.tolist() for m, s in sizes.items()}}))
+        return
+    print(f"{'|g_1|':>9}  " + "  ".join(f"{mode:>9}" for mode in EPSILON_MODES))
+    for i in range(0, len(grads), 6):
+        print(f"{grads[i]:>9.2g}  " + "  ".join(f"{sizes[m][i]:>9.3g}" for m in EPSILON_MODES))
+    if args.plot:
+        print(f"wrote {args.plot}")
+
+
+def _reddi(args):
+    from . import exercises, plots
+    paths = {'Adam': exercises.reddi(args.steps),
+             'AMSGrad': exercises.reddi(args.steps, amsgrad=True),
+             'Yogi (epsilon 1e-3)': exercises.reddi(args.steps, yogi=True, epsilon=1e-3)}
+    if args.plot:
+        plots.save(plots.paths(paths, 'x', title="Reddi et al.'s counterexample: C = 3, "
+                                                 "beta1 = 0, beta2 = 0.1"), args.plot)
+    if args.json:
+        print(json.dumps({name: path[-1].item() for name, path in paths.items()}))
+        return
+    print(f"{'optimizer':<20} {f'x after {args.steps} steps':>19}   (the optimum is x = -1)")
+    for name, path in paths.items():
+        print(f"{name:<20} {path[-1]:>19.4f}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+
+
+def _command(sub, name, parents, help, description, example, run):
+    """A subcommand with a description and an example in its --help."""
+    parser = sub.add_parser(name, parents=parents, help=help,
+                            description=f'{description}\n\nexample:\n  python -m adam_plugin '
+                                        f'{name} {example}',
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=run, parser=parser)
+    return parser
+
+
 def main(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--batch-size', type=_positive_int, default=10,
@@ -110,24 +354,72 @@ def main(argv=None):
     common.add_argument('--epochs', type=_positive_int, default=3, help='epochs (default 3)')
     common.add_argument('--seed', type=int, default=0,
                         help='data, init and shuffle seed (default 0)')
-    common.add_argument('--json', action='store_true', help='print one JSON object only')
-    common.add_argument('--plot', metavar='FILE', help='write the loss curves to this PNG')
     common.add_argument('--quiet', action='store_true', help='no progress bar on stderr')
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument('--json', action='store_true', help='print one JSON object only')
+    output.add_argument('--plot', metavar='FILE', help='write the figure to this PNG')
+    training = [common, output, _optimizer_parser()]
 
-    parser = argparse.ArgumentParser(prog='python -m adam_plugin',
-                                     description='Experiments from the Adam chapter.')
+    parser = argparse.ArgumentParser(
+        prog='python -m adam_plugin',
+        description="Experiments and figures of the Adam chapter (Dive into Deep Learning, "
+                    "first MXNet edition) and of "
+                    "its notebook, notebooks/adam_chapter.ipynb.")
     sub = parser.add_subparsers(dest='command', required=True)
-    p = sub.add_parser('linreg', parents=[common],
-                       help="the chapter's experiment, hand-rolled adam() "
-                            "and Trainer('myadam') on identical batches")
+    p = _command(sub, 'linreg', training,
+                 "the chapter's experiment: its adam() and a Trainer on identical batches",
+                 "Train the chapter's linear regression twice from the same start on the same\n"
+                 "batches: with the chapter's hand-rolled adam() and with gluon.Trainer and\n"
+                 "--optimizer (default 'myadam'); print the fit and the largest difference.",
+                 "--lr 0.1 --epsilon-mode inside --plot loss.png --plot-diff parity.png",
+                 _linreg)
     p.add_argument('--lr', type=_learning_rate, default=0.1, help='learning rate (default 0.1)')
-    p.set_defaults(run=_linreg)
-    p = sub.add_parser('sweep', parents=[common],
-                       help="the chapter's exercise: Trainer('myadam') at several learning "
-                            "rates on identical batches")
-    p.add_argument('--lrs', type=_learning_rates, default=[0.001, 0.01, 0.1, 0.5],
-                   help='comma-separated learning rates (default 0.001,0.01,0.1,0.5)')
-    p.set_defaults(run=_sweep)
+    p.add_argument('--plot-diff', metavar='FILE',
+                   help="write the per-step difference from the chapter's adam() (log axis)")
+    p.add_argument('--folded', action='store_true',
+                   help="also run adam() with bias correction folded into lr and epsilon "
+                        "(exercise 2)")
+    _command(sub, 'sweep', training,
+             "the chapter's exercise: one Trainer run per learning rate",
+             "Train the chapter's linear regression with gluon.Trainer and --optimizer at\n"
+             "each learning rate, on the same batches; print the final losses.",
+             "--lrs 0.001,0.01,0.1,0.5 --plot sweep.png",
+             _sweep).add_argument(
+        '--lrs', type=_learning_rates, default=[0.001, 0.01, 0.1, 0.5],
+        help='comma-separated learning rates (default 0.001,0.01,0.1,0.5)')
+    p = _command(sub, 'compare', [common, output],
+                 "several optimizers or settings on the chapter's regression",
+                 "Train the chapter's linear regression once per RUN, on the same batches.\n"
+                 "A RUN is OPTIMIZER[:key=value,...]: the optimizer's own keywords\n"
+                 "(learning_rate, default 0.1; epsilon_mode, yogi, ...) and lr_step, lr_factor\n"
+                 "for MXNet's FactorScheduler. Quote a RUN that holds spaces.",
+                 "myadam myyogi sgd 'myadam:learning_rate=0.5,lr_step=100' --plot compare.png",
+                 _compare)
+    p.add_argument('runs', nargs='+', type=_run_spec, metavar='RUN')
+    p.add_argument('--scales', type=_scales, metavar='A,B',
+                   help="multiply the two features by A and B (a badly scaled problem)")
+    p = _command(sub, 'moments', [output],
+                 "bias correction of both moments, read from MyAdam's state",
+                 "Feed MyAdam noisy gradients of mean 1 and print its raw and corrected\n"
+                 "first and second moments after each step.",
+                 "--steps 30 --plot moments.png", _moments)
+    p.add_argument('--steps', type=_positive_int, default=30, help='steps (default 30)')
+    p.add_argument('--beta1', type=float, default=0.9, help='default 0.9')
+    p.add_argument('--beta2', type=float, default=0.999, help='default 0.999')
+    p.add_argument('--seed', type=int, default=0, help='gradient seed (default 0)')
+    p = _command(sub, 'first-steps', [output],
+                 "MyAdam's first step against |g| for each epsilon_mode",
+                 "Each probe is a fresh MyAdam's first step (t = 1), in units of the learning\n"
+                 "rate, for gradients from 1e-12 to 10: where epsilon shrinks it.",
+                 "--epsilon 1e-8 --plot first_steps.png", _first_steps)
+    p.add_argument('--epsilon', type=_positive, default=1e-8, help='default 1e-8')
+    p = _command(sub, 'reddi', [output],
+                 "exercise 4: Reddi et al.'s counterexample, Adam vs AMSGrad vs Yogi",
+                 "Run MyAdam, AMSGrad and Yogi on Reddi et al. (2018)'s online convex problem\n"
+                 "(C = 3, beta1 = 0, beta2 = 0.1, lr 0.5/sqrt(t), x in [-1, 1]); print x at the\n"
+                 "end (the optimum is -1).",
+                 "--steps 3000 --plot reddi.png", _reddi)
+    p.add_argument('--steps', type=_positive_int, default=3000, help='steps (default 3000)')
     args = parser.parse_args(argv)
     args.run(args)
     return 0

@@ -150,11 +150,12 @@ def num_steps(features, batch_size, num_epochs):
 
 
 def train_reference(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
-                    log_interval=10, on_step=None):
+                    log_interval=10, on_step=None, update=reference.adam):
     """Train with the chapter's ``adam(params, vs, sqrs, lr, batch_size, t)``; returns a :class:`Run`.
 
     ``on_step``, if given, is called with no arguments after every step (a
-    progress bar's ``update``, say).
+    progress bar's ``update``, say). ``update`` replaces the chapter's ``adam`` by
+    another function of the same signature.
     """
     w0, b0 = init_params(seed)
     params = [nd.array(w0), nd.array(b0)]
@@ -173,7 +174,7 @@ def train_reference(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=
                 l = squared_loss(linreg(X, w, b), y)
             l.backward()
             t += 1
-            reference.adam(params, vs, sqrs, lr, batch_size, t)
+            update(params, vs, sqrs, lr, batch_size, t)
             rec.after_step(batch_i, w, b)
     return rec.result(num_epochs)
 

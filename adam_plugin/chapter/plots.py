@@ -4,8 +4,10 @@ Every function returns a :class:`matplotlib.figure.Figure` built without
 ``pyplot``: no global state, no backend choice. A notebook shows the returned
 figure inline; the command line writes it with :func:`save`.
 """
-__all__ = ['save', 'loss_curves', 'lr_sweep', 'bias_correction', 'first_steps']
+__all__ = ['save', 'loss_curves', 'lr_sweep', 'bias_correction', 'differences', 'paths',
+           'first_steps']
 
+import numpy as np
 from matplotlib.figure import Figure
 
 STYLES = ('-', '--', ':', '-.')
@@ -70,35 +72,82 @@ def lr_sweep(runs, batch_size):
                        title=f"Trainer 'myadam', batch size {batch_size}")
 
 
-def bias_correction(grads, raw, corrected, beta1, mean=None):
-    """Gradients, the raw first moment ``v_t`` and the corrected ``v_hat_t`` against step ``t``.
+def bias_correction(grads, moments, beta1, beta2, mean=None):
+    """Both moments against step ``t``, raw and corrected, as ``MyAdam`` holds them.
+
+    Left: the gradients, ``v_t`` and ``v_hat_t``. Right, on a log axis: ``g_t**2``,
+    ``s_t`` and ``s_hat_t`` (``s_1 = (1 - beta2) g_1**2`` is a thousand times too small).
 
     Parameters
     ----------
-    grads, raw, corrected : array_like of shape (steps,)
-        As :func:`adam_plugin.chapter.probes.first_moment` returns them.
-    beta1 : float
+    grads : array_like of shape (steps,)
+    moments : adam_plugin.chapter.probes.Moments
+        As :func:`adam_plugin.chapter.probes.moments` returns them for ``grads``.
+    beta1, beta2 : float
         For the labels.
     mean : float, optional
-        The gradients' expected value, drawn as a horizontal line.
+        The gradients' expected value, drawn as a horizontal line on the left.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    steps = range(1, len(grads) + 1)
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    ax.plot(steps, grads, 'o', color='0.6', label='gradient $g_t$')
-    ax.plot(steps, raw, '-', label=r'raw $v_t$')
-    ax.plot(steps, corrected, '--', label=rf'corrected $\hat v_t = v_t / (1 - {beta1:g}^t)$')
+    steps = np.arange(1, len(grads) + 1)
+    fig = Figure(figsize=(11, 4))
+    first, second = fig.subplots(1, 2)
+    first.plot(steps, grads, 'o', color='0.6', label='gradient $g_t$')
+    first.plot(steps, moments.v, '-', label=r'raw $v_t$')
+    first.plot(steps, moments.v_hat, '--', label=rf'corrected $\hat v_t = v_t / (1 - {beta1:g}^t)$')
     if mean is not None:
-        ax.axhline(mean, color='0.3', linewidth=0.8, label=f'mean gradient {mean:g}')
-    ax.set_xlabel('step $t$')
-    ax.set_title(rf'First moment, $\beta_1 = {beta1:g}$')
-    ax.legend()
+        first.axhline(mean, color='0.3', linewidth=0.8, label=f'mean gradient {mean:g}')
+    first.set_ylabel('first moment')
+    first.set_title(rf'First moment, $\beta_1 = {beta1:g}$')
+    second.plot(steps, np.square(grads), 'o', color='0.6', label='$g_t^2$')
+    second.plot(steps, moments.s, '-', label=r'raw $s_t$')
+    second.plot(steps, moments.s_hat, '--',
+                label=rf'corrected $\hat s_t = s_t / (1 - {beta2:g}^t)$')
+    second.set_yscale('log')
+    second.set_ylabel('second moment')
+    second.set_title(rf'Second moment, $\beta_2 = {beta2:g}$')
+    for ax in (first, second):
+        ax.set_xlabel('step $t$')
+        ax.legend()
     fig.tight_layout()
     return fig
+
+
+def differences(traces, reference, title=None):
+    """The largest absolute difference from ``reference`` in any parameter, per step, log axis.
+
+    Parameters
+    ----------
+    traces : dict of str to ndarray of shape (steps, params)
+        Label and trace (``Run.trace``); each is compared with ``reference``.
+    reference : ndarray of shape (steps, params)
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Steps where the difference is exactly 0 are left out (a log axis has no 0).
+    """
+    series = {}
+    for label, trace in traces.items():
+        diff = np.abs(np.asarray(trace) - np.asarray(reference)).max(axis=1)
+        steps = np.arange(1, len(diff) + 1)
+        series[label] = (steps[diff > 0], diff[diff > 0])
+    return _lines(series, 'step', 'largest |difference| in a parameter', title)
+
+
+def paths(series, ylabel, title=None):
+    """One line per ``label: values`` against step ``t`` = 1, 2, ... (linear axes).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    return _lines({label: (np.arange(1, len(y) + 1), y) for label, y in series.items()},
+                  'step $t$', ylabel, title, log='')
 
 
 def first_steps(grads, sizes, title=None):

@@ -3,7 +3,9 @@
 Each probe drives the real optimizer (``MyAdam.update``) and reads back what it
 did, so the figures show the plugin's behaviour, not a re-derivation of it.
 """
-__all__ = ['first_moment', 'first_step']
+__all__ = ['Moments', 'moments', 'first_step']
+
+from typing import NamedTuple
 
 import numpy as np
 import mxnet.ndarray as nd
@@ -11,34 +13,43 @@ import mxnet.ndarray as nd
 from ..optimizer import MyAdam
 
 
-def first_moment(grads, beta1=0.9):
-    """Feed ``grads`` to ``MyAdam`` one step at a time and read back its first moment.
+class Moments(NamedTuple):
+    """What :func:`moments` reads from ``MyAdam``, one entry per step, in the chapter's names."""
+    v: np.ndarray       # first moment, raw
+    v_hat: np.ndarray   # v / (1 - beta1**t)
+    s: np.ndarray       # second moment, raw
+    s_hat: np.ndarray   # s / (1 - beta2**t)
 
-    In the chapter's notation, ``v_t = beta1 * v_{t-1} + (1 - beta1) * g_t`` with
-    ``v_0 = 0`` and ``v_hat_t = v_t / (1 - beta1**t)``; so ``v_1 = (1 - beta1) * g_1``
-    while ``v_hat_1 = g_1``.
+
+def moments(grads, beta1=0.9, beta2=0.999):
+    """Feed ``grads`` to a fresh ``MyAdam`` one step at a time and read back both moments.
+
+    In the chapter's notation, ``v_t = beta1 * v_{t-1} + (1 - beta1) * g_t`` and
+    ``s_t = beta2 * s_{t-1} + (1 - beta2) * g_t**2``, both from 0; so ``v_1 = (1 - beta1) g_1``
+    and ``s_1 = (1 - beta2) g_1**2``, while ``v_hat_1 = g_1`` and ``s_hat_1 = g_1**2``.
+    ``v`` and ``s`` are the optimizer's own state after each step; the corrected
+    values divide them by ``1 - beta**t`` with ``t`` the optimizer's own step count.
 
     Parameters
     ----------
     grads : sequence of float
         The gradient of one scalar parameter at steps 1, 2, ...
-    beta1 : float, default 0.9
+    beta1, beta2 : float
 
     Returns
     -------
-    raw, corrected : ndarray of shape (len(grads),)
-        ``v_t`` read from the optimizer's state after each step, and ``v_hat_t``.
+    Moments
     """
-    opt = MyAdam(beta1=beta1)
+    opt = MyAdam(beta1=beta1, beta2=beta2)
     weight = nd.zeros((1,))
     state = opt.create_state(0, weight)
-    raw = []
+    rows = []
     for g in grads:
         opt.update(0, weight, nd.array([g]), state)
-        raw.append(state[0].asscalar())
-    raw = np.array(raw)
-    t = np.arange(1, len(raw) + 1)
-    return raw, raw / (1 - beta1 ** t)
+        t = opt._index_update_count[0]  # pylint: disable=protected-access
+        v, s = state[0].asscalar(), state[1].asscalar()
+        rows.append((v, v / (1 - beta1 ** t), s, s / (1 - beta2 ** t)))
+    return Moments(*(np.array(column) for column in zip(*rows)))
 
 
 def first_step(grads, **kwargs):

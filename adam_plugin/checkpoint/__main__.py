@@ -112,7 +112,7 @@ def _imported(name):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m adam_plugin.checkpoint',
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.splitlines()[0].replace('``', ''))
     commands = parser.add_subparsers(dest='command', required=True)
     inspect = commands.add_parser('inspect', help="print what a states file holds, "
                                   "without running code from it")
