@@ -188,3 +188,13 @@ def test_trains_the_chapters_regression():
     assert run_.loss < 2 * floor
     np.testing.assert_allclose(run_.w, linreg.TRUE_W, atol=0.01)
     np.testing.assert_allclose(run_.b, linreg.TRUE_B, atol=0.01)
+
+
+def test_myyogi_takes_myadams_arguments_in_their_places():
+    """``MyYogi`` binds ``MyAdam``'s signature: a first positional argument is the learning
+    rate, epsilon defaults to d2l's 1e-3 unless given (by name or position), yogi is fixed."""
+    assert (MyYogi(0.01).lr, MyYogi(0.01).epsilon, MyYogi(0.01).yogi) == (0.01, 1e-3, True)
+    assert MyYogi(0.01, 0.8, 0.99, 1e-6).epsilon == 1e-6
+    assert MyYogi(epsilon=1e-4).epsilon == 1e-4
+    with pytest.raises(ValueError, match=r"^Invalid yogi: False"):
+        MyYogi(yogi=False)
