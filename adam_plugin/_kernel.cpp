@@ -162,7 +162,7 @@ template <typename T, bool AMSGRAD>
     for (int64_t i = lo; i < hi; ++i) {
         const T gi = gradient(g[i], w[i], rescale, wd, clip);
         const T mi = beta1 * m[i] + one_minus_beta1 * gi;
-        T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        T vi = beta2 * v[i] + (one_minus_beta2 * gi) * gi;  // MXNet's order: no overflow of g*g
         m[i] = mi;
         v[i] = vi;
         if (AMSGRAD) {  // a template argument: the plain loop never touches vmax

@@ -167,16 +167,17 @@ class Buffers:
                                 dtype=np.uintp)
         self.sizes = np.array(sizes, dtype=np.int64)
 
-    def all_finite(self):
+    def all_finite(self, column=1):
         """One flag per gradient: does it hold only finite values?
 
         One pass over all gradients, reading each element's bits: an element whose
-        exponent field is all ones is an Inf or a NaN.
+        exponent field is all ones is an Inf or a NaN. ``column`` reads another array
+        of each parameter instead: 0 the weights, 2 and 3 the moments ``m``, ``v``.
         """
         finite = np.ones(len(self.sizes), dtype=np.uint8)
         wait_all()
         check_call(getattr(LIBRARY, f'finite_{self.dtype.name}')(
-            len(self.sizes), self.handles[1].ctypes.data, self.sizes.ctypes.data,
+            len(self.sizes), self.handles[column].ctypes.data, self.sizes.ctypes.data,
             finite.ctypes.data, _threads_for(self.sizes)))
         return [bool(ok) for ok in finite]
 
@@ -191,7 +192,7 @@ class Buffers:
             g     = g + wd * w                  (if wd, the coupled L2 term, is not 0)
             g     = clip(g, -clip, clip)
             m     = beta1 * m + (1 - beta1) * g
-            v     = beta2 * v + (1 - beta2) * (g * g)
+            v     = beta2 * v + ((1 - beta2) * g) * g
             vmax  = max(vmax, v);  v <- vmax    (step.amsgrad; needs 3 state buffers)
             m_hat = m / (1 - beta1**t)
             v_hat = v / (1 - beta2**t)

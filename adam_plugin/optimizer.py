@@ -12,6 +12,12 @@ from .textbook import EPSILON_MODES, Step
 
 NONFINITE_POLICIES = ('skip', 'raise')
 
+# Under nonfinite='skip', a parameter's bad updates in a row (a NaN or Inf gradient, or a
+# second moment that overflowed) are warned about at the first and then at every
+# WARN_EVERY-th, each warning with its counts (so Python's once-per-line filter shows
+# them all); at max_skips in a row, FloatingPointError.
+WARN_EVERY = 10
+
 # With aggregate_num > 0, MXNet's Updater hands a whole list of parameters to one
 # update call (one list per dtype, up to this many): a 'raise' is then decided for
 # the whole step before anything changes, and the fused route makes one launch.
@@ -55,7 +61,7 @@ class MyAdam(Optimizer):
         g     = g + wd * w                                  (coupled L2, default)
         g     = clip(g, -clip_gradient, clip_gradient)      (if clip_gradient)
         m     = beta1 * m + (1 - beta1) * g
-        v     = beta2 * v + (1 - beta2) * g * g
+        v     = beta2 * v + ((1 - beta2) * g) * g
         vmax  = max(vmax, v), used in place of v            (amsgrad)
         m_hat = m / (1 - beta1**t),   v_hat = v / (1 - beta2**t)
         u     = m_hat / (sqrt(v_hat) + epsilon)             epsilon_mode='outside'
@@ -92,12 +98,27 @@ class MyAdam(Optimizer):
     nonfinite : {'skip', 'raise'}, default 'skip'
         What to do with a gradient holding NaN or Inf: leave that parameter, its
         moments and its step count untouched and warn (``'skip'``, counted in
-        ``num_skipped``), or raise ``FloatingPointError`` before modifying anything
+        ``num_skipped``; warned at the first skip of a parameter and every
+        ``WARN_EVERY``-th in a row after it), or raise ``FloatingPointError`` before
+        modifying anything
         the update call received (under ``gluon.Trainer`` without
         ``update_on_kvstore``, the whole step: see ``aggregate_num``; with it, the
         error comes out of the next ``Trainer.step``: see :mod:`adam_plugin.deferred`).
         ``num_skipped`` counts skipped updates of parameter copies: with several
-        devices updated by the Trainer, one skip per device.
+        devices updated by the Trainer, one skip per device. A second moment that
+        overflows to Inf although the gradient was finite (``|g|`` near
+        ``sqrt(max / (1 - beta2))``: 8.1e3 for float16, 5.8e20 for float32, with
+        the default ``beta2``) is found after the step, which was applied: that
+        parameter's elements with ``v = Inf`` no longer move. It counts as a skip
+        (warned the same way) or, with ``'raise'``, raises ``FloatingPointError``.
+    max_skips : int or None, default 50
+        Under ``nonfinite='skip'``, raise ``FloatingPointError`` when one parameter
+        (one copy of it, per device) has had this many bad updates in a row, before
+        modifying anything: a run whose every step is skipped (a NaN stuck in an
+        accumulated gradient, a NaN weight) cannot go on quietly. 50 is far above
+        the 16 overflows in a row that a dynamic loss scaler (MXNet's AMP, starting
+        at 2**16 and halving on each) needs to reach a scale of 1, and still ends
+        such a run within 50 steps. ``None``: never raise.
     fused : bool, default True
         Take the fast routes of :mod:`adam_plugin.dispatch`: one compiled,
         multi-threaded pass over memory for dense float32/float64 parameters on CPU
@@ -118,7 +139,7 @@ class MyAdam(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
                  epsilon_mode='outside', amsgrad=False, decoupled_wd=False,
-                 lazy_update=True, nonfinite='skip', fused=True, **kwargs):
+                 lazy_update=True, nonfinite='skip', fused=True, max_skips=50, **kwargs):
         if learning_rate is not None:
             _require('learning_rate', learning_rate, lambda x: 0.0 <= x < math.inf, '>= 0')
         _require('beta1', beta1, lambda x: 0.0 <= x < 1.0, 'in [0, 1)')
@@ -137,6 +158,10 @@ class MyAdam(Optimizer):
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"Invalid nonfinite: {nonfinite!r} "
                              f"(expected one of {NONFINITE_POLICIES})")
+        if max_skips is not None:
+            _require('max_skips', max_skips,
+                     lambda x: x >= 1 and isinstance(max_skips, numbers.Integral),
+                     'None or an integer >= 1')
         amsgrad = _flag('amsgrad', amsgrad)
         decoupled_wd = _flag('decoupled_wd', decoupled_wd)
         lazy_update = _flag('lazy_update', lazy_update)
@@ -154,7 +179,9 @@ class MyAdam(Optimizer):
         self.lazy_update = lazy_update
         self.nonfinite = nonfinite
         self.fused = fused
+        self.max_skips = max_skips
         self.num_skipped = 0
+        self._bad_in_a_row = {}  # index -> bad updates in a row (absent: 0)
         self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads; not pickled
         self.aggregate_num = AGGREGATE_NUM
 
@@ -167,6 +194,8 @@ class MyAdam(Optimizer):
         return state
 
     def __setstate__(self, state):
+        state.setdefault('max_skips', None)  # saved before max_skips existed
+        state.setdefault('_bad_in_a_row', {})
         super().__setstate__(state)
         self._layouts = dispatch.Layouts(self._name)
         self._deferred = DeferredError()
@@ -211,37 +240,118 @@ class MyAdam(Optimizer):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         distributed.refuse_worker_update(self, indices)  # update_on_kvstore=False in a dist job
         layouts = [self._layouts(*args) for args in zip(indices, weights, grads)]
+        self._check_rescale_grad({layout.dtype for layout in layouts})
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision)
-        steps = []
-        for index, ok in zip(indices, self._finite(indices, batch)):
-            if ok:
-                self._update_count(index)
-                steps.append(self._step(index))
-            else:
+        finite = self._finite(indices, batch)
+        steps = self._steps(indices, finite)
+        for index, ok in zip(indices, finite):
+            if not ok:
                 self.num_skipped += 1
-                _warn.warn(f"myadam: skipped the update of {self._name(index)}: its "
-                           "gradient holds NaN or Inf")
-                steps.append(None)
+                self._bad_update(index, "skipped the update of {name}: its gradient holds "
+                                        "NaN or Inf")
         batch.apply(steps)
+        overflowed = [index for index, ok in zip(indices, batch.moments_finite(steps))
+                      if not ok]
+        if overflowed and self.nonfinite == 'raise':
+            raise FloatingPointError(
+                f"myadam: the second moment of {', '.join(map(self._name, overflowed))} "
+                "overflowed to Inf although the gradient was finite; this update call was "
+                "applied (the elements with v = Inf no longer move)")
+        for index in overflowed:
+            self.num_skipped += 1
+            self._bad_update(index, "the second moment of {name} overflowed to Inf although "
+                                    "its gradient was finite; the update was applied, and its "
+                                    "elements with v = Inf no longer move")
+        for index, step in zip(indices, steps):
+            if step is not None and index not in overflowed:
+                self._bad_in_a_row.pop(index, None)
+
+    def _steps(self, indices, finite):
+        """The Step of each parameter whose ``finite`` flag is set (None for the others),
+        counting its update; every step count is as it was if this raises (a scheduler's
+        error, a bad learning rate)."""
+        counts = {i: self._index_update_count.get(i) for i in indices}, self.num_update
+        try:
+            steps = []
+            for index, ok in zip(indices, finite):
+                if ok:
+                    self._update_count(index)
+                steps.append(self._step(index) if ok else None)
+            return steps
+        except BaseException:
+            for index, count in counts[0].items():
+                if count is None:
+                    self._index_update_count.pop(index, None)
+                else:
+                    self._index_update_count[index] = count
+            self.num_update = counts[1]
+            raise
+
+    def _bad_update(self, index, what):
+        """Count a bad update of ``index`` in its run of bad ones; warn at the first and at
+        every ``WARN_EVERY``-th. ``what`` is the warning's first sentence, with ``{name}``."""
+        run = self._bad_in_a_row[index] = self._bad_in_a_row.get(index, 0) + 1
+        if run == 1 or run % WARN_EVERY == 0:
+            _warn.warn(f"myadam: {what.format(name=self._name(index))} ({run} in a row for "
+                       f"this parameter, {self.num_skipped} in all; at max_skips="
+                       f"{self.max_skips} in a row, FloatingPointError)")
+
+    def _check_rescale_grad(self, dtypes):
+        """``ValueError`` unless ``rescale_grad`` is a number > 0 that stays finite and
+        non-zero in every dtype of this call: ``Trainer.step(batch_size)`` sets it to
+        ``scale / batch_size`` at every step, so ``batch_size=1e-45`` gives 1e45, Inf in
+        float32, and NaN weights."""
+        value = self.rescale_grad
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+              and all(0 < float(numpy.array(value, numpy.result_type(dtype, numpy.float32)))
+                      < math.inf for dtype in dtypes)
+              and 0 < value < math.inf)
+        if not ok:
+            raise ValueError(
+                f"myadam: Invalid rescale_grad: {value!r} at update {self.num_update + 1} "
+                "(expected > 0 and finite, and non-zero, in the parameters' dtype "
+                f"{'/'.join(sorted(numpy.dtype(d).name for d in dtypes))}); gluon.Trainer "
+                "sets it to 1 / batch_size in Trainer.step(batch_size); nothing was updated")
 
     def _step(self, index):
-        return Step(t=self._index_update_count[index], lr=self._get_lr(index),
+        return Step(t=self._index_update_count[index], lr=self._checked_lr(index),
                     wd=self._get_wd(index), beta1=self.beta1, beta2=self.beta2,
                     epsilon=self.epsilon, epsilon_mode=self.epsilon_mode,
                     amsgrad=self.amsgrad, decoupled_wd=self.decoupled_wd,
                     rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
                     lazy_update=self.lazy_update)
 
+    def _checked_lr(self, index):
+        """``_get_lr(index)``; ``ValueError`` naming the value and its source unless it is
+        a number >= 0 and finite."""
+        lr = self._get_lr(index)
+        if isinstance(lr, numbers.Real) and 0.0 <= lr < math.inf:
+            return lr
+        source = (f"from lr_scheduler {type(self.lr_scheduler).__name__}"
+                  if self.lr_scheduler is not None else f"from learning_rate {self.lr!r}")
+        raise ValueError(f"myadam: Invalid learning rate {lr!r} at update {self.num_update} "
+                         f"for {self._name(index)} ({source}, times its lr_mult; expected "
+                         ">= 0 and finite); nothing was updated")
+
     def _finite(self, indices, batch):
         """One flag per gradient of ``batch``: does it hold only finite values?
 
-        Under ``nonfinite='raise'`` a bad gradient raises before any update.
+        Under ``nonfinite='raise'`` a bad gradient raises before any update; so does,
+        under ``'skip'``, the ``max_skips``-th bad update in a row of a parameter.
         """
         finite = batch.finite()
-        if self.nonfinite == 'raise' and not all(finite):
-            bad = ', '.join(self._name(i) for i, ok in zip(indices, finite) if not ok)
-            raise FloatingPointError(f"myadam: the gradient of {bad} holds NaN or Inf; "
-                                     "nothing was updated")
+        bad = [i for i, ok in zip(indices, finite) if not ok]
+        if self.nonfinite == 'raise' and bad:
+            raise FloatingPointError(f"myadam: the gradient of {', '.join(map(self._name, bad))} "
+                                     "holds NaN or Inf; nothing was updated")
+        stuck = [i for i in bad if self.max_skips is not None
+                 and self._bad_in_a_row.get(i, 0) + 1 >= self.max_skips]
+        if stuck:
+            raise FloatingPointError(
+                f"myadam: the update of {', '.join(map(self._name, stuck))} has failed "
+                f"{self.max_skips} times in a row (max_skips={self.max_skips}): its gradient "
+                "holds NaN or Inf again (a NaN kept in an accumulated gradient, "
+                "grad_req='add', or in the weight or the data?); nothing was updated")
         return finite
 
     def _name(self, index):

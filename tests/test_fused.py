@@ -533,7 +533,9 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     weights, grads = inputs(rng, dtype, SHAPES[:3])
     calls = record_calls(monkeypatch, library)
     fast = run(CONFIGS['everything'], dtype, True, True, weights, grads)
-    assert [name for name, _ in calls] == [f'finite_{dtype}', f'adam_{dtype}'] * STEPS
+    # per step: the gradients' check, the update, the check of the second moments
+    assert [name for name, _ in calls] == [
+        f'finite_{dtype}', f'adam_{dtype}', f'finite_{dtype}'] * STEPS
     slow = run(CONFIGS['everything'], dtype, False, True, weights, grads)
     for f, s in zip(fast, slow):
         np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])
