@@ -28,6 +28,7 @@ calling thread alone, where waking another costs more than it saves.
 import ctypes
 import math
 import os
+import re
 
 import numpy as np
 from mxnet.base import _LIB, check_call
@@ -43,13 +44,25 @@ PARALLEL_MIN = 1 << 20
 
 
 def _threads():
-    """``OMP_NUM_THREADS``, which MXNet's CPU operators obey too (MXNet itself aborts
-    on one that is not an integer); else the number of CPUs this process may run on."""
+    """``OMP_NUM_THREADS``, which MXNet's CPU operators obey too; else the number of CPUs
+    this process may run on.
+
+    As MXNet 1.9.1 does: a value that is not an integer is an error (MXNet aborts the
+    process on it); an integer below 1 (``0``, ``-1``) is accepted with a warning and
+    the default, as OpenMP (libgomp), which MXNet asks, ignores it and uses its default.
+    """
     setting = os.environ.get('OMP_NUM_THREADS', '').strip()
+    default = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+               else os.cpu_count())
     if not setting:
-        return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    if not setting.isdigit() or int(setting) < 1:
-        raise ValueError(f"adam_plugin: OMP_NUM_THREADS={setting!r} is not a positive integer")
+        return default
+    if not re.fullmatch(r'[+-]?[0-9]+', setting):
+        raise ValueError(f"adam_plugin: OMP_NUM_THREADS={setting!r} is not an integer")
+    if int(setting) < 1:
+        _warn.warn(f"adam_plugin: OMP_NUM_THREADS={setting!r} is not a positive integer; "
+                   f"OpenMP ignores it, and so MXNet does: the kernel takes the default too, "
+                   f"{default} threads (the CPUs this process may run on)")
+        return default
     return int(setting)
 
 

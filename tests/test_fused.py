@@ -470,7 +470,6 @@ def test_concurrent_callers_each_get_their_step(rng, monkeypatch):
 THREAD_SETTINGS = [  # (OMP_NUM_THREADS, the kernel's threads, or words of the error)
     ('1', 1),
     ('3', 3),
-    ('0', "OMP_NUM_THREADS='0' is not a positive integer"),
 ]
 
 
@@ -488,10 +487,13 @@ def test_threads_follow_omp_num_threads(setting, expected):
 
 
 SETTINGS_IN_PROCESS = THREAD_SETTINGS + [
-    (None, 3), ('', 3), (' 2 ', 2),
-    ('2.5', "OMP_NUM_THREADS='2.5' is not a positive integer"),
-    ('-1', "OMP_NUM_THREADS='-1' is not a positive integer"),
-    ('two', "OMP_NUM_THREADS='two' is not a positive integer")]
+    (None, 3), ('', 3), (' 2 ', 2), ('+2', 2),
+    ('2.5', "OMP_NUM_THREADS='2.5' is not an integer"),  # import mxnet aborts on it first
+    ('two', "OMP_NUM_THREADS='two' is not an integer"),
+    ('1,2', "OMP_NUM_THREADS='1,2' is not an integer"),
+    ('1_0', "OMP_NUM_THREADS='1_0' is not an integer")]
+# Integers below 1: OpenMP (libgomp) ignores them, and MXNet runs with its default.
+IGNORED_SETTINGS = ['0', '-1', ' -4 ']
 
 
 # ids name the setting only (make mutants deselects tests by words such as omp_num_threads)
@@ -512,6 +514,28 @@ def test_what_threads_makes_of_the_setting(setting, expected, monkeypatch):
         with pytest.raises(ValueError) as error:
             fused._threads()
         assert str(error.value) == f'adam_plugin: {expected}'
+
+
+@pytest.mark.parametrize('setting', IGNORED_SETTINGS)
+def test_a_setting_below_one_warns_and_takes_the_default(setting, monkeypatch):
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 4, 5} if pid == 0 else None)
+    monkeypatch.setenv('OMP_NUM_THREADS', setting)
+    with pytest.warns(RuntimeWarning, match=rf"OMP_NUM_THREADS={setting.strip()!r} is not a positive "
+                                            r"integer.*3 threads"):
+        assert fused._threads() == 3
+
+
+@pytest.mark.slow
+def test_import_runs_where_mxnet_runs_with_omp_num_threads_0():
+    """MXNet itself runs with OMP_NUM_THREADS=0 (libgomp ignores it): so does the import."""
+    result = subprocess.run(
+        [sys.executable, '-c', 'import mxnet as mx; print(mx.nd.ones((2,)).sum().asscalar()); '
+         'from adam_plugin import fused; print(fused.THREADS)'],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='0'))
+    assert result.returncode == 0, result.stderr
+    total, threads = result.stdout.split()
+    assert float(total) == 2.0 and int(threads) == len(os.sched_getaffinity(0))
+    assert "OMP_NUM_THREADS='0' is not a positive integer" in result.stderr
 
 
 def test_without_an_affinity_call_threads_counts_the_cpus(monkeypatch):
