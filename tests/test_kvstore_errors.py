@@ -13,6 +13,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from adam_plugin import checkpoint
+from adam_plugin import optimizer as optimizer_module
 from conftest import TOL
 
 TWO = [mx.cpu(0), mx.cpu(1)]
@@ -91,6 +92,41 @@ def test_the_error_reaches_the_user(error, kvstore, update_on_kvstore, raised_by
     for name, copies in weights(trainer).items():
         for old, new in zip(before[name], copies):
             assert np.array_equal(new, old) is (name not in stepped), name
+
+
+def raise_line(path, start):
+    """``(path, number)`` of the first line of the file at ``path`` that starts, once
+    indented, with ``start``: the raise statement of an ERRORS row."""
+    with open(path) as f:
+        numbers = [n for n, line in enumerate(f, 1) if line.strip().startswith(start)]
+    assert len(numbers) == 1, (path, start, numbers)
+    return path, numbers[0]
+
+
+# ERRORS row -> (file, function, start of the line) of the statement that raises it
+RAISED_AT = {
+    'nan_gradient': (optimizer_module.__file__, '_finite',
+                     'raise FloatingPointError(f"myadam: the gradient of'),
+    'lr_scheduler': (__file__, '__call__', 'raise ValueError(f"schedule ended'),
+}
+
+
+@pytest.mark.parametrize('error', sorted(ERRORS))
+def test_a_deferred_error_names_the_frame_that_raised_it(error):
+    """The warning and the re-raised traceback point at the raise statement, not at an
+    outer frame between the KVStore's callback and it."""
+    params, value, kind, _, _ = ERRORS[error]
+    path, function, start = RAISED_AT[error]
+    path, line = raise_line(path, start)
+    net, trainer = make_trainer('device', True, params)
+    step(net, trainer, 1.0)
+    with pytest.warns(RuntimeWarning, match='raised by the next Trainer.step') as warned:
+        step(net, trainer, value)
+    assert f"raised at {path}:{line} in {function} inside" in str(warned[0].message)
+    with pytest.raises(kind) as caught:
+        step(net, trainer, 1.0)
+    innermost = caught.traceback[-1]
+    assert (str(innermost.path), innermost.lineno + 1, innermost.name) == (path, line, function)
 
 
 @pytest.mark.parametrize('kvstore, update_on_kvstore, raised_by', MODES)
