@@ -100,10 +100,10 @@ class MyAdam(Optimizer):
         moments and its step count untouched and warn (``'skip'``, counted in
         ``num_skipped``; warned at the first skip of a parameter and every
         ``WARN_EVERY``-th in a row after it), or raise ``FloatingPointError`` before
-        modifying anything
-        the update call received (under ``gluon.Trainer`` without
-        ``update_on_kvstore``, the whole step: see ``aggregate_num``; with it, the
-        error comes out of the next ``Trainer.step``: see :mod:`adam_plugin.deferred`).
+        modifying anything the update call received (under ``gluon.Trainer`` without
+        ``update_on_kvstore``, the whole step: see ``aggregate_num``; with it, one
+        parameter, and the error comes out of the same ``Trainer.step`` or
+        ``Module.update`` through the KVStore's callback: see :mod:`adam_plugin.deferred`).
         ``num_skipped`` counts skipped updates of parameter copies: with several
         devices updated by the Trainer, one skip per device. A second moment that
         overflows to Inf although the gradient was finite (``|g|`` near
@@ -226,7 +226,7 @@ class MyAdam(Optimizer):
         """Update one parameter (or lists of them) in place; see the class docstring.
 
         An exception raised inside the KVStore's callback reaches the user from the
-        next ``Trainer.step`` (see :mod:`adam_plugin.deferred`).
+        call that ran it, ``Trainer.step``, ``Module.update`` (see :mod:`adam_plugin.deferred`).
         """
         self._deferred.run(self._update_impl, index, weight, grad, state, False)
 
