@@ -520,8 +520,8 @@ def test_what_threads_makes_of_the_setting(setting, expected, monkeypatch):
 def test_a_setting_below_one_warns_and_takes_the_default(setting, monkeypatch):
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 4, 5} if pid == 0 else None)
     monkeypatch.setenv('OMP_NUM_THREADS', setting)
-    with pytest.warns(RuntimeWarning, match=rf"OMP_NUM_THREADS={setting.strip()!r} is not a positive "
-                                            r"integer.*3 threads"):
+    with pytest.warns(RuntimeWarning, match=rf"OMP_NUM_THREADS={setting.strip()!r} is not a "
+                                            r"positive integer.*3 threads"):
         assert fused._threads() == 3
 
 

@@ -28,6 +28,10 @@ HANG = OPEN_KV + "subprocess.Popen(['sleep', '300']); print('ready', flush=True)
 EXIT_3 = OPEN_KV + "print('ready', flush=True); sys.exit(3) if kv.rank == 1 else time.sleep(300)"
 RAISES = OPEN_KV + ("print('ready', flush=True)\n"
                     "if kv.rank == 1:\n    raise RuntimeError('no data here')\ntime.sleep(300)")
+# Workers that wait without opening the KVStore (no MXNet to import: cheaper) and leave a
+# grandchild: what must end on a signal to the launcher, or once the job looks hung.
+WAIT = ("import subprocess, time; subprocess.Popen(['sleep', '300']); "
+        "print('ready', flush=True); time.sleep(300)")
 
 
 def start(args, token):
@@ -128,10 +132,10 @@ ENDINGS = {
                                    'worker 1 exited with status 3; ending the job'),
     'a worker raises before its first step': (RAISES, [], None, 1,
                                               'RuntimeError: no data here'),
-    'the workers hang': (HANG, ['--idle-timeout', '5'], None, 124, 'the job looks hung'),
-    'SIGHUP (the terminal closed)': (HANG, [], signal.SIGHUP, 129,
+    'the workers hang': (WAIT, ['--idle-timeout', '5'], None, 124, 'the job looks hung'),
+    'SIGHUP (the terminal closed)': (WAIT, [], signal.SIGHUP, 129,
                                      'interrupted; ending the job'),
-    'SIGKILL': (HANG, [], signal.SIGKILL, -signal.SIGKILL, ''),
+    'SIGKILL': (WAIT, [], signal.SIGKILL, -signal.SIGKILL, ''),
 }
 IDLE_ROW_EXTRA = 5  # the hung row ends by its --idle-timeout after 'ready'
 
