@@ -113,7 +113,8 @@ class MyAdam(Optimizer):
         (warned the same way) or, with ``'raise'``, raises ``FloatingPointError``.
     max_skips : int or None, default 50
         Under ``nonfinite='skip'``, raise ``FloatingPointError`` when one parameter
-        (one copy of it, per device) has had this many bad updates in a row, before
+        has had this many bad updates in a row (its copies' updates counted one by one:
+        with several devices updated by the Trainer, one per device and step), before
         modifying anything: a run whose every step is skipped (a NaN stuck in an
         accumulated gradient, a NaN weight) cannot go on quietly. 50 is far above
         the 16 overflows in a row that a dynamic loss scaler (MXNet's AMP, starting
