@@ -3,7 +3,8 @@
 #              installed wheel (it also executes every notebook, runs KVStore and Horovod jobs and a
 #              tiny benchmark).
 # `make quick`: the same without the tests marked slow (pytest -m "not slow"), under a minute.
-# `make failfast`: each failing-KVStore-job test 20 times (make test runs them 5 times).
+# `make failfast`: each failing-KVStore-job test 20 times (make test runs them 5 times), and
+#                 each way a launcher's job must end (tests/test_launch.py) 20 times (make test: once).
 # `make mutants`: mutation testing of the optimizer library with mutmut (slow; see below).
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
 # `make docs`: the API reference from the docstrings (Sphinx, warnings as errors) into build/docs.
@@ -48,8 +49,9 @@ test: $(TEST_DEPS) objdump
 	ADAM_PLUGIN_TEST_INSTALLED=1 ADAM_PLUGIN_FAILFAST_RUNS=5 $(RUN) -m pytest -n 2 --dist loadgroup
 
 failfast: $(TEST_DEPS)
-	ADAM_PLUGIN_TEST_INSTALLED=1 ADAM_PLUGIN_FAILFAST_RUNS=20 $(RUN) -m pytest -s \
-	  tests/test_distributed.py -k test_a_failing_job_ends_every_time
+	ADAM_PLUGIN_TEST_INSTALLED=1 ADAM_PLUGIN_FAILFAST_RUNS=20 ADAM_PLUGIN_LAUNCH_RUNS=20 \
+	  $(RUN) -m pytest -s tests/test_distributed.py tests/test_launch.py \
+	  -k "test_a_failing_job_ends_every_time or test_a_job_ends_as_specified_every_time"
 
 quick: $(TEST_DEPS) objdump
 	ADAM_PLUGIN_TEST_INSTALLED=1 $(RUN) -m pytest -n 2 --dist loadgroup -m "not slow"

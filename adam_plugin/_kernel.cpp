@@ -162,10 +162,12 @@ template <typename T, bool AMSGRAD, bool YOGI>
     for (int64_t i = lo; i < hi; ++i) {
         const T gi = gradient(g[i], w[i], rescale, wd, clip);
         const T mi = beta1 * m[i] + one_minus_beta1 * gi;
-        const T g2 = gi * gi;
+        // (1 - beta2) * g first, MXNet's order: g * g alone overflows where v is representable
+        const T step2 = (one_minus_beta2 * gi) * gi;
         // Yogi: v + ((1 - beta2) * g) * g * sign(g * g - v); the sign as two comparisons
-        T vi = YOGI ? v[i] + ((one_minus_beta2 * gi) * gi) * (T(g2 > v[i]) - T(g2 < v[i]))
-                    : beta2 * v[i] + one_minus_beta2 * g2;
+        // (g * g may overflow to Inf there, which still compares right)
+        const T g2 = gi * gi;
+        T vi = YOGI ? v[i] + step2 * (T(g2 > v[i]) - T(g2 < v[i])) : beta2 * v[i] + step2;
         m[i] = mi;
         v[i] = vi;
         if (AMSGRAD) {  // a template argument: the plain loop never touches vmax

@@ -7,10 +7,18 @@ devices) the KVStore runs the optimizer from C through a ctypes callback,
 ``updater_handle`` in ``mxnet/kvstore/kvstore.py``. ctypes cannot pass an
 exception back through C: it hands it to ``sys.unraisablehook``, which prints
 it, and the push returns normally. So an exception raised there is kept here
-instead and raised at the optimizer's next entry point outside the callback:
-``Trainer.step`` and ``Trainer.update`` set ``rescale_grad`` first thing in
-every call, and ``Trainer.save_states`` pickles the optimizer. A warning says so
-at once, for a loop that ends before its next step.
+instead, and raised as soon as MXNet's C code has returned to Python: a profile
+hook (``sys.setprofile``, on the thread that ran the callback, until then)
+raises it, with its original traceback, at that thread's first Python call or
+return outside the callback, which is in MXNet's code right after the push or
+pull. So it comes out of the call that ran the update: ``Trainer.step``,
+``Module.update``, ``Module.fit``. The hook that was there before is put back.
+Should no Python run on that thread outside the callback (a callback on one of
+MXNet's own threads), the optimizer's next entry point outside the callback
+raises it: ``Trainer.step`` and ``Trainer.update`` set ``rescale_grad`` first
+thing in every call, and ``Trainer.save_states`` pickles the optimizer.
+
+A warning says so at once, for a loop that swallows the exception.
 
 A distributed KVStore's server (``DMLC_ROLE=server``) runs the same callback but
 has no Trainer to raise from: there the exception goes on to ctypes, whose
@@ -38,9 +46,9 @@ def _callback_code():
 CALLBACK_CODE = _callback_code()
 
 
-def in_kvstore_callback():
-    """Whether the caller runs inside the KVStore's updater callback."""
-    frame = sys._getframe(1)
+def in_kvstore_callback(frame=None):
+    """Whether ``frame`` (by default the caller's) runs inside the KVStore's updater callback."""
+    frame = sys._getframe(1) if frame is None else frame
     while frame is not None:
         if frame.f_code is CALLBACK_CODE:
             return True
@@ -74,10 +82,25 @@ class DeferredError:
                 raise
             self.error = error
             origin = traceback.extract_tb(error.__traceback__)[-1]
+            self._deliver()
             _warn.warn(f"myadam: {type(error).__name__}({error}), raised at "
                        f"{origin.filename}:{origin.lineno} in {origin.name} inside the "
-                       "KVStore's updater callback, which cannot pass it on; it is "
-                       "raised by the next Trainer.step (or save_states)")
+                       "KVStore's updater callback, which cannot pass it on; it is raised "
+                       "as soon as MXNet returns to Python (out of Trainer.step, "
+                       "Module.update, ...)")
+
+    def _deliver(self):
+        """Raise the kept error at this thread's first Python call outside the callback
+        (see the module's docstring)."""
+        profiler = sys.getprofile()
+
+        def deliver(frame, event, arg):
+            if self.error is not None and in_kvstore_callback(frame):
+                return  # ctypes would swallow it here
+            sys.setprofile(profiler)
+            self.raise_pending()
+
+        sys.setprofile(deliver)
 
     def raise_pending(self):
         """Raise the kept exception, if any, and forget it."""

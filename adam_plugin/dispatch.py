@@ -193,6 +193,34 @@ class Batch:
                 flags[i] = ok
         return flags
 
+    def moments_finite(self, steps):
+        """After :meth:`apply`: one flag per parameter, does its second moment ``v`` hold
+        only finite values? (True for a parameter whose step was None.)
+
+        Read like the gradients in :meth:`finite`: one pass over the ``v`` buffers of
+        the kernel route per dtype, MXNet's ``multi_all_finite`` for the others.
+        """
+        flags = [True] * len(steps)
+        for positions, buffers in self.kernel_groups:
+            stepped = [i for i in positions if steps[i] is not None]
+            if stepped:
+                for i, ok in zip(positions, buffers.all_finite(column=3)):
+                    flags[i] = flags[i] and (ok or steps[i] is None)
+        others = [i for i, way in enumerate(self.routes)
+                  if way != KERNEL and steps[i] is not None]
+        if others:
+            for i, ok in zip(others, _finite_by_operators([self._second_moment(i)
+                                                           for i in others])):
+                flags[i] = ok
+        return flags
+
+    def _second_moment(self, i):
+        """The ``v`` buffer of parameter ``i``."""
+        state = self.states[i]
+        if self.multi_precision and self.weights[i].dtype == numpy.float16:
+            state = state[1]  # (master, (m, v[, vmax]))
+        return state[1]
+
     def apply(self, steps):
         """Update in place every parameter ``i`` whose ``steps[i]`` is a Step (not None).
 
@@ -244,13 +272,24 @@ def _finite_by_operators(grads):
 
 def textbook_step(weight, grad, state, step, multi_precision):
     """:func:`adam_plugin.textbook.adam_step`; a float16 weight under ``multi_precision``
-    steps its float32 master copy ``state[0]`` and receives the result cast back."""
-    if multi_precision and weight.dtype == numpy.float16:
+    steps its float32 master copy ``state[0]`` and receives the result cast back.
+
+    A float16 weight without ``multi_precision`` is stepped in float32 too, as MXNet's
+    ``half_t`` arithmetic does: weight, gradient and moments are read as float16, the
+    whole rule runs on float32 copies, and the results are stored as float16. Rounded
+    at every operation instead, ``(1 - beta2) * g`` underflows and a moment over
+    65504 mid-expression becomes Inf."""
+    if weight.dtype != numpy.float16:
+        textbook.adam_step(weight, grad, state, step)
+    elif multi_precision:
         master, inner = state
         textbook.adam_step(master, grad.astype(numpy.float32), inner, step)
         weight[:] = master.astype(weight.dtype)  # not nd.cast: it has no row_sparse form
     else:
-        textbook.adam_step(weight, grad, state, step)
+        wide = [a.astype(numpy.float32) for a in (weight, *state)]
+        textbook.adam_step(wide[0], grad.astype(numpy.float32), tuple(wide[1:]), step)
+        for narrow, result in zip((weight, *state), wide):
+            narrow[:] = result.astype(numpy.float16)
 
 
 def operator_step(weight, grad, state, step):

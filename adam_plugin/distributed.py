@@ -20,7 +20,7 @@ A worker whose script raises does not end by itself: at interpreter exit
 ps-lite's finalisation waits for the other workers, which wait for it in a
 push or pull, and the job hangs. So once MyAdam knows it runs in a
 distributed-KVStore worker, :func:`exit_on_uncaught_exception` makes an uncaught
-exception end the process at once.
+exception end the process at once (the launcher installs it earlier still).
 
 "Runs in a distributed-KVStore worker" is decided by the ``gluon.Trainer`` that
 drives the optimizer: it gives every Parameter a reference to itself and sets
@@ -96,11 +96,14 @@ def exit_on_uncaught_exception():
     caught by the script, ``sys.exit`` and exceptions in other threads are not
     affected.
 
-    MyAdam calls this itself in a distributed-KVStore worker: when the Trainer
+    ``python -m adam_plugin.scaleout.launch`` installs it in every Python worker
+    before the script's first line (loading this file alone, without the package).
+    MyAdam calls it itself in a distributed-KVStore worker: when the Trainer
     sends it to the servers (:func:`watch_worker`) and when it refuses
-    ``update_on_kvstore=False``. Call it yourself right after
+    ``update_on_kvstore=False``. Started otherwise, call it yourself right after
     ``mx.kv.create('dist_sync')`` if your script can fail before its first step.
-    Installing it twice is the same as once.
+    Installing it twice is the same as once. This module imports nothing but the
+    standard library, which the launcher's loading relies on.
     """
     if getattr(sys.excepthook, 'adam_plugin_exits', False):
         return

@@ -32,6 +32,7 @@ __all__ = ['variants', 'variant', 'use_variant']
 import ctypes
 import math
 import os
+import re
 
 import numpy as np
 from mxnet.base import _LIB, check_call
@@ -47,13 +48,25 @@ PARALLEL_MIN = 1 << 20
 
 
 def _threads():
-    """``OMP_NUM_THREADS``, which MXNet's CPU operators obey too (MXNet itself aborts
-    on one that is not an integer); else the number of CPUs this process may run on."""
+    """``OMP_NUM_THREADS``, which MXNet's CPU operators obey too; else the number of CPUs
+    this process may run on.
+
+    As MXNet 1.9.1 does: a value that is not an integer is an error (MXNet aborts the
+    process on it); an integer below 1 (``0``, ``-1``) is accepted with a warning and
+    the default, as OpenMP (libgomp), which MXNet asks, ignores it and uses its default.
+    """
     setting = os.environ.get('OMP_NUM_THREADS', '').strip()
+    default = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+               else os.cpu_count())
     if not setting:
-        return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    if not setting.isdigit() or int(setting) < 1:
-        raise ValueError(f"adam_plugin: OMP_NUM_THREADS={setting!r} is not a positive integer")
+        return default
+    if not re.fullmatch(r'[+-]?[0-9]+', setting):
+        raise ValueError(f"adam_plugin: OMP_NUM_THREADS={setting!r} is not an integer")
+    if int(setting) < 1:
+        _warn.warn(f"adam_plugin: OMP_NUM_THREADS={setting!r} is not a positive integer; "
+                   f"OpenMP ignores it, and so MXNet does: the kernel takes the default too, "
+                   f"{default} threads (the CPUs this process may run on)")
+        return default
     return int(setting)
 
 
@@ -173,16 +186,17 @@ class Buffers:
                                 dtype=np.uintp)
         self.sizes = np.array(sizes, dtype=np.int64)
 
-    def all_finite(self):
+    def all_finite(self, column=1):
         """One flag per gradient: does it hold only finite values?
 
         One pass over all gradients, reading each element's bits: an element whose
-        exponent field is all ones is an Inf or a NaN.
+        exponent field is all ones is an Inf or a NaN. ``column`` reads another array
+        of each parameter instead: 0 the weights, 2 and 3 the moments ``m``, ``v``.
         """
         finite = np.ones(len(self.sizes), dtype=np.uint8)
         wait_all()
         check_call(getattr(LIBRARY, f'finite_{self.dtype.name}')(
-            len(self.sizes), self.handles[1].ctypes.data, self.sizes.ctypes.data,
+            len(self.sizes), self.handles[column].ctypes.data, self.sizes.ctypes.data,
             finite.ctypes.data, _threads_for(self.sizes)))
         return [bool(ok) for ok in finite]
 
@@ -197,7 +211,7 @@ class Buffers:
             g     = g + wd * w                  (if wd, the coupled L2 term, is not 0)
             g     = clip(g, -clip, clip)
             m     = beta1 * m + (1 - beta1) * g
-            v     = beta2 * v + (1 - beta2) * (g * g)
+            v     = beta2 * v + ((1 - beta2) * g) * g
             v     = v + ((1 - beta2) * g) * g * sign(g * g - v)   (yogi, instead)
             vmax  = max(vmax, v);  v <- vmax    (step.amsgrad; needs 3 state buffers)
             m_hat = m / (1 - beta1**t)

@@ -2,16 +2,25 @@
 __all__ = ['MyAdam', 'MyYogi']
 
 import inspect
+import math
+import numbers
 import operator
 import textwrap
 
 import mxnet.ndarray as nd
+import numpy
 from mxnet.optimizer import Optimizer
 
 from . import _warn, dispatch, distributed, options
 from .deferred import DeferredError
 from .options import AGGREGATE_NUM, OPTIONS
 from .textbook import Step
+
+# Under nonfinite='skip', a parameter's bad updates in a row (a NaN or Inf gradient, or a
+# second moment that overflowed) are warned about at the first and then at every
+# WARN_EVERY-th, each warning with its counts (so Python's once-per-line filter shows
+# them all); at max_skips in a row, FloatingPointError.
+WARN_EVERY = 10
 
 
 @Optimizer.register
@@ -24,7 +33,7 @@ class MyAdam(Optimizer):
         g     = g + wd * w                                  (coupled L2, default)
         g     = clip(g, -clip_gradient, clip_gradient)      (if clip_gradient)
         m     = beta1 * m + (1 - beta1) * g
-        v     = beta2 * v + (1 - beta2) * g * g
+        v     = beta2 * v + ((1 - beta2) * g) * g
         v     = v + ((1 - beta2) * g) * g * sign(g * g - v)  (yogi, instead)
         vmax  = max(vmax, v), used in place of v            (amsgrad)
         m_hat = m / (1 - beta1**t),   v_hat = v / (1 - beta2**t)
@@ -69,6 +78,7 @@ class MyAdam(Optimizer):
             if not option.mxnet:
                 setattr(self, option.key, values[option.name])
         self.num_skipped = 0
+        self._bad_in_a_row = {}  # index -> bad updates in a row (absent: 0); not pickled
         self.param_shapes = None  # set on saving, checked on loading: see param_dict
         self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads; not pickled
         self.aggregate_num = AGGREGATE_NUM
@@ -79,6 +89,7 @@ class MyAdam(Optimizer):
         state = super().__getstate__()
         del state['_layouts']  # references to live arrays, not hyperparameters
         del state['_deferred']
+        del state['_bad_in_a_row']  # a run of bad updates is this process's, not the file's
         if self.param_dict:
             state['param_shapes'] = {i: tuple(p.shape) for i, p in self.param_dict.items()}
         return state
@@ -87,6 +98,7 @@ class MyAdam(Optimizer):
         """Checked as :meth:`__init__` checks its arguments (so ``Trainer.load_states``
         refuses a bad file too); see :func:`adam_plugin.options.checked_state`."""
         super().__setstate__(options.checked_state(state))
+        self._bad_in_a_row = {}
         self._layouts = dispatch.Layouts(self._name)
         self._deferred = DeferredError()
 
@@ -139,7 +151,7 @@ class MyAdam(Optimizer):
         """Update one parameter (or lists of them) in place; see the class docstring.
 
         An exception raised inside the KVStore's callback reaches the user from the
-        next ``Trainer.step`` (see :mod:`adam_plugin.deferred`).
+        call that ran it, ``Trainer.step``, ``Module.update`` (see :mod:`adam_plugin.deferred`).
         """
         self._deferred.run(self._update_impl, index, weight, grad, state, False)
 
@@ -153,33 +165,114 @@ class MyAdam(Optimizer):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         distributed.refuse_worker_update(self, indices)  # update_on_kvstore=False in a dist job
         layouts = [self._layouts(*args) for args in zip(indices, weights, grads)]
+        self._check_rescale_grad({layout.dtype for layout in layouts})
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision)
-        steps = []
-        for index, ok in zip(indices, self._finite(indices, batch)):
-            if ok:
-                self._update_count(index)
-                steps.append(self._step(index))
-            else:
+        finite = self._finite(indices, batch)
+        steps = self._steps(indices, finite)
+        for index, ok in zip(indices, finite):
+            if not ok:
                 self.num_skipped += 1
-                _warn.warn(f"myadam: skipped the update of {self._name(index)}: its "
-                           "gradient holds NaN or Inf")
-                steps.append(None)
+                self._bad_update(index, "skipped the update of {name}: its gradient holds "
+                                        "NaN or Inf")
         batch.apply(steps)
+        overflowed = [index for index, ok in zip(indices, batch.moments_finite(steps))
+                      if not ok]
+        if overflowed and self.nonfinite == 'raise':
+            raise FloatingPointError(
+                f"myadam: the second moment of {', '.join(map(self._name, overflowed))} "
+                "overflowed to Inf although the gradient was finite; this update call was "
+                "applied (the elements with v = Inf no longer move)")
+        for index in overflowed:
+            self.num_skipped += 1
+            self._bad_update(index, "the second moment of {name} overflowed to Inf although "
+                                    "its gradient was finite; the update was applied, and its "
+                                    "elements with v = Inf no longer move")
+        for index, step in zip(indices, steps):
+            if step is not None and index not in overflowed:
+                self._bad_in_a_row.pop(index, None)
+
+    def _steps(self, indices, finite):
+        """The Step of each parameter whose ``finite`` flag is set (None for the others),
+        counting its update; every step count is as it was if this raises (a scheduler's
+        error, a bad learning rate)."""
+        counts = {i: self._index_update_count.get(i) for i in indices}, self.num_update
+        try:
+            steps = []
+            for index, ok in zip(indices, finite):
+                if ok:
+                    self._update_count(index)
+                steps.append(self._step(index) if ok else None)
+            return steps
+        except BaseException:
+            for index, count in counts[0].items():
+                if count is None:
+                    self._index_update_count.pop(index, None)
+                else:
+                    self._index_update_count[index] = count
+            self.num_update = counts[1]
+            raise
+
+    def _bad_update(self, index, what):
+        """Count a bad update of ``index`` in its run of bad ones; warn at the first and at
+        every ``WARN_EVERY``-th. ``what`` is the warning's first sentence, with ``{name}``."""
+        run = self._bad_in_a_row[index] = self._bad_in_a_row.get(index, 0) + 1
+        if run == 1 or run % WARN_EVERY == 0:
+            _warn.warn(f"myadam: {what.format(name=self._name(index))} ({run} in a row for "
+                       f"this parameter, {self.num_skipped} in all; at max_skips="
+                       f"{self.max_skips} in a row, FloatingPointError)")
+
+    def _check_rescale_grad(self, dtypes):
+        """``ValueError`` unless ``rescale_grad`` is a number > 0 that stays finite and
+        non-zero in every dtype of this call: ``Trainer.step(batch_size)`` sets it to
+        ``scale / batch_size`` at every step, so ``batch_size=1e-45`` gives 1e45, Inf in
+        float32, and NaN weights."""
+        value = self.rescale_grad
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+              and all(0 < float(numpy.array(value, numpy.result_type(dtype, numpy.float32)))
+                      < math.inf for dtype in dtypes)
+              and 0 < value < math.inf)
+        if not ok:
+            raise ValueError(
+                f"myadam: Invalid rescale_grad: {value!r} at update {self.num_update + 1} "
+                "(expected > 0 and finite, and non-zero, in the parameters' dtype "
+                f"{'/'.join(sorted(numpy.dtype(d).name for d in dtypes))}); gluon.Trainer "
+                "sets it to 1 / batch_size in Trainer.step(batch_size); nothing was updated")
 
     def _step(self, index):
-        return Step(self._index_update_count[index], self._get_lr(index), self._get_wd(index),
+        return Step(self._index_update_count[index], self._checked_lr(index), self._get_wd(index),
                     *_RULE_OPTIONS(self))
+
+    def _checked_lr(self, index):
+        """``_get_lr(index)``; ``ValueError`` naming the value and its source unless it is
+        a number >= 0 and finite."""
+        lr = self._get_lr(index)
+        if isinstance(lr, numbers.Real) and 0.0 <= lr < math.inf:
+            return lr
+        source = (f"from lr_scheduler {type(self.lr_scheduler).__name__}"
+                  if self.lr_scheduler is not None else f"from learning_rate {self.lr!r}")
+        raise ValueError(f"myadam: Invalid learning rate {lr!r} at update {self.num_update} "
+                         f"for {self._name(index)} ({source}, times its lr_mult; expected "
+                         ">= 0 and finite); nothing was updated")
 
     def _finite(self, indices, batch):
         """One flag per gradient of ``batch``: does it hold only finite values?
 
-        Under ``nonfinite='raise'`` a bad gradient raises before any update.
+        Under ``nonfinite='raise'`` a bad gradient raises before any update; so does,
+        under ``'skip'``, the ``max_skips``-th bad update in a row of a parameter.
         """
         finite = batch.finite()
-        if self.nonfinite == 'raise' and not all(finite):
-            bad = ', '.join(self._name(i) for i, ok in zip(indices, finite) if not ok)
-            raise FloatingPointError(f"myadam: the gradient of {bad} holds NaN or Inf; "
-                                     "nothing was updated")
+        bad = [i for i, ok in zip(indices, finite) if not ok]
+        if self.nonfinite == 'raise' and bad:
+            raise FloatingPointError(f"myadam: the gradient of {', '.join(map(self._name, bad))} "
+                                     "holds NaN or Inf; nothing was updated")
+        stuck = [i for i in bad if self.max_skips is not None
+                 and self._bad_in_a_row.get(i, 0) + 1 >= self.max_skips]
+        if stuck:
+            raise FloatingPointError(
+                f"myadam: the update of {', '.join(map(self._name, stuck))} has failed "
+                f"{self.max_skips} times in a row (max_skips={self.max_skips}): its gradient "
+                "holds NaN or Inf again (a NaN kept in an accumulated gradient, "
+                "grad_req='add', or in the weight or the data?); nothing was updated")
         return finite
 
     def _name(self, index):

@@ -224,12 +224,19 @@ OPTIONS = (
     Option('nonfinite', 'skip', one_of(NONFINITE_POLICIES), "{'skip', 'raise'}",
            "What to do with a gradient holding NaN or Inf: leave that parameter, its "
            "moments and its step count untouched and warn (``'skip'``, counted in "
-           "``num_skipped``), or raise ``FloatingPointError`` before modifying anything "
-           "the update call received (under ``gluon.Trainer`` without "
-           "``update_on_kvstore``, the whole step: see ``aggregate_num``; with it, the "
-           "error comes out of the next ``Trainer.step``: see :mod:`adam_plugin.deferred`). "
+           "``num_skipped``; warned at the first skip of a parameter and every "
+           "``WARN_EVERY``-th in a row after it), or raise ``FloatingPointError`` before "
+           "modifying anything the update call received (under ``gluon.Trainer`` without "
+           "``update_on_kvstore``, the whole step: see ``aggregate_num``; with it, one "
+           "parameter, and the error comes out of the same ``Trainer.step`` or "
+           "``Module.update`` through the KVStore's callback: see :mod:`adam_plugin.deferred`). "
            "``num_skipped`` counts skipped updates of parameter copies: with several "
-           "devices updated by the Trainer, one skip per device."),
+           "devices updated by the Trainer, one skip per device. A second moment that "
+           "overflows to Inf although the gradient was finite (``|g|`` near "
+           "``sqrt(max / (1 - beta2))``: 8.1e3 for float16, 5.8e20 for float32, with "
+           "the default ``beta2``) is found after the step, which was applied: that "
+           "parameter's elements with ``v = Inf`` no longer move. It counts as a skip "
+           "(warned the same way) or, with ``'raise'``, raises ``FloatingPointError``."),
     Option('fused', True, flag, 'bool',
            "Take the fast routes of :mod:`adam_plugin.dispatch`: one compiled, "
            "multi-threaded pass over memory for dense float32/float64 parameters on CPU "
@@ -240,6 +247,15 @@ OPTIONS = (
            "Yogi's second moment (Zaheer et al., 2018, as in d2l.ai's Adam section): "
            "``v`` moves towards ``g * g`` by at most ``(1 - beta2) * g * g`` a step. Its "
            "authors and d2l use ``epsilon=1e-3``, the default of ``'myyogi'``."),
+    Option('max_skips', 50, none_or(integer(1)), 'int or None',
+           "Under ``nonfinite='skip'``, raise ``FloatingPointError`` when one parameter "
+           "has had this many bad updates in a row (its copies' updates counted one by one: "
+           "with several devices updated by the Trainer, one per device and step), before "
+           "modifying anything: a run whose every step is skipped (a NaN stuck in an "
+           "accumulated gradient, a NaN weight) cannot go on quietly. 50 is far above "
+           "the 16 overflows in a row that a dynamic loss scaler (MXNet's AMP, starting "
+           "at 2**16 and halving on each) needs to reach a scale of 1, and still ends "
+           "such a run within 50 steps. ``None``: never raise."),
     Option('wd', 0.0, number(lambda x: 0.0 <= x < math.inf, '>= 0'), 'float',
            "Weight decay, >= 0: coupled L2 (``g + wd * w``), or decoupled with "
            "``decoupled_wd``.", mxnet=True),

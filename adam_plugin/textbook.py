@@ -86,7 +86,7 @@ def adam_step(weight, grad, state, step):
         g     = g + wd * w                          (unless decoupled_wd)
         g     = clip(g, -clip_gradient, clip_gradient)   (if clip_gradient is set)
         m     = beta1 * m + (1 - beta1) * g
-        v     = beta2 * v + (1 - beta2) * g**2
+        v     = beta2 * v + ((1 - beta2) * g) * g
         v     = v + ((1 - beta2) * g) * g * sign(g**2 - v)   (yogi, instead)
         vmax  = max(vmax, v);  v <- vmax            (amsgrad only)
         m_hat = m / (1 - beta1**t)
@@ -165,10 +165,12 @@ def _rule(w, g, state, step):
     if step.clip_gradient is not None:
         g = nd.clip(g, -step.clip_gradient, step.clip_gradient)
     m = step.beta1 * state[0] + (1.0 - step.beta1) * g
+    # (1 - beta2) * g first (MXNet's order): g * g alone overflows for |g| > sqrt(max),
+    # 1000 in float16, 1.8e19 in float32, where the moment itself is representable.
     if step.yogi:
         v = state[1] + ((1.0 - step.beta2) * g) * g * nd.sign(nd.square(g) - state[1])
     else:
-        v = step.beta2 * state[1] + (1.0 - step.beta2) * nd.square(g)
+        v = step.beta2 * state[1] + ((1.0 - step.beta2) * g) * g
     new_state = (m, v)
     if step.amsgrad:
         v = nd.maximum(state[2], v)

@@ -1,28 +1,43 @@
-"""An exception MyAdam raises under a KVStore reaches the user out of Trainer.step.
+"""An exception MyAdam raises under a KVStore reaches the user out of the call that failed.
 
 With ``update_on_kvstore=True`` MXNet calls the optimizer from C through a ctypes
-callback that drops exceptions; :mod:`adam_plugin.deferred` keeps them and the next
-``Trainer.step`` raises them. Real Trainers over two CPU contexts.
+callback that drops exceptions; :mod:`adam_plugin.deferred` keeps them and raises
+them as soon as MXNet returns to Python: out of ``Trainer.step``, ``Module.update``
+and ``Module.fit``. Real Trainers and Modules over two CPU contexts.
 """
 import traceback
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-from adam_plugin import checkpoint
+from adam_plugin import checkpoint, deferred
+from adam_plugin import optimizer as optimizer_module
 from conftest import TOL
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 
-# (kvstore, update_on_kvstore) -> the step that raises: the failing one when the
-# Trainer calls the optimizer itself (all parameters in one call, checked before any
-# changes), the next one when the KVStore's callback does (one call per parameter in
-# the Trainer's order, sorted by name: those before the failing one keep their step).
-MODES = [('device', False, 'same'), ('local', False, 'same'),
-         ('device', True, 'next'), ('local', True, 'next')]
+# (kvstore, update_on_kvstore, in_callback): the Trainer calls the optimizer itself (all
+# parameters in one call, checked before any changes), or the KVStore's callback does
+# (one call per parameter in the Trainer's order, sorted by name: those before the
+# failing one keep their step, and a warning is issued there too). The failing step
+# raises either way.
+MODES = [('device', False, False), ('local', False, False),
+         ('device', True, True), ('local', True, True)]
+
+
+@contextmanager
+def raised_from_the_callback(kind, message):
+    """``pytest.raises(kind, match=message)``, and the warning the callback gives at once;
+    yields ``(the ExceptionInfo, the warnings)``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        with pytest.raises(kind, match=message) as error:
+            yield error, caught
+    assert [w for w in caught if 'raised as soon as MXNet returns' in str(w.message)]
 
 
 class EndingSchedule(mx.lr_scheduler.LRScheduler):
@@ -67,40 +82,77 @@ def weights(trainer):
     return {p.name: [d.asnumpy() for d in p.list_data()] for p in trainer._params}
 
 
-@pytest.mark.parametrize('kvstore, update_on_kvstore, raised_by', MODES)
+@pytest.mark.parametrize('kvstore, update_on_kvstore, in_callback', MODES)
 @pytest.mark.parametrize('error', sorted(ERRORS))
-def test_the_error_reaches_the_user(error, kvstore, update_on_kvstore, raised_by):
+def test_the_error_reaches_the_user(error, kvstore, update_on_kvstore, in_callback):
     params, value, kind, message, failing = ERRORS[error]
     net, trainer = make_trainer(kvstore, update_on_kvstore, params)
     step(net, trainer, 1.0)
     assert trainer._update_on_kvstore is update_on_kvstore
     before = weights(trainer)
-    if raised_by == 'same':
-        with pytest.raises(kind, match=message):
+    if in_callback:
+        with raised_from_the_callback(kind, message) as (caught, warned):
             step(net, trainer, value)
+        callback_warnings = [w for w in warned if issubclass(w.category, RuntimeWarning)]
+        assert callback_warnings[0].filename == __file__  # the user's trainer.step line
     else:
-        with pytest.warns(RuntimeWarning, match='raised by the next Trainer.step') as warned:
-            step(net, trainer, value)
-        assert warned[0].filename == __file__  # the user's trainer.step line, in step()
         with pytest.raises(kind, match=message) as caught:
-            step(net, trainer, 1.0)
-        # The original traceback: the frame that raised inside MyAdam is in it.
-        assert any(entry.frame.code.name in ('_finite', '__call__') for entry in caught.traceback)
+            step(net, trainer, value)
+    # The original traceback: the frame that raised inside MyAdam is in it, and it came
+    # out of Trainer.step.
+    assert any(entry.frame.code.name in ('_finite', '__call__') for entry in caught.traceback)
+    assert any(entry.frame.code.name == 'step' and entry.path.name == 'trainer.py'
+               for entry in caught.traceback)
     names = [p.name for p in trainer._params]
-    stepped = names[:names.index(failing)] if raised_by == 'next' else []
+    stepped = names[:names.index(failing)] if in_callback else []
     for name, copies in weights(trainer).items():
         for old, new in zip(before[name], copies):
             assert np.array_equal(new, old) is (name not in stepped), name
 
 
-@pytest.mark.parametrize('kvstore, update_on_kvstore, raised_by', MODES)
-def test_once_raised_the_error_is_cleared(kvstore, update_on_kvstore, raised_by):
+def raise_line(path, start):
+    """``(path, number)`` of the first line of the file at ``path`` that starts, once
+    indented, with ``start``: the raise statement of an ERRORS row."""
+    with open(path) as f:
+        numbers = [n for n, line in enumerate(f, 1) if line.strip().startswith(start)]
+    assert len(numbers) == 1, (path, start, numbers)
+    return path, numbers[0]
+
+
+# ERRORS row -> (file, function, start of the line) of the statement that raises it
+RAISED_AT = {
+    'nan_gradient': (optimizer_module.__file__, '_finite',
+                     'raise FloatingPointError(f"myadam: the gradient of'),
+    'lr_scheduler': (__file__, '__call__', 'raise ValueError(f"schedule ended'),
+}
+
+
+@pytest.mark.parametrize('error', sorted(ERRORS))
+def test_a_deferred_error_names_the_frame_that_raised_it(error):
+    """The warning and the re-raised traceback point at the raise statement, not at an
+    outer frame between the KVStore's callback and it."""
+    params, value, kind, _, _ = ERRORS[error]
+    path, function, start = RAISED_AT[error]
+    path, line = raise_line(path, start)
+    net, trainer = make_trainer('device', True, params)
+    step(net, trainer, 1.0)
+    with raised_from_the_callback(kind, '') as (caught, warned):
+        step(net, trainer, value)
+    assert any(f"raised at {path}:{line} in {function} inside" in str(w.message)
+               for w in warned)
+    innermost = caught.traceback[-1]
+    assert (str(innermost.path), innermost.lineno + 1, innermost.name) == (path, line, function)
+
+
+@pytest.mark.parametrize('kvstore, update_on_kvstore, in_callback', MODES)
+def test_once_raised_the_error_is_cleared(kvstore, update_on_kvstore, in_callback):
     net, trainer = make_trainer(kvstore, update_on_kvstore, dict(nonfinite='raise'))
     step(net, trainer, 1.0)
-    with pytest.raises(FloatingPointError):
-        with pytest.warns(RuntimeWarning) if raised_by == 'next' else nullcontext():
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        with pytest.raises(FloatingPointError):
             step(net, trainer, np.nan)
-        step(net, trainer, 1.0)
+    step(net, trainer, 1.0)
     before = weights(trainer)
     step(net, trainer, 1.0)
     for name, (first, second) in weights(trainer).items():
@@ -108,8 +160,27 @@ def test_once_raised_the_error_is_cleared(kvstore, update_on_kvstore, raised_by)
         np.testing.assert_array_equal(first, second)
 
 
+@pytest.fixture
+def undelivered(monkeypatch):
+    """As when the callback ran on a thread that runs no Python after it (one of MXNet's
+    own): the error stays kept until the optimizer's next entry point."""
+    monkeypatch.setattr(deferred.DeferredError, '_deliver', lambda self: None)
+
+
 @pytest.mark.parametrize('kvstore', ['device', 'local'])
-def test_a_save_does_not_go_over_a_pending_error(tmp_path, kvstore):
+def test_an_undelivered_error_is_raised_by_the_next_step(undelivered, kvstore):
+    net, trainer = make_trainer(kvstore, True, dict(nonfinite='raise'))
+    step(net, trainer, 1.0)
+    with pytest.warns(RuntimeWarning, match='inside the KVStore'):
+        step(net, trainer, np.nan)
+    with pytest.raises(FloatingPointError, match='holds NaN or Inf') as caught:
+        step(net, trainer, 1.0)
+    assert any(entry.frame.code.name == '_finite' for entry in caught.traceback)
+    step(net, trainer, 1.0)  # raised once, then cleared
+
+
+@pytest.mark.parametrize('kvstore', ['device', 'local'])
+def test_a_save_does_not_go_over_a_pending_error(undelivered, tmp_path, kvstore):
     net, trainer = make_trainer(kvstore, True, dict(nonfinite='raise'))
     step(net, trainer, 1.0)
     fname = tmp_path / 'trainer.states'
@@ -155,25 +226,52 @@ def test_a_sparse_embedding_trains_or_raises():
     np.testing.assert_allclose(mine, adam, **TOL['float32'])
 
 
-def test_module_over_two_devices_stops_at_the_error():
-    """``Module`` gives the optimizer no entry point after the callback: the warning is
-    all it can show, and no later update is applied (nothing trains on past it)."""
+def module_and_data(params):
+    """A Module over two CPU contexts ('myadam' updated on its KVStore) and 4 batches, the
+    third holding NaN."""
     x = np.ones((40, 3), np.float32)
-    x[20:30] = np.nan  # the third batch
+    x[20:30] = np.nan
     data = mx.io.NDArrayIter(x, np.ones((40, 1), np.float32), batch_size=10, label_name='l')
     out = mx.sym.FullyConnected(mx.sym.Variable('data'), num_hidden=1, name='fc')
     out = mx.sym.LinearRegressionOutput(out, mx.sym.Variable('l'))
     module = mx.mod.Module(out, label_names=['l'], context=TWO)
     module.bind(data.provide_data, data.provide_label)
     module.init_params(mx.init.Uniform())
-    module.init_optimizer(optimizer='myadam', optimizer_params=dict(nonfinite='raise'))
+    module.init_optimizer(optimizer='myadam', optimizer_params=dict(params, learning_rate=0.1))
     assert module._update_on_kvstore
+    return module, data
+
+
+# name -> (optimizer params, exception type, message part, the batch that fails (0-based))
+MODULE_ERRORS = {
+    'nan_gradient': (dict(nonfinite='raise'), FloatingPointError,
+                     "gradient of parameter .*fc_weight.* holds NaN", 2),
+    'lr_scheduler': (dict(lr_scheduler=EndingSchedule()), ValueError,
+                     'schedule ended: no rate for update 2', 1),
+}
+
+
+@pytest.mark.parametrize('error', sorted(MODULE_ERRORS))
+def test_module_update_raises_the_error_of_its_batch(error):
+    params, kind, message, failing = MODULE_ERRORS[error]
+    module, data = module_and_data(params)
     after = []
-    with pytest.warns(RuntimeWarning, match="gradient of parameter .*fc_weight.* holds NaN"):
+    with raised_from_the_callback(kind, message) as (caught, _):
         for batch in data:
             module.forward_backward(batch)
             module.update()
             after.append(module.get_params()[0]['fc_bias'].asnumpy())
-    assert not np.array_equal(after[1], after[0])  # it trained ...
-    for later in after[2:]:
-        np.testing.assert_array_equal(later, after[1])  # ... until the NaN batch
+    assert len(after) == failing  # the failing batch's update raised, no later one ran
+    assert any(entry.frame.code.name == 'update' and entry.path.name == 'module.py'
+               for entry in caught.traceback)
+    if failing > 1:
+        assert not np.array_equal(after[1], after[0])  # it trained until then
+
+
+@pytest.mark.parametrize('error', sorted(MODULE_ERRORS))
+def test_module_fit_raises_the_error(error):
+    params, kind, message, _ = MODULE_ERRORS[error]
+    module, data = module_and_data(params)
+    with raised_from_the_callback(kind, message) as (caught, _):
+        module.fit(data, num_epoch=2)
+    assert any(entry.frame.code.name == 'fit' for entry in caught.traceback)

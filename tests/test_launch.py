@@ -1,4 +1,6 @@
 """``python -m adam_plugin.scaleout.launch``: exit statuses, output prefixes, and no orphans."""
+import concurrent.futures
+import os
 import signal
 import sys
 import time
@@ -7,6 +9,7 @@ import uuid
 import pytest
 
 import launching
+from adam_plugin.scaleout import launch as launch_module
 
 # Every subprocess here is bounded by this many seconds.
 LIMIT = 90
@@ -20,6 +23,15 @@ GREET = OPEN_KV + "print('hello from rank', kv.rank, flush=True)"
 ONE_FAILS = OPEN_KV + ("subprocess.Popen(['sleep', '300']); print('ready', flush=True); "
                        "os._exit(3) if kv.rank == 1 else time.sleep(300)")
 HANG = OPEN_KV + "subprocess.Popen(['sleep', '300']); print('ready', flush=True); time.sleep(300)"
+# Plain scripts as users write them, catching nothing: rank 1 fails after 'ready' with
+# sys.exit(3), or with an exception before any Trainer exists; rank 0 waits.
+EXIT_3 = OPEN_KV + "print('ready', flush=True); sys.exit(3) if kv.rank == 1 else time.sleep(300)"
+RAISES = OPEN_KV + ("print('ready', flush=True)\n"
+                    "if kv.rank == 1:\n    raise RuntimeError('no data here')\ntime.sleep(300)")
+# Workers that wait without opening the KVStore (no MXNet to import: cheaper) and leave a
+# grandchild: what must end on a signal to the launcher, or once the job looks hung.
+WAIT = ("import subprocess, time; subprocess.Popen(['sleep', '300']); "
+        "print('ready', flush=True); time.sleep(300)")
 
 
 def start(args, token):
@@ -65,16 +77,24 @@ def test_timeout_ends_the_job_with_124(token):
     launching.assert_no_orphans(token)
 
 
+def until_ready(proc, workers):
+    """Read the launcher's output until ``workers`` lines say 'ready' (or LIMIT passes);
+    return how many did."""
+    ready, deadline = 0, time.monotonic() + LIMIT
+    while ready < workers and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        ready += line.endswith('ready\n')
+    return ready
+
+
 @pytest.mark.parametrize('signum, status', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.slow
 def test_interrupt_ends_the_job(token, signum, status):
     proc = start(['-n', '2', '--timeout', str(3 * LIMIT), '--', sys.executable, '-c', HANG],
                  token)
-    ready = 0
-    deadline = time.monotonic() + LIMIT
-    while ready < 2 and time.monotonic() < deadline:
-        ready += proc.stdout.readline().endswith('ready\n')
-    assert ready == 2
+    assert until_ready(proc, 2) == 2
     proc.send_signal(signum)
     got, _, err = finish(proc)
     assert got == status
@@ -87,6 +107,7 @@ def test_interrupt_ends_the_job(token, signum, status):
     (['-n', '1', '-s', '0', '--', 'true'], 'Invalid num_servers: 0'),
     (['-n', '1', '--timeout', '0', '--', 'true'], 'Invalid timeout: 0'),
     (['-n', '1', '--timeout', 'nan', '--', 'true'], 'Invalid timeout: nan'),
+    (['-n', '1', '--idle-timeout', '-1', '--', 'true'], 'Invalid idle_timeout: -1'),
     (['-n', '1'], 'Invalid command: empty'),
     (['-n', '1', '--'], 'Invalid command: empty'),
 ])
@@ -97,3 +118,76 @@ def test_bad_arguments_are_refused_before_anything_starts(token, args, message):
     assert message in err
     assert out == ''
     launching.assert_no_orphans(token)
+
+
+# --- the job ends as specified, every time: `make failfast` runs each row 20 times ---------
+
+RUNS = int(os.environ.get('ADAM_PLUGIN_LAUNCH_RUNS', '1'))
+BOUND = 15  # seconds from the event (a worker fails, a signal) to the end of the whole job
+
+ENDINGS = {
+    # name: (worker program, launcher options, signal sent to the launcher once both
+    #        workers are ready, the launcher's status, what its stderr must say)
+    'a worker calls sys.exit(3)': (EXIT_3, [], None, 3,
+                                   'worker 1 exited with status 3; ending the job'),
+    'a worker raises before its first step': (RAISES, [], None, 1,
+                                              'RuntimeError: no data here'),
+    'the workers hang': (WAIT, ['--idle-timeout', '5'], None, 124, 'the job looks hung'),
+    'SIGHUP (the terminal closed)': (WAIT, [], signal.SIGHUP, 129,
+                                     'interrupted; ending the job'),
+    'SIGKILL': (WAIT, [], signal.SIGKILL, -signal.SIGKILL, ''),
+}
+IDLE_ROW_EXTRA = 5  # the hung row ends by its --idle-timeout after 'ready'
+
+
+def ending_run(program, options, signum):
+    """One job; returns (status, stderr, seconds from the event to its end, processes left,
+    whether the event happened). The event: the first 'ready' (a failing worker fails
+    right after its own), or the signal, sent once both workers are ready."""
+    token = f'adam-plugin-test-{uuid.uuid4()}'
+    proc = start(['-n', '2', '--timeout', str(LIMIT), *options, '--',
+                  sys.executable, '-c', program], token)
+    wanted = 1 if signum is None else 2
+    happened = until_ready(proc, wanted) == wanted
+    since = time.monotonic()
+    if signum is not None and happened:
+        proc.send_signal(signum)
+    status, _, err = finish(proc)
+    return status, err, time.monotonic() - since, launching.orphans(token), happened
+
+
+@pytest.mark.parametrize('name', ENDINGS)
+@pytest.mark.slow
+def test_a_job_ends_as_specified_every_time(name):
+    program, options, signum, want, message = ENDINGS[name]
+    bound = BOUND + (IDLE_ROW_EXTRA if '--idle-timeout' in options else 0)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: ending_run(program, options, signum), range(RUNS)))
+    problems = [f'run {i}: status {status} (want {want}), {seconds:.1f} s after the event '
+                f'(happened: {happened}), left behind {left}\n{err}'
+                for i, (status, err, seconds, left, happened) in enumerate(runs)
+                if status != want or message not in err or seconds > bound or left
+                or not happened]
+    print(f'{name}:', *(f'{seconds:.1f} s' for _, _, seconds, _, _ in runs))
+    assert not problems, '\n'.join(problems)
+
+
+@pytest.mark.parametrize('command, expected', [
+    (['python3', 'train.py', '--lr', '1'], ['script', 'train.py', '--lr', '1']),
+    (['/usr/bin/python3.11', '-u', '-W', 'error', '-m', 'pkg.train', '-x'],
+     ['-m', 'pkg.train', '-x']),
+    (['python', '-X', 'dev', '-c', 'print(1)', 'a'], ['-c', 'print(1)', 'a']),
+])
+def test_python_workers_start_through_the_fail_fast_bootstrap(command, expected):
+    wrapped = launch_module.python_worker(command)
+    options = command[:len(command) - len(expected) + (1 if expected[0] == 'script' else 0)]
+    assert wrapped[:len(options)] == options
+    assert wrapped[len(options):len(options) + 2] == ['-c', launch_module.WORKER_CODE]
+    assert wrapped[len(options) + 2].endswith(os.path.join('adam_plugin', 'distributed.py'))
+    assert wrapped[len(options) + 3:] == expected
+
+
+@pytest.mark.parametrize('command', [['sleep', '1'], ['python3'], ['python3', '-'],
+                                     ['python3', '-u'], ['bash', '-c', 'python3 x.py']])
+def test_other_commands_run_as_given(command):
+    assert launch_module.python_worker(command) == command

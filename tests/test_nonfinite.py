@@ -1,5 +1,6 @@
 """A gradient holding NaN or Inf: skipped exactly (default) or refused before any change."""
 import linecache
+import math
 import sys
 import warnings
 
@@ -116,14 +117,15 @@ def test_the_skip_warning_names_the_users_line():
     opt = MyAdam(learning_rate=0.1)
     w = nd.array([1.0, 2.0])
     state = opt.create_state(0, w)
+    grad = nd.array([np.nan, 1.0])  # outside: nd.array may warn itself (scipy's deprecation)
     with pytest.warns(RuntimeWarning, match='skipped') as direct:
         line = sys._getframe().f_lineno + 1
-        opt.update(0, w, nd.array([np.nan, 1.0]), state)
+        opt.update(0, w, grad, state)
     assert (direct[0].filename, direct[0].lineno) == (__file__, line)
     _, _, bad_step = after_one_good_step({}, np.nan, 0)
     with pytest.warns(RuntimeWarning, match='skipped') as through_trainer:
         bad_step()
-    warning = through_trainer[0]
+    warning, = [w for w in through_trainer if 'myadam' in str(w.message)]
     assert warning.filename == __file__
     assert linecache.getline(warning.filename, warning.lineno).strip() == 'trainer.step(1)'
 
@@ -163,3 +165,179 @@ def test_many_mixed_arrays_in_one_call(fused, n, bad_at, monkeypatch):
     assert opt.num_skipped == (0 if bad_at is None else 1)
     assert n in opt._index_update_count  # the gradient without rows counted its step
     assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == opt.num_skipped
+
+
+# --- a huge but finite gradient: the second moment stays finite, or the failure is loud ---
+
+def replay(optimizer, options, dtype, grads, multi_precision=False):
+    """Weight ``[1.0]`` of ``dtype`` after ``grads`` (one float each) through ``optimizer``
+    ('adam' is MXNet's own); returns the weight and the second moment, as float64."""
+    opt = mx.optimizer.create(optimizer, learning_rate=0.01, multi_precision=multi_precision,
+                              **options)
+    w = nd.array([1.0], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # float16 without multi_precision
+        state = opt.create_state_multi_precision(0, w)
+    for g in grads:
+        opt.update_multi_precision(0, w, nd.array([g], dtype=dtype), state)
+    v = state[1] if not (multi_precision and dtype == 'float16') else state[1][1]
+    return float(w.asscalar()), float(v.asscalar())
+
+
+# (dtype, fused, the gradients, rtol of v against MXNet's Adam, atol of the weight). The
+# big gradient squared overflows the dtype (1000**2 > 65504; 1e20**2 > 3.4e38) while
+# (1 - beta2) * g * g does not. float16 without multi_precision: MXNet's half_t
+# arithmetic computes in float32 but rounds its beta2 to float16 (0.99902), hence 3e-2 on
+# v. float32: the big one at step 100, where v_hat = v / (1 - beta2**100) fits too.
+HUGE = [('float16', False, [1000.0] + [1.0] * 29, 3e-2, 2e-3),
+        ('float32', True, [1.0] * 99 + [1e20] + [1.0] * 10, 1e-4, 1e-5),
+        ('float32', False, [1.0] * 99 + [1e20] + [1.0] * 10, 1e-4, 1e-5)]
+
+
+@pytest.mark.parametrize('dtype, fused, grads, rtol, atol', HUGE)
+def test_a_huge_finite_gradient_trains_as_mxnet_adam_does(dtype, fused, grads, rtol, atol):
+    mine = replay('myadam', dict(epsilon_mode='hat', fused=fused), dtype, grads)
+    theirs = replay('adam', {}, dtype, grads)
+    assert math.isfinite(theirs[1])
+    np.testing.assert_allclose(mine[1], theirs[1], rtol=rtol)
+    np.testing.assert_allclose(mine[0], theirs[0], rtol=0, atol=atol)
+    before_last = replay('myadam', dict(epsilon_mode='hat', fused=fused), dtype, grads[:-1])
+    assert mine[0] < before_last[0]  # still moving at the last step
+
+
+# (dtype, fused, multi_precision, gradient): the second moment overflows however it is
+# computed: (1e-3 * 1e4) * 1e4 = 1e5 > 65504 stored as float16; (1e-3 * 1e30) * 1e30.
+OVERFLOWS = [('float16', False, False, 1e4), ('float32', True, False, 1e30),
+             ('float32', False, False, 1e30), ('float64', True, False, 1e200)]
+
+
+@pytest.mark.parametrize('dtype, fused, multi_precision, big', OVERFLOWS)
+def test_a_second_moment_that_overflows_anyway_is_loud(dtype, fused, multi_precision, big):
+    opt = MyAdam(learning_rate=0.01, fused=fused, multi_precision=multi_precision)
+    w = nd.array([1.0, 2.0], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        state = opt.create_state_multi_precision(0, w)
+    grad = nd.array([big, 1.0], dtype=dtype)
+    with pytest.warns(RuntimeWarning, match=r"second moment of parameter index 0 overflowed"
+                                            r".* \(1 in a row for this parameter, 1 in all"):
+        opt.update_multi_precision(0, w, grad, state)
+    assert opt.num_skipped == 1
+    raising = MyAdam(learning_rate=0.01, fused=fused, nonfinite='raise')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        state = raising.create_state_multi_precision(0, w)
+    with pytest.raises(FloatingPointError, match='second moment of parameter index 0 '
+                                                 'overflowed to Inf.*was applied'):
+        raising.update_multi_precision(0, w, grad, state)
+
+
+# --- a NaN that persists is heard ----------------------------------------------------------
+
+def dense_net(grad_req):
+    net = gluon.nn.Dense(1, in_units=2, prefix='net_')
+    net.initialize(mx.init.Constant(0.5))
+    if grad_req == 'add':
+        net.collect_params().setattr('grad_req', 'add')
+    return net
+
+
+def train(net, trainer, batches):
+    for x in batches:
+        with mx.autograd.record():
+            loss = net(nd.array(x)).sum()
+        loss.backward()
+        trainer.step(1)
+
+
+def test_a_persistent_nan_is_warned_with_counts_under_the_default_filter():
+    """Python shows a warning once per line: 60 skips in a row must not make one line."""
+    net = dense_net('write')
+    trainer = gluon.Trainer(net.collect_params(), 'myadam',
+                            dict(learning_rate=0.1, max_skips=None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('default')
+        train(net, trainer, [[[np.nan, 1.0]]] * 60)
+    lines = [str(w.message) for w in caught if 'myadam: skipped' in str(w.message)]
+    # two parameters: the weight's gradient is NaN; the bias's is 1 (finite) ...
+    assert [line.split('(')[1].split(' in a row')[0] for line in lines] == [
+        '1', '10', '20', '30', '40', '50', '60']
+    assert all("'net_weight'" in line for line in lines)
+    assert trainer._optimizer.num_skipped == 60
+
+
+@pytest.mark.parametrize('max_skips', [50, 3])
+def test_grad_req_add_with_one_nan_batch_raises_after_max_skips(max_skips):
+    """An accumulated gradient keeps a NaN for good: every later step is skipped, and the
+    max_skips-th skip in a row raises, naming the parameter, before changing anything."""
+    net = dense_net('add')
+    trainer = gluon.Trainer(net.collect_params(), 'myadam',
+                            dict(learning_rate=0.1, max_skips=max_skips))
+    train(net, trainer, [[[1.0, 2.0]]] * 2)
+    weight = net.weight.data().asnumpy().copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        train(net, trainer, [[[np.nan, 1.0]]] + [[[1.0, 2.0]]] * (max_skips - 2))
+        with pytest.raises(FloatingPointError, match=rf"'net_weight' has failed {max_skips} "
+                                                     r"times in a row \(max_skips="):
+            train(net, trainer, [[[1.0, 2.0]]])
+    np.testing.assert_array_equal(net.weight.data().asnumpy(), weight)
+    assert trainer._optimizer.num_skipped == max_skips - 1
+
+
+def test_a_good_step_starts_the_count_again():
+    opt = MyAdam(learning_rate=0.1, max_skips=3)
+    w = nd.array([1.0])
+    state = opt.create_state(0, w)
+    grads = [nd.array([g]) for g in (np.nan, np.nan, 1.0, np.nan, np.nan, 1.0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        for g in grads:
+            opt.update(0, w, g, state)  # never 3 in a row
+    assert opt.num_skipped == 4 and opt._index_update_count[0] == 2
+
+
+# --- per-step values from outside the optimizer are checked before any change --------------
+
+class Returns(mx.lr_scheduler.LRScheduler):
+    """A user's scheduler returning ``value`` from update ``at`` on."""
+
+    def __init__(self, value, at):
+        super().__init__(base_lr=0.1)
+        self.value, self.at = value, at
+
+    def __call__(self, num_update):
+        return self.value if num_update >= self.at else self.base_lr
+
+
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('value', [np.nan, -0.1, np.inf])
+def test_a_bad_rate_from_the_scheduler_is_refused_naming_it(value, fused):
+    params = two_params()
+    trainer = gluon.Trainer(params, 'myadam', dict(lr_scheduler=Returns(value, 3), fused=fused))
+    step(trainer, params, GOOD_W)
+    step(trainer, params, GOOD_W)
+    before = snapshot(trainer, params)
+    with pytest.raises(ValueError, match=rf"Invalid learning rate {value!r} at update 3 .*"
+                                         r"from lr_scheduler Returns"):
+        step(trainer, params, GOOD_W)
+    after = snapshot(trainer, params)
+    for index in (0, 1):
+        assert_unchanged(before, after, index)
+    assert trainer._optimizer.num_update == 2
+
+
+# 1 / batch_size: 1e45 and 1e39 are Inf in float32, 1e320 in float64 (and in Python)
+@pytest.mark.parametrize('batch_size, dtype', [(1e-45, 'float32'), (1e-39, 'float32'),
+                                               (1e-320, 'float64')])
+def test_a_bad_rescale_grad_from_trainer_step_is_refused_naming_it(batch_size, dtype):
+    w = gluon.Parameter('w', shape=(2,), dtype=dtype)
+    w.initialize(mx.init.One())
+    trainer = gluon.Trainer([w], 'myadam', {'learning_rate': 0.1})
+    w.grad()[:] = 1.0
+    w.data()._fresh_grad = True
+    with pytest.raises(ValueError, match=r"Invalid rescale_grad: .* at update 1 .*"
+                                         r"Trainer.step\(batch_size\)"):
+        trainer.step(batch_size)
+    np.testing.assert_array_equal(w.data().asnumpy(), [1.0, 1.0])
+    assert trainer._optimizer._index_update_count == {}

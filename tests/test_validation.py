@@ -49,6 +49,10 @@ BAD = [
     (dict(epsilon_mode='middle'), 'epsilon_mode'),
     (dict(epsilon_mode=None), 'epsilon_mode'),
     (dict(nonfinite='ignore'), 'nonfinite'),
+    (dict(max_skips=0), 'max_skips'),
+    (dict(max_skips=2.5), 'max_skips'),
+    (dict(max_skips='50'), 'max_skips'),
+    (dict(max_skips=True), 'max_skips'),
     # flags: bool('no') is True, so a string from a config file would turn the option on
     (dict(amsgrad='no'), 'amsgrad'),
     (dict(amsgrad=2), 'amsgrad'),
@@ -148,7 +152,7 @@ def test_set_learning_rate_refuses_and_keeps_the_old_rate(lr):
 
 HYPER = dict(learning_rate=0.02, beta1=0.8, beta2=0.95, epsilon=1e-4, epsilon_mode='inside',
              amsgrad=True, yogi=True, decoupled_wd=True, lazy_update=False, nonfinite='raise',
-             wd=0.1, rescale_grad=0.5, clip_gradient=2.0, multi_precision=True,
+             wd=0.1, rescale_grad=0.5, clip_gradient=2.0, multi_precision=True, max_skips=7,
              lr_scheduler=mx.lr_scheduler.FactorScheduler(step=3, factor=0.5, base_lr=0.02))
 
 
@@ -158,7 +162,7 @@ def test_pickle_keeps_every_hyperparameter_and_the_behaviour():
     assert type(clone) is MyAdam
     for attr in ('lr', 'beta1', 'beta2', 'epsilon', 'epsilon_mode', 'amsgrad', 'yogi',
                  'decoupled_wd', 'lazy_update', 'nonfinite', 'wd', 'rescale_grad', 'clip_gradient',
-                 'multi_precision', 'num_skipped'):
+                 'multi_precision', 'num_skipped', 'max_skips'):
         assert getattr(clone, attr) == getattr(opt, attr), attr
     assert clone.lr_scheduler.base_lr == opt.lr_scheduler.base_lr
     weights = []

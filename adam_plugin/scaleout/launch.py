@@ -2,7 +2,8 @@
 
 ::
 
-    python -m adam_plugin.scaleout.launch -n WORKERS [-s SERVERS] [--timeout SECONDS] -- COMMAND ...
+    python -m adam_plugin.scaleout.launch -n WORKERS [-s SERVERS] [--timeout SECONDS]
+        [--idle-timeout SECONDS] -- COMMAND ...
 
 starts one ps-lite scheduler, ``SERVERS`` servers and ``WORKERS`` copies of
 ``COMMAND`` on 127.0.0.1 (loopback, a free port), with the ``DMLC_*`` variables
@@ -11,8 +12,28 @@ MXNet reads. Each line a worker prints is prefixed with ``[worker RANK]``,
 ``i`` is given the ``i``-th smallest of the free ports picked (``PORT``). The
 exit status is the first non-zero one among the workers (a server or the
 scheduler failing also fails the job); on that failure, on the timeout (status
-124) or on Ctrl-C / SIGTERM (status 130 / 143) every process started is ended,
-with its whole process group, so nothing is left behind.
+124), when the job looks hung (status 124, see below) or on Ctrl-C / SIGTERM /
+SIGHUP (status 130 / 143 / 129) every process started is ended, with its whole
+process group, so nothing is left behind. A SIGKILLed launcher cannot do that
+itself: a watchdog process (:data:`WATCHDOG_CODE`), which the launcher tells the
+process group of everything it starts, ends them when the launcher's end of its
+pipe closes without a word.
+
+A Python worker (``COMMAND`` is a Python interpreter running a script, ``-m
+MODULE`` or ``-c CODE``) is started through :data:`WORKER_CODE`, which makes a
+failure end that worker at once, before the script's first line runs: an uncaught
+exception (:func:`adam_plugin.distributed.exit_on_uncaught_exception`) or a
+``sys.exit`` with a non-zero status ends the process with ``os._exit``, skipping
+the interpreter's shutdown, where ps-lite would wait for the other workers
+forever. (``atexit`` handlers do not run then.) Other commands run as given.
+
+A job looks hung when, for ``--idle-timeout`` seconds (default
+:data:`IDLE_TIMEOUT`), its workers together used less than :data:`IDLE_CPU` of a
+second of CPU: a worker stuck in a wait, and peers waiting for it in a push or
+pull, use none. A heartbeat the user has to call was the alternative; the CPU
+clock needs no change to the script and no default deadline that a long job
+would run into. A job whose workers all wait on something slow (a download) for
+that long should raise the value, or turn it off with ``--idle-timeout 0``.
 
 MXNet's own ``tools/launch.py --launcher local`` was found to hang on the
 development machine; this is the same idea with nothing but the standard library.
@@ -75,8 +96,78 @@ if lib.MXKVStoreCreate(b'dist', ctypes.byref(kvstore)) or lib.MXKVStoreRunServer
              + lib.MXGetLastError().decode('utf-8', 'replace'))
 """
 
+#: What a Python worker runs, as ``python [OPTIONS] -c WORKER_CODE DISTRIBUTED MODE
+#: TARGET ARGS...``: ``DISTRIBUTED`` is the path of ``adam_plugin/distributed.py`` (loaded
+#: alone: importing the package would import MXNet before the script asks for it);
+#: ``MODE`` ``-c``, ``-m`` or ``script``; ``TARGET`` the code, module or path. The script
+#: then runs as ``__main__`` with the ``sys.argv`` and ``sys.path[0]`` Python gives it.
+WORKER_CODE = """\
+import importlib.util, os, runpy, sys
+_distributed, _mode, _target, *_args = sys.argv[1:]
+_spec = importlib.util.spec_from_file_location('adam_plugin_distributed', _distributed)
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+_module.exit_on_uncaught_exception()
+try:
+    if _mode == '-c':
+        sys.argv = ['-c', *_args]
+        exec(compile(_target, '<string>', 'exec'), vars(sys.modules['__main__']))
+    elif _mode == '-m':
+        sys.argv = [_target, *_args]
+        if not sys.flags.safe_path:
+            sys.path[0] = os.getcwd()
+        runpy.run_module(_target, run_name='__main__', alter_sys=True)
+    else:
+        sys.argv = [_target, *_args]
+        if not sys.flags.safe_path:
+            sys.path[0] = os.path.dirname(os.path.realpath(_target))
+        runpy.run_path(_target, run_name='__main__')
+except SystemExit as _exit:
+    if _exit.code is None or _exit.code == 0:
+        raise
+    if not isinstance(_exit.code, int):
+        print(_exit.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit.code if isinstance(_exit.code, int) else 1)
+"""
+
+#: What the watchdog runs, as ``python -c WATCHDOG_CODE GRACE``, in a session of its own:
+#: it reads the launcher's pipe, a process group id per line, until ``done``. If the pipe
+#: closes first (the launcher died, even by SIGKILL), it ends those groups: SIGTERM, then
+#: SIGKILL after GRACE seconds.
+WATCHDOG_CODE = """\
+import os, signal, sys, time
+groups = []
+for line in sys.stdin:
+    if line.strip() == 'done':
+        sys.exit(0)
+    groups.append(int(line))
+def signal_all(signum):
+    alive = []
+    for group in groups:
+        try:
+            os.killpg(group, signum)
+            alive.append(group)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return alive
+deadline = time.monotonic() + float(sys.argv[1])
+while signal_all(signal.SIGTERM) and time.monotonic() < deadline:
+    time.sleep(0.1)
+signal_all(signal.SIGKILL)
+"""
+
 #: Seconds each process gets to exit after SIGTERM before SIGKILL.
 GRACE = 5.0
+#: Default ``--idle-timeout``: seconds of (almost) no CPU used by all workers together
+#: after which the job is ended as hung. Long enough for any wait a healthy job makes
+#: between its steps (a checkpoint written, an evaluation on one worker while the others
+#: wait in a barrier use CPU; a collective wait for a slow peer is counted as hung only
+#: if the peer is idle too).
+IDLE_TIMEOUT = 300.0
+#: CPU seconds all workers together must use in ``--idle-timeout`` not to look hung.
+IDLE_CPU = 0.1
 #: Seconds servers and the scheduler get to stop by themselves after the last worker
 #: exits 0; then they are ended (workers that never opened a dist KVStore leave them waiting).
 SERVER_EXIT_WAIT = 10.0
@@ -115,14 +206,70 @@ def dmlc_env(role, num_workers, num_servers, root_port, port=None):
     return env
 
 
+def python_worker(command):
+    """``command`` started through :data:`WORKER_CODE` if it runs Python code (a script,
+    ``-m MODULE`` or ``-c CODE``, after any interpreter options), else ``command``."""
+    if not os.path.basename(command[0]).startswith('python'):
+        return command
+    i = 1
+    while i < len(command) and command[i].startswith('-') and command[i] not in ('-c', '-m'):
+        i += 2 if command[i] in ('-W', '-X') else 1  # options that take the next argument
+    if i >= len(command) or command[i] == '-':
+        return command  # the interactive interpreter, or code from stdin
+    distributed = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               'distributed.py')
+    if command[i] in ('-c', '-m'):
+        if i + 1 >= len(command):
+            return command  # Python itself reports the missing argument
+        mode, rest = command[i], command[i + 1:]
+    else:
+        mode, rest = 'script', command[i:]
+    return [*command[:i], '-c', WORKER_CODE, distributed, mode, *rest]
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system) process ``pid`` has used, or 0 if it is gone."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+class _Watchdog:
+    """The process that ends the job's process groups if the launcher dies (see
+    :data:`WATCHDOG_CODE`)."""
+
+    def __init__(self):
+        self.popen = subprocess.Popen([sys.executable, '-c', WATCHDOG_CODE, str(GRACE)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True,
+                                      text=True)
+
+    def watch(self, group):
+        self.popen.stdin.write(f'{group}\n')
+        self.popen.stdin.flush()
+
+    def stand_down(self):
+        """The job has ended; the watchdog exits."""
+        try:
+            self.popen.stdin.write('done\n')
+            self.popen.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.popen.wait()
+
+
 class _Process:
     """One started process, in its own process group, its output relayed with a prefix."""
 
-    def __init__(self, name, argv, env):
+    def __init__(self, name, argv, env, watchdog):
         self.name = name
         self.popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       start_new_session=True)
+        watchdog.watch(self.popen.pid)
         self.relays = [threading.Thread(target=_relay, args=(pipe, f'[{name}] ', sink),
                                         daemon=True)
                        for pipe, sink in ((self.popen.stdout, sys.stdout),
@@ -172,16 +319,25 @@ def _say(message):
     print(f'adam_plugin.scaleout.launch: {message}', file=sys.stderr, flush=True)
 
 
-def _supervise(workers, others, timeout):
+def _supervise(workers, others, timeout, idle_timeout):
     """Wait for the job; return its exit status."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    idle_since, cpu = time.monotonic(), None
     while not all(proc.status() == 0 for proc in workers):
         for proc in workers + others:
             if proc.status():
                 _say(f'{proc.name} exited with status {proc.status()}; ending the job')
                 return proc.status()
-        if deadline is not None and time.monotonic() > deadline:
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
             _say(f'timed out after {timeout:g} s; ending the job')
+            return 124
+        used = sum(cpu_seconds(proc.popen.pid) for proc in workers)
+        if cpu is None or used - cpu >= IDLE_CPU:
+            idle_since, cpu = now, used
+        elif idle_timeout and now - idle_since > idle_timeout:
+            _say(f'the workers used {used - cpu:.2f} s of CPU in the last {idle_timeout:g} s: '
+                 'the job looks hung (--idle-timeout); ending the job')
             return 124
         time.sleep(0.05)
     # The servers and the scheduler stop by themselves once the workers' KVStores close.
@@ -194,7 +350,7 @@ def _supervise(workers, others, timeout):
     return 1 if failed else 0
 
 
-def launch(command, num_workers, num_servers=1, timeout=None):
+def launch(command, num_workers, num_servers=1, timeout=None, idle_timeout=IDLE_TIMEOUT):
     """Run ``command`` as ``num_workers`` workers with ``num_servers`` servers; return the status.
 
     Parameters
@@ -205,11 +361,15 @@ def launch(command, num_workers, num_servers=1, timeout=None):
         At least 1 each.
     timeout : float, optional
         Seconds before the whole job is ended (status 124).
+    idle_timeout : float, default IDLE_TIMEOUT
+        Seconds during which the workers using (almost) no CPU ends the job as hung
+        (status 124); 0 or None: never.
 
     Raises
     ------
     ValueError
-        If ``command`` is empty, or a count or ``timeout`` is not positive.
+        If ``command`` is empty, or a count or ``timeout`` is not positive, or
+        ``idle_timeout`` is negative.
     """
     if not command:
         raise ValueError('Invalid command: empty (expected the worker program after --)')
@@ -218,26 +378,35 @@ def launch(command, num_workers, num_servers=1, timeout=None):
             raise ValueError(f'Invalid {name}: {value!r} (expected an integer >= 1)')
     if timeout is not None and not timeout > 0:
         raise ValueError(f'Invalid timeout: {timeout!r} (expected seconds > 0)')
+    if idle_timeout is not None and not idle_timeout >= 0:
+        raise ValueError(f'Invalid idle_timeout: {idle_timeout!r} (expected seconds >= 0; '
+                         '0: never)')
     root_port, *worker_ports = free_ports(1 + num_workers)
     started = []
-
-    def start(name, argv, role, port=None):
-        started.append(_Process(name, argv, dmlc_env(role, num_workers, num_servers,
-                                                     root_port, port)))
-        return started[-1]
 
     def terminate(signum, frame):
         raise KeyboardInterrupt(signum)
 
+    # SIGHUP: the terminal or ssh session closed. The children, in sessions of their
+    # own, do not get it; the launcher ends them as on SIGTERM.
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
+                signal.SIGHUP: signal.signal(signal.SIGHUP, terminate),
                 signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    watchdog = None
     try:
+        watchdog = _Watchdog()
+
+        def start(name, argv, role, port=None):
+            started.append(_Process(name, argv, dmlc_env(role, num_workers, num_servers,
+                                                         root_port, port), watchdog))
+            return started[-1]
+
         others = [start('scheduler', [sys.executable, '-c', SCHEDULER_CODE], 'scheduler')]
         others += [start(f'server {i}', [sys.executable, '-c', SERVER_CODE], 'server')
                    for i in range(num_servers)]
-        workers = [start(f'worker {rank}', list(command), 'worker', port)
+        workers = [start(f'worker {rank}', python_worker(list(command)), 'worker', port)
                    for rank, port in enumerate(worker_ports)]
-        status = _supervise(workers, others, timeout)
+        status = _supervise(workers, others, timeout, idle_timeout)
     except KeyboardInterrupt as interrupt:
         status = 128 + (interrupt.args[0] if interrupt.args else signal.SIGINT)
         _say('interrupted; ending the job')
@@ -245,6 +414,8 @@ def launch(command, num_workers, num_servers=1, timeout=None):
         for signum in previous:  # a second Ctrl-C must not cut the clean-up short
             signal.signal(signum, signal.SIG_IGN)
         _end(started)
+        if watchdog is not None:
+            watchdog.stand_down()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return status
@@ -259,12 +430,17 @@ def main(argv=None):
                         help='server count (default 1)')
     parser.add_argument('--timeout', type=float, default=None,
                         help='seconds before the job is ended with status 124 (default: none)')
+    parser.add_argument('--idle-timeout', type=float, default=IDLE_TIMEOUT,
+                        help='seconds of (almost) no CPU used by the workers after which the '
+                             f'job is ended as hung, status 124 (default {IDLE_TIMEOUT:g}; '
+                             '0: never)')
     parser.add_argument('command', nargs=argparse.REMAINDER,
                         help='-- then the worker command')
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ['--'] else args.command
     try:
-        return launch(command, args.num_workers, args.num_servers, args.timeout)
+        return launch(command, args.num_workers, args.num_servers, args.timeout,
+                      args.idle_timeout)
     except ValueError as err:
         parser.error(str(err))
 
