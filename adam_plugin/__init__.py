@@ -5,6 +5,7 @@
 Only the optimizer is imported here: a distributed-KVStore server imports this
 package while ``mxnet`` itself is still initialising.
 """
+from . import _mxnet  # first: a clear ImportError without a supported MXNet
 from .optimizer import MyAdam
 
 __all__ = ['MyAdam']
