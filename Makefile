@@ -93,15 +93,22 @@ $(STAMP): $(SOURCES) | $(BIN)/python
 # `make matrix`: for each MXNet release in MATRIX, a venv (.venv-mxnet-VERSION) with that
 # release, the wheel `make test` built and its extras, pinned as for make test except MXNet;
 # then the quick tier there, one release after another. pip's cache is shared by all of them.
-# 1.6.0 is the oldest release whose wheel installs and runs on Python 3.11 with numpy 1.23.5.
-MATRIX := 1.9.1 1.8.0.post0 1.7.0.post2 1.6.0
+# TOO_OLD: releases that install on Python 3.11 with numpy 1.23.5 but that adam_plugin does
+# not support (adam_plugin/_mxnet.py says why); there `import adam_plugin` must say so.
+MATRIX  := 1.9.1 1.8.0.post0 1.7.0.post2
+TOO_OLD := 1.6.0
 
-matrix: $(foreach v,$(MATRIX),.venv-mxnet-$(v)/.quick)
+matrix: $(foreach v,$(MATRIX),.venv-mxnet-$(v)/.quick) $(foreach v,$(TOO_OLD),.venv-mxnet-$(v)/.refused)
+
+# Kept between runs (make would delete them as the intermediate files of pattern rules).
+.PRECIOUS: %/bin/python .venv-mxnet-%/.installed .venv-mxnet-%/.bare
+
+# pip install into the target's venv, with requirements.txt's pins but MXNet's as constraints.
+MATRIX_PIP = grep -v '^mxnet==' requirements.txt > $(@D)/constraints.txt && \
+  $(@D)/bin/python -m pip install --quiet -c $(@D)/constraints.txt
 
 .venv-mxnet-%/.installed: $(STAMP) | .venv-mxnet-%/bin/python
-	grep -v '^mxnet==' requirements.txt > $(@D)/constraints.txt
-	$(@D)/bin/python -m pip install --quiet -c $(@D)/constraints.txt mxnet==$* \
-	  "$$(ls $(WHEELS)/*.whl)[chapter,test]"
+	$(MATRIX_PIP) mxnet==$* "$$(ls $(WHEELS)/*.whl)[chapter,test]"
 	$(@D)/bin/python -m pip install --quiet --no-deps --force-reinstall $(WHEELS)/*.whl
 	touch $@
 
@@ -109,6 +116,17 @@ matrix: $(foreach v,$(MATRIX),.venv-mxnet-$(v)/.quick)
 	@echo "== the quick tier with mxnet $*"
 	ADAM_PLUGIN_TEST_INSTALLED=1 PYTHONSAFEPATH=1 $(@D)/bin/python -m pytest -n 2 --dist loadgroup \
 	  -m "not slow" -p no:cacheprovider
+
+# Only MXNet and the wheel (numpy pinned) for a release in TOO_OLD.
+.venv-mxnet-%/.bare: $(STAMP) | .venv-mxnet-%/bin/python
+	$(MATRIX_PIP) mxnet==$* numpy
+	$(@D)/bin/python -m pip install --quiet --no-deps --force-reinstall $(WHEELS)/*.whl
+	touch $@
+
+.venv-mxnet-%/.refused: .venv-mxnet-%/.bare
+	@echo "== import adam_plugin with mxnet $*: refused, naming the found and needed versions"
+	! PYTHONSAFEPATH=1 $(@D)/bin/python -c 'import adam_plugin' 2>$(@D)/import.err
+	grep 'ImportError: adam_plugin needs MXNet >=.* but found MXNet $*' $(@D)/import.err
 
 # Horovod for tests/test_horovod.py: built from source against the venv's MXNet, CPU over
 # Gloo, no MPI. CMAKE_POLICY_VERSION_MINIMUM lets a cmake 4 configure Horovod's bundled gloo

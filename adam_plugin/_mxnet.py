@@ -8,8 +8,10 @@ else, also in a distributed-KVStore server's half-initialised ``import mxnet``.
 """
 import re
 
-# The releases tests/ passes on (`make matrix`); MXNet 2 changed the optimizer API.
-OLDEST = (1, 6, 0)
+# The releases the tests pass on (`make matrix`: 1.7.0.post2, 1.8.0.post0, 1.9.1). 1.6.0 keeps
+# mxnet.kvstore in one module, not the package deferred.py imports from; MXNet 2 changed the
+# optimizer API.
+OLDEST = (1, 7, 0)
 BEFORE = (2,)
 
 PROVIDERS = ('mxnet (CPU), mxnet-cu102 ... mxnet-cu117 (CUDA builds), mxnet-mkl, '
@@ -20,10 +22,11 @@ def require(version):
     """Raise ``ImportError`` unless ``version`` (MXNet's ``"1.9.1"``) is a supported release."""
     numbers = tuple(int(n) for n in re.findall(r'\d+', version)[:3])
     if not OLDEST <= numbers < BEFORE:
+        needed = f">={'.'.join(map(str, OLDEST))},<{BEFORE[0]}"
         raise ImportError(
-            f"adam_plugin needs MXNet >={'.'.join(map(str, OLDEST))},<{BEFORE[0]} "
-            f"but found MXNet {version}. Install a supported build of your choice, "
-            f"e.g. pip install 'mxnet>=1.6,<2' (or mxnet-cu112 etc. for a GPU).")
+            f"adam_plugin needs MXNet {needed} but found MXNet {version}. Install a "
+            f"supported build of your choice, e.g. pip install 'mxnet{needed}' (CPU) or "
+            f"'mxnet-cu112{needed}' (CUDA 11.2).")
 
 
 try:

@@ -167,9 +167,10 @@ IMPORT_ERRORS = [
      ["ImportError: adam_plugin needs MXNet 1.x", "no module named 'mxnet'", 'mxnet (CPU)',
       'mxnet-cu102 ... mxnet-cu117', 'mxnet-mkl', 'mxnet-native', 'pip install mxnet==1.9.1']),
     ('mxnet 1.5.1', 'from . import libinfo\n', '1.5.1',
-     ['ImportError: adam_plugin needs MXNet >=1.6.0,<2 but found MXNet 1.5.1']),
+     ['ImportError: adam_plugin needs MXNet >=1.7.0,<2 but found MXNet 1.5.1',
+      "pip install 'mxnet>=1.7.0,<2'"]),
     ('mxnet 2.0.0.beta1', 'from . import libinfo\n', '2.0.0.beta1',
-     ['ImportError: adam_plugin needs MXNet >=1.6.0,<2 but found MXNet 2.0.0.beta1']),
+     ['ImportError: adam_plugin needs MXNet >=1.7.0,<2 but found MXNet 2.0.0.beta1']),
     # An MXNet that fails to import for a reason of its own keeps its own error.
     ('a broken mxnet', 'import a_library_mxnet_lacks\n', '1.9.1',
      ["ModuleNotFoundError: No module named 'a_library_mxnet_lacks'"]),
@@ -192,12 +193,12 @@ def test_import_without_a_supported_mxnet_says_what_to_install(tmp_path, init, v
     assert [e for e in expected if e not in last] == [], child.stderr
 
 
-@pytest.mark.parametrize('version', ['1.6.0', '1.7.0', '1.8.0', '1.9.1', '1.9.2.dev0'])
+@pytest.mark.parametrize('version', ['1.7.0', '1.8.0', '1.9.1', '1.9.2.dev0'])
 def test_the_supported_releases_pass_the_check(version):
     _mxnet.require(version)
 
 
-@pytest.mark.parametrize('version', ['0.12.1', '1.5.1', '1.5.99', '2.0.0', '2.1.0'])
+@pytest.mark.parametrize('version', ['0.12.1', '1.5.1', '1.6.0', '1.6.99', '2.0.0', '2.1.0'])
 def test_other_releases_fail_the_check(version):
     with pytest.raises(ImportError, match=f'found MXNet {re.escape(version)}'):
         _mxnet.require(version)
