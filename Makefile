@@ -4,10 +4,10 @@
 #              tiny benchmark).
 # `make quick`: the same without the tests marked slow (pytest -m "not slow"), under a minute.
 # `make failfast`: each failing-KVStore-job test 20 times (make test runs them 5 times).
-# `make mutants`: mutation testing of the optimizer library with mutmut (slow; see below).
-# `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
 # `make matrix`: the quick tier against each MXNet release in MATRIX, one venv each (.ci/run runs it
 #              after make test).
+# `make mutants`: mutation testing of the optimizer library with mutmut (slow; see below).
+# `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
 #
 # Two virtual environments, their versions pinned by requirements.txt (used as constraints, so
 # a dependency the package forgets to declare in pyproject.toml is missing there too):
@@ -39,7 +39,7 @@ SOURCES  := $(BUILD) README.md $(wildcard adam_plugin/*.py adam_plugin/*/*.py)
 HOROVOD  := $(VENV)/.horovod
 TEST_DEPS := $(STAMP) $(HOROVOD)
 
-.PHONY: demo test quick failfast notebooks clean objdump mutants matrix
+.PHONY: demo test quick failfast notebooks clean objdump mutants
 
 demo: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m adam_plugin linreg --plot docs/loss.png
@@ -98,6 +98,7 @@ $(STAMP): $(SOURCES) | $(BIN)/python
 MATRIX  := 1.9.1 1.8.0.post0 1.7.0.post2
 TOO_OLD := 1.6.0
 
+.PHONY: matrix
 matrix: $(foreach v,$(MATRIX),.venv-mxnet-$(v)/.quick) $(foreach v,$(TOO_OLD),.venv-mxnet-$(v)/.refused)
 
 # Kept between runs (make would delete them as the intermediate files of pattern rules).
