@@ -65,11 +65,11 @@ objdump:
 	@command -v objdump >/dev/null || { \
 	  echo "error: the tests need objdump, from binutils (Debian/Ubuntu: apt-get install binutils)." >&2; exit 1; }
 
-# A venv of $(PYTHON), if it is a Python mxnet 1.9.1 runs on.
+# A venv of $(PYTHON), if it is the Python adam_plugin supports (requires-python, pyproject.toml).
 %/bin/python:
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] > (3, 11))' || { \
-	  echo "error: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); mxnet 1.9.1 needs numpy<1.24, which has no wheels past Python 3.11." >&2; \
-	  echo "       Run with a Python 3.11 or older: make PYTHON=python3.11 ..." >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	  echo "error: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); adam_plugin needs Python 3.11: MXNet 1.x needs numpy<1.24, which has no wheels past 3.11, and adam_plugin.checkpoint needs 3.11's object.__getstate__." >&2; \
+	  echo "       Run with a Python 3.11: make PYTHON=python3.11 ..." >&2; exit 1; }
 	$(PYTHON) -m venv $*
 	$*/bin/python -m pip install --quiet --upgrade pip
 
