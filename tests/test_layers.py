@@ -18,6 +18,14 @@ from test_mxnet_adam import ATOL, RTOL
 CONTEXTS = [mx.cpu(0), mx.cpu(1)]
 STEPS, BATCH = 4, 8
 
+# Seen with `make matrix`: under MXNet 1.7.0.post2, BatchNorm's running mean over these two
+# contexts differs from one process to the next (by 2e-3, MXNet's 'adam' against itself too);
+# 1.8.0.post0 and 1.9.1 repeat it exactly.
+needs_mxnet_1_8 = pytest.mark.skipif(
+    tuple(map(int, mx.__version__.split('.')[:2])) < (1, 8),
+    reason=f"needs MXNet >= 1.8: MXNet {mx.__version__}'s BatchNorm running statistics over "
+           f"two CPU contexts are not reproducible from run to run, even for its own 'adam'")
+
 
 class Net(gluon.HybridBlock):
     def __init__(self, **kwargs):
@@ -72,6 +80,7 @@ def train(optimizer, options, update_on_kvstore):
         name[len('net_'):] for name, param in params.items() if param.grad_req == 'null'}
 
 
+@needs_mxnet_1_8
 @pytest.mark.parametrize('update_on_kvstore', [True, False])
 def test_real_layers_train_as_mxnet_adam(update_on_kvstore):
     start, adam, frozen = train('adam', {}, update_on_kvstore)

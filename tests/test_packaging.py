@@ -7,11 +7,15 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tarfile
+import urllib.parse
+import urllib.request
+import zipfile
 
 import pytest
 
 import adam_plugin
-from adam_plugin import fused
+from adam_plugin import _mxnet, fused
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -33,6 +37,58 @@ def test_the_suite_imports_the_installed_wheel():
     assert pathlib.Path(child.stdout.strip()).resolve() == here
     origin = json.loads(importlib.metadata.distribution('adam_plugin').read_text('direct_url.json'))
     assert origin['url'].endswith('.whl'), origin  # pip's record: installed from a wheel file
+
+
+def installed_wheel():
+    """The wheel file pip installed adam_plugin from (its record, direct_url.json)."""
+    origin = json.loads(importlib.metadata.distribution('adam_plugin').read_text('direct_url.json'))
+    return pathlib.Path(urllib.request.url2pathname(urllib.parse.urlparse(origin['url']).path))
+
+
+@installed_only
+def test_the_wheel_is_manylinux_and_auditwheel_accepts_it():
+    """Tagged with the most compatible manylinux tag its kernel allows, as `auditwheel show` finds it."""
+    wheel = installed_wheel()
+    platforms = wheel.stem.split('-')[-1].split('.')  # name-version-py3-none-PLATFORM[.PLATFORM]
+    assert platforms and all(re.fullmatch(r'manylinux_\d+_\d+_x86_64|manylinux\d+_x86_64', p)
+                             for p in platforms), wheel.name
+    auditwheel = os.path.join(os.path.dirname(sys.executable), 'auditwheel')
+    show = subprocess.run([auditwheel, 'show', str(wheel)], capture_output=True, text=True)
+    assert show.returncode == 0, show.stdout + show.stderr
+    found = re.search(r'consistent\s+with\s+the\s+following\s+platform\s+tag:\s+"([\w.]+)"',
+                      show.stdout)
+    assert found and found.group(1) in platforms, show.stdout
+    tags = importlib.metadata.distribution('adam_plugin').read_text('WHEEL').splitlines()
+    assert sorted(t for t in tags if t.startswith('Tag:')) == sorted(
+        f'Tag: py3-none-{p}' for p in platforms)
+
+
+@installed_only
+def test_the_wheel_requires_no_mxnet():
+    """Its METADATA: pip must not put the CPU mxnet over the user's GPU (or other) build."""
+    with zipfile.ZipFile(installed_wheel()) as wheel:
+        metadata = next(wheel.read(n).decode() for n in wheel.namelist()
+                        if n.endswith('.dist-info/METADATA'))
+    requires = [line for line in metadata.splitlines() if line.startswith('Requires-Dist:')]
+    assert any(line.startswith('Requires-Dist: numpy') for line in requires), requires
+    assert not [line for line in requires if re.match(r'Requires-Dist: mxnet\b', line)]
+
+
+@installed_only
+@pytest.mark.slow
+def test_installing_the_sdist_compiles_the_kernel(tmp_path):
+    """The sdist `make test` built beside the wheel: the kernel's source, no binary; pip compiles it."""
+    (sdist,) = installed_wheel().parent.glob('adam_plugin-*.tar.gz')
+    with tarfile.open(sdist) as archive:
+        names = archive.getnames()
+    assert any(n.endswith('/adam_plugin/_kernel.cpp') for n in names), names
+    assert not [n for n in names if n.endswith('.so')]
+    install = subprocess.run(
+        [sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps', '--no-build-isolation',
+         '--target', str(tmp_path / 'site'), str(sdist)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    kernel = fused.load(str(tmp_path / 'site' / 'adam_plugin' / 'libadam_kernel.so'))
+    assert kernel is not None and kernel.variants().decode().split() == ['avx512f', 'avx2', 'baseline']
 
 
 @installed_only
@@ -80,8 +136,72 @@ def test_matplotlib_and_tqdm_are_the_chapter_extra():
     requires = importlib.metadata.requires('adam_plugin')
     plain = {re.split('[<>=; ]', r)[0] for r in requires if 'extra ==' not in r}
     chapter = {re.split('[<>=; ]', r)[0] for r in requires if 'extra == "chapter"' in r}
-    assert plain == {'mxnet', 'numpy'}
+    assert plain == {'numpy'}  # no mxnet: users install the MXNet build of their choice
     assert chapter == {'matplotlib', 'tqdm'}
+
+
+# --- MXNet, checked at import (the metadata names none) ----------------------------------------
+
+def fake_mxnet(folder, init, version):
+    """A package ``mxnet`` in ``folder``: ``__init__.py`` runs ``init``; ``libinfo`` says ``version``."""
+    (folder / 'mxnet').mkdir()
+    (folder / 'mxnet' / '__init__.py').write_text(init)
+    (folder / 'mxnet' / 'libinfo.py').write_text(f'__version__ = {version!r}\n')
+    return folder
+
+
+NO_MXNET = '''
+import sys
+
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition('.')[0] == 'mxnet':
+            raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+
+sys.meta_path.insert(0, Blocked())
+'''
+
+# (what the Python finds, its mxnet's __init__ and libinfo version, lines stderr must hold)
+IMPORT_ERRORS = [
+    ('no mxnet', None, None,
+     ["ImportError: adam_plugin needs MXNet 1.x", "no module named 'mxnet'", 'mxnet (CPU)',
+      'mxnet-cu102 ... mxnet-cu117', 'mxnet-mkl', 'mxnet-native', 'pip install mxnet==1.9.1']),
+    ('mxnet 1.5.1', 'from . import libinfo\n', '1.5.1',
+     ['ImportError: adam_plugin needs MXNet >=1.7.0,<2 but found MXNet 1.5.1',
+      "pip install 'mxnet>=1.7.0,<2'"]),
+    ('mxnet 2.0.0.beta1', 'from . import libinfo\n', '2.0.0.beta1',
+     ['ImportError: adam_plugin needs MXNet >=1.7.0,<2 but found MXNet 2.0.0.beta1']),
+    # An MXNet that fails to import for a reason of its own keeps its own error.
+    ('a broken mxnet', 'import a_library_mxnet_lacks\n', '1.9.1',
+     ["ModuleNotFoundError: No module named 'a_library_mxnet_lacks'"]),
+]
+
+
+@pytest.mark.parametrize('init, version, expected', [row[1:] for row in IMPORT_ERRORS],
+                         ids=[row[0] for row in IMPORT_ERRORS])
+def test_import_without_a_supported_mxnet_says_what_to_install(tmp_path, init, version, expected):
+    env = dict(os.environ)
+    if init is None:
+        code = NO_MXNET + 'import adam_plugin'
+    else:
+        code = 'import adam_plugin'
+        env['PYTHONPATH'] = os.pathsep.join(
+            [str(fake_mxnet(tmp_path, init, version)), env.get('PYTHONPATH', '')])
+    child = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
+    assert child.returncode == 1
+    last = child.stderr.strip().splitlines()[-1]
+    assert [e for e in expected if e not in last] == [], child.stderr
+
+
+@pytest.mark.parametrize('version', ['1.7.0', '1.8.0', '1.9.1', '1.9.2.dev0'])
+def test_the_supported_releases_pass_the_check(version):
+    _mxnet.require(version)
+
+
+@pytest.mark.parametrize('version', ['0.12.1', '1.5.1', '1.6.0', '1.6.99', '2.0.0', '2.1.0'])
+def test_other_releases_fail_the_check(version):
+    with pytest.raises(ImportError, match=f'found MXNet {re.escape(version)}'):
+        _mxnet.require(version)
 
 
 def test_one_version():
