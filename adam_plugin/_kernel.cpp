@@ -141,36 +141,74 @@ void run(int64_t n, const int64_t *sizes, int threads, Body body) {
 }
 
 // Rescale, add coupled L2, clip as mshadow does (NaN passes through).
-template <typename T>
-[[gnu::always_inline]] inline T gradient(T g, T w, T rescale, T wd, T clip) {
+template <typename C>
+[[gnu::always_inline]] inline C gradient(C g, C w, C rescale, C wd, C clip) {
     g = g * rescale;
     if (wd != 0) g = g + wd * w;
     return g > clip ? clip : (g < -clip ? -clip : g);
 }
 
-// The update loop; inlined into each variant's adam (below), which compiles it.
-template <typename T, bool AMSGRAD>
-[[gnu::always_inline]] inline void adam_range(T *__restrict__ w, const T *__restrict__ g,
-                                              T *__restrict__ m, T *__restrict__ v,
-                                              T *__restrict__ vmax, const T *k, int64_t lo,
-                                              int64_t hi) {
-    const T rescale = k[RESCALE], wd = k[WD], clip = k[CLIP];
-    const T beta1 = k[BETA1], one_minus_beta1 = k[ONE_MINUS_BETA1];
-    const T beta2 = k[BETA2], one_minus_beta2 = k[ONE_MINUS_BETA2];
-    const T bc1 = k[BC1], bc2 = k[BC2], eps_inside = k[EPS_INSIDE], eps_outside = k[EPS_OUTSIDE];
-    const T decay = k[DECAY], lr = k[LR];
-    for (int64_t i = lo; i < hi; ++i) {
-        const T gi = gradient(g[i], w[i], rescale, wd, clip);
-        const T mi = beta1 * m[i] + one_minus_beta1 * gi;
-        T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi;
-        if (AMSGRAD) {  // a template argument: the plain loop never touches vmax
-            vi = vmax[i] > vi ? vmax[i] : vi;
-            vmax[i] = vi;
-        }
-        const T u = (mi / bc1) / (std::sqrt(vi / bc2 + eps_inside) + eps_outside);
-        w[i] = w[i] * decay - lr * u;
+// The constants of one step (a row of the table) in the compute type C.
+template <typename C>
+struct Constants {
+    C rescale, wd, clip, beta1, one_minus_beta1, beta2, one_minus_beta2, bc1, bc2;
+    C eps_inside, eps_outside, decay, lr;
+    explicit Constants(const C *k)
+        : rescale(k[RESCALE]), wd(k[WD]), clip(k[CLIP]), beta1(k[BETA1]),
+          one_minus_beta1(k[ONE_MINUS_BETA1]), beta2(k[BETA2]),
+          one_minus_beta2(k[ONE_MINUS_BETA2]), bc1(k[BC1]), bc2(k[BC2]),
+          eps_inside(k[EPS_INSIDE]), eps_outside(k[EPS_OUTSIDE]), decay(k[DECAY]), lr(k[LR]) {}
+};
+
+// The rule on one element, in the compute type C: the one place of the per-element math,
+// used by every loop (float32, float64, float16 with and without a master copy, whole
+// arrays and rows). Updates m, v (and vmax) and returns the new weight.
+template <typename C, bool AMSGRAD>
+[[gnu::always_inline]] inline C adam_element(C w, C g, C &m, C &v, C &vmax,
+                                             const Constants<C> &k) {
+    g = gradient(g, w, k.rescale, k.wd, k.clip);
+    m = k.beta1 * m + k.one_minus_beta1 * g;
+    v = k.beta2 * v + k.one_minus_beta2 * (g * g);
+    C v_used = v;
+    if (AMSGRAD) {  // a template argument: the plain loop never touches vmax
+        vmax = vmax > v ? vmax : v;
+        v_used = vmax;
+    }
+    const C u = (m / k.bc1) / (std::sqrt(v_used / k.bc2 + k.eps_inside) + k.eps_outside);
+    return w * k.decay - k.lr * u;
+}
+
+// The arrays of one stretch of elements: weight and gradient stored as W, the moments
+// (and the float32 master copy of a float16 weight) as S. Null when absent.
+template <typename W, typename S>
+struct Span {
+    W *w;
+    const W *g;
+    S *m, *v, *vmax, *master;
+};
+
+// The update loop over n elements, each read as the compute type C, stepped by
+// adam_element and stored back rounded to its own type; with MASTER the weight is read
+// from the master copy, which receives the new weight, and w its rounding to W.
+// Inlined into each variant's adam (below), which compiles it.
+template <typename W, typename S, typename C, bool AMSGRAD, bool MASTER>
+[[gnu::always_inline]] inline void adam_range(const Span<W, S> &a, const C *table, int64_t n) {
+    const Constants<C> k(table);
+    W *__restrict__ w = a.w;
+    const W *__restrict__ g = a.g;
+    S *__restrict__ m = a.m, *__restrict__ v = a.v, *__restrict__ vmax = a.vmax;
+    S *__restrict__ master = a.master;
+    for (int64_t i = 0; i < n; ++i) {
+        C mi = static_cast<C>(m[i]), vi = static_cast<C>(v[i]);
+        C vmaxi = AMSGRAD ? static_cast<C>(vmax[i]) : C(0);
+        const C wi = adam_element<C, AMSGRAD>(
+            MASTER ? static_cast<C>(master[i]) : static_cast<C>(w[i]), static_cast<C>(g[i]),
+            mi, vi, vmaxi, k);
+        m[i] = static_cast<S>(mi);
+        v[i] = static_cast<S>(vi);
+        if (AMSGRAD) vmax[i] = static_cast<S>(vmaxi);
+        if (MASTER) master[i] = static_cast<S>(wi);
+        w[i] = static_cast<W>(wi);
     }
 }
 
@@ -179,7 +217,9 @@ template <typename T, bool AMSGRAD>
 // integer OR-reduction that vectorises and that no floating-point setting can fold away.
 template <typename Bits>
 [[gnu::always_inline]] inline bool nonfinite_range(const Bits *bits, int64_t lo, int64_t hi) {
-    constexpr Bits exponent = sizeof(Bits) == 4 ? Bits(0x7F800000u) : Bits(0x7FF0000000000000ull);
+    constexpr Bits exponent = sizeof(Bits) == 2   ? Bits(0x7C00u)
+                              : sizeof(Bits) == 4 ? Bits(0x7F800000u)
+                                                  : Bits(0x7FF0000000000000ull);
     Bits any = 0;
     for (int64_t i = lo; i < hi; ++i) any |= (bits[i] & exponent) == exponent;
     return any != 0;
@@ -193,14 +233,18 @@ template <typename Bits>
     struct NAME {                                                                           \
         static constexpr const char *name = #NAME;                                          \
         static bool runs_here() { return RUNS_HERE; }                                       \
-        template <typename T>                                                               \
-        [[gnu::noinline]] TARGET static void adam(T *w, const T *g, T *m, T *v, T *vmax,    \
-                                                  const T *k, int64_t lo, int64_t hi,       \
+        template <typename W, typename S, typename C>                                       \
+        [[gnu::noinline]] TARGET static void adam(const Span<W, S> &a, const C *k, int64_t n,  \
                                                   bool amsgrad) {                           \
-            if (amsgrad)                                                                    \
-                adam_range<T, true>(w, g, m, v, vmax, k, lo, hi);                           \
+            const bool master = a.master != nullptr;                                        \
+            if (amsgrad && master)                                                          \
+                adam_range<W, S, C, true, true>(a, k, n);                                   \
+            else if (amsgrad)                                                               \
+                adam_range<W, S, C, true, false>(a, k, n);                                  \
+            else if (master)                                                                \
+                adam_range<W, S, C, false, true>(a, k, n);                                  \
             else                                                                            \
-                adam_range<T, false>(w, g, m, v, vmax, k, lo, hi);                          \
+                adam_range<W, S, C, false, false>(a, k, n);                                 \
         }                                                                                   \
         template <typename Bits>                                                            \
         [[gnu::noinline]] TARGET static bool nonfinite(const Bits *bits, int64_t lo,        \
@@ -215,8 +259,11 @@ template <typename Bits>
 VARIANT(native, , true)
 using Variants = std::tuple<native>;
 #else
-VARIANT(avx512f, [[gnu::target("avx512f")]], __builtin_cpu_supports("avx512f"))
-VARIANT(avx2, [[gnu::target("avx2")]], __builtin_cpu_supports("avx2"))
+// F16C (float16 <-> float32 conversion in vector registers) came with every AVX2 CPU.
+VARIANT(avx512f, [[gnu::target("avx512f,f16c")]],
+        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("f16c"))
+VARIANT(avx2, [[gnu::target("avx2,f16c")]],
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
 VARIANT(baseline, , true)
 using Variants = std::tuple<avx512f, avx2, baseline>;
 #endif
@@ -256,28 +303,53 @@ int with_variant(F f) {
 using GetData = int (*)(void *handle, void **out);
 GetData get_data = nullptr;
 
-// The data pointers of handles[0 .. count), or an empty vector when MXNet refused one.
+// The data pointers of handles[0 .. count) (null for a null handle), or an empty vector
+// when MXNet refused one.
 std::vector<void *> data_pointers(void *const *handles, int64_t count) {
     std::vector<void *> pointers(count);
     for (int64_t i = 0; i < count; ++i)
-        if (get_data(handles[i], &pointers[i]) != 0) return {};
+        if (handles[i] && get_data(handles[i], &pointers[i]) != 0) return {};
     return pointers;
 }
 
-// handles: `columns` rows of n: w, g, m, v, and vmax (5 columns, needed by amsgrad).
+// The rows of the handles table, each of n handles (a null handle: no such array).
+enum Array { WEIGHT, GRAD, MEAN, VAR, VMAX, MASTER, NUM_ARRAYS };
+
+// One step of n parameters, weights and gradients stored as W, moments as S, computed in
+// C. handles: NUM_ARRAYS rows of n: w, g, m, v, vmax (amsgrad), master (a float16
+// weight's float32 master copy, with S float). rows: n pointers, null for a parameter
+// stepped whole; else its gradient is row_sparse and lazy: g holds its stored rows, one
+// after the other, rows[p] their positions in w (each below w's first dimension:
+// the caller checks), and only those rows of w, m, v, vmax and master are read and
+// written. sizes[p]: the elements stepped (row_length[p] per row present).
 // Returns 0, or -1 (nothing touched) when MXNet could not give a data pointer.
-template <typename T>
-int adam(int64_t n, void *const *handles, int columns, const int64_t *sizes,
-         const int64_t *rows, const T *table, int amsgrad, int threads) {
-    const std::vector<void *> pointers = data_pointers(handles, columns * n);
+template <typename W, typename S, typename C>
+int adam(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *row_length,
+         const int64_t *const *rows, const int64_t *table_rows, const C *table, int amsgrad,
+         int threads) {
+    const std::vector<void *> pointers = data_pointers(handles, NUM_ARRAYS * n);
     if (pointers.empty() && n > 0) return -1;
-    auto column = [&](int c, int64_t p) {
-        return c < columns ? static_cast<T *>(pointers[c * n + p]) : nullptr;
+    // The arrays of parameter p from element `at` on (the gradient's from g_at).
+    auto span = [&](int64_t p, int64_t at, int64_t g_at) {
+        auto from = [&](int array, auto *type, int64_t i) {
+            auto *base = static_cast<decltype(type)>(pointers[array * n + p]);
+            return base ? base + i : nullptr;
+        };
+        return Span<W, S>{from(WEIGHT, (W *)nullptr, at), from(GRAD, (W *)nullptr, g_at),
+                          from(MEAN, (S *)nullptr, at), from(VAR, (S *)nullptr, at),
+                          from(VMAX, (S *)nullptr, at), from(MASTER, (S *)nullptr, at)};
     };
     return with_variant([&](auto variant) {
         run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
-            variant.adam(column(0, p), column(1, p), column(2, p), column(3, p), column(4, p),
-                         table + rows[p] * NUM_CONSTANTS, lo, hi, amsgrad != 0);
+            const C *k = table + table_rows[p] * NUM_CONSTANTS;
+            if (!rows[p]) return variant.adam(span(p, lo, lo), k, hi - lo, amsgrad != 0);
+            const int64_t length = row_length[p];
+            for (int64_t at = lo; at < hi;) {  // at: in the gradient's stored rows
+                const int64_t i = at / length, j = at % length;
+                const int64_t count = std::min(hi - at, length - j);
+                variant.adam(span(p, rows[p][i] * length + j, at), k, count, amsgrad != 0);
+                at += count;
+            }
         });
         return 0;
     });
@@ -347,15 +419,19 @@ int use_variant(const char *name) {
     return 0;
 }
 
-int adam_float32(int64_t n, void *const *handles, int columns, const int64_t *sizes,
-                 const int64_t *rows, const float *table, int amsgrad, int threads) {
-    return adam<float>(n, handles, columns, sizes, rows, table, amsgrad, threads);
-}
-
-int adam_float64(int64_t n, void *const *handles, int columns, const int64_t *sizes,
-                 const int64_t *rows, const double *table, int amsgrad, int threads) {
-    return adam<double>(n, handles, columns, sizes, rows, table, amsgrad, threads);
-}
+// One entry point per storage: float32, float64, float16 computed in float32 and stored
+// in float16, and float16 weights with float32 master copy and moments.
+#define ADAM_ENTRY(NAME, W, S, C)                                                           \
+    int adam_##NAME(int64_t n, void *const *handles, const int64_t *sizes,                 \
+                    const int64_t *row_length, const int64_t *const *rows,                 \
+                    const int64_t *table_rows, const C *table, int amsgrad, int threads) { \
+        return adam<W, S, C>(n, handles, sizes, row_length, rows, table_rows, table,         \
+                             amsgrad, threads);                                             \
+    }
+ADAM_ENTRY(float32, float, float, float)
+ADAM_ENTRY(float64, double, double, double)
+ADAM_ENTRY(float16, _Float16, _Float16, float)
+ADAM_ENTRY(float16_master, _Float16, float, float)
 
 int finite_float32(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
                    int threads) {
@@ -365,6 +441,11 @@ int finite_float32(int64_t n, void *const *handles, const int64_t *sizes, uint8_
 int finite_float64(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
                    int threads) {
     return finite<uint64_t>(n, handles, sizes, finite_out, threads);
+}
+
+int finite_float16(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
+                   int threads) {
+    return finite<uint16_t>(n, handles, sizes, finite_out, threads);
 }
 
 }  // extern "C"

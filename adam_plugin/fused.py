@@ -42,6 +42,24 @@ PARALLEL_MIN = 1 << 20
  _EPS_INSIDE, _EPS_OUTSIDE, _DECAY, _LR, _NUM_CONSTANTS) = range(14)
 
 
+# The kernel's storages: name -> (dtype of the weight, dtype the step is computed in).
+STORAGES = {
+    'float32': (np.dtype(np.float32), np.dtype(np.float32)),
+    'float64': (np.dtype(np.float64), np.dtype(np.float64)),
+    # float16 weights, gradients and moments, each element computed in float32
+    'float16': (np.dtype(np.float16), np.dtype(np.float32)),
+    # float16 weights and gradients, a float32 master copy of the weight and float32 moments
+    'float16_master': (np.dtype(np.float16), np.dtype(np.float32)),
+}
+
+
+def storage(dtype, master):
+    """The kernel's name (a key of :data:`STORAGES`) for weights of ``dtype``, stepped
+    on a float32 master copy or not; None when it has no loop for them."""
+    name = np.dtype(dtype).name + ('_master' if master else '')
+    return name if name in STORAGES else None
+
+
 def _threads():
     """``OMP_NUM_THREADS``, which MXNet's CPU operators obey too (MXNet itself aborts
     on one that is not an integer); else the number of CPUs this process may run on."""
@@ -72,9 +90,10 @@ def load(path=PATH):
     library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, pointer))
     library.variants.restype = library.variant_in_use.restype = name
     library.use_variant.argtypes = library.variant_runs_here.argtypes = [name]
-    for dtype in ('float32', 'float64'):
-        getattr(library, f'adam_{dtype}').argtypes = [
-            count, pointer, flag, pointer, pointer, pointer, flag, flag]
+    for name in STORAGES:
+        getattr(library, f'adam_{name}').argtypes = [
+            count, pointer, pointer, pointer, pointer, pointer, pointer, flag, flag]
+    for dtype in ('float16', 'float32', 'float64'):
         getattr(library, f'finite_{dtype}').argtypes = [count, pointer, pointer, pointer, flag]
     return library
 
@@ -142,40 +161,55 @@ def constants(step, dtype):
 
 
 class Buffers:
-    """A list of parameters of one dtype, as the kernel takes them: handles and sizes.
+    """A list of parameters of one storage, as the kernel takes them: handles and sizes.
 
     Made once per update call and shared by :meth:`all_finite` and :meth:`adam_steps`.
 
     Parameters
     ----------
-    dtype : numpy.dtype
-        float32 or float64, the dtype of every array.
-    sizes : list of int
-        Elements per parameter.
-    weights, grads : list of NDArray
-        Dense CPU arrays of that dtype; each gradient of its weight's shape.
-    states : list of tuple of NDArray
-        ``(m, v)`` or, for all of them, ``(m, v, vmax)``; same shapes and dtype.
+    storage : str
+        A key of :data:`STORAGES`.
+    params : list of tuple
+        ``(weight, grad, moments, master, rows)`` per parameter: host-memory arrays,
+        the weight dense or ``row_sparse`` storing every row (its values are then laid
+        out as a dense weight's), ``moments`` ``(m, v)`` or, for all of them,
+        ``(m, v, vmax)``, dense, of the weight's shape and of the storage's dtype;
+        ``master`` the float32 master copy (``'float16_master'``) or None. ``rows``:
+        None, the gradient then dense and of the weight's shape; or a NumPy int64 array
+        of rows (each in ``[0, weight.shape[0])``) present in a ``row_sparse`` gradient,
+        whose stored values the kernel reads, stepping only those rows (lazy update).
     """
 
-    def __init__(self, dtype, sizes, weights, grads, states):
-        if len({len(state) for state in states}) != 1:
+    def __init__(self, storage, params):
+        if len({len(moments) for _, _, moments, _, _ in params}) != 1:
             raise ValueError("myadam: states of one call must all be (m, v) or all (m, v, vmax)")
-        self.dtype = np.dtype(dtype)
-        columns = [weights, grads] + [list(bufs) for bufs in zip(*states)]
-        self.handles = np.array([[a.handle.value for a in column] for column in columns],
-                                dtype=np.uintp)
+        self.storage = storage
+        self.dtype = STORAGES[storage][1]
+        self._rows = [rows for *_, rows in params]  # kept alive: the kernel reads them
+        handles, sizes, row_length = [], [], []
+        for weight, grad, moments, master, rows in params:
+            length = math.prod(weight.shape[1:])
+            row_length.append(length)
+            sizes.append(math.prod(weight.shape) if rows is None else len(rows) * length)
+            arrays = (weight, grad, *moments) + (None,) * (3 - len(moments)) + (master,)
+            handles.append([0 if a is None else a.handle.value for a in arrays])
+        self.handles = np.array(handles, dtype=np.uintp).T.copy()  # one row per array
         self.sizes = np.array(sizes, dtype=np.int64)
+        self.row_length = np.array(row_length, dtype=np.int64)
+        self.rows = np.array([0 if rows is None else rows.ctypes.data for rows in self._rows],
+                             dtype=np.uintp)
+        self.amsgrad_ready = self.handles[4].all()
 
     def all_finite(self):
-        """One flag per gradient: does it hold only finite values?
+        """One flag per gradient: does it hold only finite values (its stored rows, lazy)?
 
         One pass over all gradients, reading each element's bits: an element whose
         exponent field is all ones is an Inf or a NaN.
         """
         finite = np.ones(len(self.sizes), dtype=np.uint8)
+        bits = STORAGES[self.storage][0].name
         wait_all()
-        check_call(getattr(LIBRARY, f'finite_{self.dtype.name}')(
+        check_call(getattr(LIBRARY, f'finite_{bits}')(
             len(self.sizes), self.handles[1].ctypes.data, self.sizes.ctypes.data,
             finite.ctypes.data, _threads_for(self.sizes)))
         return [bool(ok) for ok in finite]
@@ -184,7 +218,7 @@ class Buffers:
         """Apply :func:`adam_plugin.textbook.adam_step` to the parameters in one call.
 
         Per element, with the constants of :func:`constants` for that parameter's step,
-        each operation rounded to the dtype in the textbook's order (no fused
+        each operation rounded to the compute dtype in the textbook's order (no fused
         multiply-add, no reciprocals), so the results equal the textbook path's::
 
             g     = g * rescale
@@ -197,6 +231,11 @@ class Buffers:
             v_hat = v / (1 - beta2**t)
             u     = m_hat / (sqrt(v_hat + eps_inside) + eps_outside)
             w     = w * decay - lr * u
+
+        float16 storages compute each element in float32: ``'float16'`` reads the
+        float16 weight and moments and stores each result rounded to float16;
+        ``'float16_master'`` steps the float32 master copy and writes the weight as
+        its rounding to float16.
 
         Parameters
         ----------
@@ -212,16 +251,22 @@ class Buffers:
         if not keep:
             return
         amsgrad = any(step.amsgrad for step in rows)
-        if amsgrad and len(self.handles) < 5:
+        if amsgrad and not self.amsgrad_ready:
             raise ValueError("myadam: amsgrad needs (m, v, vmax) states")
         table = np.stack([constants(step, self.dtype) for step in rows])
-        handles = np.ascontiguousarray(self.handles[:, keep])  # rows of len(keep)
-        sizes = self.sizes[keep]
+        if len(keep) < len(steps):
+            handles = np.ascontiguousarray(self.handles[:, keep])  # rows of len(keep)
+            sizes, row_length, row_pointers = (
+                self.sizes[keep], self.row_length[keep], self.rows[keep])
+        else:
+            handles, sizes, row_length, row_pointers = (
+                self.handles, self.sizes, self.row_length, self.rows)
         param_rows = np.array(param_rows, dtype=np.int64)
         wait_all()
-        check_call(getattr(LIBRARY, f'adam_{self.dtype.name}')(
-            len(keep), handles.ctypes.data, len(handles), sizes.ctypes.data,
-            param_rows.ctypes.data, table.ctypes.data, amsgrad, _threads_for(sizes)))
+        check_call(getattr(LIBRARY, f'adam_{self.storage}')(
+            len(keep), handles.ctypes.data, sizes.ctypes.data, row_length.ctypes.data,
+            row_pointers.ctypes.data, param_rows.ctypes.data, table.ctypes.data,
+            amsgrad, _threads_for(sizes)))
 
 
 def wait_all():

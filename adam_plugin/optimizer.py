@@ -211,7 +211,8 @@ class MyAdam(Optimizer):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         distributed.refuse_worker_update(self, indices)  # update_on_kvstore=False in a dist job
         layouts = [self._layouts(*args) for args in zip(indices, weights, grads)]
-        batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision)
+        batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
+                               lambda i: self._name(indices[i]))
         steps = []
         for index, ok in zip(indices, self._finite(indices, batch)):
             if ok:

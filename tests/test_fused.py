@@ -131,8 +131,9 @@ ROUTES = [  # (layout, options, expected route)
     (layout(dtype=np.float64), options(amsgrad=True), 'kernel'),
     (layout(), options(epsilon_mode='inside'), 'kernel'),
     (layout(), options(fused=False), 'textbook'),
-    (layout(dense=False), options(), 'textbook'),
-    (layout(dtype=np.float16), options(), 'textbook'),
+    (layout(dense=False), options(), 'kernel'),
+    (layout(dtype=np.float16), options(), 'kernel'),
+    (layout(dtype=np.int32), options(), 'textbook'),
     (layout(device='gpu'), options(), 'operator'),
     (layout(device='gpu'), options(epsilon_mode='hat'), 'operator'),
     (layout(device='gpu'), options(epsilon_mode='inside'), 'textbook'),
@@ -152,6 +153,7 @@ WITHOUT_KERNEL = [  # (layout, options, expected route)
     (layout(), options(decoupled_wd=True), 'textbook'),
     (layout(), options(fused=False), 'textbook'),
     (layout(dtype=np.float16), options(), 'textbook'),
+    (layout(dense=False), options(), 'textbook'),
 ]
 
 
@@ -211,15 +213,30 @@ def _row_sparse():
     return nd.ones((4, 3)), grad
 
 
+def _row_sparse_weight():
+    """A row_sparse weight storing every row, as a Trainer's SparseEmbedding weight."""
+    return nd.ones((4, 3)).tostype('row_sparse'), _row_sparse()[1]
+
+
+def _row_sparse_weight_missing_rows():
+    """A row_sparse weight without row 1: the kernel cannot see it as a dense weight."""
+    weight = nd.sparse.row_sparse_array((np.ones((3, 3), np.float32), [0, 2, 3]), shape=(4, 3))
+    return weight, _row_sparse()[1]
+
+
 PATHS = [  # (MyAdam kwargs, weight and grad, expected counts)
     (dict(), lambda: _dense('float32'), dict(kernel=1, operator=0, textbook=0)),
     (dict(), lambda: _dense('float64'), dict(kernel=1, operator=0, textbook=0)),
     (dict(amsgrad=True, decoupled_wd=True, wd=0.1, epsilon_mode='inside', clip_gradient=1.0),
      lambda: _dense('float32'), dict(kernel=1, operator=0, textbook=0)),
     (dict(fused=False), lambda: _dense('float32'), dict(kernel=0, operator=0, textbook=1)),
-    (dict(), _row_sparse, dict(kernel=0, operator=0, textbook=1)),
+    (dict(), _row_sparse, dict(kernel=1, operator=0, textbook=0)),
     (dict(lazy_update=False), _row_sparse, dict(kernel=1, operator=0, textbook=0)),
-    (dict(multi_precision=True), lambda: _dense('float16'), dict(kernel=0, operator=0, textbook=1)),
+    (dict(fused=False), _row_sparse, dict(kernel=0, operator=0, textbook=1)),
+    (dict(multi_precision=True), lambda: _dense('float16'), dict(kernel=1, operator=0, textbook=0)),
+    (dict(), lambda: _dense('float16'), dict(kernel=1, operator=0, textbook=0)),
+    (dict(), _row_sparse_weight, dict(kernel=1, operator=0, textbook=0)),
+    (dict(), _row_sparse_weight_missing_rows, dict(kernel=0, operator=0, textbook=1)),
 ]
 
 
@@ -235,11 +252,12 @@ def test_dispatch_takes_the_route(kwargs, make, expected, taken):
 
 def test_a_list_mixing_routes_takes_each(taken):
     opt = MyAdam(learning_rate=0.1)
-    pairs = [_dense('float32'), _row_sparse(), _dense('float32'), _dense('float64')]
+    pairs = [_dense('float32'), _row_sparse_weight_missing_rows(), _row_sparse(),
+             _dense('float64'), _dense('float16')]
     weights, grads = [p[0] for p in pairs], [p[1] for p in pairs]
     states = [opt.create_state(i, w) for i, w in enumerate(weights)]
-    opt.update(list(range(4)), weights, grads, states)
-    assert taken == dict(kernel=3, operator=0, textbook=1)
+    opt.update(list(range(5)), weights, grads, states)
+    assert taken == dict(kernel=4, operator=0, textbook=1)
 
 
 # --- MXNet's adam_update with the remap (the route for GPUs), exercised on CPU -------------
@@ -322,9 +340,10 @@ def test_nonfinite_raise_modifies_nothing():
 def test_huge_finite_values_are_finite():
     opt = MyAdam(learning_rate=0.1)
     weight = nd.ones((3,))
+    grad = nd.array([3e38, -3e38, 1e-45])  # outside: nd.array touches a deprecated scipy name
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        opt.update(0, weight, nd.array([3e38, -3e38, 1e-45]), opt.create_state(0, weight))
+        opt.update(0, weight, grad, opt.create_state(0, weight))
     assert opt.num_skipped == 0 and np.isfinite(weight.asnumpy()).all()
 
 
