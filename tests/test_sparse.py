@@ -319,12 +319,13 @@ def test_row_sparse_on_the_kernel_is_bitwise_the_textbook(name, w_stype, lazy_up
     the textbook route computes float32 (and float16's master copy) as the kernel does."""
     w0 = rng.normal(size=BIG).astype(dtype)
     grads = big_grads(rng, dtype)
-    kwargs = dict(optimizer_kwargs(CONFIGS[name]), lazy_update=lazy_update,
-                  **KERNEL_DTYPES[dtype])
+    def kwargs():  # a scheduler of its own for each optimizer: they keep state
+        return dict(optimizer_kwargs(CONFIGS[name]), lazy_update=lazy_update,
+                    **KERNEL_DTYPES[dtype])
     layout = dispatch.Layouts(str)(0, nd.array(w0, dtype=dtype).tostype(w_stype), grads[0])
-    assert dispatch.route(layout, MyAdam(**kwargs)) == 'kernel'
-    fast = run(MyAdam(**kwargs), grads, w0, w_stype)
-    slow = run(MyAdam(fused=False, **kwargs), grads, w0, w_stype)
+    assert dispatch.route(layout, MyAdam(**kwargs())) == 'kernel'
+    fast = run(MyAdam(**kwargs()), grads, w0, w_stype)
+    slow = run(MyAdam(fused=False, **kwargs()), grads, w0, w_stype)
     for (w, state), (v, reference) in zip(fast, slow):
         for a, b in zip([w] + state, [v] + reference):
             np.testing.assert_array_equal(a, b)
