@@ -2,9 +2,11 @@
 //
 // Built by setup.py as a plain shared library (optional: without a C++ compiler the
 // package installs without it and MyAdam takes its other routes). It holds no Python and
-// runs without the GIL. Arrays arrive as MXNet NDArray handles; their data pointers are
-// asked of MXNet (MXNDArrayGetData, handed over once by use_mxnet) on the calling
-// thread, before any element is touched.
+// runs without the GIL. Arrays arrive as MXNet NDArray handles; on the calling thread,
+// before any element is touched, the kernel waits for the engine (MXNDArrayWaitToRead
+// on each array the check for Inf/NaN reads; MXNDArrayWaitAll before a step, which
+// writes) and asks MXNet for each array's data pointer (MXNDArrayGetData); the three
+// functions are handed over once by use_mxnet.
 //
 // A call covers a list of parameters, seen as one row of elements laid end to end;
 // with `threads` > 1 the threads share it in pieces (see run), which may start or end
@@ -298,17 +300,26 @@ int with_variant(F f) {
     return result;
 }
 
-// MXNet's MXNDArrayGetData: 0, and the array's data pointer in *out; or -1 with
-// MXNet's last error set.
+// MXNet's C API functions the kernel calls, each returning 0, or -1 with MXNet's last
+// error set: MXNDArrayGetData (the array's data pointer in *out), MXNDArrayWaitToRead
+// (returns once no pending engine operation writes the array) and MXNDArrayWaitAll
+// (once no operation is pending at all).
 using GetData = int (*)(void *handle, void **out);
+using WaitToRead = int (*)(void *handle);
+using WaitAll = int (*)();
 GetData get_data = nullptr;
+WaitToRead wait_to_read = nullptr;
+WaitAll wait_all = nullptr;
 
-// The data pointers of handles[0 .. count) (null for a null handle), or an empty vector
-// when MXNet refused one.
-std::vector<void *> data_pointers(void *const *handles, int64_t count) {
+// The data pointers of handles[0 .. count) (null for a null handle), each taken after
+// waiting for the pending writes to it when `read`. An empty vector when MXNet
+// refused one.
+std::vector<void *> data_pointers(void *const *handles, int64_t count, bool read) {
     std::vector<void *> pointers(count);
     for (int64_t i = 0; i < count; ++i)
-        if (handles[i] && get_data(handles[i], &pointers[i]) != 0) return {};
+        if (handles[i] && ((read && wait_to_read(handles[i]) != 0) ||
+                           get_data(handles[i], &pointers[i]) != 0))
+            return {};
     return pointers;
 }
 
@@ -327,7 +338,8 @@ template <typename W, typename S, typename C>
 int adam(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *row_length,
          const int64_t *const *rows, const int64_t *table_rows, const C *table, int amsgrad,
          int threads) {
-    const std::vector<void *> pointers = data_pointers(handles, NUM_ARRAYS * n);
+    if (wait_all() != 0) return -1;  // no engine operation reads or writes any of them
+    const std::vector<void *> pointers = data_pointers(handles, NUM_ARRAYS * n, false);
     if (pointers.empty() && n > 0) return -1;
     // The arrays of parameter p from element `at` on (the gradient's from g_at).
     auto span = [&](int64_t p, int64_t at, int64_t g_at) {
@@ -359,7 +371,7 @@ int adam(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *r
 template <typename Bits>
 int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite,
            int threads) {
-    const std::vector<void *> pointers = data_pointers(handles, n);
+    const std::vector<void *> pointers = data_pointers(handles, n, true);
     if (pointers.empty() && n > 0) return -1;
     return with_variant([&](auto variant) {
         run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
@@ -374,7 +386,11 @@ int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finit
 
 extern "C" {
 
-void use_mxnet(GetData mxnet_get_data) { get_data = mxnet_get_data; }
+void use_mxnet(GetData mxnet_get_data, WaitToRead mxnet_wait_to_read, WaitAll mxnet_wait_all) {
+    get_data = mxnet_get_data;
+    wait_to_read = mxnet_wait_to_read;
+    wait_all = mxnet_wait_all;
+}
 
 // The names of the variants compiled, widest first, separated by spaces.
 const char *variants() {

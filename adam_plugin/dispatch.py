@@ -33,6 +33,7 @@ KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
 KERNEL_DTYPES = (numpy.dtype(numpy.float16), numpy.dtype(numpy.float32),
                  numpy.dtype(numpy.float64))
 OPERATOR_DTYPES = KERNEL_DTYPES[1:]
+FLOAT16 = KERNEL_DTYPES[0]
 # Host memory, which the kernel reads: ``cpu_pinned`` holds the KVStore's merged
 # copies (kvstore 'local', and 'device' over CPU contexts), ``cpu_shared`` the
 # DataLoader's worker output.
@@ -54,12 +55,15 @@ class Layout(NamedTuple):
         Elements of the weight.
     row_sparse_grad : bool
         The gradient is ``stype='row_sparse'``.
+    shape : tuple of int
+        The weight's.
     """
     dense: bool
     dtype: numpy.dtype
     device_type: str
     size: int
     row_sparse_grad: bool = False
+    shape: tuple = ()
 
 
 class Layouts:
@@ -99,10 +103,11 @@ class Layouts:
                 f"myadam: the gradient of {self._name(index)} has shape {grad.shape} and "
                 f"dtype {numpy.dtype(grad.dtype).name}, its weight {weight.shape} and "
                 f"{numpy.dtype(weight.dtype).name}; nothing was updated")
+        shape = weight.shape
         layout = Layout(dense=weight.stype == 'default', dtype=numpy.dtype(weight.dtype),
                         device_type=weight.context.device_type,
-                        size=math.prod(weight.shape),  # NDArray.size raises for sparse arrays
-                        row_sparse_grad=grad.stype == 'row_sparse')
+                        size=math.prod(shape),  # NDArray.size raises for sparse arrays
+                        row_sparse_grad=grad.stype == 'row_sparse', shape=shape)
         self._last[index] = (weight, grad, layout)
         return layout
 
@@ -186,11 +191,11 @@ class Batch:
             if layout.row_sparse_grad and not lazy:
                 self.grads[i] = grads[i].tostype('default')
             if way == KERNEL:
-                master = multi_precision and layout.dtype == numpy.float16
+                master = multi_precision and layout.dtype == FLOAT16
                 moments, copy = (states[i][1], states[i][0]) if master else (states[i], None)
-                rows = _rows(grads[i], weights[i], name(i)) if lazy else None
+                rows = _rows(grads[i], layout.shape[0], name(i)) if lazy else None
                 groups.setdefault(fused.storage(layout.dtype, master), []).append(
-                    (i, (weights[i], self.grads[i], moments, copy, rows)))
+                    (i, (layout.shape, weights[i], self.grads[i], moments, copy, rows)))
         self.kernel_groups = [  # (positions, fused.Buffers)
             ([i for i, _ in group], fused.Buffers(storage, [p for _, p in group]))
             for storage, group in groups.items()]
@@ -236,14 +241,14 @@ def _stores_every_row(weight):
     return weight.indices.shape[0] == weight.shape[0]
 
 
-def _rows(grad, weight, name):
+def _rows(grad, weight_rows, name):
     """The rows a ``row_sparse`` ``grad`` stores, as a NumPy int64 array, each checked
-    to be a row of ``weight`` (the kernel writes where they point)."""
+    to be one of the weight's ``weight_rows`` (the kernel writes where they point)."""
     rows = grad.indices.asnumpy().astype(numpy.int64, copy=False)
-    bad = rows[(rows < 0) | (rows >= weight.shape[0])]
+    bad = rows[(rows < 0) | (rows >= weight_rows)]
     if bad.size:
         raise ValueError(f"myadam: the row_sparse gradient of {name} holds row {bad[0]}, "
-                         f"outside its weight's {weight.shape[0]} rows; nothing was updated")
+                         f"outside its weight's {weight_rows} rows; nothing was updated")
     return rows
 
 

@@ -11,13 +11,14 @@ The library's loops over elements come in variants, one per instruction set (on 
 ``'native'``). Loading picks the widest this CPU runs; :func:`use_variant` picks another.
 All variants round every operation alike, so they give the same numbers.
 
-How the buffers are reached: every entry point first waits for all pending MXNet
-engine work (``MXNDArrayWaitAll``), so no engine operation still reads or writes
-any of the arrays; the kernel then asks MXNet for each array's data pointer
-(``MXNDArrayGetData``, called from C++ on the handles) and reads and writes the
-memory directly. Nothing is copied. MXNet does not know about these writes, which is
-safe because they are finished before the function returns and the engine has
-nothing in flight on those arrays.
+How the buffers are reached: the kernel, on the calling thread, first waits for
+the MXNet engine: the check for Inf/NaN for the pending writes to each gradient it
+reads (``MXNDArrayWaitToRead``), the step for all pending work
+(``MXNDArrayWaitAll``), so no engine operation still reads or writes any of the
+arrays. It then asks MXNet for each array's data pointer (``MXNDArrayGetData``) and
+reads and writes the memory directly. Nothing is copied. MXNet does not know about
+these writes, which is safe because they are finished before the function returns
+and the engine has nothing in flight on those arrays.
 
 A whole list of parameters is one call, the arrays passed as tables of handles and
 sizes; the call releases the GIL. Calls over at least ``PARALLEL_MIN`` elements are
@@ -26,6 +27,7 @@ take the list, laid end to end, in pieces of 2^18 elements; smaller calls run on
 calling thread alone, where waking another costs more than it saves.
 """
 import ctypes
+import functools
 import math
 import os
 
@@ -53,11 +55,16 @@ STORAGES = {
 }
 
 
+_FINITE = {name: 'finite_' + dtype.name for name, (dtype, _) in STORAGES.items()}
+_STORAGE_OF = {(dtype, master): name + ('_master' if master else '')
+               for name, (dtype, _) in STORAGES.items() if not name.endswith('_master')
+               for master in (False, True) if dtype == np.float16 or not master}
+
+
 def storage(dtype, master):
-    """The kernel's name (a key of :data:`STORAGES`) for weights of ``dtype``, stepped
-    on a float32 master copy or not; None when it has no loop for them."""
-    name = np.dtype(dtype).name + ('_master' if master else '')
-    return name if name in STORAGES else None
+    """The kernel's name (a key of :data:`STORAGES`) for weights of ``dtype`` (a NumPy
+    dtype), stepped on a float32 master copy or not; None when it has no loop for them."""
+    return _STORAGE_OF.get((dtype, master))
 
 
 def _threads():
@@ -86,8 +93,9 @@ def load(path=PATH):
         return None
     library = ctypes.CDLL(path)
     pointer, count, flag, name = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_char_p
-    library.use_mxnet.argtypes = [pointer]
-    library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, pointer))
+    library.use_mxnet.argtypes = [pointer, pointer, pointer]
+    library.use_mxnet(*(ctypes.cast(function, pointer) for function in (
+        _LIB.MXNDArrayGetData, _LIB.MXNDArrayWaitToRead, _LIB.MXNDArrayWaitAll)))
     library.variants.restype = library.variant_in_use.restype = name
     library.use_variant.argtypes = library.variant_runs_here.argtypes = [name]
     for name in STORAGES:
@@ -133,8 +141,12 @@ def use_variant(name):
     return previous
 
 
+@functools.lru_cache(maxsize=1024)
 def constants(step, dtype):
     """The scalars of one step, computed in float64 and rounded to ``dtype`` once.
+
+    Kept for the last 1024 distinct (step, dtype): parameters stepped alike (the same
+    ``t``, ``lr`` and ``wd``) share one array, which nobody writes.
 
     They are the scalars :func:`adam_plugin.textbook.adam_step` hands MXNet's scalar
     operators, which round them to the array's dtype the same way. The three
@@ -157,7 +169,9 @@ def constants(step, dtype):
     row[_EPS_OUTSIDE] = eps_outside
     row[_DECAY] = 1.0 - step.lr * step.wd if step.decoupled_wd else 1.0
     row[_LR] = step.lr
-    return np.array(row, dtype=dtype)
+    table = np.array(row, dtype=dtype)
+    table.flags.writeable = False
+    return table
 
 
 class Buffers:
@@ -181,24 +195,31 @@ class Buffers:
     """
 
     def __init__(self, storage, params):
-        if len({len(moments) for _, _, moments, _, _ in params}) != 1:
+        if len({len(moments) for _, _, _, moments, _, _ in params}) != 1:
             raise ValueError("myadam: states of one call must all be (m, v) or all (m, v, vmax)")
         self.storage = storage
         self.dtype = STORAGES[storage][1]
         self._rows = [rows for *_, rows in params]  # kept alive: the kernel reads them
         handles, sizes, row_length = [], [], []
-        for weight, grad, moments, master, rows in params:
-            length = math.prod(weight.shape[1:])
+        for shape, weight, grad, moments, master, rows in params:
+            length = math.prod(shape[1:])
             row_length.append(length)
-            sizes.append(math.prod(weight.shape) if rows is None else len(rows) * length)
-            arrays = (weight, grad, *moments) + (None,) * (3 - len(moments)) + (master,)
-            handles.append([0 if a is None else a.handle.value for a in arrays])
+            sizes.append(math.prod(shape) if rows is None else len(rows) * length)
+            handles.append((weight.handle.value, grad.handle.value,
+                            *(m.handle.value for m in moments), *(0,) * (3 - len(moments)),
+                            0 if master is None else master.handle.value))
         self.handles = np.array(handles, dtype=np.uintp).T.copy()  # one row per array
         self.sizes = np.array(sizes, dtype=np.int64)
         self.row_length = np.array(row_length, dtype=np.int64)
         self.rows = np.array([0 if rows is None else rows.ctypes.data for rows in self._rows],
                              dtype=np.uintp)
-        self.amsgrad_ready = self.handles[4].all()
+        self.first_rows = np.zeros(len(params), dtype=np.int64)  # every one on row 0
+        self.threads = _threads_for(sum(sizes))
+        self.amsgrad_ready = len(params[0][3]) == 3
+        # the addresses of the tables as the kernel takes them, read once (each read of
+        # .ctypes costs about a microsecond)
+        self._arguments = [array.ctypes.data for array in (
+            self.handles, self.sizes, self.row_length, self.rows, self.first_rows)]
 
     def all_finite(self):
         """One flag per gradient: does it hold only finite values (its stored rows, lazy)?
@@ -206,13 +227,13 @@ class Buffers:
         One pass over all gradients, reading each element's bits: an element whose
         exponent field is all ones is an Inf or a NaN.
         """
-        finite = np.ones(len(self.sizes), dtype=np.uint8)
-        bits = STORAGES[self.storage][0].name
-        wait_all()
-        check_call(getattr(LIBRARY, f'finite_{bits}')(
-            len(self.sizes), self.handles[1].ctypes.data, self.sizes.ctypes.data,
-            finite.ctypes.data, _threads_for(self.sizes)))
-        return [bool(ok) for ok in finite]
+        n = len(self.sizes)
+        finite = np.ones(n, dtype=np.uint8)
+        handles, sizes = self._arguments[:2]
+        grads = handles + n * self.handles.itemsize  # the second row of the handles
+        check_call(getattr(LIBRARY, _FINITE[self.storage])(
+            n, grads, sizes, finite.ctypes.data, self.threads))
+        return finite.astype(bool).tolist()
 
     def adam_steps(self, steps):
         """Apply :func:`adam_plugin.textbook.adam_step` to the parameters in one call.
@@ -253,27 +274,20 @@ class Buffers:
         amsgrad = any(step.amsgrad for step in rows)
         if amsgrad and not self.amsgrad_ready:
             raise ValueError("myadam: amsgrad needs (m, v, vmax) states")
-        table = np.stack([constants(step, self.dtype) for step in rows])
-        if len(keep) < len(steps):
-            handles = np.ascontiguousarray(self.handles[:, keep])  # rows of len(keep)
-            sizes, row_length, row_pointers = (
-                self.sizes[keep], self.row_length[keep], self.rows[keep])
+        table = (constants(next(iter(rows)), self.dtype) if len(rows) == 1
+                 else np.concatenate([constants(step, self.dtype) for step in rows]))
+        if len(keep) == len(steps) and len(rows) == 1:  # the tables made for all of them
+            arguments, threads = self._arguments, self.threads
         else:
-            handles, sizes, row_length, row_pointers = (
-                self.handles, self.sizes, self.row_length, self.rows)
-        param_rows = np.array(param_rows, dtype=np.int64)
-        wait_all()
-        check_call(getattr(LIBRARY, f'adam_{self.storage}')(
-            len(keep), handles.ctypes.data, sizes.ctypes.data, row_length.ctypes.data,
-            row_pointers.ctypes.data, param_rows.ctypes.data, table.ctypes.data,
-            amsgrad, _threads_for(sizes)))
+            kept = [np.ascontiguousarray(self.handles[:, keep])] + [  # rows of len(keep)
+                column[keep] for column in (self.sizes, self.row_length, self.rows)] + [
+                np.array(param_rows, dtype=np.int64)]
+            arguments = [array.ctypes.data for array in kept]
+            threads = _threads_for(kept[1].sum())
+        check_call(getattr(LIBRARY, 'adam_' + self.storage)(
+            len(keep), *arguments, table.ctypes.data, amsgrad, threads))
 
 
-def wait_all():
-    """Block until the MXNet engine has no pending work (no reader or writer of any array)."""
-    check_call(_LIB.MXNDArrayWaitAll())
-
-
-def _threads_for(sizes):
+def _threads_for(elements):
     """:data:`THREADS` for a call over at least ``PARALLEL_MIN`` elements, else 1."""
-    return THREADS if sizes.sum() >= PARALLEL_MIN else 1
+    return THREADS if elements >= PARALLEL_MIN else 1

@@ -173,7 +173,7 @@ def test_layouts_are_read_from_the_arrays_and_kept_while_they_are_the_same():
     weight, grad = nd.ones((4, 3), dtype='float64'), nd.ones((4, 3), dtype='float64')
     first = layouts(0, weight, grad)
     assert first == dispatch.Layout(dense=True, dtype=np.dtype('float64'), device_type='cpu',
-                                    size=12)
+                                    size=12, shape=(4, 3))
     assert layouts(0, weight, grad) is first
     sparse = nd.sparse.row_sparse_array((np.ones((1, 3)), [2]), shape=(4, 3), dtype='float64')
     assert layouts(0, weight, sparse) == first._replace(row_sparse_grad=True)  # read afresh
@@ -562,7 +562,8 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     for entry_point in (library.use_variant, library.variant_runs_here):
         with pytest.raises(ctypes.ArgumentError):
             entry_point(VARIANTS[0])
-    library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, ctypes.c_void_p).value)
+    library.use_mxnet(*(ctypes.cast(f, ctypes.c_void_p).value for f in (
+        _LIB.MXNDArrayGetData, _LIB.MXNDArrayWaitToRead, _LIB.MXNDArrayWaitAll)))
     again = run(CONFIGS['everything'], dtype, True, True, weights, grads)
     for a, f in zip(again, fast):
         np.testing.assert_array_equal(a, f)
