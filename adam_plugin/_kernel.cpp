@@ -34,7 +34,12 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <type_traits>
 #include <vector>
+
+#ifdef __x86_64__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -189,28 +194,83 @@ struct Span {
     S *m, *v, *vmax, *master;
 };
 
-// The update loop over n elements, each read as the compute type C, stepped by
-// adam_element and stored back rounded to its own type; with MASTER the weight is read
-// from the master copy, which receives the new weight, and w its rounding to W.
-// Inlined into each variant's adam (below), which compiles it.
-template <typename W, typename S, typename C, bool AMSGRAD, bool MASTER>
-[[gnu::always_inline]] inline void adam_range(const Span<W, S> &a, const C *table, int64_t n) {
-    const Constants<C> k(table);
-    W *__restrict__ w = a.w;
-    const W *__restrict__ g = a.g;
-    S *__restrict__ m = a.m, *__restrict__ v = a.v, *__restrict__ vmax = a.vmax;
-    S *__restrict__ master = a.master;
+// The update loop over n elements of one type T (float32 or float64), every operation
+// rounded to T. Inlined into each variant's adam (below), which compiles it.
+template <typename T, bool AMSGRAD>
+[[gnu::always_inline]] inline void adam_loop(T *__restrict__ w, const T *__restrict__ g,
+                                             T *__restrict__ m, T *__restrict__ v,
+                                             T *__restrict__ vmax, const Constants<T> &k,
+                                             int64_t n) {
     for (int64_t i = 0; i < n; ++i) {
-        C mi = static_cast<C>(m[i]), vi = static_cast<C>(v[i]);
-        C vmaxi = AMSGRAD ? static_cast<C>(vmax[i]) : C(0);
-        const C wi = adam_element<C, AMSGRAD>(
-            MASTER ? static_cast<C>(master[i]) : static_cast<C>(w[i]), static_cast<C>(g[i]),
-            mi, vi, vmaxi, k);
-        m[i] = static_cast<S>(mi);
-        v[i] = static_cast<S>(vi);
-        if (AMSGRAD) vmax[i] = static_cast<S>(vmaxi);
-        if (MASTER) master[i] = static_cast<S>(wi);
-        w[i] = static_cast<W>(wi);
+        T mi = m[i], vi = v[i], vmaxi = AMSGRAD ? vmax[i] : T(0);
+        w[i] = adam_element<T, AMSGRAD>(w[i], g[i], mi, vi, vmaxi, k);
+        m[i] = mi;
+        v[i] = vi;
+        if (AMSGRAD) vmax[i] = vmaxi;  // a template argument: the plain loop never touches vmax
+    }
+}
+
+// float16 <-> float32, rounding to nearest even: element by element (on x86-64 without
+// F16C, libgcc's conversion functions), ...
+struct ScalarHalf {
+    static void widen(const _Float16 *in, float *out, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
+    }
+    static void narrow(const float *in, _Float16 *out, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) out[i] = static_cast<_Float16>(in[i]);
+    }
+};
+
+#ifdef __x86_64__
+// ... or eight at a time with F16C's instructions (GCC 12 does not vectorise the
+// conversions of _Float16 itself).
+struct F16cHalf {
+    [[gnu::target("avx2,f16c")]] static void widen(const _Float16 *in, float *out, int64_t n) {
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(
+                                          reinterpret_cast<const __m128i *>(in + i))));
+        for (; i < n; ++i) out[i] = static_cast<float>(in[i]);
+    }
+    [[gnu::target("avx2,f16c")]] static void narrow(const float *in, _Float16 *out, int64_t n) {
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128(reinterpret_cast<__m128i *>(out + i),
+                             _mm256_cvtps_ph(_mm256_loadu_ps(in + i),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        for (; i < n; ++i) out[i] = static_cast<_Float16>(in[i]);
+    }
+};
+#endif
+
+// The update of n float16 weights, each element computed in float32 by adam_loop, in
+// blocks widened to float32 buffers and narrowed back (Half: see above). With MASTER
+// (S float) the float32 master copy and moments step in place and the weight becomes
+// the master copy rounded to float16; without, the float16 weight and moments are
+// widened, stepped and stored rounded to float16.
+template <typename S, bool AMSGRAD, bool MASTER, typename Half>
+[[gnu::always_inline]] inline void adam_half(const Span<_Float16, S> &a, const Constants<float> &k,
+                                             int64_t n) {
+    constexpr int64_t BLOCK = 1024;
+    alignas(64) float g[BLOCK], w[BLOCK], m[BLOCK], v[BLOCK], vmax[BLOCK];
+    for (int64_t lo = 0; lo < n; lo += BLOCK) {
+        const int64_t count = std::min(BLOCK, n - lo);
+        Half::widen(a.g + lo, g, count);
+        if constexpr (MASTER) {
+            adam_loop<float, AMSGRAD>(a.master + lo, g, a.m + lo, a.v + lo,
+                                      AMSGRAD ? a.vmax + lo : nullptr, k, count);
+            Half::narrow(a.master + lo, a.w + lo, count);
+        } else {
+            Half::widen(a.w + lo, w, count);
+            Half::widen(a.m + lo, m, count);
+            Half::widen(a.v + lo, v, count);
+            if (AMSGRAD) Half::widen(a.vmax + lo, vmax, count);
+            adam_loop<float, AMSGRAD>(w, g, m, v, vmax, k, count);
+            Half::narrow(w, a.w + lo, count);
+            Half::narrow(m, a.m + lo, count);
+            Half::narrow(v, a.v + lo, count);
+            if (AMSGRAD) Half::narrow(vmax, a.vmax + lo, count);
+        }
     }
 }
 
@@ -228,25 +288,30 @@ template <typename Bits>
 }
 
 // A variant: a struct NAME whose static functions adam and nonfinite are the two loops
-// compiled with the GCC function attribute TARGET (empty: the compiler's flags), and
-// that runs on a CPU where RUNS_HERE is true. noinline keeps each one a function of its
-// own, called only once the variant is chosen (objdump -d shows them by name).
-#define VARIANT(NAME, TARGET, RUNS_HERE)                                                    \
+// compiled with the GCC function attribute TARGET (empty: the compiler's flags), with
+// HALF's float16 conversions, and that runs on a CPU where RUNS_HERE is true. noinline
+// keeps each one a function of its own, called only once the variant is chosen
+// (objdump -d shows them by name).
+#define VARIANT(NAME, TARGET, HALF, RUNS_HERE)                                              \
     struct NAME {                                                                           \
         static constexpr const char *name = #NAME;                                          \
         static bool runs_here() { return RUNS_HERE; }                                       \
         template <typename W, typename S, typename C>                                       \
-        [[gnu::noinline]] TARGET static void adam(const Span<W, S> &a, const C *k, int64_t n,  \
-                                                  bool amsgrad) {                           \
-            const bool master = a.master != nullptr;                                        \
-            if (amsgrad && master)                                                          \
-                adam_range<W, S, C, true, true>(a, k, n);                                   \
-            else if (amsgrad)                                                               \
-                adam_range<W, S, C, true, false>(a, k, n);                                  \
-            else if (master)                                                                \
-                adam_range<W, S, C, false, true>(a, k, n);                                  \
-            else                                                                            \
-                adam_range<W, S, C, false, false>(a, k, n);                                 \
+        [[gnu::noinline]] TARGET static void adam(const Span<W, S> &a, const C *table,      \
+                                                  int64_t n, bool amsgrad) {                \
+            const Constants<C> k(table);                                                    \
+            if constexpr (std::is_same_v<W, C>) { /* float32, float64 */                    \
+                if (amsgrad)                                                                \
+                    adam_loop<C, true>(a.w, a.g, a.m, a.v, a.vmax, k, n);                   \
+                else                                                                        \
+                    adam_loop<C, false>(a.w, a.g, a.m, a.v, a.vmax, k, n);                  \
+            } else { /* float16: with a master copy when the moments are float32 */         \
+                constexpr bool master = std::is_same_v<S, C>;                               \
+                if (amsgrad)                                                                \
+                    adam_half<S, true, master, HALF>(a, k, n);                              \
+                else                                                                        \
+                    adam_half<S, false, master, HALF>(a, k, n);                             \
+            }                                                                               \
         }                                                                                   \
         template <typename Bits>                                                            \
         [[gnu::noinline]] TARGET static bool nonfinite(const Bits *bits, int64_t lo,        \
@@ -258,15 +323,19 @@ template <typename Bits>
 // The variants compiled, widest first. A native build (or one for another architecture)
 // has one, compiled for the flags the compiler was given.
 #if defined(ADAM_PLUGIN_NATIVE) || !defined(__x86_64__)
-VARIANT(native, , true)
+#if defined(__F16C__)
+VARIANT(native, , F16cHalf, true)
+#else
+VARIANT(native, , ScalarHalf, true)
+#endif
 using Variants = std::tuple<native>;
 #else
 // F16C (float16 <-> float32 conversion in vector registers) came with every AVX2 CPU.
-VARIANT(avx512f, [[gnu::target("avx512f,f16c")]],
+VARIANT(avx512f, [[gnu::target("avx512f,f16c")]], F16cHalf,
         __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("f16c"))
-VARIANT(avx2, [[gnu::target("avx2,f16c")]],
+VARIANT(avx2, [[gnu::target("avx2,f16c")]], F16cHalf,
         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
-VARIANT(baseline, , true)
+VARIANT(baseline, , ScalarHalf, true)
 using Variants = std::tuple<avx512f, avx2, baseline>;
 #endif
 
