@@ -183,7 +183,8 @@ class Batch:
         self.grads = list(grads)
         groups = {}  # kernel storage -> [(position, the parameter as fused.Buffers takes it)]
         for i, (way, layout) in enumerate(zip(self.routes, layouts)):
-            if way == KERNEL and not layout.dense and not _stores_every_row(weights[i]):
+            if (way == KERNEL and not layout.dense
+                    and not _stores_every_row(weights[i], layout.shape[0])):
                 self.routes[i] = way = TEXTBOOK
             if way == TEXTBOOK:
                 continue
@@ -234,11 +235,10 @@ class Batch:
                               self.multi_precision)
 
 
-def _stores_every_row(weight):
-    """Does the ``row_sparse`` ``weight`` store all its rows? Its values are then laid
-    out as the dense weight's (MXNet keeps the stored rows sorted and distinct).
-    ``indices`` is a copy, of 8 bytes per row."""
-    return weight.indices.shape[0] == weight.shape[0]
+def _stores_every_row(weight, rows):
+    """Does the ``row_sparse`` ``weight`` store all its ``rows``? Its values are then laid
+    out as the dense weight's (MXNet keeps the stored rows sorted and distinct)."""
+    return fused.stored_rows(weight) == rows
 
 
 def _rows(grad, weight_rows, name):

@@ -288,6 +288,35 @@ class Buffers:
             len(keep), *arguments, table.ctypes.data, amsgrad, threads))
 
 
+class _DLTensor(ctypes.Structure):
+    """DLPack's DLTensor (dlpack.h, version 0.x, as MXNet 1.9.1 fills it)."""
+    _fields_ = [('data', ctypes.c_void_p), ('device_type', ctypes.c_int),
+                ('device_id', ctypes.c_int), ('ndim', ctypes.c_int), ('dtype', ctypes.c_uint32),
+                ('shape', ctypes.POINTER(ctypes.c_int64)),
+                ('strides', ctypes.POINTER(ctypes.c_int64)), ('byte_offset', ctypes.c_uint64)]
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [('dl_tensor', _DLTensor), ('manager_ctx', ctypes.c_void_p),
+                ('deleter', ctypes.c_void_p)]
+
+
+def stored_rows(array):
+    """The rows a ``row_sparse`` ``array`` stores, without copying anything.
+
+    Python's ``indices`` is a copy (800 KB for 100K rows, about 80 us); MXNet's DLPack
+    view of the array describes its stored values (``data()``), whose first dimension
+    this is. Pending writes to the array, which may store other rows, are waited for.
+    """
+    array.wait_to_read()
+    view = ctypes.c_void_p()
+    check_call(_LIB.MXNDArrayToDLPack(array.handle, ctypes.byref(view)))
+    try:
+        return ctypes.cast(view, ctypes.POINTER(_DLManagedTensor)).contents.dl_tensor.shape[0]
+    finally:
+        check_call(_LIB.MXNDArrayCallDLPackDeleter(view))
+
+
 def _threads_for(elements):
     """:data:`THREADS` for a call over at least ``PARALLEL_MIN`` elements, else 1."""
     return THREADS if elements >= PARALLEL_MIN else 1

@@ -376,3 +376,14 @@ def test_a_row_outside_the_weight_is_refused_before_anything_changes(rows):
     np.testing.assert_array_equal(weight.asnumpy(), 1.0)
     assert not any(s.asnumpy().any() for s in state)
     assert not opt._index_update_count
+
+
+STORED = [  # (rows stored of 7, as row_sparse_array is given them)
+    [], [3], [0, 2, 3], [0, 1, 2, 3, 4, 5], list(range(7))]
+
+
+@pytest.mark.parametrize('rows', STORED, ids=str)
+def test_stored_rows_are_read_without_a_copy(rows):
+    """fused.stored_rows (MXNet's DLPack view) against the copy Python's indices makes."""
+    array = nd.sparse.row_sparse_array((np.ones((len(rows), 4), np.float32), rows), shape=(7, 4))
+    assert fused.stored_rows(array) == array.indices.shape[0] == len(rows)
