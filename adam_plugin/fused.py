@@ -200,26 +200,30 @@ class Buffers:
         self.storage = storage
         self.dtype = STORAGES[storage][1]
         self._rows = [rows for *_, rows in params]  # kept alive: the kernel reads them
-        handles, sizes, row_length = [], [], []
+        handles, sizes, row_length = [[] for _ in range(6)], [], []
         for shape, weight, grad, moments, master, rows in params:
             length = math.prod(shape[1:])
             row_length.append(length)
             sizes.append(math.prod(shape) if rows is None else len(rows) * length)
-            handles.append((weight.handle.value, grad.handle.value,
-                            *(m.handle.value for m in moments), *(0,) * (3 - len(moments)),
-                            0 if master is None else master.handle.value))
-        self.handles = np.array(handles, dtype=np.uintp).T.copy()  # one row per array
-        self.sizes = np.array(sizes, dtype=np.int64)
-        self.row_length = np.array(row_length, dtype=np.int64)
-        self.rows = np.array([0 if rows is None else rows.ctypes.data for rows in self._rows],
-                             dtype=np.uintp)
-        self.first_rows = np.zeros(len(params), dtype=np.int64)  # every one on row 0
+            for column, array in zip(handles, (weight, grad, *moments, None, None)[:5] + (
+                    master,)):
+                column.append(0 if array is None else array.handle.value)
+        n = len(params)
+        # One table (a single allocation, its address read once; each read of .ctypes
+        # costs about a microsecond): the handles, one row of n per array, then per
+        # parameter its size, row length, rows (their address, or 0) and row of constants
+        # when all share one (0).
+        self._table = np.array(
+            [h for column in handles for h in column] + sizes + row_length
+            + [0 if rows is None else rows.ctypes.data for rows in self._rows] + [0] * n,
+            dtype=np.uint64)
+        base = self._table.ctypes.data
+        self._arguments = [base + 8 * n * row for row in (0, 6, 7, 8, 9)]
+        self.handles = self._table[:6 * n].reshape(6, n)
+        self.sizes, self.row_length, self.rows = (
+            self._table[row * n:(row + 1) * n].view(np.int64) for row in (6, 7, 8))
         self.threads = _threads_for(sum(sizes))
         self.amsgrad_ready = len(params[0][3]) == 3
-        # the addresses of the tables as the kernel takes them, read once (each read of
-        # .ctypes costs about a microsecond)
-        self._arguments = [array.ctypes.data for array in (
-            self.handles, self.sizes, self.row_length, self.rows, self.first_rows)]
 
     def all_finite(self):
         """One flag per gradient: does it hold only finite values (its stored rows, lazy)?
@@ -227,13 +231,13 @@ class Buffers:
         One pass over all gradients, reading each element's bits: an element whose
         exponent field is all ones is an Inf or a NaN.
         """
-        n = len(self.sizes)
-        finite = np.ones(n, dtype=np.uint8)
-        handles, sizes = self._arguments[:2]
-        grads = handles + n * self.handles.itemsize  # the second row of the handles
+        n = len(self._rows)
+        finite = bytearray(b'\x01') * n
+        grads = self._arguments[0] + 8 * n  # the second row of the handles
         check_call(getattr(LIBRARY, _FINITE[self.storage])(
-            n, grads, sizes, finite.ctypes.data, self.threads))
-        return finite.astype(bool).tolist()
+            n, grads, self._arguments[1], (ctypes.c_char * n).from_buffer(finite),
+            self.threads))
+        return [flag == 1 for flag in finite]
 
     def adam_steps(self, steps):
         """Apply :func:`adam_plugin.textbook.adam_step` to the parameters in one call.
