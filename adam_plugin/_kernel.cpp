@@ -2,9 +2,11 @@
 //
 // Built by setup.py as a plain shared library (optional: without a C++ compiler the
 // package installs without it and MyAdam takes its other routes). It holds no Python and
-// runs without the GIL. Arrays arrive as MXNet NDArray handles; their data pointers are
-// asked of MXNet (MXNDArrayGetData, handed over once by use_mxnet) on the calling
-// thread, before any element is touched.
+// runs without the GIL. Arrays arrive as MXNet NDArray handles; on the calling thread,
+// before any element is touched, the kernel waits for the engine (MXNDArrayWaitToRead
+// on each array the check for Inf/NaN reads; MXNDArrayWaitAll before a step, which
+// writes) and asks MXNet for each array's data pointer (MXNDArrayGetData); the three
+// functions are handed over once by use_mxnet.
 //
 // A call covers a list of parameters, seen as one row of elements laid end to end;
 // with `threads` > 1 the threads share it in pieces (see run), which may start or end
@@ -28,11 +30,17 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <tuple>
+#include <type_traits>
 #include <vector>
+
+#ifdef __x86_64__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -141,42 +149,49 @@ void run(int64_t n, const int64_t *sizes, int threads, Body body) {
 }
 
 // Rescale, add coupled L2, clip as mshadow does (NaN passes through).
-template <typename T>
-[[gnu::always_inline]] inline T gradient(T g, T w, T rescale, T wd, T clip) {
+template <typename C>
+[[gnu::always_inline]] inline C gradient(C g, C w, C rescale, C wd, C clip) {
     g = g * rescale;
     if (wd != 0) g = g + wd * w;
     return g > clip ? clip : (g < -clip ? -clip : g);
 }
 
-// The update loop; inlined into each variant's adam (below), which compiles it.
-template <typename T, bool AMSGRAD, bool YOGI>
-[[gnu::always_inline]] inline void adam_range(T *__restrict__ w, const T *__restrict__ g,
-                                              T *__restrict__ m, T *__restrict__ v,
-                                              T *__restrict__ vmax, const T *k, int64_t lo,
-                                              int64_t hi) {
-    const T rescale = k[RESCALE], wd = k[WD], clip = k[CLIP];
-    const T beta1 = k[BETA1], one_minus_beta1 = k[ONE_MINUS_BETA1];
-    const T beta2 = k[BETA2], one_minus_beta2 = k[ONE_MINUS_BETA2];
-    const T bc1 = k[BC1], bc2 = k[BC2], eps_inside = k[EPS_INSIDE], eps_outside = k[EPS_OUTSIDE];
-    const T decay = k[DECAY], lr = k[LR];
-    for (int64_t i = lo; i < hi; ++i) {
-        const T gi = gradient(g[i], w[i], rescale, wd, clip);
-        const T mi = beta1 * m[i] + one_minus_beta1 * gi;
-        // (1 - beta2) * g first, MXNet's order: g * g alone overflows where v is representable
-        const T step2 = (one_minus_beta2 * gi) * gi;
-        // Yogi: v + ((1 - beta2) * g) * g * sign(g * g - v); the sign as two comparisons
-        // (g * g may overflow to Inf there, which still compares right)
-        const T g2 = gi * gi;
-        T vi = YOGI ? v[i] + step2 * (T(g2 > v[i]) - T(g2 < v[i])) : beta2 * v[i] + step2;
-        m[i] = mi;
-        v[i] = vi;
-        if (AMSGRAD) {  // a template argument: the plain loop never touches vmax
-            vi = vmax[i] > vi ? vmax[i] : vi;
-            vmax[i] = vi;
-        }
-        const T u = (mi / bc1) / (std::sqrt(vi / bc2 + eps_inside) + eps_outside);
-        w[i] = w[i] * decay - lr * u;
+// The constants of one step (a row of the table) in the compute type C.
+template <typename C>
+struct Constants {
+    C rescale, wd, clip, beta1, one_minus_beta1, beta2, one_minus_beta2, bc1, bc2;
+    C eps_inside, eps_outside, decay, lr;
+    explicit Constants(const C *k)
+        : rescale(k[RESCALE]), wd(k[WD]), clip(k[CLIP]), beta1(k[BETA1]),
+          one_minus_beta1(k[ONE_MINUS_BETA1]), beta2(k[BETA2]),
+          one_minus_beta2(k[ONE_MINUS_BETA2]), bc1(k[BC1]), bc2(k[BC2]),
+          eps_inside(k[EPS_INSIDE]), eps_outside(k[EPS_OUTSIDE]), decay(k[DECAY]), lr(k[LR]) {}
+};
+
+// The rule on one element, in the compute type C: the one place of the per-element math,
+// used by every loop (float32, float64, float16 with and without a master copy, whole
+// arrays and rows). Updates m, v (and vmax) and returns the new weight.
+template <typename C, bool AMSGRAD, bool YOGI>
+[[gnu::always_inline]] inline C adam_element(C w, C g, C &m, C &v, C &vmax,
+                                             const Constants<C> &k) {
+    g = gradient(g, w, k.rescale, k.wd, k.clip);
+    m = k.beta1 * m + k.one_minus_beta1 * g;
+    // (1 - beta2) * g first, MXNet's order: g * g alone overflows where v is representable
+    const C step2 = (k.one_minus_beta2 * g) * g;
+    if (YOGI) {  // a template argument: v + ((1 - beta2) * g) * g * sign(g * g - v), the
+                 // sign as two comparisons (g * g may overflow to Inf, which compares right)
+        const C g2 = g * g;
+        v = v + step2 * (C(g2 > v) - C(g2 < v));
+    } else {
+        v = k.beta2 * v + step2;
     }
+    C v_used = v;
+    if (AMSGRAD) {  // a template argument: the plain loop never touches vmax
+        vmax = vmax > v ? vmax : v;
+        v_used = vmax;
+    }
+    const C u = (m / k.bc1) / (std::sqrt(v_used / k.bc2 + k.eps_inside) + k.eps_outside);
+    return w * k.decay - k.lr * u;
 }
 
 // The check loop: does bits[lo, hi) hold an element whose exponent field is all ones
@@ -184,33 +199,143 @@ template <typename T, bool AMSGRAD, bool YOGI>
 // integer OR-reduction that vectorises and that no floating-point setting can fold away.
 template <typename Bits>
 [[gnu::always_inline]] inline bool nonfinite_range(const Bits *bits, int64_t lo, int64_t hi) {
-    constexpr Bits exponent = sizeof(Bits) == 4 ? Bits(0x7F800000u) : Bits(0x7FF0000000000000ull);
+    constexpr Bits exponent = sizeof(Bits) == 2   ? Bits(0x7C00u)
+                              : sizeof(Bits) == 4 ? Bits(0x7F800000u)
+                                                  : Bits(0x7FF0000000000000ull);
     Bits any = 0;
     for (int64_t i = lo; i < hi; ++i) any |= (bits[i] & exponent) == exponent;
     return any != 0;
 }
 
+// The arrays of one stretch of elements: weight and gradient stored as W, the moments
+// (and the float32 master copy of a float16 weight) as S. Null when absent.
+template <typename W, typename S>
+struct Span {
+    W *w;
+    const W *g;
+    S *m, *v, *vmax, *master;
+};
+
+// The update loop over n elements of one type T (float32 or float64), every operation
+// rounded to T. Inlined into each variant's adam (below), which compiles it.
+template <typename T, bool AMSGRAD, bool YOGI>
+[[gnu::always_inline]] inline bool adam_loop(T *__restrict__ w, const T *__restrict__ g,
+                                             T *__restrict__ m, T *__restrict__ v,
+                                             T *__restrict__ vmax, const Constants<T> &k,
+                                             int64_t n) {
+    int overflow = 0;  // a second moment became Inf (or NaN) from a finite gradient
+    for (int64_t i = 0; i < n; ++i) {
+        T mi = m[i], vi = v[i], vmaxi = AMSGRAD ? vmax[i] : T(0);
+        w[i] = adam_element<T, AMSGRAD, YOGI>(w[i], g[i], mi, vi, vmaxi, k);
+        m[i] = mi;
+        v[i] = vi;
+        if (AMSGRAD) vmax[i] = vmaxi;  // a template argument: the plain loop never touches vmax
+        overflow |= !(vi <= std::numeric_limits<T>::max());
+    }
+    return overflow == 0;
+}
+
+// float16 <-> float32, rounding to nearest even: element by element (on x86-64 without
+// F16C, libgcc's conversion functions), ...
+struct ScalarHalf {
+    static void widen(const _Float16 *in, float *out, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
+    }
+    static void narrow(const float *in, _Float16 *out, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) out[i] = static_cast<_Float16>(in[i]);
+    }
+};
+
+#ifdef __x86_64__
+// ... or eight at a time with F16C's instructions (GCC 12 does not vectorise the
+// conversions of _Float16 itself).
+struct F16cHalf {
+    [[gnu::target("avx2,f16c")]] static void widen(const _Float16 *in, float *out, int64_t n) {
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(
+                                          reinterpret_cast<const __m128i *>(in + i))));
+        for (; i < n; ++i) out[i] = static_cast<float>(in[i]);
+    }
+    [[gnu::target("avx2,f16c")]] static void narrow(const float *in, _Float16 *out, int64_t n) {
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128(reinterpret_cast<__m128i *>(out + i),
+                             _mm256_cvtps_ph(_mm256_loadu_ps(in + i),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        for (; i < n; ++i) out[i] = static_cast<_Float16>(in[i]);
+    }
+};
+#endif
+
+// The update of n float16 weights, each element computed in float32 by adam_loop, in
+// blocks widened to float32 buffers and narrowed back (Half: see above). With MASTER
+// (S float) the float32 master copy and moments step in place and the weight becomes
+// the master copy rounded to float16; without, the float16 weight and moments are
+// widened, stepped and stored rounded to float16.
+template <typename S, bool AMSGRAD, bool YOGI, bool MASTER, typename Half>
+[[gnu::always_inline]] inline bool adam_half(const Span<_Float16, S> &a, const Constants<float> &k,
+                                             int64_t n) {
+    constexpr int64_t BLOCK = 1024;
+    alignas(64) float g[BLOCK], w[BLOCK], m[BLOCK], v[BLOCK], vmax[BLOCK];
+    bool finite = true;  // every second moment written is finite
+    for (int64_t lo = 0; lo < n; lo += BLOCK) {
+        const int64_t count = std::min(BLOCK, n - lo);
+        Half::widen(a.g + lo, g, count);
+        if constexpr (MASTER) {
+            finite &= adam_loop<float, AMSGRAD, YOGI>(a.master + lo, g, a.m + lo, a.v + lo,
+                                                      AMSGRAD ? a.vmax + lo : nullptr, k,
+                                                      count);
+            Half::narrow(a.master + lo, a.w + lo, count);
+        } else {
+            Half::widen(a.w + lo, w, count);
+            Half::widen(a.m + lo, m, count);
+            Half::widen(a.v + lo, v, count);
+            if (AMSGRAD) Half::widen(a.vmax + lo, vmax, count);
+            adam_loop<float, AMSGRAD, YOGI>(w, g, m, v, vmax, k, count);
+            Half::narrow(w, a.w + lo, count);
+            Half::narrow(m, a.m + lo, count);
+            Half::narrow(v, a.v + lo, count);  // a finite float32 v may round to Inf
+            finite &= !nonfinite_range(reinterpret_cast<const uint16_t *>(a.v + lo), 0, count);
+            if (AMSGRAD) Half::narrow(vmax, a.vmax + lo, count);
+        }
+    }
+    return finite;
+}
+
+
+// The update of one stretch of elements, whatever its storage: float32 and float64 by
+// adam_loop, float16 (with a master copy when the moments S are float32) by adam_half.
+// AMSGRAD and YOGI are template arguments, so neither is a run-time test inside a loop
+// (one kept GCC from vectorising it). Returns whether every v written is finite.
+template <bool AMSGRAD, bool YOGI, typename Half, typename W, typename S, typename C>
+[[gnu::always_inline]] inline bool adam_span(const Span<W, S> &a, const Constants<C> &k,
+                                             int64_t n) {
+    if constexpr (std::is_same_v<W, C>)
+        return adam_loop<C, AMSGRAD, YOGI>(a.w, a.g, a.m, a.v, a.vmax, k, n);
+    else
+        return adam_half<S, AMSGRAD, YOGI, std::is_same_v<S, C>, Half>(a, k, n);
+}
+
 // A variant: a struct NAME whose static functions adam and nonfinite are the two loops
-// compiled with the GCC function attribute TARGET (empty: the compiler's flags), and
-// that runs on a CPU where RUNS_HERE is true. noinline keeps each one a function of its
-// own, called only once the variant is chosen (objdump -d shows them by name).
-#define VARIANT(NAME, TARGET, RUNS_HERE)                                                    \
+// compiled with the GCC function attribute TARGET (empty: the compiler's flags), with
+// HALF's float16 conversions, and that runs on a CPU where RUNS_HERE is true. noinline
+// keeps each one a function of its own, called only once the variant is chosen
+// (objdump -d shows them by name).
+#define VARIANT(NAME, TARGET, HALF, RUNS_HERE)                                              \
     struct NAME {                                                                           \
         static constexpr const char *name = #NAME;                                          \
         static bool runs_here() { return RUNS_HERE; }                                       \
-        template <typename T>                                                               \
-        [[gnu::noinline]] TARGET static void adam(T *w, const T *g, T *m, T *v, T *vmax,    \
-                                                  const T *k, int64_t lo, int64_t hi,       \
-                                                  bool amsgrad) {                           \
-            const bool yogi = k[YOGI] != 0;                                                 \
-            if (amsgrad && yogi)                                                            \
-                adam_range<T, true, true>(w, g, m, v, vmax, k, lo, hi);                     \
-            else if (amsgrad)                                                               \
-                adam_range<T, true, false>(w, g, m, v, vmax, k, lo, hi);                    \
-            else if (yogi)                                                                  \
-                adam_range<T, false, true>(w, g, m, v, vmax, k, lo, hi);                    \
-            else                                                                            \
-                adam_range<T, false, false>(w, g, m, v, vmax, k, lo, hi);                   \
+        template <typename W, typename S, typename C>                                       \
+        [[gnu::noinline]] TARGET static bool adam(const Span<W, S> &a, const C *table,      \
+                                                  int64_t n, bool amsgrad) {                \
+            const Constants<C> k(table);                                                    \
+            const bool yogi = table[YOGI] != 0;                                             \
+            if (amsgrad)                                                                    \
+                return yogi ? adam_span<true, true, HALF>(a, k, n)                          \
+                            : adam_span<true, false, HALF>(a, k, n);                        \
+            return yogi ? adam_span<false, true, HALF>(a, k, n)                             \
+                        : adam_span<false, false, HALF>(a, k, n);                           \
         }                                                                                   \
         template <typename Bits>                                                            \
         [[gnu::noinline]] TARGET static bool nonfinite(const Bits *bits, int64_t lo,        \
@@ -222,12 +347,19 @@ template <typename Bits>
 // The variants compiled, widest first. A native build (or one for another architecture)
 // has one, compiled for the flags the compiler was given.
 #if defined(ADAM_PLUGIN_NATIVE) || !defined(__x86_64__)
-VARIANT(native, , true)
+#if defined(__F16C__)
+VARIANT(native, , F16cHalf, true)
+#else
+VARIANT(native, , ScalarHalf, true)
+#endif
 using Variants = std::tuple<native>;
 #else
-VARIANT(avx512f, [[gnu::target("avx512f")]], __builtin_cpu_supports("avx512f"))
-VARIANT(avx2, [[gnu::target("avx2")]], __builtin_cpu_supports("avx2"))
-VARIANT(baseline, , true)
+// F16C (float16 <-> float32 conversion in vector registers) came with every AVX2 CPU.
+VARIANT(avx512f, [[gnu::target("avx512f,f16c")]], F16cHalf,
+        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("f16c"))
+VARIANT(avx2, [[gnu::target("avx2,f16c")]], F16cHalf,
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
+VARIANT(baseline, , ScalarHalf, true)
 using Variants = std::tuple<avx512f, avx2, baseline>;
 #endif
 
@@ -261,33 +393,75 @@ int with_variant(F f) {
     return result;
 }
 
-// MXNet's MXNDArrayGetData: 0, and the array's data pointer in *out; or -1 with
-// MXNet's last error set.
+// MXNet's C API functions the kernel calls, each returning 0, or -1 with MXNet's last
+// error set: MXNDArrayGetData (the array's data pointer in *out), MXNDArrayWaitToRead
+// (returns once no pending engine operation writes the array) and MXNDArrayWaitAll
+// (once no operation is pending at all).
 using GetData = int (*)(void *handle, void **out);
+using WaitToRead = int (*)(void *handle);
+using WaitAll = int (*)();
 GetData get_data = nullptr;
+WaitToRead wait_to_read = nullptr;
+WaitAll wait_all = nullptr;
 
-// The data pointers of handles[0 .. count), or an empty vector when MXNet refused one.
-std::vector<void *> data_pointers(void *const *handles, int64_t count) {
+// The data pointers of handles[0 .. count) (null for a null handle), each taken after
+// waiting for the pending writes to it when `read`. An empty vector when MXNet
+// refused one.
+std::vector<void *> data_pointers(void *const *handles, int64_t count, bool read) {
     std::vector<void *> pointers(count);
     for (int64_t i = 0; i < count; ++i)
-        if (get_data(handles[i], &pointers[i]) != 0) return {};
+        if (handles[i] && ((read && wait_to_read(handles[i]) != 0) ||
+                           get_data(handles[i], &pointers[i]) != 0))
+            return {};
     return pointers;
 }
 
-// handles: `columns` rows of n: w, g, m, v, and vmax (5 columns, needed by amsgrad).
+// The rows of the handles table, each of n handles (a null handle: no such array).
+enum Array { WEIGHT, GRAD, MEAN, VAR, VMAX, MASTER, NUM_ARRAYS };
+
+// One step of n parameters, weights and gradients stored as W, moments as S, computed in
+// C. handles: NUM_ARRAYS rows of n: w, g, m, v, vmax (amsgrad), master (a float16
+// weight's float32 master copy, with S float). rows: n pointers, null for a parameter
+// stepped whole; else its gradient is row_sparse and lazy: g holds its stored rows, one
+// after the other, rows[p] their positions in w (each below w's first dimension:
+// the caller checks), and only those rows of w, m, v, vmax and master are read and
+// written. sizes[p]: the elements stepped (row_length[p] per row present). v_finite[p] is
+// set to 0 when a second moment of parameter p that this step wrote is Inf (or NaN).
 // Returns 0, or -1 (nothing touched) when MXNet could not give a data pointer.
-template <typename T>
-int adam(int64_t n, void *const *handles, int columns, const int64_t *sizes,
-         const int64_t *rows, const T *table, int amsgrad, int threads) {
-    const std::vector<void *> pointers = data_pointers(handles, columns * n);
+template <typename W, typename S, typename C>
+int adam(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *row_length,
+         const int64_t *const *rows, const int64_t *table_rows, const C *table, int amsgrad,
+         uint8_t *v_finite, int threads) {
+    if (wait_all() != 0) return -1;  // no engine operation reads or writes any of them
+    const std::vector<void *> pointers = data_pointers(handles, NUM_ARRAYS * n, false);
     if (pointers.empty() && n > 0) return -1;
-    auto column = [&](int c, int64_t p) {
-        return c < columns ? static_cast<T *>(pointers[c * n + p]) : nullptr;
+    // The arrays of parameter p from element `at` on (the gradient's from g_at).
+    auto span = [&](int64_t p, int64_t at, int64_t g_at) {
+        auto from = [&](int array, auto *type, int64_t i) {
+            auto *base = static_cast<decltype(type)>(pointers[array * n + p]);
+            return base ? base + i : nullptr;
+        };
+        return Span<W, S>{from(WEIGHT, (W *)nullptr, at), from(GRAD, (W *)nullptr, g_at),
+                          from(MEAN, (S *)nullptr, at), from(VAR, (S *)nullptr, at),
+                          from(VMAX, (S *)nullptr, at), from(MASTER, (S *)nullptr, at)};
     };
     return with_variant([&](auto variant) {
         run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
-            variant.adam(column(0, p), column(1, p), column(2, p), column(3, p), column(4, p),
-                         table + rows[p] * NUM_CONSTANTS, lo, hi, amsgrad != 0);
+            const C *k = table + table_rows[p] * NUM_CONSTANTS;
+            bool finite = true;
+            if (!rows[p]) {
+                finite = variant.adam(span(p, lo, lo), k, hi - lo, amsgrad != 0);
+            } else {
+                const int64_t length = row_length[p];
+                for (int64_t at = lo; at < hi;) {  // at: in the gradient's stored rows
+                    const int64_t i = at / length, j = at % length;
+                    const int64_t count = std::min(hi - at, length - j);
+                    finite &= variant.adam(span(p, rows[p][i] * length + j, at), k, count,
+                                           amsgrad != 0);
+                    at += count;
+                }
+            }
+            if (!finite) __atomic_store_n(&v_finite[p], 0, __ATOMIC_RELAXED);
         });
         return 0;
     });
@@ -297,7 +471,7 @@ int adam(int64_t n, void *const *handles, int columns, const int64_t *sizes,
 template <typename Bits>
 int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite,
            int threads) {
-    const std::vector<void *> pointers = data_pointers(handles, n);
+    const std::vector<void *> pointers = data_pointers(handles, n, true);
     if (pointers.empty() && n > 0) return -1;
     return with_variant([&](auto variant) {
         run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
@@ -312,7 +486,11 @@ int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finit
 
 extern "C" {
 
-void use_mxnet(GetData mxnet_get_data) { get_data = mxnet_get_data; }
+void use_mxnet(GetData mxnet_get_data, WaitToRead mxnet_wait_to_read, WaitAll mxnet_wait_all) {
+    get_data = mxnet_get_data;
+    wait_to_read = mxnet_wait_to_read;
+    wait_all = mxnet_wait_all;
+}
 
 // The names of the variants compiled, widest first, separated by spaces.
 const char *variants() {
@@ -357,15 +535,20 @@ int use_variant(const char *name) {
     return 0;
 }
 
-int adam_float32(int64_t n, void *const *handles, int columns, const int64_t *sizes,
-                 const int64_t *rows, const float *table, int amsgrad, int threads) {
-    return adam<float>(n, handles, columns, sizes, rows, table, amsgrad, threads);
-}
-
-int adam_float64(int64_t n, void *const *handles, int columns, const int64_t *sizes,
-                 const int64_t *rows, const double *table, int amsgrad, int threads) {
-    return adam<double>(n, handles, columns, sizes, rows, table, amsgrad, threads);
-}
+// One entry point per storage: float32, float64, float16 computed in float32 and stored
+// in float16, and float16 weights with float32 master copy and moments.
+#define ADAM_ENTRY(NAME, W, S, C)                                                           \
+    int adam_##NAME(int64_t n, void *const *handles, const int64_t *sizes,                 \
+                    const int64_t *row_length, const int64_t *const *rows,                 \
+                    const int64_t *table_rows, const C *table, int amsgrad,               \
+                    uint8_t *v_finite, int threads) {                                     \
+        return adam<W, S, C>(n, handles, sizes, row_length, rows, table_rows, table,         \
+                             amsgrad, v_finite, threads);                                   \
+    }
+ADAM_ENTRY(float32, float, float, float)
+ADAM_ENTRY(float64, double, double, double)
+ADAM_ENTRY(float16, _Float16, _Float16, float)
+ADAM_ENTRY(float16_master, _Float16, float, float)
 
 int finite_float32(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
                    int threads) {
@@ -375,6 +558,11 @@ int finite_float32(int64_t n, void *const *handles, const int64_t *sizes, uint8_
 int finite_float64(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
                    int threads) {
     return finite<uint64_t>(n, handles, sizes, finite_out, threads);
+}
+
+int finite_float16(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
+                   int threads) {
+    return finite<uint16_t>(n, handles, sizes, finite_out, threads);
 }
 
 }  // extern "C"

@@ -5,22 +5,23 @@ Internal: not part of the public API (see :mod:`adam_plugin`); its names may cha
 Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
 
 ``'kernel'``
-    :mod:`adam_plugin.fused`, the single-pass compiled kernel, for dense float32 and
-    float64 parameters in host memory (cpu, cpu_pinned, cpu_shared). Every option
-    is handled there. A row_sparse gradient without ``lazy_update`` takes it too,
-    densified first.
+    :mod:`adam_plugin.fused`, the single-pass compiled kernel, for float16, float32
+    and float64 parameters in host memory (cpu, cpu_pinned, cpu_shared); float16
+    with or without a float32 master copy. Every option is handled there. The weight
+    is dense, or ``row_sparse`` storing every row (as ``SparseEmbedding``'s under a
+    Trainer), stepped in its own storage. A ``row_sparse`` gradient with
+    ``lazy_update`` steps only its rows (the kernel reads its stored values); without,
+    it is densified first.
 ``'operator'``
-    MXNet's own fused ``adam_update`` operator, for dense parameters on other
-    devices (GPU), or on CPU when the kernel was not built (a row_sparse gradient as
-    on the kernel route), and only when the options are ones it computes exactly:
-    no AMSGrad, no Yogi, coupled weight decay, ``epsilon_mode`` 'outside' or 'hat' (see
-    :func:`operator_step`).
+    MXNet's own fused ``adam_update`` operator, for dense float32 and float64
+    parameters on other devices (GPU), or on CPU when the kernel was not built (a
+    row_sparse gradient as on the kernel route), and only when the options are ones
+    it computes exactly: no AMSGrad, no Yogi, coupled weight decay, ``epsilon_mode``
+    'outside' or 'hat' (see :func:`operator_step`).
 ``'textbook'``
-    The NDArray-op ground truth, for everything else: ``fused=False``, row_sparse
-    weights, lazy updates from row_sparse gradients (the kernel updates whole arrays;
-    taking each run of rows as an array of its own costs more than the textbook's
-    gather and scatter), float16 weights (with or without a float32 master copy),
-    and options the operator lacks.
+    The NDArray-op ground truth, for everything else: ``fused=False``, float16 off
+    the kernel, row_sparse weights that do not store every row, lazy updates off the
+    kernel, and options the operator lacks.
 """
 import math
 from typing import NamedTuple
@@ -31,7 +32,10 @@ import mxnet.ndarray as nd
 from . import fused, textbook
 
 KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
-KERNEL_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+KERNEL_DTYPES = (numpy.dtype(numpy.float16), numpy.dtype(numpy.float32),
+                 numpy.dtype(numpy.float64))
+OPERATOR_DTYPES = KERNEL_DTYPES[1:]
+FLOAT16 = KERNEL_DTYPES[0]
 # Host memory, which the kernel reads: ``cpu_pinned`` holds the KVStore's merged
 # copies (kvstore 'local', and 'device' over CPU contexts), ``cpu_shared`` the
 # DataLoader's worker output.
@@ -53,12 +57,15 @@ class Layout(NamedTuple):
         Elements of the weight.
     row_sparse_grad : bool
         The gradient is ``stype='row_sparse'``.
+    shape : tuple of int
+        The weight's.
     """
     dense: bool
     dtype: numpy.dtype
     device_type: str
     size: int
     row_sparse_grad: bool = False
+    shape: tuple = ()
 
 
 class Layouts:
@@ -98,10 +105,11 @@ class Layouts:
                 f"myadam: the gradient of {self._name(index)} has shape {grad.shape} and "
                 f"dtype {numpy.dtype(grad.dtype).name}, its weight {weight.shape} and "
                 f"{numpy.dtype(weight.dtype).name}; nothing was updated")
+        shape = weight.shape
         layout = Layout(dense=weight.stype == 'default', dtype=numpy.dtype(weight.dtype),
                         device_type=weight.context.device_type,
-                        size=math.prod(weight.shape),  # NDArray.size raises for sparse arrays
-                        row_sparse_grad=grad.stype == 'row_sparse')
+                        size=math.prod(shape),  # NDArray.size raises for sparse arrays
+                        row_sparse_grad=grad.stype == 'row_sparse', shape=shape)
         self._last[index] = (weight, grad, layout)
         return layout
 
@@ -122,17 +130,19 @@ def route(layout, options):
     Returns
     -------
     str
-        ``'kernel'``, ``'operator'`` or ``'textbook'``. A float16 weight, with or
-        without a float32 master copy, always takes ``'textbook'``; a weight in host
-        memory (:data:`HOST_DEVICE_TYPES`) takes ``'kernel'`` when
-        :data:`adam_plugin.fused.LIBRARY` was built.
+        ``'kernel'``, ``'operator'`` or ``'textbook'``. A weight of
+        :data:`KERNEL_DTYPES` in host memory (:data:`HOST_DEVICE_TYPES`) takes
+        ``'kernel'`` when :data:`adam_plugin.fused.LIBRARY` was built (a
+        ``row_sparse`` one that does not store every row then takes ``'textbook'``:
+        :class:`Batch` sees to it).
     """
-    if not options.fused or not layout.dense or layout.dtype not in KERNEL_DTYPES:
-        return TEXTBOOK
-    if layout.row_sparse_grad and options.lazy_update:
+    if not options.fused:
         return TEXTBOOK
     if layout.device_type in HOST_DEVICE_TYPES and fused.LIBRARY is not None:
-        return KERNEL
+        return KERNEL if layout.dtype in KERNEL_DTYPES else TEXTBOOK
+    if (not layout.dense or layout.dtype not in OPERATOR_DTYPES
+            or (layout.row_sparse_grad and options.lazy_update)):
+        return TEXTBOOK
     if (not options.amsgrad and not options.yogi and not options.decoupled_wd
             and options.epsilon_mode in ('outside', 'hat')):
         return OPERATOR
@@ -157,24 +167,41 @@ class Batch:
         ``(master, (m, v[, vmax]))`` for a float16 weight under ``multi_precision``.
     multi_precision : bool
         Whether float16 weights step on their float32 master copy.
+    name : callable
+        ``name(position)``, the parameter as error messages call it.
+
+    Raises
+    ------
+    ValueError
+        If a lazy ``row_sparse`` gradient on the kernel route holds a row outside its
+        weight; before anything is read or written.
     """
 
-    def __init__(self, options, layouts, weights, grads, states, multi_precision):
+    def __init__(self, options, layouts, weights, grads, states, multi_precision,
+                 name=str):
         self.weights, self.states = weights, states
         self.multi_precision = multi_precision
         self.routes = [route(layout, options) for layout in layouts]
-        # the kernel and the operator take a row_sparse gradient (not lazy there) densified
-        self.grads = [g.tostype('default') if way != TEXTBOOK and layout.row_sparse_grad else g
-                      for g, way, layout in zip(grads, self.routes, layouts)]
-        groups = {}  # dtype -> positions on the kernel route
+        self.grads = list(grads)
+        groups = {}  # kernel storage -> [(position, the parameter as fused.Buffers takes it)]
         for i, (way, layout) in enumerate(zip(self.routes, layouts)):
+            if (way == KERNEL and not layout.dense
+                    and not _stores_every_row(weights[i], layout.shape[0])):
+                self.routes[i] = way = TEXTBOOK
+            if way == TEXTBOOK:
+                continue
+            lazy = layout.row_sparse_grad and options.lazy_update  # only on the kernel
+            if layout.row_sparse_grad and not lazy:
+                self.grads[i] = grads[i].tostype('default')
             if way == KERNEL:
-                groups.setdefault(layout.dtype, []).append(i)
+                master = multi_precision and layout.dtype == FLOAT16
+                moments, copy = (states[i][1], states[i][0]) if master else (states[i], None)
+                rows = _rows(grads[i], layout.shape[0], name(i)) if lazy else None
+                groups.setdefault(fused.storage(layout.dtype, master), []).append(
+                    (i, (layout.shape, weights[i], self.grads[i], moments, copy, rows)))
         self.kernel_groups = [  # (positions, fused.Buffers)
-            (positions, fused.Buffers(dtype, [layouts[i].size for i in positions],
-                                      *([column[i] for i in positions]
-                                        for column in (weights, self.grads, states))))
-            for dtype, positions in groups.items()]
+            ([i for i, _ in group], fused.Buffers(storage, [p for _, p in group]))
+            for storage, group in groups.items()]
 
     def finite(self):
         """One flag per gradient: does it hold only finite values?
@@ -197,15 +224,13 @@ class Batch:
         """After :meth:`apply`: one flag per parameter, does its second moment ``v`` hold
         only finite values? (True for a parameter whose step was None.)
 
-        Read like the gradients in :meth:`finite`: one pass over the ``v`` buffers of
-        the kernel route per dtype, MXNet's ``multi_all_finite`` for the others.
+        The kernel route reports it from the step's own pass (:meth:`apply` keeps its
+        flags; a lazy step, only the rows it wrote); MXNet's ``multi_all_finite`` reads
+        the ``v`` buffers of the others.
         """
         flags = [True] * len(steps)
-        for positions, buffers in self.kernel_groups:
-            stepped = [i for i in positions if steps[i] is not None]
-            if stepped:
-                for i, ok in zip(positions, buffers.all_finite(column=3)):
-                    flags[i] = flags[i] and (ok or steps[i] is None)
+        for i, ok in self._kernel_v_finite.items():
+            flags[i] = ok
         others = [i for i, way in enumerate(self.routes)
                   if way != KERNEL and steps[i] is not None]
         if others:
@@ -226,8 +251,10 @@ class Batch:
 
         The kernel route makes one launch per dtype for all of its parameters.
         """
+        self._kernel_v_finite = {}  # position -> its v stayed finite (kernel route)
         for positions, buffers in self.kernel_groups:
-            buffers.adam_steps([steps[i] for i in positions])
+            self._kernel_v_finite.update(zip(positions, buffers.adam_steps(
+                [steps[i] for i in positions])))
         for i, way in enumerate(self.routes):
             if steps[i] is None or way == KERNEL:
                 continue
@@ -236,6 +263,23 @@ class Batch:
             else:
                 textbook_step(self.weights[i], self.grads[i], self.states[i], steps[i],
                               self.multi_precision)
+
+
+def _stores_every_row(weight, rows):
+    """Does the ``row_sparse`` ``weight`` store all its ``rows``? Its values are then laid
+    out as the dense weight's (MXNet keeps the stored rows sorted and distinct)."""
+    return fused.stored_rows(weight) == rows
+
+
+def _rows(grad, weight_rows, name):
+    """The rows a ``row_sparse`` ``grad`` stores, as a NumPy int64 array, each checked
+    to be one of the weight's ``weight_rows`` (the kernel writes where they point)."""
+    rows = grad.indices.asnumpy().astype(numpy.int64, copy=False)
+    bad = rows[(rows < 0) | (rows >= weight_rows)]
+    if bad.size:
+        raise ValueError(f"myadam: the row_sparse gradient of {name} holds row {bad[0]}, "
+                         f"outside its weight's {weight_rows} rows; nothing was updated")
+    return rows
 
 
 # MXNet 1.9.1's multi_all_finite aborts the process when given much more than 200

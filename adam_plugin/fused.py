@@ -13,13 +13,14 @@ The library's loops over elements come in variants, one per instruction set (on 
 ``'native'``). Loading picks the widest this CPU runs; :func:`use_variant` picks another.
 All variants round every operation alike, so they give the same numbers.
 
-How the buffers are reached: every entry point first waits for all pending MXNet
-engine work (``MXNDArrayWaitAll``), so no engine operation still reads or writes
-any of the arrays; the kernel then asks MXNet for each array's data pointer
-(``MXNDArrayGetData``, called from C++ on the handles) and reads and writes the
-memory directly. Nothing is copied. MXNet does not know about these writes, which is
-safe because they are finished before the function returns and the engine has
-nothing in flight on those arrays.
+How the buffers are reached: the kernel, on the calling thread, first waits for
+the MXNet engine: the check for Inf/NaN for the pending writes to each gradient it
+reads (``MXNDArrayWaitToRead``), the step for all pending work
+(``MXNDArrayWaitAll``), so no engine operation still reads or writes any of the
+arrays. It then asks MXNet for each array's data pointer (``MXNDArrayGetData``) and
+reads and writes the memory directly. Nothing is copied. MXNet does not know about
+these writes, which is safe because they are finished before the function returns
+and the engine has nothing in flight on those arrays.
 
 A whole list of parameters is one call, the arrays passed as tables of handles and
 sizes; the call releases the GIL. Calls over at least ``PARALLEL_MIN`` elements are
@@ -30,6 +31,7 @@ calling thread alone, where waking another costs more than it saves.
 __all__ = ['variants', 'variant', 'use_variant']
 
 import ctypes
+import functools
 import math
 import os
 import re
@@ -45,6 +47,29 @@ PARALLEL_MIN = 1 << 20
 # order as ``enum Column`` in _kernel.cpp.
 (_RESCALE, _WD, _CLIP, _BETA1, _ONE_MINUS_BETA1, _BETA2, _ONE_MINUS_BETA2, _BC1, _BC2,
  _EPS_INSIDE, _EPS_OUTSIDE, _DECAY, _LR, _YOGI, _NUM_CONSTANTS) = range(15)
+
+
+# The kernel's storages: name -> (dtype of the weight, dtype the step is computed in).
+STORAGES = {
+    'float32': (np.dtype(np.float32), np.dtype(np.float32)),
+    'float64': (np.dtype(np.float64), np.dtype(np.float64)),
+    # float16 weights, gradients and moments, each element computed in float32
+    'float16': (np.dtype(np.float16), np.dtype(np.float32)),
+    # float16 weights and gradients, a float32 master copy of the weight and float32 moments
+    'float16_master': (np.dtype(np.float16), np.dtype(np.float32)),
+}
+
+
+_FINITE = {name: 'finite_' + dtype.name for name, (dtype, _) in STORAGES.items()}
+_STORAGE_OF = {(dtype, master): name + ('_master' if master else '')
+               for name, (dtype, _) in STORAGES.items() if not name.endswith('_master')
+               for master in (False, True) if dtype == np.float16 or not master}
+
+
+def storage(dtype, master):
+    """The kernel's name (a key of :data:`STORAGES`) for weights of ``dtype`` (a NumPy
+    dtype), stepped on a float32 master copy or not; None when it has no loop for them."""
+    return _STORAGE_OF.get((dtype, master))
 
 
 def _threads():
@@ -85,13 +110,15 @@ def load(path=PATH):
         return None
     library = ctypes.CDLL(path)
     pointer, count, flag, name = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_char_p
-    library.use_mxnet.argtypes = [pointer]
-    library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, pointer))
+    library.use_mxnet.argtypes = [pointer, pointer, pointer]
+    library.use_mxnet(*(ctypes.cast(function, pointer) for function in (
+        _LIB.MXNDArrayGetData, _LIB.MXNDArrayWaitToRead, _LIB.MXNDArrayWaitAll)))
     library.variants.restype = library.variant_in_use.restype = name
     library.use_variant.argtypes = library.variant_runs_here.argtypes = [name]
-    for dtype in ('float32', 'float64'):
-        getattr(library, f'adam_{dtype}').argtypes = [
-            count, pointer, flag, pointer, pointer, pointer, flag, flag]
+    for name in STORAGES:
+        getattr(library, f'adam_{name}').argtypes = [
+            count, pointer, pointer, pointer, pointer, pointer, pointer, flag, pointer, flag]
+    for dtype in ('float16', 'float32', 'float64'):
         getattr(library, f'finite_{dtype}').argtypes = [count, pointer, pointer, pointer, flag]
     return library
 
@@ -131,8 +158,12 @@ def use_variant(name):
     return previous
 
 
+@functools.lru_cache(maxsize=1024)
 def constants(step, dtype):
     """The scalars of one step, computed in float64 and rounded to ``dtype`` once.
+
+    Kept for the last 1024 distinct (step, dtype): parameters stepped alike (the same
+    ``t``, ``lr`` and ``wd``) share one array, which nobody writes.
 
     They are the scalars :func:`adam_plugin.textbook.adam_step` hands MXNet's scalar
     operators, which round them to the array's dtype the same way. The three
@@ -157,54 +188,81 @@ def constants(step, dtype):
     row[_DECAY] = 1.0 - step.lr * step.wd if step.decoupled_wd else 1.0
     row[_LR] = step.lr
     row[_YOGI] = 1.0 if step.yogi else 0.0
-    return np.array(row, dtype=dtype)
+    table = np.array(row, dtype=dtype)
+    table.flags.writeable = False
+    return table
 
 
 class Buffers:
-    """A list of parameters of one dtype, as the kernel takes them: handles and sizes.
+    """A list of parameters of one storage, as the kernel takes them: handles and sizes.
 
     Made once per update call and shared by :meth:`all_finite` and :meth:`adam_steps`.
 
     Parameters
     ----------
-    dtype : numpy.dtype
-        float32 or float64, the dtype of every array.
-    sizes : list of int
-        Elements per parameter.
-    weights, grads : list of NDArray
-        Dense CPU arrays of that dtype; each gradient of its weight's shape.
-    states : list of tuple of NDArray
-        ``(m, v)`` or, for all of them, ``(m, v, vmax)``; same shapes and dtype.
+    storage : str
+        A key of :data:`STORAGES`.
+    params : list of tuple
+        ``(weight, grad, moments, master, rows)`` per parameter: host-memory arrays,
+        the weight dense or ``row_sparse`` storing every row (its values are then laid
+        out as a dense weight's), ``moments`` ``(m, v)`` or, for all of them,
+        ``(m, v, vmax)``, dense, of the weight's shape and of the storage's dtype;
+        ``master`` the float32 master copy (``'float16_master'``) or None. ``rows``:
+        None, the gradient then dense and of the weight's shape; or a NumPy int64 array
+        of rows (each in ``[0, weight.shape[0])``) present in a ``row_sparse`` gradient,
+        whose stored values the kernel reads, stepping only those rows (lazy update).
     """
 
-    def __init__(self, dtype, sizes, weights, grads, states):
-        if len({len(state) for state in states}) != 1:
+    def __init__(self, storage, params):
+        if len({len(moments) for _, _, _, moments, _, _ in params}) != 1:
             raise ValueError("myadam: states of one call must all be (m, v) or all (m, v, vmax)")
-        self.dtype = np.dtype(dtype)
-        columns = [weights, grads] + [list(bufs) for bufs in zip(*states)]
-        self.handles = np.array([[a.handle.value for a in column] for column in columns],
-                                dtype=np.uintp)
-        self.sizes = np.array(sizes, dtype=np.int64)
+        self.storage = storage
+        self.dtype = STORAGES[storage][1]
+        self._rows = [rows for *_, rows in params]  # kept alive: the kernel reads them
+        handles, sizes, row_length = [[] for _ in range(6)], [], []
+        for shape, weight, grad, moments, master, rows in params:
+            length = math.prod(shape[1:])
+            row_length.append(length)
+            sizes.append(math.prod(shape) if rows is None else len(rows) * length)
+            for column, array in zip(handles, (weight, grad, *moments, None, None)[:5] + (
+                    master,)):
+                column.append(0 if array is None else array.handle.value)
+        n = len(params)
+        # One table (a single allocation, its address read once; each read of .ctypes
+        # costs about a microsecond): the handles, one row of n per array, then per
+        # parameter its size, row length, rows (their address, or 0) and row of constants
+        # when all share one (0).
+        self._table = np.array(
+            [h for column in handles for h in column] + sizes + row_length
+            + [0 if rows is None else rows.ctypes.data for rows in self._rows] + [0] * n,
+            dtype=np.uint64)
+        base = self._table.ctypes.data
+        self._arguments = [base + 8 * n * row for row in (0, 6, 7, 8, 9)]
+        self.handles = self._table[:6 * n].reshape(6, n)
+        self.sizes, self.row_length, self.rows = (
+            self._table[row * n:(row + 1) * n].view(np.int64) for row in (6, 7, 8))
+        self.threads = _threads_for(sum(sizes))
+        self.amsgrad_ready = len(params[0][3]) == 3
 
-    def all_finite(self, column=1):
-        """One flag per gradient: does it hold only finite values?
+    def all_finite(self):
+        """One flag per gradient: does it hold only finite values (its stored rows, lazy)?
 
         One pass over all gradients, reading each element's bits: an element whose
-        exponent field is all ones is an Inf or a NaN. ``column`` reads another array
-        of each parameter instead: 0 the weights, 2 and 3 the moments ``m``, ``v``.
+        exponent field is all ones is an Inf or a NaN.
         """
-        finite = np.ones(len(self.sizes), dtype=np.uint8)
-        wait_all()
-        check_call(getattr(LIBRARY, f'finite_{self.dtype.name}')(
-            len(self.sizes), self.handles[column].ctypes.data, self.sizes.ctypes.data,
-            finite.ctypes.data, _threads_for(self.sizes)))
-        return [bool(ok) for ok in finite]
+        n = len(self._rows)
+        finite = bytearray(b'\x01') * n
+        grads = self._arguments[0] + 8 * n  # the second row of the handles
+        check_call(getattr(LIBRARY, _FINITE[self.storage])(
+            n, grads, self._arguments[1], (ctypes.c_char * n).from_buffer(finite),
+            self.threads))
+        return [flag == 1 for flag in finite]
 
     def adam_steps(self, steps):
         """Apply :func:`adam_plugin.textbook.adam_step` to the parameters in one call.
 
         Per element, with the constants of :func:`constants` for that parameter's step,
-        each operation rounded to the dtype in the textbook's order (no fused
+        each operation rounded to the compute dtype in the textbook's order (no fused
         multiply-add, no reciprocals), so the results equal the textbook path's::
 
             g     = g * rescale
@@ -219,11 +277,22 @@ class Buffers:
             u     = m_hat / (sqrt(v_hat + eps_inside) + eps_outside)
             w     = w * decay - lr * u
 
+        float16 storages compute each element in float32: ``'float16'`` reads the
+        float16 weight and moments and stores each result rounded to float16;
+        ``'float16_master'`` steps the float32 master copy and writes the weight as
+        its rounding to float16.
+
         Parameters
         ----------
         steps : list of Step or None
             One per parameter; None leaves that parameter untouched. Parameters
             sharing a step share one row of constants.
+
+        Returns
+        -------
+        list of bool
+            One per parameter: is every second moment ``v`` this step wrote finite?
+            (Checked in the same pass; True for a parameter left untouched.)
         """
         keep, param_rows, rows = [], [], {}  # rows: Step -> its row in the table
         for i, step in enumerate(steps):
@@ -231,25 +300,59 @@ class Buffers:
                 keep.append(i)
                 param_rows.append(rows.setdefault(step, len(rows)))
         if not keep:
-            return
+            return [True] * len(steps)
         amsgrad = any(step.amsgrad for step in rows)
-        if amsgrad and len(self.handles) < 5:
+        if amsgrad and not self.amsgrad_ready:
             raise ValueError("myadam: amsgrad needs (m, v, vmax) states")
-        table = np.stack([constants(step, self.dtype) for step in rows])
-        handles = np.ascontiguousarray(self.handles[:, keep])  # rows of len(keep)
-        sizes = self.sizes[keep]
-        param_rows = np.array(param_rows, dtype=np.int64)
-        wait_all()
-        check_call(getattr(LIBRARY, f'adam_{self.dtype.name}')(
-            len(keep), handles.ctypes.data, len(handles), sizes.ctypes.data,
-            param_rows.ctypes.data, table.ctypes.data, amsgrad, _threads_for(sizes)))
+        table = (constants(next(iter(rows)), self.dtype) if len(rows) == 1
+                 else np.concatenate([constants(step, self.dtype) for step in rows]))
+        if len(keep) == len(steps) and len(rows) == 1:  # the tables made for all of them
+            arguments, threads = self._arguments, self.threads
+        else:
+            kept = [np.ascontiguousarray(self.handles[:, keep])] + [  # rows of len(keep)
+                column[keep] for column in (self.sizes, self.row_length, self.rows)] + [
+                np.array(param_rows, dtype=np.int64)]
+            arguments = [array.ctypes.data for array in kept]
+            threads = _threads_for(kept[1].sum())
+        v_finite = bytearray(b'\x01') * len(keep)
+        check_call(getattr(LIBRARY, 'adam_' + self.storage)(
+            len(keep), *arguments, table.ctypes.data, amsgrad,
+            (ctypes.c_char * len(keep)).from_buffer(v_finite), threads))
+        flags = [True] * len(steps)
+        for i, flag in zip(keep, v_finite):
+            flags[i] = flag == 1
+        return flags
 
 
-def wait_all():
-    """Block until the MXNet engine has no pending work (no reader or writer of any array)."""
-    check_call(_LIB.MXNDArrayWaitAll())
+class _DLTensor(ctypes.Structure):
+    """DLPack's DLTensor (dlpack.h, version 0.x, as MXNet 1.9.1 fills it)."""
+    _fields_ = [('data', ctypes.c_void_p), ('device_type', ctypes.c_int),
+                ('device_id', ctypes.c_int), ('ndim', ctypes.c_int), ('dtype', ctypes.c_uint32),
+                ('shape', ctypes.POINTER(ctypes.c_int64)),
+                ('strides', ctypes.POINTER(ctypes.c_int64)), ('byte_offset', ctypes.c_uint64)]
 
 
-def _threads_for(sizes):
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [('dl_tensor', _DLTensor), ('manager_ctx', ctypes.c_void_p),
+                ('deleter', ctypes.c_void_p)]
+
+
+def stored_rows(array):
+    """The rows a ``row_sparse`` ``array`` stores, without copying anything.
+
+    Python's ``indices`` is a copy (800 KB for 100K rows, about 80 us); MXNet's DLPack
+    view of the array describes its stored values (``data()``), whose first dimension
+    this is. Pending writes to the array, which may store other rows, are waited for.
+    """
+    array.wait_to_read()
+    view = ctypes.c_void_p()
+    check_call(_LIB.MXNDArrayToDLPack(array.handle, ctypes.byref(view)))
+    try:
+        return ctypes.cast(view, ctypes.POINTER(_DLManagedTensor)).contents.dl_tensor.shape[0]
+    finally:
+        check_call(_LIB.MXNDArrayCallDLPackDeleter(view))
+
+
+def _threads_for(elements):
     """:data:`THREADS` for a call over at least ``PARALLEL_MIN`` elements, else 1."""
-    return THREADS if sizes.sum() >= PARALLEL_MIN else 1
+    return THREADS if elements >= PARALLEL_MIN else 1

@@ -166,7 +166,8 @@ class MyAdam(Optimizer):
         distributed.refuse_worker_update(self, indices)  # update_on_kvstore=False in a dist job
         layouts = [self._layouts(*args) for args in zip(indices, weights, grads)]
         self._check_rescale_grad({layout.dtype for layout in layouts})
-        batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision)
+        batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
+                               lambda i: self._name(indices[i]))
         finite = self._finite(indices, batch)
         steps = self._steps(indices, finite)
         for index, ok in zip(indices, finite):

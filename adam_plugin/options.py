@@ -239,8 +239,10 @@ OPTIONS = (
            "(warned the same way) or, with ``'raise'``, raises ``FloatingPointError``."),
     Option('fused', True, flag, 'bool',
            "Take the fast routes of :mod:`adam_plugin.dispatch`: one compiled, "
-           "multi-threaded pass over memory for dense float32/float64 parameters on CPU "
-           "(all parameters of a ``Trainer`` step in one call), MXNet's ``adam_update`` "
+           "multi-threaded pass over memory for float16 (with or without "
+           "``multi_precision``), float32 and float64 parameters on CPU, dense or "
+           "``row_sparse`` (a lazy update touching only the gradient's rows), all "
+           "parameters of a ``Trainer`` step in one call; MXNet's ``adam_update`` "
            "where it is exact on other devices. ``False`` updates every parameter with "
            "the NDArray ops of :mod:`adam_plugin.textbook`. Both agree to float rounding."),
     Option('yogi', False, flag, 'bool',

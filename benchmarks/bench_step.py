@@ -24,8 +24,14 @@ times the compilation of the kernel, portable and native (what ``pip install`` d
 once; every process then loads the built library), and the first 'myadam' step of a
 fresh process.
 
-    python benchmarks/bench_step.py                # the table
+A fourth part times the cases of the storage modes (issue 19), each 'myadam'
+(``epsilon_mode='hat'``, the form of MXNet's Adam) against 'adam' on synthetic data,
+interleaved round by round: the median of the optimizer's step alone (the forward and
+backward pass that make the gradients are not timed) and their ratio. See CASES.
+
+    python benchmarks/bench_step.py                # everything
     python benchmarks/bench_step.py --json out.json
+    python benchmarks/bench_step.py --case sparse_embedding   # one case alone (repeatable)
 """
 import argparse
 import json
@@ -256,6 +262,166 @@ def measure_first_step():
     return float(result.stdout.strip().splitlines()[-1])
 
 
+# --- the storage modes: one case each, 'myadam' against 'adam' -----------------------------
+
+CASE_OPTIONS = {'myadam': ('myadam', {'epsilon_mode': 'hat'}), 'adam': ('adam', {})}
+
+
+def zipf_batches(vocab, ids, count, seed=0):
+    """``count`` batches of ``ids`` token ids below ``vocab``, Zipf-distributed (a=1.2):
+    a few rows recur in every batch, most are rare, as in text."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return [(rng.zipf(1.2, size=ids) - 1) % vocab for _ in range(count)]
+
+
+def embedding_case(layer, tiny):
+    """A Trainer stepping one embedding of 100000 x 128 (tiny: 1000 x 8), 512 ids a step.
+
+    ``layer(vocab, dim)`` makes the block. The gradient of each step comes from a
+    forward and backward pass on the next batch of ids, outside the timing.
+    """
+    vocab, dim, ids = (1000, 8, 16) if tiny else (100_000, 128, 512)
+
+    def make(optimizer, options):
+        import mxnet as mx
+        from mxnet import autograd, gluon
+        import adam_plugin  # noqa: F401  (registers 'myadam')
+        mx.random.seed(0)
+        net = layer(vocab, dim)
+        net.initialize(mx.init.Normal())
+        trainer = gluon.Trainer(net.collect_params(), optimizer,
+                                dict(options, learning_rate=1e-3))
+        batches = iter(zipf_batches(vocab, ids, 1 << 20))
+
+        def prepare():
+            with autograd.record():
+                loss = net(mx.nd.array(next(batches))).sum()
+            loss.backward()
+            mx.nd.waitall()
+
+        def step():
+            trainer.step(ids)
+            mx.nd.waitall()
+        return prepare, step
+    return make
+
+
+def float16_updater_case(tiny):
+    """float16 weights with ``multi_precision=True``, ResNet-18's shapes (tiny: two), one
+    call of MXNet's Updater over all of them, as ``Trainer.step`` makes it; fixed
+    random gradients."""
+    shapes = [(4, 3, 3, 3), (4,)] if tiny else resnet18_shapes()
+
+    def make(optimizer, options):
+        import mxnet as mx
+        import adam_plugin  # noqa: F401  (registers 'myadam')
+        mx.random.seed(0)
+        weights = [mx.nd.random.normal(shape=s).astype('float16') for s in shapes]
+        grads = [mx.nd.random.normal(shape=s, scale=0.01).astype('float16') for s in shapes]
+        updater = mx.optimizer.get_updater(mx.optimizer.create(
+            optimizer, learning_rate=1e-3, multi_precision=True, **options))
+        indices = list(range(len(shapes)))
+        mx.nd.waitall()
+
+        def step():
+            updater(indices, grads, weights)
+            mx.nd.waitall()
+        return (lambda: None), step
+    return make
+
+
+def kvstore_case(tiny):
+    """``update_on_kvstore=True`` on two CPU contexts, 30 Dense(64) layers (tiny: 3): the
+    KVStore calls the optimizer once per parameter; fixed gradients."""
+    layers = 3 if tiny else 30
+
+    def make(optimizer, options):
+        import mxnet as mx
+        from mxnet import gluon
+        import adam_plugin  # noqa: F401  (registers 'myadam')
+        mx.random.seed(0)
+        contexts = [mx.cpu(0), mx.cpu(1)]
+        net = gluon.nn.HybridSequential()
+        for _ in range(layers):
+            net.add(gluon.nn.Dense(64, in_units=64))
+        net.initialize(mx.init.Normal(), ctx=contexts)
+        trainer = gluon.Trainer(net.collect_params(), optimizer,
+                                dict(options, learning_rate=1e-3), update_on_kvstore=True)
+        params = list(net.collect_params().values())
+        for p in params:
+            for g in p.list_grad():
+                mx.nd.random.normal(shape=g.shape, scale=0.01, out=g)
+        mx.nd.waitall()
+
+        def prepare():
+            for p in params:
+                for d in p.list_data():
+                    d._fresh_grad = True  # as backward() would mark it
+
+        def step():
+            trainer.step(1)
+            mx.nd.waitall()
+        return prepare, step
+    return make
+
+
+def _sparse_embedding(vocab, dim):
+    from mxnet import gluon
+    return gluon.contrib.nn.SparseEmbedding(vocab, dim)
+
+
+def _embedding_sparse_grad(vocab, dim):
+    from mxnet import gluon
+    return gluon.nn.Embedding(vocab, dim, sparse_grad=True)
+
+
+# name -> (what it is, its maker given tiny): make(optimizer, options) -> (prepare, step)
+CASES = {
+    'sparse_embedding': ('SparseEmbedding(100000, 128), 512 Zipf ids a step (row_sparse '
+                         'weight, lazy, update_on_kvstore)',
+                         lambda tiny: embedding_case(_sparse_embedding, tiny)),
+    'embedding_sparse_grad': ('Embedding(100000, 128, sparse_grad=True), 512 Zipf ids a step '
+                              '(dense weight, lazy)',
+                              lambda tiny: embedding_case(_embedding_sparse_grad, tiny)),
+    'float16_resnet18': ('float16 + multi_precision, ResNet-18 shapes, MXNet\'s Updater',
+                         float16_updater_case),
+    'kvstore_two_contexts': ('update_on_kvstore=True, two CPU contexts, 30 Dense(64)',
+                             kvstore_case),
+}
+
+
+def time_cases(names, rounds, tiny):
+    """{case: {'myadam': [ms], 'adam': [ms]}}: per round, each contender's step in turn."""
+    times = {}
+    for name in names:
+        make = CASES[name][1](tiny)
+        contenders = {who: make(*CASE_OPTIONS[who]) for who in CASE_OPTIONS}
+        for prepare, step in contenders.values():  # warm-up: states, the kernel's threads
+            prepare()
+            step()
+        times[name] = {who: [] for who in contenders}
+        for _ in range(rounds):
+            for who, (prepare, step) in contenders.items():
+                prepare()
+                start = time.perf_counter()
+                step()
+                times[name][who].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def report_cases(times):
+    """Print and return {case: {'myadam_ms', 'adam_ms', 'ratio', 'rounds'}} (medians)."""
+    rows = {}
+    print(f"\n{'case':22} {'myadam ms':>10} {'adam ms':>10} {'ratio':>7}   what")
+    for name, by_who in times.items():
+        mine, theirs = (statistics.median(by_who[who]) for who in ('myadam', 'adam'))
+        rows[name] = {'myadam_ms': mine, 'adam_ms': theirs, 'ratio': mine / theirs,
+                      'rounds': len(by_who['myadam'])}
+        print(f"{name:22} {mine:10.2f} {theirs:10.2f} {mine / theirs:7.2f}   {CASES[name][0]}")
+    return rows
+
+
 def report(times, memory, first_step, kernel):
     rows = {}
     print(f"{'workload':10} {'contender':20} {'median ms':>10} {'vs mxnet adam':>14}"
@@ -296,6 +462,9 @@ def main():
     parser.add_argument('--tiny', action='store_true', help='tiny sizes (a smoke test)')
     parser.add_argument('--json', metavar='PATH',
                         help="also write the results as JSON ('-': stdout)")
+    parser.add_argument('--case', action='append', choices=sorted(CASES), metavar='NAME',
+                        help='run only this case of the storage modes (repeatable): '
+                             + ', '.join(CASES))
     parser.add_argument('--torch-server', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--memory-child', nargs=4, help=argparse.SUPPRESS)
     parser.add_argument('--first-step-child', action='store_true', help=argparse.SUPPRESS)
@@ -307,6 +476,20 @@ def main():
     if args.memory_child:
         name, size, steps, warm_up = args.memory_child
         return memory_child(*MXNET_OPTIMIZERS[name], int(size), int(steps), bool(int(warm_up)))
+    if args.case:
+        results = {'threads': THREADS,
+                   'cases': report_cases(time_cases(args.case, args.rounds, args.tiny))}
+    else:
+        results = full_run(args)
+    if args.json == '-':
+        print(json.dumps(results, indent=1))
+    elif args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=1)
+
+
+def full_run(args):
+    """Every part: the dense workloads, memory, compilation, the storage-mode cases."""
     from adam_plugin import fused
     shapes = workloads(args.tiny)
     with tempfile.TemporaryDirectory() as portable, tempfile.TemporaryDirectory() as native:
@@ -320,11 +503,8 @@ def main():
     first_step = {'build_s': build_s, 'build_native_s': build_native_s,
                   'first_step_s': measure_first_step()}
     results = report(times, memory, first_step, kernel)
-    if args.json == '-':
-        print(json.dumps(results, indent=1))
-    elif args.json:
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=1)
+    results['cases'] = report_cases(time_cases(list(CASES), args.rounds, args.tiny))
+    return results
 
 
 if __name__ == '__main__':

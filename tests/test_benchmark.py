@@ -34,3 +34,20 @@ def test_bench_step_runs_on_tiny_sizes(tmp_path):
     assert kernel['installed_variant'] in kernel['installed_variants']
     assert kernel['native_variants'] == ['native']
     assert set(kernel['installed_over_native']) == set(results['timings'])
+    assert set(results['cases']) == {'sparse_embedding', 'embedding_sparse_grad',
+                                      'float16_resnet18', 'kvstore_two_contexts'}
+    for row in results['cases'].values():
+        assert row['rounds'] == 2 and row['myadam_ms'] > 0 and row['adam_ms'] > 0
+        assert row['ratio'] == row['myadam_ms'] / row['adam_ms']
+
+
+@pytest.mark.slow
+def test_one_case_runs_alone(tmp_path):
+    """--case NAME runs that case only, nothing else of the benchmark."""
+    out = tmp_path / 'bench.json'
+    subprocess.run([sys.executable, BENCH, '--tiny', '--rounds', '2', '--case',
+                    'embedding_sparse_grad', '--json', str(out)],
+                   check=True, capture_output=True, text=True)
+    results = json.loads(out.read_text())
+    assert set(results) == {'threads', 'cases'}
+    assert set(results['cases']) == {'embedding_sparse_grad'}

@@ -131,8 +131,9 @@ ROUTES = [  # (layout, options, expected route)
     (layout(dtype=np.float64), options(amsgrad=True), 'kernel'),
     (layout(), options(epsilon_mode='inside'), 'kernel'),
     (layout(), options(fused=False), 'textbook'),
-    (layout(dense=False), options(), 'textbook'),
-    (layout(dtype=np.float16), options(), 'textbook'),
+    (layout(dense=False), options(), 'kernel'),
+    (layout(dtype=np.float16), options(), 'kernel'),
+    (layout(dtype=np.int32), options(), 'textbook'),
     (layout(device='gpu'), options(), 'operator'),
     (layout(device='gpu'), options(epsilon_mode='hat'), 'operator'),
     (layout(device='gpu'), options(epsilon_mode='inside'), 'textbook'),
@@ -154,6 +155,7 @@ WITHOUT_KERNEL = [  # (layout, options, expected route)
     (layout(), options(decoupled_wd=True), 'textbook'),
     (layout(), options(fused=False), 'textbook'),
     (layout(dtype=np.float16), options(), 'textbook'),
+    (layout(dense=False), options(), 'textbook'),
 ]
 
 
@@ -173,7 +175,7 @@ def test_layouts_are_read_from_the_arrays_and_kept_while_they_are_the_same():
     weight, grad = nd.ones((4, 3), dtype='float64'), nd.ones((4, 3), dtype='float64')
     first = layouts(0, weight, grad)
     assert first == dispatch.Layout(dense=True, dtype=np.dtype('float64'), device_type='cpu',
-                                    size=12)
+                                    size=12, shape=(4, 3))
     assert layouts(0, weight, grad) is first
     sparse = nd.sparse.row_sparse_array((np.ones((1, 3)), [2]), shape=(4, 3), dtype='float64')
     assert layouts(0, weight, sparse) == first._replace(row_sparse_grad=True)  # read afresh
@@ -213,15 +215,30 @@ def _row_sparse():
     return nd.ones((4, 3)), grad
 
 
+def _row_sparse_weight():
+    """A row_sparse weight storing every row, as a Trainer's SparseEmbedding weight."""
+    return nd.ones((4, 3)).tostype('row_sparse'), _row_sparse()[1]
+
+
+def _row_sparse_weight_missing_rows():
+    """A row_sparse weight without row 1: the kernel cannot see it as a dense weight."""
+    weight = nd.sparse.row_sparse_array((np.ones((3, 3), np.float32), [0, 2, 3]), shape=(4, 3))
+    return weight, _row_sparse()[1]
+
+
 PATHS = [  # (MyAdam kwargs, weight and grad, expected counts)
     (dict(), lambda: _dense('float32'), dict(kernel=1, operator=0, textbook=0)),
     (dict(), lambda: _dense('float64'), dict(kernel=1, operator=0, textbook=0)),
     (dict(amsgrad=True, decoupled_wd=True, wd=0.1, epsilon_mode='inside', clip_gradient=1.0),
      lambda: _dense('float32'), dict(kernel=1, operator=0, textbook=0)),
     (dict(fused=False), lambda: _dense('float32'), dict(kernel=0, operator=0, textbook=1)),
-    (dict(), _row_sparse, dict(kernel=0, operator=0, textbook=1)),
+    (dict(), _row_sparse, dict(kernel=1, operator=0, textbook=0)),
     (dict(lazy_update=False), _row_sparse, dict(kernel=1, operator=0, textbook=0)),
-    (dict(multi_precision=True), lambda: _dense('float16'), dict(kernel=0, operator=0, textbook=1)),
+    (dict(fused=False), _row_sparse, dict(kernel=0, operator=0, textbook=1)),
+    (dict(multi_precision=True), lambda: _dense('float16'), dict(kernel=1, operator=0, textbook=0)),
+    (dict(), lambda: _dense('float16'), dict(kernel=1, operator=0, textbook=0)),
+    (dict(), _row_sparse_weight, dict(kernel=1, operator=0, textbook=0)),
+    (dict(), _row_sparse_weight_missing_rows, dict(kernel=0, operator=0, textbook=1)),
 ]
 
 
@@ -237,11 +254,12 @@ def test_dispatch_takes_the_route(kwargs, make, expected, taken):
 
 def test_a_list_mixing_routes_takes_each(taken):
     opt = MyAdam(learning_rate=0.1)
-    pairs = [_dense('float32'), _row_sparse(), _dense('float32'), _dense('float64')]
+    pairs = [_dense('float32'), _row_sparse_weight_missing_rows(), _row_sparse(),
+             _dense('float64'), _dense('float16')]
     weights, grads = [p[0] for p in pairs], [p[1] for p in pairs]
     states = [opt.create_state(i, w) for i, w in enumerate(weights)]
-    opt.update(list(range(4)), weights, grads, states)
-    assert taken == dict(kernel=3, operator=0, textbook=1)
+    opt.update(list(range(5)), weights, grads, states)
+    assert taken == dict(kernel=4, operator=0, textbook=1)
 
 
 # --- MXNet's adam_update with the remap (the route for GPUs), exercised on CPU -------------
@@ -405,10 +423,10 @@ def _cpu_flags():
 
 def test_variants_follow_the_cpu():
     """The portable build's variants, and which of them run here, by the kernel's own
-    cpuid check against Linux's (/proc/cpuinfo)."""
+    cpuid check against Linux's (/proc/cpuinfo); the vector variants need F16C too."""
     assert fused.variants() == ['avx512f', 'avx2', 'baseline'], 'not the portable build'
     flags = _cpu_flags()
-    expected = [v for v in ('avx512f', 'avx2') if v in flags] + ['baseline']
+    expected = [v for v in ('avx512f', 'avx2') if v in flags and 'f16c' in flags] + ['baseline']
     assert VARIANTS == expected
     assert fused.variant() == expected[0]  # the widest, chosen when the library was loaded
 
@@ -561,9 +579,9 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     weights, grads = inputs(rng, dtype, SHAPES[:3])
     calls = record_calls(monkeypatch, library)
     fast = run(CONFIGS['everything'], dtype, True, True, weights, grads)
-    # per step: the gradients' check, the update, the check of the second moments
-    assert [name for name, _ in calls] == [
-        f'finite_{dtype}', f'adam_{dtype}', f'finite_{dtype}'] * STEPS
+    # per step: the gradients' check, then the update (which checks the second moments
+    # it writes in the same pass)
+    assert [name for name, _ in calls] == [f'finite_{dtype}', f'adam_{dtype}'] * STEPS
     slow = run(CONFIGS['everything'], dtype, False, True, weights, grads)
     for f, s in zip(fast, slow):
         np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])
@@ -573,7 +591,8 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     for entry_point in (library.use_variant, library.variant_runs_here):
         with pytest.raises(ctypes.ArgumentError):
             entry_point(VARIANTS[0])
-    library.use_mxnet(ctypes.cast(_LIB.MXNDArrayGetData, ctypes.c_void_p).value)
+    library.use_mxnet(*(ctypes.cast(f, ctypes.c_void_p).value for f in (
+        _LIB.MXNDArrayGetData, _LIB.MXNDArrayWaitToRead, _LIB.MXNDArrayWaitAll)))
     again = run(CONFIGS['everything'], dtype, True, True, weights, grads)
     for a, f in zip(again, fast):
         np.testing.assert_array_equal(a, f)

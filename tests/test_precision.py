@@ -4,7 +4,9 @@ import pytest
 from mxnet import nd
 
 from adam_plugin import MyAdam
+from configs import CONFIGS, optimizer_kwargs
 from oracles import gradients
+from test_fused import variant  # noqa: F401  (a fixture: every variant this CPU runs)
 
 SHAPES = [(3, 4, 5), (10, 4), (7,)]
 OPTIONS = [dict(), dict(amsgrad=True, wd=0.01), dict(decoupled_wd=True, wd=0.01),
@@ -55,3 +57,71 @@ def test_plain_float16_drifts_more_than_master_weights(rng):
 def test_float16_without_multi_precision_warns_as_mxnet_does():
     with pytest.warns(UserWarning, match='multi_precision'):
         MyAdam().create_state_multi_precision(0, nd.ones((2,), dtype='float16'))
+
+
+# --- float16 on the compiled kernel ---------------------------------------------------------
+
+STEPS = 12
+KERNEL_SHAPES = [(3, 4, 5), (10, 4), (7,), (1037,)]  # the last: vector lanes and a tail
+
+
+def _inputs(rng):
+    weights = [rng.normal(size=s).astype('float16') for s in KERNEL_SHAPES]
+    grads = list(zip(*[gradients(rng, s, STEPS, 'float16') for s in KERNEL_SHAPES]))
+    return weights, grads
+
+
+def _flat(states):
+    return [b.asnumpy() for s in states for b in (s if not isinstance(s[1], tuple)
+                                                   else (s[0], *s[1]))]
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_master_copy_on_the_kernel_is_bitwise_the_textbook(name, variant, rng):
+    """float16 weights stepping their float32 master copy, the whole list in one call:
+    the master copy and moments as the textbook's float32 step, the weight its rounding."""
+    weights, grads = _inputs(rng)
+    fast = run('float16', optimizer_kwargs(CONFIGS[name]), weights, grads, multi_precision=True)
+    slow = run('float16', dict(optimizer_kwargs(CONFIGS[name]), fused=False), weights, grads,
+               multi_precision=True)  # a scheduler of its own: they keep state
+    for w, v, w0 in zip(fast[0], slow[0], weights):
+        assert w.dtype == np.float16
+        np.testing.assert_array_equal(w.asnumpy(), v.asnumpy())
+        assert not np.array_equal(w.asnumpy(), w0)
+    for a, b in zip(_flat(fast[1]), _flat(slow[1])):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+
+
+def float32_rounded_to_float16(options, weights, grads):
+    """Each step computed in float32 from the float16 values and every result stored as
+    float16: the textbook route on float32 copies, rounded after each step."""
+    opt = MyAdam(fused=False, **options)
+    ws = [nd.array(w, dtype='float32') for w in weights]
+    states = [opt.create_state(i, w) for i, w in enumerate(ws)]
+    for step_grads in grads:
+        for i, (w, g) in enumerate(zip(ws, step_grads)):
+            opt.update(i, w, nd.array(g, dtype='float32'), states[i])
+            for a in (w, *states[i]):
+                a[:] = a.astype('float16').astype('float32')
+    return ws, states
+
+
+@pytest.mark.filterwarnings('ignore:Accumulating with float16')
+@pytest.mark.parametrize('name', CONFIGS)
+def test_plain_float16_on_the_kernel_computes_in_float32(name, variant, rng):
+    """float16 weights and moments without a master copy: each element read as float32,
+    stepped in float32 and stored rounded to float16, as MXNet's half_t arithmetic does."""
+    weights, grads = _inputs(rng)
+    fast, states = run('float16', optimizer_kwargs(CONFIGS[name]), weights, grads,
+                       multi_precision=False)
+    expected, expected_states = float32_rounded_to_float16(optimizer_kwargs(CONFIGS[name]),
+                                                           weights, grads)
+    for w, e, w0 in zip(fast, expected, weights):
+        assert w.dtype == np.float16
+        np.testing.assert_array_equal(w.asnumpy(), e.asnumpy().astype(np.float16))
+        assert not np.array_equal(w.asnumpy(), w0)
+    for state, reference in zip(states, expected_states):
+        for a, b in zip(state, reference):
+            assert a.dtype == np.float16
+            np.testing.assert_array_equal(a.asnumpy(), b.asnumpy().astype(np.float16))

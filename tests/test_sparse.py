@@ -10,7 +10,7 @@ from adam_plugin import MyAdam, dispatch, fused
 from configs import CONFIGS, optimizer_kwargs
 from conftest import TOL
 from oracles import NumpyAdam
-from test_fused import FUSED_TOL, OPERATOR_CONFIGS
+from test_fused import FUSED_TOL, OPERATOR_CONFIGS, variant  # noqa: F401  (a fixture)
 
 SHAPE = (10, 4)
 # rows present in the gradient, one entry per step; [] is a gradient holding no rows
@@ -180,13 +180,15 @@ def test_lazy_amsgrad_matches_the_oracle_in_every_buffer(options, w_stype, rng):
 
 
 ROUTES = [  # (MyAdam kwargs, weight stype and dtype, the route of a row_sparse gradient)
-    (dict(), 'default', 'float32', 'textbook'),  # lazy: the rows it holds
+    (dict(), 'default', 'float32', 'kernel'),  # lazy: the rows it holds
     (dict(lazy_update=False), 'default', 'float32', 'kernel'),  # densified
     (dict(lazy_update=False), 'default', 'float64', 'kernel'),
     (dict(lazy_update=False, fused=False), 'default', 'float32', 'textbook'),
-    (dict(), 'row_sparse', 'float32', 'textbook'),
-    (dict(lazy_update=False), 'row_sparse', 'float32', 'textbook'),
-    (dict(lazy_update=False, multi_precision=True), 'default', 'float16', 'textbook'),
+    (dict(fused=False), 'row_sparse', 'float32', 'textbook'),
+    (dict(), 'row_sparse', 'float32', 'kernel'),  # when it stores every row: see Batch
+    (dict(lazy_update=False), 'row_sparse', 'float32', 'kernel'),
+    (dict(multi_precision=True), 'default', 'float16', 'kernel'),
+    (dict(lazy_update=False, multi_precision=True), 'row_sparse', 'float16', 'kernel'),
 ]
 
 
@@ -289,3 +291,99 @@ def test_sparse_model_through_trainer_matches_adam(model, lazy_update):
     else:  # weight decay moves rows no batch holds
         assert np.all(unseen != w0[VOCAB // 2:])
     assert not np.allclose(ours[-1][:VOCAB // 2], w0[:VOCAB // 2], rtol=0, atol=1e-3)
+
+
+# --- the kernel's row_sparse paths, bitwise against the textbook route ---------------------
+
+# A larger weight, so that a step's rows span several of the kernel's vector lanes and a tail.
+BIG = (50, 37)
+BIG_ROW_SETS = [[0, 3, 4, 17, 49], [], list(range(0, 50, 2)), [25], list(range(50))]
+KERNEL_DTYPES = {  # weight dtype -> MyAdam keywords: float16 steps its float32 master copy
+    'float32': dict(), 'float16': dict(multi_precision=True)}
+
+
+def big_grads(rng, dtype):
+    return [nd.sparse.row_sparse_array(
+        (nd.array(rng.normal(size=(len(rows), BIG[1])) * 3, dtype=dtype),
+         nd.array(rows, dtype='int64')), shape=BIG) for rows in BIG_ROW_SETS]
+
+
+@pytest.mark.parametrize('dtype', KERNEL_DTYPES)
+@pytest.mark.parametrize('lazy_update', [True, False], ids=['lazy', 'standard'])
+@pytest.mark.parametrize('w_stype', W_STYPES)
+@pytest.mark.parametrize('name', CONFIGS)
+def test_row_sparse_on_the_kernel_is_bitwise_the_textbook(name, w_stype, lazy_update, dtype,
+                                                          variant, rng):
+    """Every option, both weight storages, lazy and standard: the kernel's rows (a lazy
+    gradient read in its stored rows) equal the textbook's take/scatter bit for bit;
+    the textbook route computes float32 (and float16's master copy) as the kernel does."""
+    w0 = rng.normal(size=BIG).astype(dtype)
+    grads = big_grads(rng, dtype)
+    def kwargs():  # a scheduler of its own for each optimizer: they keep state
+        return dict(optimizer_kwargs(CONFIGS[name]), lazy_update=lazy_update,
+                    **KERNEL_DTYPES[dtype])
+    layout = dispatch.Layouts(str)(0, nd.array(w0, dtype=dtype).tostype(w_stype), grads[0])
+    assert dispatch.route(layout, MyAdam(**kwargs())) == 'kernel'
+    fast = run(MyAdam(**kwargs()), grads, w0, w_stype)
+    slow = run(MyAdam(fused=False, **kwargs()), grads, w0, w_stype)
+    for (w, state), (v, reference) in zip(fast, slow):
+        for a, b in zip([w] + state, [v] + reference):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(fast[-1][0], w0)
+
+
+def test_a_row_sparse_weight_is_stepped_in_its_own_storage(rng):
+    """The kernel writes the weight's stored values where they are: the same buffer, every
+    row still stored (the textbook route writes a new row_sparse array back)."""
+    w0 = rng.normal(size=BIG).astype('float32')
+    weight = nd.array(w0).tostype('row_sparse')
+    opt = MyAdam(learning_rate=0.1)
+    state = opt.create_state(0, weight)
+    before = _data_pointer(weight)
+    for g in big_grads(rng, 'float32'):
+        opt.update(0, weight, g, state)
+    assert _data_pointer(weight) == before
+    assert weight.indices.shape[0] == BIG[0]
+    assert not np.array_equal(weight.asnumpy(), w0)
+
+
+def _data_pointer(array):
+    import ctypes
+    from mxnet.base import _LIB
+    pointer = ctypes.c_void_p()
+    _LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer))
+    return pointer.value
+
+
+BAD_ROWS = [[-1], [BIG[0]], [3, BIG[0] + 7]]
+
+
+@pytest.mark.parametrize('rows', BAD_ROWS, ids=str)
+def test_a_row_outside_the_weight_is_refused_before_anything_changes(rows):
+    """The kernel writes where the rows point: a row_sparse gradient built with a row
+    outside its weight is refused, naming the parameter and the row."""
+    opt = MyAdam(learning_rate=0.1, param_idx2name={0: 'embed'})
+    weight = nd.ones(BIG)
+    state = opt.create_state(0, weight)
+    grad = nd.sparse.row_sparse_array((nd.ones((len(rows), BIG[1])),
+                                       nd.array(rows, dtype='int64')), shape=BIG)
+    with pytest.raises(ValueError) as error:
+        opt.update(0, weight, grad, state)
+    bad = next(r for r in rows if not 0 <= r < BIG[0])
+    assert str(error.value) == (f"myadam: the row_sparse gradient of parameter 'embed' holds "
+                                f"row {bad}, outside its weight's {BIG[0]} rows; nothing was "
+                                "updated")
+    np.testing.assert_array_equal(weight.asnumpy(), 1.0)
+    assert not any(s.asnumpy().any() for s in state)
+    assert not opt._index_update_count
+
+
+STORED = [  # (rows stored of 7, as row_sparse_array is given them)
+    [], [3], [0, 2, 3], [0, 1, 2, 3, 4, 5], list(range(7))]
+
+
+@pytest.mark.parametrize('rows', STORED, ids=str)
+def test_stored_rows_are_read_without_a_copy(rows):
+    """fused.stored_rows (MXNet's DLPack view) against the copy Python's indices makes."""
+    array = nd.sparse.row_sparse_array((np.ones((len(rows), 4), np.float32), rows), shape=(7, 4))
+    assert fused.stored_rows(array) == array.indices.shape[0] == len(rows)
