@@ -207,7 +207,8 @@ def test_a_huge_finite_gradient_trains_as_mxnet_adam_does(dtype, fused, grads, r
 
 # (dtype, fused, multi_precision, gradient): the second moment overflows however it is
 # computed: (1e-3 * 1e4) * 1e4 = 1e5 > 65504 stored as float16; (1e-3 * 1e30) * 1e30.
-OVERFLOWS = [('float16', False, False, 1e4), ('float32', True, False, 1e30),
+OVERFLOWS = [('float16', False, False, 1e4), ('float16', True, False, 1e4),
+             ('float32', True, False, 1e30),
              ('float32', False, False, 1e30), ('float64', True, False, 1e200)]
 
 
@@ -230,6 +231,24 @@ def test_a_second_moment_that_overflows_anyway_is_loud(dtype, fused, multi_preci
     with pytest.raises(FloatingPointError, match='second moment of parameter index 0 '
                                                  'overflowed to Inf.*was applied'):
         raising.update_multi_precision(0, w, grad, state)
+
+
+def test_a_lazy_step_reports_the_overflow_of_the_rows_it_wrote():
+    """On the kernel, a lazy row_sparse step checks the second moments of its own rows in
+    its pass: an overflow there is heard, and a row it did not touch is not read."""
+    opt = MyAdam(learning_rate=0.01)
+    w = nd.zeros((5, 3))
+    state = opt.create_state(0, w)
+    state[1][0] = np.inf  # row 0's v is already Inf, and this step does not touch row 0
+    quiet = nd.sparse.row_sparse_array((np.ones((1, 3), np.float32), [2]), shape=(5, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        opt.update(0, w, quiet, state)
+    loud = nd.sparse.row_sparse_array((np.full((1, 3), 1e30, np.float32), [3]), shape=(5, 3))
+    with pytest.warns(RuntimeWarning, match="second moment of parameter index 0 overflowed"):
+        opt.update(0, w, loud, state)
+    assert opt.num_skipped == 1
+    assert np.isinf(state[1].asnumpy()[3]).all() and np.isfinite(state[1].asnumpy()[1:3]).all()
 
 
 # --- a NaN that persists is heard ----------------------------------------------------------
