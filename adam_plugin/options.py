@@ -225,7 +225,7 @@ OPTIONS = (
            "What to do with a gradient holding NaN or Inf: leave that parameter, its "
            "moments and its step count untouched and warn (``'skip'``, counted in "
            "``num_skipped``; warned at the first skip of a parameter and every "
-           "``WARN_EVERY``-th in a row after it), or raise ``FloatingPointError`` before "
+           "10th in a row after it, each warning with its counts), or raise ``FloatingPointError`` before "
            "modifying anything the update call received (under ``gluon.Trainer`` without "
            "``update_on_kvstore``, the whole step: see ``aggregate_num``; with it, one "
            "parameter, and the error comes out of the same ``Trainer.step`` or "
