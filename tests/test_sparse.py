@@ -348,10 +348,14 @@ def test_a_row_sparse_weight_is_stepped_in_its_own_storage(rng):
 
 
 def _data_pointer(array):
+    """Where ``array``'s values are, once every write queued to it is done (a row_sparse
+    array made by ``tostype`` has no storage until its conversion has run)."""
     import ctypes
-    from mxnet.base import _LIB
+    from mxnet.base import _LIB, check_call
+    array.wait_to_read()
     pointer = ctypes.c_void_p()
-    _LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer))
+    check_call(_LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
+    assert pointer.value is not None
     return pointer.value
 
 
