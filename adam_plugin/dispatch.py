@@ -195,7 +195,7 @@ class Batch:
                 self.grads[i] = grads[i].tostype('default')
             if way == KERNEL:
                 master = multi_precision and layout.dtype == FLOAT16
-                moments, copy = (states[i][1], states[i][0]) if master else (states[i], None)
+                moments, copy = _split(states[i], master)
                 rows = _rows(grads[i], layout.shape[0], name(i)) if lazy else None
                 groups.setdefault(fused.storage(layout.dtype, master), []).append(
                     (i, (layout.shape, weights[i], self.grads[i], moments, copy, rows)))
@@ -220,49 +220,42 @@ class Batch:
                 flags[i] = ok
         return flags
 
-    def moments_finite(self, steps):
-        """After :meth:`apply`: one flag per parameter, does its second moment ``v`` hold
-        only finite values? (True for a parameter whose step was None.)
-
-        The kernel route reports it from the step's own pass (:meth:`apply` keeps its
-        flags; a lazy step, only the rows it wrote); MXNet's ``multi_all_finite`` reads
-        the ``v`` buffers of the others.
-        """
-        flags = [True] * len(steps)
-        for i, ok in self._kernel_v_finite.items():
-            flags[i] = ok
-        others = [i for i, way in enumerate(self.routes)
-                  if way != KERNEL and steps[i] is not None]
-        if others:
-            for i, ok in zip(others, _finite_by_operators([self._second_moment(i)
-                                                           for i in others])):
-                flags[i] = ok
-        return flags
-
-    def _second_moment(self, i):
-        """The ``v`` buffer of parameter ``i``."""
-        state = self.states[i]
-        if self.multi_precision and self.weights[i].dtype == numpy.float16:
-            state = state[1]  # (master, (m, v[, vmax]))
-        return state[1]
-
     def apply(self, steps):
         """Update in place every parameter ``i`` whose ``steps[i]`` is a Step (not None).
 
         The kernel route makes one launch per dtype for all of its parameters.
+
+        Returns
+        -------
+        list of bool
+            One per parameter: does its second moment ``v`` hold only finite values
+            after the step? (True for a parameter not stepped.) The kernel reports it
+            from the step's own pass (a lazy step: the rows it wrote); MXNet's
+            ``multi_all_finite`` reads the ``v`` buffers of the others.
         """
-        self._kernel_v_finite = {}  # position -> its v stayed finite (kernel route)
+        flags = [True] * len(steps)
         for positions, buffers in self.kernel_groups:
-            self._kernel_v_finite.update(zip(positions, buffers.adam_steps(
-                [steps[i] for i in positions])))
-        for i, way in enumerate(self.routes):
-            if steps[i] is None or way == KERNEL:
-                continue
-            if way == OPERATOR:
+            for i, ok in zip(positions, buffers.adam_steps([steps[i] for i in positions])):
+                flags[i] = ok
+        others = [i for i, way in enumerate(self.routes) if steps[i] is not None and way != KERNEL]
+        for i in others:
+            if self.routes[i] == OPERATOR:
                 operator_step(self.weights[i], self.grads[i], self.states[i], steps[i])
             else:
                 textbook_step(self.weights[i], self.grads[i], self.states[i], steps[i],
                               self.multi_precision)
+        if others:
+            master = [self.multi_precision and self.weights[i].dtype == FLOAT16 for i in others]
+            second_moments = [_split(self.states[i], m)[0][1] for i, m in zip(others, master)]
+            for i, ok in zip(others, _finite_by_operators(second_moments)):
+                flags[i] = ok
+        return flags
+
+
+def _split(state, master):
+    """``(moments, master copy)`` of a parameter's state: ``(master, (m, v[, vmax]))`` for a
+    float16 weight stepped on a float32 master copy, else ``(m, v[, vmax])`` and None."""
+    return (state[1], state[0]) if master else (state, None)
 
 
 def _stores_every_row(weight, rows):
@@ -326,7 +319,7 @@ def textbook_step(weight, grad, state, step, multi_precision):
     if weight.dtype != numpy.float16:
         textbook.adam_step(weight, grad, state, step)
     elif multi_precision:
-        master, inner = state
+        inner, master = _split(state, True)
         textbook.adam_step(master, grad.astype(numpy.float32), inner, step)
         weight[:] = master.astype(weight.dtype)  # not nd.cast: it has no row_sparse form
     else:

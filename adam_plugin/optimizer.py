@@ -175,9 +175,7 @@ class MyAdam(Optimizer):
                 self.num_skipped += 1
                 self._bad_update(index, "skipped the update of {name}: its gradient holds "
                                         "NaN or Inf")
-        batch.apply(steps)
-        overflowed = [index for index, ok in zip(indices, batch.moments_finite(steps))
-                      if not ok]
+        overflowed = [index for index, ok in zip(indices, batch.apply(steps)) if not ok]
         if overflowed and self.nonfinite == 'raise':
             raise FloatingPointError(
                 f"myadam: the second moment of {', '.join(map(self._name, overflowed))} "
