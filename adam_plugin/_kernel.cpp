@@ -395,14 +395,52 @@ int with_variant(F f) {
 
 // MXNet's C API functions the kernel calls, each returning 0, or -1 with MXNet's last
 // error set: MXNDArrayGetData (the array's data pointer in *out), MXNDArrayWaitToRead
-// (returns once no pending engine operation writes the array) and MXNDArrayWaitAll
-// (once no operation is pending at all).
+// (returns once no pending engine operation writes the array), MXNDArrayWaitAll
+// (once no operation is pending at all), MXEnginePushSyncND (queues fn(run context,
+// param) in MXNet's engine behind the pending writes to the `const` arrays and every
+// pending operation on the `mutable` ones; deleter(param) once it has run, or at once
+// when it refuses), and the array's shape (MXNDArrayGetShapeEx64; ndim -1: unknown),
+// dtype and storage type (MXNet's codes) and context (device type and id).
 using GetData = int (*)(void *handle, void **out);
 using WaitToRead = int (*)(void *handle);
 using WaitAll = int (*)();
+using PushSync = int (*)(void (*fn)(void *, void *), void *param, void (*deleter)(void *),
+                         const void *context, void *const *const_handles, int num_const,
+                         void *const *mutable_handles, int num_mutable, const void *property,
+                         int priority, const char *name);
+using GetShape = int (*)(void *handle, int *ndim, const int64_t **dims);
+using GetCode = int (*)(void *handle, int *code);
+using GetContext = int (*)(void *handle, int *device_type, int *device_id);
 GetData get_data = nullptr;
 WaitToRead wait_to_read = nullptr;
 WaitAll wait_all = nullptr;
+PushSync push_sync = nullptr;
+GetShape get_shape = nullptr;
+GetCode get_dtype = nullptr, get_storage_type = nullptr;
+GetContext get_context = nullptr;
+
+// MXNet's codes: mshadow's type flags, NDArrayStorageType's kDefaultStorage, and the
+// device types of host memory (cpu, cpu_pinned, cpu_shared).
+template <typename T>
+constexpr int DTYPE = std::is_same_v<T, float> ? 0 : std::is_same_v<T, double> ? 1 : 2;
+constexpr int DENSE = 0;
+constexpr bool host(int device_type) {
+    return device_type == 1 || device_type == 3 || device_type == 5;
+}
+
+// Does the array behind `handle` hold `size` elements of T, dense? (False, too, when MXNet
+// cannot say.)
+template <typename T>
+bool holds(void *handle, int64_t size) {
+    int ndim = 0, dtype = -1, storage = -1;
+    const int64_t *dims = nullptr;
+    if (get_shape(handle, &ndim, &dims) != 0 || ndim < 0 || get_dtype(handle, &dtype) != 0 ||
+        get_storage_type(handle, &storage) != 0)
+        return false;
+    int64_t elements = 1;
+    for (int i = 0; i < ndim; ++i) elements *= dims[i];
+    return elements == size && dtype == DTYPE<T> && storage == DENSE;
+}
 
 // The data pointers of handles[0 .. count) (null for a null handle), each taken after
 // waiting for the pending writes to it when `read`. An empty vector when MXNet
@@ -419,22 +457,24 @@ std::vector<void *> data_pointers(void *const *handles, int64_t count, bool read
 // The rows of the handles table, each of n handles (a null handle: no such array).
 enum Array { WEIGHT, GRAD, MEAN, VAR, VMAX, MASTER, NUM_ARRAYS };
 
+// The integer type of a float's bits, which the check for Inf/NaN reads.
+template <typename T>
+using BitsOf = std::conditional_t<sizeof(T) == 2, uint16_t,
+                                  std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+
 // One step of n parameters, weights and gradients stored as W, moments as S, computed in
-// C. handles: NUM_ARRAYS rows of n: w, g, m, v, vmax (amsgrad), master (a float16
-// weight's float32 master copy, with S float). rows: n pointers, null for a parameter
-// stepped whole; else its gradient is row_sparse and lazy: g holds its stored rows, one
-// after the other, rows[p] their positions in w (each below w's first dimension:
-// the caller checks), and only those rows of w, m, v, vmax and master are read and
-// written. sizes[p]: the elements stepped (row_length[p] per row present). v_finite[p] is
-// set to 0 when a second moment of parameter p that this step wrote is Inf (or NaN).
-// Returns 0, or -1 (nothing touched) when MXNet could not give a data pointer.
+// C, on the data pointers of the handles table (NUM_ARRAYS rows of n: w, g, m, v, vmax
+// for amsgrad, master for a float16 weight's float32 master copy with S float). rows: n
+// pointers, null for a parameter stepped whole; else its gradient is row_sparse and
+// lazy: g holds its stored rows, one after the other, rows[p] their positions in w (each
+// below w's first dimension: the caller checks), and only those rows of w, m, v, vmax
+// and master are read and written. sizes[p]: the elements stepped (row_length[p] per row
+// present; 0 leaves the parameter untouched). v_finite[p] is set to 0 when a second
+// moment of parameter p that this step wrote is Inf (or NaN).
 template <typename W, typename S, typename C>
-int adam(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *row_length,
-         const int64_t *const *rows, const int64_t *table_rows, const C *table, int amsgrad,
-         uint8_t *v_finite, int threads) {
-    if (wait_all() != 0) return -1;  // no engine operation reads or writes any of them
-    const std::vector<void *> pointers = data_pointers(handles, NUM_ARRAYS * n, false);
-    if (pointers.empty() && n > 0) return -1;
+void step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
+          const int64_t *row_length, const int64_t *const *rows, const int64_t *table_rows,
+          const C *table, int amsgrad, uint8_t *v_finite, int threads) {
     // The arrays of parameter p from element `at` on (the gradient's from g_at).
     auto span = [&](int64_t p, int64_t at, int64_t g_at) {
         auto from = [&](int array, auto *type, int64_t i) {
@@ -445,7 +485,7 @@ int adam(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *r
                           from(MEAN, (S *)nullptr, at), from(VAR, (S *)nullptr, at),
                           from(VMAX, (S *)nullptr, at), from(MASTER, (S *)nullptr, at)};
     };
-    return with_variant([&](auto variant) {
+    with_variant([&](auto variant) {
         run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
             const C *k = table + table_rows[p] * NUM_CONSTANTS;
             bool finite = true;
@@ -467,13 +507,11 @@ int adam(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *r
     });
 }
 
-// finite[p] is set to 0 when array p holds an Inf or a NaN.
+// finite[p] is set to 0 when the Bits at pointers[p], sizes[p] of them, hold an Inf or a NaN.
 template <typename Bits>
-int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite,
+void check(int64_t n, const void *const *pointers, const int64_t *sizes, uint8_t *finite,
            int threads) {
-    const std::vector<void *> pointers = data_pointers(handles, n, true);
-    if (pointers.empty() && n > 0) return -1;
-    return with_variant([&](auto variant) {
+    with_variant([&](auto variant) {
         run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
             if (variant.nonfinite(static_cast<const Bits *>(pointers[p]), lo, hi))
                 __atomic_store_n(&finite[p], 0, __ATOMIC_RELAXED);
@@ -482,14 +520,141 @@ int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finit
     });
 }
 
+// The step on the calling thread, once the engine has nothing pending (see step).
+// Returns 0, or -1 (nothing touched) when MXNet could not give a data pointer.
+template <typename W, typename S, typename C>
+int adam(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *row_length,
+         const int64_t *const *rows, const int64_t *table_rows, const C *table, int amsgrad,
+         uint8_t *v_finite, int threads) {
+    if (wait_all() != 0) return -1;  // no engine operation reads or writes any of them
+    const std::vector<void *> pointers = data_pointers(handles, NUM_ARRAYS * n, false);
+    if (pointers.empty() && n > 0) return -1;
+    step<W, S, C>(n, pointers, sizes, row_length, rows, table_rows, table, amsgrad, v_finite,
+                  threads);
+    return 0;
+}
+
+// finite[p] is set to 0 when array p holds an Inf or a NaN, once no pending operation
+// writes it.
+template <typename Bits>
+int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite,
+           int threads) {
+    const std::vector<void *> pointers = data_pointers(handles, n, true);
+    if (pointers.empty() && n > 0) return -1;
+    check<Bits>(n, pointers.data(), sizes, finite, threads);
+    return 0;
+}
+
+// A step queued in MXNet's engine (see queue): what it needs, copied, and what it found.
+// Two owners, the engine (until it has run: its deleter) and the caller (release).
+struct Queued {
+    std::atomic<int> owners{2};
+    std::atomic<int> done{0};  // 1 once run and every flag is 1, 2 once run otherwise
+    int64_t n = 0;
+    std::vector<void *> pointers;
+    std::vector<int64_t> sizes, table_rows;
+    std::vector<uint8_t> table;  // the constants, as bytes of C
+    int amsgrad = 0, threads = 1;
+    std::vector<uint8_t> grad_finite, v_finite;
+};
+
+void release(void *queued) {
+    auto *q = static_cast<Queued *>(queued);
+    if (q->owners.fetch_sub(1, std::memory_order_acq_rel) == 1) delete q;
+}
+
+// Run by MXNet's engine once the gradients are written and nothing else uses the other
+// arrays: the gradients' check, then the step of those whose gradient is finite.
+template <typename W, typename S, typename C>
+void run_queued(void * /*run context*/, void *queued) {
+    auto *q = static_cast<Queued *>(queued);
+    const int64_t n = q->n;
+    check<BitsOf<W>>(n, q->pointers.data() + GRAD * n, q->sizes.data(), q->grad_finite.data(),
+                     q->threads);
+    const bool all = std::find(q->grad_finite.begin(), q->grad_finite.end(), 0) ==
+                     q->grad_finite.end();
+    std::vector<int64_t> sizes(q->sizes);
+    for (int64_t p = 0; p < n; ++p)
+        if (!q->grad_finite[p]) sizes[p] = 0;
+    const std::vector<const int64_t *> whole(n, nullptr);
+    step<W, S, C>(n, q->pointers, sizes.data(), sizes.data(), whole.data(),
+                  q->table_rows.data(), reinterpret_cast<const C *>(q->table.data()),
+                  q->amsgrad, q->v_finite.data(), q->threads);
+    const bool v_finite = std::find(q->v_finite.begin(), q->v_finite.end(), 0) ==
+                          q->v_finite.end();
+    q->done.store(all && v_finite ? 1 : 2, std::memory_order_release);
+}
+
+// Queue in MXNet's engine the step of n dense parameters (handles, sizes, table_rows as
+// for adam; table: table_length rows of constants) behind the pending writes to their
+// gradients and every pending use of their other arrays, on the first weight's context,
+// and return at once; *out: the Queued, whose results queued_done and queued_flags read,
+// for the caller to release. The gradients are checked there first: a parameter whose
+// gradient holds an Inf or a NaN is not stepped.
+// Returns 0; -1 (nothing queued, *out null) when MXNet refused a call; -2 (the same)
+// when an array is not what the step takes: dense, of sizes[p] elements, the weight and
+// gradient of W, the moments of S, a master copy of float, the weight in host memory.
+template <typename W, typename S, typename C>
+int queue(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *table_rows,
+          const C *table, int64_t table_length, int amsgrad, int threads, void **out) {
+    *out = nullptr;
+    int context[2] = {0, 0};  // MXNet's Context of the first weight: device type, id
+    for (int64_t p = 0; p < n; ++p) {
+        void *const *h = handles + p;  // h[array * n]: that array of parameter p
+        int device = 0, id = 0;
+        if (get_context(h[WEIGHT * n], &device, &id) != 0) return -1;
+        if (p == 0) context[0] = device, context[1] = id;
+        if (!host(device) || !holds<W>(h[WEIGHT * n], sizes[p]) ||
+            !holds<W>(h[GRAD * n], sizes[p]) || !holds<S>(h[MEAN * n], sizes[p]) ||
+            !holds<S>(h[VAR * n], sizes[p]) || (h[VMAX * n] && !holds<S>(h[VMAX * n], sizes[p])) ||
+            (h[MASTER * n] && !holds<float>(h[MASTER * n], sizes[p])))
+            return -2;
+    }
+    auto *q = new Queued;
+    q->n = n;
+    q->pointers = data_pointers(handles, NUM_ARRAYS * n, false);
+    if (q->pointers.empty()) {
+        delete q;
+        return -1;
+    }
+    q->sizes.assign(sizes, sizes + n);
+    q->table_rows.assign(table_rows, table_rows + n);
+    const auto *bytes = reinterpret_cast<const uint8_t *>(table);
+    q->table.assign(bytes, bytes + table_length * NUM_CONSTANTS * sizeof(C));
+    q->amsgrad = amsgrad;
+    q->threads = threads;
+    q->grad_finite.assign(n, 1);
+    q->v_finite.assign(n, 1);
+    std::vector<void *> reads(handles + GRAD * n, handles + (GRAD + 1) * n), writes;
+    for (int array : {WEIGHT, MEAN, VAR, VMAX, MASTER})
+        for (int64_t p = 0; p < n; ++p)
+            if (handles[array * n + p]) writes.push_back(handles[array * n + p]);
+    // The engine owns q from here, even when it refuses: its deleter then runs at once.
+    if (push_sync(run_queued<W, S, C>, q, release, context, reads.data(),
+                  static_cast<int>(reads.size()), writes.data(), static_cast<int>(writes.size()),
+                  nullptr, 0, "adam_plugin_step") != 0) {
+        release(q);
+        return -1;
+    }
+    *out = q;
+    return 0;
+}
+
 }  // namespace
 
 extern "C" {
 
-void use_mxnet(GetData mxnet_get_data, WaitToRead mxnet_wait_to_read, WaitAll mxnet_wait_all) {
+void use_mxnet(GetData mxnet_get_data, WaitToRead mxnet_wait_to_read, WaitAll mxnet_wait_all,
+               PushSync mxnet_push_sync, GetShape mxnet_get_shape, GetCode mxnet_get_dtype,
+               GetCode mxnet_get_storage_type, GetContext mxnet_get_context) {
     get_data = mxnet_get_data;
     wait_to_read = mxnet_wait_to_read;
     wait_all = mxnet_wait_all;
+    push_sync = mxnet_push_sync;
+    get_shape = mxnet_get_shape;
+    get_dtype = mxnet_get_dtype;
+    get_storage_type = mxnet_get_storage_type;
+    get_context = mxnet_get_context;
 }
 
 // The names of the variants compiled, widest first, separated by spaces.
@@ -535,8 +700,10 @@ int use_variant(const char *name) {
     return 0;
 }
 
-// One entry point per storage: float32, float64, float16 computed in float32 and stored
-// in float16, and float16 weights with float32 master copy and moments.
+// Two entry points per storage, adam_NAME (the step on the calling thread) and
+// queue_adam_NAME (the step queued in MXNet's engine): float32, float64, float16
+// computed in float32 and stored in float16, and float16 weights with float32 master
+// copy and moments.
 #define ADAM_ENTRY(NAME, W, S, C)                                                           \
     int adam_##NAME(int64_t n, void *const *handles, const int64_t *sizes,                 \
                     const int64_t *row_length, const int64_t *const *rows,                 \
@@ -544,11 +711,34 @@ int use_variant(const char *name) {
                     uint8_t *v_finite, int threads) {                                     \
         return adam<W, S, C>(n, handles, sizes, row_length, rows, table_rows, table,         \
                              amsgrad, v_finite, threads);                                   \
+    }                                                                                       \
+    int queue_adam_##NAME(int64_t n, void *const *handles, const int64_t *sizes,           \
+                          const int64_t *table_rows, const C *table, int64_t table_length, \
+                          int amsgrad, int threads, void **out) {                           \
+        return queue<W, S, C>(n, handles, sizes, table_rows, table, table_length, amsgrad,  \
+                              threads, out);                                                \
     }
 ADAM_ENTRY(float32, float, float, float)
 ADAM_ENTRY(float64, double, double, double)
 ADAM_ENTRY(float16, _Float16, _Float16, float)
 ADAM_ENTRY(float16_master, _Float16, float, float)
+
+// 0 until the queued step has run; then 1 when every gradient and every second moment
+// written was finite, else 2 (queued_flags tells which).
+int queued_done(void *queued) {
+    return static_cast<Queued *>(queued)->done.load(std::memory_order_acquire);
+}
+
+// The queued step's findings, once done: per parameter, is its gradient finite, is every
+// second moment it wrote finite (1 or 0).
+void queued_flags(void *queued, uint8_t *grad_finite, uint8_t *v_finite) {
+    const auto *q = static_cast<Queued *>(queued);
+    std::copy(q->grad_finite.begin(), q->grad_finite.end(), grad_finite);
+    std::copy(q->v_finite.begin(), q->v_finite.end(), v_finite);
+}
+
+// The caller's release of a Queued (the engine holds it until its step has run).
+void queued_release(void *queued) { release(queued); }
 
 int finite_float32(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
                    int threads) {

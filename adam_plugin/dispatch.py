@@ -11,7 +11,9 @@ Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
     is dense, or ``row_sparse`` storing every row (as ``SparseEmbedding``'s under a
     Trainer), stepped in its own storage. A ``row_sparse`` gradient with
     ``lazy_update`` steps only its rows (the kernel reads its stored values); without,
-    it is densified first.
+    it is densified first. A call of one dense parameter from the KVStore's callback
+    is queued in MXNet's engine (:meth:`Batch.queue`; ``MyAdam._queues`` says when),
+    the others run on the calling thread.
 ``'operator'``
     MXNet's own fused ``adam_update`` operator, for dense float32 and float64
     parameters on other devices (GPU), or on CPU when the kernel was not built (a
@@ -181,6 +183,7 @@ class Batch:
                  name=str):
         self.weights, self.states = weights, states
         self.multi_precision = multi_precision
+        self.dtypes = {layout.dtype for layout in layouts}
         self.routes = [route(layout, options) for layout in layouts]
         self.grads = list(grads)
         groups = {}  # kernel storage -> [(position, the parameter as fused.Buffers takes it)]
@@ -202,6 +205,10 @@ class Batch:
         self.kernel_groups = [  # (positions, fused.Buffers)
             ([i for i, _ in group], fused.Buffers(storage, [p for _, p in group]))
             for storage, group in groups.items()]
+        # What :meth:`queue` takes: one kernel storage, every parameter dense and whole.
+        self.queueable = (len(self.kernel_groups) == 1 and set(self.routes) == {KERNEL}
+                          and all(layout.dense and not layout.row_sparse_grad
+                                  for layout in layouts))
 
     def finite(self):
         """One flag per gradient: does it hold only finite values?
@@ -250,6 +257,17 @@ class Batch:
             for i, ok in zip(others, _finite_by_operators(second_moments)):
                 flags[i] = ok
         return flags
+
+
+    def queue(self, steps, weights, grads):
+        """Queue the step of every parameter (each with its Step) in MXNet's engine and
+        return at once, for a :attr:`queueable` batch: see
+        :meth:`adam_plugin.fused.Buffers.queue`, which takes ``weights`` and ``grads``
+        (of a later call) in place of the batch's. Returns the
+        :class:`adam_plugin.fused.Queued`, or None when an array is not one the step
+        takes (nothing queued)."""
+        (_, buffers), = self.kernel_groups
+        return buffers.queue(steps, weights, grads)
 
 
 def _split(state, master):

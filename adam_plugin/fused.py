@@ -22,6 +22,13 @@ reads and writes the memory directly. Nothing is copied. MXNet does not know abo
 these writes, which is safe because they are finished before the function returns
 and the engine has nothing in flight on those arrays.
 
+Or the step is queued in MXNet's engine (:meth:`Buffers.queue`, for the KVStore's
+one-parameter calls: see ``MyAdam._queues``), as MXNet's own operators are: an engine
+operation (``MXEnginePushSyncND``) that reads the gradients and writes the weights and
+states, so the engine runs it after the pending writes to the gradients and every
+pending use of the others, and orders later operations after it. The call returns at
+once; :class:`Queued` tells what the step found once it ran.
+
 A whole list of parameters is one call, the arrays passed as tables of handles and
 sizes; the call releases the GIL. Calls over at least ``PARALLEL_MIN`` elements are
 shared by :data:`THREADS` threads (the caller's and a pool kept by the kernel), which
@@ -98,6 +105,11 @@ def _threads():
 THREADS = _threads()
 
 
+# The functions of MXNet's C API the kernel calls (handed over by ``use_mxnet``, in this order).
+MXNET_FUNCTIONS = ('MXNDArrayGetData', 'MXNDArrayWaitToRead', 'MXNDArrayWaitAll',
+                   'MXEnginePushSyncND', 'MXNDArrayGetShapeEx64', 'MXNDArrayGetDType',
+                   'MXNDArrayGetStorageType', 'MXNDArrayGetContext')
+
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'libadam_kernel.so')
 
 
@@ -110,14 +122,18 @@ def load(path=PATH):
         return None
     library = ctypes.CDLL(path)
     pointer, count, flag, name = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_char_p
-    library.use_mxnet.argtypes = [pointer, pointer, pointer]
-    library.use_mxnet(*(ctypes.cast(function, pointer) for function in (
-        _LIB.MXNDArrayGetData, _LIB.MXNDArrayWaitToRead, _LIB.MXNDArrayWaitAll)))
+    library.use_mxnet.argtypes = [pointer] * len(MXNET_FUNCTIONS)
+    library.use_mxnet(*(ctypes.cast(getattr(_LIB, name), pointer) for name in MXNET_FUNCTIONS))
     library.variants.restype = library.variant_in_use.restype = name
     library.use_variant.argtypes = library.variant_runs_here.argtypes = [name]
     for name in STORAGES:
         getattr(library, f'adam_{name}').argtypes = [
             count, pointer, pointer, pointer, pointer, pointer, pointer, flag, pointer, flag]
+        getattr(library, f'queue_adam_{name}').argtypes = [
+            count, pointer, pointer, pointer, pointer, count, flag, flag, pointer]
+    library.queued_done.argtypes = library.queued_release.argtypes = [pointer]
+    library.queued_flags.argtypes = [pointer, pointer, pointer]
+    library.queued_release.restype = None
     for dtype in ('float16', 'float32', 'float64'):
         getattr(library, f'finite_{dtype}').argtypes = [count, pointer, pointer, pointer, flag]
     return library
@@ -218,7 +234,8 @@ class Buffers:
             raise ValueError("myadam: states of one call must all be (m, v) or all (m, v, vmax)")
         self.storage = storage
         self.dtype = STORAGES[storage][1]
-        self._rows = [rows for *_, rows in params]  # kept alive: the kernel reads them
+        self._params = params  # the arrays whose handles the table holds, kept alive
+        self._rows = [rows for *_, rows in params]
         handles, sizes, row_length = [[] for _ in range(6)], [], []
         for shape, weight, grad, moments, master, rows in params:
             length = math.prod(shape[1:])
@@ -228,21 +245,17 @@ class Buffers:
                     master,)):
                 column.append(0 if array is None else array.handle.value)
         n = len(params)
-        # One table (a single allocation, its address read once; each read of .ctypes
-        # costs about a microsecond): the handles, one row of n per array, then per
-        # parameter its size, row length, rows (their address, or 0) and row of constants
-        # when all share one (0).
-        self._table = np.array(
-            [h for column in handles for h in column] + sizes + row_length
-            + [0 if rows is None else rows.ctypes.data for rows in self._rows] + [0] * n,
-            dtype=np.uint64)
-        base = self._table.ctypes.data
+        # One table (a single allocation, its address read once): the handles, one row
+        # of n per array, then per parameter its size, row length, rows (their address,
+        # or 0) and row of constants when all share one (0).
+        values = ([h for column in handles for h in column] + sizes + row_length
+                  + [0 if rows is None else rows.ctypes.data for rows in self._rows] + [0] * n)
+        self._table = (ctypes.c_uint64 * len(values))(*values)
+        base = ctypes.addressof(self._table)
         self._arguments = [base + 8 * n * row for row in (0, 6, 7, 8, 9)]
-        self.handles = self._table[:6 * n].reshape(6, n)
-        self.sizes, self.row_length, self.rows = (
-            self._table[row * n:(row + 1) * n].view(np.int64) for row in (6, 7, 8))
         self.threads = _threads_for(sum(sizes))
         self.amsgrad_ready = len(params[0][3]) == 3
+        self._queue = getattr(LIBRARY, 'queue_adam_' + storage)
 
     def all_finite(self):
         """One flag per gradient: does it hold only finite values (its stored rows, lazy)?
@@ -294,26 +307,9 @@ class Buffers:
             One per parameter: is every second moment ``v`` this step wrote finite?
             (Checked in the same pass; True for a parameter left untouched.)
         """
-        keep, param_rows, rows = [], [], {}  # rows: Step -> its row in the table
-        for i, step in enumerate(steps):
-            if step is not None:
-                keep.append(i)
-                param_rows.append(rows.setdefault(step, len(rows)))
+        keep, (arguments, table, amsgrad, threads) = self._launch(steps)
         if not keep:
             return [True] * len(steps)
-        amsgrad = any(step.amsgrad for step in rows)
-        if amsgrad and not self.amsgrad_ready:
-            raise ValueError("myadam: amsgrad needs (m, v, vmax) states")
-        table = (constants(next(iter(rows)), self.dtype) if len(rows) == 1
-                 else np.concatenate([constants(step, self.dtype) for step in rows]))
-        if len(keep) == len(steps) and len(rows) == 1:  # the tables made for all of them
-            arguments, threads = self._arguments, self.threads
-        else:
-            kept = [np.ascontiguousarray(self.handles[:, keep])] + [  # rows of len(keep)
-                column[keep] for column in (self.sizes, self.row_length, self.rows)] + [
-                np.array(param_rows, dtype=np.int64)]
-            arguments = [array.ctypes.data for array in kept]
-            threads = _threads_for(kept[1].sum())
         v_finite = bytearray(b'\x01') * len(keep)
         check_call(getattr(LIBRARY, 'adam_' + self.storage)(
             len(keep), *arguments, table.ctypes.data, amsgrad,
@@ -322,6 +318,101 @@ class Buffers:
         for i, flag in zip(keep, v_finite):
             flags[i] = flag == 1
         return flags
+
+    def queue(self, steps, weights, grads):
+        """Queue :meth:`adam_steps` of every parameter (each with its Step) in MXNet's
+        engine, behind the pending writes to the gradients and every pending use of the
+        weights and states, and return at once, as MXNet's own ``adam_update`` does.
+
+        ``weights`` and ``grads``, dense, take the place of those these Buffers were
+        made with (the states are theirs); the kernel checks that each holds the
+        elements and dtype the step takes, dense, the weights in host memory. The queued
+        step checks the gradients first: a parameter whose gradient holds an Inf or a
+        NaN is not stepped. For whole dense parameters only (no lazy rows).
+
+        Returns
+        -------
+        Queued
+            Or None, nothing queued, when an array is not one the step takes.
+        """
+        n = len(self._rows)
+        assert len(steps) == n and None not in steps and self._rows == [None] * n
+        for p, (weight, grad) in enumerate(zip(weights, grads)):
+            self._table[p], self._table[n + p] = weight.handle.value, grad.handle.value
+        self._queued_arrays = weights, grads  # the table's handles now: kept alive
+        _, (arguments, table, amsgrad, threads) = self._launch(steps)
+        record = ctypes.c_void_p()
+        status = self._queue(
+            n, arguments[0], arguments[1], arguments[4], table.ctypes.data,
+            len(table) // _NUM_CONSTANTS, amsgrad, threads, ctypes.byref(record))
+        if status == -2:
+            return None
+        check_call(status)
+        return Queued(record, n, weights)
+
+    def _launch(self, steps):
+        """The positions of the parameters ``steps`` updates (its entries not None), and
+        the arguments of a kernel call for them: the tables of handles, sizes, row
+        lengths, rows and table rows (addresses), the constants, amsgrad, threads."""
+        keep, param_rows, rows = [], [], {}  # rows: Step -> its row in the table
+        for i, step in enumerate(steps):
+            if step is not None:
+                keep.append(i)
+                param_rows.append(rows.setdefault(step, len(rows)))
+        if not keep:
+            return keep, (None, None, None, None)
+        amsgrad = any(step.amsgrad for step in rows)
+        if amsgrad and not self.amsgrad_ready:
+            raise ValueError("myadam: amsgrad needs (m, v, vmax) states")
+        table = (constants(next(iter(rows)), self.dtype) if len(rows) == 1
+                 else np.concatenate([constants(step, self.dtype) for step in rows]))
+        if len(keep) == len(steps) and len(rows) == 1:  # the tables made for all of them
+            return keep, (self._arguments, table, amsgrad, self.threads)
+        n = len(self._rows)
+        columns = np.frombuffer(self._table, dtype=np.int64)
+        kept = [np.ascontiguousarray(columns[:6 * n].reshape(6, n)[:, keep])] + [  # rows of len(keep)
+            columns[row * n:(row + 1) * n][keep] for row in (6, 7, 8)] + [
+            np.array(param_rows, dtype=np.int64)]
+        self._kept = kept  # alive until the call: the kernel reads them
+        return keep, ([array.ctypes.data for array in kept], table, amsgrad,
+                      _threads_for(kept[1].sum()))
+
+
+class Queued:
+    """A step that :meth:`Buffers.queue` handed to MXNet's engine: its results, once it ran."""
+
+    def __init__(self, record, count, weights):
+        self._record, self._count, self._weights = record, count, weights
+
+    def status(self):
+        """0 while the step has not run; then 1 when every gradient and every second
+        moment it wrote were finite, else 2 (:meth:`result` says which were not)."""
+        return LIBRARY.queued_done(self._record)
+
+    def result(self):
+        """Wait for the step to run; then ``(grad_finite, v_finite)``, one bool per
+        parameter each: did its gradient hold only finite values (else it was not
+        stepped), did every second moment the step wrote stay finite?
+
+        An error of the engine's (an operation the step waited for failed, so it did not
+        run) is raised as MXNet raises it.
+        """
+        status = self.status()
+        if status == 0:
+            self._weights[0].wait_to_read()  # the step writes it; raises the engine's error
+            status = self.status()
+        if status == 0:
+            raise RuntimeError("myadam: a queued update did not run, and MXNet's engine "
+                               "reported no error")
+        if status == 1:
+            return [True] * self._count, [True] * self._count
+        grad_finite, v_finite = bytearray(self._count), bytearray(self._count)
+        LIBRARY.queued_flags(self._record, (ctypes.c_char * self._count).from_buffer(grad_finite),
+                             (ctypes.c_char * self._count).from_buffer(v_finite))
+        return [flag == 1 for flag in grad_finite], [flag == 1 for flag in v_finite]
+
+    def __del__(self):
+        LIBRARY.queued_release(self._record)
 
 
 class _DLTensor(ctypes.Structure):

@@ -5,6 +5,8 @@ import inspect
 import math
 import numbers
 import operator
+import os
+import sys
 import textwrap
 
 import mxnet.ndarray as nd
@@ -12,7 +14,7 @@ import numpy
 from mxnet.optimizer import Optimizer
 
 from . import _warn, dispatch, distributed, options
-from .deferred import DeferredError
+from .deferred import DeferredError, in_kvstore_callback
 from .options import AGGREGATE_NUM, OPTIONS
 from .textbook import Step
 
@@ -71,25 +73,32 @@ class MyAdam(Optimizer):
         given = _SIGNATURE.bind(self, *args, **kwargs).arguments
         del given['self']
         values = options.checked(given)
-        self._deferred = DeferredError()  # before Optimizer sets rescale_grad
+        self._start_run()  # before Optimizer sets rescale_grad
         super().__init__(**{o.name: values[o.name] for o in OPTIONS if o.mxnet},
                          **given.get('kwargs', {}))
         for option in OPTIONS:
             if not option.mxnet:
                 setattr(self, option.key, values[option.name])
         self.num_skipped = 0
-        self._bad_in_a_row = {}  # index -> bad updates in a row (absent: 0); not pickled
         self.param_shapes = None  # set on saving, checked on loading: see param_dict
-        self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads; not pickled
         self.aggregate_num = AGGREGATE_NUM
+
+    def _start_run(self):
+        """The attributes of this process's run, not pickled: :data:`_RUN_ATTRIBUTES`."""
+        self._deferred = DeferredError()  # an error kept from the KVStore callback
+        self._queued = {}  # index -> (Step, counts, fused.Queued): see _queue, in order
+        self._plans = {}  # index -> (state, multi_precision, dispatch.Batch): see _queue
+        self._bad_in_a_row = {}  # index -> bad updates in a row (absent: 0)
+        self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads
+        self._rescale_grad_checked = None  # (rescale_grad, dtypes) last found good
 
     def __getstate__(self):
         self._deferred.raise_pending()  # never save over an update that failed
+        self._take_queued()
         distributed.watch_worker(self)  # a dist Trainer sending us to its servers: see there
         state = super().__getstate__()
-        del state['_layouts']  # references to live arrays, not hyperparameters
-        del state['_deferred']
-        del state['_bad_in_a_row']  # a run of bad updates is this process's, not the file's
+        for name in _RUN_ATTRIBUTES:
+            del state[name]
         if self.param_dict:
             state['param_shapes'] = {i: tuple(p.shape) for i, p in self.param_dict.items()}
         return state
@@ -98,9 +107,7 @@ class MyAdam(Optimizer):
         """Checked as :meth:`__init__` checks its arguments (so ``Trainer.load_states``
         refuses a bad file too); see :func:`adam_plugin.options.checked_state`."""
         super().__setstate__(options.checked_state(state))
-        self._bad_in_a_row = {}
-        self._layouts = dispatch.Layouts(self._name)
-        self._deferred = DeferredError()
+        self._start_run()
 
     @property
     def param_dict(self):
@@ -135,6 +142,8 @@ class MyAdam(Optimizer):
     @rescale_grad.setter
     def rescale_grad(self, value):
         self._deferred.raise_pending()
+        if self._queued:
+            self._take_queued()
         self.__dict__['rescale_grad'] = value
 
     def set_learning_rate(self, lr):
@@ -163,19 +172,120 @@ class MyAdam(Optimizer):
     def _update_impl(self, indices, weights, grads, states, multi_precision):
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
+        one = len(indices) == 1
+        if one and self._queue(indices[0], weights[0], grads[0], states[0], multi_precision):
+            return
         distributed.refuse_worker_update(self, indices)  # update_on_kvstore=False in a dist job
+        if self._queued:
+            self._take_queued()
         layouts = [self._layouts(*args) for args in zip(indices, weights, grads)]
-        self._check_rescale_grad({layout.dtype for layout in layouts})
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
                                lambda i: self._name(indices[i]))
-        finite = self._finite(indices, batch)
-        steps = self._steps(indices, finite)
-        for index, ok in zip(indices, finite):
-            if not ok:
-                self.num_skipped += 1
-                self._bad_update(index, "skipped the update of {name}: its gradient holds "
-                                        "NaN or Inf")
-        overflowed = [index for index, ok in zip(indices, batch.apply(steps)) if not ok]
+        self._check_rescale_grad(batch.dtypes)
+        if one and batch.queueable and self._queues():
+            self._plans[indices[0]] = states[0], multi_precision, batch
+            if self._queue(indices[0], weights[0], grads[0], states[0], multi_precision):
+                return
+        finite = batch.finite()
+        self._refuse_bad_gradients(indices, finite)
+        steps = self._steps(indices, finite, self._counts(indices))
+        self._count_skips(indices, finite)
+        self._check_second_moments(indices, steps, batch.apply(steps))
+
+    def _queues(self):
+        """Is the update of the caller queued in MXNet's engine (see
+        :meth:`adam_plugin.fused.Buffers.queue`) rather than run before it returns?
+
+        Inside the KVStore's updater callback, which runs one parameter at a time
+        (``update_on_kvstore=True``), under ``nonfinite='skip'``: there MXNet queues its
+        own ``adam_update`` and returns, and waiting for the engine on each call would
+        cost a handoff between threads per parameter. What a queued step finds (a
+        gradient not finite: the step was skipped; a second moment that overflowed) is
+        taken in, warned about and counted in ``num_skipped`` at the next update call
+        (the KVStore's next parameter) or the next ``Trainer.step`` (which sets
+        ``rescale_grad``) or save, whichever comes first. Not under ``nonfinite='raise'``,
+        whose error comes out of the call that failed, before anything else changes;
+        not on a distributed KVStore's server, which has no later call to raise from.
+        """
+        return (self.nonfinite == 'skip' and os.environ.get('DMLC_ROLE') != 'server'
+                and in_kvstore_callback(sys._getframe(1)))
+
+    def _queue(self, index, weight, grad, state, multi_precision):
+        """Queue the update of one parameter in MXNet's engine, where :meth:`_queues`,
+        through the plan its first such call made (its state, multi_precision and
+        :class:`adam_plugin.dispatch.Batch`), which the KVStore's later calls reuse with
+        their new weight and gradient: True when queued. False, nothing done, when there
+        is no plan for these states or the kernel finds an array it does not take (the
+        plan is then dropped): the caller's checks and dispatch decide."""
+        plan = self._plans.get(index)
+        if (plan is None or plan[0] is not state or plan[1] != multi_precision
+                or not self._queues()):
+            return False
+        batch = plan[2]
+        if self._queued:
+            self._take_queued()
+        self._check_rescale_grad(batch.dtypes)
+        counts = self._counts((index,))
+        steps = self._steps((index,), (True,), counts)
+        try:
+            queued = batch.queue(steps, (weight,), (grad,))
+        except BaseException:
+            self._restore_counts(counts, (index,))
+            raise
+        if queued is None:
+            self._restore_counts(counts, (index,))
+            del self._plans[index]
+            return False
+        self._queued[index] = steps[0], counts, queued
+        return True
+
+    def _take_queued(self):
+        """Take in the results of the updates queued in MXNet's engine (see
+        :meth:`_queues`), in the order queued, waiting for them to run."""
+        while self._queued:
+            self._take(next(iter(self._queued)))
+
+    def _take(self, index):
+        """Take in the result of the update of ``index`` queued in MXNet's engine, waiting
+        for it to run, as an update on the calling thread would have: a gradient that was
+        not finite gives the step count back and counts as skipped (``max_skips``), a
+        second moment that overflowed counts too."""
+        step, counts, queued = self._queued.pop(index)
+        if queued.status() == 1:  # it ran; the gradient and the second moment were finite
+            self._bad_in_a_row.pop(index, None)
+            return
+        try:
+            (finite,), v_finite = queued.result()
+        except BaseException:
+            self._restore_counts(counts, (index,))
+            raise
+        if not finite:
+            self._restore_counts(counts, (index,))
+        self._refuse_bad_gradients((index,), (finite,))
+        self._count_skips((index,), (finite,))
+        self._check_second_moments((index,), (step if finite else None,), v_finite)
+
+    def _counts(self, indices):
+        """The step counts of ``indices`` and ``num_update``, for :meth:`_restore_counts`."""
+        return {i: self._index_update_count.get(i) for i in indices}, self.num_update
+
+    def _restore_counts(self, counts, indices):
+        """Put the step counts of ``indices`` back as :meth:`_counts` saw them, and
+        ``num_update`` to the largest of its value then and the counts now."""
+        if not indices:
+            return
+        for index in indices:
+            if counts[0][index] is None:
+                self._index_update_count.pop(index, None)
+            else:
+                self._index_update_count[index] = counts[0][index]
+        self.num_update = max([counts[1], *self._index_update_count.values()])
+
+    def _check_second_moments(self, indices, steps, v_finite):
+        """After a step (``steps[i]`` None: parameter ``i`` not stepped), raise or count
+        the second moments that overflowed (``v_finite``), and end the runs of bad
+        updates of the parameters stepped well."""
+        overflowed = [index for index, ok in zip(indices, v_finite) if not ok]
         if overflowed and self.nonfinite == 'raise':
             raise FloatingPointError(
                 f"myadam: the second moment of {', '.join(map(self._name, overflowed))} "
@@ -190,11 +300,18 @@ class MyAdam(Optimizer):
             if step is not None and index not in overflowed:
                 self._bad_in_a_row.pop(index, None)
 
-    def _steps(self, indices, finite):
+    def _count_skips(self, indices, finite):
+        """Count, and warn about, the parameters skipped for a gradient not ``finite``."""
+        for index, ok in zip(indices, finite):
+            if not ok:
+                self.num_skipped += 1
+                self._bad_update(index, "skipped the update of {name}: its gradient holds "
+                                        "NaN or Inf")
+
+    def _steps(self, indices, finite, counts):
         """The Step of each parameter whose ``finite`` flag is set (None for the others),
-        counting its update; every step count is as it was if this raises (a scheduler's
-        error, a bad learning rate)."""
-        counts = {i: self._index_update_count.get(i) for i in indices}, self.num_update
+        counting its update; every step count is back as ``counts`` (:meth:`_counts`,
+        just before) saw it if this raises (a scheduler's error, a bad learning rate)."""
         try:
             steps = []
             for index, ok in zip(indices, finite):
@@ -203,12 +320,7 @@ class MyAdam(Optimizer):
                 steps.append(self._step(index) if ok else None)
             return steps
         except BaseException:
-            for index, count in counts[0].items():
-                if count is None:
-                    self._index_update_count.pop(index, None)
-                else:
-                    self._index_update_count[index] = count
-            self.num_update = counts[1]
+            self._restore_counts(counts, indices)
             raise
 
     def _bad_update(self, index, what):
@@ -226,6 +338,9 @@ class MyAdam(Optimizer):
         ``scale / batch_size`` at every step, so ``batch_size=1e-45`` gives 1e45, Inf in
         float32, and NaN weights."""
         value = self.rescale_grad
+        checked = self._rescale_grad_checked  # the same object (1 == True) in the same dtypes
+        if checked is not None and checked[0] is value and checked[1] == dtypes:
+            return
         ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
               and all(0 < float(numpy.array(value, numpy.result_type(dtype, numpy.float32)))
                       < math.inf for dtype in dtypes)
@@ -236,6 +351,7 @@ class MyAdam(Optimizer):
                 "(expected > 0 and finite, and non-zero, in the parameters' dtype "
                 f"{'/'.join(sorted(numpy.dtype(d).name for d in dtypes))}); gluon.Trainer "
                 "sets it to 1 / batch_size in Trainer.step(batch_size); nothing was updated")
+        self._rescale_grad_checked = value, dtypes
 
     def _step(self, index):
         return Step(self._index_update_count[index], self._checked_lr(index), self._get_wd(index),
@@ -253,13 +369,10 @@ class MyAdam(Optimizer):
                          f"for {self._name(index)} ({source}, times its lr_mult; expected "
                          ">= 0 and finite); nothing was updated")
 
-    def _finite(self, indices, batch):
-        """One flag per gradient of ``batch``: does it hold only finite values?
-
-        Under ``nonfinite='raise'`` a bad gradient raises before any update; so does,
-        under ``'skip'``, the ``max_skips``-th bad update in a row of a parameter.
-        """
-        finite = batch.finite()
+    def _refuse_bad_gradients(self, indices, finite):
+        """Raise for the gradients not ``finite`` (one flag per parameter) that are not
+        to be skipped: any under ``nonfinite='raise'``; under ``'skip'``, the
+        ``max_skips``-th bad update in a row of a parameter. Nothing is updated then."""
         bad = [i for i, ok in zip(indices, finite) if not ok]
         if self.nonfinite == 'raise' and bad:
             raise FloatingPointError(f"myadam: the gradient of {', '.join(map(self._name, bad))} "
@@ -272,7 +385,6 @@ class MyAdam(Optimizer):
                 f"{self.max_skips} times in a row (max_skips={self.max_skips}): its gradient "
                 "holds NaN or Inf again (a NaN kept in an accumulated gradient, "
                 "grad_req='add', or in the weight or the data?); nothing was updated")
-        return finite
 
     def _name(self, index):
         if index in self.param_dict:
@@ -298,6 +410,11 @@ def _check_fits(saved, params):
                              f"{saved[index]}, the Trainer's, '{params[index].name}', has "
                              f"shape {have[index]}")
 
+
+# What MyAdam._start_run sets: this process's, never pickled (references to live arrays,
+# queued updates, a run of bad updates, an error not raised yet).
+_RUN_ATTRIBUTES = ('_deferred', '_queued', '_plans', '_bad_in_a_row', '_layouts',
+                   '_rescale_grad_checked')
 
 # The rest of a Step, read from the optimizer's attributes of the same names (one C call).
 _RULE_OPTIONS = operator.attrgetter(*Step._fields[3:])

@@ -10,7 +10,7 @@ import pytest
 import mxnet as mx
 from mxnet import nd
 
-from adam_plugin import MyAdam, dispatch
+from adam_plugin import MyAdam, dispatch, fused
 from adam_plugin.chapter import linreg
 from configs import CONFIGS, LR, optimizer_kwargs
 
@@ -112,18 +112,30 @@ def test_host_memory_takes_the_kernel_and_equals_the_textbook(ctx):
 @pytest.mark.parametrize('kvstore', ['device', 'local'])
 def test_update_on_kvstore_takes_the_kernel(kvstore, monkeypatch):
     """The KVStore hands the optimizer its merged copies in ``cpu_pinned`` memory over
-    CPU contexts; they take the kernel."""
-    seen = []
-    original = dispatch.route
+    CPU contexts, one parameter a call; they take the kernel, queued in MXNet's engine:
+    the dispatch decides at a parameter's first call, and its later calls reuse that."""
+    seen, queued = [], []
+    original_route, original_queue = dispatch.route, fused.Buffers.queue
 
-    def recording(layout, options):
-        way = original(layout, options)
+    def recording_route(layout, options):
+        way = original_route(layout, options)
         seen.append((layout.device_type, way))
         return way
 
-    monkeypatch.setattr(dispatch, 'route', recording)
+    def recording_queue(buffers, steps, weights, grads):
+        result = original_queue(buffers, steps, weights, grads)
+        queued.append(result is not None)
+        return result
+
+    def no_step_on_the_calling_thread(buffers, steps):
+        raise AssertionError("a KVStore update ran on the calling thread")
+
+    monkeypatch.setattr(dispatch, 'route', recording_route)
+    monkeypatch.setattr(fused.Buffers, 'queue', recording_queue)
+    monkeypatch.setattr(fused.Buffers, 'adam_steps', no_step_on_the_calling_thread)
     features, labels = linreg.make_dataset(**DATA)
-    linreg.train_trainer(features, labels, ctx=TWO, kvstore=kvstore, update_on_kvstore=True,
-                         **TRAIN)
-    assert len(seen) == 2 * STEPS  # one call per parameter (w, b) and step
-    assert set(seen) == {('cpu_pinned', 'kernel')}
+    trained = linreg.train_trainer(features, labels, ctx=TWO, kvstore=kvstore,
+                                   update_on_kvstore=True, **TRAIN)
+    assert seen == [('cpu_pinned', 'kernel')] * 2  # w and b, at their first call
+    assert queued == [True] * (2 * STEPS)  # one call per parameter and step
+    assert trained.trainer.optimizer._index_update_count == {0: STEPS, 1: STEPS}

@@ -591,8 +591,8 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     for entry_point in (library.use_variant, library.variant_runs_here):
         with pytest.raises(ctypes.ArgumentError):
             entry_point(VARIANTS[0])
-    library.use_mxnet(*(ctypes.cast(f, ctypes.c_void_p).value for f in (
-        _LIB.MXNDArrayGetData, _LIB.MXNDArrayWaitToRead, _LIB.MXNDArrayWaitAll)))
+    library.use_mxnet(*(ctypes.cast(getattr(_LIB, f), ctypes.c_void_p).value
+                        for f in fused.MXNET_FUNCTIONS))
     again = run(CONFIGS['everything'], dtype, True, True, weights, grads)
     for a, f in zip(again, fast):
         np.testing.assert_array_equal(a, f)

@@ -100,7 +100,7 @@ def test_the_error_reaches_the_user(error, kvstore, update_on_kvstore, in_callba
             step(net, trainer, value)
     # The original traceback: the frame that raised inside MyAdam is in it, and it came
     # out of Trainer.step.
-    assert any(entry.frame.code.name in ('_finite', '__call__') for entry in caught.traceback)
+    assert any(entry.frame.code.name in ('_refuse_bad_gradients', '__call__') for entry in caught.traceback)
     assert any(entry.frame.code.name == 'step' and entry.path.name == 'trainer.py'
                for entry in caught.traceback)
     names = [p.name for p in trainer._params]
@@ -121,7 +121,7 @@ def raise_line(path, start):
 
 # ERRORS row -> (file, function, start of the line) of the statement that raises it
 RAISED_AT = {
-    'nan_gradient': (optimizer_module.__file__, '_finite',
+    'nan_gradient': (optimizer_module.__file__, '_refuse_bad_gradients',
                      'raise FloatingPointError(f"myadam: the gradient of'),
     'lr_scheduler': (__file__, '__call__', 'raise ValueError(f"schedule ended'),
 }
@@ -175,7 +175,7 @@ def test_an_undelivered_error_is_raised_by_the_next_step(undelivered, kvstore):
         step(net, trainer, np.nan)
     with pytest.raises(FloatingPointError, match='holds NaN or Inf') as caught:
         step(net, trainer, 1.0)
-    assert any(entry.frame.code.name == '_finite' for entry in caught.traceback)
+    assert any(entry.frame.code.name == '_refuse_bad_gradients' for entry in caught.traceback)
     step(net, trainer, 1.0)  # raised once, then cleared
 
 

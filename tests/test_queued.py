@@ -1,0 +1,203 @@
+"""Updates the KVStore runs one parameter at a time, queued in MXNet's engine.
+
+With ``update_on_kvstore=True`` over several devices the KVStore calls the optimizer
+once per parameter from its callback; under ``nonfinite='skip'`` MyAdam queues the
+kernel's step there as an engine operation and returns, as MXNet's own Adam does
+(see ``MyAdam._queues``). What a queued step finds is taken in at the next update call
+or the next ``Trainer.step`` or save. These tests hold that path to the one that runs
+on the calling thread: the same numbers, skips, counts and warnings.
+"""
+import warnings
+
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import gluon, nd
+
+from adam_plugin import checkpoint, fused
+
+TWO = [mx.cpu(0), mx.cpu(1)]
+GOOD = {'first': np.array([0.3, -0.2, 0.1, 0.5]), 'second': np.array([1.0, -1.0, 2.0])}
+
+
+def trainer_on_two_devices(update_on_kvstore, **options):
+    """Two parameters on two CPU contexts; the KVStore calls the optimizer for 'first'
+    before 'second' (the Trainer's order)."""
+    params = []
+    for name, init in (('first', np.linspace(-1, 1, 4)), ('second', np.linspace(0.5, 1.5, 3))):
+        p = gluon.Parameter(name, shape=init.shape)
+        p.initialize(ctx=TWO)
+        p.set_data(nd.array(init))
+        params.append(p)
+    trainer = gluon.Trainer(params, 'myadam', dict(learning_rate=0.1, **options),
+                            kvstore='device', update_on_kvstore=update_on_kvstore)
+    return params, trainer
+
+
+def step(trainer, params, grads):
+    """One Trainer.step with gradient ``grads[name]`` on each device (the KVStore sums
+    them: twice the value)."""
+    for p in params:
+        for g in p.list_grad():
+            g[:] = nd.array(grads[p.name])
+        for d in p.list_data():
+            d._fresh_grad = True
+    trainer.step(1)
+
+
+def with_bad(**values):
+    """GOOD, with ``values[name]`` at position 1 of parameter ``name``'s gradient."""
+    grads = dict(GOOD)
+    for name, value in values.items():
+        grads[name] = grads[name].copy()
+        grads[name][1] = value
+    return grads
+
+
+def test_the_kvstore_calls_take_the_queue():
+    """The path under test is taken: a plan per parameter at its first call, then a
+    queued step per KVStore call, taken in by the next call."""
+    params, trainer = trainer_on_two_devices(True)
+    step(trainer, params, GOOD)
+    opt = trainer.optimizer
+    assert list(opt._plans) == [0, 1]
+    step(trainer, params, GOOD)
+    assert list(opt._queued) == [1]  # the last call's, until the next call takes it in
+
+
+SEQUENCES = {  # name -> gradients of each step
+    'first_bad_once': [GOOD, with_bad(first=np.nan), GOOD, GOOD],
+    'second_bad_twice': [GOOD, with_bad(second=np.nan), with_bad(second=np.inf), GOOD],
+    'both_bad_first_step': [with_bad(first=-np.inf, second=np.nan), GOOD, GOOD],
+}
+
+
+@pytest.mark.parametrize('options', [{}, {'amsgrad': True, 'wd': 0.05, 'clip_gradient': 1.0}])
+@pytest.mark.parametrize('sequence', sorted(SEQUENCES))
+def test_queued_steps_equal_steps_on_the_calling_thread(sequence, options):
+    """The KVStore's queued updates give bitwise the weights, states and step counts of
+    the Trainer's own updates (on the calling thread, one device's updater each), NaN
+    and Inf gradients skipped alike; each skip counted once (the Trainer's own updates
+    count it once per device)."""
+    runs = {}
+    for update_on_kvstore in (True, False):
+        params, trainer = trainer_on_two_devices(update_on_kvstore, **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)
+            for grads in SEQUENCES[sequence]:
+                step(trainer, params, grads)
+            trainer.optimizer._take_queued()
+        updater = (trainer._kvstore._updater if update_on_kvstore else trainer._updaters[0])
+        runs[update_on_kvstore] = (
+            [d.asnumpy() for p in params for d in p.list_data()],
+            [s.asnumpy() for i in sorted(updater.states) for s in updater.states[i]],
+            dict(trainer.optimizer._index_update_count), trainer.optimizer.num_update,
+            trainer.optimizer.num_skipped)
+    queued, calling = runs[True], runs[False]
+    for a, b in zip(queued[0] + queued[1], calling[0] + calling[1]):
+        np.testing.assert_array_equal(a, b)
+    assert queued[2:4] == calling[2:4]
+    bad_steps = sum(g is not GOOD for g in SEQUENCES[sequence])
+    assert queued[4] * 2 == calling[4] >= 2 * bad_steps
+
+
+def test_a_skip_is_warned_at_the_next_call_or_the_next_step():
+    """The first parameter's skip is warned by the KVStore's next call, inside the same
+    Trainer.step; the last parameter's by the next Trainer.step (or save)."""
+    params, trainer = trainer_on_two_devices(True)
+    step(trainer, params, GOOD)
+    with pytest.warns(RuntimeWarning, match="skipped the update of parameter 'first'"):
+        step(trainer, params, with_bad(first=np.nan))
+    assert trainer.optimizer.num_skipped == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # not yet: it ran in the engine, nobody asked
+        step(trainer, params, with_bad(second=np.nan))
+    assert trainer.optimizer.num_skipped == 1
+    with pytest.warns(RuntimeWarning, match="skipped the update of parameter 'second'"):
+        step(trainer, params, GOOD)
+    assert trainer.optimizer.num_skipped == 2
+    assert trainer.optimizer._index_update_count == {0: 3, 1: 3}  # one skip each
+
+
+def test_max_skips_raises_out_of_a_trainer_step():
+    params, trainer = trainer_on_two_devices(True, max_skips=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        with pytest.raises(FloatingPointError, match=r"'first' has failed 3 times in a row"):
+            for _ in range(4):
+                step(trainer, params, with_bad(first=np.nan))
+    assert trainer.optimizer.num_skipped == 2  # the third raised instead of counting
+
+
+def test_a_second_moment_that_overflows_is_reported():
+    params, trainer = trainer_on_two_devices(True)
+    huge = dict(GOOD, first=np.full(4, 1.5e38))  # summed, 3e38: finite; v is not
+    with pytest.warns(RuntimeWarning, match="second moment of parameter 'first' overflowed"):
+        step(trainer, params, huge)
+    assert trainer.optimizer.num_skipped == 1
+
+
+def test_a_save_takes_in_what_is_queued(tmp_path):
+    """A save waits for the queued steps and counts them before writing."""
+    params, trainer = trainer_on_two_devices(True)
+    step(trainer, params, GOOD)
+    step(trainer, params, with_bad(second=np.nan))
+    with pytest.warns(RuntimeWarning, match="'second'"):
+        checkpoint.save_states(trainer, tmp_path / 'states')
+    assert trainer.optimizer.num_skipped == 1 and not trainer.optimizer._queued
+    params2, trainer2 = trainer_on_two_devices(True)
+    step(trainer2, params2, GOOD)  # the KVStore made, then the states loaded into it
+    checkpoint.load_states(trainer2, tmp_path / 'states')
+    assert trainer2.optimizer._index_update_count == {0: 2, 1: 1}
+    assert trainer2.optimizer.num_skipped == 1
+
+
+def one_parameter_buffers(weight, grad):
+    """The kernel's buffers for ``weight``'s first step with ``grad``, as the dispatch
+    makes them (zero moments), and that Step."""
+    from adam_plugin import MyAdam
+    opt = MyAdam(learning_rate=0.1)
+    state = opt.create_state(0, weight)
+    storage = fused.storage(np.dtype(weight.dtype), False)
+    buffers = fused.Buffers(storage, [(weight.shape, weight, grad, state, None, None)])
+    opt._update_count(0)
+    return buffers, opt._step(0)
+
+
+def test_the_kernel_refuses_arrays_a_queued_step_does_not_take():
+    """The KVStore's later calls reuse the first call's buffers with their own weight and
+    gradient: the kernel checks those and queues nothing for one it does not take."""
+    weight = nd.ones((8,))
+    buffers, step_ = one_parameter_buffers(weight, nd.ones((8,)))
+    others = {
+        'fewer elements': nd.ones((4,)),
+        'more elements': nd.ones((3, 8)),
+        'float64': nd.ones((8,), dtype='float64'),
+        'row_sparse': nd.ones((8,)).tostype('row_sparse'),
+    }
+    for what, array in others.items():
+        for as_weight in (True, False):
+            arrays = ((array,), (nd.ones((8,)),)) if as_weight else ((weight,), (array,))
+            assert buffers.queue([step_], *arrays) is None, (what, as_weight)
+    nd.waitall()
+    np.testing.assert_array_equal(weight.asnumpy(), 1.0)
+    other = nd.ones((2, 4))  # the same elements, dtype and storage: taken
+    assert buffers.queue([step_], (other,), (nd.ones((8,)),)).result() == ([True], [True])
+    assert (other.asnumpy() < 1).all()
+
+
+def test_a_queued_step_runs_after_the_gradient_it_waits_for():
+    """Queued behind a pending write to its gradient, the step reads the written
+    gradient: it equals the same step on the calling thread, bitwise."""
+    a = nd.random.normal(shape=(600, 600))
+    grad = nd.dot(a, a)[0, :64] * 1e-3  # pending while the step is queued
+    weight = nd.ones((64,))
+    queued_buffers, step_ = one_parameter_buffers(weight, nd.zeros((64,)))
+    queued = queued_buffers.queue([step_], (weight,), (grad,))
+    assert queued.result() == ([True], [True])
+    reference = nd.ones((64,))
+    buffers, same_step = one_parameter_buffers(reference, grad)
+    assert same_step == step_
+    assert buffers.adam_steps([same_step]) == [True]
+    np.testing.assert_array_equal(weight.asnumpy(), reference.asnumpy())
+    assert not np.array_equal(weight.asnumpy(), np.ones(64, np.float32))
