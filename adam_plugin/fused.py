@@ -383,6 +383,7 @@ class Queued:
 
     def __init__(self, record, count, weights):
         self._record, self._count, self._weights = record, count, weights
+        self._release = LIBRARY.queued_release  # still there while the interpreter ends
 
     def status(self):
         """0 while the step has not run; then 1 when every gradient and every second
@@ -412,7 +413,7 @@ class Queued:
         return [flag == 1 for flag in grad_finite], [flag == 1 for flag in v_finite]
 
     def __del__(self):
-        LIBRARY.queued_release(self._record)
+        self._release(self._record)
 
 
 class _DLTensor(ctypes.Structure):
