@@ -338,8 +338,9 @@ class MyAdam(Optimizer):
         ``scale / batch_size`` at every step, so ``batch_size=1e-45`` gives 1e45, Inf in
         float32, and NaN weights."""
         value = self.rescale_grad
-        checked = self._rescale_grad_checked  # the same object (1 == True) in the same dtypes
-        if checked is not None and checked[0] is value and checked[1] == dtypes:
+        checked = self._rescale_grad_checked  # the same value and type (1 == True, 1.0)
+        if (checked is not None and type(checked[0]) is type(value) and checked[0] == value
+                and checked[1] == dtypes):
             return
         ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
               and all(0 < float(numpy.array(value, numpy.result_type(dtype, numpy.float32)))

@@ -201,3 +201,51 @@ def test_a_queued_step_runs_after_the_gradient_it_waits_for():
     assert buffers.adam_steps([same_step]) == [True]
     np.testing.assert_array_equal(weight.asnumpy(), reference.asnumpy())
     assert not np.array_equal(weight.asnumpy(), np.ones(64, np.float32))
+
+
+class _Failing(mx.operator.CustomOp):
+    """An operator that fails: its output holds MXNet's engine error instead of values."""
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        raise ValueError("the operation that writes the gradient failed")
+
+
+@mx.operator.register('adam_plugin_failing')
+class _FailingProp(mx.operator.CustomOpProp):
+    def list_arguments(self):
+        return ['data']
+
+    def list_outputs(self):
+        return ['output']
+
+    def infer_shape(self, in_shape):
+        return in_shape, in_shape, []
+
+    def create_operator(self, ctx, shapes, dtypes):
+        return _Failing()
+
+
+def test_an_engine_error_in_the_gradient_comes_out_of_the_next_push():
+    """When the operation that writes a gradient failed, MXNet's engine does not run the
+    queued step: taking it in at the KVStore's next call raises MXNet's error (out of
+    that push, as any error in the callback), and the parameter keeps its weight and
+    step count; the next call's own update is not applied either."""
+    from adam_plugin import MyAdam
+    opt = MyAdam(learning_rate=0.1)
+    kv = mx.kv.create('local')
+    kv.set_optimizer(opt)
+    for key in (0, 1):
+        kv.init(key, nd.ones((8,)))
+        kv.push(key, nd.ones((8,)))
+    assert list(opt._plans) == [0, 1] and opt._index_update_count == {0: 1, 1: 1}
+    kv.push(0, nd.Custom(nd.ones((8,)), op_type='adam_plugin_failing'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # the callback's own notice
+        with pytest.raises(mx.base.MXNetError, match='kCustomOpForward'):
+            kv.push(1, nd.ones((8,)))
+    assert opt._index_update_count == {0: 1, 1: 1} and opt.num_update == 1
+    assert not opt._queued
+    for key in (0, 1):
+        out = nd.zeros((8,))
+        kv.pull(key, out=out)
+        np.testing.assert_array_equal(out.asnumpy(), np.float32(0.9))  # after step 1
