@@ -176,7 +176,8 @@ def use_variant(name):
 
 @functools.lru_cache(maxsize=1024)
 def constants(step, dtype):
-    """The scalars of one step, computed in float64 and rounded to ``dtype`` once.
+    """The scalars of one step, computed in float64 and rounded to ``dtype`` once:
+    ``(table, its address)``.
 
     Kept for the last 1024 distinct (step, dtype): parameters stepped alike (the same
     ``t``, ``lr`` and ``wd``) share one array, which nobody writes.
@@ -206,7 +207,7 @@ def constants(step, dtype):
     row[_YOGI] = 1.0 if step.yogi else 0.0
     table = np.array(row, dtype=dtype)
     table.flags.writeable = False
-    return table
+    return table, table.ctypes.data
 
 
 class Buffers:
@@ -311,8 +312,9 @@ class Buffers:
         if not keep:
             return [True] * len(steps)
         v_finite = bytearray(b'\x01') * len(keep)
+        _, address = table
         check_call(getattr(LIBRARY, 'adam_' + self.storage)(
-            len(keep), *arguments, table.ctypes.data, amsgrad,
+            len(keep), *arguments, address, amsgrad,
             (ctypes.c_char * len(keep)).from_buffer(v_finite), threads))
         flags = [True] * len(steps)
         for i, flag in zip(keep, v_finite):
@@ -336,24 +338,34 @@ class Buffers:
             Or None, nothing queued, when an array is not one the step takes.
         """
         n = len(self._rows)
-        assert len(steps) == n and None not in steps and self._rows == [None] * n
+        assert None not in steps and all(r is None for r in self._rows), "all, whole"
         for p, (weight, grad) in enumerate(zip(weights, grads)):
             self._table[p], self._table[n + p] = weight.handle.value, grad.handle.value
         self._queued_arrays = weights, grads  # the table's handles now: kept alive
-        _, (arguments, table, amsgrad, threads) = self._launch(steps)
+        _, (arguments, (table, address), amsgrad, threads) = self._launch(steps)
         record = ctypes.c_void_p()
-        status = self._queue(
-            n, arguments[0], arguments[1], arguments[4], table.ctypes.data,
-            len(table) // _NUM_CONSTANTS, amsgrad, threads, ctypes.byref(record))
+        status = self._queue(n, arguments[0], arguments[1], arguments[4], address,
+                             len(table) // _NUM_CONSTANTS, amsgrad, threads, ctypes.byref(record))
         if status == -2:
             return None
         check_call(status)
         return Queued(record, n, weights)
 
+    def _amsgrad(self, steps):
+        """Does one of ``steps`` take AMSGrad? ``ValueError`` if so without vmax states."""
+        amsgrad = any(step.amsgrad for step in steps)
+        if amsgrad and not self.amsgrad_ready:
+            raise ValueError("myadam: amsgrad needs (m, v, vmax) states")
+        return amsgrad
+
     def _launch(self, steps):
         """The positions of the parameters ``steps`` updates (its entries not None), and
         the arguments of a kernel call for them: the tables of handles, sizes, row
-        lengths, rows and table rows (addresses), the constants, amsgrad, threads."""
+        lengths, rows and table rows (addresses), the constants (their table and its
+        address), amsgrad, threads."""
+        if len(steps) == 1 and steps[0] is not None:  # the KVStore's calls: kept short
+            return [0], (self._arguments, constants(steps[0], self.dtype),
+                         self._amsgrad(steps), self.threads)
         keep, param_rows, rows = [], [], {}  # rows: Step -> its row in the table
         for i, step in enumerate(steps):
             if step is not None:
@@ -361,11 +373,12 @@ class Buffers:
                 param_rows.append(rows.setdefault(step, len(rows)))
         if not keep:
             return keep, (None, None, None, None)
-        amsgrad = any(step.amsgrad for step in rows)
-        if amsgrad and not self.amsgrad_ready:
-            raise ValueError("myadam: amsgrad needs (m, v, vmax) states")
-        table = (constants(next(iter(rows)), self.dtype) if len(rows) == 1
-                 else np.concatenate([constants(step, self.dtype) for step in rows]))
+        amsgrad = self._amsgrad(rows)
+        if len(rows) == 1:
+            table = constants(next(iter(rows)), self.dtype)
+        else:
+            table = np.concatenate([constants(step, self.dtype)[0] for step in rows])
+            table = table, table.ctypes.data
         if len(keep) == len(steps) and len(rows) == 1:  # the tables made for all of them
             return keep, (self._arguments, table, amsgrad, self.threads)
         n = len(self._rows)

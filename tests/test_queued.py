@@ -20,14 +20,14 @@ TWO = [mx.cpu(0), mx.cpu(1)]
 GOOD = {'first': np.array([0.3, -0.2, 0.1, 0.5]), 'second': np.array([1.0, -1.0, 2.0])}
 
 
-def trainer_on_two_devices(update_on_kvstore, **options):
-    """Two parameters on two CPU contexts; the KVStore calls the optimizer for 'first'
-    before 'second' (the Trainer's order)."""
+def trainer_on_two_devices(update_on_kvstore, dtype='float32', **options):
+    """Two parameters of ``dtype`` on two CPU contexts; the KVStore calls the optimizer
+    for 'first' before 'second' (the Trainer's order)."""
     params = []
     for name, init in (('first', np.linspace(-1, 1, 4)), ('second', np.linspace(0.5, 1.5, 3))):
-        p = gluon.Parameter(name, shape=init.shape)
+        p = gluon.Parameter(name, shape=init.shape, dtype=dtype)
         p.initialize(ctx=TWO)
-        p.set_data(nd.array(init))
+        p.set_data(nd.array(init, dtype=dtype))
         params.append(p)
     trainer = gluon.Trainer(params, 'myadam', dict(learning_rate=0.1, **options),
                             kvstore='device', update_on_kvstore=update_on_kvstore)
@@ -39,7 +39,7 @@ def step(trainer, params, grads):
     them: twice the value)."""
     for p in params:
         for g in p.list_grad():
-            g[:] = nd.array(grads[p.name])
+            g[:] = nd.array(grads[p.name], dtype=g.dtype)
         for d in p.list_data():
             d._fresh_grad = True
     trainer.step(1)
@@ -72,16 +72,27 @@ SEQUENCES = {  # name -> gradients of each step
 }
 
 
-@pytest.mark.parametrize('options', [{}, {'amsgrad': True, 'wd': 0.05, 'clip_gradient': 1.0}])
+# (weight dtype, MyAdam options): every storage of the kernel, and its options
+STORAGES = [
+    ('float32', {}),
+    ('float32', {'amsgrad': True, 'wd': 0.05, 'clip_gradient': 1.0}),
+    ('float32', {'yogi': True, 'decoupled_wd': True, 'wd': 0.05, 'epsilon_mode': 'inside'}),
+    ('float64', {'epsilon_mode': 'hat', 'rescale_grad': 0.5}),
+    ('float16', {'multi_precision': True, 'amsgrad': True}),
+    ('float16', {}),
+]
+
+
+@pytest.mark.parametrize('dtype, options', STORAGES)
 @pytest.mark.parametrize('sequence', sorted(SEQUENCES))
-def test_queued_steps_equal_steps_on_the_calling_thread(sequence, options):
+def test_queued_steps_equal_steps_on_the_calling_thread(sequence, dtype, options):
     """The KVStore's queued updates give bitwise the weights, states and step counts of
     the Trainer's own updates (on the calling thread, one device's updater each), NaN
     and Inf gradients skipped alike; each skip counted once (the Trainer's own updates
     count it once per device)."""
     runs = {}
     for update_on_kvstore in (True, False):
-        params, trainer = trainer_on_two_devices(update_on_kvstore, **options)
+        params, trainer = trainer_on_two_devices(update_on_kvstore, dtype, **options)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', RuntimeWarning)
             for grads in SEQUENCES[sequence]:
@@ -90,7 +101,7 @@ def test_queued_steps_equal_steps_on_the_calling_thread(sequence, options):
         updater = (trainer._kvstore._updater if update_on_kvstore else trainer._updaters[0])
         runs[update_on_kvstore] = (
             [d.asnumpy() for p in params for d in p.list_data()],
-            [s.asnumpy() for i in sorted(updater.states) for s in updater.states[i]],
+            [s.asnumpy() for i in sorted(updater.states) for s in _arrays(updater.states[i])],
             dict(trainer.optimizer._index_update_count), trainer.optimizer.num_update,
             trainer.optimizer.num_skipped)
     queued, calling = runs[True], runs[False]
@@ -99,6 +110,13 @@ def test_queued_steps_equal_steps_on_the_calling_thread(sequence, options):
     assert queued[2:4] == calling[2:4]
     bad_steps = sum(g is not GOOD for g in SEQUENCES[sequence])
     assert queued[4] * 2 == calling[4] >= 2 * bad_steps
+
+
+def _arrays(state):
+    """The NDArrays of a state, nested as ``(master, (m, v))`` under multi_precision."""
+    if isinstance(state, (tuple, list)):
+        return [a for s in state for a in _arrays(s)]
+    return [state]
 
 
 def test_a_skip_is_warned_at_the_next_call_or_the_next_step():
