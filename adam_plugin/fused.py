@@ -249,10 +249,11 @@ class Buffers:
         # One table (a single allocation, its address read once): the handles, one row
         # of n per array, then per parameter its size, row length, rows (their address,
         # or 0) and row of constants when all share one (0).
-        values = ([h for column in handles for h in column] + sizes + row_length
-                  + [0 if rows is None else rows.ctypes.data for rows in self._rows] + [0] * n)
-        self._table = (ctypes.c_uint64 * len(values))(*values)
-        base = ctypes.addressof(self._table)
+        self._table = np.array(
+            [h for column in handles for h in column] + sizes + row_length
+            + [0 if rows is None else rows.ctypes.data for rows in self._rows] + [0] * n,
+            dtype=np.uint64)
+        base = self._table.ctypes.data
         self._arguments = [base + 8 * n * row for row in (0, 6, 7, 8, 9)]
         self.threads = _threads_for(sum(sizes))
         self.amsgrad_ready = len(params[0][3]) == 3
@@ -382,7 +383,7 @@ class Buffers:
         if len(keep) == len(steps) and len(rows) == 1:  # the tables made for all of them
             return keep, (self._arguments, table, amsgrad, self.threads)
         n = len(self._rows)
-        columns = np.frombuffer(self._table, dtype=np.int64)
+        columns = self._table.view(np.int64)
         kept = [np.ascontiguousarray(columns[:6 * n].reshape(6, n)[:, keep])] + [  # rows of len(keep)
             columns[row * n:(row + 1) * n][keep] for row in (6, 7, 8)] + [
             np.array(param_rows, dtype=np.int64)]
