@@ -285,7 +285,7 @@ def _stores_every_row(weight, rows):
 def _rows(grad, weight_rows, name):
     """The rows a ``row_sparse`` ``grad`` stores, as a NumPy int64 array, each checked
     to be one of the weight's ``weight_rows`` (the kernel writes where they point)."""
-    rows = grad.indices.asnumpy().astype(numpy.int64, copy=False)
+    rows = fused.row_indices(grad)
     bad = rows[(rows < 0) | (rows >= weight_rows)]
     if bad.size:
         raise ValueError(f"myadam: the row_sparse gradient of {name} holds row {bad[0]}, "

@@ -391,3 +391,39 @@ def test_stored_rows_are_read_without_a_copy(rows):
     """fused.stored_rows (MXNet's DLPack view) against the copy Python's indices makes."""
     array = nd.sparse.row_sparse_array((np.ones((len(rows), 4), np.float32), rows), shape=(7, 4))
     assert fused.stored_rows(array) == array.indices.shape[0] == len(rows)
+
+
+@pytest.mark.parametrize('context', [mx.cpu(0), mx.cpu(1), mx.cpu_pinned(0)], ids=str)
+@pytest.mark.parametrize('dtype, row_shape', [('float32', (4,)), ('float16', (2, 3)),
+                                              ('float64', ())])
+@pytest.mark.parametrize('rows', STORED + [list(range(0, 4000, 3))], ids=lambda r: str(r[:4]))
+def test_row_indices_equal_the_copy_python_makes(rows, dtype, row_shape, context):
+    """fused.row_indices (read from MXNet's serialization of the array) against Python's
+    indices (a copy by an engine operation), in every storage a gradient comes in."""
+    count = max([7, *(r + 1 for r in rows)])
+    values = np.ones((len(rows), *row_shape), dtype)
+    array = nd.sparse.row_sparse_array((values, rows), shape=(count, *row_shape),
+                                       ctx=context, dtype=dtype)
+    got = fused.row_indices(array)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, array.indices.asnumpy())
+    np.testing.assert_array_equal(got, np.array(rows, dtype=np.int64))
+
+
+def test_row_indices_of_a_gradient_being_written_are_its_new_rows():
+    """The pending writes to the array are waited for: its rows once they are done."""
+    a = nd.random.normal(shape=(400, 400))
+    busy = nd.dot(a, a)  # keeps the engine busy while the gradient's write is queued
+    grad = nd.sparse.row_sparse_array((np.ones((2, 4), np.float32), [1, 5]), shape=(9, 4))
+    nd.sparse.retain(nd.sparse.row_sparse_array(
+        (np.ones((3, 4), np.float32), [2, 4, 8]), shape=(9, 4)) + busy[:9, :4].tostype(
+        'row_sparse'), nd.array([2, 8], dtype='int64'), out=grad)
+    np.testing.assert_array_equal(fused.row_indices(grad), [2, 8])
+
+
+def test_row_indices_in_numpy_shape_mode_come_from_the_copy():
+    """Under NumPy shape semantics MXNet refuses to serialize a sparse array: the rows
+    come from Python's indices instead."""
+    with mx.util.np_shape(True):
+        array = nd.sparse.row_sparse_array((np.ones((2, 3), np.float32), [1, 4]), shape=(6, 3))
+        np.testing.assert_array_equal(fused.row_indices(array), [1, 4])
