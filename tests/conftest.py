@@ -28,3 +28,27 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile('ci', derandomize=True, database=None, max_examples=60,
                           deadline=None, print_blob=True)
 settings.load_profile('ci')
+
+
+def register_custom_op(name, make):
+    """Register with MXNet, as ``name``, a custom operator of one input and one output of
+    the input's shape, whose work is the ``mx.operator.CustomOp`` that ``make()`` returns."""
+    import mxnet as mx
+
+    class Prop(mx.operator.CustomOpProp):
+        def __init__(self):
+            super().__init__(need_top_grad=True)
+
+        def list_arguments(self):
+            return ['data']
+
+        def list_outputs(self):
+            return ['output']
+
+        def infer_shape(self, in_shape):
+            return in_shape, in_shape, []
+
+        def create_operator(self, ctx, shapes, dtypes):
+            return make()
+
+    mx.operator.register(name)(Prop)

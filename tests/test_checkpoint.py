@@ -28,6 +28,7 @@ from adam_plugin import checkpoint
 from adam_plugin.checkpoint import __main__ as checkpoint_main, rawarray, safe
 from adam_plugin.chapter import linreg
 from configs import CONFIGS, optimizer_kwargs
+from conftest import register_custom_op
 
 STEPS, SAVE_AFTER, BATCH = 12, 6, 8
 
@@ -309,22 +310,7 @@ class _Held(mx.operator.CustomOp):
         self.assign(in_grad[0], req[0], out_grad[0])
 
 
-@mx.operator.register('adam_plugin_tests_held')
-class _HeldProp(mx.operator.CustomOpProp):
-    def __init__(self):
-        super().__init__(need_top_grad=True)
-
-    def list_arguments(self):
-        return ['data']
-
-    def list_outputs(self):
-        return ['output']
-
-    def infer_shape(self, in_shape):
-        return in_shape, in_shape, []
-
-    def create_operator(self, ctx, shapes, dtypes):
-        return _Held()
+register_custom_op('adam_plugin_tests_held', _Held)
 
 
 GATE = threading.Event()

@@ -15,6 +15,7 @@ import mxnet as mx
 from mxnet import gluon, nd
 
 from adam_plugin import checkpoint, fused
+from conftest import register_custom_op
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 GOOD = {'first': np.array([0.3, -0.2, 0.1, 0.5]), 'second': np.array([1.0, -1.0, 2.0])}
@@ -228,19 +229,7 @@ class _Failing(mx.operator.CustomOp):
         raise ValueError("the operation that writes the gradient failed")
 
 
-@mx.operator.register('adam_plugin_failing')
-class _FailingProp(mx.operator.CustomOpProp):
-    def list_arguments(self):
-        return ['data']
-
-    def list_outputs(self):
-        return ['output']
-
-    def infer_shape(self, in_shape):
-        return in_shape, in_shape, []
-
-    def create_operator(self, ctx, shapes, dtypes):
-        return _Failing()
+register_custom_op('adam_plugin_failing', _Failing)
 
 
 def test_an_engine_error_in_the_gradient_comes_out_of_the_next_push():
