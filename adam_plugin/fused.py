@@ -334,6 +334,11 @@ class Buffers:
         step checks the gradients first: a parameter whose gradient holds an Inf or a
         NaN is not stepped. For whole dense parameters only (no lazy rows).
 
+        The arrays' data pointers are read here: each must have been allocated already
+        (written, and waited for, once). MXNet allocates an array's memory at its first
+        use without a lock, so reading a new array while its first writer runs on an
+        engine thread can allocate it twice, and the writer's values are lost.
+
         Returns
         -------
         Queued

@@ -182,10 +182,9 @@ class MyAdam(Optimizer):
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
                                lambda i: self._name(indices[i]))
         self._check_rescale_grad(batch.dtypes)
-        if one and batch.queueable and self._queues():
+        if (one and batch.queueable and self._queues()
+                and self._merged_by_the_kvstore(indices[0])):  # this call runs here: see _queue
             self._plans[indices[0]] = states[0], multi_precision, batch
-            if self._queue(indices[0], weights[0], grads[0], states[0], multi_precision):
-                return
         finite = batch.finite()
         self._refuse_bad_gradients(indices, finite)
         steps = self._steps(indices, finite, self._counts(indices))
@@ -210,13 +209,33 @@ class MyAdam(Optimizer):
         return (self.nonfinite == 'skip' and os.environ.get('DMLC_ROLE') != 'server'
                 and in_kvstore_callback(sys._getframe(1)))
 
+    def _merged_by_the_kvstore(self, index):
+        """Is the gradient the KVStore hands for ``index`` its own merge buffer, the same
+        array at every call (a Trainer's parameter on several devices)? On one device it
+        is the array pushed: a Parameter's gradient, which Gluon replaces when
+        ``grad_req`` is set again, or whatever ``kv.push`` was given."""
+        param = self.param_dict.get(index)
+        return param is not None and len(param.list_ctx()) > 1
+
     def _queue(self, index, weight, grad, state, multi_precision):
         """Queue the update of one parameter in MXNet's engine, where :meth:`_queues`,
         through the plan its first such call made (its state, multi_precision and
         :class:`adam_plugin.dispatch.Batch`), which the KVStore's later calls reuse with
         their new weight and gradient: True when queued. False, nothing done, when there
         is no plan for these states or the kernel finds an array it does not take (the
-        plan is then dropped): the caller's checks and dispatch decide."""
+        plan is then dropped): the caller's checks and dispatch decide.
+
+        The first call runs on the calling thread, waiting for the engine: the queued
+        step's data pointers are read here (``MXNDArrayGetData``), and MXNet allocates a
+        new array's memory at its first use, unguarded (``Chunk::CheckAndAlloc``). The
+        KVStore's merge buffer, its copy of the weight and the states from
+        :meth:`create_state` all start unallocated, their first writer queued just before
+        this call; read here while that writer allocated them on an engine thread, an
+        array got two allocations, and the step read memory the reduce never wrote (a
+        gradient of garbage, seen once as a NaN in a benchmark's first step). Once the
+        first step has waited for them, they are allocated, and the KVStore hands the
+        same arrays for the key at every later call: planned only where the gradient is
+        its merge buffer (:meth:`_merged_by_the_kvstore`)."""
         plan = self._plans.get(index)
         if (plan is None or plan[0] is not state or plan[1] != multi_precision
                 or not self._queues()):

@@ -66,10 +66,40 @@ def test_the_kvstore_calls_take_the_queue():
     assert list(opt._queued) == [1]  # the last call's, until the next call takes it in
 
 
+def test_the_first_step_and_one_device_run_on_the_calling_thread():
+    """A queued step reads its arrays' data pointers when queued, so only arrays allocated
+    before are queued: not at a parameter's first call (the KVStore's merge buffer,
+    its weight and the states are new), nor where the KVStore hands the array pushed
+    (one device: a gradient Gluon may replace, any array given to kv.push)."""
+    params, trainer = trainer_on_two_devices(True)
+    step(trainer, params, GOOD)
+    assert not trainer.optimizer._queued and trainer.optimizer._index_update_count == {0: 1, 1: 1}
+    from adam_plugin import MyAdam
+    opt = MyAdam(learning_rate=0.1)
+    kv = mx.kv.create('local')
+    kv.set_optimizer(opt)
+    kv.init(0, nd.ones((8,)))
+    for _ in range(3):
+        kv.push(0, nd.ones((8,)))
+        assert not opt._plans and not opt._queued
+    one = gluon.Parameter('one', shape=(4,))
+    one.initialize(ctx=mx.cpu(0))
+    trainer = gluon.Trainer([one], 'myadam', kvstore=mx.kv.create('local'),
+                            update_on_kvstore=True)
+    for _ in range(3):
+        one.grad()[:] = 1.0
+        one.data()._fresh_grad = True
+        trainer.step(1)
+        assert trainer._update_on_kvstore and trainer._kvstore is not None
+        assert not trainer.optimizer._plans and not trainer.optimizer._queued
+    assert trainer.optimizer._index_update_count == {0: 3}
+
+
 SEQUENCES = {  # name -> gradients of each step
     'first_bad_once': [GOOD, with_bad(first=np.nan), GOOD, GOOD],
     'second_bad_twice': [GOOD, with_bad(second=np.nan), with_bad(second=np.inf), GOOD],
     'both_bad_first_step': [with_bad(first=-np.inf, second=np.nan), GOOD, GOOD],
+    'both_bad_second_step': [GOOD, with_bad(first=np.nan, second=-np.inf), GOOD],
 }
 
 
@@ -84,6 +114,7 @@ STORAGES = [
 ]
 
 
+@pytest.mark.filterwarnings('ignore:Accumulating with float16:UserWarning')  # MXNet's advice
 @pytest.mark.parametrize('dtype, options', STORAGES)
 @pytest.mark.parametrize('sequence', sorted(SEQUENCES))
 def test_queued_steps_equal_steps_on_the_calling_thread(sequence, dtype, options):
@@ -150,6 +181,7 @@ def test_max_skips_raises_out_of_a_trainer_step():
 
 def test_a_second_moment_that_overflows_is_reported():
     params, trainer = trainer_on_two_devices(True)
+    step(trainer, params, GOOD)  # the first step runs on the calling thread
     huge = dict(GOOD, first=np.full(4, 1.5e38))  # summed, 3e38: finite; v is not
     with pytest.warns(RuntimeWarning, match="second moment of parameter 'first' overflowed"):
         step(trainer, params, huge)
@@ -200,8 +232,9 @@ def test_the_kernel_refuses_arrays_a_queued_step_does_not_take():
             assert buffers.queue([step_], *arrays) is None, (what, as_weight)
     nd.waitall()
     np.testing.assert_array_equal(weight.asnumpy(), 1.0)
-    other = nd.ones((2, 4))  # the same elements, dtype and storage: taken
-    assert buffers.queue([step_], (other,), (nd.ones((8,)),)).result() == ([True], [True])
+    other, other_grad = nd.ones((2, 4)), nd.ones((8,))  # the same elements, dtype, storage
+    nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
+    assert buffers.queue([step_], (other,), (other_grad,)).result() == ([True], [True])
     assert (other.asnumpy() < 1).all()
 
 
@@ -209,9 +242,10 @@ def test_a_queued_step_runs_after_the_gradient_it_waits_for():
     """Queued behind a pending write to its gradient, the step reads the written
     gradient: it equals the same step on the calling thread, bitwise."""
     a = nd.random.normal(shape=(600, 600))
-    grad = nd.dot(a, a)[0, :64] * 1e-3  # pending while the step is queued
-    weight = nd.ones((64,))
+    weight, grad = nd.ones((64,)), nd.zeros((64,))
     queued_buffers, step_ = one_parameter_buffers(weight, nd.zeros((64,)))
+    nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
+    (nd.dot(a, a)[0, :64] * 1e-3).copyto(grad)  # pending while the step is queued
     queued = queued_buffers.queue([step_], (weight,), (grad,))
     assert queued.result() == ([True], [True])
     reference = nd.ones((64,))
@@ -235,24 +269,29 @@ register_custom_op('adam_plugin_failing', _Failing)
 def test_an_engine_error_in_the_gradient_comes_out_of_the_next_push():
     """When the operation that writes a gradient failed, MXNet's engine does not run the
     queued step: taking it in at the KVStore's next call raises MXNet's error (out of
-    that push, as any error in the callback), and the parameter keeps its weight and
-    step count; the next call's own update is not applied either."""
-    from adam_plugin import MyAdam
-    opt = MyAdam(learning_rate=0.1)
-    kv = mx.kv.create('local')
-    kv.set_optimizer(opt)
-    for key in (0, 1):
-        kv.init(key, nd.ones((8,)))
-        kv.push(key, nd.ones((8,)))
-    assert list(opt._plans) == [0, 1] and opt._index_update_count == {0: 1, 1: 1}
-    kv.push(0, nd.Custom(nd.ones((8,)), op_type='adam_plugin_failing'))
+    that Trainer.step, as any error in the callback), and the parameter keeps its weight
+    and step count; the next call's own update is not applied either."""
+    params, trainer = trainer_on_two_devices(True)
+    step(trainer, params, GOOD)  # on the calling thread
+    step(trainer, params, GOOD)  # queued
+    opt = trainer.optimizer
+    opt._take_queued()
+    before = [p.data(TWO[0]).asnumpy() for p in params]
+    for p in params:
+        for g in p.list_grad():
+            g[:] = nd.array(GOOD[p.name])
+        for d in p.list_data():
+            d._fresh_grad = True
+    first_grad = params[0].list_grad()[0]
+    nd.Custom(nd.ones(first_grad.shape), op_type='adam_plugin_failing', out=first_grad)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)  # the callback's own notice
         with pytest.raises(mx.base.MXNetError, match='kCustomOpForward'):
-            kv.push(1, nd.ones((8,)))
-    assert opt._index_update_count == {0: 1, 1: 1} and opt.num_update == 1
+            trainer.step(1)
+    assert opt._index_update_count == {0: 2, 1: 2} and opt.num_update == 2
     assert not opt._queued
-    for key in (0, 1):
-        out = nd.zeros((8,))
+    kv = trainer._kvstore
+    for key, weight in enumerate(before):
+        out = nd.zeros(weight.shape)
         kv.pull(key, out=out)
-        np.testing.assert_array_equal(out.asnumpy(), np.float32(0.9))  # after step 1
+        np.testing.assert_array_equal(out.asnumpy(), weight)  # as after step 2
