@@ -593,7 +593,8 @@ void run_queued(void * /*run context*/, void *queued) {
 // gradient holds an Inf or a NaN is not stepped.
 // Returns 0; -1 (nothing queued, *out null) when MXNet refused a call; -2 (the same)
 // when an array is not what the step takes: dense, of sizes[p] elements, the weight and
-// gradient of W, the moments of S, a master copy of float, the weight in host memory.
+// gradient of W, the moments of S, a master copy of float, the weight and gradient in host
+// memory.
 template <typename W, typename S, typename C>
 int queue(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *table_rows,
           const C *table, int64_t table_length, int amsgrad, int threads, void **out) {
@@ -601,10 +602,12 @@ int queue(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *
     int context[2] = {0, 0};  // MXNet's Context of the first weight: device type, id
     for (int64_t p = 0; p < n; ++p) {
         void *const *h = handles + p;  // h[array * n]: that array of parameter p
-        int device = 0, id = 0;
-        if (get_context(h[WEIGHT * n], &device, &id) != 0) return -1;
+        int device = 0, id = 0, grad_device = 0, grad_id = 0;
+        if (get_context(h[WEIGHT * n], &device, &id) != 0 ||
+            get_context(h[GRAD * n], &grad_device, &grad_id) != 0)
+            return -1;
         if (p == 0) context[0] = device, context[1] = id;
-        if (!host(device) || !holds<W>(h[WEIGHT * n], sizes[p]) ||
+        if (!host(device) || !host(grad_device) || !holds<W>(h[WEIGHT * n], sizes[p]) ||
             !holds<W>(h[GRAD * n], sizes[p]) || !holds<S>(h[MEAN * n], sizes[p]) ||
             !holds<S>(h[VAR * n], sizes[p]) || (h[VMAX * n] && !holds<S>(h[VMAX * n], sizes[p])) ||
             (h[MASTER * n] && !holds<float>(h[MASTER * n], sizes[p])))

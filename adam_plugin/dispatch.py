@@ -61,6 +61,9 @@ class Layout(NamedTuple):
         The gradient is ``stype='row_sparse'``.
     shape : tuple of int
         The weight's.
+    grad_in_host_memory : bool
+        The gradient's context is one of :data:`HOST_DEVICE_TYPES` (the KVStore's merge
+        buffer may be on another context than the weight).
     """
     dense: bool
     dtype: numpy.dtype
@@ -68,16 +71,17 @@ class Layout(NamedTuple):
     size: int
     row_sparse_grad: bool = False
     shape: tuple = ()
+    grad_in_host_memory: bool = True
 
 
 class Layouts:
     """The :class:`Layout` of each parameter index, read from MXNet only when its arrays change.
 
-    Under a ``Trainer`` (updating on one device) the same weight and gradient objects
-    come back every step, and each property read is a call into MXNet (about 1 us):
-    the layout of the last pair seen is kept per index and reused while both are
-    the same objects. With several devices updated locally, the copies alternate and
-    each is read afresh.
+    Under a ``Trainer`` the same weight, gradient and state objects come back every
+    step (one set per device), and each property read is a call into MXNet (about
+    1 us): the layouts last seen, :data:`KEPT` per index (one per device), are reused
+    while all three are the same objects. The KVStore's callback hands new weight and
+    gradient objects at every call: read afresh.
 
     Parameters
     ----------
@@ -87,21 +91,31 @@ class Layouts:
 
     def __init__(self, name):
         self._name = name
-        self._last = {}  # index -> (weight, grad, Layout)
+        self._seen = {}  # index -> [(weight, grad, state, multi_precision, Layout)], newest first
 
-    def __call__(self, index, weight, grad):
-        """The :class:`Layout` of ``weight`` and ``grad``.
+    def __call__(self, index, weight, grad, state=None, multi_precision=False):
+        """The :class:`Layout` of ``weight`` and ``grad``, once ``state`` (when given) is
+        found to fit them.
 
         Raises
         ------
         ValueError
             If the gradient's shape or dtype is not the weight's: MXNet's NDArray
             arithmetic would broadcast a smaller gradient, and the kernel reads raw
-            memory, either giving wrong numbers without a word.
+            memory, either giving wrong numbers without a word. If ``state`` is not
+            what ``MyAdam.create_state_multi_precision`` makes for this weight:
+            ``(m, v[, vmax])``, or ``(master, (m, v[, vmax]))`` for a float16 weight under
+            ``multi_precision``, dense arrays on the weight's context of its shape, the
+            moments of its dtype (float32 beside the float32 master copy, which is
+            row_sparse beside a row_sparse weight). The kernel reads and writes them
+            as raw memory of the weight's size: a smaller state would be written past
+            its end.
         """
-        last = self._last.get(index)
-        if last is not None and last[0] is weight and last[1] is grad:
-            return last[2]
+        seen = self._seen.setdefault(index, [])
+        for entry in seen:
+            if (entry[0] is weight and entry[1] is grad and entry[2] is state
+                    and entry[3] == multi_precision):
+                return entry[4]
         if grad.shape != weight.shape or grad.dtype != weight.dtype:
             raise ValueError(
                 f"myadam: the gradient of {self._name(index)} has shape {grad.shape} and "
@@ -111,9 +125,59 @@ class Layouts:
         layout = Layout(dense=weight.stype == 'default', dtype=numpy.dtype(weight.dtype),
                         device_type=weight.context.device_type,
                         size=math.prod(shape),  # NDArray.size raises for sparse arrays
-                        row_sparse_grad=grad.stype == 'row_sparse', shape=shape)
-        self._last[index] = (weight, grad, layout)
+                        row_sparse_grad=grad.stype == 'row_sparse', shape=shape,
+                        grad_in_host_memory=grad.context.device_type in HOST_DEVICE_TYPES)
+        master = multi_precision and layout.dtype == FLOAT16
+        problem = state is not None and _misfit(state, layout, master, weight.context)
+        if problem:
+            dtype = 'float32 master copy and moments' if master else f'{layout.dtype.name} moments'
+            raise ValueError(f"myadam: the state of {self._name(index)} does not fit its weight "
+                             f"(shape {layout.shape}, {dtype}, on {weight.context}): {problem}; "
+                             "nothing was updated")
+        seen.insert(0, (weight, grad, state, multi_precision, layout))
+        del seen[KEPT:]
         return layout
+
+
+KEPT = 8  # layouts kept per parameter index: see Layouts
+
+
+def _misfit(state, layout, master, context):
+    """What in ``state`` does not fit a weight of ``layout`` on ``context`` (see
+    :class:`Layouts`), or None."""
+    if master:
+        if not (isinstance(state, (tuple, list)) and len(state) == 2
+                and isinstance(state[1], (tuple, list))):
+            return f"it is {_structure(state)}, not (master copy, (m, v[, vmax]))"
+        arrays = [('master copy', state[0])] + list(zip(('m', 'v', 'vmax'), state[1]))
+        moments, dtype = state[1], numpy.dtype(numpy.float32)
+    else:
+        if not isinstance(state, (tuple, list)):
+            return f"it is {_structure(state)}, not (m, v[, vmax])"
+        arrays, moments, dtype = list(zip(('m', 'v', 'vmax'), state)), state, layout.dtype
+    if len(moments) not in (2, 3):
+        return f"it holds {len(moments)} moments, not (m, v[, vmax])"
+    for what, array in arrays:
+        if not isinstance(array, nd.NDArray):
+            return f"its {what} is a {type(array).__name__}, not an NDArray"
+        stypes = ('default', 'row_sparse') if what == 'master copy' and not layout.dense else (
+            'default',)  # a row_sparse weight's astype: Batch sees it stores every row
+        if array.stype not in stypes:
+            return f"its {what} is {array.stype}"
+        if tuple(array.shape) != tuple(layout.shape):
+            return f"its {what} has shape {array.shape}"
+        if numpy.dtype(array.dtype) != dtype:
+            return f"its {what} is {numpy.dtype(array.dtype).name}"
+        if array.context != context:
+            return f"its {what} is on {array.context}"
+    return None
+
+
+def _structure(state):
+    """``state``'s nesting, as a short text: ``(NDArray, (NDArray, NDArray))``."""
+    if isinstance(state, (tuple, list)):
+        return '(' + ', '.join(_structure(s) for s in state) + ')'
+    return type(state).__name__
 
 
 def route(layout, options):
@@ -140,7 +204,8 @@ def route(layout, options):
     """
     if not options.fused:
         return TEXTBOOK
-    if layout.device_type in HOST_DEVICE_TYPES and fused.LIBRARY is not None:
+    if (layout.device_type in HOST_DEVICE_TYPES and layout.grad_in_host_memory
+            and fused.LIBRARY is not None):
         return KERNEL if layout.dtype in KERNEL_DTYPES else TEXTBOOK
     if (not layout.dense or layout.dtype not in OPERATOR_DTYPES
             or (layout.row_sparse_grad and options.lazy_update)):
@@ -188,8 +253,11 @@ class Batch:
         self.grads = list(grads)
         groups = {}  # kernel storage -> [(position, the parameter as fused.Buffers takes it)]
         for i, (way, layout) in enumerate(zip(self.routes, layouts)):
-            if (way == KERNEL and not layout.dense
-                    and not _stores_every_row(weights[i], layout.shape[0])):
+            master = multi_precision and layout.dtype == FLOAT16
+            sparse = [weights[i]] + ([states[i][0]] if master else [])  # and its master copy
+            if way == KERNEL and not layout.dense and not all(
+                    _stores_every_row(array, layout.shape[0])
+                    for array in sparse if array.stype != 'default'):
                 self.routes[i] = way = TEXTBOOK
             if way == TEXTBOOK:
                 continue
@@ -197,7 +265,6 @@ class Batch:
             if layout.row_sparse_grad and not lazy:
                 self.grads[i] = grads[i].tostype('default')
             if way == KERNEL:
-                master = multi_precision and layout.dtype == FLOAT16
                 moments, copy = _split(states[i], master)
                 rows = _rows(grads[i], layout.shape[0], name(i)) if lazy else None
                 groups.setdefault(fused.storage(layout.dtype, master), []).append(

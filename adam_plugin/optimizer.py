@@ -178,7 +178,8 @@ class MyAdam(Optimizer):
         distributed.refuse_worker_update(self, indices)  # update_on_kvstore=False in a dist job
         if self._queued:
             self._take_queued()
-        layouts = [self._layouts(*args) for args in zip(indices, weights, grads)]
+        layouts = [self._layouts(*args, multi_precision)
+                   for args in zip(indices, weights, grads, states)]
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
                                lambda i: self._name(indices[i]))
         self._check_rescale_grad(batch.dtypes)

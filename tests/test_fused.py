@@ -116,9 +116,10 @@ def test_fused_matches_textbook_on_several_threads(name, variant, rng, monkeypat
 
 # --- which route each parameter takes ---------------------------------------------------
 
-def layout(dense=True, dtype=np.float32, device='cpu'):
+def layout(dense=True, dtype=np.float32, device='cpu', grad_in_host_memory=True):
     """The layout of a 12-element weight and its gradient, anywhere (a GPU too)."""
-    return dispatch.Layout(dense=dense, dtype=np.dtype(dtype), device_type=device, size=12)
+    return dispatch.Layout(dense=dense, dtype=np.dtype(dtype), device_type=device, size=12,
+                           grad_in_host_memory=grad_in_host_memory)
 
 
 def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside', yogi=False):
@@ -144,6 +145,9 @@ ROUTES = [  # (layout, options, expected route)
     (layout(device='gpu'), options(fused=False), 'textbook'),
     (layout(device='gpu', dense=False), options(), 'textbook'),
     (layout(device='gpu', dtype=np.float16), options(), 'textbook'),
+    # the kernel reads the gradient's memory too: elsewhere, MXNet's own refusal
+    (layout(grad_in_host_memory=False), options(), 'operator'),
+    (layout(grad_in_host_memory=False), options(amsgrad=True), 'textbook'),
 ]
 
 # Where a CPU parameter goes when the kernel was not built: where a GPU one goes.
@@ -183,6 +187,77 @@ def test_layouts_are_read_from_the_arrays_and_kept_while_they_are_the_same():
         layouts(1, nd.ones((4, 3), dtype='float32'), nd.ones((3,), dtype='float16'))
     assert str(error.value) == ("myadam: the gradient of p1 has shape (3,) and dtype float16, "
                                 "its weight (4, 3) and float32; nothing was updated")
+
+
+def _state(shape=(4, 3), dtype='float32', count=2, **kwargs):
+    return tuple(nd.zeros(shape, dtype=dtype, **kwargs) for _ in range(count))
+
+
+# (weight dtype, multi_precision, state, what the error says): states the kernel would read
+# or write past their end, or as another dtype, refused before anything changes
+MISFITS = [
+    ('float32', False, lambda: _state(shape=(3,)), 'its m has shape (3,)'),
+    ('float32', False, lambda: _state(shape=(4, 2)), 'its m has shape (4, 2)'),
+    ('float32', False, lambda: (nd.zeros((4, 3)), nd.zeros((12,))), 'its v has shape (12,)'),
+    ('float32', False, lambda: _state(dtype='float16'), 'its m is float16'),
+    ('float64', False, lambda: _state(dtype='float32'), 'its m is float32'),
+    ('float32', False, lambda: _state(count=1), 'it holds 1 moments, not (m, v[, vmax])'),
+    ('float32', False, lambda: _state(count=4), 'it holds 4 moments, not (m, v[, vmax])'),
+    ('float32', False, lambda: nd.zeros((4, 3)), 'it is NDArray, not (m, v[, vmax])'),
+    ('float32', False, lambda: (nd.zeros((4, 3)), np.zeros((4, 3), np.float32)),
+     'its v is a ndarray, not an NDArray'),
+    ('float32', False, lambda: (nd.zeros((4, 3)), nd.zeros((4, 3)).tostype('row_sparse')),
+     'its v is row_sparse'),
+    ('float16', True, lambda: _state(dtype='float16'),
+     'it is (NDArray, NDArray), not (master copy, (m, v[, vmax]))'),
+    ('float16', True, lambda: (nd.zeros((4, 3), dtype='float16'), _state()),
+     'its master copy is float16'),
+    ('float16', True, lambda: (nd.zeros((4, 3)), _state(dtype='float16')), 'its m is float16'),
+    ('float16', True, lambda: (nd.zeros((2, 3)), _state()), 'its master copy has shape (2, 3)'),
+    ('float16', False, lambda: _state(), 'its m is float32'),
+    ('float32', False, lambda: _state(ctx=mx.cpu(1)), 'its m is on cpu(1)'),
+]
+
+
+@pytest.mark.filterwarnings('ignore:Accumulating with float16:UserWarning')  # MXNet's advice
+@pytest.mark.parametrize('dtype, multi_precision, make, says', MISFITS,
+                         ids=[says for *_, says in MISFITS])
+def test_a_state_that_does_not_fit_its_weight_is_refused(dtype, multi_precision, make, says):
+    """The kernel reads and writes the states as raw memory of the weight's size and
+    dtype: a state of another shape, dtype, storage or structure is refused by name
+    (MXNet's operators refuse such states too), before anything changes."""
+    from adam_plugin import MyAdam
+    opt = MyAdam(multi_precision=multi_precision, param_idx2name={0: 'w'})
+    weight, grad = nd.ones((4, 3), dtype=dtype), nd.ones((4, 3), dtype=dtype)
+    state = make()
+    with pytest.raises(ValueError) as error:
+        opt.update_multi_precision(0, weight, grad, state)
+    assert str(error.value).startswith("myadam: the state of parameter 'w' does not fit its "
+                                       "weight (shape (4, 3), ")
+    assert " on cpu(0)): " in str(error.value)
+    assert str(error.value).endswith(f"{says}; nothing was updated")
+    np.testing.assert_array_equal(weight.asnumpy(), 1)
+    assert opt._index_update_count == {} and opt.num_update == 0
+    good = opt.create_state_multi_precision(0, weight)
+    opt.update_multi_precision(0, weight, grad, good)  # the same optimizer, a fitting state
+    assert (weight.asnumpy() < 1).all()
+
+
+def test_layouts_and_states_are_read_once_while_they_come_back(monkeypatch):
+    """Reading a layout and checking a state are calls into MXNet (one per property); a
+    Trainer hands the same weight, gradient and state objects at every step, one set per
+    device: each is read once."""
+    from adam_plugin import MyAdam
+    opt = MyAdam()
+    devices = [(nd.ones((4, 3)), nd.ones((4, 3))) for _ in range(2)]
+    states = [opt.create_state(0, weight) for weight, _ in devices]
+    checked = []
+    original = dispatch._misfit
+    monkeypatch.setattr(dispatch, '_misfit', lambda *args: checked.append(args[0]) or original(*args))
+    for _ in range(3):
+        for (weight, grad), state in zip(devices, states):
+            opt.update(0, weight, grad, state)
+    assert [id(s) for s in checked] == [id(s) for s in states]
 
 
 @pytest.fixture
