@@ -345,14 +345,15 @@ class Buffers:
             Or None, nothing queued, when an array is not one the step takes.
         """
         n = len(self._rows)
-        assert None not in steps and all(r is None for r in self._rows), "all, whole"
+        table = self._table
         for p, (weight, grad) in enumerate(zip(weights, grads)):
-            self._table[p], self._table[n + p] = weight.handle.value, grad.handle.value
+            table[p], table[n + p] = weight.handle.value, grad.handle.value
         self._queued_arrays = weights, grads  # the table's handles now: kept alive
-        _, (arguments, (table, address), amsgrad, threads) = self._launch(steps)
+        _, (arguments, (constants_, address), amsgrad, threads) = self._launch(steps)
         record = ctypes.c_void_p()
         status = self._queue(n, arguments[0], arguments[1], arguments[4], address,
-                             len(table) // _NUM_CONSTANTS, amsgrad, threads, ctypes.byref(record))
+                             len(constants_) // _NUM_CONSTANTS, amsgrad, threads,
+                             ctypes.byref(record))
         if status == -2:
             return None
         check_call(status)

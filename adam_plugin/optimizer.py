@@ -245,10 +245,11 @@ class MyAdam(Optimizer):
         if self._queued:
             self._take_queued()
         self._check_rescale_grad(batch.dtypes)
-        counts = self._counts((index,))
-        steps = self._steps((index,), (True,), counts)
+        counts = {index: self._index_update_count.get(index)}, self.num_update  # _counts
         try:
-            queued = batch.queue(steps, (weight,), (grad,))
+            self._update_count(index)
+            step = self._step(index)
+            queued = batch.queue((step,), (weight,), (grad,))
         except BaseException:
             self._restore_counts(counts, (index,))
             raise
@@ -256,7 +257,7 @@ class MyAdam(Optimizer):
             self._restore_counts(counts, (index,))
             del self._plans[index]
             return False
-        self._queued[index] = steps[0], counts, queued
+        self._queued[index] = step, counts, queued
         return True
 
     def _take_queued(self):
