@@ -14,7 +14,7 @@ import pytest
 import mxnet as mx
 from mxnet import gluon, nd
 
-from adam_plugin import checkpoint, fused
+from adam_plugin import checkpoint, fused, options
 from conftest import register_custom_op
 
 TWO = [mx.cpu(0), mx.cpu(1)]
@@ -93,6 +93,23 @@ def test_the_first_step_and_one_device_run_on_the_calling_thread():
         assert trainer._update_on_kvstore and trainer._kvstore is not None
         assert not trainer.optimizer._plans and not trainer.optimizer._queued
     assert trainer.optimizer._index_update_count == {0: 3}
+
+
+def test_the_kvstore_updater_hands_one_parameter_the_trainers_all():
+    """MXNet's Updater aggregates when the optimizer's aggregate_num says so; the
+    KVStore's only ever gets one parameter a call, so the Updater it makes for itself
+    (KVStore.set_optimizer) reads 0 and skips its aggregating loop; the Trainer's own
+    (update_on_kvstore=False) hand over whole lists."""
+    params, trainer = trainer_on_two_devices(True)
+    step(trainer, params, GOOD)
+    assert trainer._kvstore._updater.aggregate_updates is False
+    assert trainer.optimizer.aggregate_num == options.AGGREGATE_NUM
+    params, trainer = trainer_on_two_devices(False)
+    step(trainer, params, GOOD)
+    assert [u.aggregate_updates for u in trainer._updaters] == [True, True]
+    kv = mx.kv.create('local')
+    kv.set_optimizer(trainer.optimizer)
+    assert kv._updater.aggregate_updates is False
 
 
 SEQUENCES = {  # name -> gradients of each step
