@@ -79,9 +79,10 @@ class Layouts:
 
     Under a ``Trainer`` the same weight, gradient and state objects come back every
     step (one set per device), and each property read is a call into MXNet (about
-    1 us): the layouts last seen, :data:`KEPT` per index (one per device), are reused
-    while all three are the same objects. The KVStore's callback hands new weight and
-    gradient objects at every call: read afresh.
+    1 us): the layouts last seen, :data:`KEPT` per index (newest first, one per
+    device), are reused while all three are the same objects. The KVStore's callback
+    hands new weight and gradient objects at every call: their layout is read afresh,
+    and a state found to fit the same layout on the same context is not checked again.
 
     Parameters
     ----------
@@ -91,7 +92,7 @@ class Layouts:
 
     def __init__(self, name):
         self._name = name
-        self._seen = {}  # index -> [(weight, grad, state, multi_precision, Layout)], newest first
+        self._seen = {}  # index -> [(weight, grad, state, multi_precision, context, Layout)]
 
     def __call__(self, index, weight, grad, state=None, multi_precision=False):
         """The :class:`Layout` of ``weight`` and ``grad``, once ``state`` (when given) is
@@ -115,26 +116,28 @@ class Layouts:
         for entry in seen:
             if (entry[0] is weight and entry[1] is grad and entry[2] is state
                     and entry[3] == multi_precision):
-                return entry[4]
+                return entry[5]
         if grad.shape != weight.shape or grad.dtype != weight.dtype:
             raise ValueError(
                 f"myadam: the gradient of {self._name(index)} has shape {grad.shape} and "
                 f"dtype {numpy.dtype(grad.dtype).name}, its weight {weight.shape} and "
                 f"{numpy.dtype(weight.dtype).name}; nothing was updated")
-        shape = weight.shape
+        shape, context = weight.shape, weight.context
         layout = Layout(dense=weight.stype == 'default', dtype=numpy.dtype(weight.dtype),
-                        device_type=weight.context.device_type,
+                        device_type=context.device_type,
                         size=math.prod(shape),  # NDArray.size raises for sparse arrays
                         row_sparse_grad=grad.stype == 'row_sparse', shape=shape,
                         grad_in_host_memory=grad.context.device_type in HOST_DEVICE_TYPES)
         master = multi_precision and layout.dtype == FLOAT16
-        problem = state is not None and _misfit(state, layout, master, weight.context)
+        fits = any(entry[2] is state and entry[3] == multi_precision and entry[4] == context
+                   and entry[5] == layout for entry in seen)  # new weight objects (KVStore)
+        problem = not fits and state is not None and _misfit(state, layout, master, context)
         if problem:
             dtype = 'float32 master copy and moments' if master else f'{layout.dtype.name} moments'
             raise ValueError(f"myadam: the state of {self._name(index)} does not fit its weight "
                              f"(shape {layout.shape}, {dtype}, on {weight.context}): {problem}; "
                              "nothing was updated")
-        seen.insert(0, (weight, grad, state, multi_precision, layout))
+        seen.insert(0, (weight, grad, state, multi_precision, context, layout))
         del seen[KEPT:]
         return layout
 

@@ -258,6 +258,14 @@ def test_layouts_and_states_are_read_once_while_they_come_back(monkeypatch):
         for (weight, grad), state in zip(devices, states):
             opt.update(0, weight, grad, state)
     assert [id(s) for s in checked] == [id(s) for s in states]
+    weight, grad = devices[0]
+    for _ in range(3):  # as the KVStore's callback: new objects for the same arrays
+        opt.update(0, weight.reshape((4, 3)), grad.reshape((4, 3)), states[0])
+    assert len(checked) == 2
+    elsewhere = nd.ones((4, 3), ctx=mx.cpu(1))  # the same layout on another context
+    with pytest.raises(ValueError, match=r"its m is on cpu\(0\)"):
+        opt.update(0, elsewhere, elsewhere, states[0])
+    assert len(checked) == 3
 
 
 @pytest.fixture
