@@ -48,11 +48,16 @@ CALLBACK_CODE = _callback_code()
 
 def in_kvstore_callback(frame=None):
     """Whether ``frame`` (by default the caller's) runs inside the KVStore's updater callback."""
-    frame = sys._getframe(1) if frame is None else frame
-    while frame is not None:
-        if frame.f_code is CALLBACK_CODE:
+    return called_from(sys._getframe(1) if frame is None else frame, CALLBACK_CODE)
+
+
+def called_from(frame, code, depth=None):
+    """Is ``frame``, or a frame that called it (at most ``depth`` calls up), running ``code``?"""
+    while frame is not None and depth != -1:
+        if frame.f_code is code:
             return True
         frame = frame.f_back
+        depth = None if depth is None else depth - 1
     return False
 
 

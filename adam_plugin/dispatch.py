@@ -257,10 +257,9 @@ class Batch:
         groups = {}  # kernel storage -> [(position, the parameter as fused.Buffers takes it)]
         for i, (way, layout) in enumerate(zip(self.routes, layouts)):
             master = multi_precision and layout.dtype == FLOAT16
-            sparse = [weights[i]] + ([states[i][0]] if master else [])  # and its master copy
             if way == KERNEL and not layout.dense and not all(
                     _stores_every_row(array, layout.shape[0])
-                    for array in sparse if array.stype != 'default'):
+                    for array in _row_sparse_arrays(weights[i], states[i], master)):
                 self.routes[i] = way = TEXTBOOK
             if way == TEXTBOOK:
                 continue
@@ -344,6 +343,12 @@ def _split(state, master):
     """``(moments, master copy)`` of a parameter's state: ``(master, (m, v[, vmax]))`` for a
     float16 weight stepped on a float32 master copy, else ``(m, v[, vmax])`` and None."""
     return (state[1], state[0]) if master else (state, None)
+
+
+def _row_sparse_arrays(weight, state, master):
+    """A row_sparse ``weight`` and, under ``master``, its master copy when that is
+    row_sparse too (``astype`` keeps the storage): what the kernel steps in place."""
+    return [weight] + ([state[0]] if master and state[0].stype == 'row_sparse' else [])
 
 
 def _stores_every_row(weight, rows):

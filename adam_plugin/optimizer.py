@@ -15,7 +15,7 @@ from mxnet.kvstore import KVStore
 from mxnet.optimizer import Optimizer
 
 from . import _warn, dispatch, distributed, options
-from .deferred import DeferredError, in_kvstore_callback
+from .deferred import DeferredError, called_from, in_kvstore_callback
 from .options import AGGREGATE_NUM, OPTIONS
 from .textbook import Step
 
@@ -142,7 +142,7 @@ class MyAdam(Optimizer):
         on a worker or a server): the KVStore calls it one parameter at a time, and
         the Updater's aggregating loop would only add Python to each call (0.2 ms of a
         3.4 ms step over 60 parameters)."""
-        if _called_from(sys._getframe(1), _KVSTORE_SET_OPTIMIZER, depth=3):
+        if called_from(sys._getframe(1), _KVSTORE_SET_OPTIMIZER, depth=3):
             return 0
         return self.__dict__['aggregate_num']
 
@@ -448,17 +448,6 @@ def _check_fits(saved, params):
             raise ValueError(f"the states were saved for a parameter {index} of shape "
                              f"{saved[index]}, the Trainer's, '{params[index].name}', has "
                              f"shape {have[index]}")
-
-
-def _called_from(frame, code, depth):
-    """Is ``frame``, or one of the ``depth`` frames that called it, running ``code``?"""
-    for _ in range(depth + 1):
-        if frame is None:
-            return False
-        if frame.f_code is code:
-            return True
-        frame = frame.f_back
-    return False
 
 
 # Updater.__init__ <- get_updater <- KVStore.set_optimizer reads aggregate_num (MXNet 1.7-1.9).
