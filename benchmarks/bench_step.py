@@ -333,39 +333,37 @@ def float16_updater_case(tiny):
     return make
 
 
-def kvstore_case(tiny):
-    """``update_on_kvstore=True`` on two CPU contexts, 30 Dense(64) layers (tiny: 3): the
-    KVStore calls the optimizer once per parameter; fixed gradients."""
-    layers = 3 if tiny else 30
-
-    def make(optimizer, options):
-        import mxnet as mx
-        from mxnet import gluon
-        import adam_plugin  # noqa: F401  (registers 'myadam')
-        mx.random.seed(0)
-        contexts = [mx.cpu(0), mx.cpu(1)]
-        net = gluon.nn.HybridSequential()
-        for _ in range(layers):
-            net.add(gluon.nn.Dense(64, in_units=64))
-        net.initialize(mx.init.Normal(), ctx=contexts)
-        trainer = gluon.Trainer(net.collect_params(), optimizer,
-                                dict(options, learning_rate=1e-3), update_on_kvstore=True)
-        params = list(net.collect_params().values())
-        for p in params:
-            for g in p.list_grad():
-                mx.nd.random.normal(shape=g.shape, scale=0.01, out=g)
-        mx.nd.waitall()
-
-        def prepare():
+def kvstore_case(shapes):
+    """``update_on_kvstore=True`` on two CPU contexts over parameters of ``shapes(tiny)``:
+    the KVStore calls the optimizer once per parameter; fixed gradients."""
+    def maker(tiny):
+        def make(optimizer, options):
+            import mxnet as mx
+            from mxnet import gluon
+            import adam_plugin  # noqa: F401  (registers 'myadam')
+            mx.random.seed(0)
+            contexts = [mx.cpu(0), mx.cpu(1)]
+            params = [gluon.Parameter(f'p{i}', shape=shape) for i, shape in enumerate(shapes(tiny))]
             for p in params:
-                for d in p.list_data():
-                    d._fresh_grad = True  # as backward() would mark it
-
-        def step():
-            trainer.step(1)
+                p.initialize(mx.init.Normal(), ctx=contexts)
+            trainer = gluon.Trainer(params, optimizer, dict(options, learning_rate=1e-3),
+                                    update_on_kvstore=True)
+            for p in params:
+                for g in p.list_grad():
+                    mx.nd.random.normal(shape=g.shape, scale=0.01, out=g)
             mx.nd.waitall()
-        return prepare, step
-    return make
+
+            def prepare():
+                for p in params:
+                    for d in p.list_data():
+                        d._fresh_grad = True  # as backward() would mark it
+
+            def step():
+                trainer.step(1)
+                mx.nd.waitall()
+            return prepare, step
+        return make
+    return maker
 
 
 def _sparse_embedding(vocab, dim):
@@ -389,7 +387,10 @@ CASES = {
     'float16_resnet18': ('float16 + multi_precision, ResNet-18 shapes, MXNet\'s Updater',
                          float16_updater_case),
     'kvstore_two_contexts': ('update_on_kvstore=True, two CPU contexts, 30 Dense(64)',
-                             kvstore_case),
+                             kvstore_case(lambda tiny: [(64, 64), (64,)] * (3 if tiny else 30))),
+    'kvstore_resnet18': ('update_on_kvstore=True, two CPU contexts, ResNet-18 shapes',
+                         kvstore_case(lambda tiny: [(4, 3, 3, 3), (4,)] if tiny
+                                      else resnet18_shapes())),
 }
 
 

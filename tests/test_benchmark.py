@@ -35,7 +35,8 @@ def test_bench_step_runs_on_tiny_sizes(tmp_path):
     assert kernel['native_variants'] == ['native']
     assert set(kernel['installed_over_native']) == set(results['timings'])
     assert set(results['cases']) == {'sparse_embedding', 'embedding_sparse_grad',
-                                      'float16_resnet18', 'kvstore_two_contexts'}
+                                      'float16_resnet18', 'kvstore_two_contexts',
+                                      'kvstore_resnet18'}
     for row in results['cases'].values():
         assert row['rounds'] == 3 and row['myadam_ms'] > 0 and row['adam_ms'] > 0
         assert row['ratio'] == row['myadam_ms'] / row['adam_ms']
