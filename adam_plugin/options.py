@@ -329,6 +329,13 @@ def checked_state(state):
         state[kept.key] = kept.check(kept.key, state.get(kept.key, kept.default))
     if state['lr'] is None and state['lr_scheduler'] is None:
         _refuse('learning_rate', None, 'a number when there is no lr_scheduler')
+    highest = max([count for device in state['_all_index_update_counts'].values()
+                   for count in device.values()] + list(state['_index_update_count'].values()),
+                  default=0)
+    if state['num_update'] < highest:  # Optimizer._update_count keeps it at their largest
+        _refuse('num_update', state['num_update'],
+                f'>= every update count, of which the file holds {highest}: lr_scheduler '
+                'reads it')
     return state
 
 

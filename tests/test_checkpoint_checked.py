@@ -52,6 +52,9 @@ CHANGED = {
                        "Invalid _all_index_update_counts[0][0]: -1 (expected an int >= 1)"),
     'num_update_negative': (lambda o: setattrs(o, num_update=-1),
                             "Invalid num_update: -1 (expected an int >= 0)"),
+    'num_update_below_a_count': (lambda o: set_counts(o, 50),
+                                 "(expected >= every update count, of which the file holds "
+                                 "50: lr_scheduler reads it)"),
     'aggregate_num_zero': (lambda o: setattrs(o, aggregate_num=0),
                            "Invalid aggregate_num: 0 (expected an int >= 1)"),
     'num_skipped_negative': (lambda o: setattrs(o, num_skipped=-3),
