@@ -325,6 +325,7 @@ PATHS = [  # (MyAdam kwargs, weight and grad, expected counts)
 ]
 
 
+@pytest.mark.filterwarnings('ignore:Accumulating with float16:UserWarning')  # MXNet's advice
 @pytest.mark.parametrize('kwargs, make, expected', PATHS)
 def test_dispatch_takes_the_route(kwargs, make, expected, taken):
     opt = MyAdam(learning_rate=0.1, **kwargs)
