@@ -262,7 +262,7 @@ class MyAdam(Optimizer):
         if self._queued:
             self._take_queued()
         self._check_rescale_grad(batch.dtypes)
-        counts = {index: self._index_update_count.get(index)}, self.num_update  # _counts
+        counts = self._counts((index,))
         try:
             self._update_count(index)
             step = self._step(index)
