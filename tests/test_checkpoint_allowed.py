@@ -4,7 +4,8 @@ A scheduler class of the user's own (from a module this test writes, so nothing
 here is known to the package) is refused until allowed, with a message that says
 how to allow it; once allowed, for the process or within a ``with`` block, the
 file loads and resumes bitwise. An allowed class is still rebuilt as a plain
-object: one that pickles itself by a call, or holds an array, is refused.
+object, its attributes set without running its ``__setstate__``: one that pickles
+itself by a call, holds an array or has no ``__dict__`` is refused.
 """
 import importlib
 import pickle
@@ -43,6 +44,33 @@ class Reduced(Halving):
     """Pickles itself by a call, as no plain object does."""
     def __reduce__(self):
         return Reduced, (self.base_lr, self.every)
+
+
+class Restoring(Halving):
+    """A ``__setstate__`` that would act on the file's data: it records each call and
+    takes the rate it is given times 1000."""
+    calls = []
+
+    def __setstate__(self, state):
+        Restoring.calls.append(dict(state))
+        self.__dict__.update(state, base_lr=state['base_lr'] * 1000)
+
+
+class Slotted:
+    """Objects without a ``__dict__``, pickled through ``__getstate__`` / ``__setstate__``."""
+    __slots__ = ('base_lr',)
+
+    def __init__(self, base_lr):
+        self.base_lr = base_lr
+
+    def __getstate__(self):
+        return {'base_lr': self.base_lr}
+
+    def __setstate__(self, state):
+        self.base_lr = state['base_lr']
+
+    def __call__(self, num_update):
+        return self.base_lr
 '''
 
 
@@ -101,6 +129,21 @@ def test_an_allowed_class_loads_and_resumes_bitwise(how, schedules, tmp_path):
     assert_same(resumed.train(range(SAVE_AFTER + 1, STEPS + 1)).snapshot(), straight)
 
 
+def test_an_allowed_class_is_rebuilt_without_its_setstate(schedules, tmp_path):
+    straight = job_with(schedules.Restoring(0.01, 3)).train(range(1, STEPS + 1)).snapshot()
+    first = job_with(schedules.Restoring(0.01, 3)).train(range(1, SAVE_AFTER + 1))
+    params, fname = save(first, tmp_path)
+    resumed = job_with(None)
+    resumed.net.load_parameters(str(params))
+    with checkpoint.safe_globals([schedules.Restoring]):
+        checkpoint.load_states(resumed.trainer, fname)
+    assert schedules.Restoring.calls == []
+    scheduler = resumed.trainer.optimizer.lr_scheduler
+    assert type(scheduler) is schedules.Restoring
+    assert vars(scheduler) == {'base_lr': 0.01, 'every': 3}
+    assert_same(resumed.train(range(SAVE_AFTER + 1, STEPS + 1)).snapshot(), straight)
+
+
 def test_inspect_shows_an_allowed_object(schedules, tmp_path):
     _, fname = save(job_with(sequence(schedules)).train(range(1, 3)), tmp_path)
     assert inspect(fname).returncode == 1
@@ -138,6 +181,10 @@ NOT_PLAIN = {
                                                          switch=4),
                                     lambda m: [m.Sequence],
                                     'it names user_schedules.Halving, which is not allowed'),
+    'without_a_dict': (lambda m: m.Slotted(0.01), lambda m: [m.Slotted],
+                       'user_schedules.Slotted cannot be rebuilt from its attributes: its '
+                       'objects have no __dict__ (__slots__), and the __setstate__ of a class '
+                       'allowed by the user is not called'),
 }
 
 

@@ -29,11 +29,12 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
   ``torch.serialization.add_safe_globals``: :func:`add_safe_globals` for the
   process, :func:`safe_globals` within a ``with`` block. An allowed class is
   rebuilt as pickle rebuilds a plain object, never by calling anything the file
-  names: ``cls.__new__(cls)``, then ``obj.__setstate__(attributes)`` if the class
-  defines it, else ``obj.__dict__.update(attributes)``; its attributes may hold
-  plain data only (numbers, strings, bytes, NumPy scalars and dtypes, tuples,
-  lists, dicts and sets of them) and objects of allowed classes or MXNet's
-  schedulers. A class pickled any other way (its own ``__reduce__``) is refused.
+  names, and without running its ``__init__`` or ``__setstate__``:
+  ``cls.__new__(cls)``, then ``obj.__dict__.update(attributes)``; its attributes
+  may hold plain data only (numbers, strings, bytes, NumPy scalars and dtypes,
+  tuples, lists, dicts and sets of them) and objects of allowed classes or MXNet's
+  schedulers. A class pickled any other way (its own ``__reduce__``), or whose
+  objects have no ``__dict__`` (``__slots__``), is refused, naming it.
 - :func:`save_states` writes to a temporary file beside the target and renames
   it, so an interrupted save leaves the previous checkpoint, never a truncated one.
 - ``python -m adam_plugin.checkpoint inspect FILE [--json] [--allow MODULE.CLASS]``

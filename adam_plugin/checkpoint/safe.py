@@ -14,8 +14,10 @@ a file ``Trainer.save_states`` wrote (the arguments it is called with, the exact
 set of attributes it is built with, an array's raw bytes) and where it may
 appear, and :func:`build` makes the real objects from checked records the way
 pickle would have: ``cls(*args)`` and ``__setstate__`` for arrays,
-``cls.__new__(cls)`` and ``__setstate__`` (or the instance ``__dict__``) for the
-optimizer and its ``lr_scheduler``.
+``cls.__new__(cls)`` and its own ``__setstate__`` for the optimizer (``MyAdam``'s
+checks the values), ``cls.__new__(cls)`` and the instance ``__dict__`` for its
+``lr_scheduler`` and objects of classes the user allowed, whose ``__setstate__``
+is never called with the file's data.
 """
 import _compat_pickle
 import io
@@ -170,11 +172,14 @@ class _Instance:
     ``reference`` is an instance whose attributes a checkpoint's must match (MXNet's
     schedulers; the optimizer's is given to :meth:`check`). ``leaf`` checks what its
     attributes hold: plain data (:func:`_plain`), or, for a class the user allowed,
-    plain data and objects of allowed classes (:func:`_object`).
+    plain data and objects of allowed classes (:func:`_object`). ``setstate``: the
+    attributes go through the class's own ``__setstate__`` (an optimizer's, which
+    checks them: ``MyAdam``'s); otherwise they become the object's ``__dict__``, and
+    no code of the class runs but ``__new__``.
     """
 
-    def __init__(self, cls, reference=None, leaf=None):
-        self.cls, self.reference, self.leaf = cls, reference, leaf
+    def __init__(self, cls, reference=None, leaf=None, setstate=False):
+        self.cls, self.reference, self.leaf, self.setstate = cls, reference, leaf, setstate
 
     @property
     def schedule(self):
@@ -185,6 +190,10 @@ class _Instance:
         if getattr(record, 'checked', False):  # met again, or inside itself
             return
         record.checked = True
+        if not (self.setstate or self.cls.__dictoffset__):  # instances without a __dict__
+            raise Refused(f"{record.name} cannot be rebuilt from its attributes: its objects "
+                          "have no __dict__ (__slots__), and the __setstate__ of a class "
+                          "allowed by the user is not called")
         if record.called or record.args != ():
             record.refuse(f"by calling it with {reprlib.repr(record.args)}")
         state = record.state
@@ -216,9 +225,8 @@ class _Instance:
     def build(self, record, build):
         obj = self.cls.__new__(self.cls)
         state = build(record.state)
-        setstate = getattr(obj, '__setstate__', None)
-        if setstate is not None:
-            setstate(state)
+        if self.setstate:
+            obj.__setstate__(state)
         else:
             obj.__dict__.update(state)
         return obj
@@ -435,8 +443,9 @@ def read(data, optimizer_classes, reference, allowed_classes=()):
         whose attributes the file's must match, or raises :class:`Refused`.
     allowed_classes : iterable of type
         Classes the user allowed (an lr_scheduler of their own): rebuilt as plain
-        objects, ``cls.__new__(cls)`` and then their attributes, which may hold only
-        plain data and objects of allowed classes.
+        objects, ``cls.__new__(cls)`` and then their attributes as its ``__dict__``
+        (not through its ``__setstate__``), which may hold only plain data and
+        objects of allowed classes.
 
     Returns
     -------
@@ -452,7 +461,7 @@ def read(data, optimizer_classes, reference, allowed_classes=()):
         that no real checkpoint does. Nothing the file names is ever called.
     """
     allowed = dict({_name(cls): _Instance(cls, leaf=_object) for cls in allowed_classes},
-                   **ALLOWED, **{_name(cls): _Instance(cls) for cls in optimizer_classes})
+                   **ALLOWED, **{_name(cls): _Instance(cls, setstate=True) for cls in optimizer_classes})
     file = io.BytesIO(data)
     try:
         _prescan(data)
