@@ -36,7 +36,15 @@ class InvalidOption(ValueError):
 
 
 def _refuse(name, value, expected):
-    raise InvalidOption(f"Invalid {name}: {value!r} (expected {expected})")
+    raise InvalidOption(f"Invalid {name}: {_shown(value)} (expected {expected})")
+
+
+def _shown(value):
+    """``repr(value)``, or an int's size if it has more digits than Python prints (4300)."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"{'a negative' if value < 0 else 'an'} int of {value.bit_length()} bits"
 
 
 def number(ok, expected, cast=None):
@@ -80,25 +88,35 @@ def one_of(choices):
     return check
 
 
-def integer(low):
-    """A check: an int (not a bool) >= ``low``."""
+def integer(low, high=None):
+    """A check: an int (not a bool) >= ``low`` (and <= ``high``, if given)."""
     def check(name, value):
         if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
                 and value >= low):
             _refuse(name, value, f'an int >= {low}')
+        if high is not None and value > high:
+            _refuse(name, value, f'an int <= {high}')
         return value
     return check
 
 
+# The largest step or update count a states file may hold, 2**53: the step reads a
+# count as a float64 (the bias correction ``beta ** t``), exact for every int up to
+# 2**53; far beyond it (10**400) the conversion overflows and the step raises. No run
+# reaches it: 2**53 steps at a million steps a second take 285 years.
+MAX_COUNT = 2 ** 53
+
+
 def counts(name, value):
-    """A check: MXNet's per-index update counts, ``{index: count}``, each count >= 1
-    (``Optimizer._update_count`` starts an index at ``begin_num_update`` and adds 1
-    before the step uses it: a count of 0 would bias-correct a used state as new)."""
+    """A check: MXNet's per-index update counts, ``{index: count}``, each count from 1
+    to :data:`MAX_COUNT` (``Optimizer._update_count`` starts an index at
+    ``begin_num_update`` and adds 1 before the step uses it: a count of 0 would
+    bias-correct a used state as new)."""
     if type(value) is not dict:
         _refuse(name, value, 'a dict of parameter index -> update count')
     for index, count in value.items():
         integer(0)(f"{name} key", index)
-        integer(1)(f"{name}[{index}]", count)
+        integer(1, MAX_COUNT)(f"{name}[{index}]", count)
     return value
 
 
@@ -292,8 +310,8 @@ REQUIRED = object()
 
 # The bookkeeping a states file holds besides the options.
 KEPT = (
-    Kept('num_update', REQUIRED, integer(0)),
-    Kept('begin_num_update', REQUIRED, integer(0)),
+    Kept('num_update', REQUIRED, integer(0, MAX_COUNT)),
+    Kept('begin_num_update', REQUIRED, integer(0, MAX_COUNT)),
     Kept('_all_index_update_counts', REQUIRED, per_device_counts),
     Kept('_index_update_count', REQUIRED, counts),
     Kept('num_skipped', 0, integer(0)),

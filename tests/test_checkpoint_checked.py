@@ -52,6 +52,17 @@ CHANGED = {
                        "Invalid _all_index_update_counts[0][0]: -1 (expected an int >= 1)"),
     'num_update_negative': (lambda o: setattrs(o, num_update=-1),
                             "Invalid num_update: -1 (expected an int >= 0)"),
+    'count_absurd': (lambda o: set_counts(o, 10**400),
+                     f"Invalid _all_index_update_counts[0][0]: {10**400} "
+                     "(expected an int <= 9007199254740992)"),
+    'count_past_2_53': (lambda o: set_counts(o, 2**53 + 1),
+                        "Invalid _all_index_update_counts[0][0]: 9007199254740993 "
+                        "(expected an int <= 9007199254740992)"),
+    'num_update_absurd': (lambda o: setattrs(o, num_update=10**400),
+                          f"Invalid num_update: {10**400} (expected an int <= 9007199254740992)"),
+    'begin_num_update_absurd': (lambda o: setattrs(o, begin_num_update=10**5000),
+                                "Invalid begin_num_update: an int of 16610 bits "
+                                "(expected an int <= 9007199254740992)"),
     'num_update_below_a_count': (lambda o: set_counts(o, 50),
                                  "(expected >= every update count, of which the file holds "
                                  "50: lr_scheduler reads it)"),
@@ -95,6 +106,17 @@ def test_a_value_out_of_range_is_refused_by_both_loaders(row, loader, tmp_path):
     assert message in str(err.value)
     assert job.trainer.optimizer is optimizer
     assert_same(job.snapshot(), before)
+
+
+@pytest.mark.parametrize('loader', LOADERS)
+def test_step_counts_up_to_the_bound_load(loader, tmp_path):
+    """2**53, named in docs/checkpoints.md: the largest count a file may hold."""
+    job = Job('everything', 'one_device').train(range(1, 3))
+    fname = changed_file(job, lambda o: (set_counts(o, 2**53), setattrs(o, num_update=2**53)),
+                         tmp_path)
+    LOADERS[loader](job.trainer, fname)
+    opt = job.trainer.optimizer
+    assert (opt._all_index_update_counts[0][0], opt.num_update) == (2**53, 2**53)
 
 
 @pytest.mark.parametrize('row', CHANGED)
