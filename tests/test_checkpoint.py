@@ -423,7 +423,7 @@ def test_every_array_kind_is_rebuilt_exactly():
     for numpy_interface in (False, True):  # its arrays are saved in NumPy shape semantics
         with mx.util.np_shape(numpy_interface), mx.util.np_array(numpy_interface):
             saved = (mx.np.array([[1.5, 2.5]]), mx.np.array(3.0)) if numpy_interface else arrays
-            states, record = safe.read(pickle.dumps(({0: saved}, optimizer)),
+            states, record = safe.read(io.BytesIO(pickle.dumps(({0: saved}, optimizer))),
                                        [adam_plugin.MyAdam], lambda cls: cls())
             got = safe.build(states)[0]
             for g, want in zip(got, saved):
@@ -800,7 +800,7 @@ def test_objects_shared_in_the_file_are_shared_when_rebuilt():
     optimizer.idx2name = {key: 'w', 'value': key, 'items': [key, optimizer.lr]}
     pair = (array, array)
     data = pickle.dumps(({0: (pair, pair), 1: [array]}, optimizer))
-    states, record = safe.read(data, [adam_plugin.MyAdam], lambda cls: adam_plugin.MyAdam(
+    states, record = safe.read(io.BytesIO(data), [adam_plugin.MyAdam], lambda cls: adam_plugin.MyAdam(
         lr_scheduler=mx.lr_scheduler.FactorScheduler(step=1)))
     for got_states, got in [pickle.loads(data), safe.build((states, record))]:
         assert got_states[0][0][0] is got_states[0][1][1] is got_states[1][0]

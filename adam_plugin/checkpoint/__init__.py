@@ -14,6 +14,9 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
   a real checkpoint, in any pickle protocol (0 to 5). Each array is parsed once
   however often the file refers to it, and nesting deeper than the loader's
   limit is refused by a pre-scan of the opcodes before anything is unpickled.
+  The file is read up to the end of its pickle, bytes after it refused by the
+  file's size, unread; a file larger than the states of the Trainer's
+  parameters can be (:func:`size_limit`) is refused before it is read.
   The optimizer is checked as its own constructor checks its arguments
   (``MyAdam``: :mod:`adam_plugin.options`, which ``Trainer.load_states`` runs too);
   an attribute the file lacks takes its declared default (a file saved before it
@@ -51,6 +54,7 @@ import os
 import reprlib
 import warnings
 
+import numpy
 from mxnet.optimizer import Optimizer
 
 from ..options import InvalidOption
@@ -96,12 +100,44 @@ def load_states(trainer, fname):
         message names the file; the Trainer is unchanged.
     """
     with open(fname, 'rb') as f:
-        data = f.read()
-    try:
-        optimizer, states, records = _rebuild(trainer, data)
-    except safe.Refused as err:
-        raise ValueError(f"{invalid(fname, err)} The Trainer was not changed.") from None
+        try:
+            optimizer, states, records = _rebuild(trainer, f)
+        except safe.Refused as err:
+            raise ValueError(f"{invalid(fname, err)} The Trainer was not changed.") from None
     _install(trainer, optimizer, states, records)
+
+
+# The most arrays of a parameter's shape its state holds: MyAdam's m, v, AMSGrad's running
+# maximum and, for a float16 weight with multi_precision, a float32 master copy.
+STATE_ARRAYS = 4
+# The bytes of a states file for one array besides its values: its header (shape, dtype,
+# device) and the pickle's opcodes, and the parameter's share of the optimizer (its count
+# on each device, its name and shape). A real file's: about 200 bytes an array.
+PER_ARRAY = 1024
+# Pickle protocol 0 writes a zero byte of an array as 6 bytes ('\u0000').
+PICKLE_EXPANSION = 6
+# The rest of a states file: the optimizer's hyperparameters and lr_scheduler, the pickle's
+# framing. A real file's: a few kilobytes.
+ALLOWANCE = 16 << 20
+
+
+def size_limit(params):
+    """The most bytes a states file for the Trainer's ``params`` may have, or None if
+    a shape is not known yet (deferred initialisation).
+
+    Each parameter's state holds at most :data:`STATE_ARRAYS` arrays of its shape,
+    in its dtype or float32, whichever is wider (with an int64 index a row if it is
+    row_sparse), written in any pickle protocol, plus :data:`ALLOWANCE`.
+    """
+    total = 0
+    for param in params:
+        shape = param.shape
+        if shape is None or any(n <= 0 for n in shape):
+            return None
+        sparse = param._stype == 'row_sparse'  # pylint: disable=protected-access
+        values = int(numpy.prod(shape)) * max(numpy.dtype(param.dtype).itemsize, 4)
+        total += STATE_ARRAYS * (values + (8 * shape[0] if sparse else 0) + PER_ARRAY)
+    return PICKLE_EXPANSION * total + ALLOWANCE
 
 
 _ALLOWED_CLASSES = []
@@ -154,8 +190,9 @@ def registered_optimizers():
     return list(Optimizer.opt_registry.values())
 
 
-def _rebuild(trainer, data):
-    """The file's optimizer and states, rebuilt, and the states' records (for more copies).
+def _rebuild(trainer, file):
+    """The states file ``file``'s optimizer and states, rebuilt, and the states' records
+    (for more copies).
 
     Everything in the file is checked before anything is built; nothing of
     ``trainer`` changes. Raises :class:`safe.Refused`.
@@ -168,8 +205,9 @@ def _rebuild(trainer, data):
                                f"this Trainer uses {type(ours).__name__}")
         return ours
 
-    states, record = safe.read(data, registered_optimizers(), reference, _ALLOWED_CLASSES)
     params = trainer._params  # pylint: disable=protected-access
+    states, record = safe.read(file, registered_optimizers(), reference, _ALLOWED_CLASSES,
+                               size_limit(params))
     optimizer = built(record)
     try:  # MyAdam checks that the file was saved for these parameters
         getattr(optimizer, 'check_fits', lambda params: None)(dict(enumerate(params)))

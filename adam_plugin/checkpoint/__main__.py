@@ -21,9 +21,10 @@ COUNTS = ('num_update', 'begin_num_update', 'num_skipped', '_all_index_update_co
           '_index_update_count')
 
 
-def describe(data):
-    """What the states file ``data`` holds, as JSON-ready data; raises :class:`safe.Refused`."""
-    states, optimizer = safe.read(data, registered_optimizers(), _default, get_safe_globals())
+def describe(file):
+    """What the states file ``file`` (a binary file object) holds, as JSON-ready data;
+    raises :class:`safe.Refused`."""
+    states, optimizer = safe.read(file, registered_optimizers(), _default, get_safe_globals())
     built(optimizer)  # its values, by the optimizer's own checks
     attrs = optimizer.state
     scheduler = attrs['lr_scheduler']
@@ -125,8 +126,7 @@ def main(argv=None):
     try:
         with safe_globals([_imported(name) for name in args.allow]):
             with open(args.file, 'rb') as f:
-                data = f.read()
-            info = describe(data)
+                info = describe(f)
     except (OSError, safe.Refused) as err:
         print(invalid(args.file, err), file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ import pickle
 import pickletools
 import re
 import reprlib
+import sys
 
 import numpy
 from mxnet import lr_scheduler
@@ -335,6 +336,50 @@ class _Nest:
                 pending += [(holder, depth + 1) for holder in nest.holders]
 
 
+class _Reader:
+    """A binary file as :mod:`pickletools` reads it (``read``, ``readline``, ``tell``),
+    never past ``bound`` bytes; what it read is kept, in ``kept``."""
+
+    def __init__(self, file, bound):
+        self.file, self.bound, self.kept = file, bound, io.BytesIO()
+        self.tell = self.kept.tell
+
+    def read(self, size):
+        data = self.file.read(min(size, self.bound - self.tell()))
+        self.kept.write(data)
+        return data
+
+    def readline(self):
+        data = self.file.readline(self.bound - self.tell())
+        self.kept.write(data)
+        return data
+
+
+def _pickle(file, limit):
+    """The pickle at the start of the binary ``file``, pre-scanned (:func:`_prescan`), in
+    a file object of its own: read up to its end (the ``STOP`` opcode) and no further.
+
+    A file of more than ``limit`` bytes is refused before anything is read, and bytes
+    after the pickle are refused by the file's size, unread (a stream that cannot seek,
+    with no size: by reading one byte past the pickle; it is read up to ``limit``).
+    """
+    size = None
+    if file.seekable():
+        size = file.seek(0, io.SEEK_END)
+        file.seek(0)
+        if limit is not None and size > limit:
+            raise Refused(f"it is {size} bytes, more than a states file for these parameters "
+                          f"holds ({limit} at most); refused before reading it")
+    reader = _Reader(file, size if size is not None else
+                     sys.maxsize if limit is None else limit)
+    _prescan(reader)
+    after = size - reader.tell() if size is not None else len(file.read(1))
+    if after:
+        raise Refused("it is corrupted (bytes after the end of the pickle)")
+    reader.kept.seek(0)
+    return reader.kept
+
+
 def _prescan(data):
     """Read the opcodes once, before unpickling, and refuse:
 
@@ -429,13 +474,14 @@ class _Unpickler(pickle.Unpickler):
         raise Refused("it holds a persistent id, which no checkpoint holds")
 
 
-def read(data, optimizer_classes, reference, allowed_classes=()):
+def read(file, optimizer_classes, reference, allowed_classes=(), limit=None):
     """The checked records of a states file: ``(states, optimizer)``.
 
     Parameters
     ----------
-    data : bytes
-        The file, as ``Trainer.save_states`` writes it.
+    file : binary file object
+        The file, as ``Trainer.save_states`` writes it, from its start. It is read up
+        to the end of the pickle only.
     optimizer_classes : iterable of type
         The optimizer classes whose names the file may hold.
     reference : callable
@@ -446,6 +492,8 @@ def read(data, optimizer_classes, reference, allowed_classes=()):
         objects, ``cls.__new__(cls)`` and then their attributes as its ``__dict__``
         (not through its ``__setstate__``), which may hold only plain data and
         objects of allowed classes.
+    limit : int, optional
+        The most bytes the file may have, refused before reading.
 
     Returns
     -------
@@ -458,21 +506,19 @@ def read(data, optimizer_classes, reference, allowed_classes=()):
     ------
     Refused
         If the file names anything else, or rebuilds an allowed name in a way
-        that no real checkpoint does. Nothing the file names is ever called.
+        that no real checkpoint does, or is larger than ``limit``. Nothing the
+        file names is ever called.
     """
     allowed = dict({_name(cls): _Instance(cls, leaf=_object) for cls in allowed_classes},
-                   **ALLOWED, **{_name(cls): _Instance(cls, setstate=True) for cls in optimizer_classes})
-    file = io.BytesIO(data)
+                   **ALLOWED,
+                   **{_name(cls): _Instance(cls, setstate=True) for cls in optimizer_classes})
     try:
-        _prescan(data)
-        saved = _Unpickler(file, allowed).load()
+        saved = _Unpickler(_pickle(file, limit), allowed).load()
     except Refused:
         raise
     except Exception as err:  # noqa: BLE001  (any failure means a damaged file)
         raise Refused("it is truncated or corrupted (unpickling failed: "
                       f"{type(err).__name__}: {err})") from None
-    if file.read(1):
-        raise Refused("it is corrupted (bytes after the end of the pickle)")
     if not (type(saved) is tuple and len(saved) == 2 and type(saved[0]) is dict):
         raise Refused("it does not hold (states, optimizer) as Trainer.save_states writes them "
                       f"(found {_what(saved)})")
