@@ -1,7 +1,9 @@
 """``python -m adam_plugin.scaleout.launch``: exit statuses, output prefixes, and no orphans."""
 import concurrent.futures
 import os
+import re
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -32,6 +34,8 @@ RAISES = OPEN_KV + ("print('ready', flush=True)\n"
 # grandchild: what must end on a signal to the launcher, or once the job looks hung.
 WAIT = ("import subprocess, time; subprocess.Popen(['sleep', '300']); "
         "print('ready', flush=True); time.sleep(300)")
+# Workers that print a line a millisecond, for ever, as a chatty training log.
+CHATTY = "import time\nwhile True:\n    print('x' * 100, flush=True)\n    time.sleep(0.001)"
 
 
 def start(args, token):
@@ -99,6 +103,41 @@ def test_interrupt_ends_the_job(token, signum, status):
     got, _, err = finish(proc)
     assert got == status
     assert 'interrupted; ending the job' in err
+    launching.assert_no_orphans(token)
+
+
+@pytest.mark.slow
+def test_a_closed_output_pipe_ends_the_job_with_141(token):
+    """``launch ... | head -1`` in a shell: the job ends at once, as a program that a closed
+    pipe ends (SIGPIPE), instead of blocking on full pipes until it looks hung."""
+    launcher = [sys.executable, '-m', 'adam_plugin.scaleout.launch', '-n', '2',
+                '--timeout', '60', '--idle-timeout', '5', '--', sys.executable, '-c', CHATTY]
+    done = subprocess.run(['bash', '-c', 'set -o pipefail; "$@" | head -1', 'bash', *launcher],
+                          env=dict(os.environ, ADAM_PLUGIN_TEST_TOKEN=token),
+                          capture_output=True, text=True, timeout=LIMIT)
+    assert done.returncode == 141, done.stderr
+    assert re.fullmatch(r'\[worker [01]\] x{100}\n', done.stdout)
+    assert 'adam_plugin.scaleout.launch: the output pipe closed (its reader exited); ' \
+        'ending the job\n' in done.stderr
+    assert 'Traceback' not in done.stderr and 'Exception' not in done.stderr
+    launching.assert_no_orphans(token)
+
+
+@pytest.mark.parametrize('found, status, why', [
+    (False, 127, 'No such file or directory'),
+    (True, 126, 'Permission denied'),  # a file, not executable
+])
+@pytest.mark.slow
+def test_a_worker_command_that_cannot_run_is_one_line(token, found, status, why, tmp_path):
+    """As a shell reports it: 127 for a command not found, 126 for one it cannot run."""
+    command = str(tmp_path / 'train.sh') if found else 'adam-plugin-no-such-command'
+    if found:
+        (tmp_path / 'train.sh').write_text('echo not executable\n')
+        os.chmod(command, 0o644)
+    got, out, err = finish(start(['-n', '2', '--', command], token))
+    assert (got, out) == (status, '')
+    assert err == f"adam_plugin.scaleout.launch: cannot run the worker command {command!r}: " \
+        f"{why}\n"
     launching.assert_no_orphans(token)
 
 

@@ -12,12 +12,15 @@ MXNet reads. Each line a worker prints is prefixed with ``[worker RANK]``,
 ``i`` is given the ``i``-th smallest of the free ports picked (``PORT``). The
 exit status is the first non-zero one among the workers (a server or the
 scheduler failing also fails the job); on that failure, on the timeout (status
-124), when the job looks hung (status 124, see below) or on Ctrl-C / SIGTERM /
-SIGHUP (status 130 / 143 / 129) every process started is ended, with its whole
-process group, so nothing is left behind. A SIGKILLed launcher cannot do that
-itself: a watchdog process (:data:`WATCHDOG_CODE`), which the launcher tells the
-process group of everything it starts, ends them when the launcher's end of its
-pipe closes without a word.
+124), when the job looks hung (status 124, see below), when the launcher's
+output pipe closes (status 141, as a shell's program ends by SIGPIPE: ``launch
+... | head -1``, at the first line relayed after ``head`` exits) or on Ctrl-C /
+SIGTERM / SIGHUP (status 130 / 143 / 129) every process started is ended, with
+its whole process group, so nothing is left behind. A SIGKILLed launcher cannot
+do that itself: a watchdog process (:data:`WATCHDOG_CODE`), which the launcher
+tells the process group of everything it starts, ends them when the launcher's
+end of its pipe closes without a word. A worker command that cannot be run ends
+the launcher with one line and status 127 (not found) or 126, as a shell's.
 
 A Python worker (``COMMAND`` is a Python interpreter running a script, ``-m
 MODULE`` or ``-c CODE``) is started through :data:`WORKER_CODE`, which makes a
@@ -261,17 +264,44 @@ class _Watchdog:
         self.popen.wait()
 
 
+class _Output:
+    """The launcher's stdout and stderr, written by several threads.
+
+    A write to a pipe whose reader has gone (``launch ... | head -1``) fails; from then on
+    what goes there is dropped (the file descriptor now leads to ``/dev/null``), and
+    :attr:`closed` is set: the launcher ends the job with status 141, as a shell's program
+    ends by SIGPIPE. Relaying goes on meanwhile, so no process blocks on a full pipe.
+    """
+
+    def __init__(self):
+        self.closed = threading.Event()
+
+    def write(self, sink, text):
+        try:
+            sink.write(text)
+            sink.flush()
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sink.fileno())
+            os.close(devnull)
+            self.closed.set()
+
+    def say(self, message):
+        """A message of the launcher's own, on stderr."""
+        self.write(sys.stderr, f'adam_plugin.scaleout.launch: {message}\n')
+
+
 class _Process:
     """One started process, in its own process group, its output relayed with a prefix."""
 
-    def __init__(self, name, argv, env, watchdog):
+    def __init__(self, name, argv, env, watchdog, output):
         self.name = name
         self.popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       start_new_session=True)
         watchdog.watch(self.popen.pid)
-        self.relays = [threading.Thread(target=_relay, args=(pipe, f'[{name}] ', sink),
-                                        daemon=True)
+        self.relays = [threading.Thread(target=_relay,
+                                        args=(pipe, f'[{name}] ', sink, output), daemon=True)
                        for pipe, sink in ((self.popen.stdout, sys.stdout),
                                           (self.popen.stderr, sys.stderr))]
         for relay in self.relays:
@@ -293,10 +323,9 @@ class _Process:
             relay.join(timeout=GRACE)
 
 
-def _relay(pipe, prefix, sink):
+def _relay(pipe, prefix, sink, output):
     for line in iter(pipe.readline, b''):
-        sink.write(prefix + line.decode('utf-8', 'replace'))
-        sink.flush()
+        output.write(sink, prefix + line.decode('utf-8', 'replace'))
     pipe.close()
 
 
@@ -315,29 +344,28 @@ def _end(processes):
         proc.flush()
 
 
-def _say(message):
-    print(f'adam_plugin.scaleout.launch: {message}', file=sys.stderr, flush=True)
-
-
-def _supervise(workers, others, timeout, idle_timeout):
+def _supervise(workers, others, timeout, idle_timeout, output):
     """Wait for the job; return its exit status."""
     deadline = None if timeout is None else time.monotonic() + timeout
     idle_since, cpu = time.monotonic(), None
     while not all(proc.status() == 0 for proc in workers):
+        if output.closed.is_set():
+            output.say('the output pipe closed (its reader exited); ending the job')
+            return 141
         for proc in workers + others:
             if proc.status():
-                _say(f'{proc.name} exited with status {proc.status()}; ending the job')
+                output.say(f'{proc.name} exited with status {proc.status()}; ending the job')
                 return proc.status()
         now = time.monotonic()
         if deadline is not None and now > deadline:
-            _say(f'timed out after {timeout:g} s; ending the job')
+            output.say(f'timed out after {timeout:g} s; ending the job')
             return 124
         used = sum(cpu_seconds(proc.popen.pid) for proc in workers)
         if cpu is None or used - cpu >= IDLE_CPU:
             idle_since, cpu = now, used
         elif idle_timeout and now - idle_since > idle_timeout:
-            _say(f'the workers used {used - cpu:.2f} s of CPU in the last {idle_timeout:g} s: '
-                 'the job looks hung (--idle-timeout); ending the job')
+            output.say(f'the workers used {used - cpu:.2f} s of CPU in the last '
+                       f'{idle_timeout:g} s: the job looks hung (--idle-timeout); ending the job')
             return 124
         time.sleep(0.05)
     # The servers and the scheduler stop by themselves once the workers' KVStores close.
@@ -346,7 +374,7 @@ def _supervise(workers, others, timeout, idle_timeout):
         time.sleep(0.05)
     failed = [proc for proc in others if proc.status()]
     for proc in failed:
-        _say(f'{proc.name} exited with status {proc.status()}')
+        output.say(f'{proc.name} exited with status {proc.status()}')
     return 1 if failed else 0
 
 
@@ -392,24 +420,29 @@ def launch(command, num_workers, num_servers=1, timeout=None, idle_timeout=IDLE_
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
                 signal.SIGHUP: signal.signal(signal.SIGHUP, terminate),
                 signal.SIGINT: signal.getsignal(signal.SIGINT)}
-    watchdog = None
+    watchdog, output = None, _Output()
     try:
         watchdog = _Watchdog()
 
         def start(name, argv, role, port=None):
             started.append(_Process(name, argv, dmlc_env(role, num_workers, num_servers,
-                                                         root_port, port), watchdog))
+                                                         root_port, port), watchdog, output))
             return started[-1]
 
         others = [start('scheduler', [sys.executable, '-c', SCHEDULER_CODE], 'scheduler')]
         others += [start(f'server {i}', [sys.executable, '-c', SERVER_CODE], 'server')
                    for i in range(num_servers)]
-        workers = [start(f'worker {rank}', python_worker(list(command)), 'worker', port)
-                   for rank, port in enumerate(worker_ports)]
-        status = _supervise(workers, others, timeout, idle_timeout)
+        try:
+            workers = [start(f'worker {rank}', python_worker(list(command)), 'worker', port)
+                       for rank, port in enumerate(worker_ports)]
+        except OSError as err:  # as a shell says: 127 not found, 126 found but not runnable
+            output.say(f'cannot run the worker command {command[0]!r}: {err.strerror}')
+            status = 127 if isinstance(err, FileNotFoundError) else 126
+        else:
+            status = _supervise(workers, others, timeout, idle_timeout, output)
     except KeyboardInterrupt as interrupt:
         status = 128 + (interrupt.args[0] if interrupt.args else signal.SIGINT)
-        _say('interrupted; ending the job')
+        output.say('interrupted; ending the job')
     finally:
         for signum in previous:  # a second Ctrl-C must not cut the clean-up short
             signal.signal(signum, signal.SIG_IGN)
