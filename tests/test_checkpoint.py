@@ -800,8 +800,9 @@ def test_objects_shared_in_the_file_are_shared_when_rebuilt():
     optimizer.idx2name = {key: 'w', 'value': key, 'items': [key, optimizer.lr]}
     pair = (array, array)
     data = pickle.dumps(({0: (pair, pair), 1: [array]}, optimizer))
-    states, record = safe.read(io.BytesIO(data), [adam_plugin.MyAdam], lambda cls: adam_plugin.MyAdam(
-        lr_scheduler=mx.lr_scheduler.FactorScheduler(step=1)))
+    states, record = safe.read(io.BytesIO(data), [adam_plugin.MyAdam],
+                               lambda cls: adam_plugin.MyAdam(
+                                   lr_scheduler=mx.lr_scheduler.FactorScheduler(step=1)))
     for got_states, got in [pickle.loads(data), safe.build((states, record))]:
         assert got_states[0][0][0] is got_states[0][1][1] is got_states[1][0]
         assert got.lr is got.lr_scheduler.base_lr is got.idx2name['items'][1]
