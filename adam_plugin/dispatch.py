@@ -303,16 +303,17 @@ class Batch:
 
         Returns
         -------
-        list of bool
-            One per parameter: does its second moment ``v`` hold only finite values
-            after the step? (True for a parameter not stepped.) The kernel reports it
+        list of int
+            One per parameter: :data:`adam_plugin.fused.V_OVERFLOW` if its second moment
+            ``v``, :data:`adam_plugin.fused.W_OVERFLOW` if its weight holds an Inf or a
+            NaN after the step (0 for a parameter not stepped). The kernel reports them
             from the step's own pass (a lazy step: the rows it wrote); MXNet's
-            ``multi_all_finite`` reads the ``v`` buffers of the others.
+            ``multi_all_finite`` reads the ``v`` buffers and the weights of the others.
         """
-        flags = [True] * len(steps)
+        flags = [0] * len(steps)
         for positions, buffers in self.kernel_groups:
-            for i, ok in zip(positions, buffers.adam_steps([steps[i] for i in positions])):
-                flags[i] = ok
+            for i, found in zip(positions, buffers.adam_steps([steps[i] for i in positions])):
+                flags[i] = found
         others = [i for i, way in enumerate(self.routes) if steps[i] is not None and way != KERNEL]
         for i in others:
             if self.routes[i] == OPERATOR:
@@ -323,8 +324,9 @@ class Batch:
         if others:
             master = [self.multi_precision and self.weights[i].dtype == FLOAT16 for i in others]
             second_moments = [_split(self.states[i], m)[0][1] for i, m in zip(others, master)]
-            for i, ok in zip(others, _finite_by_operators(second_moments)):
-                flags[i] = ok
+            finite = _finite_by_operators(second_moments + [self.weights[i] for i in others])
+            for i, v_ok, w_ok in zip(others, finite, finite[len(others):]):
+                flags[i] = (0 if v_ok else fused.V_OVERFLOW) | (0 if w_ok else fused.W_OVERFLOW)
         return flags
 
 

@@ -14,7 +14,7 @@ import numpy
 from mxnet.kvstore import KVStore
 from mxnet.optimizer import Optimizer
 
-from . import _warn, dispatch, distributed, options
+from . import _warn, dispatch, distributed, fused, options
 from .deferred import DeferredError, called_from, in_kvstore_callback
 from .options import AGGREGATE_NUM, OPTIONS
 from .textbook import Step
@@ -207,7 +207,7 @@ class MyAdam(Optimizer):
         self._refuse_bad_gradients(indices, finite)
         steps = self._steps(indices, finite, self._counts(indices))
         self._count_skips(indices, finite)
-        self._check_second_moments(indices, steps, batch.apply(steps))
+        self._check_overflows(indices, steps, batch.apply(steps))
 
     def _queues(self):
         """Is the update of the caller queued in MXNet's engine (see
@@ -286,14 +286,14 @@ class MyAdam(Optimizer):
     def _take(self, index):
         """Take in the result of the update of ``index`` queued in MXNet's engine, waiting
         for it to run, as an update on the calling thread would have: a gradient that was
-        not finite gives the step count back and counts as skipped (``max_skips``), a
-        second moment that overflowed counts too."""
+        not finite gives the step count back and counts as skipped (``max_skips``), an
+        overflow counts too."""
         step, counts, queued = self._queued.pop(index)
-        if queued.status() == 1:  # it ran; the gradient and the second moment were finite
+        if queued.status() == 1:  # it ran; the gradient was finite, nothing overflowed
             self._bad_in_a_row.pop(index, None)
             return
         try:
-            (finite,), v_finite = queued.result()
+            (finite,), overflow = queued.result()
         except BaseException:
             self._restore_counts(counts, (index,))
             raise
@@ -301,7 +301,7 @@ class MyAdam(Optimizer):
             self._restore_counts(counts, (index,))
         self._refuse_bad_gradients((index,), (finite,))
         self._count_skips((index,), (finite,))
-        self._check_second_moments((index,), (step if finite else None,), v_finite)
+        self._check_overflows((index,), (step if finite else None,), overflow)
 
     def _counts(self, indices):
         """The step counts of ``indices`` and ``num_update``, for :meth:`_restore_counts`."""
@@ -319,23 +319,27 @@ class MyAdam(Optimizer):
                 self._index_update_count[index] = counts[0][index]
         self.num_update = max([counts[1], *self._index_update_count.values()])
 
-    def _check_second_moments(self, indices, steps, v_finite):
+    def _check_overflows(self, indices, steps, overflow):
         """After a step (``steps[i]`` None: parameter ``i`` not stepped), raise or count
-        the second moments that overflowed (``v_finite``), and end the runs of bad
-        updates of the parameters stepped well."""
-        overflowed = [index for index, ok in zip(indices, v_finite) if not ok]
-        if overflowed and self.nonfinite == 'raise':
-            raise FloatingPointError(
-                f"myadam: the second moment of {', '.join(map(self._name, overflowed))} "
-                "overflowed to Inf although the gradient was finite; this update call was "
-                "applied (the elements with v = Inf no longer move)")
-        for index in overflowed:
+        the parameters whose step overflowed (``overflow``: flags of
+        :data:`adam_plugin.fused.V_OVERFLOW` and :data:`~adam_plugin.fused.W_OVERFLOW`,
+        see :meth:`adam_plugin.dispatch.Batch.apply`), and end the runs of bad updates
+        of the parameters stepped well."""
+        found = {index: flags for index, flags in zip(indices, overflow) if flags}
+        if found and self.nonfinite == 'raise':
+            problems = []
+            for kind, text in _OVERFLOWS.items():
+                names = [self._name(index) for index, flags in found.items() if flags & kind]
+                if names:
+                    problems.append(text.format(name=', '.join(names)))
+            raise FloatingPointError(f"myadam: {'; '.join(problems)}; this update call was "
+                                     "applied")
+        for index, flags in found.items():
             self.num_skipped += 1
-            self._bad_update(index, "the second moment of {name} overflowed to Inf although "
-                                    "its gradient was finite; the update was applied, and its "
-                                    "elements with v = Inf no longer move")
+            self._bad_update(index, "; ".join(text for kind, text in _OVERFLOWS.items()
+                                              if flags & kind))
         for index, step in zip(indices, steps):
-            if step is not None and index not in overflowed:
+            if step is not None and index not in found:
                 self._bad_in_a_row.pop(index, None)
 
     def _count_skips(self, indices, finite):
@@ -461,6 +465,16 @@ _RUN_ATTRIBUTES = ('_deferred', '_queued', '_plans', '_bad_in_a_row', '_layouts'
 # The rest of a Step, read from the optimizer's attributes of the same names (one C call).
 _RULE_OPTIONS = operator.attrgetter(*Step._fields[3:])
 assert Step._fields[:3] == ('t', 'lr', 'wd')
+
+# What a step found it had written (adam_plugin.fused's flags) -> what MyAdam says of it.
+_OVERFLOWS = {
+    fused.V_OVERFLOW: "the second moment of {name} overflowed to Inf although the gradient "
+                      "was finite (its elements with v = Inf no longer move)",
+    fused.W_OVERFLOW: "the weight of {name} holds Inf or NaN after the update although the "
+                      "gradient was finite (a float16 weight stepped past 65504, lr times the "
+                      "update beyond its dtype's range, or a weight not finite before)",
+}
+
 
 # The signature and the Parameters section are the option table's (adam_plugin.options).
 _SIGNATURE = inspect.Signature(

@@ -235,8 +235,10 @@ OPTIONS = (
            "overflows to Inf although the gradient was finite (``|g|`` near "
            "``sqrt(max / (1 - beta2))``: 8.1e3 for float16, 5.8e20 for float32, with "
            "the default ``beta2``) is found after the step, which was applied: that "
-           "parameter's elements with ``v = Inf`` no longer move. It counts as a skip "
-           "(warned the same way) or, with ``'raise'``, raises ``FloatingPointError``."),
+           "parameter's elements with ``v = Inf`` no longer move; so is a weight that a "
+           "step with finite inputs takes to Inf (a float16 weight past 65504). Each counts "
+           "as a skip (warned the same way) or, with ``'raise'``, raises "
+           "``FloatingPointError``."),
     Option('fused', True, flag, 'bool',
            "Take the fast routes of :mod:`adam_plugin.dispatch`: one compiled, "
            "multi-threaded pass over memory for float16 (with or without "
