@@ -243,8 +243,8 @@ class Batch:
     Raises
     ------
     ValueError
-        If a lazy ``row_sparse`` gradient on the kernel route holds a row outside its
-        weight; before anything is read or written.
+        If a ``row_sparse`` gradient holds a row outside its weight or a row twice, on
+        every route; before anything is read or written.
     """
 
     def __init__(self, options, layouts, weights, grads, states, multi_precision,
@@ -257,6 +257,7 @@ class Batch:
         groups = {}  # kernel storage -> [(position, the parameter as fused.Buffers takes it)]
         for i, (way, layout) in enumerate(zip(self.routes, layouts)):
             master = multi_precision and layout.dtype == FLOAT16
+            rows = _rows(grads[i], layout.shape[0], name(i)) if layout.row_sparse_grad else None
             if way == KERNEL and not layout.dense and not all(
                     _stores_every_row(array, layout.shape[0])
                     for array in _row_sparse_arrays(weights[i], states[i], master)):
@@ -268,9 +269,9 @@ class Batch:
                 self.grads[i] = grads[i].tostype('default')
             if way == KERNEL:
                 moments, copy = _split(states[i], master)
-                rows = _rows(grads[i], layout.shape[0], name(i)) if lazy else None
                 groups.setdefault(fused.storage(layout.dtype, master), []).append(
-                    (i, (layout.shape, weights[i], self.grads[i], moments, copy, rows)))
+                    (i, (layout.shape, weights[i], self.grads[i], moments, copy,
+                         rows if lazy else None)))
         self.kernel_groups = [  # (positions, fused.Buffers)
             ([i for i, _ in group], fused.Buffers(storage, [p for _, p in group]))
             for storage, group in groups.items()]
@@ -361,12 +362,21 @@ def _stores_every_row(weight, rows):
 
 def _rows(grad, weight_rows, name):
     """The rows a ``row_sparse`` ``grad`` stores, as a NumPy int64 array, each checked
-    to be one of the weight's ``weight_rows`` (the kernel writes where they point)."""
+    to be one of the weight's ``weight_rows`` and to be there once: the kernel writes
+    where they point, and so do MXNet's ``tostype`` (a gradient densified) and NDArray
+    indexing (the textbook route): a row outside the weight corrupts memory; a row held
+    twice has no single meaning."""
     rows = fused.row_indices(grad)
     bad = rows[(rows < 0) | (rows >= weight_rows)]
     if bad.size:
         raise ValueError(f"myadam: the row_sparse gradient of {name} holds row {bad[0]}, "
                          f"outside its weight's {weight_rows} rows; nothing was updated")
+    if rows.size > 1 and not (rows[1:] > rows[:-1]).all():  # MXNet's are sorted: one pass
+        unique, counts = numpy.unique(rows, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"myadam: the row_sparse gradient of {name} holds row "
+                             f"{unique[counts > 1][0]} {counts[counts > 1][0]} times, where "
+                             "a row may be once; nothing was updated")
     return rows
 
 
