@@ -37,7 +37,7 @@ KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
 KERNEL_DTYPES = (numpy.dtype(numpy.float16), numpy.dtype(numpy.float32),
                  numpy.dtype(numpy.float64))
 OPERATOR_DTYPES = KERNEL_DTYPES[1:]
-FLOAT16 = KERNEL_DTYPES[0]
+FLOAT16, FLOAT32 = KERNEL_DTYPES[:2]
 # Host memory, which the kernel reads: ``cpu_pinned`` holds the KVStore's merged
 # copies (kvstore 'local', and 'device' over CPU contexts), ``cpu_shared`` the
 # DataLoader's worker output.
@@ -240,6 +240,16 @@ class Batch:
     name : callable
         ``name(position)``, the parameter as error messages call it.
 
+    Attributes
+    ----------
+    dtypes : list of tuple
+        Per parameter, ``(computed_in, stored_in)``: the dtype its step computes in
+        (float32 for float16) and the dtype of the weight it writes (the float32 master
+        copy of a float16 weight under ``multi_precision``), which the values the step
+        reads must fit (see :func:`adam_plugin.options.step_value`).
+    distinct_dtypes : frozenset
+        Those of :attr:`dtypes`.
+
     Raises
     ------
     ValueError
@@ -251,12 +261,15 @@ class Batch:
                  name=str):
         self.weights, self.states = weights, states
         self.multi_precision = multi_precision
-        self.dtypes = {layout.dtype for layout in layouts}
+        self.name = name
         self.routes = [route(layout, options) for layout in layouts]
         self.grads = list(grads)
+        self.dtypes = []
         groups = {}  # kernel storage -> [(position, the parameter as fused.Buffers takes it)]
         for i, (way, layout) in enumerate(zip(self.routes, layouts)):
             master = multi_precision and layout.dtype == FLOAT16
+            computed_in = FLOAT32 if layout.dtype == FLOAT16 else layout.dtype
+            self.dtypes.append((computed_in, computed_in if master else layout.dtype))
             rows = _rows(grads[i], layout.shape[0], name(i)) if layout.row_sparse_grad else None
             if way == KERNEL and not layout.dense and not all(
                     _stores_every_row(array, layout.shape[0])
@@ -272,6 +285,7 @@ class Batch:
                 groups.setdefault(fused.storage(layout.dtype, master), []).append(
                     (i, (layout.shape, weights[i], self.grads[i], moments, copy,
                          rows if lazy else None)))
+        self.distinct_dtypes = frozenset(self.dtypes)
         self.kernel_groups = [  # (positions, fused.Buffers)
             ([i for i, _ in group], fused.Buffers(storage, [p for _, p in group]))
             for storage, group in groups.items()]
