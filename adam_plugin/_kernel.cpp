@@ -207,6 +207,12 @@ template <typename Bits>
     return any != 0;
 }
 
+// What a step found in the values it wrote, a parameter's flags (0: nothing): a second
+// moment, or a weight, that is Inf or NaN although the gradient was finite (v beyond the
+// dtype's range; a float16 weight past 65504, lr * u beyond the range, or a weight that
+// was not finite already).
+enum Overflow { V_OVERFLOW = 1, W_OVERFLOW = 2 };
+
 // The arrays of one stretch of elements: weight and gradient stored as W, the moments
 // (and the float32 master copy of a float16 weight) as S. Null when absent.
 template <typename W, typename S>
@@ -217,22 +223,25 @@ struct Span {
 };
 
 // The update loop over n elements of one type T (float32 or float64), every operation
-// rounded to T. Inlined into each variant's adam (below), which compiles it.
+// rounded to T; returns its Overflow flags. Inlined into each variant's adam (below),
+// which compiles it.
 template <typename T, bool AMSGRAD, bool YOGI>
-[[gnu::always_inline]] inline bool adam_loop(T *__restrict__ w, const T *__restrict__ g,
+[[gnu::always_inline]] inline int adam_loop(T *__restrict__ w, const T *__restrict__ g,
                                              T *__restrict__ m, T *__restrict__ v,
                                              T *__restrict__ vmax, const Constants<T> &k,
                                              int64_t n) {
-    int overflow = 0;  // a second moment became Inf (or NaN) from a finite gradient
+    int v_overflow = 0, w_overflow = 0;  // a v, a w became Inf (or NaN)
     for (int64_t i = 0; i < n; ++i) {
         T mi = m[i], vi = v[i], vmaxi = AMSGRAD ? vmax[i] : T(0);
-        w[i] = adam_element<T, AMSGRAD, YOGI>(w[i], g[i], mi, vi, vmaxi, k);
+        const T wi = adam_element<T, AMSGRAD, YOGI>(w[i], g[i], mi, vi, vmaxi, k);
+        w[i] = wi;
         m[i] = mi;
         v[i] = vi;
         if (AMSGRAD) vmax[i] = vmaxi;  // a template argument: the plain loop never touches vmax
-        overflow |= !(vi <= std::numeric_limits<T>::max());
+        v_overflow |= !(vi <= std::numeric_limits<T>::max());
+        w_overflow |= !(std::abs(wi) <= std::numeric_limits<T>::max());
     }
-    return overflow == 0;
+    return (v_overflow ? V_OVERFLOW : 0) | (w_overflow ? W_OVERFLOW : 0);
 }
 
 // float16 <-> float32, rounding to nearest even: element by element (on x86-64 without
@@ -272,20 +281,21 @@ struct F16cHalf {
 // blocks widened to float32 buffers and narrowed back (Half: see above). With MASTER
 // (S float) the float32 master copy and moments step in place and the weight becomes
 // the master copy rounded to float16; without, the float16 weight and moments are
-// widened, stepped and stored rounded to float16.
+// widened, stepped and stored rounded to float16. Returns the Overflow flags, the
+// weight's read in float16 (a finite float32 one past 65504 rounds to Inf).
 template <typename S, bool AMSGRAD, bool YOGI, bool MASTER, typename Half>
-[[gnu::always_inline]] inline bool adam_half(const Span<_Float16, S> &a, const Constants<float> &k,
-                                             int64_t n) {
+[[gnu::always_inline]] inline int adam_half(const Span<_Float16, S> &a, const Constants<float> &k,
+                                            int64_t n) {
     constexpr int64_t BLOCK = 1024;
     alignas(64) float g[BLOCK], w[BLOCK], m[BLOCK], v[BLOCK], vmax[BLOCK];
-    bool finite = true;  // every second moment written is finite
+    int overflow = 0;
     for (int64_t lo = 0; lo < n; lo += BLOCK) {
         const int64_t count = std::min(BLOCK, n - lo);
         Half::widen(a.g + lo, g, count);
         if constexpr (MASTER) {
-            finite &= adam_loop<float, AMSGRAD, YOGI>(a.master + lo, g, a.m + lo, a.v + lo,
-                                                      AMSGRAD ? a.vmax + lo : nullptr, k,
-                                                      count);
+            overflow |= adam_loop<float, AMSGRAD, YOGI>(a.master + lo, g, a.m + lo, a.v + lo,
+                                                        AMSGRAD ? a.vmax + lo : nullptr, k,
+                                                        count) & V_OVERFLOW;
             Half::narrow(a.master + lo, a.w + lo, count);
         } else {
             Half::widen(a.w + lo, w, count);
@@ -296,20 +306,23 @@ template <typename S, bool AMSGRAD, bool YOGI, bool MASTER, typename Half>
             Half::narrow(w, a.w + lo, count);
             Half::narrow(m, a.m + lo, count);
             Half::narrow(v, a.v + lo, count);  // a finite float32 v may round to Inf
-            finite &= !nonfinite_range(reinterpret_cast<const uint16_t *>(a.v + lo), 0, count);
+            if (nonfinite_range(reinterpret_cast<const uint16_t *>(a.v + lo), 0, count))
+                overflow |= V_OVERFLOW;
             if (AMSGRAD) Half::narrow(vmax, a.vmax + lo, count);
         }
+        if (nonfinite_range(reinterpret_cast<const uint16_t *>(a.w + lo), 0, count))
+            overflow |= W_OVERFLOW;
     }
-    return finite;
+    return overflow;
 }
 
 
 // The update of one stretch of elements, whatever its storage: float32 and float64 by
 // adam_loop, float16 (with a master copy when the moments S are float32) by adam_half.
 // AMSGRAD and YOGI are template arguments, so neither is a run-time test inside a loop
-// (one kept GCC from vectorising it). Returns whether every v written is finite.
+// (one kept GCC from vectorising it). Returns the Overflow flags of what it wrote.
 template <bool AMSGRAD, bool YOGI, typename Half, typename W, typename S, typename C>
-[[gnu::always_inline]] inline bool adam_span(const Span<W, S> &a, const Constants<C> &k,
+[[gnu::always_inline]] inline int adam_span(const Span<W, S> &a, const Constants<C> &k,
                                              int64_t n) {
     if constexpr (std::is_same_v<W, C>)
         return adam_loop<C, AMSGRAD, YOGI>(a.w, a.g, a.m, a.v, a.vmax, k, n);
@@ -327,7 +340,7 @@ template <bool AMSGRAD, bool YOGI, typename Half, typename W, typename S, typena
         static constexpr const char *name = #NAME;                                          \
         static bool runs_here() { return RUNS_HERE; }                                       \
         template <typename W, typename S, typename C>                                       \
-        [[gnu::noinline]] TARGET static bool adam(const Span<W, S> &a, const C *table,      \
+        [[gnu::noinline]] TARGET static int adam(const Span<W, S> &a, const C *table,       \
                                                   int64_t n, bool amsgrad) {                \
             const Constants<C> k(table);                                                    \
             const bool yogi = table[YOGI] != 0;                                             \
@@ -469,12 +482,12 @@ using BitsOf = std::conditional_t<sizeof(T) == 2, uint16_t,
 // lazy: g holds its stored rows, one after the other, rows[p] their positions in w (each
 // below w's first dimension: the caller checks), and only those rows of w, m, v, vmax
 // and master are read and written. sizes[p]: the elements stepped (row_length[p] per row
-// present; 0 leaves the parameter untouched). v_finite[p] is set to 0 when a second
-// moment of parameter p that this step wrote is Inf (or NaN).
+// present; 0 leaves the parameter untouched). overflow[p] gets the Overflow flags of
+// what the step wrote of parameter p.
 template <typename W, typename S, typename C>
 void step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
           const int64_t *row_length, const int64_t *const *rows, const int64_t *table_rows,
-          const C *table, int amsgrad, uint8_t *v_finite, int threads) {
+          const C *table, int amsgrad, uint8_t *overflow, int threads) {
     // The arrays of parameter p from element `at` on (the gradient's from g_at).
     auto span = [&](int64_t p, int64_t at, int64_t g_at) {
         auto from = [&](int array, auto *type, int64_t i) {
@@ -488,20 +501,20 @@ void step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
     with_variant([&](auto variant) {
         run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
             const C *k = table + table_rows[p] * NUM_CONSTANTS;
-            bool finite = true;
+            int found = 0;
             if (!rows[p]) {
-                finite = variant.adam(span(p, lo, lo), k, hi - lo, amsgrad != 0);
+                found = variant.adam(span(p, lo, lo), k, hi - lo, amsgrad != 0);
             } else {
                 const int64_t length = row_length[p];
                 for (int64_t at = lo; at < hi;) {  // at: in the gradient's stored rows
                     const int64_t i = at / length, j = at % length;
                     const int64_t count = std::min(hi - at, length - j);
-                    finite &= variant.adam(span(p, rows[p][i] * length + j, at), k, count,
-                                           amsgrad != 0);
+                    found |= variant.adam(span(p, rows[p][i] * length + j, at), k, count,
+                                          amsgrad != 0);
                     at += count;
                 }
             }
-            if (!finite) __atomic_store_n(&v_finite[p], 0, __ATOMIC_RELAXED);
+            if (found) __atomic_fetch_or(&overflow[p], found, __ATOMIC_RELAXED);
         });
         return 0;
     });
@@ -525,11 +538,11 @@ void check(int64_t n, const void *const *pointers, const int64_t *sizes, uint8_t
 template <typename W, typename S, typename C>
 int adam(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *row_length,
          const int64_t *const *rows, const int64_t *table_rows, const C *table, int amsgrad,
-         uint8_t *v_finite, int threads) {
+         uint8_t *overflow, int threads) {
     if (wait_all() != 0) return -1;  // no engine operation reads or writes any of them
     const std::vector<void *> pointers = data_pointers(handles, NUM_ARRAYS * n, false);
     if (pointers.empty() && n > 0) return -1;
-    step<W, S, C>(n, pointers, sizes, row_length, rows, table_rows, table, amsgrad, v_finite,
+    step<W, S, C>(n, pointers, sizes, row_length, rows, table_rows, table, amsgrad, overflow,
                   threads);
     return 0;
 }
@@ -549,13 +562,13 @@ int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finit
 // Two owners, the engine (until it has run: its deleter) and the caller (release).
 struct Queued {
     std::atomic<int> owners{2};
-    std::atomic<int> done{0};  // 1 once run and every flag is 1, 2 once run otherwise
+    std::atomic<int> done{0};  // 1 once run, the gradients finite, no Overflow; 2 otherwise
     int64_t n = 0;
     std::vector<void *> pointers;
     std::vector<int64_t> sizes, table_rows;
     std::vector<uint8_t> table;  // the constants, as bytes of C
     int amsgrad = 0, threads = 1;
-    std::vector<uint8_t> grad_finite, v_finite;
+    std::vector<uint8_t> grad_finite, overflow;
 };
 
 void release(void *queued) {
@@ -579,10 +592,9 @@ void run_queued(void * /*run context*/, void *queued) {
     const std::vector<const int64_t *> whole(n, nullptr);
     step<W, S, C>(n, q->pointers, sizes.data(), sizes.data(), whole.data(),
                   q->table_rows.data(), reinterpret_cast<const C *>(q->table.data()),
-                  q->amsgrad, q->v_finite.data(), q->threads);
-    const bool v_finite = std::find(q->v_finite.begin(), q->v_finite.end(), 0) ==
-                          q->v_finite.end();
-    q->done.store(all && v_finite ? 1 : 2, std::memory_order_release);
+                  q->amsgrad, q->overflow.data(), q->threads);
+    const bool none = std::count(q->overflow.begin(), q->overflow.end(), 0) == n;
+    q->done.store(all && none ? 1 : 2, std::memory_order_release);
 }
 
 // Queue in MXNet's engine the step of n dense parameters (handles, sizes, table_rows as
@@ -627,7 +639,7 @@ int queue(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *
     q->amsgrad = amsgrad;
     q->threads = threads;
     q->grad_finite.assign(n, 1);
-    q->v_finite.assign(n, 1);
+    q->overflow.assign(n, 0);
     std::vector<void *> reads(handles + GRAD * n, handles + (GRAD + 1) * n), writes;
     for (int array : {WEIGHT, MEAN, VAR, VMAX, MASTER})
         for (int64_t p = 0; p < n; ++p)
@@ -711,9 +723,9 @@ int use_variant(const char *name) {
     int adam_##NAME(int64_t n, void *const *handles, const int64_t *sizes,                 \
                     const int64_t *row_length, const int64_t *const *rows,                 \
                     const int64_t *table_rows, const C *table, int amsgrad,               \
-                    uint8_t *v_finite, int threads) {                                     \
+                    uint8_t *overflow, int threads) {                                     \
         return adam<W, S, C>(n, handles, sizes, row_length, rows, table_rows, table,         \
-                             amsgrad, v_finite, threads);                                   \
+                             amsgrad, overflow, threads);                                   \
     }                                                                                       \
     int queue_adam_##NAME(int64_t n, void *const *handles, const int64_t *sizes,           \
                           const int64_t *table_rows, const C *table, int64_t table_length, \
@@ -726,18 +738,18 @@ ADAM_ENTRY(float64, double, double, double)
 ADAM_ENTRY(float16, _Float16, _Float16, float)
 ADAM_ENTRY(float16_master, _Float16, float, float)
 
-// 0 until the queued step has run; then 1 when every gradient and every second moment
-// written was finite, else 2 (queued_flags tells which).
+// 0 until the queued step has run; then 1 when every gradient was finite and the step
+// found no Overflow, else 2 (queued_flags tells which).
 int queued_done(void *queued) {
     return static_cast<Queued *>(queued)->done.load(std::memory_order_acquire);
 }
 
-// The queued step's findings, once done: per parameter, is its gradient finite, is every
-// second moment it wrote finite (1 or 0).
-void queued_flags(void *queued, uint8_t *grad_finite, uint8_t *v_finite) {
+// The queued step's findings, once done: per parameter, is its gradient finite (1 or 0),
+// and the Overflow flags of what the step wrote.
+void queued_flags(void *queued, uint8_t *grad_finite, uint8_t *overflow) {
     const auto *q = static_cast<Queued *>(queued);
     std::copy(q->grad_finite.begin(), q->grad_finite.end(), grad_finite);
-    std::copy(q->v_finite.begin(), q->v_finite.end(), v_finite);
+    std::copy(q->overflow.begin(), q->overflow.end(), overflow);
 }
 
 // The caller's release of a Queued (the engine holds it until its step has run).

@@ -37,7 +37,7 @@ KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
 KERNEL_DTYPES = (numpy.dtype(numpy.float16), numpy.dtype(numpy.float32),
                  numpy.dtype(numpy.float64))
 OPERATOR_DTYPES = KERNEL_DTYPES[1:]
-FLOAT16 = KERNEL_DTYPES[0]
+FLOAT16, FLOAT32 = KERNEL_DTYPES[:2]
 # Host memory, which the kernel reads: ``cpu_pinned`` holds the KVStore's merged
 # copies (kvstore 'local', and 'device' over CPU contexts), ``cpu_shared`` the
 # DataLoader's worker output.
@@ -240,23 +240,37 @@ class Batch:
     name : callable
         ``name(position)``, the parameter as error messages call it.
 
+    Attributes
+    ----------
+    dtypes : list of tuple
+        Per parameter, ``(computed_in, stored_in)``: the dtype its step computes in
+        (float32 for float16) and the dtype of the weight it writes (the float32 master
+        copy of a float16 weight under ``multi_precision``), which the values the step
+        reads must fit (see :func:`adam_plugin.options.step_value`).
+    distinct_dtypes : frozenset
+        Those of :attr:`dtypes`.
+
     Raises
     ------
     ValueError
-        If a lazy ``row_sparse`` gradient on the kernel route holds a row outside its
-        weight; before anything is read or written.
+        If a ``row_sparse`` gradient holds a row outside its weight or a row twice, on
+        every route; before anything is read or written.
     """
 
     def __init__(self, options, layouts, weights, grads, states, multi_precision,
                  name=str):
         self.weights, self.states = weights, states
         self.multi_precision = multi_precision
-        self.dtypes = {layout.dtype for layout in layouts}
+        self.name = name
         self.routes = [route(layout, options) for layout in layouts]
         self.grads = list(grads)
+        self.dtypes = []
         groups = {}  # kernel storage -> [(position, the parameter as fused.Buffers takes it)]
         for i, (way, layout) in enumerate(zip(self.routes, layouts)):
             master = multi_precision and layout.dtype == FLOAT16
+            computed_in = FLOAT32 if layout.dtype == FLOAT16 else layout.dtype
+            self.dtypes.append((computed_in, computed_in if master else layout.dtype))
+            rows = _rows(grads[i], layout.shape[0], name(i)) if layout.row_sparse_grad else None
             if way == KERNEL and not layout.dense and not all(
                     _stores_every_row(array, layout.shape[0])
                     for array in _row_sparse_arrays(weights[i], states[i], master)):
@@ -268,9 +282,10 @@ class Batch:
                 self.grads[i] = grads[i].tostype('default')
             if way == KERNEL:
                 moments, copy = _split(states[i], master)
-                rows = _rows(grads[i], layout.shape[0], name(i)) if lazy else None
                 groups.setdefault(fused.storage(layout.dtype, master), []).append(
-                    (i, (layout.shape, weights[i], self.grads[i], moments, copy, rows)))
+                    (i, (layout.shape, weights[i], self.grads[i], moments, copy,
+                         rows if lazy else None)))
+        self.distinct_dtypes = frozenset(self.dtypes)
         self.kernel_groups = [  # (positions, fused.Buffers)
             ([i for i, _ in group], fused.Buffers(storage, [p for _, p in group]))
             for storage, group in groups.items()]
@@ -303,16 +318,17 @@ class Batch:
 
         Returns
         -------
-        list of bool
-            One per parameter: does its second moment ``v`` hold only finite values
-            after the step? (True for a parameter not stepped.) The kernel reports it
+        list of int
+            One per parameter: :data:`adam_plugin.fused.V_OVERFLOW` if its second moment
+            ``v``, :data:`adam_plugin.fused.W_OVERFLOW` if its weight holds an Inf or a
+            NaN after the step (0 for a parameter not stepped). The kernel reports them
             from the step's own pass (a lazy step: the rows it wrote); MXNet's
-            ``multi_all_finite`` reads the ``v`` buffers of the others.
+            ``multi_all_finite`` reads the ``v`` buffers and the weights of the others.
         """
-        flags = [True] * len(steps)
+        flags = [0] * len(steps)
         for positions, buffers in self.kernel_groups:
-            for i, ok in zip(positions, buffers.adam_steps([steps[i] for i in positions])):
-                flags[i] = ok
+            for i, found in zip(positions, buffers.adam_steps([steps[i] for i in positions])):
+                flags[i] = found
         others = [i for i, way in enumerate(self.routes) if steps[i] is not None and way != KERNEL]
         for i in others:
             if self.routes[i] == OPERATOR:
@@ -323,8 +339,9 @@ class Batch:
         if others:
             master = [self.multi_precision and self.weights[i].dtype == FLOAT16 for i in others]
             second_moments = [_split(self.states[i], m)[0][1] for i, m in zip(others, master)]
-            for i, ok in zip(others, _finite_by_operators(second_moments)):
-                flags[i] = ok
+            finite = _finite_by_operators(second_moments + [self.weights[i] for i in others])
+            for i, v_ok, w_ok in zip(others, finite, finite[len(others):]):
+                flags[i] = (0 if v_ok else fused.V_OVERFLOW) | (0 if w_ok else fused.W_OVERFLOW)
         return flags
 
 
@@ -359,12 +376,21 @@ def _stores_every_row(weight, rows):
 
 def _rows(grad, weight_rows, name):
     """The rows a ``row_sparse`` ``grad`` stores, as a NumPy int64 array, each checked
-    to be one of the weight's ``weight_rows`` (the kernel writes where they point)."""
+    to be one of the weight's ``weight_rows`` and to be there once: the kernel writes
+    where they point, and so do MXNet's ``tostype`` (a gradient densified) and NDArray
+    indexing (the textbook route): a row outside the weight corrupts memory; a row held
+    twice has no single meaning."""
     rows = fused.row_indices(grad)
     bad = rows[(rows < 0) | (rows >= weight_rows)]
     if bad.size:
         raise ValueError(f"myadam: the row_sparse gradient of {name} holds row {bad[0]}, "
                          f"outside its weight's {weight_rows} rows; nothing was updated")
+    if rows.size > 1 and not (rows[1:] > rows[:-1]).all():  # MXNet's are sorted: one pass
+        unique, counts = numpy.unique(rows, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"myadam: the row_sparse gradient of {name} holds row "
+                             f"{unique[counts > 1][0]} {counts[counts > 1][0]} times, where "
+                             "a row may be once; nothing was updated")
     return rows
 
 

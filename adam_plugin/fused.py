@@ -57,6 +57,12 @@ PARALLEL_MIN = 1 << 20
  _EPS_INSIDE, _EPS_OUTSIDE, _DECAY, _LR, _YOGI, _NUM_CONSTANTS) = range(15)
 
 
+# What a step found in what it wrote of a parameter, flags (``enum Overflow`` in
+# _kernel.cpp): a second moment, a weight that is Inf or NaN although the gradient was
+# finite. 0: neither.
+V_OVERFLOW, W_OVERFLOW = 1, 2
+
+
 # The kernel's storages: name -> (dtype of the weight, dtype the step is computed in).
 STORAGES = {
     'float32': (np.dtype(np.float32), np.dtype(np.float32)),
@@ -306,21 +312,23 @@ class Buffers:
 
         Returns
         -------
-        list of bool
-            One per parameter: is every second moment ``v`` this step wrote finite?
-            (Checked in the same pass; True for a parameter left untouched.)
+        list of int
+            One per parameter: what the step found in the second moments ``v`` and the
+            weights (a float16 one as stored) it wrote, :data:`V_OVERFLOW` and
+            :data:`W_OVERFLOW` flags (checked in the same pass; 0 for a parameter left
+            untouched).
         """
         keep, (arguments, table, amsgrad, threads) = self._launch(steps)
         if not keep:
-            return [True] * len(steps)
-        v_finite = bytearray(b'\x01') * len(keep)
+            return [0] * len(steps)
+        overflow = bytearray(len(keep))
         _, address = table
         check_call(getattr(LIBRARY, 'adam_' + self.storage)(
             len(keep), *arguments, address, amsgrad,
-            (ctypes.c_char * len(keep)).from_buffer(v_finite), threads))
-        flags = [True] * len(steps)
-        for i, flag in zip(keep, v_finite):
-            flags[i] = flag == 1
+            (ctypes.c_char * len(keep)).from_buffer(overflow), threads))
+        flags = [0] * len(steps)
+        for i, flag in zip(keep, overflow):
+            flags[i] = flag
         return flags
 
     def queue(self, steps, weights, grads):
@@ -407,14 +415,15 @@ class Queued:
         self._release = LIBRARY.queued_release  # still there while the interpreter ends
 
     def status(self):
-        """0 while the step has not run; then 1 when every gradient and every second
-        moment it wrote were finite, else 2 (:meth:`result` says which were not)."""
+        """0 while the step has not run; then 1 when every gradient was finite and the
+        step found no overflow, else 2 (:meth:`result` says what)."""
         return LIBRARY.queued_done(self._record)
 
     def result(self):
-        """Wait for the step to run; then ``(grad_finite, v_finite)``, one bool per
-        parameter each: did its gradient hold only finite values (else it was not
-        stepped), did every second moment the step wrote stay finite?
+        """Wait for the step to run; then ``(grad_finite, overflow)``, one per parameter
+        each: did its gradient hold only finite values (else it was not stepped), and
+        the :data:`V_OVERFLOW` and :data:`W_OVERFLOW` flags of what the step wrote (as
+        :meth:`Buffers.adam_steps`).
 
         An error of the engine's (an operation the step waited for failed, so it did not
         run) is raised as MXNet raises it.
@@ -427,11 +436,11 @@ class Queued:
             raise RuntimeError("myadam: a queued update did not run, and MXNet's engine "
                                "reported no error")
         if status == 1:
-            return [True] * self._count, [True] * self._count
-        grad_finite, v_finite = bytearray(self._count), bytearray(self._count)
+            return [True] * self._count, [0] * self._count
+        grad_finite, overflow = bytearray(self._count), bytearray(self._count)
         LIBRARY.queued_flags(self._record, (ctypes.c_char * self._count).from_buffer(grad_finite),
-                             (ctypes.c_char * self._count).from_buffer(v_finite))
-        return [flag == 1 for flag in grad_finite], [flag == 1 for flag in v_finite]
+                             (ctypes.c_char * self._count).from_buffer(overflow))
+        return [flag == 1 for flag in grad_finite], list(overflow)
 
     def __del__(self):
         self._release(self._record)

@@ -2,19 +2,16 @@
 __all__ = ['MyAdam', 'MyYogi']
 
 import inspect
-import math
-import numbers
 import operator
 import os
 import sys
 import textwrap
 
 import mxnet.ndarray as nd
-import numpy
 from mxnet.kvstore import KVStore
 from mxnet.optimizer import Optimizer
 
-from . import _warn, dispatch, distributed, options
+from . import _warn, dispatch, distributed, fused, options
 from .deferred import DeferredError, called_from, in_kvstore_callback
 from .options import AGGREGATE_NUM, OPTIONS
 from .textbook import Step
@@ -74,6 +71,9 @@ class MyAdam(Optimizer):
         given = _SIGNATURE.bind(self, *args, **kwargs).arguments
         del given['self']
         values = options.checked(given)
+        if 'begin_num_update' in given.get('kwargs', {}):  # Optimizer's: the first t is it + 1
+            options.STEP_CHECKS['begin_num_update']('begin_num_update',
+                                                    given['kwargs']['begin_num_update'])
         self._start_run()  # before Optimizer sets rescale_grad
         super().__init__(**{o.name: values[o.name] for o in OPTIONS if o.mxnet},
                          **given.get('kwargs', {}))
@@ -91,7 +91,7 @@ class MyAdam(Optimizer):
         self._plans = {}  # index -> (state, multi_precision, dispatch.Batch): see _queue
         self._bad_in_a_row = {}  # index -> bad updates in a row (absent: 0)
         self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads
-        self._rescale_grad_checked = None  # (rescale_grad, dtypes) last found good
+        self._checked = {}  # values a step reads, with their types and dtypes -> found good
 
     def __getstate__(self):
         self._deferred.raise_pending()  # never save over an update that failed
@@ -199,15 +199,15 @@ class MyAdam(Optimizer):
                    for args in zip(indices, weights, grads, states)]
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
                                lambda i: self._name(indices[i]))
-        self._check_rescale_grad(batch.dtypes)
+        rule = self._rule(batch)
         if (one and batch.queueable and self._queues()
                 and self._merged_by_the_kvstore(indices[0])):  # this call runs here: see _queue
             self._plans[indices[0]] = states[0], multi_precision, batch
         finite = batch.finite()
         self._refuse_bad_gradients(indices, finite)
-        steps = self._steps(indices, finite, self._counts(indices))
+        steps = self._steps(indices, finite, self._counts(indices), rule, batch.dtypes)
         self._count_skips(indices, finite)
-        self._check_second_moments(indices, steps, batch.apply(steps))
+        self._check_overflows(indices, steps, batch.apply(steps))
 
     def _queues(self):
         """Is the update of the caller queued in MXNet's engine (see
@@ -261,11 +261,11 @@ class MyAdam(Optimizer):
         batch = plan[2]
         if self._queued:
             self._take_queued()
-        self._check_rescale_grad(batch.dtypes)
+        rule = self._rule(batch)
         counts = self._counts((index,))
         try:
             self._update_count(index)
-            step = self._step(index)
+            step = self._step(index, self._base_lr(), rule, batch.dtypes[0])
             queued = batch.queue((step,), (weight,), (grad,))
         except BaseException:
             self._restore_counts(counts, (index,))
@@ -286,14 +286,14 @@ class MyAdam(Optimizer):
     def _take(self, index):
         """Take in the result of the update of ``index`` queued in MXNet's engine, waiting
         for it to run, as an update on the calling thread would have: a gradient that was
-        not finite gives the step count back and counts as skipped (``max_skips``), a
-        second moment that overflowed counts too."""
+        not finite gives the step count back and counts as skipped (``max_skips``), an
+        overflow counts too."""
         step, counts, queued = self._queued.pop(index)
-        if queued.status() == 1:  # it ran; the gradient and the second moment were finite
+        if queued.status() == 1:  # it ran; the gradient was finite, nothing overflowed
             self._bad_in_a_row.pop(index, None)
             return
         try:
-            (finite,), v_finite = queued.result()
+            (finite,), overflow = queued.result()
         except BaseException:
             self._restore_counts(counts, (index,))
             raise
@@ -301,7 +301,7 @@ class MyAdam(Optimizer):
             self._restore_counts(counts, (index,))
         self._refuse_bad_gradients((index,), (finite,))
         self._count_skips((index,), (finite,))
-        self._check_second_moments((index,), (step if finite else None,), v_finite)
+        self._check_overflows((index,), (step if finite else None,), overflow)
 
     def _counts(self, indices):
         """The step counts of ``indices`` and ``num_update``, for :meth:`_restore_counts`."""
@@ -319,23 +319,27 @@ class MyAdam(Optimizer):
                 self._index_update_count[index] = counts[0][index]
         self.num_update = max([counts[1], *self._index_update_count.values()])
 
-    def _check_second_moments(self, indices, steps, v_finite):
+    def _check_overflows(self, indices, steps, overflow):
         """After a step (``steps[i]`` None: parameter ``i`` not stepped), raise or count
-        the second moments that overflowed (``v_finite``), and end the runs of bad
-        updates of the parameters stepped well."""
-        overflowed = [index for index, ok in zip(indices, v_finite) if not ok]
-        if overflowed and self.nonfinite == 'raise':
-            raise FloatingPointError(
-                f"myadam: the second moment of {', '.join(map(self._name, overflowed))} "
-                "overflowed to Inf although the gradient was finite; this update call was "
-                "applied (the elements with v = Inf no longer move)")
-        for index in overflowed:
+        the parameters whose step overflowed (``overflow``: flags of
+        :data:`adam_plugin.fused.V_OVERFLOW` and :data:`~adam_plugin.fused.W_OVERFLOW`,
+        see :meth:`adam_plugin.dispatch.Batch.apply`), and end the runs of bad updates
+        of the parameters stepped well."""
+        found = {index: flags for index, flags in zip(indices, overflow) if flags}
+        if found and self.nonfinite == 'raise':
+            problems = []
+            for kind, text in _OVERFLOWS.items():
+                names = [self._name(index) for index, flags in found.items() if flags & kind]
+                if names:
+                    problems.append(text.format(name=', '.join(names)))
+            raise FloatingPointError(f"myadam: {'; '.join(problems)}; this update call was "
+                                     "applied")
+        for index, flags in found.items():
             self.num_skipped += 1
-            self._bad_update(index, "the second moment of {name} overflowed to Inf although "
-                                    "its gradient was finite; the update was applied, and its "
-                                    "elements with v = Inf no longer move")
+            self._bad_update(index, "; ".join(text for kind, text in _OVERFLOWS.items()
+                                              if flags & kind))
         for index, step in zip(indices, steps):
-            if step is not None and index not in overflowed:
+            if step is not None and index not in found:
                 self._bad_in_a_row.pop(index, None)
 
     def _count_skips(self, indices, finite):
@@ -346,17 +350,20 @@ class MyAdam(Optimizer):
                 self._bad_update(index, "skipped the update of {name}: its gradient holds "
                                         "NaN or Inf")
 
-    def _steps(self, indices, finite, counts):
+    def _steps(self, indices, finite, counts, rule, dtypes):
         """The Step of each parameter whose ``finite`` flag is set (None for the others),
-        counting its update; every step count is back as ``counts`` (:meth:`_counts`,
-        just before) saw it if this raises (a scheduler's error, a bad learning rate)."""
+        counting its update, with ``rule`` (:meth:`_rule`) and the parameters'
+        ``dtypes`` (:attr:`adam_plugin.dispatch.Batch.dtypes`); every step count is back
+        as ``counts`` (:meth:`_counts`, just before) saw it if this raises (a
+        scheduler's error, a bad learning rate)."""
         try:
-            steps = []
             for index, ok in zip(indices, finite):
                 if ok:
                     self._update_count(index)
-                steps.append(self._step(index) if ok else None)
-            return steps
+            # the scheduler asked once, after every count, as MXNet's multi-tensor updates do
+            base = self._base_lr() if any(finite) else None
+            return [self._step(index, base, rule, pair) if ok else None
+                    for index, ok, pair in zip(indices, finite, dtypes)]
         except BaseException:
             self._restore_counts(counts, indices)
             raise
@@ -370,43 +377,119 @@ class MyAdam(Optimizer):
                        f"this parameter, {self.num_skipped} in all; at max_skips="
                        f"{self.max_skips} in a row, FloatingPointError)")
 
-    def _check_rescale_grad(self, dtypes):
-        """``ValueError`` unless ``rescale_grad`` is a number > 0 that stays finite and
-        non-zero in every dtype of this call: ``Trainer.step(batch_size)`` sets it to
-        ``scale / batch_size`` at every step, so ``batch_size=1e-45`` gives 1e45, Inf in
-        float32, and NaN weights."""
-        value = self.rescale_grad
-        checked = self._rescale_grad_checked  # the same value and type (1 == True, 1.0)
-        if (checked is not None and type(checked[0]) is type(value) and checked[0] == value
-                and checked[1] == dtypes):
-            return
-        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-              and all(0 < float(numpy.array(value, numpy.result_type(dtype, numpy.float32)))
-                      < math.inf for dtype in dtypes)
-              and 0 < value < math.inf)
-        if not ok:
+    # --- what a step reads, checked where it reads it ----------------------------------
+    #
+    # Every value the rule reads is checked by its check in the option table
+    # (adam_plugin.options.step_value), in the dtypes of the parameters it steps, each time
+    # a step reads it: an attribute set after the constructor (a one-cycle schedule's
+    # beta1), what lr_scheduler returns, a Parameter's lr_mult and wd_mult, rescale_grad
+    # from Trainer.step. What was found good is remembered (self._checked) by value, type
+    # and dtypes (True == 1 == 1.0, and a value may be finite in float64 only), so a step
+    # pays a dict lookup per call and per parameter.
+
+    def _rule(self, batch):
+        """The Step's fields after ``t``, ``lr`` and ``wd``, and ``wd``, as the step of
+        ``batch`` reads them from the optimizer's attributes (``nonfinite``, ``max_skips``
+        and ``begin_num_update`` are checked with them); ``ValueError`` naming the first
+        one that is not good in every dtype of ``batch``."""
+        values = _READ(self)
+        key = (values, tuple(map(type, values)), batch.distinct_dtypes)
+        rule = self._remembered(key)
+        if rule is None:
+            for dtypes in (None, *batch.distinct_dtypes):  # as given, then in each dtype
+                param = dtypes and batch.name(batch.dtypes.index(dtypes))
+                checked = [self._value(name, value, dtypes, self.num_update + 1, param,
+                                       lambda name=name: "the optimizer's attribute "
+                                                         f"{name}{_NOTES.get(name, '')}")
+                           for name, value in zip(_READ_NAMES, values)]
+            rule = self._remember(key, (tuple(checked[:len(_RULE_FIELDS)]),
+                                        checked[len(_RULE_FIELDS)]))
+        return rule
+
+    def _base_lr(self):
+        """The learning rate before ``lr_mult``: ``lr_scheduler(num_update)``, or ``lr``
+        without one; ``ValueError`` unless it is a number >= 0 and finite."""
+        value = self.lr if self.lr_scheduler is None else self.lr_scheduler(self.num_update)
+        key = ('lr', value, type(value))
+        lr = self._remembered(key)
+        if lr is None:
+            lr = self._remember(key, self._value('lr', value, None, self.num_update, None,
+                                                 lambda: self._lr_source(value)))
+        return lr
+
+    def _lr_source(self, base):
+        """Where the learning rate ``base`` came from, as error messages say it."""
+        if self.lr_scheduler is None:
+            return f"learning_rate {base!r}"
+        return (f"lr_scheduler({self.num_update}), a {type(self.lr_scheduler).__name__}, "
+                f"returned {base!r}")
+
+    def _step(self, index, base, rule, dtypes):
+        """The Step of parameter ``index``: its count, the learning rate ``base`` times its
+        ``lr_mult``, ``rule[1]`` (``wd``) times its ``wd_mult``, both checked in its
+        ``dtypes``, and ``rule[0]``."""
+        rest, base_wd = rule
+        lr = _times(base, self._multiplier(index, 'lr_mult')[0])
+        wd = _times(base_wd, self._multiplier(index, 'wd_mult')[0])
+        key = (lr, type(lr), wd, type(wd), dtypes)
+        rates = self._remembered(key)
+        if rates is None:
+            rates = self._remember(key, (
+                self._value('lr', lr, dtypes, self.num_update, self._name(index),
+                            lambda: self._times_source(self._lr_source(base), index, 'lr_mult')),
+                self._value('wd', wd, dtypes, self.num_update, self._name(index),
+                            lambda: self._times_source(f"wd {base_wd!r}", index, 'wd_mult'))))
+        return Step(self._index_update_count[index], *rates, *rest)
+
+    def _multiplier(self, index, kind, describe=False):
+        """``(value, where)``: parameter ``index``'s ``kind``, ``'lr_mult'`` or
+        ``'wd_mult'``, where MXNet's ``_get_lrs`` and ``_get_wds`` find it (1.0 when
+        nowhere); with ``describe``, ``where`` is that place as error messages say it
+        (None when nowhere)."""
+        if index in self.param_dict:
+            param = self.param_dict[index]
+            return getattr(param, kind), describe and f"param '{param.name}' {kind}"
+        multipliers = getattr(self, kind)
+        key = index if index in multipliers else self.idx2name.get(index)
+        if key in multipliers:
+            return multipliers[key], describe and f"{kind}[{key!r}]"
+        return 1.0, None
+
+    def _times_source(self, source, index, kind):
+        """``source`` times parameter ``index``'s ``kind``, as error messages say it."""
+        value, where = self._multiplier(index, kind, describe=True)
+        return source if where is None else f"{source} times {where} {value!r}"
+
+    def _value(self, name, value, dtypes, update, param, source):
+        """:func:`adam_plugin.options.step_value`, its error a ``ValueError`` that names
+        the value, the update, the parameter (when given) and where the value came from,
+        ``source()``."""
+        try:
+            return options.step_value(name, value, dtypes)
+        except options.InvalidOption as error:
+            where = f" for {param}" if param else ""
             raise ValueError(
-                f"myadam: Invalid rescale_grad: {value!r} at update {self.num_update + 1} "
-                "(expected > 0 and finite, and non-zero, in the parameters' dtype "
-                f"{'/'.join(sorted(numpy.dtype(d).name for d in dtypes))}); gluon.Trainer "
-                "sets it to 1 / batch_size in Trainer.step(batch_size); nothing was updated")
-        self._rescale_grad_checked = value, dtypes
+                f"myadam: Invalid {'learning rate' if name == 'lr' else name}: {value!r} at "
+                f"update {update}{where} ({source()}; expected {error.expected}); nothing was "
+                "updated") from None
 
-    def _step(self, index):
-        return Step(self._index_update_count[index], self._checked_lr(index), self._get_wd(index),
-                    *_RULE_OPTIONS(self))
+    def _remembered(self, key):
+        """What :meth:`_remember` kept for ``key``, or None (also for an unhashable value,
+        which is checked, and refused, each time)."""
+        try:
+            return self._checked.get(key)
+        except TypeError:
+            return None
 
-    def _checked_lr(self, index):
-        """``_get_lr(index)``; ``ValueError`` naming the value and its source unless it is
-        a number >= 0 and finite."""
-        lr = self._get_lr(index)
-        if isinstance(lr, numbers.Real) and 0.0 <= lr < math.inf:
-            return lr
-        source = (f"from lr_scheduler {type(self.lr_scheduler).__name__}"
-                  if self.lr_scheduler is not None else f"from learning_rate {self.lr!r}")
-        raise ValueError(f"myadam: Invalid learning rate {lr!r} at update {self.num_update} "
-                         f"for {self._name(index)} ({source}, times its lr_mult; expected "
-                         ">= 0 and finite); nothing was updated")
+    def _remember(self, key, found):
+        """Keep ``found`` for ``key`` (the last :data:`REMEMBERED` at most); return it."""
+        if len(self._checked) >= REMEMBERED:  # a schedule gives a new rate each step
+            self._checked.clear()
+        try:
+            self._checked[key] = found
+        except TypeError:
+            pass
+        return found
 
     def _refuse_bad_gradients(self, indices, finite):
         """Raise for the gradients not ``finite`` (one flag per parameter) that are not
@@ -456,11 +539,40 @@ _KVSTORE_SET_OPTIMIZER = KVStore.set_optimizer.__code__
 # What MyAdam._start_run sets: this process's, never pickled (references to live arrays,
 # queued updates, a run of bad updates, an error not raised yet).
 _RUN_ATTRIBUTES = ('_deferred', '_queued', '_plans', '_bad_in_a_row', '_layouts',
-                   '_rescale_grad_checked')
+                   '_checked')
 
-# The rest of a Step, read from the optimizer's attributes of the same names (one C call).
-_RULE_OPTIONS = operator.attrgetter(*Step._fields[3:])
+# What MyAdam._rule reads of the optimizer's attributes (one C call): the rest of a Step,
+# of the same names, then wd and what else the update reads.
+_RULE_FIELDS = Step._fields[3:]
 assert Step._fields[:3] == ('t', 'lr', 'wd')
+_READ_NAMES = _RULE_FIELDS + ('wd', 'nonfinite', 'max_skips', 'begin_num_update')
+_READ = operator.attrgetter(*_READ_NAMES)
+
+# Said in MyAdam's messages about them, after "the optimizer's attribute NAME".
+_NOTES = {'rescale_grad': ', which gluon.Trainer sets to 1 / batch_size in '
+                          'Trainer.step(batch_size)',
+          'begin_num_update': ", a parameter's step count before its first update"}
+
+# What a step found it had written (adam_plugin.fused's flags) -> what MyAdam says of it.
+_OVERFLOWS = {
+    fused.V_OVERFLOW: "the second moment of {name} overflowed to Inf although the gradient "
+                      "was finite (its elements with v = Inf no longer move)",
+    fused.W_OVERFLOW: "the weight of {name} holds Inf or NaN after the update although the "
+                      "gradient was finite (a float16 weight stepped past 65504, lr times the "
+                      "update beyond its dtype's range, or a weight not finite before)",
+}
+
+# Values MyAdam remembers as checked (see MyAdam._rule), at most.
+REMEMBERED = 4096
+
+
+def _times(value, multiplier):
+    """``value * multiplier``, or ``multiplier`` when that is not a number (its check
+    then refuses it)."""
+    try:
+        return value * multiplier
+    except TypeError:
+        return multiplier
 
 # The signature and the Parameters section are the option table's (adam_plugin.options).
 _SIGNATURE = inspect.Signature(

@@ -36,7 +36,9 @@ class InvalidOption(ValueError):
 
 
 def _refuse(name, value, expected):
-    raise InvalidOption(f"Invalid {name}: {_shown(value)} (expected {expected})")
+    error = InvalidOption(f"Invalid {name}: {_shown(value)} (expected {expected})")
+    error.expected = expected  # for a message of the caller's (MyAdam's per-step checks)
+    raise error
 
 
 def _shown(value):
@@ -253,8 +255,10 @@ OPTIONS = (
            "overflows to Inf although the gradient was finite (``|g|`` near "
            "``sqrt(max / (1 - beta2))``: 8.1e3 for float16, 5.8e20 for float32, with "
            "the default ``beta2``) is found after the step, which was applied: that "
-           "parameter's elements with ``v = Inf`` no longer move. It counts as a skip "
-           "(warned the same way) or, with ``'raise'``, raises ``FloatingPointError``."),
+           "parameter's elements with ``v = Inf`` no longer move; so is a weight that a "
+           "step with finite inputs takes to Inf (a float16 weight past 65504). Each counts "
+           "as a skip (warned the same way) or, with ``'raise'``, raises "
+           "``FloatingPointError``."),
     Option('fused', True, flag, 'bool',
            "Take the fast routes of :mod:`adam_plugin.dispatch`: one compiled, "
            "multi-threaded pass over memory for float16 (with or without "
@@ -320,6 +324,49 @@ KEPT = (
     # The Trainer's parameters when saved; None: unknown (an older file, or no Trainer).
     Kept('param_shapes', None, none_or(shapes)),
 )
+
+
+# What a step reads, by the attribute it reads it from -> the check of the option (or of
+# the kept bookkeeping) of that name. ``lr`` is the rate itself: None means "ask
+# lr_scheduler" only to the constructor.
+STEP_CHECKS = {**{o.key: o.check for o in OPTIONS}, 'lr': LEARNING_RATE,
+               **{k.key: k.check for k in KEPT}}
+
+# The numbers a step uses in the weight's dtype. Not the betas: the step takes
+# ``1 - beta`` and ``1 - beta**t`` in float64, so a beta that is 1.0 in float32
+# (0.99999999) still steps as given.
+ROUNDED = ('lr', 'wd', 'rescale_grad', 'clip_gradient', 'epsilon')
+
+
+def step_value(name, value, dtypes=None):
+    """``value`` of the attribute ``name`` checked by its check in :data:`STEP_CHECKS`,
+    as a step takes it (a number that is not an int as a float).
+
+    With ``dtypes``, ``(computed_in, stored_in)``, a number of :data:`ROUNDED` must
+    pass its check once rounded to ``computed_in``, the dtype the step computes in
+    (1e39 is Inf in float32, 1e-46 is 0), and be finite in ``stored_in``, the dtype of
+    the weight the step writes (float16 for a float16 weight without a float32 master
+    copy, where 7e4 is Inf).
+
+    Raises
+    ------
+    InvalidOption
+        Its ``expected`` says what the value is not.
+    """
+    value = STEP_CHECKS[name](name, value)
+    if dtypes is not None and name in ROUNDED and value is not None and dtypes[0].kind == 'f':
+        computed_in, stored_in = dtypes
+        rounded = float(numpy.array(value, computed_in))
+        try:
+            STEP_CHECKS[name](name, rounded)
+        except InvalidOption as error:
+            _refuse(name, value, f"{error.expected} in {computed_in.name}, where it is "
+                                 f"{rounded!r}")
+        if not math.isfinite(numpy.array(value, stored_in)):
+            _refuse(name, value, f"finite in {stored_in.name}, the weight's dtype")
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return float(value)  # MXNet's scalar operators refuse a Fraction
+    return value  # None, a string, a flag, an int
 
 
 def checked(values):

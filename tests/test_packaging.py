@@ -244,7 +244,7 @@ def test_the_kernel_has_each_loop_per_variant_and_no_avx_elsewhere():
     loops = {}  # (variant, loop) -> instructions
     for name, instructions in code.items():
         match = LOOP_FUNCTION.search(name)
-        if match and match.group(1) in fused.variants() and name.startswith(('void', 'bool')):
+        if match and match.group(1) in fused.variants() and name.startswith(('void', 'bool', 'int')):
             loops[match.groups()] = instructions
     assert set(loops) == {(v, loop) for v in fused.variants() for loop in LOOPS}
     for loop in LOOPS:

@@ -16,6 +16,7 @@ from mxnet import gluon, nd
 
 from adam_plugin import checkpoint, fused, options
 from conftest import register_custom_op
+from test_fused import optimizer_step
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 GOOD = {'first': np.array([0.3, -0.2, 0.1, 0.5]), 'second': np.array([1.0, -1.0, 2.0])}
@@ -229,7 +230,7 @@ def one_parameter_buffers(weight, grad):
     storage = fused.storage(np.dtype(weight.dtype), False)
     buffers = fused.Buffers(storage, [(weight.shape, weight, grad, state, None, None)])
     opt._update_count(0)
-    return buffers, opt._step(0)
+    return buffers, optimizer_step(opt, 0)
 
 
 def test_the_kernel_refuses_arrays_a_queued_step_does_not_take():
@@ -251,7 +252,7 @@ def test_the_kernel_refuses_arrays_a_queued_step_does_not_take():
     np.testing.assert_array_equal(weight.asnumpy(), 1.0)
     other, other_grad = nd.ones((2, 4)), nd.ones((8,))  # the same elements, dtype, storage
     nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
-    assert buffers.queue([step_], (other,), (other_grad,)).result() == ([True], [True])
+    assert buffers.queue([step_], (other,), (other_grad,)).result() == ([True], [0])
     assert (other.asnumpy() < 1).all()
 
 
@@ -264,11 +265,11 @@ def test_a_queued_step_runs_after_the_gradient_it_waits_for():
     nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
     (nd.dot(a, a)[0, :64] * 1e-3).copyto(grad)  # pending while the step is queued
     queued = queued_buffers.queue([step_], (weight,), (grad,))
-    assert queued.result() == ([True], [True])
+    assert queued.result() == ([True], [0])
     reference = nd.ones((64,))
     buffers, same_step = one_parameter_buffers(reference, grad)
     assert same_step == step_
-    assert buffers.adam_steps([same_step]) == [True]
+    assert buffers.adam_steps([same_step]) == [0]
     np.testing.assert_array_equal(weight.asnumpy(), reference.asnumpy())
     assert not np.array_equal(weight.asnumpy(), np.ones(64, np.float32))
 

@@ -382,6 +382,54 @@ def test_a_row_outside_the_weight_is_refused_before_anything_changes(rows):
     assert not opt._index_update_count
 
 
+# name -> (the rows of a gradient of a SHAPE[0]-row weight, what the refusal says of them)
+REFUSED_ROWS = {
+    'minus_one': ([-1, 2], f"holds row -1, outside its weight's {SHAPE[0]} rows"),
+    'one_past_the_end': ([3, SHAPE[0]], f"holds row {SHAPE[0]}, outside its weight's "
+                                        f"{SHAPE[0]} rows"),
+    'far_past_the_end': ([100000], f"holds row 100000, outside its weight's {SHAPE[0]} rows"),
+    'twice': ([2, 2], "holds row 2 2 times, where a row may be once"),
+    'twice_unsorted': ([7, 1, 7, 3], "holds row 7 2 times, where a row may be once"),
+}
+# (fused, lazy_update, the weight: dense, row_sparse storing every row, or storing some):
+# the kernel's lazy rows, its densified gradient, the textbook's of both, and the
+# textbook's route for a row_sparse weight that does not store every row
+EVERY_ROUTE = [(fused, lazy, weight) for fused in (True, False) for lazy in (True, False)
+               for weight in ('dense', 'row_sparse')] + [(True, True, 'some_rows')]
+
+
+@pytest.mark.parametrize('fused, lazy_update, weight_kind', EVERY_ROUTE,
+                         ids=[f"{'kernel' if f else 'textbook'}-{'lazy' if l else 'dense'}-{w}"
+                              for f, l, w in EVERY_ROUTE])
+@pytest.mark.parametrize('case', REFUSED_ROWS)
+def test_every_route_refuses_a_row_outside_the_weight_or_a_row_twice(case, fused, lazy_update,
+                                                                     weight_kind):
+    """The same gradient is refused by every route, before anything changes: no row is
+    dropped, nothing is written outside the weight (the textbook route wrote there and
+    the process aborted), no route picks a meaning for a row held twice."""
+    rows, what = REFUSED_ROWS[case]
+    opt = MyAdam(learning_rate=0.1, fused=fused, lazy_update=lazy_update,
+                 param_idx2name={0: 'embed'})
+    dense = np.arange(np.prod(SHAPE), dtype='float32').reshape(SHAPE) / 10
+    if weight_kind == 'some_rows':
+        weight = nd.sparse.row_sparse_array((dense[[0, 4, 9]], [0, 4, 9]), shape=SHAPE)
+    else:
+        weight = nd.array(dense).tostype('default' if weight_kind == 'dense' else 'row_sparse')
+    state = opt.create_state(0, weight)
+    good = nd.sparse.row_sparse_array((np.ones((2, SHAPE[1]), 'float32'), [1, 4]), shape=SHAPE)
+    opt.update(0, weight, good, state)
+    before = [a.asnumpy() for a in (weight, *state)]
+    grad = nd.sparse.row_sparse_array((np.full((len(rows), SHAPE[1]), 0.5, 'float32'),
+                                       nd.array(rows, dtype='int64')), shape=SHAPE)
+    with pytest.raises(ValueError) as error:
+        opt.update(0, weight, grad, state)
+    assert str(error.value) == (f"myadam: the row_sparse gradient of parameter 'embed' {what}; "
+                                "nothing was updated")
+    for a, b in zip(before, [a.asnumpy() for a in (weight, *state)]):
+        np.testing.assert_array_equal(a, b)
+    assert opt._index_update_count == {0: 1} and opt.num_update == 1
+
+
 STORED = [  # (rows stored of 7, as row_sparse_array is given them)
     [], [3], [0, 2, 3], [0, 1, 2, 3, 4, 5], list(range(7))]
 
