@@ -407,7 +407,7 @@ def main(argv=None):
         description="Experiments and figures of the Adam chapter (Dive into Deep Learning, "
                     "first MXNet edition) and of "
                     "its notebook, notebooks/adam_chapter.ipynb.")
-    sub = parser.add_subparsers(dest='command', required=True)
+    sub = parser.add_subparsers(dest='command', required=True, parser_class=_Command)
     p = _command(sub, 'linreg', training,
                  "the chapter's experiment: its adam() and a Trainer on identical batches",
                  "Train the chapter's linear regression twice from the same start on the same\n"
@@ -462,9 +462,7 @@ def main(argv=None):
                  "end (the optimum is -1).",
                  "--steps 3000 --plot reddi.png", _reddi)
     p.add_argument('--steps', type=_positive_int, default=3000, help='steps (default 3000)')
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        _unrecognized(args, unknown)
+    args = parser.parse_args(argv)
     _require_chapter_extra(args)
     args.run(args)
     return 0
@@ -475,22 +473,26 @@ LEARNING_RATE = {'linreg': '--lr', 'sweep': '--lrs',
                  'compare': "learning_rate in each RUN (myadam:learning_rate=0.1)"}
 
 
-def _unrecognized(args, unknown):
-    """argparse's error for arguments that nothing takes, with the flag meant: the
-    command's learning rate for ``--learning-rate``, else the nearest of its flags."""
-    flags = [flag for flag in args.parser._option_string_actions if flag.startswith('--')]
-    hints = []
-    for word in unknown:
-        given = word.split('=')[0]
-        if not given.startswith('--'):
-            continue
-        if given.replace('_', '-') == '--learning-rate' and args.command in LEARNING_RATE:
-            hints.append(f"for {given} use {LEARNING_RATE[args.command]}")
-        else:
-            hints += [f"did you mean {meant}?" for meant in
-                      difflib.get_close_matches(given.replace('_', '-'), flags, n=1)]
-    args.parser.error(f"unrecognized arguments: {' '.join(unknown)}"
-                      + ''.join(f'; {hint}' for hint in hints))
+class _Command(argparse.ArgumentParser):
+    """A subcommand's parser: arguments it does not take are its error, as argparse words
+    it, with the flag meant: the command's own for ``--learning-rate``, else the nearest
+    of its flags (``--epsilon_mode``: ``--epsilon-mode``)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            command = self.prog.split()[-1]
+            flags = [flag for flag in self._option_string_actions if flag.startswith('--')]
+            hints = []
+            for given in (word.split('=')[0] for word in unknown if word.startswith('--')):
+                if given.replace('_', '-') == '--learning-rate' and command in LEARNING_RATE:
+                    hints.append(f"for {given} use {LEARNING_RATE[command]}")
+                else:
+                    hints += [f"did you mean {meant}?" for meant in
+                              difflib.get_close_matches(given.replace('_', '-'), flags, n=1)]
+            self.error(f"unrecognized arguments: {' '.join(unknown)}"
+                       + ''.join(f'; {hint}' for hint in hints))
+        return namespace, unknown
 
 
 def _require_chapter_extra(args):
