@@ -150,8 +150,9 @@ MATRIX_PIP = grep -v '^mxnet==' requirements.txt > $(@D)/constraints.txt && \
 	! PYTHONSAFEPATH=1 $(@D)/bin/python -c 'import adam_plugin' 2>$(@D)/import.err
 	grep 'ImportError: adam_plugin needs MXNet >=.* but found MXNet $*' $(@D)/import.err
 
-# Horovod for tests/test_horovod.py (`make horovod`, and first thing in `make test`): built from source against the venv's MXNet, CPU over
-# Gloo, no MPI. CMAKE_POLICY_VERSION_MINIMUM lets a cmake 4 configure Horovod's bundled gloo
+# Horovod for tests/test_horovod.py (`make horovod`; `make test` builds it first, `make quick`
+# never): built from source against the venv's MXNet, CPU over Gloo, no MPI.
+# CMAKE_POLICY_VERSION_MINIMUM lets a cmake 4 configure Horovod's bundled gloo
 # (older ones ignore it). --no-cache-dir: a wheel cached from a build with other HOROVOD_*
 # flags would be reused otherwise; the last line checks what was built.
 # Order-only on $(STAMP): Horovod needs the venv's MXNet, not this package, so a new wheel of
