@@ -1,35 +1,42 @@
-# `make demo`: set up .venv and run the chapter's experiment (writes docs/loss.png, the README's figure).
+# `make demo`: set up .venv-demo (MXNet and this tree with its `chapter` extra, nothing else) and
+#              run the chapter's experiment; the figure goes to loss.png (not tracked by git).
+# `make dev`: set up .venv for development: this tree editable, with the `test` extra.
 # `make test`: set up .venv-test (with Horovod built into it), then the whole test suite against the
 #              installed wheel (it also executes every notebook, runs KVStore and Horovod jobs and a
 #              tiny benchmark).
-# `make quick`: the same without the tests marked slow (pytest -m "not slow"), under a minute.
+# `make quick`: the same without the tests marked slow (pytest -m "not slow"); it builds no
+#              Horovod, whose tests are all slow, so it needs no cmake.
+# `make horovod`: build Horovod into .venv-test (make test does it first; needs cmake and g++).
 # `make failfast`: each failing-KVStore-job test 20 times (make test runs them 5 times), and
 #                 each way a launcher's job must end (tests/test_launch.py) 20 times (make test: once).
 # `make matrix`: the quick tier against each MXNet release in MATRIX, one venv each (.ci/run runs it
 #              after make test).
-# `make mutants`: mutation testing of the optimizer library with mutmut (slow; see below).
+# `make mutants`: mutation testing of the optimizer library with mutmut in .venv (slow; see below).
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
 # `make docs`: the API reference from the docstrings (Sphinx, warnings as errors) into build/docs.
 #
-# Two virtual environments, their versions pinned by requirements.txt (used as constraints, so
+# Three virtual environments, their versions pinned by requirements.txt (used as constraints, so
 # a dependency the package forgets to declare in pyproject.toml is missing there too):
+#   DEMO_VENV (.venv-demo) this tree installed editable with the `chapter` extra and mxnet==1.9.1:
+#                          `make demo`; by hand, `.venv-demo/bin/python -m adam_plugin ...`.
 #   DEV_VENV (.venv)       this tree installed editable (`pip install -e`), with the `test` extra
-#                          (it includes `chapter`): `make demo`; by hand, `.venv/bin/python -m
-#                          adam_plugin ...`, `.venv/bin/python -m pytest tests/test_x.py`.
+#                          (it includes `chapter`): `make dev`, `make mutants`; by hand,
+#                          `.venv/bin/python -m pytest tests/test_x.py`.
 #   VENV     (.venv-test)  the package as users get it: an sdist of this tree, a wheel built from
 #                          it (the portable kernel inside) and tagged manylinux by auditwheel,
 #                          installed, not editable, with its `chapter` and `test` extras and
 #                          mxnet==1.9.1 (the package declares no MXNet: users bring the build of
-#                          their choice): `make test`, `make quick`, `make notebooks`.
-# Stamps: $(DEV_VENV)/.installed and $(STAMP) = $(VENV)/.installed (the wheel of the current
-# sources and its dependencies), remade when the sources change. Python runs with
-# PYTHONSAFEPATH=1 in VENV, inherited by every subprocess the tests start, so the source tree's
+#                          their choice): `make test`, `make quick`, `make notebooks`, `make docs`.
+# Stamps: $(DEMO_VENV)/.installed, $(DEV_VENV)/.installed and $(STAMP) = $(VENV)/.installed (the
+# wheel of the current sources and its dependencies), remade when the sources change. Python runs
+# with PYTHONSAFEPATH=1 in VENV, inherited by every subprocess the tests start, so the source tree's
 # adam_plugin/ never shadows the installed copy. A target that builds more into VENV against its
 # packages (e.g. `pip install --no-build-isolation ...`) makes its own stamp in $(VENV) that
 # depends on $(STAMP) (order-only when a new wheel of this package does not change it), and
 # adds that stamp to TEST_DEPS where TEST_DEPS is defined (make reads prerequisites as it meets
 # the rules).
 PYTHON   ?= python3
+DEMO_VENV := .venv-demo
 DEV_VENV := .venv
 VENV     := .venv-test
 BIN      := $(VENV)/bin
@@ -41,10 +48,12 @@ SOURCES  := $(BUILD) README.md $(wildcard adam_plugin/*.py adam_plugin/*/*.py)
 HOROVOD  := $(VENV)/.horovod
 TEST_DEPS := $(STAMP) $(HOROVOD)
 
-.PHONY: demo test quick failfast notebooks docs clean objdump mutants
+.PHONY: demo dev test quick horovod failfast notebooks docs clean objdump mutants
 
-demo: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m adam_plugin linreg --plot docs/loss.png
+demo: $(DEMO_VENV)/.installed
+	$(DEMO_VENV)/bin/python -m adam_plugin linreg --plot loss.png
+
+dev: $(DEV_VENV)/.installed
 
 # Two pytest workers (pytest-xdist), one per core: much of the suite waits on subprocesses or
 # runs on one thread. Modules whose fixtures start costly jobs keep to one worker (xdist_group).
@@ -57,7 +66,7 @@ failfast: $(TEST_DEPS)
 	  $(RUN) -m pytest -s tests/test_distributed.py tests/test_launch.py \
 	  -k "test_a_failing_job_ends_every_time or test_a_job_ends_as_specified_every_time"
 
-quick: $(TEST_DEPS) objdump
+quick: $(STAMP) objdump
 	ADAM_PLUGIN_TEST_INSTALLED=1 $(RUN) -m pytest -n 2 --dist loadgroup -m "not slow"
 
 notebooks: $(STAMP)
@@ -80,6 +89,10 @@ objdump:
 	  echo "       Run with a Python 3.11: make PYTHON=python3.11 ..." >&2; exit 1; }
 	$(PYTHON) -m venv $*
 	$*/bin/python -m pip install --quiet --upgrade pip
+
+$(DEMO_VENV)/.installed: $(BUILD) | $(DEMO_VENV)/bin/python
+	$(DEMO_VENV)/bin/python -m pip install --quiet -c requirements.txt mxnet -e ".[chapter]"
+	touch $@
 
 $(DEV_VENV)/.installed: $(BUILD) | $(DEV_VENV)/bin/python
 	$(DEV_VENV)/bin/python -m pip install --quiet -c requirements.txt mxnet -e ".[test]"
@@ -137,8 +150,9 @@ MATRIX_PIP = grep -v '^mxnet==' requirements.txt > $(@D)/constraints.txt && \
 	! PYTHONSAFEPATH=1 $(@D)/bin/python -c 'import adam_plugin' 2>$(@D)/import.err
 	grep 'ImportError: adam_plugin needs MXNet >=.* but found MXNet $*' $(@D)/import.err
 
-# Horovod for tests/test_horovod.py: built from source against the venv's MXNet, CPU over
-# Gloo, no MPI. CMAKE_POLICY_VERSION_MINIMUM lets a cmake 4 configure Horovod's bundled gloo
+# Horovod for tests/test_horovod.py (`make horovod`; `make test` builds it first, `make quick`
+# never): built from source against the venv's MXNet, CPU over Gloo, no MPI.
+# CMAKE_POLICY_VERSION_MINIMUM lets a cmake 4 configure Horovod's bundled gloo
 # (older ones ignore it). --no-cache-dir: a wheel cached from a build with other HOROVOD_*
 # flags would be reused otherwise; the last line checks what was built.
 # Order-only on $(STAMP): Horovod needs the venv's MXNet, not this package, so a new wheel of
@@ -154,8 +168,10 @@ $(HOROVOD): requirements-horovod-build.txt requirements-horovod.txt | $(STAMP)
 	$(BIN)/python -c 'import horovod.mxnet as hvd; assert hvd.gloo_built(), "Horovod was built without Gloo"'
 	touch $@
 
+horovod: $(HOROVOD)
+
 clean:
-	rm -rf $(DEV_VENV) $(VENV) .venv-mxnet-* *.egg-info build adam_plugin/*.so
+	rm -rf $(DEMO_VENV) $(DEV_VENV) $(VENV) .venv-mxnet-* *.egg-info build adam_plugin/*.so
 
 # `make mutants`: mutation testing with mutmut (not part of `make test`; its settings and
 # test selection are in setup.cfg). Prints the score; `mutmut results` lists survivors,

@@ -5,6 +5,9 @@ one import package (``mxnet``, ``mxnet-cu112``, ``mxnet-mkl``, ...), and pip wou
 install the CPU ``mxnet`` over a GPU build. So the check is made here, at import.
 The version is read from ``mxnet.libinfo``, a submodule that is set before anything
 else, also in a distributed-KVStore server's half-initialised ``import mxnet``.
+Every MXNet 1.x release uses ``np.bool``, which NumPy 1.24 removed: under a newer
+NumPy, ``import mxnet`` raises ``AttributeError``, and the check says which NumPy
+to install instead.
 """
 import re
 
@@ -17,11 +20,20 @@ BEFORE = (2,)
 PROVIDERS = ('mxnet (CPU), mxnet-cu102 ... mxnet-cu117 (CUDA builds), mxnet-mkl, '
              'mxnet-native, or an MXNet built from source')
 
+# The first NumPy release without np.bool, and the requirement that keeps below it (as
+# pyproject.toml's).
+NUMPY_WITHOUT_BOOL = (1, 24)
+NUMPY_NEEDED = f"numpy<{'.'.join(map(str, NUMPY_WITHOUT_BOOL))}"
+
+
+def release(version):
+    """``"1.9.1"`` -> ``(1, 9, 1)``: the first three numbers of a version string."""
+    return tuple(int(n) for n in re.findall(r'\d+', version)[:3])
+
 
 def require(version):
     """Raise ``ImportError`` unless ``version`` (MXNet's ``"1.9.1"``) is a supported release."""
-    numbers = tuple(int(n) for n in re.findall(r'\d+', version)[:3])
-    if not OLDEST <= numbers < BEFORE:
+    if not OLDEST <= release(version) < BEFORE:
         needed = f">={'.'.join(map(str, OLDEST))},<{BEFORE[0]}"
         raise ImportError(
             f"adam_plugin needs MXNet {needed} but found MXNet {version}. Install a "
@@ -37,7 +49,17 @@ except ModuleNotFoundError as error:
     raise ImportError(
         f"adam_plugin needs MXNet 1.x, and no module named 'mxnet' was found. It is "
         f"provided by one of the distributions {PROVIDERS}; install the one for your "
-        f"hardware first, e.g. pip install mxnet==1.9.1 (CPU) or "
-        f"pip install mxnet-cu112 (CUDA 11.2).", name='mxnet') from None
+        f"hardware first, with a NumPy it can use, e.g. pip install mxnet==1.9.1 "
+        f"'{NUMPY_NEEDED}' (CPU) or pip install mxnet-cu112 '{NUMPY_NEEDED}' (CUDA 11.2).",
+        name='mxnet') from None
+except AttributeError as error:
+    import numpy
+    if release(numpy.__version__) < NUMPY_WITHOUT_BOOL:  # not NumPy's doing
+        raise
+    raise ImportError(
+        f"adam_plugin needs MXNet 1.x, which cannot be imported with NumPy "
+        f"{numpy.__version__}: every MXNet 1.x release uses np.bool, which NumPy 1.24 "
+        f"removed. Install a NumPy it can use: pip install '{NUMPY_NEEDED}'.",
+        name='mxnet') from error
 
 require(libinfo.__version__)

@@ -150,13 +150,14 @@ LIBRARY = load()
 
 
 def variants():
-    """The names of the kernel's variants, widest first: all that were compiled."""
-    return LIBRARY.variants().decode().split()
+    """The names of the kernel's variants, widest first: all that were compiled; ``[]``
+    when the kernel was not built."""
+    return [] if LIBRARY is None else LIBRARY.variants().decode().split()
 
 
 def variant():
-    """The name of the variant the kernel uses."""
-    return LIBRARY.variant_in_use().decode()
+    """The name of the variant the kernel uses; None when the kernel was not built."""
+    return None if LIBRARY is None else LIBRARY.variant_in_use().decode()
 
 
 def runs_here(name):
@@ -172,8 +173,12 @@ def use_variant(name):
     """Make the kernel use the variant ``name`` (one of :func:`variants`) from its next call.
 
     Returns the name of the variant used until now. A ValueError names a variant that
-    was not compiled or that this CPU cannot run.
+    was not compiled or that this CPU cannot run, and says when the kernel was not built.
     """
+    if LIBRARY is None:
+        raise ValueError(f"use_variant: name={name!r}: the compiled kernel was not built (it "
+                         "needs a C++ compiler when the package is installed), so it has no "
+                         "variants")
     if not runs_here(name):
         raise ValueError(f"use_variant: name={name!r}: this CPU cannot run that variant")
     previous = variant()

@@ -53,14 +53,19 @@ class MyAdam(Optimizer):
     ----------
 {parameters}
     **kwargs
-        Passed to :class:`mxnet.optimizer.Optimizer`: ``lr_scheduler``,
-        ``param_idx2name``, ``begin_num_update``, ...
+        Passed to :class:`mxnet.optimizer.Optimizer`: ``param_idx2name``,
+        ``begin_num_update``, ...
 
     Raises
     ------
     ValueError
         If a hyperparameter is out of range, NaN or not a number, or a flag is not
-        True or False (1 or 0); the message names it.
+        True or False (1 or 0), or ``learning_rate`` is None without an
+        ``lr_scheduler``; the message names it.
+    TypeError
+        For a keyword that neither ``MyAdam`` nor ``mxnet.optimizer.Optimizer`` takes,
+        naming the valid one meant: for another library's name (PyTorch's ``lr``,
+        ``betas``, ``eps``, ``weight_decay``, ...) MXNet's, for a typo the nearest.
     """
 
     # What a states file saved before an attribute existed means by it (the safe loader's
@@ -70,6 +75,7 @@ class MyAdam(Optimizer):
     def __init__(self, *args, **kwargs):
         given = _SIGNATURE.bind(self, *args, **kwargs).arguments
         del given['self']
+        _refuse_unknown(type(self), given.get('kwargs', {}))
         values = options.checked(given)
         if 'begin_num_update' in given.get('kwargs', {}):  # Optimizer's: the first t is it + 1
             options.STEP_CHECKS['begin_num_update']('begin_num_update',
@@ -581,6 +587,51 @@ _SIGNATURE = inspect.Signature(
        for o in OPTIONS]
     + [inspect.Parameter('kwargs', inspect.Parameter.VAR_KEYWORD)])
 MyAdam.__init__.__signature__ = _SIGNATURE
+
+_OPTION = {o.name: o for o in OPTIONS}
+
+# The keywords MyAdam takes: its options and what mx.optimizer.Optimizer.__init__ takes.
+_KEYWORDS = sorted(set(_OPTION) | set(inspect.signature(Optimizer.__init__).parameters)
+                   - {'self'})
+
+# Other libraries' names for MyAdam's options (PyTorch's, optax's, Keras's): suggested in the
+# error, never accepted (MXNet's names are the only ones).
+_OTHER_NAMES = {
+    'lr': "'learning_rate'",
+    'betas': "'beta1' and 'beta2'",
+    'b1': "'beta1'",
+    'b2': "'beta2'",
+    'eps': "'epsilon'",
+    'eps_root': "'epsilon' with epsilon_mode='inside'",
+    'weight_decay': "'wd' (with decoupled_wd=True for AdamW's)",
+    'decoupled_weight_decay': "'decoupled_wd'",
+}
+
+
+def _edit_distance(a, b):
+    """Levenshtein's: the fewest insertions, deletions and substitutions that make ``a`` ``b``."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
+def _refuse_unknown(cls, keywords):
+    """``TypeError`` for the first keyword of ``keywords`` that ``cls`` does not take, as
+    Python words it, with the valid name meant: another library's name's, or the
+    nearest by edit distance (at most a third of the keyword's length)."""
+    for keyword in keywords:
+        if keyword in _KEYWORDS:
+            continue
+        nearest = min(_KEYWORDS, key=lambda name: _edit_distance(keyword, name))
+        hint = (_OTHER_NAMES.get(keyword)
+                or (f"'{nearest}'" if _edit_distance(keyword, nearest) <= len(keyword) // 3
+                    else None))
+        raise TypeError(f"{cls.__name__}.__init__() got an unexpected keyword argument "
+                        f"{keyword!r}; " + (f"did you mean {hint}?" if hint else
+                                            f"it takes {', '.join(_KEYWORDS)}"))
 MyAdam.__doc__ = MyAdam.__doc__.replace(
     '{parameters}', textwrap.indent(options.parameters_doc(), '    '))
 
@@ -598,8 +649,8 @@ class MyYogi(MyAdam):
     def __init__(self, *args, **kwargs):
         bound = _SIGNATURE.bind(self, *args, **kwargs).arguments
         named = {k: v for k, v in bound.items() if k not in ('self', 'kwargs')}
-        if 'yogi' in named:
-            raise ValueError(f"Invalid yogi: {named['yogi']!r} ('myyogi' is always Yogi; "
-                             "use 'myadam' for yogi=False)")
+        if not _OPTION['yogi'].check('yogi', named.setdefault('yogi', True)):
+            raise ValueError(f"Invalid yogi: {named['yogi']!r} (expected True: 'myyogi' is "
+                             "always Yogi; use 'myadam' for yogi=False)")
         named.setdefault('epsilon', 1e-3)
-        super().__init__(yogi=True, **named, **bound.get('kwargs', {}))
+        super().__init__(**named, **bound.get('kwargs', {}))

@@ -49,20 +49,28 @@ def _shown(value):
         return f"{'a negative' if value < 0 else 'an'} int of {value.bit_length()} bits"
 
 
-def number(ok, expected, cast=None):
+def number(ok, expected, cast=None, zero=None):
     """A check: a real number (not a bool, not a string) with ``ok(float(value))``.
 
     A string is not a number here, even one that ``float`` would read: MXNet keeps
     ``learning_rate`` as given, and ``'0.1'`` would fail at the first step.
-    ``cast`` (e.g. ``float``) is applied to the value kept.
+    ``cast`` (e.g. ``float``) is applied to the value kept. ``zero``: why 0 is
+    refused, added to the message when the value is 0. The message of a value
+    that is not a number says so, and that of a NaN or Inf says which it is.
     """
     def check(name, value):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            _refuse(name, value, f"{expected}; a {type(value).__name__} is not a number")
         try:
-            good = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                    and ok(float(value)))
+            real = float(value)
         except OverflowError:  # an int beyond float's range
-            good = False
-        if not good:
+            _refuse(name, value, f"{expected}, within a float's range")
+        if not ok(real):
+            if zero and real == 0:
+                _refuse(name, value, f"{expected}: with 0, {zero}")
+            if not math.isfinite(real):
+                _refuse(name, value,
+                        f"{expected}, not {'NaN' if math.isnan(real) else 'infinite'}")
             _refuse(name, value, expected)
         return cast(value) if cast else value
     return check
@@ -225,8 +233,8 @@ OPTIONS = (
     Option('beta1', 0.9, _BETA, 'float', "Decay rate of the first moment, in [0, 1)."),
     Option('beta2', 0.999, _BETA, 'float', "Decay rate of the second moment, in [0, 1)."),
     Option('epsilon', 1e-8,
-           number(lambda x: 0.0 < x < math.inf,
-                  '> 0: with 0, a zero gradient element makes the update 0 / 0', cast=float),
+           number(lambda x: 0.0 < x < math.inf, '> 0', cast=float,
+                  zero='a zero gradient element makes the update 0 / 0'),
            'float',
            "Stabilising constant, > 0. Zero is refused: a gradient element that has been "
            "0 at every step so far (``m = v = 0``) would make the update ``0 / 0``, a NaN "
@@ -377,6 +385,8 @@ def checked(values):
     out = dict(values)
     for option in OPTIONS:
         out[option.name] = option.check(option.name, values.get(option.name, option.default))
+    if out['learning_rate'] is None and out['lr_scheduler'] is None:  # MXNet would take 0.01
+        _refuse('learning_rate', None, 'a number when there is no lr_scheduler')
     return out
 
 
@@ -392,8 +402,6 @@ def checked_state(state):
         if kept.key not in state and kept.default is REQUIRED:
             _refuse(kept.key, '<missing>', 'every states file to hold it')
         state[kept.key] = kept.check(kept.key, state.get(kept.key, kept.default))
-    if state['lr'] is None and state['lr_scheduler'] is None:
-        _refuse('learning_rate', None, 'a number when there is no lr_scheduler')
     highest = max([count for device in state['_all_index_update_counts'].values()
                    for count in device.values()] + list(state['_index_update_count'].values()),
                   default=0)

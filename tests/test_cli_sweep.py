@@ -1,6 +1,8 @@
 """The command line's ``sweep`` (the chapter's exercise), its progress bars and its argument checks."""
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 
@@ -183,9 +185,11 @@ def test_compare_runs_each_spec(capsys, tmp_path):
 @pytest.mark.slow
 def test_moments_first_steps_and_reddi(capsys, tmp_path):
     mom = cli_json(capsys, 'moments', '--json', '--steps', '4', '--beta1', '0.5', '--beta2', '0.9')
-    np.testing.assert_allclose(mom['v'][0], 0.5 * mom['g'][0], rtol=1e-6)
-    np.testing.assert_allclose(mom['s'][0], 0.1 * mom['g'][0] ** 2, rtol=1e-5)
-    np.testing.assert_allclose(mom['s_hat'], np.array(mom['s']) / (1 - 0.9 ** np.arange(1, 5)),
+    np.testing.assert_allclose(mom['m'][0], 0.5 * mom['g'][0], rtol=1e-6)
+    np.testing.assert_allclose(mom['v'][0], 0.1 * mom['g'][0] ** 2, rtol=1e-5)
+    np.testing.assert_allclose(mom['m_hat'], np.array(mom['m']) / (1 - 0.5 ** np.arange(1, 5)),
+                               rtol=1e-6)
+    np.testing.assert_allclose(mom['v_hat'], np.array(mom['v']) / (1 - 0.9 ** np.arange(1, 5)),
                                rtol=1e-6)
     steps = cli_json(capsys, 'first-steps', '--json', '--epsilon', '1e-4')
     g = np.array(steps['g'])
@@ -206,7 +210,7 @@ def test_moments_first_steps_and_reddi(capsys, tmp_path):
 BAD_OPTIONS = [
     (['linreg', '--beta2', '1'], 'Invalid beta2: 1.0'),
     (['linreg', '--optimizer', 'sgd', '--beta1', '0.5'], "optimizer 'sgd'"),
-    (['linreg', '--optimizer', 'myyogi', '--yogi'], 'Invalid yogi'),
+    (['linreg', '--optimizer', 'myyogi', '--yogi', '--beta1', '1'], 'Invalid beta1: 1.0'),
     (['sweep', '--epsilon', '0'], 'Invalid epsilon: 0.0'),
     (['linreg', '--epsilon-mode', 'middle'], 'argument --epsilon-mode'),
     (['linreg', '--scales', '1,2,3'], 'argument --scales'),
@@ -214,6 +218,25 @@ BAD_OPTIONS = [
     (['compare', 'myadam:beta1'], 'argument RUN'),
     (['compare', 'myadam:beta1=2'], 'Invalid beta1: 2'),
     (['moments', '--beta1', '1.5'], 'Invalid beta1: 1.5'),
+    # a schedule MXNet's FactorScheduler would refuse with a traceback, or a factor without a step
+    (['linreg', '--lr-step', '50', '--lr-factor', '2'],
+     'error: Invalid --lr-factor: 2.0 (expected in (0, 1])'),
+    (['sweep', '--lr-step', '50', '--lr-factor', 'nan'],
+     'error: Invalid --lr-factor: nan (expected in (0, 1], not NaN)'),
+    (['linreg', '--lr-factor', '0.5'], 'error: --lr-factor needs --lr-step'),
+    (['sweep', '--lr-factor', '0.5'], 'error: --lr-factor needs --lr-step'),
+    (['compare', 'myadam:lr_step=50,lr_factor=2'],
+     "error: RUN 'myadam:lr_step=50,lr_factor=2': Invalid lr_factor: 2 (expected in (0, 1])"),
+    (['compare', 'myadam:lr_step=0'], "error: RUN 'myadam:lr_step=0': Invalid lr_step: 0"),
+    (['compare', 'myadam:lr_factor=0.5'],
+     "error: RUN 'myadam:lr_factor=0.5': lr_factor needs lr_step"),
+    # MXNet's name of the learning rate, and a flag spelt with MyAdam's underscore
+    (['linreg', '--learning-rate', '0.1'],
+     'error: unrecognized arguments: --learning-rate 0.1; for --learning-rate use --lr\n'),
+    (['sweep', '--learning_rate=0.1'], 'for --learning_rate use --lrs\n'),
+    (['compare', 'myadam', '--learning-rate', '0.1'],
+     'for --learning-rate use learning_rate in each RUN (myadam:learning_rate=0.1)\n'),
+    (['linreg', '--epsilon_mode', 'hat'], '; did you mean --epsilon-mode?\n'),
 ]
 
 
@@ -224,6 +247,81 @@ def test_bad_options_are_refused_before_training(args, message, capsys):
     assert exit_.value.code == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ''
+
+
+@pytest.mark.parametrize('command, args', [
+    ('linreg', ['--plot']), ('linreg', ['--plot-diff']), ('sweep', ['--plot']),
+    ('compare', ['myadam', '--plot']), ('moments', ['--plot']), ('first-steps', ['--plot']),
+    ('reddi', ['--plot'])])
+def test_a_figure_into_a_missing_directory_is_refused_before_anything_runs(command, args,
+                                                                            tmp_path, capsys):
+    figure = tmp_path / 'missing' / 'figure.png'
+    with pytest.raises(SystemExit) as exit_:
+        chapter_cli.main([command, *args, str(figure)])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ''
+    assert (f"error: argument {args[-1]}: '{figure}': there is no directory "
+            f"'{figure.parent}'\n") in captured.err
+    assert not figure.parent.exists()
+
+
+def test_moments_prints_mxnets_m_and_v(capsys):
+    """MyAdam's letters (m, v), as in every page but the chapter's own code (v, s)."""
+    assert chapter_cli.main(['moments', '--steps', '3', '--beta1', '0.5', '--beta2', '0.9']) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ['step', 't', 'g_t', 'm_t', 'm_hat_t', 'v_t', 'v_hat_t']
+    t, g, m, m_hat, v, v_hat = map(float, rows[0].split())  # printed to 3 or 4 decimals
+    assert t == 1 and m_hat == g and v_hat == pytest.approx(g * g, abs=3e-3)
+    assert m == pytest.approx(0.5 * g, abs=1e-3) and v == pytest.approx(0.1 * g * g, abs=2e-4)
+
+
+# A Python without the chapter extra's packages, running the command line.
+WITHOUT_CHAPTER_EXTRA = '''
+import runpy, sys
+
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition('.')[0] in ('matplotlib', 'tqdm'):
+            raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+
+sys.meta_path.insert(0, Missing())
+sys.argv[0] = 'adam_plugin'
+runpy.run_module('adam_plugin', run_name='__main__')
+'''
+
+# command line -> the packages of the chapter extra it needs
+NEEDS_THE_EXTRA = [
+    (['linreg', '--epochs', '1'], 'tqdm'),
+    (['compare', 'myadam', '--epochs', '1', '--quiet'], 'tqdm'),
+    (['moments', '--steps', '3', '--plot', 'moments.png'], 'matplotlib'),
+    (['sweep', '--lrs', '0.1', '--epochs', '1', '--plot', 'sweep.png'], 'tqdm and matplotlib'),
+]
+
+
+def run_without_the_chapter_extra(args, cwd):
+    return subprocess.run([sys.executable, '-c', WITHOUT_CHAPTER_EXTRA, *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('args, needed', NEEDS_THE_EXTRA,
+                         ids=[' '.join(a) for a, _ in NEEDS_THE_EXTRA])
+def test_without_the_chapter_extra_a_command_names_it_in_one_line(args, needed, tmp_path):
+    done = run_without_the_chapter_extra(args, tmp_path)
+    assert (done.returncode, done.stdout) == (2, '')
+    assert done.stderr == (f"python -m adam_plugin {args[0]}: error: this command needs "
+                           f"{needed}, from adam_plugin's chapter extra: "
+                           "pip install 'adam_plugin[chapter]'\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # Python processes that import MXNet and run
+@pytest.mark.parametrize('args', [['moments', '--steps', '3'], ['first-steps'],
+                                  ['reddi', '--steps', '30']], ids=' '.join)
+def test_without_the_chapter_extra_the_commands_without_a_figure_run(args, tmp_path):
+    done = run_without_the_chapter_extra(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) > 2
 
 
 @pytest.mark.parametrize('command', ['linreg', 'sweep', 'compare', 'moments', 'first-steps',

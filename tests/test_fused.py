@@ -533,6 +533,30 @@ def test_use_variant_refuses_what_it_cannot_use():
     assert fused.variant() == before
 
 
+VARIANTS_WITHOUT_KERNEL = """
+import warnings
+warnings.simplefilter('ignore')  # the import's warning that the kernel was not built
+from adam_plugin import fused
+print(fused.__file__, fused.variants(), fused.variant())
+fused.use_variant('baseline')
+"""
+
+
+@pytest.mark.slow  # a Python that imports MXNet
+def test_without_the_kernel_the_variant_functions_say_there_is_none(tmp_path):
+    """A copy of the package without its kernel, as pip installs it without a compiler:
+    no variants, none in use, and use_variant refuses, saying why."""
+    shutil.copytree(os.path.dirname(adam_plugin.__file__), tmp_path / 'adam_plugin',
+                    ignore=shutil.ignore_patterns('*.so', '__pycache__'))
+    done = subprocess.run([sys.executable, '-c', VARIANTS_WITHOUT_KERNEL], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert done.stdout.split() == [str(tmp_path / 'adam_plugin' / 'fused.py'), '[]', 'None']
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ValueError: use_variant: name='baseline': the compiled kernel was not built (it needs "
+        "a C++ compiler when the package is installed), so it has no variants")
+
+
 def test_without_the_kernel_cpu_parameters_step_by_the_operator(taken, monkeypatch):
     monkeypatch.setattr(fused, 'LIBRARY', None)
     opt = MyAdam(learning_rate=0.1)

@@ -20,7 +20,8 @@ MESSAGES = [
     (dict(epsilon_mode='middle'),
      "Invalid epsilon_mode: 'middle' (expected one of ('outside', 'inside', 'hat'))"),
     (dict(nonfinite='ignore'), "Invalid nonfinite: 'ignore' (expected one of ('skip', 'raise'))"),
-    (dict(learning_rate='0.1'), "Invalid learning_rate: '0.1' (expected >= 0)"),
+    (dict(learning_rate='0.1'),
+     "Invalid learning_rate: '0.1' (expected >= 0; a str is not a number)"),
     (dict(amsgrad='no'), "Invalid amsgrad: 'no' (expected True or False)"),
     (dict(multi_precision=2), "Invalid multi_precision: 2 (expected True or False)"),
 ]

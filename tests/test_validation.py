@@ -9,7 +9,7 @@ import pytest
 import mxnet as mx
 from mxnet import gluon, nd
 
-from adam_plugin import MyAdam
+from adam_plugin import MyAdam, MyYogi
 from adam_plugin.options import OPTIONS
 from conftest import TOL
 from oracles import NumpyAdam
@@ -46,6 +46,7 @@ BAD = [
     (dict(rescale_grad=NAN), 'rescale_grad'),
     (dict(rescale_grad=math.inf), 'rescale_grad'),
     (dict(learning_rate=10**400), 'learning_rate'),  # beyond float's range
+    (dict(learning_rate=None), 'learning_rate'),  # without lr_scheduler: MXNet would take 0.01
     (dict(epsilon_mode='middle'), 'epsilon_mode'),
     (dict(epsilon_mode=None), 'epsilon_mode'),
     (dict(nonfinite='ignore'), 'nonfinite'),
@@ -138,6 +139,81 @@ def test_edges_are_accepted_and_step_as_the_oracle(kwargs, oracle_kwargs, fused,
 def test_unknown_keyword_is_a_type_error_naming_it():
     with pytest.raises(TypeError, match='betta1'):
         MyAdam(betta1=0.9)
+
+
+# (keyword arguments, what the message suggests): other libraries' names, then typos of
+# MyAdam's options and of the keywords mx.optimizer.Optimizer takes
+MISNAMED = [
+    (dict(lr=0.1), "'learning_rate'"),
+    (dict(betas=(0.9, 0.99)), "'beta1' and 'beta2'"),
+    (dict(eps=1e-8), "'epsilon'"),
+    (dict(weight_decay=0.01), "'wd'"),
+    (dict(lerning_rate=0.1), "'learning_rate'"),
+    (dict(beta_2=0.99), "'beta2'"),
+    (dict(epsilonmode='hat'), "'epsilon_mode'"),
+    (dict(amsgard=True), "'amsgrad'"),
+    (dict(param_idx2names={}), "'param_idx2name'"),
+    (dict(begin_num_updates=3), "'begin_num_update'"),
+]
+
+
+@pytest.mark.parametrize('make', [MyAdam, MyYogi, 'Trainer'])
+@pytest.mark.parametrize('kwargs, meant', MISNAMED, ids=[next(iter(k)) for k, _ in MISNAMED])
+def test_a_misnamed_keyword_is_a_type_error_naming_the_valid_one(kwargs, meant, make):
+    (keyword,) = kwargs
+    p = gluon.Parameter('w', shape=(2,))
+    p.initialize()
+    with pytest.raises(TypeError) as err:
+        if make == 'Trainer':  # through mx.optimizer.create('myadam', **kwargs)
+            gluon.Trainer([p], 'myadam', kwargs)
+        else:
+            make(**kwargs)
+    name = 'MyAdam' if make == 'Trainer' else make.__name__
+    assert str(err.value).startswith(
+        f"{name}.__init__() got an unexpected keyword argument {keyword!r}; "
+        f"did you mean {meant}")
+
+
+def test_a_keyword_like_none_lists_the_valid_ones():
+    with pytest.raises(TypeError) as err:
+        MyAdam(foreach=True)
+    message = str(err.value)
+    assert message.startswith("MyAdam.__init__() got an unexpected keyword argument 'foreach'; "
+                              "it takes ")
+    taken = set(message.split('it takes ')[1].split(', '))
+    optimizers = set(inspect.signature(mx.optimizer.Optimizer.__init__).parameters) - {'self'}
+    assert taken == {o.name for o in OPTIONS} | optimizers
+
+
+def test_every_keyword_of_mxnets_optimizer_is_taken():
+    """Its own names, read from its signature, reach ``Optimizer.__init__``."""
+    names = set(inspect.signature(mx.optimizer.Optimizer.__init__).parameters) - {'self'}
+    ours = {o.name for o in OPTIONS}
+    assert {'param_idx2name', 'begin_num_update'} <= names - ours
+    opt = MyAdam(param_idx2name={0: 'w'}, begin_num_update=4,
+                 **{n: inspect.signature(mx.optimizer.Optimizer.__init__).parameters[n].default
+                    for n in names - ours - {'param_idx2name', 'begin_num_update'}})
+    assert (opt.idx2name, opt.begin_num_update, opt.num_update) == ({0: 'w'}, 4, 4)
+
+
+# (a value that is not a number, the option given it)
+NOT_NUMBERS = [('0.1', 'learning_rate'), (True, 'learning_rate'), ('0.9', 'beta1'),
+               (False, 'epsilon'), (None, 'wd'), ('1', 'clip_gradient'), ([0.5], 'rescale_grad')]
+
+
+@pytest.mark.parametrize('value, name', NOT_NUMBERS)
+def test_a_value_that_is_not_a_number_is_refused_saying_so(value, name):
+    with pytest.raises(ValueError) as err:
+        MyAdam(**{name: value})
+    assert str(err.value).startswith(f"Invalid {name}: {value!r} (expected ")
+    assert str(err.value).endswith(f"; a {type(value).__name__} is not a number)")
+
+
+@pytest.mark.parametrize('value, word', [(NAN, 'NaN'), (math.inf, 'infinite')])
+def test_epsilon_nan_or_inf_is_refused_saying_which(value, word):
+    with pytest.raises(ValueError) as err:
+        MyAdam(epsilon=value)
+    assert str(err.value) == f"Invalid epsilon: {value!r} (expected > 0, not {word})"
 
 
 @pytest.mark.parametrize('lr', [-1.0, NAN, math.inf])

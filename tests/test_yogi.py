@@ -153,6 +153,17 @@ def test_myyogi_is_myadam_with_yogi_and_d2l_epsilon():
         MyAdam(yogi='yes')
 
 
+def test_myyogi_takes_a_redundant_yogi_true_and_refuses_false():
+    for opt in (MyYogi(yogi=True), MyYogi(yogi=1), mx.optimizer.create('myyogi', yogi=True)):
+        assert type(opt) is MyYogi and opt.yogi is True and opt.epsilon == 1e-3
+    with pytest.raises(ValueError) as err:
+        MyYogi(yogi=False)
+    assert str(err.value) == ("Invalid yogi: False (expected True: 'myyogi' is always Yogi; "
+                              "use 'myadam' for yogi=False)")
+    with pytest.raises(ValueError, match=r"^Invalid yogi: 'yes' \(expected True or False\)$"):
+        MyYogi(yogi='yes')
+
+
 def test_myyogi_pickles_with_its_class_and_options():
     opt = pickle.loads(pickle.dumps(MyYogi(learning_rate=0.3, amsgrad=True)))
     assert type(opt) is MyYogi and opt.yogi and opt.amsgrad and opt.lr == 0.3

@@ -6,14 +6,20 @@
 
 The training commands show a progress bar on stderr unless ``--quiet``; with
 ``--json`` stdout holds exactly one JSON object. ``python -m adam_plugin COMMAND --help``
-describes each command, with an example.
+describes each command, with an example. Every argument is checked before anything is
+trained: a bad one ends the command with argparse's usage and an error naming it.
+The progress bar (tqdm) and the figures (matplotlib) come with adam_plugin's
+``chapter`` extra; without it, a command that needs them says so and what to install.
 """
 __all__ = ['main']
 
 import argparse
 import ast
+import difflib
+import importlib
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -40,6 +46,14 @@ def _learning_rate(text):
 def _positive(text):
     """argparse type: a finite number > 0."""
     return _number(text, lambda x: 0.0 < x < math.inf, '> 0')
+
+
+def _png(text):
+    """argparse type: a file to write in a directory that exists."""
+    folder = os.path.dirname(text) or '.'
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f'{text!r}: there is no directory {folder!r}')
+    return text
 
 
 def _learning_rates(text):
@@ -118,8 +132,8 @@ def _optimizer_parser():
     group.add_argument('--lr-step', type=_positive_int, metavar='N',
                        help="multiply the learning rate by --lr-factor every N steps "
                             "(MXNet's FactorScheduler)")
-    group.add_argument('--lr-factor', type=_positive, default=0.5,
-                       help="with --lr-step (default 0.5)")
+    group.add_argument('--lr-factor', type=float,
+                       help="with --lr-step: in (0, 1], default 0.5")
     parser.add_argument('--scales', type=_scales, metavar='A,B',
                         help="multiply the two features by A and B (a badly scaled problem; "
                              "the true weights become 2/A, -3.4/B)")
@@ -128,11 +142,31 @@ def _optimizer_parser():
 
 def _optimizer_params(args, lr):
     """``optimizer_params`` for one run at ``lr``: the options given, a fresh scheduler."""
-    from . import exercises
     params = {dest: getattr(args, dest) for dest, _ in OPTIONS.values() if hasattr(args, dest)}
-    if args.lr_step:
-        params['lr_scheduler'] = exercises.decay_schedule(lr, args.lr_step, args.lr_factor)
+    try:
+        schedule = _schedule(lr, args.lr_step, args.lr_factor)
+    except ValueError as err:
+        args.parser.error(str(err))
+    if schedule:
+        params['lr_scheduler'] = schedule
     return params
+
+
+def _schedule(lr, step, factor, names=('--lr-step', '--lr-factor')):
+    """MXNet's FactorScheduler: ``lr`` times ``factor`` (default 0.5) every ``step``
+    updates; None if neither is given. ``ValueError`` for a factor without a step, and
+    for a step or factor that MyAdam refuses in a FactorScheduler (their checks in
+    :mod:`adam_plugin.options`), naming them as ``names`` says."""
+    if step is None and factor is None:
+        return None
+    if step is None:
+        raise ValueError(f"{names[1]} needs {names[0]}, the number of updates between decays")
+    import mxnet as mx
+    from .. import options
+    from . import exercises
+    fields = options.SCHEDULER_FIELDS[mx.lr_scheduler.FactorScheduler]
+    return exercises.decay_schedule(lr, fields['step'](names[0], step),
+                                    fields['factor'](names[1], 0.5 if factor is None else factor))
 
 
 def _check_optimizer(parser, name, params):
@@ -239,28 +273,31 @@ def _sweep(args):
         print(f"wrote {args.plot}")
 
 
-def _compare_params(options):
+def _compare_params(parser, label, options):
     """``compare``'s options of one run: ``learning_rate`` and ``lr_step``/``lr_factor`` apart."""
-    from . import exercises
     options = dict(options)
     lr = options.pop('learning_rate', 0.1)
-    step, factor = options.pop('lr_step', None), options.pop('lr_factor', 0.5)
-    if step is not None:
-        options['lr_scheduler'] = exercises.decay_schedule(lr, step, factor)
+    try:
+        schedule = _schedule(lr, options.pop('lr_step', None), options.pop('lr_factor', None),
+                             names=('lr_step', 'lr_factor'))
+    except ValueError as err:
+        parser.error(f'RUN {label!r}: {err}')
+    if schedule:
+        options['lr_scheduler'] = schedule
     return lr, options
 
 
 def _compare(args):
     from . import linreg
-    for _, name, options in args.runs:
-        lr, params = _compare_params(options)
+    for label, name, options in args.runs:
+        lr, params = _compare_params(args.parser, label, options)
         _check_optimizer(args.parser, name, dict(params, learning_rate=lr))
     features, labels = _data(args)
     floor = linreg.noise_floor(*linreg.make_dataset(seed=args.seed))
     runs = {}
     with _progress(args, features, num_runs=len(args.runs)) as bar:
         for label, name, options in args.runs:
-            lr, params = _compare_params(options)
+            lr, params = _compare_params(args.parser, label, options)
             runs[label] = linreg.train_trainer(
                 features, labels, lr=lr, batch_size=args.batch_size, num_epochs=args.epochs,
                 seed=args.seed, optimizer=name, optimizer_params=params, on_step=bar.update)
@@ -282,19 +319,21 @@ def _compare(args):
 
 
 def _moments(args):
-    from . import plots, probes
+    from . import probes
     _check_optimizer(args.parser, 'myadam', dict(beta1=args.beta1, beta2=args.beta2))
     grads = np.random.default_rng(args.seed).normal(loc=1.0, scale=0.5, size=args.steps)
     mom = probes.moments(grads, beta1=args.beta1, beta2=args.beta2)
     if args.plot:
-        plots.save(plots.bias_correction(grads, mom, args.beta1, args.beta2, mean=1.0),
-                   args.plot)
-    table = {name: getattr(mom, name).tolist() for name in mom._fields}
+        from . import plots
+        plots.save(plots.bias_correction(grads, mom, args.beta1, args.beta2, mean=1.0,
+                                         letters=('m', 'v')), args.plot)
+    # MyAdam's names m, v (the rest of the docs' too) for the chapter's v, s (probes.Moments)
+    table = {'m': mom.v, 'm_hat': mom.v_hat, 'v': mom.s, 'v_hat': mom.s_hat}
     if args.json:
-        print(json.dumps(dict(table, g=grads.tolist())))
+        print(json.dumps({'g': grads.tolist(), **{k: c.tolist() for k, c in table.items()}}))
         return
-    print(f"{'step t':>6}  {'g_t':>7}  {'v_t':>7}  {'v_hat_t':>7}  {'s_t':>8}  {'s_hat_t':>7}")
-    for t, row in enumerate(zip(grads, *mom), start=1):
+    print(f"{'step t':>6}  {'g_t':>7}  {'m_t':>7}  {'m_hat_t':>7}  {'v_t':>8}  {'v_hat_t':>7}")
+    for t, row in enumerate(zip(grads, *table.values()), start=1):
         print(f"{t:>6}  {row[0]:>7.3f}  {row[1]:>7.3f}  {row[2]:>7.3f}  {row[3]:>8.4f}  "
               f"{row[4]:>7.3f}")
     if args.plot:
@@ -302,11 +341,12 @@ def _moments(args):
 
 
 def _first_steps(args):
-    from . import plots, probes
+    from . import probes
     grads = np.logspace(-12, 1, 79)
     sizes = {mode: probes.first_step(grads, epsilon=args.epsilon, epsilon_mode=mode)
              for mode in EPSILON_MODES}
     if args.plot:
+        from . import plots
         plots.save(plots.first_steps(grads, sizes, title=f"MyAdam's first step, epsilon = "
                                                          f"{args.epsilon:g}"), args.plot)
     if args.json:
@@ -320,11 +360,12 @@ def _first_steps(args):
 
 
 def _reddi(args):
-    from . import exercises, plots
+    from . import exercises
     paths = {'Adam': exercises.reddi(args.steps),
              'AMSGrad': exercises.reddi(args.steps, amsgrad=True),
              'Yogi (epsilon 1e-3)': exercises.reddi(args.steps, yogi=True, epsilon=1e-3)}
     if args.plot:
+        from . import plots
         plots.save(plots.paths(paths, 'x', title="Reddi et al.'s counterexample: C = 3, "
                                                  "beta1 = 0, beta2 = 0.1"), args.plot)
     if args.json:
@@ -357,7 +398,8 @@ def main(argv=None):
     common.add_argument('--quiet', action='store_true', help='no progress bar on stderr')
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument('--json', action='store_true', help='print one JSON object only')
-    output.add_argument('--plot', metavar='FILE', help='write the figure to this PNG')
+    output.add_argument('--plot', metavar='FILE', type=_png,
+                        help='write the figure to this PNG')
     training = [common, output, _optimizer_parser()]
 
     parser = argparse.ArgumentParser(
@@ -365,7 +407,7 @@ def main(argv=None):
         description="Experiments and figures of the Adam chapter (Dive into Deep Learning, "
                     "first MXNet edition) and of "
                     "its notebook, notebooks/adam_chapter.ipynb.")
-    sub = parser.add_subparsers(dest='command', required=True)
+    sub = parser.add_subparsers(dest='command', required=True, parser_class=_Command)
     p = _command(sub, 'linreg', training,
                  "the chapter's experiment: its adam() and a Trainer on identical batches",
                  "Train the chapter's linear regression twice from the same start on the same\n"
@@ -374,7 +416,7 @@ def main(argv=None):
                  "--lr 0.1 --epsilon-mode inside --plot loss.png --plot-diff parity.png",
                  _linreg)
     p.add_argument('--lr', type=_learning_rate, default=0.1, help='learning rate (default 0.1)')
-    p.add_argument('--plot-diff', metavar='FILE',
+    p.add_argument('--plot-diff', metavar='FILE', type=_png,
                    help="write the per-step difference from the chapter's adam() (log axis)")
     p.add_argument('--folded', action='store_true',
                    help="also run adam() with bias correction folded into lr and epsilon "
@@ -421,5 +463,52 @@ def main(argv=None):
                  "--steps 3000 --plot reddi.png", _reddi)
     p.add_argument('--steps', type=_positive_int, default=3000, help='steps (default 3000)')
     args = parser.parse_args(argv)
+    _require_chapter_extra(args)
     args.run(args)
     return 0
+
+
+# What a command takes for MXNet's name of the learning rate, --learning-rate.
+LEARNING_RATE = {'linreg': '--lr', 'sweep': '--lrs',
+                 'compare': "learning_rate in each RUN (myadam:learning_rate=0.1)"}
+
+
+class _Command(argparse.ArgumentParser):
+    """A subcommand's parser: arguments it does not take are its error, as argparse words
+    it, with the flag meant: the command's own for ``--learning-rate``, else the nearest
+    of its flags (``--epsilon_mode``: ``--epsilon-mode``)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            command = self.prog.split()[-1]
+            flags = [flag for flag in self._option_string_actions if flag.startswith('--')]
+            hints = []
+            for given in (word.split('=')[0] for word in unknown if word.startswith('--')):
+                if given.replace('_', '-') == '--learning-rate' and command in LEARNING_RATE:
+                    hints.append(f"for {given} use {LEARNING_RATE[command]}")
+                else:
+                    hints += [f"did you mean {meant}?" for meant in
+                              difflib.get_close_matches(given.replace('_', '-'), flags, n=1)]
+            self.error(f"unrecognized arguments: {' '.join(unknown)}"
+                       + ''.join(f'; {hint}' for hint in hints))
+        return namespace, unknown
+
+
+def _require_chapter_extra(args):
+    """Exit with one line naming the ``chapter`` extra when this command needs a package
+    of it that is missing: tqdm for a progress bar, matplotlib for a figure."""
+    needed = (['tqdm'] if hasattr(args, 'quiet') else []) + (
+        ['matplotlib'] if getattr(args, 'plot', None) or getattr(args, 'plot_diff', None) else [])
+    missing = []
+    for module in needed:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:  # the package is there, and broken: its own error says how
+                raise
+            missing.append(module)
+    if missing:
+        args.parser.exit(2, f"{args.parser.prog}: error: this command needs "
+                            f"{' and '.join(missing)}, from adam_plugin's chapter extra: "
+                            f"pip install 'adam_plugin[chapter]'\n")

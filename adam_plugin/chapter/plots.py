@@ -72,7 +72,7 @@ def lr_sweep(runs, batch_size):
                        title=f"Trainer 'myadam', batch size {batch_size}")
 
 
-def bias_correction(grads, moments, beta1, beta2, mean=None):
+def bias_correction(grads, moments, beta1, beta2, mean=None, letters=('v', 's')):
     """Both moments against step ``t``, raw and corrected, as ``MyAdam`` holds them.
 
     Left: the gradients, ``v_t`` and ``v_hat_t``. Right, on a log axis: ``g_t**2``,
@@ -87,6 +87,9 @@ def bias_correction(grads, moments, beta1, beta2, mean=None):
         For the labels.
     mean : float, optional
         The gradients' expected value, drawn as a horizontal line on the left.
+    letters : (str, str)
+        The moments' letters in the labels: the chapter's ``('v', 's')``, or
+        ``('m', 'v')`` as ``MyAdam`` and the rest of its documentation name them.
 
     Returns
     -------
@@ -96,16 +99,18 @@ def bias_correction(grads, moments, beta1, beta2, mean=None):
     fig = Figure(figsize=(11, 4))
     first, second = fig.subplots(1, 2)
     first.plot(steps, grads, 'o', color='0.6', label='gradient $g_t$')
-    first.plot(steps, moments.v, '-', label=r'raw $v_t$')
-    first.plot(steps, moments.v_hat, '--', label=rf'corrected $\hat v_t = v_t / (1 - {beta1:g}^t)$')
+    first_letter, second_letter = letters
+    first.plot(steps, moments.v, '-', label=rf'raw ${first_letter}_t$')
+    first.plot(steps, moments.v_hat, '--', label=rf'corrected $\hat {first_letter}_t = '
+                                                 rf'{first_letter}_t / (1 - {beta1:g}^t)$')
     if mean is not None:
         first.axhline(mean, color='0.3', linewidth=0.8, label=f'mean gradient {mean:g}')
     first.set_ylabel('first moment')
     first.set_title(rf'First moment, $\beta_1 = {beta1:g}$')
     second.plot(steps, np.square(grads), 'o', color='0.6', label='$g_t^2$')
-    second.plot(steps, moments.s, '-', label=r'raw $s_t$')
-    second.plot(steps, moments.s_hat, '--',
-                label=rf'corrected $\hat s_t = s_t / (1 - {beta2:g}^t)$')
+    second.plot(steps, moments.s, '-', label=rf'raw ${second_letter}_t$')
+    second.plot(steps, moments.s_hat, '--', label=rf'corrected $\hat {second_letter}_t = '
+                                                  rf'{second_letter}_t / (1 - {beta2:g}^t)$')
     second.set_yscale('log')
     second.set_ylabel('second moment')
     second.set_title(rf'Second moment, $\beta_2 = {beta2:g}$')
