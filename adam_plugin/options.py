@@ -368,8 +368,7 @@ def step_value(name, value, dtypes=None):
         try:
             STEP_CHECKS[name](name, rounded)
         except InvalidOption as error:
-            _refuse(name, value, f"{error.expected} in {computed_in.name}, where it is "
-                                 f"{rounded!r}")
+            _refuse(name, value, f"{error.expected}: in {computed_in.name} it is {rounded!r}")
         if not math.isfinite(numpy.array(value, stored_in)):
             _refuse(name, value, f"finite in {stored_in.name}, the weight's dtype")
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):

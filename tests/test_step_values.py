@@ -123,8 +123,8 @@ WD_CASES = {
                     "param 'second' wd_mult inf; expected >= 0"),
     'wd_mult_1e300': (lambda opt, second: setattr(second, 'wd_mult', 1e300),
                       f"myadam: Invalid wd: {0.01 * 1e300!r} at update 2 for parameter 'second' "
-                      "(wd 0.01 times param 'second' wd_mult 1e+300; expected >= 0 in float32, "
-                      "where it is inf)"),
+                      "(wd 0.01 times param 'second' wd_mult 1e+300; expected >= 0, not infinite: "
+                      "in float32 it is inf)"),
     'wd_mult_negative': (lambda opt, second: setattr(second, 'wd_mult', -1.0),
                          "myadam: Invalid wd: -0.01 at update 2 for parameter 'second' (wd "
                          "0.01 times param 'second' wd_mult -1.0; expected >= 0"),
@@ -136,7 +136,7 @@ WD_CASES = {
                     "expected >= 0"),
     'wd_1e300': (lambda opt, second: setattr(opt, 'wd', 1e300),
                  "myadam: Invalid wd: 1e+300 at update 2 for parameter 'first' (the "
-                 "optimizer's attribute wd; expected >= 0 in float32, where it is inf)"),
+                 "optimizer's attribute wd; expected >= 0, not infinite: in float32 it is inf)"),
 }
 
 
@@ -173,7 +173,7 @@ class Returns(mx.lr_scheduler.LRScheduler):
 @pytest.mark.parametrize('dtype, options, message', [
     ('float32', dict(learning_rate=1e39),
      "myadam: Invalid learning rate: 1e+39 at update 1 for parameter 'first' (learning_rate "
-     "1e+39 times param 'first' lr_mult 1.0; expected >= 0 in float32, where it is inf)"),
+     "1e+39 times param 'first' lr_mult 1.0; expected >= 0, not infinite: in float32 it is inf)"),
     ('float16', dict(learning_rate=7e4),
      "myadam: Invalid learning rate: 70000.0 at update 1 for parameter 'first' (learning_rate "
      "70000.0 times param 'first' lr_mult 1.0; expected finite in float16, the weight's "
@@ -181,11 +181,11 @@ class Returns(mx.lr_scheduler.LRScheduler):
     ('float32', dict(learning_rate=None, lr_scheduler=Returns(1e300)),
      "myadam: Invalid learning rate: 1e+300 at update 1 for parameter 'first' "
      "(lr_scheduler(1), a Returns, returned 1e+300 times param 'first' lr_mult 1.0; expected "
-     ">= 0 in float32, where it is inf)"),
+     ">= 0, not infinite: in float32 it is inf)"),
     ('float16', dict(learning_rate=None, lr_scheduler=Returns(1e300), multi_precision=True),
      "myadam: Invalid learning rate: 1e+300 at update 1 for parameter 'first' "
      "(lr_scheduler(1), a Returns, returned 1e+300 times param 'first' lr_mult 1.0; expected "
-     ">= 0 in float32, where it is inf)"),
+     ">= 0, not infinite: in float32 it is inf)"),
 ], ids=['1e39_float32', '7e4_float16', 'scheduler_1e300', 'scheduler_1e300_master'])
 def test_a_learning_rate_not_finite_in_the_step_dtype_is_refused(dtype, options, message,
                                                                   fused):
@@ -198,7 +198,7 @@ def test_an_lr_mult_that_takes_the_rate_past_float32_is_refused_naming_it():
     params[1].lr_mult = 1e40
     refused(trainer, params, f"myadam: Invalid learning rate: {0.1 * 1e40!r} at update 2 for "
                              "parameter 'second' (learning_rate 0.1 times param 'second' "
-                             "lr_mult 1e+40; expected >= 0 in float32, where it is inf)")
+                             "lr_mult 1e+40; expected >= 0, not infinite: in float32 it is inf)")
 
 
 def one_update(opt, dtype, multi_precision=False):
@@ -274,11 +274,11 @@ def test_a_value_refused_in_float32_is_refused_after_it_passed_in_float64():
     opt.rescale_grad = 1e39  # and a rescale_grad, remembered per call
     opt.update(0, w64, nd.ones((2,), dtype='float64'), s64)
     with pytest.raises(ValueError, match=r"Invalid rescale_grad: 1e\+39 at update 3 for "
-                                         r"parameter index 1 \(.*in float32, where it is inf"):
+                                         r"parameter index 1 \(.*not infinite: in float32 it is inf"):
         opt.update(1, w32, nd.ones((2,), dtype='float32'), s32)
     opt.rescale_grad = 1.0
     with pytest.raises(ValueError, match=r"Invalid learning rate: 1e\+39 at update 2 for "
-                                         r"parameter index 1 \(.*in float32, where it is inf"):
+                                         r"parameter index 1 \(.*not infinite: in float32 it is inf"):
         opt.update(1, w32, nd.ones((2,), dtype='float32'), s32)
     np.testing.assert_array_equal(w32.asnumpy(), [1.0, 1.0])
     assert opt._index_update_count == {0: 2}
@@ -291,7 +291,7 @@ ATTRIBUTES = {
     'beta1': (1.0, "myadam: Invalid beta1: 1.0 at update 2 (the optimizer's attribute beta1; "
                    "expected in [0, 1))"),
     'beta2': (NAN, "myadam: Invalid beta2: nan at update 2 (the optimizer's attribute beta2; "
-                   "expected in [0, 1))"),
+                   "expected in [0, 1), not NaN)"),
     'epsilon': (-1, "myadam: Invalid epsilon: -1 at update 2 (the optimizer's attribute "
                     "epsilon; expected > 0"),
     'epsilon_mode': ('bogus', "myadam: Invalid epsilon_mode: 'bogus' at update 2 (the "
