@@ -20,7 +20,7 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
   existed), one this release does not know is refused, naming it. It then checks
   that the file fits this Trainer (its optimizer class; the parameters it was
   saved for, their count and shapes; a state of the right structure, shapes and
-  dtypes for each parameter) and only then hands the Trainer the rebuilt objects, as
+  dtypes for each parameter, and ``MyAdam``'s step count in it an int >= 0) and only then hands the Trainer the rebuilt objects, as
   ``Trainer.load_states`` would. A bad file raises ``ValueError`` naming the file
   and what is wrong (the callable it names, if it names one it may not), with
   the Trainer (weights, states, update counts, optimizer) untouched.

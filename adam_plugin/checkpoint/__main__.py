@@ -5,7 +5,8 @@ Internal: the command is public, this module's names are not (see :mod:`adam_plu
 Reads the file as :func:`adam_plugin.checkpoint.load_states` does, without
 running code from it or building anything: the optimizer's class and
 hyperparameters, its update counts, and each parameter's state: shapes and
-dtypes, and the step count ``t``. A refused file prints the loader's message and exits with status 1.
+dtypes, and the step count ``t``. A refused file prints the loader's message and
+exits with status 1.
 ``--allow MODULE.CLASS`` (repeatable) allows a class one trusts, as
 :func:`adam_plugin.checkpoint.add_safe_globals` does.
 """

@@ -1,7 +1,11 @@
 """Make the states file of main at 1303d99 (each state ``(m, v)``, the step counts in the
 optimizer only) that test_checkpoint_upgrade loads with every later release.
 
-Run from a checkout of that commit (``PYTHONPATH=<checkout> python tests/states/make_main_1303d99.py``)::
+Run from a checkout of that commit::
+
+    PYTHONPATH=<checkout> python tests/states/make_main_1303d99.py
+
+It writes::
 
     main_1303d99.states   Trainer.save_states after SAVE_AFTER steps, in layout SAVED_IN
     main_1303d99.params   the network's parameters at that point
