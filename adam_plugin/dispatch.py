@@ -32,6 +32,7 @@ import numpy
 import mxnet.ndarray as nd
 
 from . import fused, textbook
+from .options import InvalidOption, step_count
 
 KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
 KERNEL_DTYPES = (numpy.dtype(numpy.float16), numpy.dtype(numpy.float32),
@@ -105,12 +106,13 @@ class Layouts:
             arithmetic would broadcast a smaller gradient, and the kernel reads raw
             memory, either giving wrong numbers without a word. If ``state`` is not
             what ``MyAdam.create_state_multi_precision`` makes for this weight:
-            ``(m, v[, vmax])``, or ``(master, (m, v[, vmax]))`` for a float16 weight under
-            ``multi_precision``, dense arrays on the weight's context of its shape, the
-            moments of its dtype (float32 beside the float32 master copy, which is
-            row_sparse beside a row_sparse weight). The kernel reads and writes them
-            as raw memory of the weight's size: a smaller state would be written past
-            its end.
+            ``(m, v[, vmax], [t])``, or ``(master, (m, v[, vmax], [t]))`` for a float16
+            weight under ``multi_precision``, dense arrays on the weight's context of
+            its shape, the moments of its dtype (float32 beside the float32 master copy,
+            which is row_sparse beside a row_sparse weight), and the step count ``t``
+            passing :func:`adam_plugin.options.step_count` (or no ``[t]``: a state saved
+            without it). The kernel reads and writes the arrays as raw memory of the
+            weight's size: a smaller state would be written past its end.
         """
         seen = self._seen.setdefault(index, [])
         for entry in seen:
@@ -150,16 +152,22 @@ def _misfit(state, layout, master, context):
     :class:`Layouts`), or None."""
     if master:
         if not (isinstance(state, (tuple, list)) and len(state) == 2
-                and isinstance(state[1], (tuple, list))):
-            return f"it is {_structure(state)}, not (master copy, (m, v[, vmax]))"
-        arrays = [('master copy', state[0])] + list(zip(('m', 'v', 'vmax'), state[1]))
-        moments, dtype = state[1], numpy.dtype(numpy.float32)
+                and isinstance(state[1], (tuple, list)) and state[1]):
+            return f"it is {_structure(state)}, not (master copy, (m, v[, vmax], [t]))"
+        dtype = numpy.dtype(numpy.float32)
     else:
-        if not isinstance(state, (tuple, list)):
-            return f"it is {_structure(state)}, not (m, v[, vmax])"
-        arrays, moments, dtype = list(zip(('m', 'v', 'vmax'), state)), state, layout.dtype
+        if not (isinstance(state, (tuple, list)) and state):
+            return f"it is {_structure(state)}, not (m, v[, vmax], [t])"
+        dtype = layout.dtype
+    moments, copy, count = _split(state, master)
+    if count is not None:
+        try:
+            step_count('step count', count)
+        except InvalidOption as err:
+            return str(err)
     if len(moments) not in (2, 3):
-        return f"it holds {len(moments)} moments, not (m, v[, vmax])"
+        return f"it holds {len(moments)} moments, not (m, v[, vmax], [t])"
+    arrays = ([('master copy', copy)] if master else []) + list(zip(('m', 'v', 'vmax'), moments))
     for what, array in arrays:
         if not isinstance(array, nd.NDArray):
             return f"its {what} is a {type(array).__name__}, not an NDArray"
@@ -233,8 +241,9 @@ class Batch:
         One per parameter, from :class:`Layouts`.
     weights, grads : list of NDArray
     states : list of tuple of NDArray
-        As made by ``MyAdam.create_state_multi_precision``: ``(m, v[, vmax])``, or
-        ``(master, (m, v[, vmax]))`` for a float16 weight under ``multi_precision``.
+        As made by ``MyAdam.create_state_multi_precision``: ``(m, v[, vmax], [t])``, or
+        ``(master, (m, v[, vmax], [t]))`` for a float16 weight under ``multi_precision``
+        (a state saved without ``[t]`` is taken too: see :attr:`step_counts`).
     multi_precision : bool
         Whether float16 weights step on their float32 master copy.
     name : callable
@@ -249,6 +258,10 @@ class Batch:
         reads must fit (see :func:`adam_plugin.options.step_value`).
     distinct_dtypes : frozenset
         Those of :attr:`dtypes`.
+    step_counts : list
+        One per parameter: the one-item list ``[t]`` that ends its state, where its
+        step count is counted in place, or None for a state saved without it
+        (``MyAdam`` then counts in its own per-device counts).
 
     Raises
     ------
@@ -264,12 +277,14 @@ class Batch:
         self.name = name
         self.routes = [route(layout, options) for layout in layouts]
         self.grads = list(grads)
-        self.dtypes = []
+        self.dtypes, self.step_counts = [], []
         groups = {}  # kernel storage -> [(position, the parameter as fused.Buffers takes it)]
         for i, (way, layout) in enumerate(zip(self.routes, layouts)):
             master = multi_precision and layout.dtype == FLOAT16
             computed_in = FLOAT32 if layout.dtype == FLOAT16 else layout.dtype
             self.dtypes.append((computed_in, computed_in if master else layout.dtype))
+            moments, copy, count = _split(states[i], master)
+            self.step_counts.append(count)
             rows = _rows(grads[i], layout.shape[0], name(i)) if layout.row_sparse_grad else None
             if way == KERNEL and not layout.dense and not all(
                     _stores_every_row(array, layout.shape[0])
@@ -281,7 +296,6 @@ class Batch:
             if layout.row_sparse_grad and not lazy:
                 self.grads[i] = grads[i].tostype('default')
             if way == KERNEL:
-                moments, copy = _split(states[i], master)
                 groups.setdefault(fused.storage(layout.dtype, master), []).append(
                     (i, (layout.shape, weights[i], self.grads[i], moments, copy,
                          rows if lazy else None)))
@@ -357,9 +371,14 @@ class Batch:
 
 
 def _split(state, master):
-    """``(moments, master copy)`` of a parameter's state: ``(master, (m, v[, vmax]))`` for a
-    float16 weight stepped on a float32 master copy, else ``(m, v[, vmax])`` and None."""
-    return (state[1], state[0]) if master else (state, None)
+    """``(moments, master copy, step count)`` of a parameter's state ``(m, v[, vmax], [t])``,
+    or ``(master, (m, v[, vmax], [t]))`` for a float16 weight stepped on a float32 master
+    copy: ``(m, v[, vmax])``, the master copy (else None) and the one-item list ``[t]``
+    (None in a state saved without it, ``(m, v[, vmax])``)."""
+    inner, copy = (state[1], state[0]) if master else (state, None)
+    if type(inner[-1]) is list:
+        return tuple(inner[:-1]), copy, inner[-1]
+    return inner, copy, None
 
 
 def _row_sparse_arrays(weight, state, master):
@@ -435,16 +454,16 @@ def textbook_step(weight, grad, state, step, multi_precision):
     whole rule runs on float32 copies, and the results are stored as float16. Rounded
     at every operation instead, ``(1 - beta2) * g`` underflows and a moment over
     65504 mid-expression becomes Inf."""
+    moments, master, _ = _split(state, multi_precision and weight.dtype == numpy.float16)
     if weight.dtype != numpy.float16:
-        textbook.adam_step(weight, grad, state, step)
-    elif multi_precision:
-        inner, master = _split(state, True)
-        textbook.adam_step(master, grad.astype(numpy.float32), inner, step)
+        textbook.adam_step(weight, grad, moments, step)
+    elif master is not None:
+        textbook.adam_step(master, grad.astype(numpy.float32), moments, step)
         weight[:] = master.astype(weight.dtype)  # not nd.cast: it has no row_sparse form
     else:
-        wide = [a.astype(numpy.float32) for a in (weight, *state)]
+        wide = [a.astype(numpy.float32) for a in (weight, *moments)]
         textbook.adam_step(wide[0], grad.astype(numpy.float32), tuple(wide[1:]), step)
-        for narrow, result in zip((weight, *state), wide):
+        for narrow, result in zip((weight, *moments), wide):
             narrow[:] = result.astype(numpy.float16)
 
 
@@ -466,5 +485,5 @@ def operator_step(weight, grad, state, step):
                   rescale_grad=step.rescale_grad)
     if step.clip_gradient is not None:
         kwargs['clip_gradient'] = step.clip_gradient
-    mean, var = state
+    mean, var = _split(state, False)[0]
     nd.adam_update(weight, grad, mean, var, out=weight, **kwargs)  # grad is dense (Batch)

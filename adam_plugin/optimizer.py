@@ -27,7 +27,8 @@ WARN_EVERY = 10
 class MyAdam(Optimizer):
     r"""Adam (Kingma & Ba, 2014) as an MXNet optimizer, registered as ``'myadam'``.
 
-    Per parameter, with ``t`` its own step count (MXNet's ``_index_update_count``)::
+    Per parameter, with ``t`` its own step count, kept in its state (see
+    :meth:`create_state`)::
 
         g     = rescale_grad * grad
         g     = g + wd * w                                  (coupled L2, default)
@@ -93,11 +94,12 @@ class MyAdam(Optimizer):
     def _start_run(self):
         """The attributes of this process's run, not pickled: :data:`_RUN_ATTRIBUTES`."""
         self._deferred = DeferredError()  # an error kept from the KVStore callback
-        self._queued = {}  # index -> (Step, counts, fused.Queued): see _queue, in order
+        self._queued = {}  # index -> (Step, step count, counts, fused.Queued): see _queue
         self._plans = {}  # index -> (state, multi_precision, dispatch.Batch): see _queue
         self._bad_in_a_row = {}  # index -> bad updates in a row (absent: 0)
         self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads
         self._checked = {}  # values a step reads, with their types and dtypes -> found good
+        self._saved_counts = {}  # index -> step count in the states file: see _advance
 
     def __getstate__(self):
         self._deferred.raise_pending()  # never save over an update that failed
@@ -115,6 +117,8 @@ class MyAdam(Optimizer):
         refuses a bad file too); see :func:`adam_plugin.options.checked_state`."""
         super().__setstate__(options.checked_state(state))
         self._start_run()
+        for device in sorted(self._all_index_update_counts, reverse=True):  # the lowest last
+            self._saved_counts.update(self._all_index_update_counts[device])
 
     @property
     def param_dict(self):
@@ -174,10 +178,21 @@ class MyAdam(Optimizer):
         super().set_learning_rate(options.LEARNING_RATE('learning_rate', lr))
 
     def create_state(self, index, weight):
-        """Zero moments ``(m, v)``, plus ``vmax`` with AMSGrad, on ``weight``'s context and dtype."""
-        count = 3 if self.amsgrad else 2
+        """``(m, v[, vmax], [t])``: zero moments ``m`` and ``v``, plus ``vmax`` with
+        AMSGrad, on ``weight``'s context and dtype, then the parameter's step count ``t``
+        in a one-item list, ``begin_num_update`` until its first update (each update
+        adds 1 before using it; a skipped one does not).
+
+        Kept in the state, the step count goes wherever the moments go: into every
+        device's Updater when a states file is loaded into another device layout, and
+        into the files of ``Module.save_optimizer_states``, which hold the Updater's
+        states but not the optimizer. MXNet's per-device counts in the optimizer
+        (``_index_update_count``) and ``num_update``, which ``lr_scheduler`` reads,
+        follow it at each update.
+        """
+        moments = 3 if self.amsgrad else 2
         return tuple(nd.zeros(weight.shape, weight.context, dtype=weight.dtype)
-                     for _ in range(count))
+                     for _ in range(moments)) + ([self.begin_num_update],)
 
     def update(self, index, weight, grad, state):
         """Update one parameter (or lists of them) in place; see the class docstring.
@@ -211,7 +226,7 @@ class MyAdam(Optimizer):
             self._plans[indices[0]] = states[0], multi_precision, batch
         finite = batch.finite()
         self._refuse_bad_gradients(indices, finite)
-        steps = self._steps(indices, finite, self._counts(indices), rule, batch.dtypes)
+        steps = self._steps(indices, batch.step_counts, finite, rule, batch.dtypes)
         self._count_skips(indices, finite)
         self._check_overflows(indices, steps, batch.apply(steps))
 
@@ -268,19 +283,22 @@ class MyAdam(Optimizer):
         if self._queued:
             self._take_queued()
         rule = self._rule(batch)
-        counts = self._counts((index,))
+        count = batch.step_counts[0]
+        counts = self._counts((index,), (count,))
         try:
-            self._update_count(index)
-            step = self._step(index, self._base_lr(), rule, batch.dtypes[0])
+            t = self._advance(index, count)
+            step = self._step(index, t, self._base_lr(), rule, batch.dtypes[0])
             queued = batch.queue((step,), (weight,), (grad,))
         except BaseException:
-            self._restore_counts(counts, (index,))
+            self._restore_counts(counts)
             raise
         if queued is None:
-            self._restore_counts(counts, (index,))
+            self._restore_counts(counts)
             del self._plans[index]
             return False
-        self._queued[index] = step, counts, queued
+        if count is not None:  # until taken in: see _QueuedCount
+            count[0] = _QueuedCount(step.t, queued)
+        self._queued[index] = step, count, counts, queued
         return True
 
     def _take_queued(self):
@@ -294,36 +312,65 @@ class MyAdam(Optimizer):
         for it to run, as an update on the calling thread would have: a gradient that was
         not finite gives the step count back and counts as skipped (``max_skips``), an
         overflow counts too."""
-        step, counts, queued = self._queued.pop(index)
+        step, count, counts, queued = self._queued.pop(index)
+        if count is not None:
+            count[0] = step.t  # an int again (see _QueuedCount); given back below if skipped
         if queued.status() == 1:  # it ran; the gradient was finite, nothing overflowed
             self._bad_in_a_row.pop(index, None)
             return
         try:
             (finite,), overflow = queued.result()
         except BaseException:
-            self._restore_counts(counts, (index,))
+            self._restore_counts(counts)
             raise
         if not finite:
-            self._restore_counts(counts, (index,))
+            self._restore_counts(counts)
         self._refuse_bad_gradients((index,), (finite,))
         self._count_skips((index,), (finite,))
         self._check_overflows((index,), (step if finite else None,), overflow)
 
-    def _counts(self, indices):
-        """The step counts of ``indices`` and ``num_update``, for :meth:`_restore_counts`."""
-        return {i: self._index_update_count.get(i) for i in indices}, self.num_update
+    def _advance(self, index, count):
+        """Count an update of ``index``, whose state ends with ``count`` (its one-item
+        list ``[t]``, see :meth:`create_state`): ``t`` goes up by 1 there, and MXNet's
+        count of ``index`` for the current device and ``num_update`` (the largest count,
+        which ``lr_scheduler`` reads) follow it. Returns ``t``.
 
-    def _restore_counts(self, counts, indices):
-        """Put the step counts of ``indices`` back as :meth:`_counts` saw them, and
-        ``num_update`` to the largest of its value then and the counts now."""
-        if not indices:
-            return
-        for index in indices:
-            if counts[0][index] is None:
+        A state saved without its step count (``count`` None, ``(m, v[, vmax])``) counts
+        in the optimizer's counts, as MXNet does: from this device's count of
+        ``index``; on a device that has none, from the count of ``index`` in the
+        states file this optimizer was loaded from (of its lowest-numbered device
+        that has one: the Trainer saves its first device's states), else from
+        ``begin_num_update``.
+        """
+        if count is None:
+            t = 1 + self._index_update_count.get(
+                index, self._saved_counts.get(index, self.begin_num_update))
+        else:
+            t = count[0] = count[0] + 1
+        self._index_update_count[index] = t
+        self.num_update = max(self.num_update, t)
+        return t
+
+    def _counts(self, indices, counts):
+        """The step counts of ``indices``, whose states end with ``counts`` (see
+        :meth:`_advance`), as they are now, for :meth:`_restore_counts`: per index, its
+        state's count and MXNet's for the current device; and ``num_update``."""
+        return ([(index, count, None if count is None else count[0],
+                  self._index_update_count.get(index))
+                 for index, count in zip(indices, counts)], self.num_update)
+
+    def _restore_counts(self, counts):
+        """Put the step counts back as :meth:`_counts` saw them, and ``num_update`` to the
+        largest of its value then and MXNet's counts now."""
+        saved, num_update = counts
+        for index, count, t, kept in saved:
+            if count is not None:
+                count[0] = t
+            if kept is None:
                 self._index_update_count.pop(index, None)
             else:
-                self._index_update_count[index] = counts[0][index]
-        self.num_update = max([counts[1], *self._index_update_count.values()])
+                self._index_update_count[index] = kept
+        self.num_update = max([num_update, *self._index_update_count.values()])
 
     def _check_overflows(self, indices, steps, overflow):
         """After a step (``steps[i]`` None: parameter ``i`` not stepped), raise or count
@@ -356,22 +403,22 @@ class MyAdam(Optimizer):
                 self._bad_update(index, "skipped the update of {name}: its gradient holds "
                                         "NaN or Inf")
 
-    def _steps(self, indices, finite, counts, rule, dtypes):
+    def _steps(self, indices, counts, finite, rule, dtypes):
         """The Step of each parameter whose ``finite`` flag is set (None for the others),
-        counting its update, with ``rule`` (:meth:`_rule`) and the parameters'
-        ``dtypes`` (:attr:`adam_plugin.dispatch.Batch.dtypes`); every step count is back
-        as ``counts`` (:meth:`_counts`, just before) saw it if this raises (a
-        scheduler's error, a bad learning rate)."""
+        counting its update (:meth:`_advance`; ``counts``: the ends of their states),
+        with ``rule`` (:meth:`_rule`) and the parameters' ``dtypes``
+        (:attr:`adam_plugin.dispatch.Batch.dtypes`); every step count is back as it was
+        if this raises (a scheduler's error, a bad learning rate)."""
+        before = self._counts(indices, counts)
         try:
-            for index, ok in zip(indices, finite):
-                if ok:
-                    self._update_count(index)
+            ts = [self._advance(index, count) if ok else None
+                  for index, count, ok in zip(indices, counts, finite)]
             # the scheduler asked once, after every count, as MXNet's multi-tensor updates do
             base = self._base_lr() if any(finite) else None
-            return [self._step(index, base, rule, pair) if ok else None
-                    for index, ok, pair in zip(indices, finite, dtypes)]
+            return [self._step(index, t, base, rule, pair) if ok else None
+                    for index, t, ok, pair in zip(indices, ts, finite, dtypes)]
         except BaseException:
-            self._restore_counts(counts, indices)
+            self._restore_counts(before)
             raise
 
     def _bad_update(self, index, what):
@@ -430,8 +477,8 @@ class MyAdam(Optimizer):
         return (f"lr_scheduler({self.num_update}), a {type(self.lr_scheduler).__name__}, "
                 f"returned {base!r}")
 
-    def _step(self, index, base, rule, dtypes):
-        """The Step of parameter ``index``: its count, the learning rate ``base`` times its
+    def _step(self, index, t, base, rule, dtypes):
+        """The Step of parameter ``index``: its count ``t``, the learning rate ``base`` times its
         ``lr_mult``, ``rule[1]`` (``wd``) times its ``wd_mult``, both checked in its
         ``dtypes``, and ``rule[0]``."""
         rest, base_wd = rule
@@ -445,7 +492,7 @@ class MyAdam(Optimizer):
                             lambda: self._times_source(self._lr_source(base), index, 'lr_mult')),
                 self._value('wd', wd, dtypes, self.num_update, self._name(index),
                             lambda: self._times_source(f"wd {base_wd!r}", index, 'wd_mult'))))
-        return Step(self._index_update_count[index], *rates, *rest)
+        return Step(t, *rates, *rest)
 
     def _multiplier(self, index, kind, describe=False):
         """``(value, where)``: parameter ``index``'s ``kind``, ``'lr_mult'`` or
@@ -539,13 +586,32 @@ def _check_fits(saved, params):
                              f"shape {have[index]}")
 
 
+class _QueuedCount(int):
+    """A step count while its update is queued in MXNet's engine (:meth:`MyAdam._queue`):
+    the count the update gives, until :meth:`MyAdam._take` puts in the count it ends with
+    (one less when the gradient was not finite and the update was skipped). Pickled
+    before that (``Trainer.save_states`` pickles the Updater's states before the
+    optimizer, whose ``__getstate__`` takes the queued updates in), it waits for the
+    update and is saved as the count it ends with, an ``int``."""
+
+    def __new__(cls, t, queued):
+        count = super().__new__(cls, t)
+        count.queued = queued
+        return count
+
+    def __reduce_ex__(self, protocol):
+        (finite,), _ = self.queued.result()
+        return int, (int(self) if finite else int(self) - 1,)
+
+
 # Updater.__init__ <- get_updater <- KVStore.set_optimizer reads aggregate_num (MXNet 1.7-1.9).
 _KVSTORE_SET_OPTIMIZER = KVStore.set_optimizer.__code__
 
 # What MyAdam._start_run sets: this process's, never pickled (references to live arrays,
-# queued updates, a run of bad updates, an error not raised yet).
+# queued updates, a run of bad updates, an error not raised yet, the step counts of the
+# states file it was loaded from).
 _RUN_ATTRIBUTES = ('_deferred', '_queued', '_plans', '_bad_in_a_row', '_layouts',
-                   '_checked')
+                   '_checked', '_saved_counts')
 
 # What MyAdam._rule reads of the optimizer's attributes (one C call): the rest of a Step,
 # of the same names, then wd and what else the update reads.

@@ -130,6 +130,16 @@ def counts(name, value):
     return value
 
 
+def step_count(name, value):
+    """A check: the step count that ends a parameter's state, ``[t]`` (a one-item list, so
+    that the update counts in place), ``t`` an int from 0 (``begin_num_update`` until the
+    parameter's first update; the update adds 1 before it uses it) to :data:`MAX_COUNT`."""
+    if not (type(value) is list and len(value) == 1):
+        _refuse(name, value, 'a list holding one step count')
+    integer(0, MAX_COUNT)(name, value[0])
+    return value
+
+
 def per_device_counts(name, value):
     """A check: ``{device: {index: count}}`` (``Optimizer._all_index_update_counts``)."""
     if type(value) is not dict or not value:

@@ -191,7 +191,7 @@ TAMPERED = {
     'attribute_contains_itself': (tampered(lambda s, o, m: setattrs(o, idx2name=cycle())),
                                   'it nests objects deeper than 128 levels'),
     'number_as_state': (tampered(lambda s, o, m: put(s, 0, 5)),
-                        'the state of parameter index 0 holds int, not an MXNet array'),
+                        "has layout 'int', expected"),
     'number_as_lr_scheduler': (tampered(lambda s, o, m: setattrs(o, lr_scheduler=0)),
                                "'lr_scheduler' of adam_plugin.optimizer.MyAdam holds int, "
                                "not one of MXNet's schedulers"),

@@ -23,7 +23,7 @@ from mxnet.optimizer import SGD, Optimizer
 import adam_plugin
 from adam_plugin import checkpoint
 from adam_plugin.checkpoint import safe
-from test_checkpoint import Job, assert_same, row_sparse_bytes, save
+from test_checkpoint import Job, _arrays, assert_same, row_sparse_bytes, save
 from test_checkpoint_attacks import Call, Rebuilt, cycle, handle, put, setattrs, without
 
 OPT = 'adam_plugin.optimizer.MyAdam'
@@ -112,26 +112,48 @@ ROWS = {
                          'adam_plugin.checkpoint.add_safe_globals([cls]), or '
                          "'with adam_plugin.checkpoint.safe_globals([cls]):', or inspect's "
                          "--allow)"),
-    # the states: MXNet arrays in tuples, nothing else, no deeper than MAX_DEPTH
+    # the states: MXNet arrays in tuples, and MyAdam's step count [t] at the end, nothing
+    # else, no deeper than MAX_DEPTH; an int elsewhere is refused for its layout
+    'text_in_a_state': (resaved(lambda s, o: put(s, 0, (s[0][0], 'x'))),
+                        'the state of parameter index 0 holds str, not an MXNet array'),
     'number_in_a_state': (resaved(lambda s, o: put(s, 0, (s[0][0], 5))),
-                          'the state of parameter index 0 holds int, not an MXNet array'),
+                          "the state of parameter 'B' has layout (((1,), 'float32', "
+                          "'default'), 'int'), expected ..."),
     'number_as_a_state': (resaved(lambda s, o: put(s, 1, 5)),
-                          'the state of parameter index 1 holds int, not an MXNet array'),
+                          "the state of parameter 'W' has layout 'int', expected ..."),
+    'step_count_not_in_a_list': (resaved(lambda s, o: put(s, 1, s[1][:3] + (5,))),
+                                 "the state of parameter 'W' has layout (((2, 1), 'float32', "
+                                 "'default'), ((2, 1), 'float32', 'default'), ((2, 1), "
+                                 "'float32', 'default'), 'int'), expected ..."),
+    'step_count_in_a_tuple': (resaved(lambda s, o: put(s, 1, s[1][:3] + ((5,),))),
+                              "the state of parameter 'W' has layout (((2, 1), 'float32', "
+                              "'default'), ((2, 1), 'float32', 'default'), ((2, 1), "
+                              "'float32', 'default'), ('int',)), expected ..."),
+    'step_count_negative': (resaved(lambda s, o: put(s, 1, s[1][:3] + ([-1],))),
+                            "Invalid step count of parameter 'W': -1 (expected an int >= 0)"),
+    'step_count_a_float': (resaved(lambda s, o: put(s, 1, s[1][:3] + ([2.0],))),
+                           'the state of parameter index 1 holds float, not an MXNet array'),
+    'step_count_of_two': (resaved(lambda s, o: put(s, 1, s[1][:3] + ([1, 2],))),
+                          "the state of parameter 'W' has layout (((2, 1), 'float32', "
+                          "'default'), ((2, 1), 'float32', 'default'), ((2, 1), "
+                          "'float32', 'default'), ['int', 'int']), expected ..."),
+    'step_count_by_a_call': (resaved(lambda s, o: put(s, 1, s[1][:3] + ([Call(int, '7')],))),
+                             "it calls builtins.int with '7', which no checkpoint does"),
     # an object inside itself: the pre-scan refuses it before unpickling
     'state_contains_itself': (resaved(lambda s, o: put(s, 0, cycle())),
                               'it nests objects deeper than 128 levels (or in themselves); '
                               'refused before unpickling'),
-    'state_nested_33_deep': (resaved(lambda s, o: put(s, 0, nested(32, s[0]))),
+    'state_nested_33_deep': (resaved(lambda s, o: put(s, 0, nested(31, s[0]))),  # (.., [t])
                              'the state of parameter index 0 is nested deeper than 32 '
                              'levels (or contains itself)'),
     # ... nested 32 deep, it passes the walk and is refused for its layout
-    'state_nested_32_deep': (resaved(lambda s, o: put(s, 0, nested(31, s[0]))),
+    'state_nested_32_deep': (resaved(lambda s, o: put(s, 0, nested(30, s[0]))),
                              "the state of parameter 'B' has layout ((((((..."),
     'none_in_a_state': (resaved(lambda s, o: put(s, 1, (s[1][0], s[1][1], None))),
                         "the state of parameter 'W' has layout (((2, 1), 'float32', "
                         "'default'), ((2, 1), 'float32', 'default'), 'NoneType'), expected "
                         "(((2, 1), 'float32', 'default'), ((2, 1), 'float32', 'default'), "
-                        "((2, 1), 'float32', 'default'))"),
+                        "((2, 1), 'float32', 'default'), ['int'])"),
     # an array: NDArray(None), then __setstate__({'handle': bytearray(raw bytes)})
     'array_handle_a_number': (resaved(lambda s, o: put(s, 0, (Rebuilt(
         nd.NDArray, (None,), {'handle': 5}),))),
@@ -297,7 +319,7 @@ def per_index():
 
 
 def states(job):
-    return {i: [a.asnumpy() for a in s] for i, s in job.trainer._updaters[0].states.items()}
+    return {i: _arrays(s) for i, s in job.trainer._updaters[0].states.items()}
 
 
 def test_states_are_created_for_their_own_index(per_index, tmp_path):

@@ -126,3 +126,47 @@ def test_a_protocol_0_file_names_python_2s_modules(tmp_path):
         data = pickle.dumps(pickle.load(f), 0)
     for name in (b'__builtin__\nbytearray', b'copy_reg\n_reconstructor', b'_codecs\nencode'):
         assert name in data
+
+
+# main at 1303d99 (tests/states/make_main_1303d99.py): states (m, v) and (master, (m, v)),
+# the step counts only in the optimizer's per-device counts.
+_spec = importlib.util.spec_from_file_location(
+    'make_main_1303d99', os.path.join(HERE, 'make_main_1303d99.py'))
+main_1303d99 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(main_1303d99)
+
+
+@pytest.fixture(scope='module')
+def straight_1303d99():
+    """The job of the 1303d99 file trained straight through by this release, per layout."""
+    runs = {}
+    for layout in main_1303d99.LAYOUTS:
+        net, trainer = main_1303d99.job(layout)
+        main_1303d99.train(net, trainer, range(1, main_1303d99.STEPS + 1))
+        runs[layout] = main_1303d99.weights(net)
+    return runs
+
+
+@pytest.mark.parametrize('loader', LOADERS)
+@pytest.mark.parametrize('layout', main_1303d99.LAYOUTS)
+def test_the_file_of_main_1303d99_resumes_in_every_layout(layout, loader, straight_1303d99):
+    """Saved with the KVStore updating (the counts of one device), resumed into every
+    layout: each parameter's step count comes from the saved counts on every device."""
+    made_by = main_1303d99
+    net, trainer = made_by.job(layout)
+    net.load_parameters(os.path.join(HERE, f'{made_by.NAME}.params'),
+                        ctx=made_by.LAYOUTS[layout][0])
+    LOADERS[loader](trainer, os.path.join(HERE, f'{made_by.NAME}.states'))
+    made_by.train(net, trainer, range(made_by.SAVE_AFTER + 1, made_by.STEPS + 1))
+    got = made_by.weights(net)
+    want = straight_1303d99[layout]
+    assert got.keys() == want.keys()
+    for key in want:  # every device as the straight run's device 0
+        np.testing.assert_array_equal(got[key], want[key.split('@')[0] + '@0'], err_msg=key)
+    # The straight run of 1303d99 itself, on whatever machine made it (another kernel
+    # variant on other vector instructions): float16 rounding.
+    saved = dict(np.load(os.path.join(HERE, f'{made_by.NAME}.npz')))
+    for key in got:
+        np.testing.assert_allclose(got[key], saved[key.split('@')[0] + '@0'], rtol=1e-3,
+                                   err_msg=key)
+    assert not np.any(saved['w@0'] == np.float16(0.25)), 'nothing trained'

@@ -53,7 +53,8 @@ def run(config, dtype, fused, aggregated, weights, grads):
         else:
             for i in indices:
                 opt.update_multi_precision(i, ws[i], gs[i], states[i])
-    return [w.asnumpy() for w in ws] + [b.asnumpy() for s in states for b in s]
+    assert [s[-1] for s in states] == [[len(grads)]] * len(states)  # (m, v[, vmax], [t])
+    return [w.asnumpy() for w in ws] + [b.asnumpy() for s in states for b in s[:-1]]
 
 
 def inputs(rng, dtype, shapes=SHAPES):
@@ -201,15 +202,28 @@ MISFITS = [
     ('float32', False, lambda: (nd.zeros((4, 3)), nd.zeros((12,))), 'its v has shape (12,)'),
     ('float32', False, lambda: _state(dtype='float16'), 'its m is float16'),
     ('float64', False, lambda: _state(dtype='float32'), 'its m is float32'),
-    ('float32', False, lambda: _state(count=1), 'it holds 1 moments, not (m, v[, vmax])'),
-    ('float32', False, lambda: _state(count=4), 'it holds 4 moments, not (m, v[, vmax])'),
-    ('float32', False, lambda: nd.zeros((4, 3)), 'it is NDArray, not (m, v[, vmax])'),
+    ('float32', False, lambda: _state(count=1), 'it holds 1 moments, not (m, v[, vmax], [t])'),
+    ('float32', False, lambda: _state(count=4), 'it holds 4 moments, not (m, v[, vmax], [t])'),
+    ('float32', False, lambda: nd.zeros((4, 3)), 'it is NDArray, not (m, v[, vmax], [t])'),
+    ('float32', False, lambda: _state(count=1) + ([2],),
+     'it holds 1 moments, not (m, v[, vmax], [t])'),
+    # the step count t, a one-item list at the end (it counts in place)
+    ('float32', False, lambda: _state() + ([-1],),
+     'Invalid step count: -1 (expected an int >= 0)'),
+    ('float32', False, lambda: _state() + (['3'],),
+     "Invalid step count: '3' (expected an int >= 0)"),
+    ('float32', False, lambda: _state(count=3) + ([1.5],),
+     'Invalid step count: 1.5 (expected an int >= 0)'),
+    ('float32', False, lambda: _state() + ([1, 2],),
+     'Invalid step count: [1, 2] (expected a list holding one step count)'),
+    ('float16', True, lambda: (nd.zeros((4, 3)), _state() + ([True],)),
+     'Invalid step count: True (expected an int >= 0)'),
     ('float32', False, lambda: (nd.zeros((4, 3)), np.zeros((4, 3), np.float32)),
      'its v is a ndarray, not an NDArray'),
     ('float32', False, lambda: (nd.zeros((4, 3)), nd.zeros((4, 3)).tostype('row_sparse')),
      'its v is row_sparse'),
     ('float16', True, lambda: _state(dtype='float16'),
-     'it is (NDArray, NDArray), not (master copy, (m, v[, vmax]))'),
+     'it is (NDArray, NDArray), not (master copy, (m, v[, vmax], [t]))'),
     ('float16', True, lambda: (nd.zeros((4, 3), dtype='float16'), _state()),
      'its master copy is float16'),
     ('float16', True, lambda: (nd.zeros((4, 3)), _state(dtype='float16')), 'its m is float16'),
@@ -411,8 +425,10 @@ def test_nonfinite_gradient_is_skipped_untouched(bad, spot, dtype, threads, vari
     assert opt.num_skipped == 1
     assert 0 not in opt._index_update_count and opt._index_update_count[1] == 1
     np.testing.assert_array_equal(weights[0].asnumpy(), np.ones(BAD_SIZE))
-    for buf in states[0]:
+    *moments, count = states[0]
+    for buf in moments:
         np.testing.assert_array_equal(buf.asnumpy(), np.zeros(BAD_SIZE))
+    assert count == [0] and states[1][-1] == [1]  # (m, v, [t]): the skip is not counted
     assert (weights[1].asnumpy() < 1).all()  # the finite one stepped
 
 
@@ -426,7 +442,7 @@ def test_nonfinite_raise_modifies_nothing():
         opt.update([0, 1], weights, [nd.ones((7,)), nd.array(grad)], states)
     for w, s in zip(weights, states):
         np.testing.assert_array_equal(w.asnumpy(), np.ones(w.shape))
-        assert all(not b.asnumpy().any() for b in s)
+        assert all(not b.asnumpy().any() for b in s[:-1]) and s[-1] == [0]  # (m, v, [t])
     assert not opt._index_update_count
 
 

@@ -131,7 +131,9 @@ def compare_same_storage(opt1, opt2, shape, dtype, w_stype, g_stype, rtol, atol)
     compare_ndarray_tuple(state1, state2)
     opt1.update_multi_precision(0, w1, grad.copyto(ctx), state1)
     opt2.update_multi_precision(0, w2, grad.copyto(ctx), state2)
-    compare_ndarray_tuple(state1, state2, rtol=rtol, atol=atol)
+    compare_ndarray_tuple(state1, state2, rtol=rtol, atol=atol)  # zip: (m, v) of (m, v, [t])
+    inner = state2[-1] if isinstance(state2[-1], tuple) else state2  # (master, (m, v, [t]))
+    assert inner[-1] == [opt1._index_update_count[0]] == [1]  # the step count ``[t]``
     assert_almost_equal(w1, w2, rtol=rtol, atol=atol)
 
 

@@ -33,7 +33,8 @@ def step(trainer, params, grads):
 def snapshot(trainer, params):
     upd = trainer._updaters[0]
     return ([p.data().asnumpy().copy() for p in params],
-            {i: [s.asnumpy().copy() for s in upd.states[i]] for i in upd.states},
+            {i: [s.asnumpy().copy() if isinstance(s, nd.NDArray) else list(s)  # (.., [t])
+                 for s in upd.states[i]] for i in upd.states},
             dict(trainer._optimizer._index_update_count))
 
 

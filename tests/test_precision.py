@@ -32,7 +32,7 @@ def test_master_weights_keep_float16_close_to_float32(options, rng):
     for w, s, ref, w0 in zip(w16, states, w32, weights):
         assert w.dtype == np.float16
         master = s[0]
-        assert master.dtype == np.float32 and all(b.dtype == np.float32 for b in s[1])
+        assert master.dtype == np.float32 and all(b.dtype == np.float32 for b in s[1][:-1])
         np.testing.assert_array_equal(w.asnumpy(), master.asnumpy().astype(np.float16))
         np.testing.assert_allclose(w.asnumpy().astype(np.float32), ref.asnumpy(), atol=2e-3)
         assert np.abs(ref.asnumpy() - w0).max() > 0.05  # the runs really moved
@@ -72,8 +72,9 @@ def _inputs(rng):
 
 
 def _flat(states):
-    return [b.asnumpy() for s in states for b in (s if not isinstance(s[1], tuple)
-                                                   else (s[0], *s[1]))]
+    """The arrays of ``(m, v[, vmax], [t])`` or ``(master, (m, v[, vmax], [t]))`` states."""
+    return [b.asnumpy() for s in states for b in (s[:-1] if not isinstance(s[1], tuple)
+                                                   else (s[0], *s[1][:-1]))]
 
 
 @pytest.mark.parametrize('name', CONFIGS)
@@ -102,7 +103,7 @@ def float32_rounded_to_float16(options, weights, grads):
     for step_grads in grads:
         for i, (w, g) in enumerate(zip(ws, step_grads)):
             opt.update(i, w, nd.array(g, dtype='float32'), states[i])
-            for a in (w, *states[i]):
+            for a in (w, *states[i][:-1]):  # (m, v[, vmax], [t])
                 a[:] = a.astype('float16').astype('float32')
     return ws, states
 
@@ -122,6 +123,7 @@ def test_plain_float16_on_the_kernel_computes_in_float32(name, variant, rng):
         np.testing.assert_array_equal(w.asnumpy(), e.asnumpy().astype(np.float16))
         assert not np.array_equal(w.asnumpy(), w0)
     for state, reference in zip(states, expected_states):
-        for a, b in zip(state, reference):
+        assert state[-1] == reference[-1] == [STEPS]  # (m, v[, vmax], [t])
+        for a, b in zip(state[:-1], reference[:-1]):
             assert a.dtype == np.float16
             np.testing.assert_array_equal(a.asnumpy(), b.asnumpy().astype(np.float16))

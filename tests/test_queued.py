@@ -151,7 +151,7 @@ def test_queued_steps_equal_steps_on_the_calling_thread(sequence, dtype, options
         updater = (trainer._kvstore._updater if update_on_kvstore else trainer._updaters[0])
         runs[update_on_kvstore] = (
             [d.asnumpy() for p in params for d in p.list_data()],
-            [s.asnumpy() for i in sorted(updater.states) for s in _arrays(updater.states[i])],
+            [s for i in sorted(updater.states) for s in _arrays(updater.states[i])],
             dict(trainer.optimizer._index_update_count), trainer.optimizer.num_update,
             trainer.optimizer.num_skipped)
     queued, calling = runs[True], runs[False]
@@ -163,10 +163,11 @@ def test_queued_steps_equal_steps_on_the_calling_thread(sequence, dtype, options
 
 
 def _arrays(state):
-    """The NDArrays of a state, nested as ``(master, (m, v))`` under multi_precision."""
+    """A state as NumPy arrays, nested as ``(master, (m, v, [t]))`` under multi_precision:
+    its arrays and its step count."""
     if isinstance(state, (tuple, list)):
         return [a for s in state for a in _arrays(s)]
-    return [state]
+    return [state.asnumpy() if isinstance(state, nd.NDArray) else np.array(state)]
 
 
 def test_a_skip_is_warned_at_the_next_call_or_the_next_step():
@@ -228,7 +229,7 @@ def one_parameter_buffers(weight, grad):
     opt = MyAdam(learning_rate=0.1)
     state = opt.create_state(0, weight)
     storage = fused.storage(np.dtype(weight.dtype), False)
-    buffers = fused.Buffers(storage, [(weight.shape, weight, grad, state, None, None)])
+    buffers = fused.Buffers(storage, [(weight.shape, weight, grad, state[:-1], None, None)])
     opt._update_count(0)
     return buffers, optimizer_step(opt, 0)
 

@@ -44,15 +44,16 @@ def run(opt, grads, w0, w_stype='default'):
     history = []
     for g in grads:
         opt.update_multi_precision(0, w, g, state)
-        history.append((w.asnumpy(), [s.asnumpy() for s in _flat(state)]))
+        history.append((w.asnumpy(), _flat(state)))
     return history
 
 
 def _flat(state):
-    """The arrays of a state, a float32 master copy and its moments flattened into one list."""
+    """A state as NumPy arrays: a float32 master copy, the moments and MyAdam's step
+    count ``[t]``, flattened into one list."""
     if isinstance(state, (tuple, list)):
         return [a for s in state for a in _flat(s)]
-    return [state]
+    return [state.asnumpy() if isinstance(state, nd.NDArray) else np.array(state)]
 
 
 # What MXNet prints on stderr when an operator without a sparse form is given a row_sparse
@@ -110,7 +111,7 @@ def test_lazy_update_touches_only_present_rows(options, w_stype, rng):
     for rows, (w, state) in zip(ROW_SETS, history):
         absent = [r for r in range(SHAPE[0]) if r not in rows]
         np.testing.assert_array_equal(w[absent], previous[0][absent])
-        for s, p in zip(state, previous[1]):
+        for s, p in zip(state[:2], previous[1]):  # m and v (then the step count)
             np.testing.assert_array_equal(s[absent], p[absent])
         assert np.all(w[rows] != previous[0][rows])
         previous = (w, state)
@@ -157,9 +158,11 @@ def test_lazy_update_with_a_gradient_holding_no_rows_changes_nothing(w_stype, rn
     opt = MyAdam(learning_rate=0.1, wd=0.1)
     before, after = run(opt, [first, empty], w0, w_stype)
     np.testing.assert_array_equal(after[0], before[0])
-    for a, b in zip(after[1], before[1]):
+    (*moments_after, t_after), (*moments_before, t_before) = after[1], before[1]
+    for a, b in zip(moments_after, moments_before):
         np.testing.assert_array_equal(a, b)
-    assert opt._index_update_count[0] == 2  # the step counted, as MXNet's Optimizer counts it
+    # the step counted, as MXNet's Optimizer counts it
+    assert (t_before, t_after) == (1, 2) and opt._index_update_count[0] == 2
 
 
 @pytest.mark.parametrize('w_stype', W_STYPES)
@@ -175,7 +178,7 @@ def test_lazy_amsgrad_matches_the_oracle_in_every_buffer(options, w_stype, rng):
         w = oracle.step(0, w, g.data.asnumpy(), rows=rows)
         expected = oracle.state[0]
         np.testing.assert_allclose(mine, w, **TOL['float32'])
-        for name, buf in zip(('m', 'v', 'vmax'), state):
+        for name, buf in zip(('m', 'v', 'vmax', 't'), state):
             np.testing.assert_allclose(buf, expected[name], **TOL['float32'], err_msg=name)
 
 
@@ -378,7 +381,8 @@ def test_a_row_outside_the_weight_is_refused_before_anything_changes(rows):
                                 f"row {bad}, outside its weight's {BIG[0]} rows; nothing was "
                                 "updated")
     np.testing.assert_array_equal(weight.asnumpy(), 1.0)
-    assert not any(s.asnumpy().any() for s in state)
+    m, v, count = state
+    assert not m.asnumpy().any() and not v.asnumpy().any() and count == [0]
     assert not opt._index_update_count
 
 
@@ -418,14 +422,16 @@ def test_every_route_refuses_a_row_outside_the_weight_or_a_row_twice(case, fused
     state = opt.create_state(0, weight)
     good = nd.sparse.row_sparse_array((np.ones((2, SHAPE[1]), 'float32'), [1, 4]), shape=SHAPE)
     opt.update(0, weight, good, state)
-    before = [a.asnumpy() for a in (weight, *state)]
+    before = [weight.asnumpy()] + _flat(state)
     grad = nd.sparse.row_sparse_array((np.full((len(rows), SHAPE[1]), 0.5, 'float32'),
                                        nd.array(rows, dtype='int64')), shape=SHAPE)
     with pytest.raises(ValueError) as error:
         opt.update(0, weight, grad, state)
     assert str(error.value) == (f"myadam: the row_sparse gradient of parameter 'embed' {what}; "
                                 "nothing was updated")
-    for a, b in zip(before, [a.asnumpy() for a in (weight, *state)]):
+    after = [weight.asnumpy()] + _flat(state)
+    assert len(after) == len(before)
+    for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)
     assert opt._index_update_count == {0: 1} and opt.num_update == 1
 

@@ -16,7 +16,7 @@ import pytest
 import mxnet as mx
 from mxnet import gluon, nd
 
-from adam_plugin import checkpoint
+from adam_plugin import MyAdam, checkpoint
 from conftest import TOL
 from oracles import NumpyAdam
 from test_checkpoint import LOADERS
@@ -109,3 +109,23 @@ def test_a_checkpoint_keeps_each_count(loader, tmp_path):
     assert trainer.optimizer._index_update_count == COUNTS
     for got, want in zip(params, straight):
         np.testing.assert_array_equal(got.data().asnumpy(), want.data().asnumpy())
+
+
+def test_begin_num_update_starts_the_state_s_count():
+    """MXNet's ``begin_num_update``: a state's step count starts there, so a parameter's
+    first update bias-corrects with ``t = begin_num_update + 1``, and ``num_update``, which
+    the scheduler reads, follows it."""
+    begin = 7
+    opt = MyAdam(learning_rate=LR, begin_num_update=begin,
+                 lr_scheduler=mx.lr_scheduler.CosineScheduler(max_update=12, base_lr=LR))
+    weight = nd.array(W0)
+    state = opt.create_state(0, weight)
+    assert state[-1] == [begin]
+    oracle = NumpyAdam(lr=LR, lr_at=schedule)
+    oracle.state[0] = dict(t=begin, m=np.zeros(3), v=np.zeros(3), vmax=np.zeros(3))
+    want = W0.astype(np.float64)
+    for t in range(1, 4):
+        opt.update(0, weight, nd.array(grad('always', t)), state)
+        want = oracle.step(0, want, grad('always', t))
+    assert state[-1] == [begin + 3] and opt.num_update == begin + 3
+    np.testing.assert_allclose(weight.asnumpy(), want, **TOL['float32'])

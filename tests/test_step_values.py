@@ -68,14 +68,18 @@ def _arrays(state):
     return [state] if state is not None else []
 
 
+def _numpy(array):
+    """An array of a state as NumPy; MyAdam's step count ``t`` (an int) too."""
+    return np.array(array.asnumpy() if isinstance(array, nd.NDArray) else array)
+
+
 def snapshot(trainer, params):
     """Everything a refused step must leave as it was: every device's weights, every
     updater's states, the step counts, num_update and num_skipped."""
     opt = trainer.optimizer
     updaters = [trainer._kvstore._updater] if trainer._update_on_kvstore else trainer._updaters
     return ([d.asnumpy() for p in params for d in p.list_data()],
-            [s.asnumpy() for u in updaters for i in sorted(u.states)
-             for s in _arrays(u.states[i])],
+            [_numpy(s) for u in updaters for i in sorted(u.states) for s in _arrays(u.states[i])],
             {d: dict(c) for d, c in opt._all_index_update_counts.items()},
             opt.num_update, opt.num_skipped)
 
@@ -208,13 +212,13 @@ def one_update(opt, dtype, multi_precision=False):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         state = opt.create_state_multi_precision(0, w)
-    before = [a.asnumpy() for a in [w] + _arrays(state)]
+    before = [_numpy(a) for a in [w] + _arrays(state)]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', RuntimeWarning)  # a float16 weight past 65504
             opt.update_multi_precision(0, w, nd.array([1.0, -1.0], dtype=dtype), state)
     except ValueError:
-        for a, b in zip(before, [a.asnumpy() for a in [w] + _arrays(state)]):
+        for a, b in zip(before, [_numpy(a) for a in [w] + _arrays(state)]):
             np.testing.assert_array_equal(a, b)
         assert not opt._index_update_count
         return False

@@ -29,9 +29,9 @@ def test_defaults():
 @pytest.mark.parametrize('amsgrad', [False, True])
 def test_state_lives_on_the_weights_context_and_dtype(ctx, dtype, amsgrad):
     weight = nd.ones((3, 2), ctx=ctx, dtype=dtype)
-    state = MyAdam(amsgrad=amsgrad).create_state(0, weight)
-    assert len(state) == (3 if amsgrad else 2)
-    for buf in state:
+    *moments, count = MyAdam(amsgrad=amsgrad).create_state(0, weight)
+    assert len(moments) == (3 if amsgrad else 2) and count == [0]  # (m, v[, vmax], [t])
+    for buf in moments:
         assert buf.context == ctx and buf.dtype == np.dtype(dtype) and buf.shape == (3, 2)
         assert buf.asnumpy().sum() == 0
 

@@ -23,7 +23,7 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
   existed), one this release does not know is refused, naming it. It then checks
   that the file fits this Trainer (its optimizer class; the parameters it was
   saved for, their count and shapes; a state of the right structure, shapes and
-  dtypes for each parameter) and only then hands the Trainer the rebuilt objects, as
+  dtypes for each parameter, and ``MyAdam``'s step count in it an int >= 0) and only then hands the Trainer the rebuilt objects, as
   ``Trainer.load_states`` would. A bad file raises ``ValueError`` naming the file
   and what is wrong (the callable it names, if it names one it may not), with
   the Trainer (weights, states, update counts, optimizer) untouched.
@@ -57,7 +57,7 @@ import warnings
 import numpy
 from mxnet.optimizer import Optimizer
 
-from ..options import InvalidOption
+from ..options import InvalidOption, step_count
 from . import safe
 
 
@@ -69,6 +69,9 @@ def save_states(trainer, fname):
     trainer : gluon.Trainer
     fname : str or path-like
     """
+    # MyAdam's updates still queued in MXNet's engine, taken in first: the file then holds
+    # their step counts as plain ints (see adam_plugin.optimizer._QueuedCount)
+    getattr(trainer.optimizer, '_take_queued', lambda: None)()
     partial = f'{os.fspath(fname)}.partial'
     try:
         trainer.save_states(partial)
@@ -229,11 +232,36 @@ def _rebuild(trainer, file):
         except Exception as err:  # noqa: BLE001  (the file's hyperparameters are bad)
             raise safe.Refused(f"its optimizer cannot create a state for parameter "
                                f"'{param.name}' ({type(err).__name__}: {err})") from None
-        if safe.layout(state) != safe.layout(expected):
+        if safe.layout(state) not in (safe.layout(expected), _uncounted(safe.layout(expected))):
             raise safe.Refused(f"the state of parameter '{param.name}' has layout "
                                f"{reprlib.repr(safe.layout(state))}, "
                                f"expected {safe.layout(expected)}")
+        for count in _lists(state):  # where the layout has them: step counts
+            try:
+                step_count(f"step count of parameter '{param.name}'", count)
+            except InvalidOption as err:
+                raise safe.Refused(str(err)) from None
     return optimizer, built(states), states
+
+
+_COUNT = ['int']  # the layout of a step count, [t] (see MyAdam.create_state)
+
+
+def _uncounted(layout):
+    """``layout`` without its step counts: a state saved by a release that kept them in
+    the optimizer only, ``(m, v[, vmax])``, which counts from the optimizer's counts."""
+    if type(layout) is tuple:
+        return tuple(_uncounted(item) for item in layout if item != _COUNT)
+    return layout
+
+
+def _lists(state):
+    """The lists in ``state``, a nesting of tuples and lists."""
+    if type(state) is list:
+        return [state]
+    if type(state) is tuple:
+        return [found for item in state for found in _lists(item)]
+    return []
 
 
 def built(records):

@@ -4,8 +4,9 @@ Internal: the command is public, this module's names are not (see :mod:`adam_plu
 
 Reads the file as :func:`adam_plugin.checkpoint.load_states` does, without
 running code from it or building anything: the optimizer's class and
-hyperparameters, its update counts, and each parameter's state shapes and
-dtypes. A refused file prints the loader's message and exits with status 1.
+hyperparameters, its update counts, and each parameter's state: shapes and
+dtypes, and the step count ``t``. A refused file prints the loader's message and
+exits with status 1.
 ``--allow MODULE.CLASS`` (repeatable) allows a class one trusts, as
 :func:`adam_plugin.checkpoint.add_safe_globals` does.
 """
@@ -72,8 +73,10 @@ def _arrays(state):
         header = state.header
         return {'shape': list(header.shape), 'dtype': header.dtype, 'stype': header.stype,
                 'device': header.device, 'class': state.name}
-    if state is None:
-        return None
+    if state is None or type(state) is int:
+        return state
+    if type(state) is list and len(state) == 1 and type(state[0]) is int:
+        return {'step_count': state[0]}  # [t] (see MyAdam.create_state)
     return [_arrays(s) for s in state]
 
 
@@ -94,12 +97,14 @@ def _text(info):
 
 
 def _state_text(state):
+    if isinstance(state, dict) and 'step_count' in state:
+        return f"t={state['step_count']}"
     if isinstance(state, dict):
         shape = "x".join(map(str, state['shape'])) or "scalar"
         stype = "" if state['stype'] == 'default' else f" {state['stype']}"
         return f"{state['dtype']}[{shape}]{stype}"
-    if state is None:
-        return "None"
+    if state is None or isinstance(state, int):
+        return str(state)
     return "(" + ", ".join(_state_text(s) for s in state) + ")"
 
 

@@ -272,10 +272,10 @@ def _object(value, where):
 
 
 def _array(value, where):
-    """An optimizer state: MXNet arrays (or None)."""
+    """An optimizer state: MXNet arrays (or None), and ints (``MyAdam``'s step count)."""
     if isinstance(value, Record) and isinstance(value.kind, _Array):
         value.kind.check(value)
-    elif value is not None:
+    elif value is not None and type(value) is not int:
         raise Refused(f"{where} holds {_what(value)}, not an MXNet array")
 
 
@@ -436,6 +436,15 @@ def _latin1(text, encoding):
 _OBJECT = object()  # stands for builtins.object, only as _reconstructor's base
 
 
+def _int(value):
+    """``int(value)`` of an int: how a step count whose update was still queued when the
+    states were saved is pickled (see ``adam_plugin.optimizer._QueuedCount``)."""
+    if type(value) is not int:
+        raise Refused(f"it calls builtins.int with {reprlib.repr(value)}, which no "
+                      "checkpoint does")
+    return value
+
+
 def _reconstructor(cls, base, state):
     """``copyreg._reconstructor(cls, object, None)``: protocols 0 and 1's ``cls.__new__(cls)``."""
     if not (isinstance(cls, type) and issubclass(cls, Record) and base is _OBJECT
@@ -445,10 +454,11 @@ def _reconstructor(cls, base, state):
     return cls.__new__(cls)
 
 
-# What pickle protocols 0 to 2 name besides a checkpoint's classes -> what the name
-# stands for here (each checks its arguments and makes what a genuine file means).
+# What pickle protocols 0 to 2 name besides a checkpoint's classes, and builtins.int
+# (see _int) -> what the name stands for here (each checks its arguments and makes what
+# a genuine file means).
 _OLD_PROTOCOLS = {'_codecs.encode': _latin1, 'copyreg._reconstructor': _reconstructor,
-                  'builtins.object': _OBJECT}
+                  'builtins.object': _OBJECT, 'builtins.int': _int}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -555,14 +565,15 @@ def build(value, memo=None):
 
 
 def layout(state, memo=None):
-    """The nesting, shapes, dtypes and storage types of a state (records or arrays)."""
+    """The nesting (tuples and lists), shapes, dtypes and storage types of a state
+    (records or arrays); the type's name of anything else (``'int'``)."""
     memo = {} if memo is None else memo
     if isinstance(state, Record):
         return (state.header.shape, state.header.dtype, state.header.stype)
     if isinstance(state, NDArray):
         return (state.shape, numpy.dtype(state.dtype).name, state.stype)
-    if isinstance(state, (tuple, list)):
+    if type(state) in (tuple, list):
         if id(state) not in memo:  # a nesting shared in the file is laid out once
-            memo[id(state)] = tuple(layout(s, memo) for s in state)
+            memo[id(state)] = type(state)(layout(s, memo) for s in state)
         return memo[id(state)]
     return type(state).__name__
