@@ -173,13 +173,14 @@ def test_the_largest_state_in_the_longest_pickle_loads(tmp_path):
     fname = tmp_path / 'trainer.states'
     trainer.save_states(str(fname))
     states, optimizer = pickle.loads(fname.read_bytes())
-    master, moments = states[0]
+    master, (*moments, count) = states[0]  # (master, (m, v, vmax, [t]))
     for array in (master, *moments):
         array[:] = 0
     fname.write_bytes(pickle.dumps((states, optimizer), 0))
     assert fname.stat().st_size > 96 * 10**6
     loaded = float16_amsgrad_trainer()
     checkpoint.load_states(loaded, fname)
-    master, moments = loaded._updaters[0].states[0]
+    master, (*moments, count) = loaded._updaters[0].states[0]
     assert [a.shape for a in (master, *moments)] == [(1000, 1000)] * 4
     assert not any(a.asnumpy().any() for a in (master, *moments))
+    assert count == [1]
