@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy
 import mxnet.lr_scheduler as _lrs  # a submodule: a KVStore server imports us mid-`import mxnet`
 
-from .textbook import EPSILON_MODES
+from .textbook import EPSILON_MODES, Step
 
 NONFINITE_POLICIES = ('skip', 'raise')
 
@@ -315,6 +315,22 @@ OPTIONS = (
            "MXNet's scheduler classes are checked by their own constraints (``step >= 1``, "
            "``0 < factor <= 1``, finite rates, ...).", mxnet=True),
 )
+
+
+def check_step_fields(fields):
+    """Raise ``TypeError`` unless ``fields`` (:class:`adam_plugin.textbook.Step`'s) are
+    ``t``, then options by the attribute the optimizer keeps each in: ``lr`` and ``wd``
+    (which the step takes per parameter), then the options of the rule. MyAdam fills a
+    Step from its attributes of these names."""
+    not_options = [f for f in fields[1:] if f not in {option.key for option in OPTIONS}]
+    if fields[:3] != ('t', 'lr', 'wd') or not_options:
+        raise TypeError("textbook.Step's fields must be 't', 'lr', 'wd', then options of "
+                        "adam_plugin.options.OPTIONS by the attribute the optimizer keeps "
+                        f"each in; not {fields}" + (f" ({', '.join(map(repr, not_options))}: "
+                                                    "no option's)" if not_options else ''))
+
+
+check_step_fields(Step._fields)
 
 
 class Kept(NamedTuple):
