@@ -337,22 +337,24 @@ class Kept(NamedTuple):
     """An attribute of the optimizer's bookkeeping that a states file holds.
 
     ``default`` is what a file saved before it existed means by it; ``REQUIRED``
-    if every file holds it (MXNet's own).
+    if every file holds it (MXNet's own). ``update_count``: it counts updates (the
+    states inspector shows it so, not as a setting).
     """
     key: str
     default: object
     check: Callable
+    update_count: bool = False
 
 
 REQUIRED = object()
 
 # The bookkeeping a states file holds besides the options.
 KEPT = (
-    Kept('num_update', REQUIRED, integer(0, MAX_COUNT)),
-    Kept('begin_num_update', REQUIRED, integer(0, MAX_COUNT)),
-    Kept('_all_index_update_counts', REQUIRED, per_device_counts),
-    Kept('_index_update_count', REQUIRED, counts),
-    Kept('num_skipped', 0, integer(0)),
+    Kept('num_update', REQUIRED, integer(0, MAX_COUNT), update_count=True),
+    Kept('begin_num_update', REQUIRED, integer(0, MAX_COUNT), update_count=True),
+    Kept('_all_index_update_counts', REQUIRED, per_device_counts, update_count=True),
+    Kept('_index_update_count', REQUIRED, counts, update_count=True),
+    Kept('num_skipped', 0, integer(0), update_count=True),
     # MXNet's Updater loops ``current_index += aggregate_num``: 0 never returns.
     Kept('aggregate_num', AGGREGATE_NUM, integer(1)),
     # The Trainer's parameters when saved; None: unknown (an older file, or no Trainer).
