@@ -90,11 +90,12 @@ def flag(name, value):
 
 
 def one_of(choices):
-    """A check: one of ``choices``."""
+    """A check: one of ``choices`` (kept as its ``choices``, for the command line's help)."""
     def check(name, value):
         if not (isinstance(value, str) and value in choices):
             _refuse(name, value, f'one of {choices}')
         return value
+    check.choices = choices
     return check
 
 
