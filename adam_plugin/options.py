@@ -4,10 +4,13 @@ Internal: not part of the public API (see :mod:`adam_plugin`); its names may cha
 
 :class:`MyAdam`'s signature, its ``__init__`` and ``__setstate__`` (so both
 ``Trainer.load_states`` and :func:`adam_plugin.checkpoint.load_states`),
-``set_learning_rate`` and the ``Parameters`` section of its docstring all read
-:data:`OPTIONS`. Adding an option is one row here, plus its use in the update
-rule (:mod:`adam_plugin.textbook`) and the kernel. A states file saved before an
-option existed loads with the option's default.
+``set_learning_rate``, the ``Parameters`` section of its docstring and the command
+line's flags (:mod:`adam_plugin.chapter.cli`) all read :data:`OPTIONS`;
+``textbook.Step``'s fields are checked against it here, and tests hold the README's
+signature and options table and docs/rule.md's list of checks to it. Adding an
+option is one row here, plus its use in the update rule (:mod:`adam_plugin.textbook`)
+and the kernel (and a line in those docs). A states file saved before an option
+existed loads with the option's default.
 
 Every check raises ``ValueError("Invalid NAME: VALUE (expected WHAT)")`` and
 returns the value to keep. Like ``torch.optim``'s ``if not 0.0 <= lr``, a check
