@@ -45,10 +45,13 @@
 namespace {
 
 // Columns of the constants table, one row per distinct step, in the parameters' dtype.
-enum Column {
-    RESCALE, WD, CLIP, BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, BC1, BC2,
-    EPS_INSIDE, EPS_OUTSIDE, DECAY, LR, YOGI, NUM_CONSTANTS
-};
+// columns() gives their names in this order; adam_plugin.fused fills a row by them.
+#define COLUMNS(X)                                                                          \
+    X(RESCALE) X(WD) X(CLIP) X(BETA1) X(ONE_MINUS_BETA1) X(BETA2) X(ONE_MINUS_BETA2)        \
+    X(BC1) X(BC2) X(EPS_INSIDE) X(EPS_OUTSIDE) X(DECAY) X(LR) X(YOGI)
+#define COLUMN_ENUM(NAME) NAME,
+enum Column { COLUMNS(COLUMN_ENUM) NUM_CONSTANTS };
+#undef COLUMN_ENUM
 
 // Run body(p, lo, hi) over elements [lo, hi) of parameter p, for every part of the
 // row that falls in [begin, end). offsets: n + 1 entries, where each parameter starts
@@ -670,6 +673,13 @@ void use_mxnet(GetData mxnet_get_data, WaitToRead mxnet_wait_to_read, WaitAll mx
     get_dtype = mxnet_get_dtype;
     get_storage_type = mxnet_get_storage_type;
     get_context = mxnet_get_context;
+}
+
+// The names of the constants table's columns (enum Column), in order, separated by spaces.
+const char *columns() {
+#define COLUMN_NAME(NAME) #NAME " "
+    return COLUMNS(COLUMN_NAME);
+#undef COLUMN_NAME
 }
 
 // The names of the variants compiled, widest first, separated by spaces.

@@ -51,10 +51,27 @@ from . import _warn
 
 PARALLEL_MIN = 1 << 20
 
-# Columns of the per-step constants table, all in the parameters' dtype; the same
-# order as ``enum Column`` in _kernel.cpp.
-(_RESCALE, _WD, _CLIP, _BETA1, _ONE_MINUS_BETA1, _BETA2, _ONE_MINUS_BETA2, _BC1, _BC2,
- _EPS_INSIDE, _EPS_OUTSIDE, _DECAY, _LR, _YOGI, _NUM_CONSTANTS) = range(15)
+# Columns of the per-step constants table (see :func:`constants`): name -> its value
+# for a step, in the order of ``enum Column`` in _kernel.cpp, whose names the library
+# gives (``columns()``): :func:`load` refuses a library whose columns are not these.
+COLUMNS = {
+    'RESCALE': lambda step: step.rescale_grad,
+    'WD': lambda step: step.coupled_wd,
+    'CLIP': lambda step: math.inf if step.clip_gradient is None else step.clip_gradient,
+    'BETA1': lambda step: step.beta1,
+    'ONE_MINUS_BETA1': lambda step: 1.0 - step.beta1,
+    'BETA2': lambda step: step.beta2,
+    'ONE_MINUS_BETA2': lambda step: 1.0 - step.beta2,
+    'BC1': lambda step: step.bias_correction1,
+    'BC2': lambda step: step.bias_correction2,
+    'EPS_INSIDE': lambda step: step.epsilon if step.epsilon_mode == 'inside' else 0.0,
+    'EPS_OUTSIDE': lambda step: {
+        'outside': step.epsilon, 'inside': 0.0,
+        'hat': step.epsilon / math.sqrt(step.bias_correction2)}[step.epsilon_mode],
+    'DECAY': lambda step: 1.0 - step.lr * step.wd if step.decoupled_wd else 1.0,
+    'LR': lambda step: step.lr,
+    'YOGI': lambda step: 1.0 if step.yogi else 0.0,
+}
 
 
 # What a step found in what it wrote of a parameter, flags (``enum Overflow`` in
@@ -129,6 +146,19 @@ def load(path=PATH):
         return None
     library = ctypes.CDLL(path)
     pointer, count, flag, name = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_char_p
+    try:
+        library.columns.restype = name
+        columns = library.columns().decode().split()
+    except AttributeError:  # built from a _kernel.cpp that did not give them
+        columns = []
+    if columns != list(COLUMNS):
+        given = ' '.join(columns) or 'not given'
+        _warn.warn(f"adam_plugin: the compiled kernel {path} was built from another "
+                   f"adam_plugin/_kernel.cpp: its constants' columns ({given}) are not this "
+                   f"package's ({' '.join(COLUMNS)}); reinstalling the package rebuilds it. "
+                   "CPU parameters take MXNet's adam_update where it is exact, else the "
+                   "slower textbook path")
+        return None
     library.use_mxnet.argtypes = [pointer] * len(MXNET_FUNCTIONS)
     library.use_mxnet(*(ctypes.cast(getattr(_LIB, name), pointer) for name in MXNET_FUNCTIONS))
     library.variants.restype = library.variant_in_use.restype = name
@@ -203,21 +233,7 @@ def constants(step, dtype):
     ``inf``: clipping to it changes nothing, NaN included. ``yogi`` is 1 for Yogi's
     second moment, else 0.
     """
-    eps_outside = {'outside': step.epsilon, 'inside': 0.0,
-                   'hat': step.epsilon / math.sqrt(step.bias_correction2)}[step.epsilon_mode]
-    row = [0.0] * _NUM_CONSTANTS
-    row[_RESCALE] = step.rescale_grad
-    row[_WD] = step.coupled_wd
-    row[_CLIP] = math.inf if step.clip_gradient is None else step.clip_gradient
-    row[_BETA1], row[_ONE_MINUS_BETA1] = step.beta1, 1.0 - step.beta1
-    row[_BETA2], row[_ONE_MINUS_BETA2] = step.beta2, 1.0 - step.beta2
-    row[_BC1], row[_BC2] = step.bias_correction1, step.bias_correction2
-    row[_EPS_INSIDE] = step.epsilon if step.epsilon_mode == 'inside' else 0.0
-    row[_EPS_OUTSIDE] = eps_outside
-    row[_DECAY] = 1.0 - step.lr * step.wd if step.decoupled_wd else 1.0
-    row[_LR] = step.lr
-    row[_YOGI] = 1.0 if step.yogi else 0.0
-    table = np.array(row, dtype=dtype)
+    table = np.array([value(step) for value in COLUMNS.values()], dtype=dtype)
     table.flags.writeable = False
     return table, table.ctypes.data
 
@@ -365,7 +381,7 @@ class Buffers:
         _, (arguments, (constants_, address), amsgrad, threads) = self._launch(steps)
         record = ctypes.c_void_p()
         status = self._queue(n, arguments[0], arguments[1], arguments[4], address,
-                             len(constants_) // _NUM_CONSTANTS, amsgrad, threads,
+                             len(constants_) // len(COLUMNS), amsgrad, threads,
                              ctypes.byref(record))
         if status == -2:
             return None

@@ -4,10 +4,13 @@ Internal: not part of the public API (see :mod:`adam_plugin`); its names may cha
 
 :class:`MyAdam`'s signature, its ``__init__`` and ``__setstate__`` (so both
 ``Trainer.load_states`` and :func:`adam_plugin.checkpoint.load_states`),
-``set_learning_rate`` and the ``Parameters`` section of its docstring all read
-:data:`OPTIONS`. Adding an option is one row here, plus its use in the update
-rule (:mod:`adam_plugin.textbook`) and the kernel. A states file saved before an
-option existed loads with the option's default.
+``set_learning_rate``, the ``Parameters`` section of its docstring and the command
+line's flags (:mod:`adam_plugin.chapter.cli`) all read :data:`OPTIONS`;
+``textbook.Step``'s fields are checked against it here, and tests hold the README's
+signature and options table and docs/rule.md's list of checks to it. Adding an
+option is one row here, plus its use in the update rule (:mod:`adam_plugin.textbook`)
+and the kernel (and a line in those docs). A states file saved before an option
+existed loads with the option's default.
 
 Every check raises ``ValueError("Invalid NAME: VALUE (expected WHAT)")`` and
 returns the value to keep. Like ``torch.optim``'s ``if not 0.0 <= lr``, a check
@@ -21,7 +24,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy
 import mxnet.lr_scheduler as _lrs  # a submodule: a KVStore server imports us mid-`import mxnet`
 
-from .textbook import EPSILON_MODES
+from .textbook import EPSILON_MODES, Step
 
 NONFINITE_POLICIES = ('skip', 'raise')
 
@@ -90,11 +93,12 @@ def flag(name, value):
 
 
 def one_of(choices):
-    """A check: one of ``choices``."""
+    """A check: one of ``choices`` (kept as its ``choices``, for the command line's help)."""
     def check(name, value):
         if not (isinstance(value, str) and value in choices):
             _refuse(name, value, f'one of {choices}')
         return value
+    check.choices = choices
     return check
 
 
@@ -317,26 +321,44 @@ OPTIONS = (
 )
 
 
+def check_step_fields(fields):
+    """Raise ``TypeError`` unless ``fields`` (:class:`adam_plugin.textbook.Step`'s) are
+    ``t``, then options by the attribute the optimizer keeps each in: ``lr`` and ``wd``
+    (which the step takes per parameter), then the options of the rule. MyAdam fills a
+    Step from its attributes of these names."""
+    not_options = [f for f in fields[1:] if f not in {option.key for option in OPTIONS}]
+    if fields[:3] != ('t', 'lr', 'wd') or not_options:
+        raise TypeError("textbook.Step's fields must be 't', 'lr', 'wd', then options of "
+                        "adam_plugin.options.OPTIONS by the attribute the optimizer keeps "
+                        f"each in; not {fields}" + (f" ({', '.join(map(repr, not_options))}: "
+                                                    "no option's)" if not_options else ''))
+
+
+check_step_fields(Step._fields)
+
+
 class Kept(NamedTuple):
     """An attribute of the optimizer's bookkeeping that a states file holds.
 
     ``default`` is what a file saved before it existed means by it; ``REQUIRED``
-    if every file holds it (MXNet's own).
+    if every file holds it (MXNet's own). ``update_count``: it counts updates (the
+    states inspector shows it so, not as a setting).
     """
     key: str
     default: object
     check: Callable
+    update_count: bool = False
 
 
 REQUIRED = object()
 
 # The bookkeeping a states file holds besides the options.
 KEPT = (
-    Kept('num_update', REQUIRED, integer(0, MAX_COUNT)),
-    Kept('begin_num_update', REQUIRED, integer(0, MAX_COUNT)),
-    Kept('_all_index_update_counts', REQUIRED, per_device_counts),
-    Kept('_index_update_count', REQUIRED, counts),
-    Kept('num_skipped', 0, integer(0)),
+    Kept('num_update', REQUIRED, integer(0, MAX_COUNT), update_count=True),
+    Kept('begin_num_update', REQUIRED, integer(0, MAX_COUNT), update_count=True),
+    Kept('_all_index_update_counts', REQUIRED, per_device_counts, update_count=True),
+    Kept('_index_update_count', REQUIRED, counts, update_count=True),
+    Kept('num_skipped', 0, integer(0), update_count=True),
     # MXNet's Updater loops ``current_index += aggregate_num``: 0 never returns.
     Kept('aggregate_num', AGGREGATE_NUM, integer(1)),
     # The Trainer's parameters when saved; None: unknown (an older file, or no Trainer).

@@ -237,6 +237,7 @@ BAD_OPTIONS = [
     (['compare', 'myadam', '--learning-rate', '0.1'],
      'for --learning-rate use learning_rate in each RUN (myadam:learning_rate=0.1)\n'),
     (['linreg', '--epsilon_mode', 'hat'], '; did you mean --epsilon-mode?\n'),
+    (['sweep', '--lr-scheduler', 'x'], '; for --lr-scheduler use --lr-step and --lr-factor\n'),
 ]
 
 
@@ -322,6 +323,121 @@ def test_without_the_chapter_extra_the_commands_without_a_figure_run(args, tmp_p
     done = run_without_the_chapter_extra(args, tmp_path)
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) > 2
+
+
+# --- The optimizer's flags come from the option table ---------------------------------------
+
+import mxnet as mx  # noqa: E402
+
+import adam_plugin  # noqa: E402
+from adam_plugin import options  # noqa: E402
+
+# MyAdam's options that the chapter's commands take by flags of their own (MXNet's name of
+# the learning rate gets a hint: BAD_OPTIONS above).
+OWN_FLAGS = {'learning_rate': {'linreg': ['--lr'], 'sweep': ['--lrs']},
+             'lr_scheduler': {'linreg': ['--lr-step', '--lr-factor'],
+                              'sweep': ['--lr-step', '--lr-factor']}}
+
+# every other option -> its flag with a value that is not MyAdam's default, and that value as
+# the optimizer keeps it after the run
+OPTION_FLAGS = {
+    'beta1': (['--beta1', '0.5'], 0.5),
+    'beta2': (['--beta2', '0.9'], 0.9),
+    'epsilon': (['--epsilon', '1e-3'], 1e-3),
+    'epsilon_mode': (['--epsilon-mode', 'hat'], 'hat'),
+    'amsgrad': (['--amsgrad'], True),
+    'decoupled_wd': (['--decoupled-wd'], True),
+    'lazy_update': (['--no-lazy-update'], False),
+    'nonfinite': (['--nonfinite', 'raise'], 'raise'),
+    'fused': (['--no-fused'], False),
+    'yogi': (['--yogi'], True),
+    'max_skips': (['--max-skips', 'None'], None),
+    'wd': (['--wd', '0.01'], 0.01),
+    'rescale_grad': (['--rescale-grad', '2'], 2.0 / 100),  # Trainer.step(100) divides it
+    'clip_gradient': (['--clip-gradient', '0.5'], 0.5),
+    'multi_precision': (['--multi-precision'], True),
+}
+
+
+def help_text(capsys, command):
+    with pytest.raises(SystemExit):
+        chapter_cli.main([command, '--help'])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize('command', ['linreg', 'sweep'])
+def test_every_option_of_the_table_has_a_flag(command, capsys):
+    names = [option.name for option in options.OPTIONS]
+    assert sorted(OWN_FLAGS.keys() | OPTION_FLAGS.keys()) == sorted(names)
+    flags = set(re.findall(r'(--[a-z][\w-]*)', help_text(capsys, command)))
+    for name in names:
+        default = next(o.default for o in options.OPTIONS if o.name == name)
+        wanted = (OWN_FLAGS[name][command] if name in OWN_FLAGS else
+                  ['--' + name.replace('_', '-')]
+                  + (['--no-' + name.replace('_', '-')] if type(default) is bool else []))
+        assert set(wanted) <= flags, name
+
+
+@pytest.fixture
+def trainers(monkeypatch):
+    """Each ``gluon.Trainer`` made while the test runs, in order."""
+    made = []
+
+    class Recorded(mx.gluon.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(mx.gluon, 'Trainer', Recorded)
+    return made
+
+
+@pytest.mark.parametrize('name', OPTION_FLAGS)
+@pytest.mark.parametrize('command', ['linreg', 'sweep'])
+def test_each_option_flag_reaches_the_optimizer(command, name, trainers, capsys):
+    flags, value = OPTION_FLAGS[name]
+    key = next(o.key for o in options.OPTIONS if o.name == name)
+    cli_json(capsys, command, *QUICK, *flags, *(['--lrs', '0.1'] if command == 'sweep' else []))
+    (trainer,) = trainers
+    assert isinstance(trainer.optimizer, adam_plugin.MyAdam)
+    assert getattr(trainer.optimizer, key) == value
+    assert getattr(adam_plugin.MyAdam(), key) != value, 'the default: the test would be empty'
+
+
+# command -> a flag with a bad word, and the value MyAdam is given for it: the command says
+# what MyAdam says of that value, as an error of the flag
+BAD_VALUES = [
+    ('linreg', '--beta1', '1.5', 1.5),
+    ('sweep', '--beta2', '-0.1', -0.1),
+    ('linreg', '--epsilon', '0', 0.0),
+    ('sweep', '--epsilon', 'inf', float('inf')),
+    ('linreg', '--epsilon-mode', 'middle', 'middle'),
+    ('linreg', '--nonfinite', 'ignore', 'ignore'),
+    ('sweep', '--max-skips', '0', 0),
+    ('linreg', '--max-skips', '2.5', '2.5'),
+    ('linreg', '--wd', 'nan', float('nan')),
+    ('sweep', '--rescale-grad', '0', 0.0),
+    ('linreg', '--clip-gradient', '-1', -1.0),
+    ('linreg', '--clip-gradient', 'none', 'none'),
+    ('linreg', '--lr', '-0.1', -0.1),
+    ('sweep', '--lrs', '0.1,1e400', float('inf')),
+    ('moments', '--beta2', '1', 1.0),
+    ('first-steps', '--epsilon', '0', 0.0),
+]
+
+
+@pytest.mark.parametrize('command, flag, word, value', BAD_VALUES,
+                         ids=[f'{c} {f} {w}' for c, f, w, _ in BAD_VALUES])
+def test_a_bad_value_is_refused_with_myadams_message(command, flag, word, value, capsys):
+    name = {'--lr': 'learning_rate', '--lrs': 'learning_rate'}.get(flag, flag[2:].replace('-', '_'))
+    with pytest.raises(ValueError) as refused:
+        adam_plugin.MyAdam(**{name: value})
+    with pytest.raises(SystemExit) as exit_:
+        chapter_cli.main([command, flag, word])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.endswith(f': error: argument {flag}: {refused.value}\n')
+    assert captured.out == ''
 
 
 @pytest.mark.parametrize('command', ['linreg', 'sweep', 'compare', 'moments', 'first-steps',

@@ -20,11 +20,13 @@ import importlib
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
 
-EPSILON_MODES = ('outside', 'inside', 'hat')  # textbook.EPSILON_MODES, without importing mxnet
+from .. import options
+from ..textbook import EPSILON_MODES
 
 
 def _number(text, ok, expected):
@@ -38,9 +40,24 @@ def _number(text, ok, expected):
     return value
 
 
-def _learning_rate(text):
-    """argparse type: a finite number >= 0."""
-    return _number(text, lambda x: 0.0 <= x < math.inf, 'a learning rate (expected >= 0)')
+def _checked(check, name, kind):
+    """An argparse type: the word read as ``kind`` (``'None'`` as None; a word that is not
+    a ``kind`` as itself, a string), checked by ``check`` of :mod:`adam_plugin.options`
+    under ``name``, whose message is the argparse error."""
+    def read(text):
+        value = None if text == 'None' else text
+        try:
+            value = kind(text)
+        except ValueError:
+            pass
+        try:
+            return check(name, value)
+        except options.InvalidOption as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return read
+
+
+_learning_rate = _checked(options.LEARNING_RATE, 'learning_rate', float)
 
 
 def _positive(text):
@@ -84,51 +101,89 @@ def _positive_int(text):
 
 
 def _run_spec(text):
-    """argparse type of ``compare``: ``OPTIMIZER[:key=value,...]`` as ``(name, options)``.
+    """argparse type of ``compare``: ``OPTIMIZER[:key=value,...]`` as ``(name, keywords)``.
 
     Values are Python literals (``0.1``, ``True``, ``'hat'`` or plain ``hat``).
     """
     name, _, rest = text.partition(':')
-    options = {}
+    keywords = {}
     for item in filter(None, (part.strip() for part in rest.split(','))):
         key, eq, value = item.partition('=')
         if not eq or not key.strip().isidentifier():
             raise argparse.ArgumentTypeError(f'{text!r}: {item!r} is not key=value')
         try:
-            options[key.strip()] = ast.literal_eval(value.strip())
+            keywords[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
-            options[key.strip()] = value.strip()
+            keywords[key.strip()] = value.strip()
     if not name.strip():
         raise argparse.ArgumentTypeError(f'{text!r} names no optimizer')
-    return text, name.strip(), options
+    return text, name.strip(), keywords
 
 
-# The optimizer options of linreg and sweep: flag -> (MyAdam keyword, argparse keywords).
-# Only the options given on the command line are passed, so that an optimizer without
-# them ('sgd') still runs with the defaults.
-OPTIONS = {
-    '--beta1': ('beta1', dict(type=float, help="decay rate of the first moment (MyAdam: 0.9)")),
-    '--beta2': ('beta2', dict(type=float, help="decay rate of the second moment (MyAdam: 0.999)")),
-    '--epsilon': ('epsilon', dict(type=float, help="MyAdam: 1e-8; 'myyogi': 1e-3")),
-    '--epsilon-mode': ('epsilon_mode', dict(choices=EPSILON_MODES,
-                                            help="where epsilon goes (MyAdam: outside)")),
-    '--wd': ('wd', dict(type=float, help="weight decay (default 0)")),
-    '--amsgrad': ('amsgrad', dict(action='store_true', help="AMSGrad's running maximum")),
-    '--decoupled-wd': ('decoupled_wd', dict(action='store_true',
-                                            help="decoupled weight decay (AdamW)")),
-    '--yogi': ('yogi', dict(action='store_true', help="Yogi's second moment")),
+# The options of the table (adam_plugin.options.OPTIONS) that the training commands take
+# in their own way, by command: the learning rate is the experiment's (linreg gives --lr to
+# the chapter's adam() too, sweep takes a list), its schedule is MXNet's FactorScheduler.
+# Every other option is a flag of linreg and sweep named after it (epsilon_mode:
+# --epsilon-mode); a flag named after one of these gets a hint to what the command takes.
+CHAPTER_FLAGS = {
+    'learning_rate': {'linreg': '--lr', 'sweep': '--lrs',
+                      'compare': "learning_rate in each RUN (myadam:learning_rate=0.1)"},
+    'lr_scheduler': {'linreg': '--lr-step and --lr-factor', 'sweep': '--lr-step and --lr-factor',
+                     'compare': "lr_step and lr_factor in each RUN (myadam:lr_step=100)"},
 }
+
+# An option's type (its first word in the table) -> how its flag reads a word.
+_KINDS = {'float': float, 'int': int}
+
+
+def _add_flag(parser, name, defaulted=False):
+    """Add to ``parser`` the flag of the option ``name`` of the table: its name, its type,
+    its check, the first sentence of its doc and its default in MyAdam as the help.
+    The args hold the option when the flag is given, or with ``defaulted`` its default."""
+    option = next(option for option in options.OPTIONS if option.name == name)
+    text = f"{_summary(option.doc)}. MyAdam: {option.default!r}".replace('%', '%%')
+    kwargs = dict(dest=option.name, help=text,
+                  default=option.default if defaulted else argparse.SUPPRESS)
+    kind = option.type.split()[0]
+    choices = getattr(option.check, 'choices', None)
+    if kind == 'bool':
+        kwargs.update(action=argparse.BooleanOptionalAction)
+    elif choices:
+        kwargs.update(type=_checked(option.check, option.name, str),
+                      metavar='{' + ','.join(choices) + '}')
+    elif kind in _KINDS:
+        kwargs.update(type=_checked(option.check, option.name, _KINDS[kind]),
+                      metavar=kind.upper() + ('|None' if option.type.endswith(' or None') else ''))
+    else:
+        raise TypeError(f"the command line cannot read option {option.name!r} of type "
+                        f"{option.type!r}: give its type a kind or it a row in CHAPTER_FLAGS")
+    parser.add_argument('--' + option.name.replace('_', '-'), **kwargs)
+
+
+def _summary(doc):
+    """An option's doc as plain text, up to the end of its first sentence or clause (a
+    period or a colon outside parentheses)."""
+    text = re.sub(r':\w+:`([^`]*)`', r'\1', doc).replace('``', '')  # reST roles, code
+    depth = 0
+    for i, char in enumerate(text):
+        depth = max(depth + (char == '(') - (char == ')'), 0)  # [0, 1) closes nothing
+        if depth == 0 and text.startswith(('. ', ': '), i):
+            return text[:i]
+    return text.rstrip('.')
 
 
 def _optimizer_parser():
     """The flags shared by linreg and sweep: the optimizer, its options, a schedule, the data."""
     parser = argparse.ArgumentParser(add_help=False)
-    group = parser.add_argument_group('optimizer')
+    group = parser.add_argument_group(
+        'optimizer', "MyAdam's options, checked as MyAdam checks them (python -m pydoc\n"
+                     "adam_plugin.MyAdam describes each); only those given reach --optimizer.")
     group.add_argument('--optimizer', default='myadam',
                        help="any registered MXNet optimizer: myadam (default), myyogi, "
                             "adam, sgd, ...")
-    for flag, (dest, kwargs) in OPTIONS.items():
-        group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, **kwargs)
+    for option in options.OPTIONS:
+        if option.name not in CHAPTER_FLAGS:
+            _add_flag(group, option.name)
     group.add_argument('--lr-step', type=_positive_int, metavar='N',
                        help="multiply the learning rate by --lr-factor every N steps "
                             "(MXNet's FactorScheduler)")
@@ -141,8 +196,9 @@ def _optimizer_parser():
 
 
 def _optimizer_params(args, lr):
-    """``optimizer_params`` for one run at ``lr``: the options given, a fresh scheduler."""
-    params = {dest: getattr(args, dest) for dest, _ in OPTIONS.values() if hasattr(args, dest)}
+    """``optimizer_params`` for one run at ``lr``: the options given (only those, so that an
+    optimizer without them, 'sgd', runs), a fresh scheduler."""
+    params = {o.name: getattr(args, o.name) for o in options.OPTIONS if hasattr(args, o.name)}
     try:
         schedule = _schedule(lr, args.lr_step, args.lr_factor)
     except ValueError as err:
@@ -162,7 +218,6 @@ def _schedule(lr, step, factor, names=('--lr-step', '--lr-factor')):
     if step is None:
         raise ValueError(f"{names[1]} needs {names[0]}, the number of updates between decays")
     import mxnet as mx
-    from .. import options
     from . import exercises
     fields = options.SCHEDULER_FIELDS[mx.lr_scheduler.FactorScheduler]
     return exercises.decay_schedule(lr, fields['step'](names[0], step),
@@ -273,31 +328,31 @@ def _sweep(args):
         print(f"wrote {args.plot}")
 
 
-def _compare_params(parser, label, options):
+def _compare_params(parser, label, keywords):
     """``compare``'s options of one run: ``learning_rate`` and ``lr_step``/``lr_factor`` apart."""
-    options = dict(options)
-    lr = options.pop('learning_rate', 0.1)
+    keywords = dict(keywords)
+    lr = keywords.pop('learning_rate', 0.1)
     try:
-        schedule = _schedule(lr, options.pop('lr_step', None), options.pop('lr_factor', None),
+        schedule = _schedule(lr, keywords.pop('lr_step', None), keywords.pop('lr_factor', None),
                              names=('lr_step', 'lr_factor'))
     except ValueError as err:
         parser.error(f'RUN {label!r}: {err}')
     if schedule:
-        options['lr_scheduler'] = schedule
-    return lr, options
+        keywords['lr_scheduler'] = schedule
+    return lr, keywords
 
 
 def _compare(args):
     from . import linreg
-    for label, name, options in args.runs:
-        lr, params = _compare_params(args.parser, label, options)
+    for label, name, keywords in args.runs:
+        lr, params = _compare_params(args.parser, label, keywords)
         _check_optimizer(args.parser, name, dict(params, learning_rate=lr))
     features, labels = _data(args)
     floor = linreg.noise_floor(*linreg.make_dataset(seed=args.seed))
     runs = {}
     with _progress(args, features, num_runs=len(args.runs)) as bar:
-        for label, name, options in args.runs:
-            lr, params = _compare_params(args.parser, label, options)
+        for label, name, keywords in args.runs:
+            lr, params = _compare_params(args.parser, label, keywords)
             runs[label] = linreg.train_trainer(
                 features, labels, lr=lr, batch_size=args.batch_size, num_epochs=args.epochs,
                 seed=args.seed, optimizer=name, optimizer_params=params, on_step=bar.update)
@@ -320,7 +375,6 @@ def _compare(args):
 
 def _moments(args):
     from . import probes
-    _check_optimizer(args.parser, 'myadam', dict(beta1=args.beta1, beta2=args.beta2))
     grads = np.random.default_rng(args.seed).normal(loc=1.0, scale=0.5, size=args.steps)
     mom = probes.moments(grads, beta1=args.beta1, beta2=args.beta2)
     if args.plot:
@@ -446,15 +500,15 @@ def main(argv=None):
                  "first and second moments after each step.",
                  "--steps 30 --plot moments.png", _moments)
     p.add_argument('--steps', type=_positive_int, default=30, help='steps (default 30)')
-    p.add_argument('--beta1', type=float, default=0.9, help='default 0.9')
-    p.add_argument('--beta2', type=float, default=0.999, help='default 0.999')
+    _add_flag(p, 'beta1', defaulted=True)
+    _add_flag(p, 'beta2', defaulted=True)
     p.add_argument('--seed', type=int, default=0, help='gradient seed (default 0)')
     p = _command(sub, 'first-steps', [output],
                  "MyAdam's first step against |g| for each epsilon_mode",
                  "Each probe is a fresh MyAdam's first step (t = 1), in units of the learning\n"
                  "rate, for gradients from 1e-12 to 10: where epsilon shrinks it.",
                  "--epsilon 1e-8 --plot first_steps.png", _first_steps)
-    p.add_argument('--epsilon', type=_positive, default=1e-8, help='default 1e-8')
+    _add_flag(p, 'epsilon', defaulted=True)
     p = _command(sub, 'reddi', [output],
                  "exercise 4: Reddi et al.'s counterexample, Adam vs AMSGrad vs Yogi",
                  "Run MyAdam, AMSGrad and Yogi on Reddi et al. (2018)'s online convex problem\n"
@@ -468,15 +522,11 @@ def main(argv=None):
     return 0
 
 
-# What a command takes for MXNet's name of the learning rate, --learning-rate.
-LEARNING_RATE = {'linreg': '--lr', 'sweep': '--lrs',
-                 'compare': "learning_rate in each RUN (myadam:learning_rate=0.1)"}
-
-
 class _Command(argparse.ArgumentParser):
     """A subcommand's parser: arguments it does not take are its error, as argparse words
-    it, with the flag meant: the command's own for ``--learning-rate``, else the nearest
-    of its flags (``--epsilon_mode``: ``--epsilon-mode``)."""
+    it, with the flag meant: what the command takes for an option of
+    :data:`CHAPTER_FLAGS` (``--learning-rate``: ``--lr``), else the nearest of its flags
+    (``--epsilon_mode``: ``--epsilon-mode``)."""
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, unknown = super().parse_known_args(args, namespace)
@@ -484,9 +534,11 @@ class _Command(argparse.ArgumentParser):
             command = self.prog.split()[-1]
             flags = [flag for flag in self._option_string_actions if flag.startswith('--')]
             hints = []
+            own = {'--' + name.replace('_', '-'): by_command[command]
+                   for name, by_command in CHAPTER_FLAGS.items() if command in by_command}
             for given in (word.split('=')[0] for word in unknown if word.startswith('--')):
-                if given.replace('_', '-') == '--learning-rate' and command in LEARNING_RATE:
-                    hints.append(f"for {given} use {LEARNING_RATE[command]}")
+                if given.replace('_', '-') in own:
+                    hints.append(f"for {given} use {own[given.replace('_', '-')]}")
                 else:
                     hints += [f"did you mean {meant}?" for meant in
                               difflib.get_close_matches(given.replace('_', '-'), flags, n=1)]

@@ -15,11 +15,13 @@ import importlib
 import json
 import sys
 
+from .. import options
 from . import built, get_safe_globals, invalid, registered_optimizers, safe, safe_globals
 
-# The optimizer's bookkeeping, shown as update counts rather than hyperparameters.
-COUNTS = ('num_update', 'begin_num_update', 'num_skipped', '_all_index_update_counts',
-          '_index_update_count')
+# The optimizer's bookkeeping that counts updates, shown apart from the hyperparameters:
+# each count by name, MXNet's per-device dicts of counts (``_all_index_update_counts``;
+# ``_index_update_count`` is the current device's of them) as ``per_device``.
+COUNTS = [kept.key for kept in options.KEPT if kept.update_count]
 
 
 def describe(file):
@@ -36,8 +38,7 @@ def describe(file):
         'lr_scheduler': None if scheduler is None else {
             'class': scheduler.name, **{k: _plain(v) for k, v in scheduler.state.items()}},
         'update_counts': {
-            **{k: attrs[k] for k in ('num_update', 'begin_num_update', 'num_skipped')
-               if k in attrs},
+            **{k: attrs[k] for k in COUNTS if k in attrs and not isinstance(attrs[k], dict)},
             'per_device': _plain(attrs['_all_index_update_counts'])},
         'states': {str(index): _arrays(state) for index, state in sorted(states.items())},
     }
