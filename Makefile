@@ -14,6 +14,9 @@
 # `make mutants`: mutation testing of the optimizer library with mutmut in .venv (slow; see below).
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
 # `make docs`: the API reference from the docstrings (Sphinx, warnings as errors) into build/docs.
+# `make bench`: the benchmarks of docs/speed.md, in .venv: one step against MXNet's and PyTorch's Adam
+#              (benchmarks/bench_step.py), then real training loops (benchmarks/bench_loops.py);
+#              their results into docs/bench_step.json and docs/bench_loops.json.
 #
 # Three virtual environments, their versions pinned by requirements.txt (used as constraints, so
 # a dependency the package forgets to declare in pyproject.toml is missing there too):
@@ -48,7 +51,7 @@ SOURCES  := $(BUILD) README.md $(wildcard adam_plugin/*.py adam_plugin/*/*.py)
 HOROVOD  := $(VENV)/.horovod
 TEST_DEPS := $(STAMP) $(HOROVOD)
 
-.PHONY: demo dev test quick horovod failfast notebooks docs clean objdump mutants
+.PHONY: demo dev test quick horovod failfast notebooks docs clean objdump mutants bench
 
 demo: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/python -m adam_plugin linreg --plot loss.png
@@ -76,6 +79,10 @@ notebooks: $(STAMP)
 docs: $(STAMP)
 	$(RUN) -m sphinx -W --keep-going -E -q -b html docs/api build/docs
 	@echo "the API reference: build/docs/index.html"
+
+bench: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python benchmarks/bench_step.py --json docs/bench_step.json
+	$(DEV_VENV)/bin/python benchmarks/bench_loops.py --json docs/bench_loops.json
 
 # tests/test_packaging.py reads the built kernel with objdump.
 objdump:

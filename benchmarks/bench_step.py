@@ -7,7 +7,9 @@ the kernel as installed: the portable build unless it was installed with
 it), ``'myadam'`` with ``fused=False`` (the textbook NDArray ops), and, when torch is
 installed, ``torch.optim.Adam(fused=True)`` on CPU in its own process with the same
 number of threads as MXNet's OpenMP and the kernel (``OMP_NUM_THREADS``, else the
-number of cores), and again with one thread. Workloads: one 10M-element tensor, 200 tensors of 1K, and the
+number of cores), and again with one thread; both also with the pass over the gradients
+that ``GradScaler.unscale_`` makes first for a PyTorch user who wants a step skipped on
+NaN/Inf (see TORCH_CONTENDERS). Workloads: one 10M-element tensor, 200 tensors of 1K, and the
 parameter shapes of ``gluon.model_zoo.vision.resnet18_v1``.
 
 Rounds are interleaved (every contender steps once per round, in turn, torch too)
@@ -24,14 +26,11 @@ times the compilation of the kernel, portable and native (what ``pip install`` d
 once; every process then loads the built library), and the first 'myadam' step of a
 fresh process.
 
-A fourth part times the cases of the storage modes (issue 19), each 'myadam'
-(``epsilon_mode='hat'``, the form of MXNet's Adam) against 'adam' on synthetic data,
-interleaved round by round: the median of the optimizer's step alone (the forward and
-backward pass that make the gradients are not timed) and their ratio. See CASES.
+The storage modes (sparse, float16, the KVStore's calls) and whole training iterations
+are measured in real training loops by ``benchmarks/bench_loops.py``.
 
     python benchmarks/bench_step.py                # everything
     python benchmarks/bench_step.py --json out.json
-    python benchmarks/bench_step.py --case sparse_embedding   # one case alone (repeatable)
 """
 import argparse
 import json
@@ -125,27 +124,45 @@ def with_kernel(step, library):
     return swapped
 
 
-TORCH_THREADS = {'torch fused': THREADS, 'torch fused 1 thread': 1}
+# name -> (threads, checked): checked, the step runs as for a PyTorch user who wants a step
+# skipped on NaN/Inf: GradScaler.unscale_'s pass over every gradient
+# (torch._amp_foreach_non_finite_check_and_unscale_, by 1 here), then the step unless it
+# found one.
+TORCH_CONTENDERS = {'torch fused': (THREADS, False), 'torch fused 1 thread': (1, False),
+                    'torch fused+check': (THREADS, True),
+                    'torch fused+check 1 thread': (1, True)}
 
 
 def torch_server():
-    """Child process: read 'workload threads' per line, time one fused Adam step, print ms."""
+    """Child process: read 'workload threads checked' per line, time one fused Adam step
+    (after the non-finite check when checked is 1), print ms."""
     import torch
     shapes = json.loads(sys.stdin.readline())
-    optims = {}
+    optims, grads = {}, {}
     for name, shape_list in shapes.items():
         params = [torch.nn.Parameter(torch.randn(*s)) for s in shape_list]
         for p in params:
             p.grad = torch.randn_like(p)
         optims[name] = torch.optim.Adam(params, lr=1e-3, fused=True)
         optims[name].step()
+        grads[name] = [p.grad for p in params]
+    found_inf, inv_scale = torch.zeros(1), torch.ones(1)
     print('ready', flush=True)
     for line in sys.stdin:
-        name, threads = line.split()
+        name, threads, checked = line.split()
         torch.set_num_threads(int(threads))
         start = time.perf_counter()
-        optims[name].step()
+        if checked == '1':
+            found_inf.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_(grads[name], found_inf, inv_scale)
+        if checked == '0' or found_inf.item() == 0:
+            optims[name].step()
         print((time.perf_counter() - start) * 1e3, flush=True)
+
+
+# The ratios to torch each row of the table gives: key -> the contender.
+TORCH_RATIOS = {'ratio_to_torch_fused': 'torch fused',
+                'ratio_to_torch_fused_check': 'torch fused+check'}
 
 
 def start_torch(shapes):
@@ -181,8 +198,8 @@ def time_rounds(shapes_by_workload, rounds, native_kernel):
             step()
             times[w].setdefault(name, []).append((time.perf_counter() - start) * 1e3)
             if torch_child and name == 'myadam':
-                for torch_name, threads in TORCH_THREADS.items():
-                    torch_child.stdin.write(f'{w} {threads}\n')
+                for torch_name, (threads, checked) in TORCH_CONTENDERS.items():
+                    torch_child.stdin.write(f'{w} {threads} {int(checked)}\n')
                     torch_child.stdin.flush()
                     times[w].setdefault(torch_name, []).append(
                         float(torch_child.stdout.readline()))
@@ -262,183 +279,22 @@ def measure_first_step():
     return float(result.stdout.strip().splitlines()[-1])
 
 
-# --- the storage modes: one case each, 'myadam' against 'adam' -----------------------------
-
-CASE_OPTIONS = {'myadam': ('myadam', {'epsilon_mode': 'hat'}), 'adam': ('adam', {})}
-
-
-def zipf_batches(vocab, ids, seed=0):
-    """Batches of ``ids`` token ids below ``vocab``, Zipf-distributed (a=1.2), one at a
-    time without end: a few rows recur in every batch, most are rare, as in text. (Made
-    ahead, a million of them took 4 GB and a minute per contender.)"""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    while True:
-        yield (rng.zipf(1.2, size=ids) - 1) % vocab
-
-
-def embedding_case(layer, tiny):
-    """A Trainer stepping one embedding of 100000 x 128 (tiny: 1000 x 8), 512 ids a step.
-
-    ``layer(vocab, dim)`` makes the block. The gradient of each step comes from a
-    forward and backward pass on the next batch of ids, outside the timing.
-    """
-    vocab, dim, ids = (1000, 8, 16) if tiny else (100_000, 128, 512)
-
-    def make(optimizer, options):
-        import mxnet as mx
-        from mxnet import autograd, gluon
-        import adam_plugin  # noqa: F401  (registers 'myadam')
-        mx.random.seed(0)
-        net = layer(vocab, dim)
-        net.initialize(mx.init.Normal())
-        trainer = gluon.Trainer(net.collect_params(), optimizer,
-                                dict(options, learning_rate=1e-3))
-        batches = zipf_batches(vocab, ids)
-
-        def prepare():
-            with autograd.record():
-                loss = net(mx.nd.array(next(batches))).sum()
-            loss.backward()
-            mx.nd.waitall()
-
-        def step():
-            trainer.step(ids)
-            mx.nd.waitall()
-        return prepare, step
-    return make
-
-
-def float16_updater_case(tiny):
-    """float16 weights with ``multi_precision=True``, ResNet-18's shapes (tiny: two), one
-    call of MXNet's Updater over all of them, as ``Trainer.step`` makes it; fixed
-    random gradients."""
-    shapes = [(4, 3, 3, 3), (4,)] if tiny else resnet18_shapes()
-
-    def make(optimizer, options):
-        import mxnet as mx
-        import adam_plugin  # noqa: F401  (registers 'myadam')
-        mx.random.seed(0)
-        weights = [mx.nd.random.normal(shape=s).astype('float16') for s in shapes]
-        grads = [mx.nd.random.normal(shape=s, scale=0.01).astype('float16') for s in shapes]
-        updater = mx.optimizer.get_updater(mx.optimizer.create(
-            optimizer, learning_rate=1e-3, multi_precision=True, **options))
-        indices = list(range(len(shapes)))
-        mx.nd.waitall()
-
-        def step():
-            updater(indices, grads, weights)
-            mx.nd.waitall()
-        return (lambda: None), step
-    return make
-
-
-def kvstore_case(shapes):
-    """``update_on_kvstore=True`` on two CPU contexts over parameters of ``shapes(tiny)``:
-    the KVStore calls the optimizer once per parameter; fixed gradients."""
-    def maker(tiny):
-        def make(optimizer, options):
-            import mxnet as mx
-            from mxnet import gluon
-            import adam_plugin  # noqa: F401  (registers 'myadam')
-            mx.random.seed(0)
-            contexts = [mx.cpu(0), mx.cpu(1)]
-            params = [gluon.Parameter(f'p{i}', shape=shape) for i, shape in enumerate(shapes(tiny))]
-            for p in params:
-                p.initialize(mx.init.Normal(), ctx=contexts)
-            trainer = gluon.Trainer(params, optimizer, dict(options, learning_rate=1e-3),
-                                    update_on_kvstore=True)
-            for p in params:
-                for g in p.list_grad():
-                    mx.nd.random.normal(shape=g.shape, scale=0.01, out=g)
-            mx.nd.waitall()
-
-            def prepare():
-                for p in params:
-                    for d in p.list_data():
-                        d._fresh_grad = True  # as backward() would mark it
-
-            def step():
-                trainer.step(1)
-                mx.nd.waitall()
-            return prepare, step
-        return make
-    return maker
-
-
-def _sparse_embedding(vocab, dim):
-    from mxnet import gluon
-    return gluon.contrib.nn.SparseEmbedding(vocab, dim)
-
-
-def _embedding_sparse_grad(vocab, dim):
-    from mxnet import gluon
-    return gluon.nn.Embedding(vocab, dim, sparse_grad=True)
-
-
-# name -> (what it is, its maker given tiny): make(optimizer, options) -> (prepare, step)
-CASES = {
-    'sparse_embedding': ('SparseEmbedding(100000, 128), 512 Zipf ids a step (row_sparse '
-                         'weight, lazy, update_on_kvstore)',
-                         lambda tiny: embedding_case(_sparse_embedding, tiny)),
-    'embedding_sparse_grad': ('Embedding(100000, 128, sparse_grad=True), 512 Zipf ids a step '
-                              '(dense weight, lazy)',
-                              lambda tiny: embedding_case(_embedding_sparse_grad, tiny)),
-    'float16_resnet18': ('float16 + multi_precision, ResNet-18 shapes, MXNet\'s Updater',
-                         float16_updater_case),
-    'kvstore_two_contexts': ('update_on_kvstore=True, two CPU contexts, 30 Dense(64)',
-                             kvstore_case(lambda tiny: [(64, 64), (64,)] * (3 if tiny else 30))),
-    'kvstore_resnet18': ('update_on_kvstore=True, two CPU contexts, ResNet-18 shapes',
-                         kvstore_case(lambda tiny: [(4, 3, 3, 3), (4,)] if tiny
-                                      else resnet18_shapes())),
-}
-
-
-def time_cases(names, rounds, tiny):
-    """{case: {'myadam': [ms], 'adam': [ms]}}: per round, each contender's step in turn."""
-    times = {}
-    for name in names:
-        make = CASES[name][1](tiny)
-        contenders = {who: make(*CASE_OPTIONS[who]) for who in CASE_OPTIONS}
-        for prepare, step in contenders.values():  # warm-up: states, the kernel's threads
-            prepare()
-            step()
-        times[name] = {who: [] for who in contenders}
-        for _ in range(rounds):
-            for who, (prepare, step) in contenders.items():
-                prepare()
-                start = time.perf_counter()
-                step()
-                times[name][who].append((time.perf_counter() - start) * 1e3)
-    return times
-
-
-def report_cases(times):
-    """Print and return {case: {'myadam_ms', 'adam_ms', 'ratio', 'rounds'}} (medians)."""
-    rows = {}
-    print(f"\n{'case':22} {'myadam ms':>10} {'adam ms':>10} {'ratio':>7}   what")
-    for name, by_who in times.items():
-        mine, theirs = (statistics.median(by_who[who]) for who in ('myadam', 'adam'))
-        rows[name] = {'myadam_ms': mine, 'adam_ms': theirs, 'ratio': mine / theirs,
-                      'rounds': len(by_who['myadam'])}
-        print(f"{name:22} {mine:10.2f} {theirs:10.2f} {mine / theirs:7.2f}   {CASES[name][0]}")
-    return rows
-
-
 def report(times, memory, first_step, kernel):
     rows = {}
-    print(f"{'workload':10} {'contender':20} {'median ms':>10} {'vs mxnet adam':>14}"
-          f" {'vs torch fused':>15}")
+    print(f"{'workload':10} {'contender':26} {'median ms':>10} {'vs mxnet adam':>14}"
+          f" {'vs torch fused':>15} {'vs torch fused+check':>21}")
     for w, by_name in times.items():
         base = statistics.median(by_name['mxnet adam'])
-        torch_ms = statistics.median(by_name['torch fused']) if 'torch fused' in by_name else None
+        torch_ms = {key: statistics.median(by_name[name]) if name in by_name else None
+                    for key, name in TORCH_RATIOS.items()}
         for name, samples in by_name.items():
             ms = statistics.median(samples)
             rows.setdefault(w, {})[name] = {
-                'median_ms': ms, 'ratio_to_mxnet_adam': ms / base,
-                'ratio_to_torch_fused': ms / torch_ms if torch_ms else None, 'rounds': len(samples)}
-            vs_torch = f"{ms / torch_ms:15.2f}" if torch_ms else f"{'-':>15}"
-            print(f"{w:10} {name:20} {ms:10.2f} {ms / base:14.2f}{vs_torch}")
+                'median_ms': ms, 'ratio_to_mxnet_adam': ms / base, 'rounds': len(samples),
+                **{key: ms / t_ms if t_ms else None for key, t_ms in torch_ms.items()}}
+            vs_torch = ''.join(f"{ms / t_ms:{width}.2f}" if t_ms else f"{'-':>{width}}"
+                               for t_ms, width in zip(torch_ms.values(), (15, 21)))
+            print(f"{w:10} {name:26} {ms:10.2f} {ms / base:14.2f} {vs_torch}")
     kernel['installed_over_native'] = {
         w: rows[w]['myadam']['median_ms'] / rows[w]['myadam native']['median_ms'] for w in rows}
     print(f"\nthe installed kernel (variants {' '.join(kernel['installed_variants'])}; "
@@ -462,16 +318,9 @@ def report(times, memory, first_step, kernel):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--rounds', type=int, default=15)
-    parser.add_argument('--case-rounds', type=int, default=101,
-                        help='rounds of each storage-mode case (default 101: most take well '
-                             'under a millisecond a step; with 15 rounds a case\'s ratio '
-                             'differed by up to a quarter between runs)')
     parser.add_argument('--tiny', action='store_true', help='tiny sizes (a smoke test)')
     parser.add_argument('--json', metavar='PATH',
                         help="also write the results as JSON ('-': stdout)")
-    parser.add_argument('--case', action='append', choices=sorted(CASES), metavar='NAME',
-                        help='run only this case of the storage modes (repeatable): '
-                             + ', '.join(CASES))
     parser.add_argument('--torch-server', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--memory-child', nargs=4, help=argparse.SUPPRESS)
     parser.add_argument('--first-step-child', action='store_true', help=argparse.SUPPRESS)
@@ -483,11 +332,7 @@ def main():
     if args.memory_child:
         name, size, steps, warm_up = args.memory_child
         return memory_child(*MXNET_OPTIMIZERS[name], int(size), int(steps), bool(int(warm_up)))
-    if args.case:
-        results = {'threads': THREADS,
-                   'cases': report_cases(time_cases(args.case, args.case_rounds, args.tiny))}
-    else:
-        results = full_run(args)
+    results = full_run(args)
     if args.json == '-':
         print(json.dumps(results, indent=1))
     elif args.json:
@@ -496,7 +341,7 @@ def main():
 
 
 def full_run(args):
-    """Every part: the dense workloads, memory, compilation, the storage-mode cases."""
+    """Every part: the dense workloads, memory, compilation."""
     from adam_plugin import fused
     shapes = workloads(args.tiny)
     with tempfile.TemporaryDirectory() as portable, tempfile.TemporaryDirectory() as native:
@@ -509,9 +354,7 @@ def full_run(args):
     memory = measure_memory(shapes['1x10M'][0][0])
     first_step = {'build_s': build_s, 'build_native_s': build_native_s,
                   'first_step_s': measure_first_step()}
-    results = report(times, memory, first_step, kernel)
-    results['cases'] = report_cases(time_cases(list(CASES), args.case_rounds, args.tiny))
-    return results
+    return report(times, memory, first_step, kernel)
 
 
 if __name__ == '__main__':

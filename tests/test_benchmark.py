@@ -1,4 +1,4 @@
-"""benchmarks/bench_step.py still runs: every part of it, on tiny sizes (timings not checked)."""
+"""The benchmarks still run: every part of them, on tiny sizes (timings not checked)."""
 import importlib.util
 import json
 import os
@@ -9,17 +9,19 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'benchmarks', 'bench_step.py')
+LOOPS = os.path.join(ROOT, 'benchmarks', 'bench_loops.py')
 
 
 @pytest.mark.slow
 def test_bench_step_runs_on_tiny_sizes(tmp_path):
     out = tmp_path / 'bench.json'
-    subprocess.run([sys.executable, BENCH, '--tiny', '--rounds', '2', '--case-rounds', '3',
-                    '--json', str(out)], check=True, capture_output=True, text=True)
+    subprocess.run([sys.executable, BENCH, '--tiny', '--rounds', '2', '--json', str(out)],
+                   check=True, capture_output=True, text=True)
     results = json.loads(out.read_text())
     contenders = {'mxnet adam', 'myadam', 'myadam native', 'myadam textbook'}
     if importlib.util.find_spec('torch'):
-        contenders |= {'torch fused', 'torch fused 1 thread'}
+        contenders |= {'torch fused', 'torch fused 1 thread', 'torch fused+check',
+                       'torch fused+check 1 thread'}
     assert set(results['timings']) == {'1x10M', '200x1K', 'resnet18'}
     for by_name in results['timings'].values():
         assert set(by_name) == contenders
@@ -34,21 +36,44 @@ def test_bench_step_runs_on_tiny_sizes(tmp_path):
     assert kernel['installed_variant'] in kernel['installed_variants']
     assert kernel['native_variants'] == ['native']
     assert set(kernel['installed_over_native']) == set(results['timings'])
-    assert set(results['cases']) == {'sparse_embedding', 'embedding_sparse_grad',
-                                      'float16_resnet18', 'kvstore_two_contexts',
-                                      'kvstore_resnet18'}
-    for row in results['cases'].values():
-        assert row['rounds'] == 3 and row['myadam_ms'] > 0 and row['adam_ms'] > 0
-        assert row['ratio'] == row['myadam_ms'] / row['adam_ms']
+    torch_ratios = ('ratio_to_torch_fused', 'ratio_to_torch_fused_check')
+    for row in (r for by_name in results['timings'].values() for r in by_name.values()):
+        assert row['ratio_to_mxnet_adam'] > 0
+        assert all((row[key] is None) == (not importlib.util.find_spec('torch'))
+                   for key in torch_ratios)
 
 
 @pytest.mark.slow
-def test_one_case_runs_alone(tmp_path):
-    """--case NAME runs that case only, nothing else of the benchmark."""
-    out = tmp_path / 'bench.json'
-    subprocess.run([sys.executable, BENCH, '--tiny', '--case-rounds', '2', '--case',
-                    'embedding_sparse_grad', '--json', str(out)],
+def test_bench_loops_quick(tmp_path):
+    """Every storage-mode case and model of the real-loop benchmark runs (--quick: tiny
+    sizes, 2 rounds, 1 run), and its table holds each one's ratio of 'myadam' to 'adam'."""
+    out = tmp_path / 'loops.json'
+    subprocess.run([sys.executable, LOOPS, '--quick', '--json', str(out)],
                    check=True, capture_output=True, text=True)
     results = json.loads(out.read_text())
-    assert set(results) == {'threads', 'cases'}
-    assert set(results['cases']) == {'embedding_sparse_grad'}
+    assert set(results['steps']) == {'sparse_embedding', 'embedding_sparse_grad',
+                                      'kvstore_two_contexts', 'kvstore_resnet18',
+                                      'float16_resnet18', 'dense_resnet18'}
+    assert set(results['models']) == {'mlp', 'resnet18', 'lstm_lm', 'kvstore_mlp'}
+    assert results['runs'] == 1
+    for row in results['steps'].values():
+        assert row['rounds'] == 2 and len(row['ratios']) == 1
+        assert row['ratio'] == row['myadam_ms'][0] / row['adam_ms'][0]
+    for row in results['models'].values():
+        assert row['rounds'] == 2
+        assert row['ratio'] == row['myadam_iteration_ms'] / row['adam_iteration_ms']
+        for who in ('myadam', 'adam'):
+            share = row[f'{who}_step_share']
+            assert 0 < share < 1
+            assert share == row[f'{who}_step_ms'] / (row[f'{who}_forward_backward_ms']
+                                                      + row[f'{who}_step_ms'])
+
+
+@pytest.mark.slow
+def test_bench_loops_runs_one_case_alone(tmp_path):
+    """--case NAME runs that case only."""
+    out = tmp_path / 'loops.json'
+    subprocess.run([sys.executable, LOOPS, '--quick', '--case', 'embedding_sparse_grad',
+                    '--json', str(out)], check=True, capture_output=True, text=True)
+    results = json.loads(out.read_text())
+    assert set(results['steps']) == {'embedding_sparse_grad'} and results['models'] == {}
