@@ -25,40 +25,9 @@ has no Trainer to raise from: there the exception goes on to ctypes, whose
 ``sys.unraisablehook`` the servers of :mod:`adam_plugin.scaleout.launch` make fatal.
 """
 import os
-import sys
 import traceback
-import types
 
-from mxnet.kvstore import kvstore as _kvstore
-
-from . import _warn
-
-
-def _callback_code():
-    """The code object of the KVStore's ctypes callback, ``updater_handle``."""
-    for const in _kvstore._updater_wrapper.__code__.co_consts:
-        if isinstance(const, types.CodeType) and const.co_name == 'updater_handle':
-            return const
-    raise ImportError("adam_plugin: mxnet.kvstore.kvstore._updater_wrapper has no "
-                      "updater_handle; this MXNet version is not supported")
-
-
-CALLBACK_CODE = _callback_code()
-
-
-def in_kvstore_callback(frame=None):
-    """Whether ``frame`` (by default the caller's) runs inside the KVStore's updater callback."""
-    return called_from(sys._getframe(1) if frame is None else frame, CALLBACK_CODE)
-
-
-def called_from(frame, code, depth=None):
-    """Is ``frame``, or a frame that called it (at most ``depth`` calls up), running ``code``?"""
-    while frame is not None and depth != -1:
-        if frame.f_code is code:
-            return True
-        frame = frame.f_back
-        depth = None if depth is None else depth - 1
-    return False
+from . import _warn, mxnet_internals
 
 
 class DeferredError:
@@ -77,13 +46,13 @@ class DeferredError:
     def run(self, update, *args):
         """``update(*args)``, keeping its exception when inside the KVStore callback."""
         if self.error is not None:
-            if in_kvstore_callback():
+            if mxnet_internals.in_kvstore_callback():
                 return  # the step stopped at the kept error
             self.raise_pending()
         try:
             update(*args)
         except Exception as error:
-            if not in_kvstore_callback() or os.environ.get('DMLC_ROLE') == 'server':
+            if not mxnet_internals.in_kvstore_callback() or os.environ.get('DMLC_ROLE') == 'server':
                 raise
             self.error = error
             origin = traceback.extract_tb(error.__traceback__)[-1]
@@ -97,15 +66,7 @@ class DeferredError:
     def _deliver(self):
         """Raise the kept error at this thread's first Python call outside the callback
         (see the module's docstring)."""
-        profiler = sys.getprofile()
-
-        def deliver(frame, event, arg):
-            if self.error is not None and in_kvstore_callback(frame):
-                return  # ctypes would swallow it here
-            sys.setprofile(profiler)
-            self.raise_pending()
-
-        sys.setprofile(deliver)
+        mxnet_internals.raise_after_callback(lambda: self.error is not None, self.raise_pending)
 
     def raise_pending(self):
         """Raise the kept exception, if any, and forget it."""

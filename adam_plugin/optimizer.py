@@ -4,15 +4,13 @@ __all__ = ['MyAdam', 'MyYogi']
 import inspect
 import operator
 import os
-import sys
 import textwrap
 
 import mxnet.ndarray as nd
-from mxnet.kvstore import KVStore
 from mxnet.optimizer import Optimizer
 
-from . import _warn, dispatch, distributed, fused, options
-from .deferred import DeferredError, called_from, in_kvstore_callback
+from . import _warn, dispatch, distributed, fused, mxnet_internals, options
+from .deferred import DeferredError
 from .options import AGGREGATE_NUM, OPTIONS
 from .textbook import Step
 
@@ -152,7 +150,7 @@ class MyAdam(Optimizer):
         on a worker or a server): the KVStore calls it one parameter at a time, and
         the Updater's aggregating loop would only add Python to each call (0.2 ms of a
         3.4 ms step over 60 parameters)."""
-        if called_from(sys._getframe(1), _KVSTORE_SET_OPTIMIZER, depth=3):
+        if mxnet_internals.read_by_kvstore_updater():
             return 0
         return self.__dict__['aggregate_num']
 
@@ -246,7 +244,7 @@ class MyAdam(Optimizer):
         not on a distributed KVStore's server, which has no later call to raise from.
         """
         return (self.nonfinite == 'skip' and os.environ.get('DMLC_ROLE') != 'server'
-                and in_kvstore_callback(sys._getframe(1)))
+                and mxnet_internals.in_kvstore_callback())
 
     def _merged_by_the_kvstore(self, index):
         """Is the gradient the KVStore hands for ``index`` its own merge buffer, the same
@@ -603,9 +601,6 @@ class _QueuedCount(int):
         (finite,), _ = self.queued.result()
         return int, (int(self) if finite else int(self) - 1,)
 
-
-# Updater.__init__ <- get_updater <- KVStore.set_optimizer reads aggregate_num (MXNet 1.7-1.9).
-_KVSTORE_SET_OPTIMIZER = KVStore.set_optimizer.__code__
 
 # What MyAdam._start_run sets: this process's, never pickled (references to live arrays,
 # queued updates, a run of bad updates, an error not raised yet, the step counts of the
