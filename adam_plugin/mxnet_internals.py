@@ -53,18 +53,30 @@ def called_from(frame, code, depth=None):
 
 
 def raise_after_callback(pending, raise_pending):
-    """Call ``raise_pending()`` at this thread's first Python call or return outside the
-    KVStore's callback, while ``pending()`` (see :mod:`adam_plugin.deferred`): a profile
-    hook (``sys.setprofile``), which puts back the one that was there before."""
-    profiler = sys.getprofile()
+    """Call ``raise_pending()`` at this thread's first Python call outside the KVStore's
+    callback, while ``pending()`` (see :mod:`adam_plugin.deferred`), by a hook of the
+    thread's that is free: its profile hook (``sys.setprofile``), else its trace hook
+    (``sys.settrace``; ``cProfile`` and pyinstrument hold the first, debuggers and
+    coverage the second), so that a profiler or a tracer keeps running as it was. The
+    hook removes itself when it fires. Returns False, nothing arranged, when both are
+    taken.
 
+    A hook is the one way: no code of the package runs on the thread between ctypes
+    returning into MXNet's C code and MXNet's call returning to the user's."""
     def deliver(frame, event, arg):
         if pending() and in_kvstore_callback(frame):
             return  # ctypes would swallow it here
-        sys.setprofile(profiler)
+        install(None)
         raise_pending()
 
-    sys.setprofile(deliver)
+    if sys.getprofile() is None:
+        install = sys.setprofile
+    elif sys.gettrace() is None:
+        install = sys.settrace
+    else:
+        return False
+    install(deliver)
+    return True
 
 
 # Updater.__init__ <- get_updater <- KVStore.set_optimizer reads aggregate_num (MXNet 1.7-1.9).
