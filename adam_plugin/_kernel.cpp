@@ -1,4 +1,4 @@
-// The whole Adam step in one pass over memory, for adam_plugin.fused (loaded with ctypes).
+// The whole Adam step in one pass over memory, for adam_plugin.kernel (loaded with ctypes).
 //
 // Built by setup.py as a plain shared library (optional: without a C++ compiler the
 // package installs without it and MyAdam takes its other routes). It holds no Python and

@@ -5,7 +5,7 @@ Internal: not part of the public API (see :mod:`adam_plugin`); its names may cha
 Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
 
 ``'kernel'``
-    :mod:`adam_plugin.fused`, the single-pass compiled kernel, for float16, float32
+    :mod:`adam_plugin.kernel`, the single-pass compiled kernel, for float16, float32
     and float64 parameters in host memory (cpu, cpu_pinned, cpu_shared); float16
     with or without a float32 master copy. Every option is handled there. The weight
     is dense, or ``row_sparse`` storing every row (as ``SparseEmbedding``'s under a
@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy
 import mxnet.ndarray as nd
 
-from . import fused, textbook
+from . import kernel, textbook
 from .options import InvalidOption, step_count
 
 KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
@@ -209,14 +209,14 @@ def route(layout, options):
     str
         ``'kernel'``, ``'operator'`` or ``'textbook'``. A weight of
         :data:`KERNEL_DTYPES` in host memory (:data:`HOST_DEVICE_TYPES`) takes
-        ``'kernel'`` when :data:`adam_plugin.fused.LIBRARY` was built (a
+        ``'kernel'`` when :data:`adam_plugin.kernel.LIBRARY` was built (a
         ``row_sparse`` one that does not store every row then takes ``'textbook'``:
         :class:`Batch` sees to it).
     """
     if not options.fused:
         return TEXTBOOK
     if (layout.device_type in HOST_DEVICE_TYPES and layout.grad_in_host_memory
-            and fused.LIBRARY is not None):
+            and kernel.LIBRARY is not None):
         return KERNEL if layout.dtype in KERNEL_DTYPES else TEXTBOOK
     if (not layout.dense or layout.dtype not in OPERATOR_DTYPES
             or (layout.row_sparse_grad and options.lazy_update)):
@@ -278,7 +278,7 @@ class Batch:
         self.routes = [route(layout, options) for layout in layouts]
         self.grads = list(grads)
         self.dtypes, self.step_counts = [], []
-        groups = {}  # kernel storage -> [(position, the parameter as fused.Buffers takes it)]
+        groups = {}  # kernel storage -> [(position, the parameter as kernel.Buffers takes it)]
         for i, (way, layout) in enumerate(zip(self.routes, layouts)):
             master = multi_precision and layout.dtype == FLOAT16
             computed_in = FLOAT32 if layout.dtype == FLOAT16 else layout.dtype
@@ -296,12 +296,12 @@ class Batch:
             if layout.row_sparse_grad and not lazy:
                 self.grads[i] = grads[i].tostype('default')
             if way == KERNEL:
-                groups.setdefault(fused.storage(layout.dtype, master), []).append(
+                groups.setdefault(kernel.storage(layout.dtype, master), []).append(
                     (i, (layout.shape, weights[i], self.grads[i], moments, copy,
                          rows if lazy else None)))
         self.distinct_dtypes = frozenset(self.dtypes)
-        self.kernel_groups = [  # (positions, fused.Buffers)
-            ([i for i, _ in group], fused.Buffers(storage, [p for _, p in group]))
+        self.kernel_groups = [  # (positions, kernel.Buffers)
+            ([i for i, _ in group], kernel.Buffers(storage, [p for _, p in group]))
             for storage, group in groups.items()]
         # What :meth:`queue` takes: one kernel storage, every parameter dense and whole.
         self.queueable = (len(self.kernel_groups) == 1 and set(self.routes) == {KERNEL}
@@ -311,7 +311,7 @@ class Batch:
     def finite(self):
         """One flag per gradient: does it hold only finite values?
 
-        Gradients on the kernel route are read by :meth:`adam_plugin.fused.Buffers.all_finite`,
+        Gradients on the kernel route are read by :meth:`adam_plugin.kernel.Buffers.all_finite`,
         one pass per dtype; the others by MXNet's ``multi_all_finite`` (one engine
         sync per context and dtype when they are finite, then one per gradient).
         """
@@ -333,8 +333,8 @@ class Batch:
         Returns
         -------
         list of int
-            One per parameter: :data:`adam_plugin.fused.V_OVERFLOW` if its second moment
-            ``v``, :data:`adam_plugin.fused.W_OVERFLOW` if its weight holds an Inf or a
+            One per parameter: :data:`adam_plugin.kernel.V_OVERFLOW` if its second moment
+            ``v``, :data:`adam_plugin.kernel.W_OVERFLOW` if its weight holds an Inf or a
             NaN after the step (0 for a parameter not stepped). The kernel reports them
             from the step's own pass (a lazy step: the rows it wrote); MXNet's
             ``multi_all_finite`` reads the ``v`` buffers and the weights of the others.
@@ -355,16 +355,16 @@ class Batch:
             second_moments = [_split(self.states[i], m)[0][1] for i, m in zip(others, master)]
             finite = _finite_by_operators(second_moments + [self.weights[i] for i in others])
             for i, v_ok, w_ok in zip(others, finite, finite[len(others):]):
-                flags[i] = (0 if v_ok else fused.V_OVERFLOW) | (0 if w_ok else fused.W_OVERFLOW)
+                flags[i] = (0 if v_ok else kernel.V_OVERFLOW) | (0 if w_ok else kernel.W_OVERFLOW)
         return flags
 
 
     def queue(self, steps, weights, grads):
         """Queue the step of every parameter (each with its Step) in MXNet's engine and
         return at once, for a :attr:`queueable` batch: see
-        :meth:`adam_plugin.fused.Buffers.queue`, which takes ``weights`` and ``grads``
+        :meth:`adam_plugin.kernel.Buffers.queue`, which takes ``weights`` and ``grads``
         (of a later call) in place of the batch's. Returns the
-        :class:`adam_plugin.fused.Queued`, or None when an array is not one the step
+        :class:`adam_plugin.kernel.Queued`, or None when an array is not one the step
         takes (nothing queued)."""
         (_, buffers), = self.kernel_groups
         return buffers.queue(steps, weights, grads)
@@ -390,7 +390,7 @@ def _row_sparse_arrays(weight, state, master):
 def _stores_every_row(weight, rows):
     """Does the ``row_sparse`` ``weight`` store all its ``rows``? Its values are then laid
     out as the dense weight's (MXNet keeps the stored rows sorted and distinct)."""
-    return fused.stored_rows(weight) == rows
+    return kernel.stored_rows(weight) == rows
 
 
 def _rows(grad, weight_rows, name):
@@ -399,7 +399,7 @@ def _rows(grad, weight_rows, name):
     where they point, and so do MXNet's ``tostype`` (a gradient densified) and NDArray
     indexing (the textbook route): a row outside the weight corrupts memory; a row held
     twice has no single meaning."""
-    rows = fused.row_indices(grad)
+    rows = kernel.row_indices(grad)
     bad = rows[(rows < 0) | (rows >= weight_rows)]
     if bad.size:
         raise ValueError(f"myadam: the row_sparse gradient of {name} holds row {bad[0]}, "

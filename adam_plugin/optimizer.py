@@ -9,7 +9,7 @@ import textwrap
 import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
-from . import _warn, dispatch, distributed, fused, mxnet_internals, options
+from . import _warn, dispatch, distributed, kernel, mxnet_internals, options
 from .deferred import DeferredError
 from .options import AGGREGATE_NUM, OPTIONS
 from .textbook import Step
@@ -92,7 +92,7 @@ class MyAdam(Optimizer):
     def _start_run(self):
         """The attributes of this process's run, not pickled: :data:`_RUN_ATTRIBUTES`."""
         self._deferred = DeferredError()  # an error kept from the KVStore callback
-        self._queued = {}  # index -> (Step, step count, counts, fused.Queued): see _queue
+        self._queued = {}  # index -> (Step, step count, counts, kernel.Queued): see _queue
         self._plans = {}  # index -> (state, multi_precision, dispatch.Batch): see _queue
         self._bad_in_a_row = {}  # index -> bad updates in a row (absent: 0)
         self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads
@@ -230,7 +230,7 @@ class MyAdam(Optimizer):
 
     def _queues(self):
         """Is the update of the caller queued in MXNet's engine (see
-        :meth:`adam_plugin.fused.Buffers.queue`) rather than run before it returns?
+        :meth:`adam_plugin.kernel.Buffers.queue`) rather than run before it returns?
 
         Inside the KVStore's updater callback, which runs one parameter at a time
         (``update_on_kvstore=True``), under ``nonfinite='skip'``: there MXNet queues its
@@ -373,7 +373,7 @@ class MyAdam(Optimizer):
     def _check_overflows(self, indices, steps, overflow):
         """After a step (``steps[i]`` None: parameter ``i`` not stepped), raise or count
         the parameters whose step overflowed (``overflow``: flags of
-        :data:`adam_plugin.fused.V_OVERFLOW` and :data:`~adam_plugin.fused.W_OVERFLOW`,
+        :data:`adam_plugin.kernel.V_OVERFLOW` and :data:`~adam_plugin.kernel.W_OVERFLOW`,
         see :meth:`adam_plugin.dispatch.Batch.apply`), and end the runs of bad updates
         of the parameters stepped well."""
         found = {index: flags for index, flags in zip(indices, overflow) if flags}
@@ -620,11 +620,11 @@ _NOTES = {'rescale_grad': ', which gluon.Trainer sets to 1 / batch_size in '
                           'Trainer.step(batch_size)',
           'begin_num_update': ", a parameter's step count before its first update"}
 
-# What a step found it had written (adam_plugin.fused's flags) -> what MyAdam says of it.
+# What a step found it had written (adam_plugin.kernel's flags) -> what MyAdam says of it.
 _OVERFLOWS = {
-    fused.V_OVERFLOW: "the second moment of {name} overflowed to Inf although the gradient "
+    kernel.V_OVERFLOW: "the second moment of {name} overflowed to Inf although the gradient "
                       "was finite (its elements with v = Inf no longer move)",
-    fused.W_OVERFLOW: "the weight of {name} holds Inf or NaN after the update although the "
+    kernel.W_OVERFLOW: "the weight of {name} holds Inf or NaN after the update although the "
                       "gradient was finite (a float16 weight stepped past 65504, lr times the "
                       "update beyond its dtype's range, or a weight not finite before)",
 }

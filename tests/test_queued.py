@@ -14,7 +14,7 @@ import pytest
 import mxnet as mx
 from mxnet import gluon, nd
 
-from adam_plugin import checkpoint, fused, options
+from adam_plugin import checkpoint, kernel, options
 from conftest import register_custom_op
 from test_fused import optimizer_step
 
@@ -228,8 +228,8 @@ def one_parameter_buffers(weight, grad):
     from adam_plugin import MyAdam
     opt = MyAdam(learning_rate=0.1)
     state = opt.create_state(0, weight)
-    storage = fused.storage(np.dtype(weight.dtype), False)
-    buffers = fused.Buffers(storage, [(weight.shape, weight, grad, state[:-1], None, None)])
+    storage = kernel.storage(np.dtype(weight.dtype), False)
+    buffers = kernel.Buffers(storage, [(weight.shape, weight, grad, state[:-1], None, None)])
     opt._update_count(0)
     return buffers, optimizer_step(opt, 0)
 
