@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy
 import mxnet.ndarray as nd
 
-from . import kernel, textbook
+from . import kernel, mxnet_internals, textbook
 from .options import InvalidOption, step_count
 
 KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
@@ -390,7 +390,7 @@ def _row_sparse_arrays(weight, state, master):
 def _stores_every_row(weight, rows):
     """Does the ``row_sparse`` ``weight`` store all its ``rows``? Its values are then laid
     out as the dense weight's (MXNet keeps the stored rows sorted and distinct)."""
-    return kernel.stored_rows(weight) == rows
+    return mxnet_internals.stored_rows(weight) == rows
 
 
 def _rows(grad, weight_rows, name):
@@ -399,7 +399,7 @@ def _rows(grad, weight_rows, name):
     where they point, and so do MXNet's ``tostype`` (a gradient densified) and NDArray
     indexing (the textbook route): a row outside the weight corrupts memory; a row held
     twice has no single meaning."""
-    rows = kernel.row_indices(grad)
+    rows = mxnet_internals.row_indices(grad)
     bad = rows[(rows < 0) | (rows >= weight_rows)]
     if bad.size:
         raise ValueError(f"myadam: the row_sparse gradient of {name} holds row {bad[0]}, "

@@ -16,7 +16,7 @@ from mxnet import nd
 from mxnet.base import _LIB
 
 import adam_plugin  # noqa: F401  (registers 'myadam')
-from adam_plugin import MyAdam, dispatch, kernel, textbook
+from adam_plugin import MyAdam, dispatch, kernel, mxnet_internals, textbook
 from configs import CONFIGS, optimizer_kwargs
 from oracles import gradients
 from test_kernel_calls import record_calls
@@ -738,7 +738,7 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
         with pytest.raises(ctypes.ArgumentError):
             entry_point(VARIANTS[0])
     library.use_mxnet(*(ctypes.cast(getattr(_LIB, f), ctypes.c_void_p).value
-                        for f in kernel.MXNET_FUNCTIONS))
+                        for f in mxnet_internals.KERNEL_FUNCTIONS))
     again = run(CONFIGS['everything'], dtype, True, True, weights, grads)
     for a, f in zip(again, fast):
         np.testing.assert_array_equal(a, f)

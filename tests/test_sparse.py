@@ -6,7 +6,7 @@ import pytest
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-from adam_plugin import MyAdam, dispatch, kernel
+from adam_plugin import MyAdam, dispatch, kernel, mxnet_internals
 from configs import CONFIGS, optimizer_kwargs
 from conftest import TOL
 from oracles import NumpyAdam
@@ -442,9 +442,10 @@ STORED = [  # (rows stored of 7, as row_sparse_array is given them)
 
 @pytest.mark.parametrize('rows', STORED, ids=str)
 def test_stored_rows_are_read_without_a_copy(rows):
-    """kernel.stored_rows (MXNet's DLPack view) against the copy Python's indices makes."""
+    """mxnet_internals.stored_rows (MXNet's DLPack view) against the copy Python's indices
+    makes."""
     array = nd.sparse.row_sparse_array((np.ones((len(rows), 4), np.float32), rows), shape=(7, 4))
-    assert kernel.stored_rows(array) == array.indices.shape[0] == len(rows)
+    assert mxnet_internals.stored_rows(array) == array.indices.shape[0] == len(rows)
 
 
 @pytest.mark.parametrize('context', [mx.cpu(0), mx.cpu(1), mx.cpu_pinned(0)], ids=str)
@@ -453,14 +454,14 @@ def test_stored_rows_are_read_without_a_copy(rows):
                          ids=['float32', 'float16', 'float64', 'float32-24-dimensions'])
 @pytest.mark.parametrize('rows', STORED + [list(range(0, 4000, 3))], ids=lambda r: str(r[:4]))
 def test_row_indices_equal_the_copy_python_makes(rows, dtype, row_shape, context):
-    """kernel.row_indices (read from MXNet's serialization of the array) against Python's
-    indices (a copy by an engine operation), in every storage a gradient comes in; with
-    24 dimensions the serialization's header is longer than what row_indices reads."""
+    """mxnet_internals.row_indices (read from MXNet's serialization of the array) against
+    Python's indices (a copy by an engine operation), in every storage a gradient comes in;
+    with 24 dimensions the serialization's header is longer than what row_indices reads."""
     count = max([7, *(r + 1 for r in rows)])
     values = np.ones((len(rows), *row_shape), dtype)
     array = nd.sparse.row_sparse_array((values, rows), shape=(count, *row_shape),
                                        ctx=context, dtype=dtype)
-    got = kernel.row_indices(array)
+    got = mxnet_internals.row_indices(array)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, array.indices.asnumpy())
     np.testing.assert_array_equal(got, np.array(rows, dtype=np.int64))
@@ -474,7 +475,7 @@ def test_row_indices_of_a_gradient_being_written_are_its_new_rows():
     nd.sparse.retain(nd.sparse.row_sparse_array(
         (np.ones((3, 4), np.float32), [2, 4, 8]), shape=(9, 4)) + busy[:9, :4].tostype(
         'row_sparse'), nd.array([2, 8], dtype='int64'), out=grad)
-    np.testing.assert_array_equal(kernel.row_indices(grad), [2, 8])
+    np.testing.assert_array_equal(mxnet_internals.row_indices(grad), [2, 8])
 
 
 def test_row_indices_in_numpy_shape_mode_come_from_the_copy():
@@ -482,4 +483,4 @@ def test_row_indices_in_numpy_shape_mode_come_from_the_copy():
     come from Python's indices instead."""
     with mx.util.np_shape(True):
         array = nd.sparse.row_sparse_array((np.ones((2, 3), np.float32), [1, 4]), shape=(6, 3))
-        np.testing.assert_array_equal(kernel.row_indices(array), [1, 4])
+        np.testing.assert_array_equal(mxnet_internals.row_indices(array), [1, 4])
