@@ -6,8 +6,9 @@ The rest of the package reaches MXNet's private insides only through this module
 underscore names (but the protected API of ``mx.optimizer.Optimizer`` that MXNet's own
 optimizers use: ``_get_lr``, ``_get_wd``, ``_update_count``, ``_index_update_count``,
 ``_all_index_update_counts``, ``_set_current_context``), its code objects and the frames
-that run them, its C API (the functions the kernel calls too) and C structs, and its
-serialization format. MXNet 1.7.0 to 1.9.1 keep them all alike; ``tests/test_mxnet_internals.py``
+that run them, its C API (the functions the kernel calls too) and C structs, its
+serialization format, and what ``gluon.Trainer`` and ``gluon.Parameter`` keep to
+themselves. MXNet 1.7.0 to 1.9.1 keep them all alike; ``tests/test_mxnet_internals.py``
 exercises each through what the package needs of it, so a release that changes one fails
 there first, by name. ``import adam_plugin`` checks the MXNet release first
 (:mod:`adam_plugin._mxnet`), before this module is imported.
@@ -332,3 +333,38 @@ def row_indices(array):
                 return np.frombuffer(ctypes.string_at(buffer.value + size.value - 8 * count,
                                                       8 * count), np.int64)
     return array.indices.asnumpy().astype(np.int64, copy=False)
+
+
+# --- What gluon.Trainer and gluon.Parameter keep to themselves -----------------------------
+
+
+def in_distributed_trainer(param_dict, indices=None):
+    """Is a parameter of ``param_dict`` (index -> ``gluon.Parameter``, an optimizer's;
+    only those of ``indices``, if given) driven by a ``gluon.Trainer`` that runs a
+    distributed KVStore? The Trainer gives each of its Parameters a reference to itself
+    (``_trainer``) and says whether it created a KVStore whose type holds ``'dist'``
+    (``_distributed``), neither of them public."""
+    found = param_dict.values() if indices is None else (
+        param_dict[i] for i in indices if i in param_dict)
+    return any(getattr(getattr(param, '_trainer', None), '_distributed', False)
+               for param in found)
+
+
+def trainer_parameters(trainer):
+    """The Parameters of ``trainer`` by their index, a list: the order its updates and
+    states files number them in (``Trainer`` keeps it, ``_params``, and gives no public
+    way to it)."""
+    return trainer._params
+
+
+def parameter_arrays(param):
+    """The arrays of ``param`` (a ``gluon.Parameter``), one per device, whatever its
+    storage type (``list_data`` refuses a row_sparse one, for which MXNet's own code
+    reads ``_check_and_get(_data, list)``)."""
+    return param._check_and_get(param._data, list)
+
+
+def parameter_stype(param):
+    """The storage type of the weight of ``param`` (a ``gluon.Parameter``): ``'default'``,
+    ``'row_sparse'``, ... (given to its constructor, kept as ``_stype``, not public)."""
+    return param._stype

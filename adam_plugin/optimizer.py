@@ -102,7 +102,8 @@ class MyAdam(Optimizer):
     def __getstate__(self):
         self._deferred.raise_pending()  # never save over an update that failed
         self._take_queued()
-        distributed.watch_worker(self)  # a dist Trainer sending us to its servers: see there
+        # a distributed Trainer sending us to its servers: see adam_plugin.distributed
+        distributed.watch_worker(mxnet_internals.in_distributed_trainer(self.param_dict))
         state = super().__getstate__()
         for name in _RUN_ATTRIBUTES:
             del state[name]
@@ -211,7 +212,8 @@ class MyAdam(Optimizer):
         one = len(indices) == 1
         if one and self._queue(indices[0], weights[0], grads[0], states[0], multi_precision):
             return
-        distributed.refuse_worker_update(self, indices)  # update_on_kvstore=False in a dist job
+        distributed.refuse_worker_update(  # update_on_kvstore=False in a distributed job
+            mxnet_internals.in_distributed_trainer(self.param_dict, indices[:1]))
         if self._queued:
             self._take_queued()
         layouts = [self._layouts(*args, multi_precision)

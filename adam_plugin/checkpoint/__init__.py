@@ -57,6 +57,7 @@ import warnings
 import numpy
 from mxnet.optimizer import Optimizer
 
+from .. import mxnet_internals
 from ..options import InvalidOption, step_count
 from . import safe
 
@@ -139,7 +140,7 @@ def size_limit(params):
         shape = param.shape
         if shape is None or any(n <= 0 for n in shape):
             return None
-        sparse = param._stype == 'row_sparse'  # pylint: disable=protected-access
+        sparse = mxnet_internals.parameter_stype(param) == 'row_sparse'
         values = int(numpy.prod(shape)) * max(numpy.dtype(param.dtype).itemsize, 4)
         total += STATE_ARRAYS * (values + (8 * shape[0] if sparse else 0) + PER_ARRAY)
     return PICKLE_EXPANSION * total + ALLOWANCE
@@ -210,7 +211,7 @@ def _rebuild(trainer, file):
                                f"this Trainer uses {type(ours).__name__}")
         return ours
 
-    params = trainer._params  # pylint: disable=protected-access
+    params = mxnet_internals.trainer_parameters(trainer)
     states, record = safe.read(file, registered_optimizers(), reference, _ALLOWED_CLASSES,
                                size_limit(params))
     optimizer = built(record)
@@ -224,7 +225,7 @@ def _rebuild(trainer, file):
                                f"this Trainer has {len(params)}")
     for index, state in states.items():
         param = params[index]
-        weight = param._check_and_get(param._data, list)[0]  # pylint: disable=protected-access
+        weight = mxnet_internals.parameter_arrays(param)[0]
         try:
             with warnings.catch_warnings():  # float16 without multi_precision warns here
                 warnings.simplefilter('ignore')
