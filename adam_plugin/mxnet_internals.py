@@ -368,3 +368,10 @@ def parameter_stype(param):
     """The storage type of the weight of ``param`` (a ``gluon.Parameter``): ``'default'``,
     ``'row_sparse'``, ... (given to its constructor, kept as ``_stype``, not public)."""
     return param._stype
+
+
+def states_on_servers(trainer):
+    """Does ``trainer`` update on a distributed KVStore's servers, which hold the
+    optimizer's states (its KVStore has no Updater here)? ``Trainer.load_states`` then
+    fails on an ``assert`` of the KVStore's."""
+    return bool(trainer._update_on_kvstore) and trainer._kvstore._updater is None
