@@ -34,7 +34,9 @@ from mxnet.ndarray.ndarray import _DTYPE_MX_TO_NP
 
 
 def _callback_code():
-    """The code object of the KVStore's ctypes callback, ``updater_handle``."""
+    """The code object of the KVStore's ctypes callback, ``updater_handle``: a constant of
+    ``_updater_wrapper``'s, a private function of ``mxnet.kvstore.kvstore`` (no public name
+    reaches it)."""
     for const in _kvstore._updater_wrapper.__code__.co_consts:
         if isinstance(const, types.CodeType) and const.co_name == 'updater_handle':
             return const
@@ -46,7 +48,9 @@ CALLBACK_CODE = _callback_code()
 
 
 def in_kvstore_callback(frame=None):
-    """Whether ``frame`` (by default the caller's) runs inside the KVStore's updater callback."""
+    """Whether ``frame`` (by default the caller's) runs inside the KVStore's updater
+    callback: a frame up the stack runs its code (MXNet hands the callback's calls no sign
+    of where they come from)."""
     return called_from(sys._getframe(1) if frame is None else frame, CALLBACK_CODE)
 
 
@@ -93,7 +97,9 @@ _KVSTORE_SET_OPTIMIZER = KVStore.set_optimizer.__code__
 
 def read_by_kvstore_updater():
     """Is the caller's caller, which reads the optimizer's ``aggregate_num``, the making of
-    the Updater a KVStore makes for itself (``KVStore.set_optimizer``)?"""
+    the Updater a KVStore makes for itself (``KVStore.set_optimizer``)? MXNet's Updater
+    reads it from the optimizer, once, in ``__init__``, and says to no one whose Updater it
+    is: the frames up the stack do."""
     return called_from(sys._getframe(2), _KVSTORE_SET_OPTIMIZER, depth=3)
 
 
@@ -110,13 +116,14 @@ KERNEL_FUNCTIONS = ('MXNDArrayGetData', 'MXNDArrayWaitToRead', 'MXNDArrayWaitAll
 
 def kernel_functions():
     """The addresses of :data:`KERNEL_FUNCTIONS` in MXNet's library, for the kernel's
-    ``use_mxnet``."""
+    ``use_mxnet`` (MXNet's Python reaches its library as ``mxnet.base._LIB`` only)."""
     return [ctypes.cast(getattr(_LIB, name), ctypes.c_void_p) for name in KERNEL_FUNCTIONS]
 
 
 def check(status):
     """Raise MXNet's last error as MXNet raises it (``MXNetError``) unless ``status``, what
-    a call of MXNet's C API (or of the kernel, which passes on theirs) returned, is 0."""
+    a call of MXNet's C API (or of the kernel, which passes on theirs) returned, is 0: MXNet's
+    ``check_call``, its one reader of the last error."""
     check_call(status)
 
 
