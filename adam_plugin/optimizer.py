@@ -2,7 +2,6 @@
 __all__ = ['MyAdam', 'MyYogi']
 
 import inspect
-import operator
 import os
 import textwrap
 
@@ -12,7 +11,7 @@ from mxnet.optimizer import Optimizer
 from . import _warn, dispatch, distributed, kernel, mxnet_internals, options
 from .deferred import DeferredError
 from .options import AGGREGATE_NUM, OPTIONS
-from .textbook import Step
+from .step_values import StepValues
 
 # Under nonfinite='skip', a parameter's bad updates in a row (a NaN or Inf gradient, or a
 # second moment that overflowed) are warned about at the first and then at every
@@ -96,7 +95,7 @@ class MyAdam(Optimizer):
         self._plans = {}  # index -> (state, multi_precision, dispatch.Batch): see _queue
         self._bad_in_a_row = {}  # index -> bad updates in a row (absent: 0)
         self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads
-        self._checked = {}  # values a step reads, with their types and dtypes -> found good
+        self._values = StepValues(self, self._name)  # what a step reads, checked
         self._saved_counts = {}  # index -> step count in the states file: see _advance
 
     def __getstate__(self):
@@ -219,7 +218,7 @@ class MyAdam(Optimizer):
                    for args in zip(indices, weights, grads, states)]
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
                                lambda i: self._name(indices[i]))
-        rule = self._rule(batch)
+        rule = self._values.rule(batch)
         if (one and batch.queueable and self._queues()
                 and self._merged_by_the_kvstore(indices[0])):  # this call runs here: see _queue
             self._plans[indices[0]] = states[0], multi_precision, batch
@@ -281,12 +280,12 @@ class MyAdam(Optimizer):
         batch = plan[2]
         if self._queued:
             self._take_queued()
-        rule = self._rule(batch)
+        rule = self._values.rule(batch)
         count = batch.step_counts[0]
         counts = self._counts((index,), (count,))
         try:
             t = self._advance(index, count)
-            step = self._step(index, t, self._base_lr(), rule, batch.dtypes[0])
+            step = self._values.step(index, t, self._values.base_lr(), rule, batch.dtypes[0])
             queued = batch.queue((step,), (weight,), (grad,))
         except BaseException:
             self._restore_counts(counts)
@@ -405,17 +404,14 @@ class MyAdam(Optimizer):
     def _steps(self, indices, counts, finite, rule, dtypes):
         """The Step of each parameter whose ``finite`` flag is set (None for the others),
         counting its update (:meth:`_advance`; ``counts``: the ends of their states),
-        with ``rule`` (:meth:`_rule`) and the parameters' ``dtypes``
+        with ``rule`` (:meth:`adam_plugin.step_values.StepValues.rule`) and the parameters' ``dtypes``
         (:attr:`adam_plugin.dispatch.Batch.dtypes`); every step count is back as it was
         if this raises (a scheduler's error, a bad learning rate)."""
         before = self._counts(indices, counts)
         try:
             ts = [self._advance(index, count) if ok else None
                   for index, count, ok in zip(indices, counts, finite)]
-            # the scheduler asked once, after every count, as MXNet's multi-tensor updates do
-            base = self._base_lr() if any(finite) else None
-            return [self._step(index, t, base, rule, pair) if ok else None
-                    for index, t, ok, pair in zip(indices, ts, finite, dtypes)]
+            return self._values.steps(indices, ts, rule, dtypes)
         except BaseException:
             self._restore_counts(before)
             raise
@@ -428,120 +424,6 @@ class MyAdam(Optimizer):
             _warn.warn(f"myadam: {what.format(name=self._name(index))} ({run} in a row for "
                        f"this parameter, {self.num_skipped} in all; at max_skips="
                        f"{self.max_skips} in a row, FloatingPointError)")
-
-    # --- what a step reads, checked where it reads it ----------------------------------
-    #
-    # Every value the rule reads is checked by its check in the option table
-    # (adam_plugin.options.step_value), in the dtypes of the parameters it steps, each time
-    # a step reads it: an attribute set after the constructor (a one-cycle schedule's
-    # beta1), what lr_scheduler returns, a Parameter's lr_mult and wd_mult, rescale_grad
-    # from Trainer.step. What was found good is remembered (self._checked) by value, type
-    # and dtypes (True == 1 == 1.0, and a value may be finite in float64 only), so a step
-    # pays a dict lookup per call and per parameter.
-
-    def _rule(self, batch):
-        """The Step's fields after ``t``, ``lr`` and ``wd``, and ``wd``, as the step of
-        ``batch`` reads them from the optimizer's attributes (``nonfinite``, ``max_skips``
-        and ``begin_num_update`` are checked with them); ``ValueError`` naming the first
-        one that is not good in every dtype of ``batch``."""
-        values = _READ(self)
-        key = (values, tuple(map(type, values)), batch.distinct_dtypes)
-        rule = self._remembered(key)
-        if rule is None:
-            for dtypes in (None, *batch.distinct_dtypes):  # as given, then in each dtype
-                param = dtypes and batch.name(batch.dtypes.index(dtypes))
-                checked = [self._value(name, value, dtypes, self.num_update + 1, param,
-                                       lambda name=name: "the optimizer's attribute "
-                                                         f"{name}{_NOTES.get(name, '')}")
-                           for name, value in zip(_READ_NAMES, values)]
-            rule = self._remember(key, (tuple(checked[:len(_RULE_FIELDS)]),
-                                        checked[len(_RULE_FIELDS)]))
-        return rule
-
-    def _base_lr(self):
-        """The learning rate before ``lr_mult``: ``lr_scheduler(num_update)``, or ``lr``
-        without one; ``ValueError`` unless it is a number >= 0 and finite."""
-        value = self.lr if self.lr_scheduler is None else self.lr_scheduler(self.num_update)
-        key = ('lr', value, type(value))
-        lr = self._remembered(key)
-        if lr is None:
-            lr = self._remember(key, self._value('lr', value, None, self.num_update, None,
-                                                 lambda: self._lr_source(value)))
-        return lr
-
-    def _lr_source(self, base):
-        """Where the learning rate ``base`` came from, as error messages say it."""
-        if self.lr_scheduler is None:
-            return f"learning_rate {base!r}"
-        return (f"lr_scheduler({self.num_update}), a {type(self.lr_scheduler).__name__}, "
-                f"returned {base!r}")
-
-    def _step(self, index, t, base, rule, dtypes):
-        """The Step of parameter ``index``: its count ``t``, the learning rate ``base`` times its
-        ``lr_mult``, ``rule[1]`` (``wd``) times its ``wd_mult``, both checked in its
-        ``dtypes``, and ``rule[0]``."""
-        rest, base_wd = rule
-        lr = _times(base, self._multiplier(index, 'lr_mult')[0])
-        wd = _times(base_wd, self._multiplier(index, 'wd_mult')[0])
-        key = (lr, type(lr), wd, type(wd), dtypes)
-        rates = self._remembered(key)
-        if rates is None:
-            rates = self._remember(key, (
-                self._value('lr', lr, dtypes, self.num_update, self._name(index),
-                            lambda: self._times_source(self._lr_source(base), index, 'lr_mult')),
-                self._value('wd', wd, dtypes, self.num_update, self._name(index),
-                            lambda: self._times_source(f"wd {base_wd!r}", index, 'wd_mult'))))
-        return Step(t, *rates, *rest)
-
-    def _multiplier(self, index, kind, describe=False):
-        """``(value, where)``: parameter ``index``'s ``kind``, ``'lr_mult'`` or
-        ``'wd_mult'``, where MXNet's ``_get_lrs`` and ``_get_wds`` find it (1.0 when
-        nowhere); with ``describe``, ``where`` is that place as error messages say it
-        (None when nowhere)."""
-        if index in self.param_dict:
-            param = self.param_dict[index]
-            return getattr(param, kind), describe and f"param '{param.name}' {kind}"
-        multipliers = getattr(self, kind)
-        key = index if index in multipliers else self.idx2name.get(index)
-        if key in multipliers:
-            return multipliers[key], describe and f"{kind}[{key!r}]"
-        return 1.0, None
-
-    def _times_source(self, source, index, kind):
-        """``source`` times parameter ``index``'s ``kind``, as error messages say it."""
-        value, where = self._multiplier(index, kind, describe=True)
-        return source if where is None else f"{source} times {where} {value!r}"
-
-    def _value(self, name, value, dtypes, update, param, source):
-        """:func:`adam_plugin.options.step_value`, its error a ``ValueError`` that names
-        the value, the update, the parameter (when given) and where the value came from,
-        ``source()``."""
-        try:
-            return options.step_value(name, value, dtypes)
-        except options.InvalidOption as error:
-            where = f" for {param}" if param else ""
-            raise ValueError(
-                f"myadam: Invalid {'learning rate' if name == 'lr' else name}: {value!r} at "
-                f"update {update}{where} ({source()}; expected {error.expected}); nothing was "
-                "updated") from None
-
-    def _remembered(self, key):
-        """What :meth:`_remember` kept for ``key``, or None (also for an unhashable value,
-        which is checked, and refused, each time)."""
-        try:
-            return self._checked.get(key)
-        except TypeError:
-            return None
-
-    def _remember(self, key, found):
-        """Keep ``found`` for ``key`` (the last :data:`REMEMBERED` at most); return it."""
-        if len(self._checked) >= REMEMBERED:  # a schedule gives a new rate each step
-            self._checked.clear()
-        try:
-            self._checked[key] = found
-        except TypeError:
-            pass
-        return found
 
     def _refuse_bad_gradients(self, indices, finite):
         """Raise for the gradients not ``finite`` (one flag per parameter) that are not
@@ -607,19 +489,7 @@ class _QueuedCount(int):
 # queued updates, a run of bad updates, an error not raised yet, the step counts of the
 # states file it was loaded from).
 _RUN_ATTRIBUTES = ('_deferred', '_queued', '_plans', '_bad_in_a_row', '_layouts',
-                   '_checked', '_saved_counts')
-
-# What MyAdam._rule reads of the optimizer's attributes (one C call): the rest of a Step,
-# of the same names, then wd and what else the update reads.
-_RULE_FIELDS = Step._fields[3:]
-assert Step._fields[:3] == ('t', 'lr', 'wd')
-_READ_NAMES = _RULE_FIELDS + ('wd', 'nonfinite', 'max_skips', 'begin_num_update')
-_READ = operator.attrgetter(*_READ_NAMES)
-
-# Said in MyAdam's messages about them, after "the optimizer's attribute NAME".
-_NOTES = {'rescale_grad': ', which gluon.Trainer sets to 1 / batch_size in '
-                          'Trainer.step(batch_size)',
-          'begin_num_update': ", a parameter's step count before its first update"}
+                   '_values', '_saved_counts')
 
 # What a step found it had written (adam_plugin.kernel's flags) -> what MyAdam says of it.
 _OVERFLOWS = {
@@ -629,18 +499,6 @@ _OVERFLOWS = {
                       "gradient was finite (a float16 weight stepped past 65504, lr times the "
                       "update beyond its dtype's range, or a weight not finite before)",
 }
-
-# Values MyAdam remembers as checked (see MyAdam._rule), at most.
-REMEMBERED = 4096
-
-
-def _times(value, multiplier):
-    """``value * multiplier``, or ``multiplier`` when that is not a number (its check
-    then refuses it)."""
-    try:
-        return value * multiplier
-    except TypeError:
-        return multiplier
 
 # The signature and the Parameters section are the option table's (adam_plugin.options).
 _SIGNATURE = inspect.Signature(

@@ -470,7 +470,7 @@ def test_inspect_prints_what_the_file_holds(tmp_path):
             assert hyper[name] == value, name
     assert (hyper['lr'], hyper['rescale_grad']) == (opt.lr, opt.rescale_grad)
     assert set(hyper) == set(vars(opt)) - {'param_dict', '_layouts', '_deferred', '_bad_in_a_row',
-                                           '_queued', '_plans', '_checked',
+                                           '_queued', '_plans', '_values',
                                            '_saved_counts',
                                            'lr_scheduler',
                                            'num_update', 'begin_num_update', 'num_skipped',
