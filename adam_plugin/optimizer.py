@@ -8,17 +8,11 @@ import textwrap
 import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
-from . import _warn, dispatch, distributed, kernel, mxnet_internals, options
+from . import dispatch, distributed, mxnet_internals, options
 from .deferred import DeferredError
 from .options import AGGREGATE_NUM, OPTIONS
+from .counts import BadUpdates, StepCounts
 from .step_values import StepValues
-
-# Under nonfinite='skip', a parameter's bad updates in a row (a NaN or Inf gradient, or a
-# second moment that overflowed) are warned about at the first and then at every
-# WARN_EVERY-th, each warning with its counts (so Python's once-per-line filter shows
-# them all); at max_skips in a row, FloatingPointError.
-WARN_EVERY = 10
-
 
 @Optimizer.register
 class MyAdam(Optimizer):
@@ -93,10 +87,10 @@ class MyAdam(Optimizer):
         self._deferred = DeferredError()  # an error kept from the KVStore callback
         self._queued = {}  # index -> (Step, step count, counts, kernel.Queued): see _queue
         self._plans = {}  # index -> (state, multi_precision, dispatch.Batch): see _queue
-        self._bad_in_a_row = {}  # index -> bad updates in a row (absent: 0)
+        self._bad = BadUpdates(self, self._name)  # bad updates: num_skipped, max_skips
         self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads
         self._values = StepValues(self, self._name)  # what a step reads, checked
-        self._saved_counts = {}  # index -> step count in the states file: see _advance
+        self._counts = StepCounts(self)  # each parameter's step count
 
     def __getstate__(self):
         self._deferred.raise_pending()  # never save over an update that failed
@@ -115,8 +109,7 @@ class MyAdam(Optimizer):
         refuses a bad file too); see :func:`adam_plugin.options.checked_state`."""
         super().__setstate__(options.checked_state(state))
         self._start_run()
-        for device in sorted(self._all_index_update_counts, reverse=True):  # the lowest last
-            self._saved_counts.update(self._all_index_update_counts[device])
+        self._counts.load(self._all_index_update_counts)
 
     @property
     def param_dict(self):
@@ -223,10 +216,11 @@ class MyAdam(Optimizer):
                 and self._merged_by_the_kvstore(indices[0])):  # this call runs here: see _queue
             self._plans[indices[0]] = states[0], multi_precision, batch
         finite = batch.finite()
-        self._refuse_bad_gradients(indices, finite)
-        steps = self._steps(indices, batch.step_counts, finite, rule, batch.dtypes)
-        self._count_skips(indices, finite)
-        self._check_overflows(indices, steps, batch.apply(steps))
+        self._bad.refuse_bad_gradients(indices, finite)
+        steps = self._counts.counted(indices, batch.step_counts, finite, lambda ts: (
+            self._values.steps(indices, ts, rule, batch.dtypes)))
+        self._bad.count_skips(indices, finite)
+        self._bad.check_overflows(indices, steps, batch.apply(steps))
 
     def _queues(self):
         """Is the update of the caller queued in MXNet's engine (see
@@ -282,16 +276,16 @@ class MyAdam(Optimizer):
             self._take_queued()
         rule = self._values.rule(batch)
         count = batch.step_counts[0]
-        counts = self._counts((index,), (count,))
+        counts = self._counts.snapshot((index,), (count,))
         try:
-            t = self._advance(index, count)
+            t = self._counts.advance(index, count)
             step = self._values.step(index, t, self._values.base_lr(), rule, batch.dtypes[0])
             queued = batch.queue((step,), (weight,), (grad,))
         except BaseException:
-            self._restore_counts(counts)
+            self._counts.restore(counts)
             raise
         if queued is None:
-            self._restore_counts(counts)
+            self._counts.restore(counts)
             del self._plans[index]
             return False
         if count is not None:  # until taken in: see _QueuedCount
@@ -314,133 +308,18 @@ class MyAdam(Optimizer):
         if count is not None:
             count[0] = step.t  # an int again (see _QueuedCount); given back below if skipped
         if queued.status() == 1:  # it ran; the gradient was finite, nothing overflowed
-            self._bad_in_a_row.pop(index, None)
+            self._bad.good(index)
             return
         try:
             (finite,), overflow = queued.result()
         except BaseException:
-            self._restore_counts(counts)
+            self._counts.restore(counts)
             raise
         if not finite:
-            self._restore_counts(counts)
-        self._refuse_bad_gradients((index,), (finite,))
-        self._count_skips((index,), (finite,))
-        self._check_overflows((index,), (step if finite else None,), overflow)
-
-    def _advance(self, index, count):
-        """Count an update of ``index``, whose state ends with ``count`` (its one-item
-        list ``[t]``, see :meth:`create_state`): ``t`` goes up by 1 there, and MXNet's
-        count of ``index`` for the current device and ``num_update`` (the largest count,
-        which ``lr_scheduler`` reads) follow it. Returns ``t``.
-
-        A state saved without its step count (``count`` None, ``(m, v[, vmax])``) counts
-        in the optimizer's counts, as MXNet does: from this device's count of
-        ``index``; on a device that has none, from the count of ``index`` in the
-        states file this optimizer was loaded from (of its lowest-numbered device
-        that has one: the Trainer saves its first device's states), else from
-        ``begin_num_update``.
-        """
-        if count is None:
-            t = 1 + self._index_update_count.get(
-                index, self._saved_counts.get(index, self.begin_num_update))
-        else:
-            t = count[0] = count[0] + 1
-        self._index_update_count[index] = t
-        self.num_update = max(self.num_update, t)
-        return t
-
-    def _counts(self, indices, counts):
-        """The step counts of ``indices``, whose states end with ``counts`` (see
-        :meth:`_advance`), as they are now, for :meth:`_restore_counts`: per index, its
-        state's count and MXNet's for the current device; and ``num_update``."""
-        return ([(index, count, None if count is None else count[0],
-                  self._index_update_count.get(index))
-                 for index, count in zip(indices, counts)], self.num_update)
-
-    def _restore_counts(self, counts):
-        """Put the step counts back as :meth:`_counts` saw them, and ``num_update`` to the
-        largest of its value then and MXNet's counts now."""
-        saved, num_update = counts
-        for index, count, t, kept in saved:
-            if count is not None:
-                count[0] = t
-            if kept is None:
-                self._index_update_count.pop(index, None)
-            else:
-                self._index_update_count[index] = kept
-        self.num_update = max([num_update, *self._index_update_count.values()])
-
-    def _check_overflows(self, indices, steps, overflow):
-        """After a step (``steps[i]`` None: parameter ``i`` not stepped), raise or count
-        the parameters whose step overflowed (``overflow``: flags of
-        :data:`adam_plugin.kernel.V_OVERFLOW` and :data:`~adam_plugin.kernel.W_OVERFLOW`,
-        see :meth:`adam_plugin.dispatch.Batch.apply`), and end the runs of bad updates
-        of the parameters stepped well."""
-        found = {index: flags for index, flags in zip(indices, overflow) if flags}
-        if found and self.nonfinite == 'raise':
-            problems = []
-            for kind, text in _OVERFLOWS.items():
-                names = [self._name(index) for index, flags in found.items() if flags & kind]
-                if names:
-                    problems.append(text.format(name=', '.join(names)))
-            raise FloatingPointError(f"myadam: {'; '.join(problems)}; this update call was "
-                                     "applied")
-        for index, flags in found.items():
-            self.num_skipped += 1
-            self._bad_update(index, "; ".join(text for kind, text in _OVERFLOWS.items()
-                                              if flags & kind))
-        for index, step in zip(indices, steps):
-            if step is not None and index not in found:
-                self._bad_in_a_row.pop(index, None)
-
-    def _count_skips(self, indices, finite):
-        """Count, and warn about, the parameters skipped for a gradient not ``finite``."""
-        for index, ok in zip(indices, finite):
-            if not ok:
-                self.num_skipped += 1
-                self._bad_update(index, "skipped the update of {name}: its gradient holds "
-                                        "NaN or Inf")
-
-    def _steps(self, indices, counts, finite, rule, dtypes):
-        """The Step of each parameter whose ``finite`` flag is set (None for the others),
-        counting its update (:meth:`_advance`; ``counts``: the ends of their states),
-        with ``rule`` (:meth:`adam_plugin.step_values.StepValues.rule`) and the parameters' ``dtypes``
-        (:attr:`adam_plugin.dispatch.Batch.dtypes`); every step count is back as it was
-        if this raises (a scheduler's error, a bad learning rate)."""
-        before = self._counts(indices, counts)
-        try:
-            ts = [self._advance(index, count) if ok else None
-                  for index, count, ok in zip(indices, counts, finite)]
-            return self._values.steps(indices, ts, rule, dtypes)
-        except BaseException:
-            self._restore_counts(before)
-            raise
-
-    def _bad_update(self, index, what):
-        """Count a bad update of ``index`` in its run of bad ones; warn at the first and at
-        every ``WARN_EVERY``-th. ``what`` is the warning's first sentence, with ``{name}``."""
-        run = self._bad_in_a_row[index] = self._bad_in_a_row.get(index, 0) + 1
-        if run == 1 or run % WARN_EVERY == 0:
-            _warn.warn(f"myadam: {what.format(name=self._name(index))} ({run} in a row for "
-                       f"this parameter, {self.num_skipped} in all; at max_skips="
-                       f"{self.max_skips} in a row, FloatingPointError)")
-
-    def _refuse_bad_gradients(self, indices, finite):
-        """Raise for the gradients not ``finite`` (one flag per parameter) that are not
-        to be skipped: any under ``nonfinite='raise'``; under ``'skip'``, the
-        ``max_skips``-th bad update in a row of a parameter. Nothing is updated then."""
-        bad = [i for i, ok in zip(indices, finite) if not ok]
-        if self.nonfinite == 'raise' and bad:
-            raise FloatingPointError(f"myadam: the gradient of {', '.join(map(self._name, bad))} "
-                                     "holds NaN or Inf; nothing was updated")
-        stuck = [i for i in bad if self.max_skips is not None
-                 and self._bad_in_a_row.get(i, 0) + 1 >= self.max_skips]
-        if stuck:
-            raise FloatingPointError(
-                f"myadam: the update of {', '.join(map(self._name, stuck))} has failed "
-                f"{self.max_skips} times in a row (max_skips={self.max_skips}): its gradient "
-                "holds NaN or Inf again (a NaN kept in an accumulated gradient, "
-                "grad_req='add', or in the weight or the data?); nothing was updated")
+            self._counts.restore(counts)
+        self._bad.refuse_bad_gradients((index,), (finite,))
+        self._bad.count_skips((index,), (finite,))
+        self._bad.check_overflows((index,), (step if finite else None,), overflow)
 
     def _name(self, index):
         if index in self.param_dict:
@@ -488,17 +367,7 @@ class _QueuedCount(int):
 # What MyAdam._start_run sets: this process's, never pickled (references to live arrays,
 # queued updates, a run of bad updates, an error not raised yet, the step counts of the
 # states file it was loaded from).
-_RUN_ATTRIBUTES = ('_deferred', '_queued', '_plans', '_bad_in_a_row', '_layouts',
-                   '_values', '_saved_counts')
-
-# What a step found it had written (adam_plugin.kernel's flags) -> what MyAdam says of it.
-_OVERFLOWS = {
-    kernel.V_OVERFLOW: "the second moment of {name} overflowed to Inf although the gradient "
-                      "was finite (its elements with v = Inf no longer move)",
-    kernel.W_OVERFLOW: "the weight of {name} holds Inf or NaN after the update although the "
-                      "gradient was finite (a float16 weight stepped past 65504, lr times the "
-                      "update beyond its dtype's range, or a weight not finite before)",
-}
+_RUN_ATTRIBUTES = ('_deferred', '_queued', '_plans', '_bad', '_layouts', '_values', '_counts')
 
 # The signature and the Parameters section are the option table's (adam_plugin.options).
 _SIGNATURE = inspect.Signature(

@@ -469,9 +469,9 @@ def test_inspect_prints_what_the_file_holds(tmp_path):
         if name not in ('lr_scheduler', 'rescale_grad'):  # Trainer.step sets rescale_grad
             assert hyper[name] == value, name
     assert (hyper['lr'], hyper['rescale_grad']) == (opt.lr, opt.rescale_grad)
-    assert set(hyper) == set(vars(opt)) - {'param_dict', '_layouts', '_deferred', '_bad_in_a_row',
+    assert set(hyper) == set(vars(opt)) - {'param_dict', '_layouts', '_deferred', '_bad',
                                            '_queued', '_plans', '_values',
-                                           '_saved_counts',
+                                           '_counts',
                                            'lr_scheduler',
                                            'num_update', 'begin_num_update', 'num_skipped',
                                            '_all_index_update_counts', '_index_update_count'}
