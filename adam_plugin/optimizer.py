@@ -2,7 +2,6 @@
 __all__ = ['MyAdam', 'MyYogi']
 
 import inspect
-import os
 import textwrap
 
 import mxnet.ndarray as nd
@@ -12,6 +11,7 @@ from . import dispatch, distributed, mxnet_internals, options
 from .deferred import DeferredError
 from .options import AGGREGATE_NUM, OPTIONS
 from .counts import BadUpdates, StepCounts
+from .engine import EngineQueue
 from .step_values import StepValues
 
 @Optimizer.register
@@ -85,16 +85,15 @@ class MyAdam(Optimizer):
     def _start_run(self):
         """The attributes of this process's run, not pickled: :data:`_RUN_ATTRIBUTES`."""
         self._deferred = DeferredError()  # an error kept from the KVStore callback
-        self._queued = {}  # index -> (Step, step count, counts, kernel.Queued): see _queue
-        self._plans = {}  # index -> (state, multi_precision, dispatch.Batch): see _queue
         self._bad = BadUpdates(self, self._name)  # bad updates: num_skipped, max_skips
         self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads
         self._values = StepValues(self, self._name)  # what a step reads, checked
         self._counts = StepCounts(self)  # each parameter's step count
+        self._engine = EngineQueue(self, self._counts, self._values, self._bad)
 
     def __getstate__(self):
         self._deferred.raise_pending()  # never save over an update that failed
-        self._take_queued()
+        self._engine.take_all()
         # a distributed Trainer sending us to its servers: see adam_plugin.distributed
         distributed.watch_worker(mxnet_internals.in_distributed_trainer(self.param_dict))
         state = super().__getstate__()
@@ -159,8 +158,7 @@ class MyAdam(Optimizer):
     @rescale_grad.setter
     def rescale_grad(self, value):
         self._deferred.raise_pending()
-        if self._queued:
-            self._take_queued()
+        self._engine.take_all()
         self.__dict__['rescale_grad'] = value
 
     def set_learning_rate(self, lr):
@@ -201,20 +199,19 @@ class MyAdam(Optimizer):
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         one = len(indices) == 1
-        if one and self._queue(indices[0], weights[0], grads[0], states[0], multi_precision):
+        if one and self._engine.queue(indices[0], weights[0], grads[0], states[0],
+                                      multi_precision):
             return
         distributed.refuse_worker_update(  # update_on_kvstore=False in a distributed job
             mxnet_internals.in_distributed_trainer(self.param_dict, indices[:1]))
-        if self._queued:
-            self._take_queued()
+        self._engine.take_all()
         layouts = [self._layouts(*args, multi_precision)
                    for args in zip(indices, weights, grads, states)]
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
                                lambda i: self._name(indices[i]))
         rule = self._values.rule(batch)
-        if (one and batch.queueable and self._queues()
-                and self._merged_by_the_kvstore(indices[0])):  # this call runs here: see _queue
-            self._plans[indices[0]] = states[0], multi_precision, batch
+        if one:
+            self._engine.plan(indices[0], states[0], multi_precision, batch)
         finite = batch.finite()
         self._bad.refuse_bad_gradients(indices, finite)
         steps = self._counts.counted(indices, batch.step_counts, finite, lambda ts: (
@@ -222,105 +219,9 @@ class MyAdam(Optimizer):
         self._bad.count_skips(indices, finite)
         self._bad.check_overflows(indices, steps, batch.apply(steps))
 
-    def _queues(self):
-        """Is the update of the caller queued in MXNet's engine (see
-        :meth:`adam_plugin.kernel.Buffers.queue`) rather than run before it returns?
-
-        Inside the KVStore's updater callback, which runs one parameter at a time
-        (``update_on_kvstore=True``), under ``nonfinite='skip'``: there MXNet queues its
-        own ``adam_update`` and returns, and waiting for the engine on each call would
-        cost a handoff between threads per parameter. What a queued step finds (a
-        gradient not finite: the step was skipped; a second moment that overflowed) is
-        taken in, warned about and counted in ``num_skipped`` at the next update call
-        (the KVStore's next parameter) or the next ``Trainer.step`` (which sets
-        ``rescale_grad``) or save, whichever comes first. Not under ``nonfinite='raise'``,
-        whose error comes out of the call that failed, before anything else changes;
-        not on a distributed KVStore's server, which has no later call to raise from.
-        """
-        return (self.nonfinite == 'skip' and os.environ.get('DMLC_ROLE') != 'server'
-                and mxnet_internals.in_kvstore_callback())
-
-    def _merged_by_the_kvstore(self, index):
-        """Is the gradient the KVStore hands for ``index`` its own merge buffer, the same
-        array at every call (a Trainer's parameter on several devices)? On one device it
-        is the array pushed: a Parameter's gradient, which Gluon replaces when
-        ``grad_req`` is set again, or whatever ``kv.push`` was given."""
-        param = self.param_dict.get(index)
-        return param is not None and len(param.list_ctx()) > 1
-
-    def _queue(self, index, weight, grad, state, multi_precision):
-        """Queue the update of one parameter in MXNet's engine, where :meth:`_queues`,
-        through the plan its first such call made (its state, multi_precision and
-        :class:`adam_plugin.dispatch.Batch`), which the KVStore's later calls reuse with
-        their new weight and gradient: True when queued. False, nothing done, when there
-        is no plan for these states or the kernel finds an array it does not take (the
-        plan is then dropped): the caller's checks and dispatch decide.
-
-        The first call runs on the calling thread, waiting for the engine: the queued
-        step's data pointers are read here (``MXNDArrayGetData``), and MXNet allocates a
-        new array's memory at its first use, unguarded (``Chunk::CheckAndAlloc``). The
-        KVStore's merge buffer, its copy of the weight and the states from
-        :meth:`create_state` all start unallocated, their first writer queued just before
-        this call; read here while that writer allocated them on an engine thread, an
-        array got two allocations, and the step read memory the reduce never wrote (a
-        gradient of garbage, seen once as a NaN in a benchmark's first step). Once the
-        first step has waited for them, they are allocated, and the KVStore hands the
-        same arrays for the key at every later call: planned only where the gradient is
-        its merge buffer (:meth:`_merged_by_the_kvstore`)."""
-        plan = self._plans.get(index)
-        if (plan is None or plan[0] is not state or plan[1] != multi_precision
-                or not self._queues()):
-            return False
-        batch = plan[2]
-        if self._queued:
-            self._take_queued()
-        rule = self._values.rule(batch)
-        count = batch.step_counts[0]
-        counts = self._counts.snapshot((index,), (count,))
-        try:
-            t = self._counts.advance(index, count)
-            step = self._values.step(index, t, self._values.base_lr(), rule, batch.dtypes[0])
-            queued = batch.queue((step,), (weight,), (grad,))
-        except BaseException:
-            self._counts.restore(counts)
-            raise
-        if queued is None:
-            self._counts.restore(counts)
-            del self._plans[index]
-            return False
-        if count is not None:  # until taken in: see _QueuedCount
-            count[0] = _QueuedCount(step.t, queued)
-        self._queued[index] = step, count, counts, queued
-        return True
-
     def _take_queued(self):
-        """Take in the results of the updates queued in MXNet's engine (see
-        :meth:`_queues`), in the order queued, waiting for them to run."""
-        while self._queued:
-            self._take(next(iter(self._queued)))
-
-    def _take(self, index):
-        """Take in the result of the update of ``index`` queued in MXNet's engine, waiting
-        for it to run, as an update on the calling thread would have: a gradient that was
-        not finite gives the step count back and counts as skipped (``max_skips``), an
-        overflow counts too."""
-        step, count, counts, queued = self._queued.pop(index)
-        if count is not None:
-            count[0] = step.t  # an int again (see _QueuedCount); given back below if skipped
-        if queued.status() == 1:  # it ran; the gradient was finite, nothing overflowed
-            self._bad.good(index)
-            return
-        try:
-            (finite,), overflow = queued.result()
-        except BaseException:
-            self._counts.restore(counts)
-            raise
-        if not finite:
-            self._counts.restore(counts)
-        self._bad.refuse_bad_gradients((index,), (finite,))
-        self._bad.count_skips((index,), (finite,))
-        self._bad.check_overflows((index,), (step if finite else None,), overflow)
-
+        """Take in the updates queued in MXNet's engine (see :mod:`adam_plugin.engine`)."""
+        self._engine.take_all()
     def _name(self, index):
         if index in self.param_dict:
             return f"parameter '{self.param_dict[index].name}'"
@@ -346,28 +247,10 @@ def _check_fits(saved, params):
                              f"shape {have[index]}")
 
 
-class _QueuedCount(int):
-    """A step count while its update is queued in MXNet's engine (:meth:`MyAdam._queue`):
-    the count the update gives, until :meth:`MyAdam._take` puts in the count it ends with
-    (one less when the gradient was not finite and the update was skipped). Pickled
-    before that (``Trainer.save_states`` pickles the Updater's states before the
-    optimizer, whose ``__getstate__`` takes the queued updates in), it waits for the
-    update and is saved as the count it ends with, an ``int``."""
-
-    def __new__(cls, t, queued):
-        count = super().__new__(cls, t)
-        count.queued = queued
-        return count
-
-    def __reduce_ex__(self, protocol):
-        (finite,), _ = self.queued.result()
-        return int, (int(self) if finite else int(self) - 1,)
-
-
 # What MyAdam._start_run sets: this process's, never pickled (references to live arrays,
 # queued updates, a run of bad updates, an error not raised yet, the step counts of the
 # states file it was loaded from).
-_RUN_ATTRIBUTES = ('_deferred', '_queued', '_plans', '_bad', '_layouts', '_values', '_counts')
+_RUN_ATTRIBUTES = ('_deferred', '_bad', '_layouts', '_values', '_counts', '_engine')
 
 # The signature and the Parameters section are the option table's (adam_plugin.options).
 _SIGNATURE = inspect.Signature(

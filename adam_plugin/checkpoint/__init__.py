@@ -80,7 +80,7 @@ def save_states(trainer, fname):
     fname : str or path-like
     """
     # MyAdam's updates still queued in MXNet's engine, taken in first: the file then holds
-    # their step counts as plain ints (see adam_plugin.optimizer._QueuedCount)
+    # their step counts as plain ints (see adam_plugin.engine.QueuedCount)
     getattr(trainer.optimizer, '_take_queued', lambda: None)()
     partial = f'{os.fspath(fname)}.partial'
     try:

@@ -439,7 +439,7 @@ _OBJECT = object()  # stands for builtins.object, only as _reconstructor's base
 
 def _int(value):
     """``int(value)`` of an int: how a step count whose update was still queued when the
-    states were saved is pickled (see ``adam_plugin.optimizer._QueuedCount``)."""
+    states were saved is pickled (see ``adam_plugin.engine.QueuedCount``)."""
     if type(value) is not int:
         raise Refused(f"it calls builtins.int with {reprlib.repr(value)}, which no "
                       "checkpoint does")
