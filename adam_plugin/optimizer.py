@@ -83,13 +83,9 @@ class MyAdam(Optimizer):
         self.aggregate_num = AGGREGATE_NUM
 
     def _start_run(self):
-        """The attributes of this process's run, not pickled: :data:`_RUN_ATTRIBUTES`."""
-        self._deferred = DeferredError()  # an error kept from the KVStore callback
-        self._bad = BadUpdates(self, self._name)  # bad updates: num_skipped, max_skips
-        self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads
-        self._values = StepValues(self, self._name)  # what a step reads, checked
-        self._counts = StepCounts(self)  # each parameter's step count
-        self._engine = EngineQueue(self, self._counts, self._values, self._bad)
+        """Make the attributes of this process's run, :data:`_RUN`, which are not pickled."""
+        for name, make in _RUN.items():
+            setattr(self, name, make(self))
 
     def __getstate__(self):
         self._deferred.raise_pending()  # never save over an update that failed
@@ -97,7 +93,7 @@ class MyAdam(Optimizer):
         # a distributed Trainer sending us to its servers: see adam_plugin.distributed
         distributed.watch_worker(mxnet_internals.in_distributed_trainer(self.param_dict))
         state = super().__getstate__()
-        for name in _RUN_ATTRIBUTES:
+        for name in _RUN:
             del state[name]
         if self.param_dict:
             state['param_shapes'] = {i: tuple(p.shape) for i, p in self.param_dict.items()}
@@ -247,10 +243,18 @@ def _check_fits(saved, params):
                              f"shape {have[index]}")
 
 
-# What MyAdam._start_run sets: this process's, never pickled (references to live arrays,
-# queued updates, a run of bad updates, an error not raised yet, the step counts of the
-# states file it was loaded from).
-_RUN_ATTRIBUTES = ('_deferred', '_bad', '_layouts', '_values', '_counts', '_engine')
+# This process's run of the optimizer, made by MyAdam._start_run, never pickled (references
+# to live arrays, queued updates, runs of bad updates, an error not raised yet, the step
+# counts of the states file it was loaded from): attribute -> what makes it of the
+# optimizer, in this order.
+_RUN = {
+    '_deferred': lambda opt: DeferredError(),  # an error kept from the KVStore callback
+    '_bad': lambda opt: BadUpdates(opt, opt._name),  # bad updates: num_skipped, max_skips
+    '_layouts': lambda opt: dispatch.Layouts(opt._name),  # a cache of MXNet reads
+    '_values': lambda opt: StepValues(opt, opt._name),  # what a step reads, checked
+    '_counts': StepCounts,  # each parameter's step count
+    '_engine': lambda opt: EngineQueue(opt, opt._counts, opt._values, opt._bad),
+}
 
 # The signature and the Parameters section are the option table's (adam_plugin.options).
 _SIGNATURE = inspect.Signature(
