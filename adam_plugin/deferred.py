@@ -32,14 +32,15 @@ import traceback
 from . import _warn, mxnet_internals
 
 
-class DeferredError:
-    """The first exception an update raised inside the KVStore callback, until raised.
+class ErrorCarrier:
+    """Runs updates, and carries the first exception one raised inside the KVStore
+    callback out of it (see the module's docstring).
 
     :meth:`run` calls an update. Outside the callback an exception propagates as
     usual; inside it, it is kept, and the updates after it are not applied, as a
-    raising loop would stop: the KVStore calls once per parameter, so those
-    updated before the failure keep their step. :meth:`raise_pending` raises the kept exception, with its
-    original traceback, once.
+    raising loop would stop: the KVStore calls once per parameter, so those updated
+    before the failure keep their step. :meth:`raise_pending` raises the kept
+    exception, with its original traceback, once.
     """
 
     def __init__(self):
@@ -54,7 +55,8 @@ class DeferredError:
         try:
             update(*args)
         except Exception as error:
-            if not mxnet_internals.in_kvstore_callback() or os.environ.get('DMLC_ROLE') == 'server':
+            if (not mxnet_internals.in_kvstore_callback()
+                    or os.environ.get('DMLC_ROLE') == 'server'):
                 raise
             self.error = error
             origin = traceback.extract_tb(error.__traceback__)[-1]

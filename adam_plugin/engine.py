@@ -4,7 +4,7 @@ Internal: not part of the public API (see :mod:`adam_plugin`); its names may cha
 
 Inside the KVStore's updater callback, which runs one parameter at a time
 (``update_on_kvstore=True``), under ``nonfinite='skip'``, an update is queued in MXNet's
-engine (:meth:`adam_plugin.kernel.Buffers.queue`) rather than run before the call
+engine (:meth:`adam_plugin.kernel.HandleTable.queue`) rather than run before the call
 returns: there MXNet queues its own ``adam_update`` and returns, and waiting for the
 engine on each call would cost a handoff between threads per parameter. What a queued
 step finds (a gradient not finite: the step was skipped; a second moment that

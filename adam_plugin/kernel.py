@@ -22,8 +22,8 @@ reads and writes the memory directly. Nothing is copied. MXNet does not know abo
 these writes, which is safe because they are finished before the function returns
 and the engine has nothing in flight on those arrays.
 
-Or the step is queued in MXNet's engine (:meth:`Buffers.queue`, for the KVStore's
-one-parameter calls: see ``MyAdam._queues``), as MXNet's own operators are: an engine
+Or the step is queued in MXNet's engine (:meth:`HandleTable.queue`, for the KVStore's
+one-parameter calls: see :mod:`adam_plugin.engine`), as MXNet's own operators are: an engine
 operation (``MXEnginePushSyncND``) that reads the gradients and writes the weights and
 states, so the engine runs it after the pending writes to the gradients and every
 pending use of the others, and orders later operations after it. The call returns at
@@ -216,10 +216,13 @@ def constants(step, dtype):
     return table, table.ctypes.data
 
 
-class Buffers:
-    """A list of parameters of one storage, as the kernel takes them: handles and sizes.
+class HandleTable:
+    """A list of parameters of one storage as the kernel takes them, a table of their
+    arrays' handles and sizes, and the kernel's calls on it: :meth:`all_finite`,
+    :meth:`adam_steps` (of all of them or some, each with its row of constants) and
+    :meth:`queue`.
 
-    Made once per update call and shared by :meth:`all_finite` and :meth:`adam_steps`.
+    Made once per update call, or kept for the KVStore's later calls (:meth:`queue`).
 
     Parameters
     ----------
@@ -335,7 +338,7 @@ class Buffers:
         engine, behind the pending writes to the gradients and every pending use of the
         weights and states, and return at once, as MXNet's own ``adam_update`` does.
 
-        ``weights`` and ``grads``, dense, take the place of those these Buffers were
+        ``weights`` and ``grads``, dense, take the place of those this table was
         made with (the states are theirs); the kernel checks that each holds the
         elements and dtype the step takes, dense, the weights in host memory. The queued
         step checks the gradients first: a parameter whose gradient holds an Inf or a
@@ -407,7 +410,7 @@ class Buffers:
 
 
 class Queued:
-    """A step that :meth:`Buffers.queue` handed to MXNet's engine: its results, once it ran."""
+    """A step that :meth:`HandleTable.queue` handed to MXNet's engine: its results, once it ran."""
 
     def __init__(self, record, count, weights):
         self._record, self._count, self._weights = record, count, weights
@@ -422,7 +425,7 @@ class Queued:
         """Wait for the step to run; then ``(grad_finite, overflow)``, one per parameter
         each: did its gradient hold only finite values (else it was not stepped), and
         the :data:`V_OVERFLOW` and :data:`W_OVERFLOW` flags of what the step wrote (as
-        :meth:`Buffers.adam_steps`).
+        :meth:`HandleTable.adam_steps`).
 
         An error of the engine's (an operation the step waited for failed, so it did not
         run) is raised as MXNet raises it.

@@ -8,7 +8,7 @@ import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
 from . import dispatch, distributed, mxnet_internals, options
-from .deferred import DeferredError
+from .deferred import ErrorCarrier
 from .options import AGGREGATE_NUM, OPTIONS
 from .counts import BadUpdates, StepCounts
 from .engine import EngineQueue
@@ -88,7 +88,7 @@ class MyAdam(Optimizer):
             setattr(self, name, make(self))
 
     def __getstate__(self):
-        self._deferred.raise_pending()  # never save over an update that failed
+        self._carrier.raise_pending()  # never save over an update that failed
         self._engine.take_all()
         # a distributed Trainer sending us to its servers: see adam_plugin.distributed
         distributed.watch_worker(mxnet_internals.in_distributed_trainer(self.param_dict))
@@ -153,7 +153,7 @@ class MyAdam(Optimizer):
 
     @rescale_grad.setter
     def rescale_grad(self, value):
-        self._deferred.raise_pending()
+        self._carrier.raise_pending()
         self._engine.take_all()
         self.__dict__['rescale_grad'] = value
 
@@ -184,11 +184,11 @@ class MyAdam(Optimizer):
         An exception raised inside the KVStore's callback reaches the user from the
         call that ran it, ``Trainer.step``, ``Module.update`` (see :mod:`adam_plugin.deferred`).
         """
-        self._deferred.run(self._update_impl, index, weight, grad, state, False)
+        self._carrier.run(self._update_impl, index, weight, grad, state, False)
 
     def update_multi_precision(self, index, weight, grad, state):
         """As :meth:`update`; float16 weights step on their float32 master copy."""
-        self._deferred.run(self._update_impl, index, weight, grad, state,
+        self._carrier.run(self._update_impl, index, weight, grad, state,
                            self.multi_precision)
 
     def _update_impl(self, indices, weights, grads, states, multi_precision):
@@ -248,9 +248,9 @@ def _check_fits(saved, params):
 # counts of the states file it was loaded from): attribute -> what makes it of the
 # optimizer, in this order.
 _RUN = {
-    '_deferred': lambda opt: DeferredError(),  # an error kept from the KVStore callback
+    '_carrier': lambda opt: ErrorCarrier(),  # an error kept from the KVStore callback
     '_bad': lambda opt: BadUpdates(opt, opt._name),  # bad updates: num_skipped, max_skips
-    '_layouts': lambda opt: dispatch.Layouts(opt._name),  # a cache of MXNet reads
+    '_layouts': lambda opt: dispatch.CheckedLayouts(opt._name),  # a cache of MXNet reads
     '_values': lambda opt: StepValues(opt, opt._name),  # what a step reads, checked
     '_counts': StepCounts,  # each parameter's step count
     '_engine': lambda opt: EngineQueue(opt, opt._counts, opt._values, opt._bad),

@@ -469,7 +469,7 @@ def test_inspect_prints_what_the_file_holds(tmp_path):
         if name not in ('lr_scheduler', 'rescale_grad'):  # Trainer.step sets rescale_grad
             assert hyper[name] == value, name
     assert (hyper['lr'], hyper['rescale_grad']) == (opt.lr, opt.rescale_grad)
-    assert set(hyper) == set(vars(opt)) - {'param_dict', '_layouts', '_deferred', '_bad',
+    assert set(hyper) == set(vars(opt)) - {'param_dict', '_layouts', '_carrier', '_bad',
                                            '_engine', '_values',
                                            '_counts',
                                            'lr_scheduler',

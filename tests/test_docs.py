@@ -359,7 +359,7 @@ def test_the_public_api_check_knows_internal_names():
     assert public('adam_plugin.MyAdam') and public('adam_plugin.kernel.use_variant')
     assert public('adam_plugin.scaleout.launch') and public('adam_plugin.chapter')
     assert not public('adam_plugin.dispatch.route') and not public('adam_plugin.dispatch')
-    assert not public('adam_plugin.kernel.Buffers') and not public('adam_plugin.textbook._rule')
+    assert not public('adam_plugin.kernel.HandleTable') and not public('adam_plugin.textbook._rule')
     assert not public('adam_plugin.checkpoint.safe') and not public('adam_plugin.nonesuch')
 
 

@@ -119,8 +119,8 @@ def test_fused_matches_textbook_on_several_threads(name, variant, rng, monkeypat
 
 def layout(dense=True, dtype=np.float32, device='cpu', grad_in_host_memory=True):
     """The layout of a 12-element weight and its gradient, anywhere (a GPU too)."""
-    return dispatch.Layout(dense=dense, dtype=np.dtype(dtype), device_type=device, size=12,
-                           grad_in_host_memory=grad_in_host_memory)
+    return dispatch.Layout(dense=dense, dtype=np.dtype(dtype), device_type=device,
+                           shape=(12,), grad_in_host_memory=grad_in_host_memory)
 
 
 def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside', yogi=False):
@@ -176,11 +176,11 @@ def test_route_without_the_kernel(where, opts, expected, monkeypatch):
 
 
 def test_layouts_are_read_from_the_arrays_and_kept_while_they_are_the_same():
-    layouts = dispatch.Layouts(lambda index: f'p{index}')
+    layouts = dispatch.CheckedLayouts(lambda index: f'p{index}')
     weight, grad = nd.ones((4, 3), dtype='float64'), nd.ones((4, 3), dtype='float64')
     first = layouts(0, weight, grad)
     assert first == dispatch.Layout(dense=True, dtype=np.dtype('float64'), device_type='cpu',
-                                    size=12, shape=(4, 3))
+                                    shape=(4, 3))
     assert layouts(0, weight, grad) is first
     sparse = nd.sparse.row_sparse_array((np.ones((1, 3)), [2]), shape=(4, 3), dtype='float64')
     assert layouts(0, weight, sparse) == first._replace(row_sparse_grad=True)  # read afresh
@@ -293,8 +293,8 @@ def taken(monkeypatch):
             return original(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(kernel.Buffers, 'adam_steps', counting(
-        'kernel', kernel.Buffers.adam_steps,
+    monkeypatch.setattr(kernel.HandleTable, 'adam_steps', counting(
+        'kernel', kernel.HandleTable.adam_steps,
         lambda self, steps: sum(s is not None for s in steps)))
     monkeypatch.setattr(dispatch, 'operator_step', counting(
         'operator', dispatch.operator_step, lambda *args: 1))

@@ -1,6 +1,6 @@
 """The kernel's check for Inf and NaN, per dtype and per path, at the edges of its loops.
 
-The check reads each element's bits (kernel.Buffers.all_finite): a wrong mask would miss
+The check reads each element's bits (kernel.HandleTable.all_finite): a wrong mask would miss
 an Inf or take a large finite value for one; a loop that stops short would miss the last
 element of a vector tail or of a thread's piece. Each test calls the check alone, on
 many gradients in one call (one flag per gradient), in every variant this CPU runs.
@@ -34,7 +34,7 @@ def finite_flags(storage, grads, rows=None):
         master = nd.zeros(shape, dtype='float32') if storage.endswith('master') else None
         weight = nd.zeros(shape, dtype=g.dtype)
         params.append((shape, weight, g, moments, master, None if rows is None else rows[i]))
-    return kernel.Buffers(storage, params).all_finite()
+    return kernel.HandleTable(storage, params).all_finite()
 
 
 def extremes(dtype):

@@ -167,7 +167,7 @@ def test_once_raised_the_error_is_cleared(kvstore, update_on_kvstore, in_callbac
 def undelivered(monkeypatch):
     """As when the callback ran on a thread that runs no Python after it (one of MXNet's
     own): the error stays kept until the optimizer's next entry point."""
-    monkeypatch.setattr(deferred.DeferredError, '_deliver', lambda self: None)
+    monkeypatch.setattr(deferred.ErrorCarrier, '_deliver', lambda self: None)
 
 
 @pytest.mark.parametrize('kvstore', ['device', 'local'])

@@ -229,7 +229,7 @@ def one_parameter_buffers(weight, grad):
     opt = MyAdam(learning_rate=0.1)
     state = opt.create_state(0, weight)
     storage = kernel.storage(np.dtype(weight.dtype), False)
-    buffers = kernel.Buffers(storage, [(weight.shape, weight, grad, state[:-1], None, None)])
+    buffers = kernel.HandleTable(storage, [(weight.shape, weight, grad, state[:-1], None, None)])
     opt._update_count(0)
     return buffers, optimizer_step(opt, 0)
 

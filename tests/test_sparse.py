@@ -199,7 +199,7 @@ ROUTES = [  # (MyAdam kwargs, weight stype and dtype, the route of a row_sparse 
 def test_route_of_a_row_sparse_gradient(kwargs, w_stype, dtype, expected, rng):
     weight = nd.array(rng.normal(size=SHAPE), dtype=dtype).tostype(w_stype)
     grad = rsp_grads(rng, dtype)[0]
-    layout = dispatch.Layouts(str)(0, weight, grad)
+    layout = dispatch.CheckedLayouts(str)(0, weight, grad)
     assert dispatch.route(layout, MyAdam(**kwargs)) == expected
 
 
@@ -228,7 +228,7 @@ def test_standard_update_on_the_operator_matches_textbook(name, rng, monkeypatch
     monkeypatch.setattr(kernel, 'LIBRARY', None)
     w0 = rng.normal(size=SHAPE).astype('float32')
     grads = rsp_grads(rng)
-    layout = dispatch.Layouts(str)(0, nd.array(w0), grads[0])
+    layout = dispatch.CheckedLayouts(str)(0, nd.array(w0), grads[0])
     assert dispatch.route(layout, standard(name)) == 'operator'
     fast = run(standard(name), grads, w0)
     slow = run(standard(name, fused=False), grads, w0)
@@ -325,7 +325,7 @@ def test_row_sparse_on_the_kernel_is_bitwise_the_textbook(name, w_stype, lazy_up
     def kwargs():  # a scheduler of its own for each optimizer: they keep state
         return dict(optimizer_kwargs(CONFIGS[name]), lazy_update=lazy_update,
                     **KERNEL_DTYPES[dtype])
-    layout = dispatch.Layouts(str)(0, nd.array(w0, dtype=dtype).tostype(w_stype), grads[0])
+    layout = dispatch.CheckedLayouts(str)(0, nd.array(w0, dtype=dtype).tostype(w_stype), grads[0])
     assert dispatch.route(layout, MyAdam(**kwargs())) == 'kernel'
     fast = run(MyAdam(**kwargs()), grads, w0, w_stype)
     slow = run(MyAdam(fused=False, **kwargs()), grads, w0, w_stype)

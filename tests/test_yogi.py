@@ -60,7 +60,7 @@ def test_matches_d2l_yogi(name, route, dtype, rng):
     if name == 'myadam':
         kwargs.update(yogi=True, epsilon=1e-3)
     opt = mx.optimizer.create(name, **kwargs)
-    assert dispatch.route(dispatch.Layouts(str)(0, nd.array(weights[0], dtype=dtype),
+    assert dispatch.route(dispatch.CheckedLayouts(str)(0, nd.array(weights[0], dtype=dtype),
                                                 nd.array(grads[0][0], dtype=dtype)),
                           opt) == route
     got = run(opt, dtype, weights, grads)
@@ -138,7 +138,7 @@ def test_float16_master_copy_matches_float32(rng):
 
 
 def test_operator_route_refuses_yogi():
-    layout = dispatch.Layout(dense=True, dtype=np.dtype('float32'), device_type='gpu', size=4)
+    layout = dispatch.Layout(dense=True, dtype=np.dtype('float32'), device_type='gpu', shape=(4,))
     assert dispatch.route(layout, MyAdam()) == dispatch.OPERATOR
     assert dispatch.route(layout, MyAdam(yogi=True)) == dispatch.TEXTBOOK
 
