@@ -246,14 +246,14 @@ def _check_fits(saved, params):
 # This process's run of the optimizer, made by MyAdam._start_run, never pickled (references
 # to live arrays, queued updates, runs of bad updates, an error not raised yet, the step
 # counts of the states file it was loaded from): attribute -> what makes it of the
-# optimizer, in this order.
+# optimizer (self), in this order.
 _RUN = {
-    '_carrier': lambda opt: ErrorCarrier(),  # an error kept from the KVStore callback
-    '_bad': lambda opt: BadUpdates(opt, opt._name),  # bad updates: num_skipped, max_skips
-    '_layouts': lambda opt: dispatch.CheckedLayouts(opt._name),  # a cache of MXNet reads
-    '_values': lambda opt: StepValues(opt, opt._name),  # what a step reads, checked
+    '_carrier': lambda self: ErrorCarrier(),  # an error kept from the KVStore callback
+    '_bad': lambda self: BadUpdates(self, self._name),  # bad updates: num_skipped, max_skips
+    '_layouts': lambda self: dispatch.CheckedLayouts(self._name),  # a cache of MXNet reads
+    '_values': lambda self: StepValues(self, self._name),  # what a step reads, checked
     '_counts': StepCounts,  # each parameter's step count
-    '_engine': lambda opt: EngineQueue(opt, opt._counts, opt._values, opt._bad),
+    '_engine': lambda self: EngineQueue(self, self._counts, self._values, self._bad),
 }
 
 # The signature and the Parameters section are the option table's (adam_plugin.options).
