@@ -76,9 +76,10 @@ class StepCounts:
         """The step counts of ``indices``, whose states end with ``counts`` (see
         :meth:`advance`), as they are now, for :meth:`restore`: per index, its
         state's count and MXNet's for the current device; and ``num_update``."""
-        return ([(index, count, None if count is None else count[0],
-                  self.optimizer._index_update_count.get(index))
-                 for index, count in zip(indices, counts)], self.optimizer.num_update)
+        mxnets = self.optimizer._index_update_count
+        return ([(index, count, None if count is None else count[0], mxnets.get(index))
+                 for index, count in zip(indices, counts, strict=True)],
+                self.optimizer.num_update)
 
     def restore(self, counts):
         """Put the step counts back as :meth:`snapshot` saw them, and ``num_update`` to the
@@ -101,8 +102,9 @@ class StepCounts:
         if this raises (a scheduler's error, a bad learning rate)."""
         before = self.snapshot(indices, counts)
         try:
-            return steps_of([self.advance(index, count) if ok else None
-                             for index, count, ok in zip(indices, counts, finite)])
+            return steps_of([
+                self.advance(index, count) if ok else None
+                for index, count, ok in zip(indices, counts, finite, strict=True)])
         except BaseException:
             self.restore(before)
             raise
@@ -128,7 +130,7 @@ class BadUpdates:
         """Raise for the gradients not ``finite`` (one flag per parameter) that are not
         to be skipped: any under ``nonfinite='raise'``; under ``'skip'``, the
         ``max_skips``-th bad update in a row of a parameter. Nothing is updated then."""
-        bad = [i for i, ok in zip(indices, finite) if not ok]
+        bad = [i for i, ok in zip(indices, finite, strict=True) if not ok]
         if self.optimizer.nonfinite == 'raise' and bad:
             raise FloatingPointError(f"myadam: the gradient of {', '.join(map(self.name, bad))} "
                                      "holds NaN or Inf; nothing was updated")
@@ -144,7 +146,7 @@ class BadUpdates:
 
     def count_skips(self, indices, finite):
         """Count, and warn about, the parameters skipped for a gradient not ``finite``."""
-        for index, ok in zip(indices, finite):
+        for index, ok in zip(indices, finite, strict=True):
             if not ok:
                 self.optimizer.num_skipped += 1
                 self._bad(index, "skipped the update of {name}: its gradient holds NaN or Inf")
@@ -155,7 +157,7 @@ class BadUpdates:
         :data:`adam_plugin.kernel.V_OVERFLOW` and :data:`~adam_plugin.kernel.W_OVERFLOW`,
         see :meth:`adam_plugin.dispatch.Batch.apply`), and end the runs of bad updates
         of the parameters stepped well."""
-        found = {index: flags for index, flags in zip(indices, overflow) if flags}
+        found = {index: flags for index, flags in zip(indices, overflow, strict=True) if flags}
         if found and self.optimizer.nonfinite == 'raise':
             problems = []
             for kind, text in _OVERFLOWS.items():
@@ -167,7 +169,7 @@ class BadUpdates:
         for index, flags in found.items():
             self.optimizer.num_skipped += 1
             self._bad(index, "; ".join(text for kind, text in _OVERFLOWS.items() if flags & kind))
-        for index, step in zip(indices, steps):
+        for index, step in zip(indices, steps, strict=True):
             if step is not None and index not in found:
                 self.in_a_row.pop(index, None)
 

@@ -8,11 +8,12 @@ import mxnet.ndarray as nd
 from mxnet.optimizer import Optimizer
 
 from . import dispatch, distributed, mxnet_internals, options
-from .deferred import ErrorCarrier
-from .options import AGGREGATE_NUM, OPTIONS
 from .counts import BadUpdates, StepCounts
+from .deferred import ErrorCarrier
 from .engine import EngineQueue
+from .options import AGGREGATE_NUM, OPTIONS
 from .step_values import StepValues
+
 
 @Optimizer.register
 class MyAdam(Optimizer):

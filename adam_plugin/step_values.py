@@ -63,7 +63,7 @@ class StepValues:
         # the scheduler asked once, after every count, as MXNet's multi-tensor updates do
         base = self.base_lr() if any(t is not None for t in ts) else None
         return [None if t is None else self.step(index, t, base, rule, pair)
-                for index, t, pair in zip(indices, ts, dtypes)]
+                for index, t, pair in zip(indices, ts, dtypes, strict=True)]
 
     def rule(self, batch):
         """The Step's fields after ``t``, ``lr`` and ``wd``, and ``wd``, as the step of
@@ -74,12 +74,13 @@ class StepValues:
         key = (values, tuple(map(type, values)), batch.distinct_dtypes)
         rule = self._remembered(key)
         if rule is None:
+            update = self.optimizer.num_update + 1
             for dtypes in (None, *batch.distinct_dtypes):  # as given, then in each dtype
                 param = dtypes and batch.name(batch.dtypes.index(dtypes))
-                checked = [self._value(name, value, dtypes, self.optimizer.num_update + 1, param,
+                checked = [self._value(name, value, dtypes, update, param,
                                        lambda name=name: "the optimizer's attribute "
                                                          f"{name}{_NOTES.get(name, '')}")
-                           for name, value in zip(_READ_NAMES, values)]
+                           for name, value in zip(_READ_NAMES, values, strict=True)]
             rule = self._remember(key, (tuple(checked[:len(_RULE_FIELDS)]),
                                         checked[len(_RULE_FIELDS)]))
         return rule
@@ -87,24 +88,26 @@ class StepValues:
     def base_lr(self):
         """The learning rate before ``lr_mult``: ``lr_scheduler(num_update)``, or ``lr``
         without one; ``ValueError`` unless it is a number >= 0 and finite."""
-        value = self.optimizer.lr if self.optimizer.lr_scheduler is None else self.optimizer.lr_scheduler(self.optimizer.num_update)
+        opt = self.optimizer
+        value = opt.lr if opt.lr_scheduler is None else opt.lr_scheduler(opt.num_update)
         key = ('lr', value, type(value))
         lr = self._remembered(key)
         if lr is None:
-            lr = self._remember(key, self._value('lr', value, None, self.optimizer.num_update, None,
+            lr = self._remember(key, self._value('lr', value, None, opt.num_update, None,
                                                  lambda: self._lr_source(value)))
         return lr
 
     def _lr_source(self, base):
         """Where the learning rate ``base`` came from, as error messages say it."""
-        if self.optimizer.lr_scheduler is None:
+        opt = self.optimizer
+        if opt.lr_scheduler is None:
             return f"learning_rate {base!r}"
-        return (f"lr_scheduler({self.optimizer.num_update}), a {type(self.optimizer.lr_scheduler).__name__}, "
+        return (f"lr_scheduler({opt.num_update}), a {type(opt.lr_scheduler).__name__}, "
                 f"returned {base!r}")
 
     def step(self, index, t, base, rule, dtypes):
-        """The Step of parameter ``index``: its count ``t``, the learning rate ``base`` times its
-        ``lr_mult``, ``rule[1]`` (``wd``) times its ``wd_mult``, both checked in its
+        """The Step of parameter ``index``: its count ``t``, the learning rate ``base`` times
+        its ``lr_mult``, ``rule[1]`` (``wd``) times its ``wd_mult``, both checked in its
         ``dtypes``, and ``rule[0]``."""
         rest, base_wd = rule
         lr = _times(base, self._multiplier(index, 'lr_mult')[0])

@@ -134,7 +134,8 @@ def test_the_kvstores_own_updater_reads_aggregate_num_from_set_optimizer():
 # --- MXNet's C API: what the kernel calls, by the signatures it calls them with -------------
 
 def c_function(name, restype, *argtypes):
-    address = dict(zip(internals.KERNEL_FUNCTIONS, internals.kernel_functions(), strict=True))[name]
+    addresses = zip(internals.KERNEL_FUNCTIONS, internals.kernel_functions(), strict=True)
+    address = dict(addresses)[name]
     return ctypes.CFUNCTYPE(restype, *argtypes)(address.value)
 
 

@@ -317,7 +317,8 @@ def _set_attributes(obj, attributes):
 
 
 def _pickled(value, allowed):
-    """``value``, checked objects rebuilt from a states file, pickled anew (see :class:`_Pickler`)."""
+    """``value``, checked objects rebuilt from a states file, pickled anew (see
+    :class:`_Pickler`)."""
     data = io.BytesIO()
     _Pickler(data, allowed, set(_ALLOWED_CLASSES)).dump(value)
     return data.getvalue()
