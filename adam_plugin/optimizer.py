@@ -190,7 +190,7 @@ class MyAdam(Optimizer):
     def update_multi_precision(self, index, weight, grad, state):
         """As :meth:`update`; float16 weights step on their float32 master copy."""
         self._carrier.run(self._update_impl, index, weight, grad, state,
-                           self.multi_precision)
+                          self.multi_precision)
 
     def _update_impl(self, indices, weights, grads, states, multi_precision):
         if not isinstance(indices, (list, tuple)):
@@ -219,6 +219,7 @@ class MyAdam(Optimizer):
     def _take_queued(self):
         """Take in the updates queued in MXNet's engine (see :mod:`adam_plugin.engine`)."""
         self._engine.take_all()
+
     def _name(self, index):
         if index in self.param_dict:
             return f"parameter '{self.param_dict[index].name}'"
