@@ -55,6 +55,7 @@ about 2 s of CPU here; the scheduler never runs Python code of MXNet's).
 __all__ = ['launch', 'main', 'dmlc_env', 'SERVER_CODE', 'SCHEDULER_CODE']
 
 import argparse
+import importlib.util
 import os
 import signal
 import socket
@@ -63,7 +64,18 @@ import sys
 import threading
 import time
 
-from .. import mxnet_internals
+# adam_plugin/, whose files the launcher loads alone or hands to the processes it starts: it
+# also runs as a script, without the package, which imports MXNet.
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_alone(name, path):
+    """The module in ``path`` (under ``adam_plugin/``), loaded alone, as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_PACKAGE, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 #: What servers and the scheduler run, as ``python -c SERVER_CODE``.
 #: An exception in MXNet's server-side Python callbacks (unpickling the optimizer,
@@ -81,8 +93,9 @@ import mxnet
 
 #: What the scheduler runs, as ``python -c SCHEDULER_CODE``: what ``import mxnet`` does in
 #: a scheduler, without MXNet's Python package (see
-#: :data:`adam_plugin.mxnet_internals.SCHEDULER_CODE`).
-SCHEDULER_CODE = mxnet_internals.SCHEDULER_CODE
+#: :mod:`adam_plugin.mxnet_internals.scheduler`).
+SCHEDULER_CODE = _load_alone('adam_plugin_scheduler',
+                             os.path.join('mxnet_internals', 'scheduler.py')).SCHEDULER_CODE
 
 #: What a Python worker runs, as ``python [OPTIONS] -c WORKER_CODE DISTRIBUTED MODE
 #: TARGET ARGS...``: ``DISTRIBUTED`` is the path of ``adam_plugin/distributed.py`` (loaded
@@ -204,8 +217,7 @@ def python_worker(command):
         i += 2 if command[i] in ('-W', '-X') else 1  # options that take the next argument
     if i >= len(command) or command[i] == '-':
         return command  # the interactive interpreter, or code from stdin
-    distributed = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'distributed.py')
+    distributed = os.path.join(_PACKAGE, 'distributed.py')
     if command[i] in ('-c', '-m'):
         if i + 1 >= len(command):
             return command  # Python itself reports the missing argument

@@ -11,7 +11,9 @@ serialization format, what ``gluon.Trainer`` and ``gluon.Parameter`` keep to the
 and MXNet's own files. MXNet 1.7.0 to 1.9.1 keep them all alike; ``tests/test_mxnet_internals.py``
 exercises each through what the package needs of it, so a release that changes one fails
 there first, by name. ``import adam_plugin`` checks the MXNet release first
-(:mod:`adam_plugin._mxnet`), before this module is imported.
+(:mod:`adam_plugin._mxnet`), before this module is imported. What a distributed KVStore's
+scheduler runs is in :mod:`adam_plugin.mxnet_internals.scheduler`, which imports nothing
+but the standard library: the launcher loads it alone.
 """
 import ctypes
 import struct
@@ -24,6 +26,8 @@ from mxnet.base import _LIB, check_call
 from mxnet.kvstore import KVStore
 from mxnet.kvstore import kvstore as _kvstore
 from mxnet.ndarray.ndarray import _DTYPE_MX_TO_NP
+
+from .scheduler import SCHEDULER_CODE as SCHEDULER_CODE
 
 # --- The KVStore's updater callback -------------------------------------------------------
 #
@@ -382,30 +386,3 @@ def states_on_servers(trainer):
     optimizer's states (its KVStore has no Updater here)? ``Trainer.load_states`` then
     fails on an ``assert`` of the KVStore's."""
     return bool(trainer._update_on_kvstore) and trainer._kvstore._updater is None
-
-
-# --- A distributed KVStore's scheduler, started without MXNet's Python package -------------
-
-#: What a scheduler runs, as ``python -c SCHEDULER_CODE`` (see
-#: :mod:`adam_plugin.scaleout.launch`): what ``import mxnet`` does in a scheduler, as
-#: ``mxnet.kvstore.kvstore_server`` does it, without importing the package (about 2 s of
-#: CPU; a scheduler never runs Python code of MXNet's): MXNet's C library, found by
-#: MXNet's own ``libinfo.py`` loaded alone (the package has no other way to find it),
-#: creates a 'dist' KVStore and runs it through the C API. A scheduler never calls the
-#: controller.
-SCHEDULER_CODE = """\
-import ctypes, importlib.util, os, sys
-libinfo_py = os.path.join(os.path.dirname(importlib.util.find_spec('mxnet').origin), 'libinfo.py')
-spec = importlib.util.spec_from_file_location('mxnet_libinfo', libinfo_py)
-libinfo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(libinfo)
-lib = ctypes.CDLL(libinfo.find_lib_path()[0], ctypes.RTLD_LOCAL)
-lib.MXGetLastError.restype = ctypes.c_char_p
-kvstore = ctypes.c_void_p()
-controller = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(
-    lambda head, body, handle: None)
-if lib.MXKVStoreCreate(b'dist', ctypes.byref(kvstore)) or lib.MXKVStoreRunServer(
-        kvstore, controller, None):
-    sys.exit('adam_plugin.scaleout.launch: the scheduler failed: '
-             + lib.MXGetLastError().decode('utf-8', 'replace'))
-"""
