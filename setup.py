@@ -7,7 +7,7 @@ from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_ext import build_ext
 
 # The fused CPU kernel, a plain shared library (adam_plugin/libadam_kernel.so) that
-# adam_plugin.fused loads with ctypes; it holds no Python code. Optional: without a C++
+# adam_plugin.kernel loads with ctypes; it holds no Python code. Optional: without a C++
 # compiler the package installs without it and MyAdam takes its slower routes.
 # By default it runs on any x86-64 CPU: the library is compiled for the x86-64 baseline
 # and its two loops also for AVX2 and AVX-512, chosen when it is loaded (_kernel.cpp).

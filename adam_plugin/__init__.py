@@ -8,7 +8,7 @@ package while ``mxnet`` itself is still initialising.
 
 The public API: :class:`MyAdam` and :class:`MyYogi` (here), :mod:`adam_plugin.checkpoint`,
 :func:`adam_plugin.distributed.exit_on_uncaught_exception`, the kernel's variant
-functions in :mod:`adam_plugin.fused`, the rule in :mod:`adam_plugin.textbook`, the
+functions in :mod:`adam_plugin.kernel`, the rule in :mod:`adam_plugin.textbook`, the
 chapter's code (:mod:`adam_plugin.chapter`) and :mod:`adam_plugin.scaleout.launch`;
 each module's ``__all__`` lists its public names. Modules whose docstring says
 "Internal" (``dispatch``, ``deferred``, ``checkpoint.safe``, ...) may change at any time.

@@ -1,12 +1,13 @@
-// The whole Adam step in one pass over memory, for adam_plugin.fused (loaded with ctypes).
+// The whole Adam step in one pass over memory, for adam_plugin.kernel (loaded with ctypes).
 //
 // Built by setup.py as a plain shared library (optional: without a C++ compiler the
 // package installs without it and MyAdam takes its other routes). It holds no Python and
 // runs without the GIL. Arrays arrive as MXNet NDArray handles; on the calling thread,
 // before any element is touched, the kernel waits for the engine (MXNDArrayWaitToRead
 // on each array the check for Inf/NaN reads; MXNDArrayWaitAll before a step, which
-// writes) and asks MXNet for each array's data pointer (MXNDArrayGetData); the three
-// functions are handed over once by use_mxnet.
+// writes) and asks MXNet for each array's data pointer (MXNDArrayGetData). The eight
+// functions of MXNet's C API it calls are handed over once, by use_mxnet, when the
+// library is loaded.
 //
 // A call covers a list of parameters, seen as one row of elements laid end to end;
 // with `threads` > 1 the threads share it in pieces (see run), which may start or end
@@ -68,12 +69,12 @@ void for_slice(const std::vector<int64_t> &offsets, int64_t begin, int64_t end, 
     }
 }
 
-// Elements per piece of work that a thread takes at a time (1 MiB of float32; of the
-// sizes tried on the 10M-element step, 2^14 and 2^16 were slower, 2^20 no faster).
+// Elements per piece of work that a thread takes at a time: 1 MiB of float32, large
+// enough that taking a piece costs nothing beside stepping it, small enough that the
+// threads of a call share its last pieces evenly.
 constexpr int64_t CHUNK = 1 << 18;
 
-// Threads kept from one call to the next (starting threads on every call made the
-// 10M-element step slower than one thread on the 2-core development machine).
+// Threads kept from one call to the next, so that a call does not pay for starting them.
 // Pool threads never exit; a forked child starts with a new, empty pool.
 class Pool {
 public:
@@ -409,19 +410,28 @@ int with_variant(F f) {
     return result;
 }
 
+// MXNet's Context (struct Context in include/mxnet/base.h, 1.7 to 1.9.1), which
+// MXEnginePushSyncND reads through its ContextHandle: the device type, an enum
+// (DeviceType: 1 cpu, 2 gpu, 3 cpu_pinned, 5 cpu_shared), and the device id.
+struct Context {
+    int dev_type;
+    int32_t dev_id;
+};
+static_assert(sizeof(Context) == 8, "MXNet's Context is two 32-bit fields");
+
 // MXNet's C API functions the kernel calls, each returning 0, or -1 with MXNet's last
 // error set: MXNDArrayGetData (the array's data pointer in *out), MXNDArrayWaitToRead
 // (returns once no pending engine operation writes the array), MXNDArrayWaitAll
 // (once no operation is pending at all), MXEnginePushSyncND (queues fn(run context,
-// param) in MXNet's engine behind the pending writes to the `const` arrays and every
-// pending operation on the `mutable` ones; deleter(param) once it has run, or at once
-// when it refuses), and the array's shape (MXNDArrayGetShapeEx64; ndim -1: unknown),
-// dtype and storage type (MXNet's codes) and context (device type and id).
+// param) in MXNet's engine on `context` behind the pending writes to the `const` arrays
+// and every pending operation on the `mutable` ones; deleter(param) once it has run, or
+// at once when it refuses), and the array's shape (MXNDArrayGetShapeEx64; ndim -1:
+// unknown), dtype and storage type (MXNet's codes) and context (device type and id).
 using GetData = int (*)(void *handle, void **out);
 using WaitToRead = int (*)(void *handle);
 using WaitAll = int (*)();
 using PushSync = int (*)(void (*fn)(void *, void *), void *param, void (*deleter)(void *),
-                         const void *context, void *const *const_handles, int num_const,
+                         const Context *context, void *const *const_handles, int num_const,
                          void *const *mutable_handles, int num_mutable, const void *property,
                          int priority, const char *name);
 using GetShape = int (*)(void *handle, int *ndim, const int64_t **dims);
@@ -614,14 +624,14 @@ template <typename W, typename S, typename C>
 int queue(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *table_rows,
           const C *table, int64_t table_length, int amsgrad, int threads, void **out) {
     *out = nullptr;
-    int context[2] = {0, 0};  // MXNet's Context of the first weight: device type, id
+    Context context{0, 0};  // the first weight's
     for (int64_t p = 0; p < n; ++p) {
         void *const *h = handles + p;  // h[array * n]: that array of parameter p
         int device = 0, id = 0, grad_device = 0, grad_id = 0;
         if (get_context(h[WEIGHT * n], &device, &id) != 0 ||
             get_context(h[GRAD * n], &grad_device, &grad_id) != 0)
             return -1;
-        if (p == 0) context[0] = device, context[1] = id;
+        if (p == 0) context = Context{device, id};
         if (!host(device) || !host(grad_device) || !holds<W>(h[WEIGHT * n], sizes[p]) ||
             !holds<W>(h[GRAD * n], sizes[p]) || !holds<S>(h[MEAN * n], sizes[p]) ||
             !holds<S>(h[VAR * n], sizes[p]) || (h[VMAX * n] && !holds<S>(h[VMAX * n], sizes[p])) ||
@@ -648,7 +658,7 @@ int queue(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *
         for (int64_t p = 0; p < n; ++p)
             if (handles[array * n + p]) writes.push_back(handles[array * n + p]);
     // The engine owns q from here, even when it refuses: its deleter then runs at once.
-    if (push_sync(run_queued<W, S, C>, q, release, context, reads.data(),
+    if (push_sync(run_queued<W, S, C>, q, release, &context, reads.data(),
                   static_cast<int>(reads.size()), writes.data(), static_cast<int>(writes.size()),
                   nullptr, 0, "adam_plugin_step") != 0) {
         release(q);

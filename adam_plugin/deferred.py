@@ -7,16 +7,18 @@ devices) the KVStore runs the optimizer from C through a ctypes callback,
 ``updater_handle`` in ``mxnet/kvstore/kvstore.py``. ctypes cannot pass an
 exception back through C: it hands it to ``sys.unraisablehook``, which prints
 it, and the push returns normally. So an exception raised there is kept here
-instead, and raised as soon as MXNet's C code has returned to Python: a profile
-hook (``sys.setprofile``, on the thread that ran the callback, until then)
-raises it, with its original traceback, at that thread's first Python call or
-return outside the callback, which is in MXNet's code right after the push or
-pull. So it comes out of the call that ran the update: ``Trainer.step``,
-``Module.update``, ``Module.fit``. The hook that was there before is put back.
+instead, and raised as soon as MXNet's C code has returned to Python: a hook on
+the thread that ran the callback (its profile hook, or its trace hook when a
+profiler holds that one, so that neither a profiler nor a tracer is displaced:
+:func:`adam_plugin.mxnet_internals.raise_after_callback`) raises it, with its
+original traceback, at that thread's first Python call outside the callback,
+which is in MXNet's code right after the push or pull. So it comes out of the
+call that ran the update: ``Trainer.step``, ``Module.update``, ``Module.fit``.
 Should no Python run on that thread outside the callback (a callback on one of
-MXNet's own threads), the optimizer's next entry point outside the callback
-raises it: ``Trainer.step`` and ``Trainer.update`` set ``rescale_grad`` first
-thing in every call, and ``Trainer.save_states`` pickles the optimizer.
+MXNet's own threads), or both hooks be taken (a profiler and a tracer at once),
+the optimizer's next entry point outside the callback raises it:
+``Trainer.step`` and ``Trainer.update`` set ``rescale_grad`` first thing in
+every call, and ``Trainer.save_states`` pickles the optimizer.
 
 A warning says so at once, for a loop that swallows the exception.
 
@@ -25,50 +27,20 @@ has no Trainer to raise from: there the exception goes on to ctypes, whose
 ``sys.unraisablehook`` the servers of :mod:`adam_plugin.scaleout.launch` make fatal.
 """
 import os
-import sys
 import traceback
-import types
 
-from mxnet.kvstore import kvstore as _kvstore
-
-from . import _warn
+from . import _warn, mxnet_internals
 
 
-def _callback_code():
-    """The code object of the KVStore's ctypes callback, ``updater_handle``."""
-    for const in _kvstore._updater_wrapper.__code__.co_consts:
-        if isinstance(const, types.CodeType) and const.co_name == 'updater_handle':
-            return const
-    raise ImportError("adam_plugin: mxnet.kvstore.kvstore._updater_wrapper has no "
-                      "updater_handle; this MXNet version is not supported")
-
-
-CALLBACK_CODE = _callback_code()
-
-
-def in_kvstore_callback(frame=None):
-    """Whether ``frame`` (by default the caller's) runs inside the KVStore's updater callback."""
-    return called_from(sys._getframe(1) if frame is None else frame, CALLBACK_CODE)
-
-
-def called_from(frame, code, depth=None):
-    """Is ``frame``, or a frame that called it (at most ``depth`` calls up), running ``code``?"""
-    while frame is not None and depth != -1:
-        if frame.f_code is code:
-            return True
-        frame = frame.f_back
-        depth = None if depth is None else depth - 1
-    return False
-
-
-class DeferredError:
-    """The first exception an update raised inside the KVStore callback, until raised.
+class ErrorCarrier:
+    """Runs updates, and carries the first exception one raised inside the KVStore
+    callback out of it (see the module's docstring).
 
     :meth:`run` calls an update. Outside the callback an exception propagates as
     usual; inside it, it is kept, and the updates after it are not applied, as a
-    raising loop would stop: the KVStore calls once per parameter, so those
-    updated before the failure keep their step. :meth:`raise_pending` raises the kept exception, with its
-    original traceback, once.
+    raising loop would stop: the KVStore calls once per parameter, so those updated
+    before the failure keep their step. :meth:`raise_pending` raises the kept
+    exception, with its original traceback, once.
     """
 
     def __init__(self):
@@ -77,35 +49,31 @@ class DeferredError:
     def run(self, update, *args):
         """``update(*args)``, keeping its exception when inside the KVStore callback."""
         if self.error is not None:
-            if in_kvstore_callback():
+            if mxnet_internals.in_kvstore_callback():
                 return  # the step stopped at the kept error
             self.raise_pending()
         try:
             update(*args)
         except Exception as error:
-            if not in_kvstore_callback() or os.environ.get('DMLC_ROLE') == 'server':
+            if (not mxnet_internals.in_kvstore_callback()
+                    or os.environ.get('DMLC_ROLE') == 'server'):
                 raise
             self.error = error
             origin = traceback.extract_tb(error.__traceback__)[-1]
-            self._deliver()
+            when = ("as soon as MXNet returns to Python (out of Trainer.step, Module.update, "
+                    "...)" if self._deliver() else
+                    "by the optimizer's next call outside the callback (the next "
+                    "Trainer.step, a save): a profiler and a tracer run, both of this "
+                    "thread's hooks are taken")
             _warn.warn(f"myadam: {type(error).__name__}({error}), raised at "
                        f"{origin.filename}:{origin.lineno} in {origin.name} inside the "
-                       "KVStore's updater callback, which cannot pass it on; it is raised "
-                       "as soon as MXNet returns to Python (out of Trainer.step, "
-                       "Module.update, ...)")
+                       f"KVStore's updater callback, which cannot pass it on; it is raised {when}")
 
     def _deliver(self):
         """Raise the kept error at this thread's first Python call outside the callback
-        (see the module's docstring)."""
-        profiler = sys.getprofile()
-
-        def deliver(frame, event, arg):
-            if self.error is not None and in_kvstore_callback(frame):
-                return  # ctypes would swallow it here
-            sys.setprofile(profiler)
-            self.raise_pending()
-
-        sys.setprofile(deliver)
+        (see the module's docstring); False if this thread's hooks are both taken."""
+        return mxnet_internals.raise_after_callback(lambda: self.error is not None,
+                                                    self.raise_pending)
 
     def raise_pending(self):
         """Raise the kept exception, if any, and forget it."""

@@ -5,14 +5,14 @@ Internal: not part of the public API (see :mod:`adam_plugin`); its names may cha
 Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
 
 ``'kernel'``
-    :mod:`adam_plugin.fused`, the single-pass compiled kernel, for float16, float32
+    :mod:`adam_plugin.kernel`, the single-pass compiled kernel, for float16, float32
     and float64 parameters in host memory (cpu, cpu_pinned, cpu_shared); float16
     with or without a float32 master copy. Every option is handled there. The weight
     is dense, or ``row_sparse`` storing every row (as ``SparseEmbedding``'s under a
     Trainer), stepped in its own storage. A ``row_sparse`` gradient with
     ``lazy_update`` steps only its rows (the kernel reads its stored values); without,
     it is densified first. A call of one dense parameter from the KVStore's callback
-    is queued in MXNet's engine (:meth:`Batch.queue`; ``MyAdam._queues`` says when),
+    is queued in MXNet's engine (:meth:`Batch.queue`; :mod:`adam_plugin.engine` says when),
     the others run on the calling thread.
 ``'operator'``
     MXNet's own fused ``adam_update`` operator, for dense float32 and float64
@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy
 import mxnet.ndarray as nd
 
-from . import fused, textbook
+from . import kernel, mxnet_internals, textbook
 from .options import InvalidOption, step_count
 
 KERNEL, OPERATOR, TEXTBOOK = 'kernel', 'operator', 'textbook'
@@ -56,8 +56,6 @@ class Layout(NamedTuple):
         The weight's dtype, which is the gradient's.
     device_type : str
         ``'cpu'``, ``'gpu'``, ... of the weight's context.
-    size : int
-        Elements of the weight.
     row_sparse_grad : bool
         The gradient is ``stype='row_sparse'``.
     shape : tuple of int
@@ -69,18 +67,18 @@ class Layout(NamedTuple):
     dense: bool
     dtype: numpy.dtype
     device_type: str
-    size: int
     row_sparse_grad: bool = False
     shape: tuple = ()
     grad_in_host_memory: bool = True
 
 
-class Layouts:
-    """The :class:`Layout` of each parameter index, read from MXNet only when its arrays change.
+class CheckedLayouts:
+    """The :class:`Layout` of each parameter index, once its gradient and state are found
+    to fit its weight; read from MXNet, and checked, only when its arrays change.
 
     Under a ``Trainer`` the same weight, gradient and state objects come back every
-    step (one set per device), and each property read is a call into MXNet (about
-    1 us): the layouts last seen, :data:`KEPT` per index (newest first, one per
+    step (one set per device), and each property read is a call into MXNet: the
+    layouts last seen, :data:`LAYOUTS_PER_INDEX` per index (newest first, one per
     device), are reused while all three are the same objects. The KVStore's callback
     hands new weight and gradient objects at every call: their layout is read afresh,
     and a state found to fit the same layout on the same context is not checked again.
@@ -127,7 +125,6 @@ class Layouts:
         shape, context = weight.shape, weight.context
         layout = Layout(dense=weight.stype == 'default', dtype=numpy.dtype(weight.dtype),
                         device_type=context.device_type,
-                        size=math.prod(shape),  # NDArray.size raises for sparse arrays
                         row_sparse_grad=grad.stype == 'row_sparse', shape=shape,
                         grad_in_host_memory=grad.context.device_type in HOST_DEVICE_TYPES)
         master = multi_precision and layout.dtype == FLOAT16
@@ -140,16 +137,16 @@ class Layouts:
                              f"(shape {layout.shape}, {dtype}, on {weight.context}): {problem}; "
                              "nothing was updated")
         seen.insert(0, (weight, grad, state, multi_precision, context, layout))
-        del seen[KEPT:]
+        del seen[LAYOUTS_PER_INDEX:]
         return layout
 
 
-KEPT = 8  # layouts kept per parameter index: see Layouts
+LAYOUTS_PER_INDEX = 8  # the layouts CheckedLayouts keeps of a parameter index
 
 
 def _misfit(state, layout, master, context):
     """What in ``state`` does not fit a weight of ``layout`` on ``context`` (see
-    :class:`Layouts`), or None."""
+    :class:`CheckedLayouts`), or None."""
     if master:
         if not (isinstance(state, (tuple, list)) and len(state) == 2
                 and isinstance(state[1], (tuple, list)) and state[1]):
@@ -191,14 +188,14 @@ def _structure(state):
     return type(state).__name__
 
 
-def route(layout, options):
+def route(layout, optimizer):
     """The route that updates a parameter.
 
     Parameters
     ----------
     layout : Layout
         Of the weight and its gradient.
-    options : MyAdam
+    optimizer : MyAdam
         Or any object with its attributes ``fused``, ``amsgrad``, ``yogi``, ``decoupled_wd``,
         ``epsilon_mode`` and, read for a row_sparse gradient, ``lazy_update``.
         ``fused=False`` always gives ``'textbook'``; the others decide whether
@@ -209,20 +206,20 @@ def route(layout, options):
     str
         ``'kernel'``, ``'operator'`` or ``'textbook'``. A weight of
         :data:`KERNEL_DTYPES` in host memory (:data:`HOST_DEVICE_TYPES`) takes
-        ``'kernel'`` when :data:`adam_plugin.fused.LIBRARY` was built (a
+        ``'kernel'`` when :data:`adam_plugin.kernel.LIBRARY` was built (a
         ``row_sparse`` one that does not store every row then takes ``'textbook'``:
         :class:`Batch` sees to it).
     """
-    if not options.fused:
+    if not optimizer.fused:
         return TEXTBOOK
     if (layout.device_type in HOST_DEVICE_TYPES and layout.grad_in_host_memory
-            and fused.LIBRARY is not None):
+            and kernel.LIBRARY is not None):
         return KERNEL if layout.dtype in KERNEL_DTYPES else TEXTBOOK
     if (not layout.dense or layout.dtype not in OPERATOR_DTYPES
-            or (layout.row_sparse_grad and options.lazy_update)):
+            or (layout.row_sparse_grad and optimizer.lazy_update)):
         return TEXTBOOK
-    if (not options.amsgrad and not options.yogi and not options.decoupled_wd
-            and options.epsilon_mode in ('outside', 'hat')):
+    if (not optimizer.amsgrad and not optimizer.yogi and not optimizer.decoupled_wd
+            and optimizer.epsilon_mode in ('outside', 'hat')):
         return OPERATOR
     return TEXTBOOK
 
@@ -235,10 +232,10 @@ class Batch:
 
     Parameters
     ----------
-    options : MyAdam
+    optimizer : MyAdam
         See :func:`route`.
     layouts : list of Layout
-        One per parameter, from :class:`Layouts`.
+        One per parameter, from :class:`CheckedLayouts`.
     weights, grads : list of NDArray
     states : list of tuple of NDArray
         As made by ``MyAdam.create_state_multi_precision``: ``(m, v[, vmax], [t])``, or
@@ -270,15 +267,15 @@ class Batch:
         every route; before anything is read or written.
     """
 
-    def __init__(self, options, layouts, weights, grads, states, multi_precision,
+    def __init__(self, optimizer, layouts, weights, grads, states, multi_precision,
                  name=str):
         self.weights, self.states = weights, states
         self.multi_precision = multi_precision
         self.name = name
-        self.routes = [route(layout, options) for layout in layouts]
+        self.routes = [route(layout, optimizer) for layout in layouts]
         self.grads = list(grads)
         self.dtypes, self.step_counts = [], []
-        groups = {}  # kernel storage -> [(position, the parameter as fused.Buffers takes it)]
+        groups = {}  # kernel storage -> [(position, the parameter as a HandleTable takes it)]
         for i, (way, layout) in enumerate(zip(self.routes, layouts)):
             master = multi_precision and layout.dtype == FLOAT16
             computed_in = FLOAT32 if layout.dtype == FLOAT16 else layout.dtype
@@ -292,16 +289,16 @@ class Batch:
                 self.routes[i] = way = TEXTBOOK
             if way == TEXTBOOK:
                 continue
-            lazy = layout.row_sparse_grad and options.lazy_update  # only on the kernel
+            lazy = layout.row_sparse_grad and optimizer.lazy_update  # only on the kernel
             if layout.row_sparse_grad and not lazy:
                 self.grads[i] = grads[i].tostype('default')
             if way == KERNEL:
-                groups.setdefault(fused.storage(layout.dtype, master), []).append(
+                groups.setdefault(kernel.storage(layout.dtype, master), []).append(
                     (i, (layout.shape, weights[i], self.grads[i], moments, copy,
                          rows if lazy else None)))
         self.distinct_dtypes = frozenset(self.dtypes)
-        self.kernel_groups = [  # (positions, fused.Buffers)
-            ([i for i, _ in group], fused.Buffers(storage, [p for _, p in group]))
+        self.kernel_groups = [  # (positions, kernel.HandleTable)
+            ([i for i, _ in group], kernel.HandleTable(storage, [p for _, p in group]))
             for storage, group in groups.items()]
         # What :meth:`queue` takes: one kernel storage, every parameter dense and whole.
         self.queueable = (len(self.kernel_groups) == 1 and set(self.routes) == {KERNEL}
@@ -311,13 +308,13 @@ class Batch:
     def finite(self):
         """One flag per gradient: does it hold only finite values?
 
-        Gradients on the kernel route are read by :meth:`adam_plugin.fused.Buffers.all_finite`,
+        Gradients on the kernel route are read by :meth:`adam_plugin.kernel.HandleTable.all_finite`,
         one pass per dtype; the others by MXNet's ``multi_all_finite`` (one engine
         sync per context and dtype when they are finite, then one per gradient).
         """
         flags = [None] * len(self.grads)
-        for positions, buffers in self.kernel_groups:
-            for i, ok in zip(positions, buffers.all_finite()):
+        for positions, table in self.kernel_groups:
+            for i, ok in zip(positions, table.all_finite()):
                 flags[i] = bool(ok)
         others = [i for i, way in enumerate(self.routes) if way != KERNEL]
         if others:
@@ -333,15 +330,15 @@ class Batch:
         Returns
         -------
         list of int
-            One per parameter: :data:`adam_plugin.fused.V_OVERFLOW` if its second moment
-            ``v``, :data:`adam_plugin.fused.W_OVERFLOW` if its weight holds an Inf or a
+            One per parameter: :data:`adam_plugin.kernel.V_OVERFLOW` if its second moment
+            ``v``, :data:`adam_plugin.kernel.W_OVERFLOW` if its weight holds an Inf or a
             NaN after the step (0 for a parameter not stepped). The kernel reports them
             from the step's own pass (a lazy step: the rows it wrote); MXNet's
             ``multi_all_finite`` reads the ``v`` buffers and the weights of the others.
         """
         flags = [0] * len(steps)
-        for positions, buffers in self.kernel_groups:
-            for i, found in zip(positions, buffers.adam_steps([steps[i] for i in positions])):
+        for positions, table in self.kernel_groups:
+            for i, found in zip(positions, table.adam_steps([steps[i] for i in positions])):
                 flags[i] = found
         others = [i for i, way in enumerate(self.routes) if steps[i] is not None and way != KERNEL]
         for i in others:
@@ -355,19 +352,19 @@ class Batch:
             second_moments = [_split(self.states[i], m)[0][1] for i, m in zip(others, master)]
             finite = _finite_by_operators(second_moments + [self.weights[i] for i in others])
             for i, v_ok, w_ok in zip(others, finite, finite[len(others):]):
-                flags[i] = (0 if v_ok else fused.V_OVERFLOW) | (0 if w_ok else fused.W_OVERFLOW)
+                flags[i] = (0 if v_ok else kernel.V_OVERFLOW) | (0 if w_ok else kernel.W_OVERFLOW)
         return flags
 
 
     def queue(self, steps, weights, grads):
         """Queue the step of every parameter (each with its Step) in MXNet's engine and
         return at once, for a :attr:`queueable` batch: see
-        :meth:`adam_plugin.fused.Buffers.queue`, which takes ``weights`` and ``grads``
+        :meth:`adam_plugin.kernel.HandleTable.queue`, which takes ``weights`` and ``grads``
         (of a later call) in place of the batch's. Returns the
-        :class:`adam_plugin.fused.Queued`, or None when an array is not one the step
+        :class:`adam_plugin.kernel.Queued`, or None when an array is not one the step
         takes (nothing queued)."""
-        (_, buffers), = self.kernel_groups
-        return buffers.queue(steps, weights, grads)
+        (_, table), = self.kernel_groups
+        return table.queue(steps, weights, grads)
 
 
 def _split(state, master):
@@ -390,7 +387,7 @@ def _row_sparse_arrays(weight, state, master):
 def _stores_every_row(weight, rows):
     """Does the ``row_sparse`` ``weight`` store all its ``rows``? Its values are then laid
     out as the dense weight's (MXNet keeps the stored rows sorted and distinct)."""
-    return fused.stored_rows(weight) == rows
+    return mxnet_internals.stored_rows(weight) == rows
 
 
 def _rows(grad, weight_rows, name):
@@ -399,7 +396,7 @@ def _rows(grad, weight_rows, name):
     where they point, and so do MXNet's ``tostype`` (a gradient densified) and NDArray
     indexing (the textbook route): a row outside the weight corrupts memory; a row held
     twice has no single meaning."""
-    rows = fused.row_indices(grad)
+    rows = mxnet_internals.row_indices(grad)
     bad = rows[(rows < 0) | (rows >= weight_rows)]
     if bad.size:
         raise ValueError(f"myadam: the row_sparse gradient of {name} holds row {bad[0]}, "

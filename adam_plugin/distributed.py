@@ -23,8 +23,8 @@ distributed-KVStore worker, :func:`exit_on_uncaught_exception` makes an uncaught
 exception end the process at once (the launcher installs it earlier still).
 
 "Runs in a distributed-KVStore worker" is decided by the ``gluon.Trainer`` that
-drives the optimizer: it gives every Parameter a reference to itself and sets
-``_distributed`` when it creates a KVStore whose type holds ``'dist'``. A
+drives the optimizer, whether it created a KVStore whose type holds ``'dist'``
+(:func:`adam_plugin.mxnet_internals.in_distributed_trainer`). A
 ``DMLC_ROLE=worker`` left in the environment, a Horovod rank
 (``hvd.DistributedTrainer`` has no KVStore) and a local Trainer do not count.
 """
@@ -34,34 +34,20 @@ import os
 import sys
 
 
-def trainer_is_distributed(optimizer, indices=None):
-    """Is ``optimizer`` driven by a ``gluon.Trainer`` that runs a distributed KVStore?
-
-    Parameters
-    ----------
-    optimizer : mx.optimizer.Optimizer
-    indices : list of int, optional
-        Look only at these parameters (those of one update call, all from one
-        Trainer); by default at every parameter in ``optimizer.param_dict``.
-    """
-    params = optimizer.param_dict
-    found = params.values() if indices is None else (params[i] for i in indices if i in params)
-    return any(getattr(getattr(param, '_trainer', None), '_distributed', False)
-               for param in found)
-
-
-def watch_worker(optimizer):
-    """Call :func:`exit_on_uncaught_exception` if :func:`trainer_is_distributed`.
+def watch_worker(distributed):
+    """Call :func:`exit_on_uncaught_exception` if ``distributed``: the optimizer's Trainer
+    runs a distributed KVStore (:func:`adam_plugin.mxnet_internals.in_distributed_trainer`).
 
     MyAdam calls this when it is pickled: a distributed Trainer pickles it to send
     it to the servers, at its first ``step``.
     """
-    if trainer_is_distributed(optimizer):
+    if distributed:
         exit_on_uncaught_exception()
 
 
-def refuse_worker_update(optimizer, indices):
-    """Raise ``RuntimeError`` if a distributed-KVStore worker asks ``optimizer`` to update.
+def refuse_worker_update(distributed):
+    """Raise ``RuntimeError`` if ``distributed``: a distributed-KVStore worker asks the
+    optimizer to update (its Trainer runs a distributed KVStore).
 
     On a worker MyAdam is only asked to update when the Trainer has
     ``update_on_kvstore=False``. Called before the optimizer touches any weight,
@@ -71,10 +57,9 @@ def refuse_worker_update(optimizer, indices):
     Raises
     ------
     RuntimeError
-        If :func:`trainer_is_distributed` for ``indices``; the message names
-        ``update_on_kvstore``.
+        If ``distributed``; the message names ``update_on_kvstore``.
     """
-    if trainer_is_distributed(optimizer, indices[:1]):
+    if distributed:
         exit_on_uncaught_exception()
         raise RuntimeError(
             "myadam: refusing to update on a distributed-KVStore worker: with "

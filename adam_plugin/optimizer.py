@@ -2,25 +2,17 @@
 __all__ = ['MyAdam', 'MyYogi']
 
 import inspect
-import operator
-import os
-import sys
 import textwrap
 
 import mxnet.ndarray as nd
-from mxnet.kvstore import KVStore
 from mxnet.optimizer import Optimizer
 
-from . import _warn, dispatch, distributed, fused, options
-from .deferred import DeferredError, called_from, in_kvstore_callback
+from . import dispatch, distributed, mxnet_internals, options
+from .counts import BadUpdates, StepCounts
+from .deferred import ErrorCarrier
+from .engine import EngineQueue
 from .options import AGGREGATE_NUM, OPTIONS
-from .textbook import Step
-
-# Under nonfinite='skip', a parameter's bad updates in a row (a NaN or Inf gradient, or a
-# second moment that overflowed) are warned about at the first and then at every
-# WARN_EVERY-th, each warning with its counts (so Python's once-per-line filter shows
-# them all); at max_skips in a row, FloatingPointError.
-WARN_EVERY = 10
+from .step_values import StepValues
 
 
 @Optimizer.register
@@ -92,21 +84,17 @@ class MyAdam(Optimizer):
         self.aggregate_num = AGGREGATE_NUM
 
     def _start_run(self):
-        """The attributes of this process's run, not pickled: :data:`_RUN_ATTRIBUTES`."""
-        self._deferred = DeferredError()  # an error kept from the KVStore callback
-        self._queued = {}  # index -> (Step, step count, counts, fused.Queued): see _queue
-        self._plans = {}  # index -> (state, multi_precision, dispatch.Batch): see _queue
-        self._bad_in_a_row = {}  # index -> bad updates in a row (absent: 0)
-        self._layouts = dispatch.Layouts(self._name)  # a cache of MXNet reads
-        self._checked = {}  # values a step reads, with their types and dtypes -> found good
-        self._saved_counts = {}  # index -> step count in the states file: see _advance
+        """Make the attributes of this process's run, :data:`_RUN`, which are not pickled."""
+        for name, make in _RUN.items():
+            setattr(self, name, make(self))
 
     def __getstate__(self):
-        self._deferred.raise_pending()  # never save over an update that failed
-        self._take_queued()
-        distributed.watch_worker(self)  # a dist Trainer sending us to its servers: see there
+        self._carrier.raise_pending()  # never save over an update that failed
+        self._engine.take_all()
+        # a distributed Trainer sending us to its servers: see adam_plugin.distributed
+        distributed.watch_worker(mxnet_internals.in_distributed_trainer(self.param_dict))
         state = super().__getstate__()
-        for name in _RUN_ATTRIBUTES:
+        for name in _RUN:
             del state[name]
         if self.param_dict:
             state['param_shapes'] = {i: tuple(p.shape) for i, p in self.param_dict.items()}
@@ -117,8 +105,7 @@ class MyAdam(Optimizer):
         refuses a bad file too); see :func:`adam_plugin.options.checked_state`."""
         super().__setstate__(options.checked_state(state))
         self._start_run()
-        for device in sorted(self._all_index_update_counts, reverse=True):  # the lowest last
-            self._saved_counts.update(self._all_index_update_counts[device])
+        self._counts.load(self._all_index_update_counts)
 
     @property
     def param_dict(self):
@@ -150,9 +137,8 @@ class MyAdam(Optimizer):
         (:data:`adam_plugin.options.AGGREGATE_NUM`, one kernel pass steps them together),
         but none for an Updater a KVStore makes for itself (``KVStore.set_optimizer``,
         on a worker or a server): the KVStore calls it one parameter at a time, and
-        the Updater's aggregating loop would only add Python to each call (0.2 ms of a
-        3.4 ms step over 60 parameters)."""
-        if called_from(sys._getframe(1), _KVSTORE_SET_OPTIMIZER, depth=3):
+        the Updater's aggregating loop would only add Python to each call."""
+        if mxnet_internals.read_by_kvstore_updater():
             return 0
         return self.__dict__['aggregate_num']
 
@@ -168,9 +154,8 @@ class MyAdam(Optimizer):
 
     @rescale_grad.setter
     def rescale_grad(self, value):
-        self._deferred.raise_pending()
-        if self._queued:
-            self._take_queued()
+        self._carrier.raise_pending()
+        self._engine.take_all()
         self.__dict__['rescale_grad'] = value
 
     def set_learning_rate(self, lr):
@@ -200,366 +185,40 @@ class MyAdam(Optimizer):
         An exception raised inside the KVStore's callback reaches the user from the
         call that ran it, ``Trainer.step``, ``Module.update`` (see :mod:`adam_plugin.deferred`).
         """
-        self._deferred.run(self._update_impl, index, weight, grad, state, False)
+        self._carrier.run(self._update_impl, index, weight, grad, state, False)
 
     def update_multi_precision(self, index, weight, grad, state):
         """As :meth:`update`; float16 weights step on their float32 master copy."""
-        self._deferred.run(self._update_impl, index, weight, grad, state,
-                           self.multi_precision)
+        self._carrier.run(self._update_impl, index, weight, grad, state,
+                          self.multi_precision)
 
     def _update_impl(self, indices, weights, grads, states, multi_precision):
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         one = len(indices) == 1
-        if one and self._queue(indices[0], weights[0], grads[0], states[0], multi_precision):
+        if one and self._engine.queue(indices[0], weights[0], grads[0], states[0],
+                                      multi_precision):
             return
-        distributed.refuse_worker_update(self, indices)  # update_on_kvstore=False in a dist job
-        if self._queued:
-            self._take_queued()
+        distributed.refuse_worker_update(  # update_on_kvstore=False in a distributed job
+            mxnet_internals.in_distributed_trainer(self.param_dict, indices[:1]))
+        self._engine.take_all()
         layouts = [self._layouts(*args, multi_precision)
                    for args in zip(indices, weights, grads, states)]
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
                                lambda i: self._name(indices[i]))
-        rule = self._rule(batch)
-        if (one and batch.queueable and self._queues()
-                and self._merged_by_the_kvstore(indices[0])):  # this call runs here: see _queue
-            self._plans[indices[0]] = states[0], multi_precision, batch
+        rule = self._values.rule(batch)
+        if one:
+            self._engine.plan(indices[0], states[0], multi_precision, batch)
         finite = batch.finite()
-        self._refuse_bad_gradients(indices, finite)
-        steps = self._steps(indices, batch.step_counts, finite, rule, batch.dtypes)
-        self._count_skips(indices, finite)
-        self._check_overflows(indices, steps, batch.apply(steps))
-
-    def _queues(self):
-        """Is the update of the caller queued in MXNet's engine (see
-        :meth:`adam_plugin.fused.Buffers.queue`) rather than run before it returns?
-
-        Inside the KVStore's updater callback, which runs one parameter at a time
-        (``update_on_kvstore=True``), under ``nonfinite='skip'``: there MXNet queues its
-        own ``adam_update`` and returns, and waiting for the engine on each call would
-        cost a handoff between threads per parameter. What a queued step finds (a
-        gradient not finite: the step was skipped; a second moment that overflowed) is
-        taken in, warned about and counted in ``num_skipped`` at the next update call
-        (the KVStore's next parameter) or the next ``Trainer.step`` (which sets
-        ``rescale_grad``) or save, whichever comes first. Not under ``nonfinite='raise'``,
-        whose error comes out of the call that failed, before anything else changes;
-        not on a distributed KVStore's server, which has no later call to raise from.
-        """
-        return (self.nonfinite == 'skip' and os.environ.get('DMLC_ROLE') != 'server'
-                and in_kvstore_callback(sys._getframe(1)))
-
-    def _merged_by_the_kvstore(self, index):
-        """Is the gradient the KVStore hands for ``index`` its own merge buffer, the same
-        array at every call (a Trainer's parameter on several devices)? On one device it
-        is the array pushed: a Parameter's gradient, which Gluon replaces when
-        ``grad_req`` is set again, or whatever ``kv.push`` was given."""
-        param = self.param_dict.get(index)
-        return param is not None and len(param.list_ctx()) > 1
-
-    def _queue(self, index, weight, grad, state, multi_precision):
-        """Queue the update of one parameter in MXNet's engine, where :meth:`_queues`,
-        through the plan its first such call made (its state, multi_precision and
-        :class:`adam_plugin.dispatch.Batch`), which the KVStore's later calls reuse with
-        their new weight and gradient: True when queued. False, nothing done, when there
-        is no plan for these states or the kernel finds an array it does not take (the
-        plan is then dropped): the caller's checks and dispatch decide.
-
-        The first call runs on the calling thread, waiting for the engine: the queued
-        step's data pointers are read here (``MXNDArrayGetData``), and MXNet allocates a
-        new array's memory at its first use, unguarded (``Chunk::CheckAndAlloc``). The
-        KVStore's merge buffer, its copy of the weight and the states from
-        :meth:`create_state` all start unallocated, their first writer queued just before
-        this call; read here while that writer allocated them on an engine thread, an
-        array got two allocations, and the step read memory the reduce never wrote (a
-        gradient of garbage, seen once as a NaN in a benchmark's first step). Once the
-        first step has waited for them, they are allocated, and the KVStore hands the
-        same arrays for the key at every later call: planned only where the gradient is
-        its merge buffer (:meth:`_merged_by_the_kvstore`)."""
-        plan = self._plans.get(index)
-        if (plan is None or plan[0] is not state or plan[1] != multi_precision
-                or not self._queues()):
-            return False
-        batch = plan[2]
-        if self._queued:
-            self._take_queued()
-        rule = self._rule(batch)
-        count = batch.step_counts[0]
-        counts = self._counts((index,), (count,))
-        try:
-            t = self._advance(index, count)
-            step = self._step(index, t, self._base_lr(), rule, batch.dtypes[0])
-            queued = batch.queue((step,), (weight,), (grad,))
-        except BaseException:
-            self._restore_counts(counts)
-            raise
-        if queued is None:
-            self._restore_counts(counts)
-            del self._plans[index]
-            return False
-        if count is not None:  # until taken in: see _QueuedCount
-            count[0] = _QueuedCount(step.t, queued)
-        self._queued[index] = step, count, counts, queued
-        return True
+        self._bad.refuse_bad_gradients(indices, finite)
+        steps = self._counts.counted(indices, batch.step_counts, finite, lambda ts: (
+            self._values.steps(indices, ts, rule, batch.dtypes)))
+        self._bad.count_skips(indices, finite)
+        self._bad.check_overflows(indices, steps, batch.apply(steps))
 
     def _take_queued(self):
-        """Take in the results of the updates queued in MXNet's engine (see
-        :meth:`_queues`), in the order queued, waiting for them to run."""
-        while self._queued:
-            self._take(next(iter(self._queued)))
-
-    def _take(self, index):
-        """Take in the result of the update of ``index`` queued in MXNet's engine, waiting
-        for it to run, as an update on the calling thread would have: a gradient that was
-        not finite gives the step count back and counts as skipped (``max_skips``), an
-        overflow counts too."""
-        step, count, counts, queued = self._queued.pop(index)
-        if count is not None:
-            count[0] = step.t  # an int again (see _QueuedCount); given back below if skipped
-        if queued.status() == 1:  # it ran; the gradient was finite, nothing overflowed
-            self._bad_in_a_row.pop(index, None)
-            return
-        try:
-            (finite,), overflow = queued.result()
-        except BaseException:
-            self._restore_counts(counts)
-            raise
-        if not finite:
-            self._restore_counts(counts)
-        self._refuse_bad_gradients((index,), (finite,))
-        self._count_skips((index,), (finite,))
-        self._check_overflows((index,), (step if finite else None,), overflow)
-
-    def _advance(self, index, count):
-        """Count an update of ``index``, whose state ends with ``count`` (its one-item
-        list ``[t]``, see :meth:`create_state`): ``t`` goes up by 1 there, and MXNet's
-        count of ``index`` for the current device and ``num_update`` (the largest count,
-        which ``lr_scheduler`` reads) follow it. Returns ``t``.
-
-        A state saved without its step count (``count`` None, ``(m, v[, vmax])``) counts
-        in the optimizer's counts, as MXNet does: from this device's count of
-        ``index``; on a device that has none, from the count of ``index`` in the
-        states file this optimizer was loaded from (of its lowest-numbered device
-        that has one: the Trainer saves its first device's states), else from
-        ``begin_num_update``.
-        """
-        if count is None:
-            t = 1 + self._index_update_count.get(
-                index, self._saved_counts.get(index, self.begin_num_update))
-        else:
-            t = count[0] = count[0] + 1
-        self._index_update_count[index] = t
-        self.num_update = max(self.num_update, t)
-        return t
-
-    def _counts(self, indices, counts):
-        """The step counts of ``indices``, whose states end with ``counts`` (see
-        :meth:`_advance`), as they are now, for :meth:`_restore_counts`: per index, its
-        state's count and MXNet's for the current device; and ``num_update``."""
-        return ([(index, count, None if count is None else count[0],
-                  self._index_update_count.get(index))
-                 for index, count in zip(indices, counts)], self.num_update)
-
-    def _restore_counts(self, counts):
-        """Put the step counts back as :meth:`_counts` saw them, and ``num_update`` to the
-        largest of its value then and MXNet's counts now."""
-        saved, num_update = counts
-        for index, count, t, kept in saved:
-            if count is not None:
-                count[0] = t
-            if kept is None:
-                self._index_update_count.pop(index, None)
-            else:
-                self._index_update_count[index] = kept
-        self.num_update = max([num_update, *self._index_update_count.values()])
-
-    def _check_overflows(self, indices, steps, overflow):
-        """After a step (``steps[i]`` None: parameter ``i`` not stepped), raise or count
-        the parameters whose step overflowed (``overflow``: flags of
-        :data:`adam_plugin.fused.V_OVERFLOW` and :data:`~adam_plugin.fused.W_OVERFLOW`,
-        see :meth:`adam_plugin.dispatch.Batch.apply`), and end the runs of bad updates
-        of the parameters stepped well."""
-        found = {index: flags for index, flags in zip(indices, overflow) if flags}
-        if found and self.nonfinite == 'raise':
-            problems = []
-            for kind, text in _OVERFLOWS.items():
-                names = [self._name(index) for index, flags in found.items() if flags & kind]
-                if names:
-                    problems.append(text.format(name=', '.join(names)))
-            raise FloatingPointError(f"myadam: {'; '.join(problems)}; this update call was "
-                                     "applied")
-        for index, flags in found.items():
-            self.num_skipped += 1
-            self._bad_update(index, "; ".join(text for kind, text in _OVERFLOWS.items()
-                                              if flags & kind))
-        for index, step in zip(indices, steps):
-            if step is not None and index not in found:
-                self._bad_in_a_row.pop(index, None)
-
-    def _count_skips(self, indices, finite):
-        """Count, and warn about, the parameters skipped for a gradient not ``finite``."""
-        for index, ok in zip(indices, finite):
-            if not ok:
-                self.num_skipped += 1
-                self._bad_update(index, "skipped the update of {name}: its gradient holds "
-                                        "NaN or Inf")
-
-    def _steps(self, indices, counts, finite, rule, dtypes):
-        """The Step of each parameter whose ``finite`` flag is set (None for the others),
-        counting its update (:meth:`_advance`; ``counts``: the ends of their states),
-        with ``rule`` (:meth:`_rule`) and the parameters' ``dtypes``
-        (:attr:`adam_plugin.dispatch.Batch.dtypes`); every step count is back as it was
-        if this raises (a scheduler's error, a bad learning rate)."""
-        before = self._counts(indices, counts)
-        try:
-            ts = [self._advance(index, count) if ok else None
-                  for index, count, ok in zip(indices, counts, finite)]
-            # the scheduler asked once, after every count, as MXNet's multi-tensor updates do
-            base = self._base_lr() if any(finite) else None
-            return [self._step(index, t, base, rule, pair) if ok else None
-                    for index, t, ok, pair in zip(indices, ts, finite, dtypes)]
-        except BaseException:
-            self._restore_counts(before)
-            raise
-
-    def _bad_update(self, index, what):
-        """Count a bad update of ``index`` in its run of bad ones; warn at the first and at
-        every ``WARN_EVERY``-th. ``what`` is the warning's first sentence, with ``{name}``."""
-        run = self._bad_in_a_row[index] = self._bad_in_a_row.get(index, 0) + 1
-        if run == 1 or run % WARN_EVERY == 0:
-            _warn.warn(f"myadam: {what.format(name=self._name(index))} ({run} in a row for "
-                       f"this parameter, {self.num_skipped} in all; at max_skips="
-                       f"{self.max_skips} in a row, FloatingPointError)")
-
-    # --- what a step reads, checked where it reads it ----------------------------------
-    #
-    # Every value the rule reads is checked by its check in the option table
-    # (adam_plugin.options.step_value), in the dtypes of the parameters it steps, each time
-    # a step reads it: an attribute set after the constructor (a one-cycle schedule's
-    # beta1), what lr_scheduler returns, a Parameter's lr_mult and wd_mult, rescale_grad
-    # from Trainer.step. What was found good is remembered (self._checked) by value, type
-    # and dtypes (True == 1 == 1.0, and a value may be finite in float64 only), so a step
-    # pays a dict lookup per call and per parameter.
-
-    def _rule(self, batch):
-        """The Step's fields after ``t``, ``lr`` and ``wd``, and ``wd``, as the step of
-        ``batch`` reads them from the optimizer's attributes (``nonfinite``, ``max_skips``
-        and ``begin_num_update`` are checked with them); ``ValueError`` naming the first
-        one that is not good in every dtype of ``batch``."""
-        values = _READ(self)
-        key = (values, tuple(map(type, values)), batch.distinct_dtypes)
-        rule = self._remembered(key)
-        if rule is None:
-            for dtypes in (None, *batch.distinct_dtypes):  # as given, then in each dtype
-                param = dtypes and batch.name(batch.dtypes.index(dtypes))
-                checked = [self._value(name, value, dtypes, self.num_update + 1, param,
-                                       lambda name=name: "the optimizer's attribute "
-                                                         f"{name}{_NOTES.get(name, '')}")
-                           for name, value in zip(_READ_NAMES, values)]
-            rule = self._remember(key, (tuple(checked[:len(_RULE_FIELDS)]),
-                                        checked[len(_RULE_FIELDS)]))
-        return rule
-
-    def _base_lr(self):
-        """The learning rate before ``lr_mult``: ``lr_scheduler(num_update)``, or ``lr``
-        without one; ``ValueError`` unless it is a number >= 0 and finite."""
-        value = self.lr if self.lr_scheduler is None else self.lr_scheduler(self.num_update)
-        key = ('lr', value, type(value))
-        lr = self._remembered(key)
-        if lr is None:
-            lr = self._remember(key, self._value('lr', value, None, self.num_update, None,
-                                                 lambda: self._lr_source(value)))
-        return lr
-
-    def _lr_source(self, base):
-        """Where the learning rate ``base`` came from, as error messages say it."""
-        if self.lr_scheduler is None:
-            return f"learning_rate {base!r}"
-        return (f"lr_scheduler({self.num_update}), a {type(self.lr_scheduler).__name__}, "
-                f"returned {base!r}")
-
-    def _step(self, index, t, base, rule, dtypes):
-        """The Step of parameter ``index``: its count ``t``, the learning rate ``base`` times its
-        ``lr_mult``, ``rule[1]`` (``wd``) times its ``wd_mult``, both checked in its
-        ``dtypes``, and ``rule[0]``."""
-        rest, base_wd = rule
-        lr = _times(base, self._multiplier(index, 'lr_mult')[0])
-        wd = _times(base_wd, self._multiplier(index, 'wd_mult')[0])
-        key = (lr, type(lr), wd, type(wd), dtypes)
-        rates = self._remembered(key)
-        if rates is None:
-            rates = self._remember(key, (
-                self._value('lr', lr, dtypes, self.num_update, self._name(index),
-                            lambda: self._times_source(self._lr_source(base), index, 'lr_mult')),
-                self._value('wd', wd, dtypes, self.num_update, self._name(index),
-                            lambda: self._times_source(f"wd {base_wd!r}", index, 'wd_mult'))))
-        return Step(t, *rates, *rest)
-
-    def _multiplier(self, index, kind, describe=False):
-        """``(value, where)``: parameter ``index``'s ``kind``, ``'lr_mult'`` or
-        ``'wd_mult'``, where MXNet's ``_get_lrs`` and ``_get_wds`` find it (1.0 when
-        nowhere); with ``describe``, ``where`` is that place as error messages say it
-        (None when nowhere)."""
-        if index in self.param_dict:
-            param = self.param_dict[index]
-            return getattr(param, kind), describe and f"param '{param.name}' {kind}"
-        multipliers = getattr(self, kind)
-        key = index if index in multipliers else self.idx2name.get(index)
-        if key in multipliers:
-            return multipliers[key], describe and f"{kind}[{key!r}]"
-        return 1.0, None
-
-    def _times_source(self, source, index, kind):
-        """``source`` times parameter ``index``'s ``kind``, as error messages say it."""
-        value, where = self._multiplier(index, kind, describe=True)
-        return source if where is None else f"{source} times {where} {value!r}"
-
-    def _value(self, name, value, dtypes, update, param, source):
-        """:func:`adam_plugin.options.step_value`, its error a ``ValueError`` that names
-        the value, the update, the parameter (when given) and where the value came from,
-        ``source()``."""
-        try:
-            return options.step_value(name, value, dtypes)
-        except options.InvalidOption as error:
-            where = f" for {param}" if param else ""
-            raise ValueError(
-                f"myadam: Invalid {'learning rate' if name == 'lr' else name}: {value!r} at "
-                f"update {update}{where} ({source()}; expected {error.expected}); nothing was "
-                "updated") from None
-
-    def _remembered(self, key):
-        """What :meth:`_remember` kept for ``key``, or None (also for an unhashable value,
-        which is checked, and refused, each time)."""
-        try:
-            return self._checked.get(key)
-        except TypeError:
-            return None
-
-    def _remember(self, key, found):
-        """Keep ``found`` for ``key`` (the last :data:`REMEMBERED` at most); return it."""
-        if len(self._checked) >= REMEMBERED:  # a schedule gives a new rate each step
-            self._checked.clear()
-        try:
-            self._checked[key] = found
-        except TypeError:
-            pass
-        return found
-
-    def _refuse_bad_gradients(self, indices, finite):
-        """Raise for the gradients not ``finite`` (one flag per parameter) that are not
-        to be skipped: any under ``nonfinite='raise'``; under ``'skip'``, the
-        ``max_skips``-th bad update in a row of a parameter. Nothing is updated then."""
-        bad = [i for i, ok in zip(indices, finite) if not ok]
-        if self.nonfinite == 'raise' and bad:
-            raise FloatingPointError(f"myadam: the gradient of {', '.join(map(self._name, bad))} "
-                                     "holds NaN or Inf; nothing was updated")
-        stuck = [i for i in bad if self.max_skips is not None
-                 and self._bad_in_a_row.get(i, 0) + 1 >= self.max_skips]
-        if stuck:
-            raise FloatingPointError(
-                f"myadam: the update of {', '.join(map(self._name, stuck))} has failed "
-                f"{self.max_skips} times in a row (max_skips={self.max_skips}): its gradient "
-                "holds NaN or Inf again (a NaN kept in an accumulated gradient, "
-                "grad_req='add', or in the weight or the data?); nothing was updated")
+        """Take in the updates queued in MXNet's engine (see :mod:`adam_plugin.engine`)."""
+        self._engine.take_all()
 
     def _name(self, index):
         if index in self.param_dict:
@@ -586,65 +245,18 @@ def _check_fits(saved, params):
                              f"shape {have[index]}")
 
 
-class _QueuedCount(int):
-    """A step count while its update is queued in MXNet's engine (:meth:`MyAdam._queue`):
-    the count the update gives, until :meth:`MyAdam._take` puts in the count it ends with
-    (one less when the gradient was not finite and the update was skipped). Pickled
-    before that (``Trainer.save_states`` pickles the Updater's states before the
-    optimizer, whose ``__getstate__`` takes the queued updates in), it waits for the
-    update and is saved as the count it ends with, an ``int``."""
-
-    def __new__(cls, t, queued):
-        count = super().__new__(cls, t)
-        count.queued = queued
-        return count
-
-    def __reduce_ex__(self, protocol):
-        (finite,), _ = self.queued.result()
-        return int, (int(self) if finite else int(self) - 1,)
-
-
-# Updater.__init__ <- get_updater <- KVStore.set_optimizer reads aggregate_num (MXNet 1.7-1.9).
-_KVSTORE_SET_OPTIMIZER = KVStore.set_optimizer.__code__
-
-# What MyAdam._start_run sets: this process's, never pickled (references to live arrays,
-# queued updates, a run of bad updates, an error not raised yet, the step counts of the
-# states file it was loaded from).
-_RUN_ATTRIBUTES = ('_deferred', '_queued', '_plans', '_bad_in_a_row', '_layouts',
-                   '_checked', '_saved_counts')
-
-# What MyAdam._rule reads of the optimizer's attributes (one C call): the rest of a Step,
-# of the same names, then wd and what else the update reads.
-_RULE_FIELDS = Step._fields[3:]
-assert Step._fields[:3] == ('t', 'lr', 'wd')
-_READ_NAMES = _RULE_FIELDS + ('wd', 'nonfinite', 'max_skips', 'begin_num_update')
-_READ = operator.attrgetter(*_READ_NAMES)
-
-# Said in MyAdam's messages about them, after "the optimizer's attribute NAME".
-_NOTES = {'rescale_grad': ', which gluon.Trainer sets to 1 / batch_size in '
-                          'Trainer.step(batch_size)',
-          'begin_num_update': ", a parameter's step count before its first update"}
-
-# What a step found it had written (adam_plugin.fused's flags) -> what MyAdam says of it.
-_OVERFLOWS = {
-    fused.V_OVERFLOW: "the second moment of {name} overflowed to Inf although the gradient "
-                      "was finite (its elements with v = Inf no longer move)",
-    fused.W_OVERFLOW: "the weight of {name} holds Inf or NaN after the update although the "
-                      "gradient was finite (a float16 weight stepped past 65504, lr times the "
-                      "update beyond its dtype's range, or a weight not finite before)",
+# This process's run of the optimizer, made by MyAdam._start_run, never pickled (references
+# to live arrays, queued updates, runs of bad updates, an error not raised yet, the step
+# counts of the states file it was loaded from): attribute -> what makes it of the
+# optimizer (self), in this order.
+_RUN = {
+    '_carrier': lambda self: ErrorCarrier(),  # an error kept from the KVStore callback
+    '_bad': lambda self: BadUpdates(self, self._name),  # bad updates: num_skipped, max_skips
+    '_layouts': lambda self: dispatch.CheckedLayouts(self._name),  # a cache of MXNet reads
+    '_values': lambda self: StepValues(self, self._name),  # what a step reads, checked
+    '_counts': StepCounts,  # each parameter's step count
+    '_engine': lambda self: EngineQueue(self, self._counts, self._values, self._bad),
 }
-
-# Values MyAdam remembers as checked (see MyAdam._rule), at most.
-REMEMBERED = 4096
-
-
-def _times(value, multiplier):
-    """``value * multiplier``, or ``multiplier`` when that is not a number (its check
-    then refuses it)."""
-    try:
-        return value * multiplier
-    except TypeError:
-        return multiplier
 
 # The signature and the Parameters section are the option table's (adam_plugin.options).
 _SIGNATURE = inspect.Signature(

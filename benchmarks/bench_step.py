@@ -112,15 +112,15 @@ def build_kernel(into, native):
 
 
 def with_kernel(step, library):
-    """``step`` with adam_plugin.fused using ``library`` (a loaded kernel) meanwhile."""
-    from adam_plugin import fused
+    """``step`` with adam_plugin.kernel using ``library`` (a loaded kernel) meanwhile."""
+    from adam_plugin import kernel
 
     def swapped():
-        installed, fused.LIBRARY = fused.LIBRARY, library
+        installed, kernel.LIBRARY = kernel.LIBRARY, library
         try:
             step()
         finally:
-            fused.LIBRARY = installed
+            kernel.LIBRARY = installed
     return swapped
 
 
@@ -342,19 +342,20 @@ def main():
 
 def full_run(args):
     """Every part: the dense workloads, memory, compilation."""
-    from adam_plugin import fused
+    from adam_plugin import kernel
     shapes = workloads(args.tiny)
     with tempfile.TemporaryDirectory() as portable, tempfile.TemporaryDirectory() as native:
         build_s = build_kernel(portable, native=False)[1]
         native_path, build_native_s = build_kernel(native, native=True)
-        native_kernel = fused.load(native_path)
-        kernel = {'installed_variants': fused.variants(), 'installed_variant': fused.variant(),
-                  'native_variants': native_kernel.variants().decode().split()}
+        native_kernel = kernel.load(native_path)
+        variants = {'installed_variants': kernel.variants(),
+                    'installed_variant': kernel.variant(),
+                    'native_variants': native_kernel.variants().decode().split()}
         times = time_rounds(shapes, args.rounds, native_kernel)
     memory = measure_memory(shapes['1x10M'][0][0])
     first_step = {'build_s': build_s, 'build_native_s': build_native_s,
                   'first_step_s': measure_first_step()}
-    return report(times, memory, first_step, kernel)
+    return report(times, memory, first_step, variants)
 
 
 if __name__ == '__main__':

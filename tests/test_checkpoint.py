@@ -263,7 +263,7 @@ def test_an_interrupted_save_keeps_the_previous_file(tmp_path):
 def test_checkpoint_save_states_writes_what_the_trainer_writes(placement, tmp_path):
     job = Job('everything', placement).train(range(1, 4))
     # ours first: it takes in an update still queued in MXNet's engine, whose step count
-    # a save before that writes as builtins.int(t) (see adam_plugin.optimizer._QueuedCount)
+    # a save before that writes as builtins.int(t) (see adam_plugin.engine.QueuedCount)
     checkpoint.save_states(job.trainer, tmp_path / 'ours.states')
     job.trainer.save_states(str(tmp_path / 'mxnet.states'))
     assert (tmp_path / 'ours.states').read_bytes() == (tmp_path / 'mxnet.states').read_bytes()
@@ -469,9 +469,9 @@ def test_inspect_prints_what_the_file_holds(tmp_path):
         if name not in ('lr_scheduler', 'rescale_grad'):  # Trainer.step sets rescale_grad
             assert hyper[name] == value, name
     assert (hyper['lr'], hyper['rescale_grad']) == (opt.lr, opt.rescale_grad)
-    assert set(hyper) == set(vars(opt)) - {'param_dict', '_layouts', '_deferred', '_bad_in_a_row',
-                                           '_queued', '_plans', '_checked',
-                                           '_saved_counts',
+    assert set(hyper) == set(vars(opt)) - {'param_dict', '_layouts', '_carrier', '_bad',
+                                           '_engine', '_values',
+                                           '_counts',
                                            'lr_scheduler',
                                            'num_update', 'begin_num_update', 'num_skipped',
                                            '_all_index_update_counts', '_index_update_count'}

@@ -8,6 +8,7 @@ object, its attributes set without running its ``__setstate__``: one that pickle
 itself by a call, holds an array or has no ``__dict__`` is refused.
 """
 import importlib
+import io
 import pickle
 import textwrap
 
@@ -214,3 +215,46 @@ def test_gluoncvs_lr_sequential_loads_once_allowed(loader, tmp_path):
     _, fname = save(job, tmp_path)
     with checkpoint.safe_globals([lr_scheduler.LRSequential, lr_scheduler.LRScheduler]):
         LOADERS[loader](job_with(None).trainer, fname)
+
+
+class NamesRecorded(pickle.Unpickler):
+    """Unpickles, writing down every name the pickle looks up."""
+
+    def __init__(self, data):
+        super().__init__(io.BytesIO(data))
+        self.names = set()
+
+    def find_class(self, module, name):
+        self.names.add(f'{module}.{name}')
+        return super().find_class(module, name)
+
+
+def test_the_trainer_loads_it_from_bytes_that_name_only_what_the_file_may(
+        schedules, tmp_path, monkeypatch):
+    """checkpoint.load_states hands MXNet's own Trainer.load_states the checked objects,
+    pickled anew: they name only the classes the file was allowed to, and a function of
+    adam_plugin.checkpoint that gives an allowed object its attributes (not its
+    __setstate__)."""
+    handed = []
+    load = mx.gluon.Trainer.load_states
+
+    def recording(trainer, fname):
+        with open(fname, 'rb') as f:
+            handed.append(f.read())
+        return load(trainer, fname)
+
+    monkeypatch.setattr(mx.gluon.Trainer, 'load_states', recording)
+    first = job_with(schedules.Restoring(0.01, 3)).train(range(1, 3))
+    _, fname = save(first, tmp_path)
+    resumed = job_with(None)
+    with checkpoint.safe_globals([schedules.Restoring]):
+        checkpoint.load_states(resumed.trainer, fname)
+    assert len(handed) == 1
+    unpickler = NamesRecorded(handed[0])
+    states, optimizer = unpickler.load()
+    assert unpickler.names == {'mxnet.ndarray.ndarray.NDArray', 'builtins.bytearray',
+                               'adam_plugin.optimizer.MyAdam', 'user_schedules.Restoring',
+                               'adam_plugin.checkpoint._set_attributes'}
+    assert schedules.Restoring.calls == []
+    assert vars(optimizer.lr_scheduler) == {'base_lr': 0.01, 'every': 3}
+    assert resumed.trainer.optimizer.lr_scheduler.base_lr == 0.01

@@ -10,7 +10,7 @@ import pytest
 import mxnet as mx
 from mxnet import nd
 
-from adam_plugin import MyAdam, dispatch, fused
+from adam_plugin import MyAdam, dispatch, kernel
 from adam_plugin.chapter import linreg
 from configs import CONFIGS, LR, optimizer_kwargs
 
@@ -64,7 +64,7 @@ def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside
                                  epsilon_mode=epsilon_mode, yogi=yogi)
 
 
-# (device type, options, expected route). No GPU here: its rows are Layouts built directly.
+# (device type, options, expected route). No GPU here: its rows are Layout tuples built directly.
 DEVICE_ROUTES = [
     ('cpu', options(), 'kernel'),
     ('cpu_pinned', options(), 'kernel'),
@@ -82,7 +82,7 @@ DEVICE_ROUTES = [
 @pytest.mark.parametrize('device_type, opts, expected', DEVICE_ROUTES)
 def test_route_per_device_type(device_type, opts, expected):
     layout = dispatch.Layout(dense=True, dtype=np.dtype('float32'), device_type=device_type,
-                             size=12)
+                             shape=(12,))
     assert dispatch.route(layout, opts) == expected
 
 
@@ -117,8 +117,8 @@ def test_update_on_kvstore_takes_the_kernel(kvstore, monkeypatch):
     allocated by then: see MyAdam._queue), and its later calls are queued in MXNet's
     engine."""
     seen, queued, on_the_calling_thread = [], [], []
-    original_route, original_queue = dispatch.route, fused.Buffers.queue
-    original_steps = fused.Buffers.adam_steps
+    original_route, original_queue = dispatch.route, kernel.HandleTable.queue
+    original_steps = kernel.HandleTable.adam_steps
 
     def recording_route(layout, options):
         way = original_route(layout, options)
@@ -135,8 +135,8 @@ def test_update_on_kvstore_takes_the_kernel(kvstore, monkeypatch):
         return original_steps(buffers, steps)
 
     monkeypatch.setattr(dispatch, 'route', recording_route)
-    monkeypatch.setattr(fused.Buffers, 'queue', recording_queue)
-    monkeypatch.setattr(fused.Buffers, 'adam_steps', recording_steps)
+    monkeypatch.setattr(kernel.HandleTable, 'queue', recording_queue)
+    monkeypatch.setattr(kernel.HandleTable, 'adam_steps', recording_steps)
     features, labels = linreg.make_dataset(**DATA)
     trained = linreg.train_trainer(features, labels, ctx=TWO, kvstore=kvstore,
                                    update_on_kvstore=True, **TRAIN)

@@ -16,7 +16,7 @@ from mxnet import nd
 from mxnet.base import _LIB
 
 import adam_plugin  # noqa: F401  (registers 'myadam')
-from adam_plugin import MyAdam, dispatch, fused, textbook
+from adam_plugin import MyAdam, dispatch, kernel, mxnet_internals, textbook
 from configs import CONFIGS, optimizer_kwargs
 from oracles import gradients
 from test_kernel_calls import record_calls
@@ -26,18 +26,18 @@ STEPS = 20
 SHAPES = [(3, 4, 5), (10, 4), (7,), (100_003,)]
 FUSED_TOL = {'float32': dict(rtol=1e-6, atol=1e-7), 'float64': dict(rtol=1e-12, atol=1e-14)}
 # The kernel's variants this CPU runs (test_variants_follow_the_cpu checks the list).
-VARIANTS = [v for v in fused.variants() if fused.runs_here(v)] if fused.LIBRARY else []
+VARIANTS = [v for v in kernel.variants() if kernel.runs_here(v)] if kernel.LIBRARY else []
 
 
 # The quick tier runs the variant the kernel chose at load, on float32 (float64 on the kernel:
 # test_properties); the full one runs every variant on both.
-@pytest.fixture(params=[v if v == fused.variant() else pytest.param(v, marks=pytest.mark.slow)
+@pytest.fixture(params=[v if v == kernel.variant() else pytest.param(v, marks=pytest.mark.slow)
                         for v in VARIANTS])
 def variant(request):
     """Each variant of the kernel's loops this CPU runs, in turn, for the test."""
-    previous = fused.use_variant(request.param)
+    previous = kernel.use_variant(request.param)
     yield request.param
-    fused.use_variant(previous)
+    kernel.use_variant(previous)
 
 
 def run(config, dtype, fused, aggregated, weights, grads):
@@ -106,8 +106,8 @@ LARGE = [(3, 4, 5), (800_003,), (7,)]
 def test_fused_matches_textbook_on_several_threads(name, variant, rng, monkeypatch):
     """As above with the kernel's calls shared by three threads, whatever their size
     (two threads: the fork and concurrency tests below)."""
-    monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)
-    monkeypatch.setattr(fused, 'THREADS', 3)
+    monkeypatch.setattr(kernel, 'PARALLEL_MIN', 0)
+    monkeypatch.setattr(kernel, 'THREADS', 3)
     weights, grads = inputs(rng, 'float32', LARGE)
     fast = run(CONFIGS[name], 'float32', True, True, weights, grads)
     slow = run(CONFIGS[name], 'float32', False, True, weights, grads)
@@ -119,8 +119,8 @@ def test_fused_matches_textbook_on_several_threads(name, variant, rng, monkeypat
 
 def layout(dense=True, dtype=np.float32, device='cpu', grad_in_host_memory=True):
     """The layout of a 12-element weight and its gradient, anywhere (a GPU too)."""
-    return dispatch.Layout(dense=dense, dtype=np.dtype(dtype), device_type=device, size=12,
-                           grad_in_host_memory=grad_in_host_memory)
+    return dispatch.Layout(dense=dense, dtype=np.dtype(dtype), device_type=device,
+                           shape=(12,), grad_in_host_memory=grad_in_host_memory)
 
 
 def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside', yogi=False):
@@ -171,16 +171,16 @@ def test_route(where, opts, expected):
 
 @pytest.mark.parametrize('where, opts, expected', WITHOUT_KERNEL)
 def test_route_without_the_kernel(where, opts, expected, monkeypatch):
-    monkeypatch.setattr(fused, 'LIBRARY', None)
+    monkeypatch.setattr(kernel, 'LIBRARY', None)
     assert dispatch.route(where, opts) == expected
 
 
 def test_layouts_are_read_from_the_arrays_and_kept_while_they_are_the_same():
-    layouts = dispatch.Layouts(lambda index: f'p{index}')
+    layouts = dispatch.CheckedLayouts(lambda index: f'p{index}')
     weight, grad = nd.ones((4, 3), dtype='float64'), nd.ones((4, 3), dtype='float64')
     first = layouts(0, weight, grad)
     assert first == dispatch.Layout(dense=True, dtype=np.dtype('float64'), device_type='cpu',
-                                    size=12, shape=(4, 3))
+                                    shape=(4, 3))
     assert layouts(0, weight, grad) is first
     sparse = nd.sparse.row_sparse_array((np.ones((1, 3)), [2]), shape=(4, 3), dtype='float64')
     assert layouts(0, weight, sparse) == first._replace(row_sparse_grad=True)  # read afresh
@@ -293,8 +293,8 @@ def taken(monkeypatch):
             return original(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(fused.Buffers, 'adam_steps', counting(
-        'kernel', fused.Buffers.adam_steps,
+    monkeypatch.setattr(kernel.HandleTable, 'adam_steps', counting(
+        'kernel', kernel.HandleTable.adam_steps,
         lambda self, steps: sum(s is not None for s in steps)))
     monkeypatch.setattr(dispatch, 'operator_step', counting(
         'operator', dispatch.operator_step, lambda *args: 1))
@@ -412,8 +412,8 @@ BAD_SPOTS = [0, 400_000, BAD_SIZE - 1]  # first element, a middle piece, the las
 @pytest.mark.parametrize('bad', BAD_VALUES)
 def test_nonfinite_gradient_is_skipped_untouched(bad, spot, dtype, threads, variant,
                                                 monkeypatch):
-    monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)  # the check shared by `threads` threads
-    monkeypatch.setattr(fused, 'THREADS', threads)
+    monkeypatch.setattr(kernel, 'PARALLEL_MIN', 0)  # the check shared by `threads` threads
+    monkeypatch.setattr(kernel, 'THREADS', threads)
     opt = MyAdam(learning_rate=0.1)
     weights = [nd.ones((BAD_SIZE,), dtype=dtype), nd.ones((5,), dtype=dtype)]
     states = [opt.create_state(i, w) for i, w in enumerate(weights)]
@@ -481,13 +481,13 @@ def test_pending_writer_and_reader_around_the_step(rng):
 
 def test_the_kernel_was_built():
     """The tests run with the compiled kernel, or the fused tests above test nothing new."""
-    assert fused.LIBRARY is not None, (
+    assert kernel.LIBRARY is not None, (
         'adam_plugin/_kernel.cpp was not built: setup.py needs a C++ compiler (g++)')
 
 
 def test_a_missing_kernel_warns_and_is_none(tmp_path):
     with pytest.warns(RuntimeWarning) as warned:
-        assert fused.load(str(tmp_path / 'libadam_kernel.so')) is None
+        assert kernel.load(str(tmp_path / 'libadam_kernel.so')) is None
     assert str(warned[0].message) == (
         "adam_plugin: the compiled kernel adam_plugin/_kernel.cpp was not built (it needs a "
         "C++ compiler when the package is installed); CPU parameters take MXNet's adam_update "
@@ -521,7 +521,7 @@ def test_a_library_without_columns_warns_and_is_none():
 
 def test_the_kernel_warning_names_the_users_line(tmp_path):
     with pytest.warns(RuntimeWarning, match='_kernel.cpp was not built') as warned:
-        fused.load(str(tmp_path / 'libadam_kernel.so'))
+        kernel.load(str(tmp_path / 'libadam_kernel.so'))
     assert warned[0].filename == __file__
 
 
@@ -556,30 +556,45 @@ def _cpu_flags():
 def test_variants_follow_the_cpu():
     """The portable build's variants, and which of them run here, by the kernel's own
     cpuid check against Linux's (/proc/cpuinfo); the vector variants need F16C too."""
-    assert fused.variants() == ['avx512f', 'avx2', 'baseline'], 'not the portable build'
+    assert kernel.variants() == ['avx512f', 'avx2', 'baseline'], 'not the portable build'
     flags = _cpu_flags()
     expected = [v for v in ('avx512f', 'avx2') if v in flags and 'f16c' in flags] + ['baseline']
     assert VARIANTS == expected
-    assert fused.variant() == expected[0]  # the widest, chosen when the library was loaded
+    assert kernel.variant() == expected[0]  # the widest, chosen when the library was loaded
 
 
 def test_use_variant_refuses_what_it_cannot_use():
-    before = fused.variant()
-    for name in fused.variants():
+    before = kernel.variant()
+    for name in kernel.variants():
         if name not in VARIANTS:
             with pytest.raises(ValueError, match='this CPU cannot run'):
-                fused.use_variant(name)
+                kernel.use_variant(name)
     with pytest.raises(ValueError, match="name='sse9'"):
-        fused.use_variant('sse9')
-    assert fused.variant() == before
+        kernel.use_variant('sse9')
+    assert kernel.variant() == before
+
+
+def test_the_old_module_name_is_a_deprecated_alias(monkeypatch):
+    """adam_plugin.fused, the kernel's module before it was adam_plugin.kernel (``fused`` is
+    also an option), still gives its public functions, and says it is deprecated."""
+    monkeypatch.delitem(sys.modules, 'adam_plugin.fused', raising=False)
+    names = {}
+    with pytest.warns(DeprecationWarning, match='adam_plugin.fused is deprecated: import '
+                                                'adam_plugin.kernel') as warned:
+        exec(compile('import adam_plugin.fused as fused', 'users_script.py', 'exec'), names)
+    assert warned[0].filename == 'users_script.py'  # the line that imported it
+    fused = names['fused']
+    assert fused.__all__ == ['variants', 'variant', 'use_variant']
+    assert (fused.variants(), fused.variant()) == (kernel.variants(), kernel.variant())
+    assert fused.use_variant(kernel.variant()) == kernel.variant()
 
 
 VARIANTS_WITHOUT_KERNEL = """
 import warnings
 warnings.simplefilter('ignore')  # the import's warning that the kernel was not built
-from adam_plugin import fused
-print(fused.__file__, fused.variants(), fused.variant())
-fused.use_variant('baseline')
+from adam_plugin import kernel
+print(kernel.__file__, kernel.variants(), kernel.variant())
+kernel.use_variant('baseline')
 """
 
 
@@ -592,14 +607,14 @@ def test_without_the_kernel_the_variant_functions_say_there_is_none(tmp_path):
     done = subprocess.run([sys.executable, '-c', VARIANTS_WITHOUT_KERNEL], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(tmp_path)))
-    assert done.stdout.split() == [str(tmp_path / 'adam_plugin' / 'fused.py'), '[]', 'None']
+    assert done.stdout.split() == [str(tmp_path / 'adam_plugin' / 'kernel.py'), '[]', 'None']
     assert done.stderr.strip().splitlines()[-1] == (
         "ValueError: use_variant: name='baseline': the compiled kernel was not built (it needs "
         "a C++ compiler when the package is installed), so it has no variants")
 
 
 def test_without_the_kernel_cpu_parameters_step_by_the_operator(taken, monkeypatch):
-    monkeypatch.setattr(fused, 'LIBRARY', None)
+    monkeypatch.setattr(kernel, 'LIBRARY', None)
     opt = MyAdam(learning_rate=0.1)
     weights = [nd.ones((4, 3)), nd.ones((5,))]
     states = [opt.create_state(i, w) for i, w in enumerate(weights)]
@@ -619,8 +634,8 @@ def _threaded_update(weight, grad):
 def test_a_forked_child_steps_on_several_threads(monkeypatch):
     """The kernel's thread pool, started in the parent, is started afresh in a forked child."""
     import multiprocessing
-    monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)
-    monkeypatch.setattr(fused, 'THREADS', 2)
+    monkeypatch.setattr(kernel, 'PARALLEL_MIN', 0)
+    monkeypatch.setattr(kernel, 'THREADS', 2)
     shape = (800_003,)
     np.testing.assert_allclose(_threaded_update(nd.ones(shape), nd.ones(shape)), 0.9, rtol=1e-6)
     context = multiprocessing.get_context('fork')
@@ -633,8 +648,8 @@ def test_a_forked_child_steps_on_several_threads(monkeypatch):
 def test_concurrent_callers_each_get_their_step(rng, monkeypatch):
     """Python threads calling the kernel at once (it releases the GIL) share its threads."""
     from concurrent.futures import ThreadPoolExecutor
-    monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)
-    monkeypatch.setattr(fused, 'THREADS', 2)
+    monkeypatch.setattr(kernel, 'PARALLEL_MIN', 0)
+    monkeypatch.setattr(kernel, 'THREADS', 2)
     weights, grads = inputs(rng, 'float32', LARGE)
     slow = run(CONFIGS['defaults'], 'float32', False, True, weights, grads)
     with ThreadPoolExecutor(4) as pool:
@@ -655,7 +670,7 @@ THREAD_SETTINGS = [  # (OMP_NUM_THREADS, the kernel's threads, or words of the e
 @pytest.mark.slow
 def test_threads_follow_omp_num_threads(setting, expected):
     result = subprocess.run(
-        [sys.executable, '-c', 'from adam_plugin import fused; print(fused.THREADS)'],
+        [sys.executable, '-c', 'from adam_plugin import fused; print(kernel.THREADS)'],
         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=setting))
     if isinstance(expected, int):
         assert result.returncode == 0, result.stderr
@@ -678,7 +693,7 @@ IGNORED_SETTINGS = ['0', '-1', ' -4 ']
 @pytest.mark.parametrize('setting, expected', SETTINGS_IN_PROCESS,
                          ids=[repr(setting) for setting, _ in SETTINGS_IN_PROCESS])
 def test_what_threads_makes_of_the_setting(setting, expected, monkeypatch):
-    """fused._threads(), which the import ran before any test could change its input, called
+    """kernel._threads(), which the import ran before any test could change its input, called
     here: OMP_NUM_THREADS, else (unset or blank) the CPUs this process may run on."""
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 4, 5} if pid == 0 else None)
     monkeypatch.setattr(os, 'cpu_count', lambda: 7)
@@ -687,10 +702,10 @@ def test_what_threads_makes_of_the_setting(setting, expected, monkeypatch):
     else:
         monkeypatch.setenv('OMP_NUM_THREADS', setting)
     if isinstance(expected, int):
-        assert fused._threads() == expected
+        assert kernel._threads() == expected
     else:
         with pytest.raises(ValueError) as error:
-            fused._threads()
+            kernel._threads()
         assert str(error.value) == f'adam_plugin: {expected}'
 
 
@@ -700,7 +715,7 @@ def test_a_setting_below_one_warns_and_takes_the_default(setting, monkeypatch):
     monkeypatch.setenv('OMP_NUM_THREADS', setting)
     with pytest.warns(RuntimeWarning, match=rf"OMP_NUM_THREADS={setting.strip()!r} is not a "
                                             r"positive integer.*3 threads"):
-        assert fused._threads() == 3
+        assert kernel._threads() == 3
 
 
 @pytest.mark.slow
@@ -708,7 +723,7 @@ def test_import_runs_where_mxnet_runs_with_omp_num_threads_0():
     """MXNet itself runs with OMP_NUM_THREADS=0 (libgomp ignores it): so does the import."""
     result = subprocess.run(
         [sys.executable, '-c', 'import mxnet as mx; print(mx.nd.ones((2,)).sum().asscalar()); '
-         'from adam_plugin import fused; print(fused.THREADS)'],
+         'from adam_plugin import fused; print(kernel.THREADS)'],
         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='0'))
     assert result.returncode == 0, result.stderr
     total, threads = result.stdout.split()
@@ -720,18 +735,18 @@ def test_without_an_affinity_call_threads_counts_the_cpus(monkeypatch):
     monkeypatch.delattr(os, 'sched_getaffinity')
     monkeypatch.setattr(os, 'cpu_count', lambda: 7)
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
-    assert fused._threads() == 7
+    assert kernel._threads() == 7
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'float64'])
 def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rng):
-    """fused.load(), which the import ran before any test could watch it, run here: the
+    """kernel.load(), which the import ran before any test could watch it, run here: the
     library it returns answers for its variants and steps as the textbook route does."""
-    library = fused.load()
-    monkeypatch.setattr(fused, 'LIBRARY', library)
-    assert (fused.variants(), fused.variant()) == (['avx512f', 'avx2', 'baseline'], VARIANTS[0])
-    assert [fused.runs_here(v) for v in fused.variants()] == [
-        v in VARIANTS for v in fused.variants()]
+    library = kernel.load()
+    monkeypatch.setattr(kernel, 'LIBRARY', library)
+    assert (kernel.variants(), kernel.variant()) == (['avx512f', 'avx2', 'baseline'], VARIANTS[0])
+    assert [kernel.runs_here(v) for v in kernel.variants()] == [
+        v in VARIANTS for v in kernel.variants()]
     weights, grads = inputs(rng, dtype, SHAPES[:3])
     calls = record_calls(monkeypatch, library)
     fast = run(CONFIGS['everything'], dtype, True, True, weights, grads)
@@ -748,7 +763,7 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
         with pytest.raises(ctypes.ArgumentError):
             entry_point(VARIANTS[0])
     library.use_mxnet(*(ctypes.cast(getattr(_LIB, f), ctypes.c_void_p).value
-                        for f in fused.MXNET_FUNCTIONS))
+                        for f in mxnet_internals.KERNEL_FUNCTIONS))
     again = run(CONFIGS['everything'], dtype, True, True, weights, grads)
     for a, f in zip(again, fast):
         np.testing.assert_array_equal(a, f)

@@ -1,6 +1,6 @@
 """What the speed depends on, observed at the compiled kernel's entry points.
 
-Every call into ``fused.LIBRARY`` is recorded by a wrapper around its functions, and
+Every call into ``kernel.LIBRARY`` is recorded by a wrapper around its functions, and
 the threads the kernel starts are counted in ``/proc/self/task`` of a fresh process.
 """
 import os
@@ -12,7 +12,7 @@ import pytest
 import mxnet as mx
 from mxnet import gluon, nd
 
-from adam_plugin import MyAdam, fused
+from adam_plugin import MyAdam, kernel
 
 ENTRY_POINTS = ('adam_float32', 'adam_float64', 'finite_float32', 'finite_float64')
 
@@ -31,7 +31,7 @@ def record_calls(monkeypatch, library):
 @pytest.fixture
 def calls(monkeypatch):
     """The (function name, arguments) of every call into the kernel library, in order."""
-    return record_calls(monkeypatch, fused.LIBRARY)
+    return record_calls(monkeypatch, kernel.LIBRARY)
 
 
 def _trainer(shapes_and_dtypes, **optimizer_params):
@@ -66,16 +66,16 @@ def test_one_kernel_call_per_dtype_per_step(calls, amsgrad):
 
 
 SIZES = [  # (parameter sizes in one call, threads the call must ask for)
-    ([fused.PARALLEL_MIN // 2, fused.PARALLEL_MIN // 2], 'THREADS'),  # the call's total counts
-    ([fused.PARALLEL_MIN], 'THREADS'),
-    ([fused.PARALLEL_MIN - 1], 1),
+    ([kernel.PARALLEL_MIN // 2, kernel.PARALLEL_MIN // 2], 'THREADS'),  # the call's total counts
+    ([kernel.PARALLEL_MIN], 'THREADS'),
+    ([kernel.PARALLEL_MIN - 1], 1),
     ([1000, 20], 1),
 ]
 
 
 @pytest.mark.parametrize('sizes,threads', SIZES, ids=[str(s) for s, _ in SIZES])
 def test_threads_asked_for_follow_the_size_of_the_call(calls, monkeypatch, sizes, threads):
-    monkeypatch.setattr(fused, 'THREADS', 3)
+    monkeypatch.setattr(kernel, 'THREADS', 3)
     expected = 3 if threads == 'THREADS' else threads
     opt = MyAdam(learning_rate=0.1)
     weights = [nd.ones((n,)) for n in sizes]
@@ -93,9 +93,9 @@ def test_threads_asked_for_follow_the_size_of_the_call(calls, monkeypatch, sizes
 COUNT_THREADS = '''
 import os
 from mxnet import nd
-from adam_plugin import MyAdam, fused
+from adam_plugin import MyAdam, kernel
 opt = MyAdam(learning_rate=0.1)
-small, big = nd.ones((1000,)), nd.ones((fused.PARALLEL_MIN,))
+small, big = nd.ones((1000,)), nd.ones((kernel.PARALLEL_MIN,))
 states = [opt.create_state(i, w) for i, w in enumerate((small, big))]
 grads = [nd.ones(small.shape), nd.ones(big.shape)]
 for _ in range(2):
@@ -104,7 +104,7 @@ nd.waitall()
 before = len(os.listdir('/proc/self/task'))
 opt.update(1, big, grads[1], states[1])
 nd.waitall()
-print(fused.THREADS, before, len(os.listdir('/proc/self/task')))
+print(kernel.THREADS, before, len(os.listdir('/proc/self/task')))
 '''
 
 
@@ -127,11 +127,11 @@ def test_a_lazy_step_covers_the_rows_present_only(monkeypatch):
     import ctypes
     sizes = []
     for name in ('adam_float32', 'finite_float32'):
-        def wrapper(*args, _original=getattr(fused.LIBRARY, name), _name=name):
+        def wrapper(*args, _original=getattr(kernel.LIBRARY, name), _name=name):
             sizes.append((_name, np.ctypeslib.as_array(  # args[2]: the sizes, in both
                 ctypes.cast(args[2], ctypes.POINTER(ctypes.c_int64)), (args[0],)).tolist()))
             return _original(*args)
-        monkeypatch.setattr(fused.LIBRARY, name, wrapper)
+        monkeypatch.setattr(kernel.LIBRARY, name, wrapper)
     opt = MyAdam(learning_rate=0.1)
     weight = nd.ones((100_000, 8))
     grad = nd.sparse.row_sparse_array((nd.ones((3, 8)), nd.array([5, 70, 99_999], dtype='int64')),

@@ -1,6 +1,6 @@
 """The kernel's check for Inf and NaN, per dtype and per path, at the edges of its loops.
 
-The check reads each element's bits (fused.Buffers.all_finite): a wrong mask would miss
+The check reads each element's bits (kernel.HandleTable.all_finite): a wrong mask would miss
 an Inf or take a large finite value for one; a loop that stops short would miss the last
 element of a vector tail or of a thread's piece. Each test calls the check alone, on
 many gradients in one call (one flag per gradient), in every variant this CPU runs.
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mxnet import nd
 
-from adam_plugin import fused
+from adam_plugin import kernel
 from test_fused import variant  # noqa: F401  (a fixture: every variant this CPU runs)
 
 # the kernel's storages and the dtype of their gradients
@@ -34,7 +34,7 @@ def finite_flags(storage, grads, rows=None):
         master = nd.zeros(shape, dtype='float32') if storage.endswith('master') else None
         weight = nd.zeros(shape, dtype=g.dtype)
         params.append((shape, weight, g, moments, master, None if rows is None else rows[i]))
-    return fused.Buffers(storage, params).all_finite()
+    return kernel.HandleTable(storage, params).all_finite()
 
 
 def extremes(dtype):
@@ -81,8 +81,8 @@ def test_a_bad_value_last_in_every_threads_piece_is_found(storage, variant, monk
     """Three threads share one call: a bad value at the last element of each 2^18-element
     piece (and of the gradient), one gradient per spot; the pieces of a call run across
     gradients, so the clean neighbours must stay clean."""
-    monkeypatch.setattr(fused, 'PARALLEL_MIN', 0)
-    monkeypatch.setattr(fused, 'THREADS', 3)
+    monkeypatch.setattr(kernel, 'PARALLEL_MIN', 0)
+    monkeypatch.setattr(kernel, 'THREADS', 3)
     dtype = STORAGES[storage]
     size = 3 * CHUNK + 5
     spots = [CHUNK - 1, 2 * CHUNK - 1, 3 * CHUNK - 1, size - 1]

@@ -5,6 +5,9 @@ callback that drops exceptions; :mod:`adam_plugin.deferred` keeps them and raise
 them as soon as MXNet returns to Python: out of ``Trainer.step``, ``Module.update``
 and ``Module.fit``. Real Trainers and Modules over two CPU contexts.
 """
+import cProfile
+import pstats
+import sys
 import traceback
 import warnings
 from contextlib import contextmanager
@@ -15,7 +18,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from adam_plugin import checkpoint, deferred
-from adam_plugin import optimizer as optimizer_module
+from adam_plugin import counts as counts_module
 from conftest import TOL
 
 TWO = [mx.cpu(0), mx.cpu(1)]
@@ -100,7 +103,7 @@ def test_the_error_reaches_the_user(error, kvstore, update_on_kvstore, in_callba
             step(net, trainer, value)
     # The original traceback: the frame that raised inside MyAdam is in it, and it came
     # out of Trainer.step.
-    assert any(entry.frame.code.name in ('_refuse_bad_gradients', '__call__') for entry in caught.traceback)
+    assert any(entry.frame.code.name in ('refuse_bad_gradients', '__call__') for entry in caught.traceback)
     assert any(entry.frame.code.name == 'step' and entry.path.name == 'trainer.py'
                for entry in caught.traceback)
     names = [p.name for p in trainer._params]
@@ -121,7 +124,7 @@ def raise_line(path, start):
 
 # ERRORS row -> (file, function, start of the line) of the statement that raises it
 RAISED_AT = {
-    'nan_gradient': (optimizer_module.__file__, '_refuse_bad_gradients',
+    'nan_gradient': (counts_module.__file__, 'refuse_bad_gradients',
                      'raise FloatingPointError(f"myadam: the gradient of'),
     'lr_scheduler': (__file__, '__call__', 'raise ValueError(f"schedule ended'),
 }
@@ -164,7 +167,7 @@ def test_once_raised_the_error_is_cleared(kvstore, update_on_kvstore, in_callbac
 def undelivered(monkeypatch):
     """As when the callback ran on a thread that runs no Python after it (one of MXNet's
     own): the error stays kept until the optimizer's next entry point."""
-    monkeypatch.setattr(deferred.DeferredError, '_deliver', lambda self: None)
+    monkeypatch.setattr(deferred.ErrorCarrier, '_deliver', lambda self: None)
 
 
 @pytest.mark.parametrize('kvstore', ['device', 'local'])
@@ -175,7 +178,7 @@ def test_an_undelivered_error_is_raised_by_the_next_step(undelivered, kvstore):
         step(net, trainer, np.nan)
     with pytest.raises(FloatingPointError, match='holds NaN or Inf') as caught:
         step(net, trainer, 1.0)
-    assert any(entry.frame.code.name == '_refuse_bad_gradients' for entry in caught.traceback)
+    assert any(entry.frame.code.name == 'refuse_bad_gradients' for entry in caught.traceback)
     step(net, trainer, 1.0)  # raised once, then cleared
 
 
@@ -192,6 +195,90 @@ def test_a_save_does_not_go_over_a_pending_error(undelivered, tmp_path, kvstore)
         checkpoint.save_states(trainer, fname)
     assert fname.read_bytes() == saved  # the previous checkpoint is kept
     checkpoint.save_states(trainer, fname)  # raised once, then cleared
+
+
+def called_after_the_error():
+    """A function the tests below call once the failing step has raised."""
+    return 1
+
+
+def fail_and_go_on(net_and_trainer, raises):
+    """A step whose gradient holds NaN under nonfinite='raise' on the KVStore's callback,
+    then :func:`called_after_the_error`. ``raises``: out of the failing step, or (False)
+    out of the next one, with a warning at once that says which."""
+    net, trainer = net_and_trainer
+    step(net, trainer, 1.0)
+    if raises:
+        with raised_from_the_callback(FloatingPointError, 'holds NaN or Inf') as (caught, _):
+            step(net, trainer, np.nan)
+    else:
+        with pytest.warns(RuntimeWarning, match="both of this thread's hooks are taken"):
+            step(net, trainer, np.nan)
+        with pytest.raises(FloatingPointError, match='holds NaN or Inf') as caught:
+            step(net, trainer, 1.0)
+    assert any(entry.frame.code.name == 'step' and entry.path.name == 'trainer.py'
+               for entry in caught.traceback)
+    called_after_the_error()
+
+
+def test_the_error_comes_out_under_a_profiler_which_goes_on_recording():
+    """The error is raised by a hook on the thread; with cProfile running (which takes the
+    profile hook), the trace hook is taken instead, and cProfile is left as it was."""
+    net_and_trainer = make_trainer('device', True, dict(nonfinite='raise'))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        fail_and_go_on(net_and_trainer, raises=True)
+        still = sys.getprofile()
+    finally:
+        profiler.disable()
+    assert still is profiler
+    recorded = {name for _, _, name in pstats.Stats(profiler).stats}
+    assert {'called_after_the_error', 'step', 'refuse_bad_gradients'} <= recorded
+
+
+def test_the_error_comes_out_under_a_tracer_which_goes_on_tracing():
+    """With a tracer running (a debugger, coverage), the profile hook is taken, and the
+    tracer is left as it was."""
+    calls = []
+
+    def tracer(frame, event, arg):
+        if event == 'call':
+            calls.append(frame.f_code.co_name)
+
+    net_and_trainer = make_trainer('device', True, dict(nonfinite='raise'))
+    sys.settrace(tracer)
+    try:
+        fail_and_go_on(net_and_trainer, raises=True)
+        still = sys.gettrace()
+    finally:
+        sys.settrace(None)
+    assert still is tracer
+    assert calls[-1] == 'called_after_the_error' and 'refuse_bad_gradients' in calls
+
+
+def test_under_a_profiler_and_a_tracer_the_next_step_raises_the_error():
+    """With both hooks taken, neither is displaced: the next step raises the error, and the
+    warning says so at once."""
+    calls = []
+
+    def tracer(frame, event, arg):
+        if event == 'call':
+            calls.append(frame.f_code.co_name)
+
+    net_and_trainer = make_trainer('device', True, dict(nonfinite='raise'))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    sys.settrace(tracer)
+    try:
+        fail_and_go_on(net_and_trainer, raises=False)
+        still = sys.getprofile(), sys.gettrace()
+    finally:
+        sys.settrace(None)
+        profiler.disable()
+    assert still == (profiler, tracer)
+    assert calls[-1] == 'called_after_the_error'
+    assert 'called_after_the_error' in {name for _, _, name in pstats.Stats(profiler).stats}
 
 
 def train_sparse_embedding(optimizer, params, steps=5):

@@ -15,7 +15,7 @@ import zipfile
 import pytest
 
 import adam_plugin
-from adam_plugin import _mxnet, fused
+from adam_plugin import _mxnet, kernel
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -87,8 +87,8 @@ def test_installing_the_sdist_compiles_the_kernel(tmp_path):
         [sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps', '--no-build-isolation',
          '--target', str(tmp_path / 'site'), str(sdist)], capture_output=True, text=True)
     assert install.returncode == 0, install.stderr
-    kernel = fused.load(str(tmp_path / 'site' / 'adam_plugin' / 'libadam_kernel.so'))
-    assert kernel is not None and kernel.variants().decode().split() == ['avx512f', 'avx2', 'baseline']
+    library = kernel.load(str(tmp_path / 'site' / 'adam_plugin' / 'libadam_kernel.so'))
+    assert library is not None and library.variants().decode().split() == ['avx512f', 'avx2', 'baseline']
 
 
 @installed_only
@@ -239,14 +239,14 @@ def is_avx(instruction):
 
 
 def test_the_kernel_has_each_loop_per_variant_and_no_avx_elsewhere():
-    assert fused.variants() == ['avx512f', 'avx2', 'baseline'], 'not the portable build'
-    code = functions(fused.LIBRARY._name)
+    assert kernel.variants() == ['avx512f', 'avx2', 'baseline'], 'not the portable build'
+    code = functions(kernel.LIBRARY._name)
     loops = {}  # (variant, loop) -> instructions
     for name, instructions in code.items():
         match = LOOP_FUNCTION.search(name)
-        if match and match.group(1) in fused.variants() and name.startswith(('void', 'bool', 'int')):
+        if match and match.group(1) in kernel.variants() and name.startswith(('void', 'bool', 'int')):
             loops[match.groups()] = instructions
-    assert set(loops) == {(v, loop) for v in fused.variants() for loop in LOOPS}
+    assert set(loops) == {(v, loop) for v in kernel.variants() for loop in LOOPS}
     for loop in LOOPS:
         assert not any(map(is_avx, loops['baseline', loop])), loop
         assert any('%ymm' in i for i in loops['avx2', loop]), loop

@@ -118,7 +118,7 @@ def test_kernel_and_textbook_match_the_oracle(problem):
     walk, biggest = oracle_walk(h, w0, grads)
     kwargs = myadam_kwargs(h)
     layout = dispatch.Layout(dense=True, dtype=np.dtype(dtype), device_type='cpu',
-                             size=w0.size)
+                             shape=w0.shape)
     assert dispatch.route(layout, MyAdam(**kwargs)) == 'kernel'
     assert dispatch.route(layout, MyAdam(fused=False, **kwargs)) == 'textbook'
     check(dtype, walk, biggest, run_myadam(dtype, dict(kwargs), w0, grads))

@@ -14,7 +14,7 @@ import pytest
 import mxnet as mx
 from mxnet import gluon, nd
 
-from adam_plugin import checkpoint, fused, options
+from adam_plugin import checkpoint, kernel, options
 from conftest import register_custom_op
 from test_fused import optimizer_step
 
@@ -62,9 +62,9 @@ def test_the_kvstore_calls_take_the_queue():
     params, trainer = trainer_on_two_devices(True)
     step(trainer, params, GOOD)
     opt = trainer.optimizer
-    assert list(opt._plans) == [0, 1]
+    assert list(opt._engine.plans) == [0, 1]
     step(trainer, params, GOOD)
-    assert list(opt._queued) == [1]  # the last call's, until the next call takes it in
+    assert list(opt._engine.queued) == [1]  # the last call's, until the next call takes it in
 
 
 def test_the_first_step_and_one_device_run_on_the_calling_thread():
@@ -74,7 +74,7 @@ def test_the_first_step_and_one_device_run_on_the_calling_thread():
     (one device: a gradient Gluon may replace, any array given to kv.push)."""
     params, trainer = trainer_on_two_devices(True)
     step(trainer, params, GOOD)
-    assert not trainer.optimizer._queued and trainer.optimizer._index_update_count == {0: 1, 1: 1}
+    assert not trainer.optimizer._engine.queued and trainer.optimizer._index_update_count == {0: 1, 1: 1}
     from adam_plugin import MyAdam
     opt = MyAdam(learning_rate=0.1)
     kv = mx.kv.create('local')
@@ -82,7 +82,7 @@ def test_the_first_step_and_one_device_run_on_the_calling_thread():
     kv.init(0, nd.ones((8,)))
     for _ in range(3):
         kv.push(0, nd.ones((8,)))
-        assert not opt._plans and not opt._queued
+        assert not opt._engine.plans and not opt._engine.queued
     one = gluon.Parameter('one', shape=(4,))
     one.initialize(ctx=mx.cpu(0))
     trainer = gluon.Trainer([one], 'myadam', kvstore=mx.kv.create('local'),
@@ -92,7 +92,7 @@ def test_the_first_step_and_one_device_run_on_the_calling_thread():
         one.data()._fresh_grad = True
         trainer.step(1)
         assert trainer._update_on_kvstore and trainer._kvstore is not None
-        assert not trainer.optimizer._plans and not trainer.optimizer._queued
+        assert not trainer.optimizer._engine.plans and not trainer.optimizer._engine.queued
     assert trainer.optimizer._index_update_count == {0: 3}
 
 
@@ -214,7 +214,7 @@ def test_a_save_takes_in_what_is_queued(tmp_path):
     step(trainer, params, with_bad(second=np.nan))
     with pytest.warns(RuntimeWarning, match="'second'"):
         checkpoint.save_states(trainer, tmp_path / 'states')
-    assert trainer.optimizer.num_skipped == 1 and not trainer.optimizer._queued
+    assert trainer.optimizer.num_skipped == 1 and not trainer.optimizer._engine.queued
     params2, trainer2 = trainer_on_two_devices(True)
     step(trainer2, params2, GOOD)  # the KVStore made, then the states loaded into it
     checkpoint.load_states(trainer2, tmp_path / 'states')
@@ -228,8 +228,8 @@ def one_parameter_buffers(weight, grad):
     from adam_plugin import MyAdam
     opt = MyAdam(learning_rate=0.1)
     state = opt.create_state(0, weight)
-    storage = fused.storage(np.dtype(weight.dtype), False)
-    buffers = fused.Buffers(storage, [(weight.shape, weight, grad, state[:-1], None, None)])
+    storage = kernel.storage(np.dtype(weight.dtype), False)
+    buffers = kernel.HandleTable(storage, [(weight.shape, weight, grad, state[:-1], None, None)])
     opt._update_count(0)
     return buffers, optimizer_step(opt, 0)
 
@@ -308,7 +308,7 @@ def test_an_engine_error_in_the_gradient_comes_out_of_the_next_push():
         with pytest.raises(mx.base.MXNetError, match='kCustomOpForward'):
             trainer.step(1)
     assert opt._index_update_count == {0: 2, 1: 2} and opt.num_update == 2
-    assert not opt._queued
+    assert not opt._engine.queued
     kv = trainer._kvstore
     for key, weight in enumerate(before):
         out = nd.zeros(weight.shape)

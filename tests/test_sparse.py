@@ -6,7 +6,7 @@ import pytest
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-from adam_plugin import MyAdam, dispatch, fused
+from adam_plugin import MyAdam, dispatch, kernel, mxnet_internals
 from configs import CONFIGS, optimizer_kwargs
 from conftest import TOL
 from oracles import NumpyAdam
@@ -199,7 +199,7 @@ ROUTES = [  # (MyAdam kwargs, weight stype and dtype, the route of a row_sparse 
 def test_route_of_a_row_sparse_gradient(kwargs, w_stype, dtype, expected, rng):
     weight = nd.array(rng.normal(size=SHAPE), dtype=dtype).tostype(w_stype)
     grad = rsp_grads(rng, dtype)[0]
-    layout = dispatch.Layouts(str)(0, weight, grad)
+    layout = dispatch.CheckedLayouts(str)(0, weight, grad)
     assert dispatch.route(layout, MyAdam(**kwargs)) == expected
 
 
@@ -225,10 +225,10 @@ def test_standard_update_on_the_kernel_matches_textbook(name, dtype, rng):
 @pytest.mark.parametrize('name', OPERATOR_CONFIGS)
 def test_standard_update_on_the_operator_matches_textbook(name, rng, monkeypatch):
     """MXNet's adam_update, the route without the kernel, given the densified gradient."""
-    monkeypatch.setattr(fused, 'LIBRARY', None)
+    monkeypatch.setattr(kernel, 'LIBRARY', None)
     w0 = rng.normal(size=SHAPE).astype('float32')
     grads = rsp_grads(rng)
-    layout = dispatch.Layouts(str)(0, nd.array(w0), grads[0])
+    layout = dispatch.CheckedLayouts(str)(0, nd.array(w0), grads[0])
     assert dispatch.route(layout, standard(name)) == 'operator'
     fast = run(standard(name), grads, w0)
     slow = run(standard(name, fused=False), grads, w0)
@@ -325,7 +325,7 @@ def test_row_sparse_on_the_kernel_is_bitwise_the_textbook(name, w_stype, lazy_up
     def kwargs():  # a scheduler of its own for each optimizer: they keep state
         return dict(optimizer_kwargs(CONFIGS[name]), lazy_update=lazy_update,
                     **KERNEL_DTYPES[dtype])
-    layout = dispatch.Layouts(str)(0, nd.array(w0, dtype=dtype).tostype(w_stype), grads[0])
+    layout = dispatch.CheckedLayouts(str)(0, nd.array(w0, dtype=dtype).tostype(w_stype), grads[0])
     assert dispatch.route(layout, MyAdam(**kwargs())) == 'kernel'
     fast = run(MyAdam(**kwargs()), grads, w0, w_stype)
     slow = run(MyAdam(fused=False, **kwargs()), grads, w0, w_stype)
@@ -442,9 +442,10 @@ STORED = [  # (rows stored of 7, as row_sparse_array is given them)
 
 @pytest.mark.parametrize('rows', STORED, ids=str)
 def test_stored_rows_are_read_without_a_copy(rows):
-    """fused.stored_rows (MXNet's DLPack view) against the copy Python's indices makes."""
+    """mxnet_internals.stored_rows (MXNet's DLPack view) against the copy Python's indices
+    makes."""
     array = nd.sparse.row_sparse_array((np.ones((len(rows), 4), np.float32), rows), shape=(7, 4))
-    assert fused.stored_rows(array) == array.indices.shape[0] == len(rows)
+    assert mxnet_internals.stored_rows(array) == array.indices.shape[0] == len(rows)
 
 
 @pytest.mark.parametrize('context', [mx.cpu(0), mx.cpu(1), mx.cpu_pinned(0)], ids=str)
@@ -453,14 +454,14 @@ def test_stored_rows_are_read_without_a_copy(rows):
                          ids=['float32', 'float16', 'float64', 'float32-24-dimensions'])
 @pytest.mark.parametrize('rows', STORED + [list(range(0, 4000, 3))], ids=lambda r: str(r[:4]))
 def test_row_indices_equal_the_copy_python_makes(rows, dtype, row_shape, context):
-    """fused.row_indices (read from MXNet's serialization of the array) against Python's
-    indices (a copy by an engine operation), in every storage a gradient comes in; with
-    24 dimensions the serialization's header is longer than what row_indices reads."""
+    """mxnet_internals.row_indices (read from MXNet's serialization of the array) against
+    Python's indices (a copy by an engine operation), in every storage a gradient comes in;
+    with 24 dimensions the serialization's header is longer than what row_indices reads."""
     count = max([7, *(r + 1 for r in rows)])
     values = np.ones((len(rows), *row_shape), dtype)
     array = nd.sparse.row_sparse_array((values, rows), shape=(count, *row_shape),
                                        ctx=context, dtype=dtype)
-    got = fused.row_indices(array)
+    got = mxnet_internals.row_indices(array)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, array.indices.asnumpy())
     np.testing.assert_array_equal(got, np.array(rows, dtype=np.int64))
@@ -474,7 +475,7 @@ def test_row_indices_of_a_gradient_being_written_are_its_new_rows():
     nd.sparse.retain(nd.sparse.row_sparse_array(
         (np.ones((3, 4), np.float32), [2, 4, 8]), shape=(9, 4)) + busy[:9, :4].tostype(
         'row_sparse'), nd.array([2, 8], dtype='int64'), out=grad)
-    np.testing.assert_array_equal(fused.row_indices(grad), [2, 8])
+    np.testing.assert_array_equal(mxnet_internals.row_indices(grad), [2, 8])
 
 
 def test_row_indices_in_numpy_shape_mode_come_from_the_copy():
@@ -482,4 +483,4 @@ def test_row_indices_in_numpy_shape_mode_come_from_the_copy():
     come from Python's indices instead."""
     with mx.util.np_shape(True):
         array = nd.sparse.row_sparse_array((np.ones((2, 3), np.float32), [1, 4]), shape=(6, 3))
-        np.testing.assert_array_equal(fused.row_indices(array), [1, 4])
+        np.testing.assert_array_equal(mxnet_internals.row_indices(array), [1, 4])

@@ -426,7 +426,7 @@ def test_under_the_kvstore_a_bad_attribute_comes_out_of_trainer_step(nonfinite):
     step(trainer, params)
     step(trainer, params)
     opt = trainer.optimizer
-    assert list(opt._plans) == ([0, 1] if nonfinite == 'skip' else [])
+    assert list(opt._engine.plans) == ([0, 1] if nonfinite == 'skip' else [])
     opt._take_queued()
     opt.beta1 = 1.0
     before = snapshot(trainer, params)

@@ -108,7 +108,7 @@ def test_a_queued_step_reports_the_weight_that_overflowed():
         trainer.step(1)
 
     step([1.0, 1.0])  # the first step of each parameter runs on the calling thread
-    assert list(trainer.optimizer._plans) == [0, 1]
+    assert list(trainer.optimizer._engine.plans) == [0, 1]
     trainer.set_learning_rate(1e4)  # the second step moves 'first' by about 0.05 lr
     with pytest.warns(RuntimeWarning, match=r"the weight of parameter 'first' holds Inf"):
         step([-1.0, 1.0])

@@ -13,7 +13,7 @@ import pytest
 import mxnet as mx
 from mxnet import nd
 
-from adam_plugin import MyAdam, MyYogi, dispatch, fused
+from adam_plugin import MyAdam, MyYogi, dispatch, kernel
 from adam_plugin.chapter import linreg
 from conftest import SHAPES, TOL
 from oracles import NumpyAdam, d2l_yogi, gradients, optax_yogi
@@ -60,7 +60,7 @@ def test_matches_d2l_yogi(name, route, dtype, rng):
     if name == 'myadam':
         kwargs.update(yogi=True, epsilon=1e-3)
     opt = mx.optimizer.create(name, **kwargs)
-    assert dispatch.route(dispatch.Layouts(str)(0, nd.array(weights[0], dtype=dtype),
+    assert dispatch.route(dispatch.CheckedLayouts(str)(0, nd.array(weights[0], dtype=dtype),
                                                 nd.array(grads[0][0], dtype=dtype)),
                           opt) == route
     got = run(opt, dtype, weights, grads)
@@ -86,15 +86,15 @@ def test_every_kernel_variant_computes_yogi_as_the_textbook(rng):
     from test_fused import FUSED_TOL
     weights, grads = problem(rng, 'float32')
     textbook = run(MyYogi(learning_rate=LR, fused=False), 'float32', weights, grads)
-    for name in fused.variants():
-        if not fused.runs_here(name):
+    for name in kernel.variants():
+        if not kernel.runs_here(name):
             continue
-        previous = fused.use_variant(name)
+        previous = kernel.use_variant(name)
         try:
-            kernel = run(MyYogi(learning_rate=LR), 'float32', weights, grads)
+            stepped = run(MyYogi(learning_rate=LR), 'float32', weights, grads)
         finally:
-            fused.use_variant(previous)
-        for a, b in zip(kernel, textbook):
+            kernel.use_variant(previous)
+        for a, b in zip(stepped, textbook):
             np.testing.assert_allclose(a, b, **FUSED_TOL['float32'], err_msg=name)
 
 
@@ -138,7 +138,7 @@ def test_float16_master_copy_matches_float32(rng):
 
 
 def test_operator_route_refuses_yogi():
-    layout = dispatch.Layout(dense=True, dtype=np.dtype('float32'), device_type='gpu', size=4)
+    layout = dispatch.Layout(dense=True, dtype=np.dtype('float32'), device_type='gpu', shape=(4,))
     assert dispatch.route(layout, MyAdam()) == dispatch.OPERATOR
     assert dispatch.route(layout, MyAdam(yogi=True)) == dispatch.TEXTBOOK
 

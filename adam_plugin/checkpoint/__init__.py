@@ -23,10 +23,14 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
   existed), one this release does not know is refused, naming it. It then checks
   that the file fits this Trainer (its optimizer class; the parameters it was
   saved for, their count and shapes; a state of the right structure, shapes and
-  dtypes for each parameter, and ``MyAdam``'s step count in it an int >= 0) and only then hands the Trainer the rebuilt objects, as
-  ``Trainer.load_states`` would. A bad file raises ``ValueError`` naming the file
-  and what is wrong (the callable it names, if it names one it may not), with
-  the Trainer (weights, states, update counts, optimizer) untouched.
+  dtypes for each parameter, and ``MyAdam``'s step count in it an int >= 0). Only
+  then is it loaded, by ``Trainer.load_states`` itself, from the rebuilt objects
+  pickled anew by the standard pickler: bytes that name nothing the file was not
+  allowed to (and, for an object of a class the user allowed, a function of this
+  module that sets its attributes, as the reader rebuilds it). A bad file raises
+  ``ValueError`` naming the file and what is wrong (the callable it names, if it
+  names one it may not), with the Trainer (weights, states, update counts,
+  optimizer) untouched.
 - A class of your own (say, an ``lr_scheduler`` from your code or GluonCV's
   ``LRSequential``) is refused unless you allow it, as with PyTorch's
   ``torch.serialization.add_safe_globals``: :func:`add_safe_globals` for the
@@ -50,13 +54,19 @@ __all__ = ['save_states', 'load_states', 'add_safe_globals', 'safe_globals', 'ge
            'clear_safe_globals']
 
 import contextlib
+import copyreg
+import io
 import os
+import pickle
 import reprlib
+import tempfile
+import types
 import warnings
 
 import numpy
 from mxnet.optimizer import Optimizer
 
+from .. import mxnet_internals
 from ..options import InvalidOption, step_count
 from . import safe
 
@@ -70,7 +80,7 @@ def save_states(trainer, fname):
     fname : str or path-like
     """
     # MyAdam's updates still queued in MXNet's engine, taken in first: the file then holds
-    # their step counts as plain ints (see adam_plugin.optimizer._QueuedCount)
+    # their step counts as plain ints (see adam_plugin.engine.QueuedCount)
     getattr(trainer.optimizer, '_take_queued', lambda: None)()
     partial = f'{os.fspath(fname)}.partial'
     try:
@@ -105,10 +115,12 @@ def load_states(trainer, fname):
     """
     with open(fname, 'rb') as f:
         try:
-            optimizer, states, records = _rebuild(trainer, f)
+            optimizer, states = _rebuild(trainer, f)
+            rebuilt = _pickled((states, optimizer), safe.ALLOWED.keys() | {
+                safe.name_of(cls) for cls in registered_optimizers() + _ALLOWED_CLASSES})
         except safe.Refused as err:
             raise ValueError(f"{invalid(fname, err)} The Trainer was not changed.") from None
-    _install(trainer, optimizer, states, records)
+    _install(trainer, rebuilt)
 
 
 # The most arrays of a parameter's shape its state holds: MyAdam's m, v, AMSGrad's running
@@ -139,7 +151,7 @@ def size_limit(params):
         shape = param.shape
         if shape is None or any(n <= 0 for n in shape):
             return None
-        sparse = param._stype == 'row_sparse'  # pylint: disable=protected-access
+        sparse = mxnet_internals.parameter_stype(param) == 'row_sparse'
         values = int(numpy.prod(shape)) * max(numpy.dtype(param.dtype).itemsize, 4)
         total += STATE_ARRAYS * (values + (8 * shape[0] if sparse else 0) + PER_ARRAY)
     return PICKLE_EXPANSION * total + ALLOWANCE
@@ -196,8 +208,7 @@ def registered_optimizers():
 
 
 def _rebuild(trainer, file):
-    """The states file ``file``'s optimizer and states, rebuilt, and the states' records
-    (for more copies).
+    """The states file ``file``'s optimizer and states, rebuilt.
 
     Everything in the file is checked before anything is built; nothing of
     ``trainer`` changes. Raises :class:`safe.Refused`.
@@ -210,7 +221,7 @@ def _rebuild(trainer, file):
                                f"this Trainer uses {type(ours).__name__}")
         return ours
 
-    params = trainer._params  # pylint: disable=protected-access
+    params = mxnet_internals.trainer_parameters(trainer)
     states, record = safe.read(file, registered_optimizers(), reference, _ALLOWED_CLASSES,
                                size_limit(params))
     optimizer = built(record)
@@ -224,7 +235,7 @@ def _rebuild(trainer, file):
                                f"this Trainer has {len(params)}")
     for index, state in states.items():
         param = params[index]
-        weight = param._check_and_get(param._data, list)[0]  # pylint: disable=protected-access
+        weight = mxnet_internals.parameter_arrays(param)[0]
         try:
             with warnings.catch_warnings():  # float16 without multi_precision warns here
                 warnings.simplefilter('ignore')
@@ -241,7 +252,7 @@ def _rebuild(trainer, file):
                 step_count(f"step count of parameter '{param.name}'", count)
             except InvalidOption as err:
                 raise safe.Refused(str(err)) from None
-    return optimizer, built(states), states
+    return optimizer, built(states)
 
 
 _COUNT = ['int']  # the layout of a step count, [t] (see MyAdam.create_state)
@@ -280,28 +291,53 @@ def built(records):
         raise safe.Refused(f"it could not be rebuilt ({lines[-1]})") from None  # comes last
 
 
-def _install(trainer, optimizer, states, records):
-    """What ``Trainer.load_states`` does with the unpickled ``(states, optimizer)``.
+class _Pickler(pickle.Pickler):
+    """The standard pickler, refusing to name a class or function not in ``allowed`` (full
+    names), and pickling an object of a class the user allowed (``plain``) as the safe
+    reader rebuilds it: ``cls.__new__(cls)``, then its attributes by
+    :func:`_set_attributes`, never through its own ``__setstate__``."""
 
-    MXNet unpickles the file once per Updater (one per device, or the KVStore's):
-    each gets its own arrays (rebuilt from ``records``), all get the first one's
-    optimizer.
+    def __init__(self, file, allowed, plain):
+        super().__init__(file, pickle.DEFAULT_PROTOCOL)
+        self.allowed, self.plain = allowed, plain
+
+    def reducer_override(self, obj):
+        if type(obj) in self.plain:
+            return copyreg.__newobj__, (type(obj),), dict(vars(obj)), None, None, _set_attributes
+        if (isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType))
+                and obj is not _set_attributes and safe.name_of(obj) not in self.allowed):
+            raise safe.Refused(f"its rebuilt objects pickle as {safe.name_of(obj)}, which the "
+                               "file may not name")
+        return NotImplemented
+
+
+def _set_attributes(obj, attributes):
+    """``obj.__dict__.update(attributes)``: an object of a class the user allowed, unpickled."""
+    obj.__dict__.update(attributes)
+
+
+def _pickled(value, allowed):
+    """``value``, checked objects rebuilt from a states file, pickled anew (see
+    :class:`_Pickler`)."""
+    data = io.BytesIO()
+    _Pickler(data, allowed, set(_ALLOWED_CLASSES)).dump(value)
+    return data.getvalue()
+
+
+def _install(trainer, data):
+    """``trainer.load_states`` of ``data``, a states file's contents (:func:`_pickled`).
+
+    ``Trainer.load_states`` reads a file by its name: ``data`` goes through a temporary
+    file, removed afterwards.
     """
-    # pylint: disable=protected-access
-    if not trainer._kv_initialized:
-        trainer._init_kvstore()
-    if trainer._params_to_init:
-        trainer._init_params()
-    if trainer._update_on_kvstore:
-        updaters = [trainer._kvstore._updater]
-        if updaters[0] is None:
+    with tempfile.NamedTemporaryFile('wb', suffix='.states', delete=False) as file:
+        file.write(data)
+    try:
+        trainer.load_states(file.name)
+    except (AssertionError, AttributeError):  # KVStore.load_optimizer_states: no Updater
+        if mxnet_internals.states_on_servers(trainer):
             raise ValueError("Cannot load states for distributed training: the KVStore's "
-                             "servers hold them. The Trainer was not changed.")
-    else:
-        updaters = trainer._updaters
-    copies = [states] + [safe.build(records) for _ in updaters[1:]]
-    for updater, copy in zip(updaters, copies):
-        updater.states, updater.optimizer = copy, optimizer
-        updater.states_synced = dict.fromkeys(copy, False)
-    trainer._optimizer = optimizer
-    optimizer.param_dict = dict(enumerate(trainer._params))
+                             "servers hold them. The Trainer was not changed.") from None
+        raise
+    finally:
+        os.remove(file.name)

@@ -46,7 +46,8 @@ class Refused(Exception):
     """The file is not a checkpoint that may be rebuilt; the message says why."""
 
 
-def _name(obj):
+def name_of(obj):
+    """The full name a pickle gives a class or function: ``module.qualified.name``."""
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
@@ -292,14 +293,14 @@ SCHEDULERS = {
 
 # Every name a checkpoint may hold besides its optimizer's class -> its kind.
 ALLOWED = {
-    _name(NDArray): _Array(NDArray, 'default'),
-    _name(RowSparseNDArray): _Array(RowSparseNDArray, 'row_sparse'),
-    _name(CSRNDArray): _Array(CSRNDArray, 'csr'),
-    _name(NumpyArray): _Array(NumpyArray, 'default'),
+    name_of(NDArray): _Array(NDArray, 'default'),
+    name_of(RowSparseNDArray): _Array(RowSparseNDArray, 'row_sparse'),
+    name_of(CSRNDArray): _Array(CSRNDArray, 'csr'),
+    name_of(NumpyArray): _Array(NumpyArray, 'default'),
     'builtins.bytearray': BYTES,
-    _name(numpy.dtype): DTYPE,
+    name_of(numpy.dtype): DTYPE,
     f"{numpy.core.multiarray.scalar.__module__}.scalar": SCALAR,
-    **{_name(cls): _Instance(cls, cls(**kwargs), _plain) for cls, kwargs in SCHEDULERS.items()},
+    **{name_of(cls): _Instance(cls, cls(**kwargs), _plain) for cls, kwargs in SCHEDULERS.items()},
 }
 
 HOW_TO_ALLOW = ("adam_plugin.checkpoint.add_safe_globals([cls]), or "
@@ -438,7 +439,7 @@ _OBJECT = object()  # stands for builtins.object, only as _reconstructor's base
 
 def _int(value):
     """``int(value)`` of an int: how a step count whose update was still queued when the
-    states were saved is pickled (see ``adam_plugin.optimizer._QueuedCount``)."""
+    states were saved is pickled (see ``adam_plugin.engine.QueuedCount``)."""
     if type(value) is not int:
         raise Refused(f"it calls builtins.int with {reprlib.repr(value)}, which no "
                       "checkpoint does")
@@ -519,9 +520,9 @@ def read(file, optimizer_classes, reference, allowed_classes=(), limit=None):
         that no real checkpoint does, or is larger than ``limit``. Nothing the
         file names is ever called.
     """
-    allowed = dict({_name(cls): _Instance(cls, leaf=_object) for cls in allowed_classes},
+    allowed = dict({name_of(cls): _Instance(cls, leaf=_object) for cls in allowed_classes},
                    **ALLOWED,
-                   **{_name(cls): _Instance(cls, setstate=True) for cls in optimizer_classes})
+                   **{name_of(cls): _Instance(cls, setstate=True) for cls in optimizer_classes})
     try:
         saved = _Unpickler(_pickle(file, limit), allowed).load()
     except Refused:

@@ -38,8 +38,7 @@ clock needs no change to the script and no default deadline that a long job
 would run into. A job whose workers all wait on something slow (a download) for
 that long should raise the value, or turn it off with ``--idle-timeout 0``.
 
-MXNet's own ``tools/launch.py --launcher local`` was found to hang on the
-development machine; this is the same idea with nothing but the standard library.
+It starts the processes MXNet's ``tools/launch.py --launcher local`` starts.
 
 Servers run :data:`SERVER_CODE`: MXNet enters a server's
 serving loop inside ``import mxnet`` and unpickles the optimizer there, which
@@ -56,6 +55,7 @@ about 2 s of CPU here; the scheduler never runs Python code of MXNet's).
 __all__ = ['launch', 'main', 'dmlc_env', 'SERVER_CODE', 'SCHEDULER_CODE']
 
 import argparse
+import importlib.util
 import os
 import signal
 import socket
@@ -63,6 +63,19 @@ import subprocess
 import sys
 import threading
 import time
+
+# adam_plugin/, whose files the launcher loads alone or hands to the processes it starts: it
+# also runs as a script, without the package, which imports MXNet.
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_alone(name, path):
+    """The module in ``path`` (under ``adam_plugin/``), loaded alone, as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_PACKAGE, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 #: What servers and the scheduler run, as ``python -c SERVER_CODE``.
 #: An exception in MXNet's server-side Python callbacks (unpickling the optimizer,
@@ -78,26 +91,11 @@ sys.unraisablehook = _fatal
 import mxnet
 """
 
-#: What the scheduler runs, as ``python -c SCHEDULER_CODE``: MXNet's C library, found by
-#: MXNet's own ``libinfo.py`` (loaded alone, not as part of the package), creates a 'dist'
-#: KVStore and runs it, as ``mxnet.kvstore.kvstore_server`` does; a scheduler never calls
-#: the controller.
-SCHEDULER_CODE = """\
-import ctypes, importlib.util, os, sys
-libinfo_py = os.path.join(os.path.dirname(importlib.util.find_spec('mxnet').origin), 'libinfo.py')
-spec = importlib.util.spec_from_file_location('mxnet_libinfo', libinfo_py)
-libinfo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(libinfo)
-lib = ctypes.CDLL(libinfo.find_lib_path()[0], ctypes.RTLD_LOCAL)
-lib.MXGetLastError.restype = ctypes.c_char_p
-kvstore = ctypes.c_void_p()
-controller = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(
-    lambda head, body, handle: None)
-if lib.MXKVStoreCreate(b'dist', ctypes.byref(kvstore)) or lib.MXKVStoreRunServer(
-        kvstore, controller, None):
-    sys.exit('adam_plugin.scaleout.launch: the scheduler failed: '
-             + lib.MXGetLastError().decode('utf-8', 'replace'))
-"""
+#: What the scheduler runs, as ``python -c SCHEDULER_CODE``: what ``import mxnet`` does in
+#: a scheduler, without MXNet's Python package (see
+#: :mod:`adam_plugin.mxnet_internals.scheduler`).
+SCHEDULER_CODE = _load_alone('adam_plugin_scheduler',
+                             os.path.join('mxnet_internals', 'scheduler.py')).SCHEDULER_CODE
 
 #: What a Python worker runs, as ``python [OPTIONS] -c WORKER_CODE DISTRIBUTED MODE
 #: TARGET ARGS...``: ``DISTRIBUTED`` is the path of ``adam_plugin/distributed.py`` (loaded
@@ -219,8 +217,7 @@ def python_worker(command):
         i += 2 if command[i] in ('-W', '-X') else 1  # options that take the next argument
     if i >= len(command) or command[i] == '-':
         return command  # the interactive interpreter, or code from stdin
-    distributed = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'distributed.py')
+    distributed = os.path.join(_PACKAGE, 'distributed.py')
     if command[i] in ('-c', '-m'):
         if i + 1 >= len(command):
             return command  # Python itself reports the missing argument

@@ -22,8 +22,8 @@ reads and writes the memory directly. Nothing is copied. MXNet does not know abo
 these writes, which is safe because they are finished before the function returns
 and the engine has nothing in flight on those arrays.
 
-Or the step is queued in MXNet's engine (:meth:`Buffers.queue`, for the KVStore's
-one-parameter calls: see ``MyAdam._queues``), as MXNet's own operators are: an engine
+Or the step is queued in MXNet's engine (:meth:`HandleTable.queue`, for the KVStore's
+one-parameter calls: see :mod:`adam_plugin.engine`), as MXNet's own operators are: an engine
 operation (``MXEnginePushSyncND``) that reads the gradients and writes the weights and
 states, so the engine runs it after the pending writes to the gradients and every
 pending use of the others, and orders later operations after it. The call returns at
@@ -42,12 +42,10 @@ import functools
 import math
 import os
 import re
-import struct
 
 import numpy as np
-from mxnet.base import _LIB, check_call
 
-from . import _warn
+from . import _warn, mxnet_internals
 
 PARALLEL_MIN = 1 << 20
 
@@ -129,11 +127,6 @@ def _threads():
 THREADS = _threads()
 
 
-# The functions of MXNet's C API the kernel calls (handed over by ``use_mxnet``, in this order).
-MXNET_FUNCTIONS = ('MXNDArrayGetData', 'MXNDArrayWaitToRead', 'MXNDArrayWaitAll',
-                   'MXEnginePushSyncND', 'MXNDArrayGetShapeEx64', 'MXNDArrayGetDType',
-                   'MXNDArrayGetStorageType', 'MXNDArrayGetContext')
-
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'libadam_kernel.so')
 
 
@@ -159,8 +152,9 @@ def load(path=PATH):
                    "CPU parameters take MXNet's adam_update where it is exact, else the "
                    "slower textbook path")
         return None
-    library.use_mxnet.argtypes = [pointer] * len(MXNET_FUNCTIONS)
-    library.use_mxnet(*(ctypes.cast(getattr(_LIB, name), pointer) for name in MXNET_FUNCTIONS))
+    addresses = mxnet_internals.kernel_functions()
+    library.use_mxnet.argtypes = [pointer] * len(addresses)
+    library.use_mxnet(*addresses)
     library.variants.restype = library.variant_in_use.restype = name
     library.use_variant.argtypes = library.variant_runs_here.argtypes = [name]
     for name in STORAGES:
@@ -238,10 +232,13 @@ def constants(step, dtype):
     return table, table.ctypes.data
 
 
-class Buffers:
-    """A list of parameters of one storage, as the kernel takes them: handles and sizes.
+class HandleTable:
+    """A list of parameters of one storage as the kernel takes them, a table of their
+    arrays' handles and sizes, and the kernel's calls on it: :meth:`all_finite`,
+    :meth:`adam_steps` (of all of them or some, each with its row of constants) and
+    :meth:`queue`.
 
-    Made once per update call and shared by :meth:`all_finite` and :meth:`adam_steps`.
+    Made once per update call, or kept for the KVStore's later calls (:meth:`queue`).
 
     Parameters
     ----------
@@ -296,7 +293,7 @@ class Buffers:
         n = len(self._rows)
         finite = bytearray(b'\x01') * n
         grads = self._arguments[0] + 8 * n  # the second row of the handles
-        check_call(getattr(LIBRARY, _FINITE[self.storage])(
+        mxnet_internals.check(getattr(LIBRARY, _FINITE[self.storage])(
             n, grads, self._arguments[1], (ctypes.c_char * n).from_buffer(finite),
             self.threads))
         return [flag == 1 for flag in finite]
@@ -344,7 +341,7 @@ class Buffers:
             return [0] * len(steps)
         overflow = bytearray(len(keep))
         _, address = table
-        check_call(getattr(LIBRARY, 'adam_' + self.storage)(
+        mxnet_internals.check(getattr(LIBRARY, 'adam_' + self.storage)(
             len(keep), *arguments, address, amsgrad,
             (ctypes.c_char * len(keep)).from_buffer(overflow), threads))
         flags = [0] * len(steps)
@@ -357,7 +354,7 @@ class Buffers:
         engine, behind the pending writes to the gradients and every pending use of the
         weights and states, and return at once, as MXNet's own ``adam_update`` does.
 
-        ``weights`` and ``grads``, dense, take the place of those these Buffers were
+        ``weights`` and ``grads``, dense, take the place of those this table was
         made with (the states are theirs); the kernel checks that each holds the
         elements and dtype the step takes, dense, the weights in host memory. The queued
         step checks the gradients first: a parameter whose gradient holds an Inf or a
@@ -385,7 +382,7 @@ class Buffers:
                              ctypes.byref(record))
         if status == -2:
             return None
-        check_call(status)
+        mxnet_internals.check(status)
         return Queued(record, n, weights)
 
     def _amsgrad(self, steps):
@@ -429,7 +426,7 @@ class Buffers:
 
 
 class Queued:
-    """A step that :meth:`Buffers.queue` handed to MXNet's engine: its results, once it ran."""
+    """A step that :meth:`HandleTable.queue` handed to MXNet's engine: its results, once it ran."""
 
     def __init__(self, record, count, weights):
         self._record, self._count, self._weights = record, count, weights
@@ -444,7 +441,7 @@ class Queued:
         """Wait for the step to run; then ``(grad_finite, overflow)``, one per parameter
         each: did its gradient hold only finite values (else it was not stepped), and
         the :data:`V_OVERFLOW` and :data:`W_OVERFLOW` flags of what the step wrote (as
-        :meth:`Buffers.adam_steps`).
+        :meth:`HandleTable.adam_steps`).
 
         An error of the engine's (an operation the step waited for failed, so it did not
         run) is raised as MXNet raises it.
@@ -465,78 +462,6 @@ class Queued:
 
     def __del__(self):
         self._release(self._record)
-
-
-class _DLTensor(ctypes.Structure):
-    """DLPack's DLTensor (dlpack.h, version 0.x, as MXNet 1.9.1 fills it)."""
-    _fields_ = [('data', ctypes.c_void_p), ('device_type', ctypes.c_int),
-                ('device_id', ctypes.c_int), ('ndim', ctypes.c_int), ('dtype', ctypes.c_uint32),
-                ('shape', ctypes.POINTER(ctypes.c_int64)),
-                ('strides', ctypes.POINTER(ctypes.c_int64)), ('byte_offset', ctypes.c_uint64)]
-
-
-class _DLManagedTensor(ctypes.Structure):
-    _fields_ = [('dl_tensor', _DLTensor), ('manager_ctx', ctypes.c_void_p),
-                ('deleter', ctypes.c_void_p)]
-
-
-def stored_rows(array):
-    """The rows a ``row_sparse`` ``array`` stores, without copying anything.
-
-    Python's ``indices`` is a copy (800 KB for 100K rows, about 80 us); MXNet's DLPack
-    view of the array describes its stored values (``data()``), whose first dimension
-    this is. Pending writes to the array, which may store other rows, are waited for.
-    """
-    array.wait_to_read()
-    view = ctypes.c_void_p()
-    check_call(_LIB.MXNDArrayToDLPack(array.handle, ctypes.byref(view)))
-    try:
-        return _DLManagedTensor.from_address(view.value).dl_tensor.shape[0]  # (cast: 4 us)
-    finally:
-        check_call(_LIB.MXNDArrayCallDLPackDeleter(view))
-
-
-# What MXNDArraySaveRawBytes writes first (NDArray::Save in MXNet 1.x, the format of
-# mx.nd.save): the magic number of format 2, then the storage type (kRowSparseStorage).
-_SAVED_ROW_SPARSE = struct.pack('<Ii', 0xF993FAC9, 1)
-_INT64 = 6  # mshadow's type flag
-_SAVED_HEADER_MAX = 400  # bytes: the header up to the indices' count, for up to 22 dimensions
-
-
-def row_indices(array):
-    """The indices of the rows a ``row_sparse`` ``array`` on the host stores, as a NumPy
-    int64 array, once the pending writes to it are done.
-
-    Python's ``array.indices`` is a copy made by an engine operation, which the calling
-    thread then waits for: a handoff between threads even when the array is ready
-    (about 50 us of a 0.3 ms embedding step). MXNet's serialization of the array
-    (``MXNDArraySaveRawBytes``, the format ``mx.nd.save`` writes) reads it on the
-    calling thread, and writes the indices last: magic number, storage type, storage
-    shape, shape, context, dtype, the indices' dtype and shape, the values, the indices.
-    It reads the storage shape before waiting for the array's writes, so they are waited
-    for first, and the count is the indices' own shape. Where that is not what MXNet
-    writes (NumPy shape semantics refuse a sparse array; indices that are not int64),
-    the rows come from ``array.indices``.
-    """
-    array.wait_to_read()
-    size, buffer = ctypes.c_size_t(), ctypes.c_void_p()
-    if _LIB.MXNDArraySaveRawBytes(array.handle, ctypes.byref(size), ctypes.byref(buffer)) == 0:
-        # The header alone is copied, and the indices: a ctypes view of the whole buffer
-        # made an array type per size (each step's gradient has a new one), 9 us a call.
-        header = ctypes.string_at(buffer.value, min(size.value, _SAVED_HEADER_MAX))
-        at = 8
-        for _ in range(2):  # the storage shape, the shape: ndim, then ndim int64
-            ndim = struct.unpack_from('<i', header, at)[0] if at + 4 <= len(header) else -1
-            at += 4 + 8 * max(ndim, 0)
-        at += 8 + 4  # the context, the values' dtype
-        if header[:8] == _SAVED_ROW_SPARSE and at + 16 <= len(header):
-            index_type, ndim, count = struct.unpack_from('<iiq', header, at)
-            if index_type == _INT64 and ndim == 1 and 0 <= 8 * count <= size.value - at - 16:
-                rows = np.empty(count, np.int64)
-                ctypes.memmove(rows.ctypes.data, buffer.value + size.value - 8 * count,
-                               8 * count)
-                return rows
-    return array.indices.asnumpy().astype(np.int64, copy=False)
 
 
 def _threads_for(elements):

@@ -1,0 +1,173 @@
+"""What a step of MyAdam reads, checked where it reads it: :class:`StepValues`.
+
+Internal: not part of the public API (see :mod:`adam_plugin`); its names may change.
+
+Every value the rule reads is checked by its check in the option table
+(:func:`adam_plugin.options.step_value`), in the dtypes of the parameters it steps, each
+time a step reads it: an attribute set after the constructor (a one-cycle schedule's
+``beta1``), what ``lr_scheduler`` returns, a Parameter's ``lr_mult`` and ``wd_mult``,
+``rescale_grad`` from ``Trainer.step``. What was found good is remembered by value, type
+and dtypes (``True == 1 == 1.0``, and a value may be finite in float64 only), so a step
+pays a dict lookup per call and per parameter.
+"""
+import operator
+
+from . import options
+from .textbook import Step
+
+# What StepValues.rule reads of the optimizer's attributes (one C call): the rest of a Step,
+# of the same names, then wd and what else the update reads.
+_RULE_FIELDS = Step._fields[3:]
+assert Step._fields[:3] == ('t', 'lr', 'wd')
+_READ_NAMES = _RULE_FIELDS + ('wd', 'nonfinite', 'max_skips', 'begin_num_update')
+_READ = operator.attrgetter(*_READ_NAMES)
+
+# Said in MyAdam's messages about them, after "the optimizer's attribute NAME".
+_NOTES = {'rescale_grad': ', which gluon.Trainer sets to 1 / batch_size in '
+                          'Trainer.step(batch_size)',
+          'begin_num_update': ", a parameter's step count before its first update"}
+
+# Values MyAdam remembers as checked (see StepValues.rule), at most.
+REMEMBERED = 4096
+
+
+def _times(value, multiplier):
+    """``value * multiplier``, or ``multiplier`` when that is not a number (its check
+    then refuses it)."""
+    try:
+        return value * multiplier
+    except TypeError:
+        return multiplier
+
+
+class StepValues:
+    """The values the steps of ``optimizer`` read, checked (see the module's docstring).
+
+    Parameters
+    ----------
+    optimizer : MyAdam
+        Whose attributes, ``lr_scheduler``, ``param_dict`` (``lr_mult``, ``wd_mult``) and
+        ``num_update`` a step reads.
+    name : callable
+        ``name(index)``, the parameter as error messages call it.
+    """
+
+    def __init__(self, optimizer, name):
+        self.optimizer, self.name = optimizer, name
+        self._checked = {}  # values a step reads, with their types and dtypes -> found good
+
+    def steps(self, indices, ts, rule, dtypes):
+        """The Step of each parameter of ``indices`` whose new step count in ``ts`` is not
+        None (None for the others), with ``rule`` (:meth:`rule`) and the parameters'
+        ``dtypes`` (:attr:`adam_plugin.dispatch.Batch.dtypes`)."""
+        # the scheduler asked once, after every count, as MXNet's multi-tensor updates do
+        base = self.base_lr() if any(t is not None for t in ts) else None
+        return [None if t is None else self.step(index, t, base, rule, pair)
+                for index, t, pair in zip(indices, ts, dtypes, strict=True)]
+
+    def rule(self, batch):
+        """The Step's fields after ``t``, ``lr`` and ``wd``, and ``wd``, as the step of
+        ``batch`` reads them from the optimizer's attributes (``nonfinite``, ``max_skips``
+        and ``begin_num_update`` are checked with them); ``ValueError`` naming the first
+        one that is not good in every dtype of ``batch``."""
+        values = _READ(self.optimizer)
+        key = (values, tuple(map(type, values)), batch.distinct_dtypes)
+        rule = self._remembered(key)
+        if rule is None:
+            update = self.optimizer.num_update + 1
+            for dtypes in (None, *batch.distinct_dtypes):  # as given, then in each dtype
+                param = dtypes and batch.name(batch.dtypes.index(dtypes))
+                checked = [self._value(name, value, dtypes, update, param,
+                                       lambda name=name: "the optimizer's attribute "
+                                                         f"{name}{_NOTES.get(name, '')}")
+                           for name, value in zip(_READ_NAMES, values, strict=True)]
+            rule = self._remember(key, (tuple(checked[:len(_RULE_FIELDS)]),
+                                        checked[len(_RULE_FIELDS)]))
+        return rule
+
+    def base_lr(self):
+        """The learning rate before ``lr_mult``: ``lr_scheduler(num_update)``, or ``lr``
+        without one; ``ValueError`` unless it is a number >= 0 and finite."""
+        opt = self.optimizer
+        value = opt.lr if opt.lr_scheduler is None else opt.lr_scheduler(opt.num_update)
+        key = ('lr', value, type(value))
+        lr = self._remembered(key)
+        if lr is None:
+            lr = self._remember(key, self._value('lr', value, None, opt.num_update, None,
+                                                 lambda: self._lr_source(value)))
+        return lr
+
+    def _lr_source(self, base):
+        """Where the learning rate ``base`` came from, as error messages say it."""
+        opt = self.optimizer
+        if opt.lr_scheduler is None:
+            return f"learning_rate {base!r}"
+        return (f"lr_scheduler({opt.num_update}), a {type(opt.lr_scheduler).__name__}, "
+                f"returned {base!r}")
+
+    def step(self, index, t, base, rule, dtypes):
+        """The Step of parameter ``index``: its count ``t``, the learning rate ``base`` times
+        its ``lr_mult``, ``rule[1]`` (``wd``) times its ``wd_mult``, both checked in its
+        ``dtypes``, and ``rule[0]``."""
+        rest, base_wd = rule
+        lr = _times(base, self._multiplier(index, 'lr_mult')[0])
+        wd = _times(base_wd, self._multiplier(index, 'wd_mult')[0])
+        key = (lr, type(lr), wd, type(wd), dtypes)
+        rates = self._remembered(key)
+        if rates is None:
+            rates = self._remember(key, (
+                self._value('lr', lr, dtypes, self.optimizer.num_update, self.name(index),
+                            lambda: self._times_source(self._lr_source(base), index, 'lr_mult')),
+                self._value('wd', wd, dtypes, self.optimizer.num_update, self.name(index),
+                            lambda: self._times_source(f"wd {base_wd!r}", index, 'wd_mult'))))
+        return Step(t, *rates, *rest)
+
+    def _multiplier(self, index, kind, describe=False):
+        """``(value, where)``: parameter ``index``'s ``kind``, ``'lr_mult'`` or
+        ``'wd_mult'``, where MXNet's ``_get_lrs`` and ``_get_wds`` find it (1.0 when
+        nowhere); with ``describe``, ``where`` is that place as error messages say it
+        (None when nowhere)."""
+        if index in self.optimizer.param_dict:
+            param = self.optimizer.param_dict[index]
+            return getattr(param, kind), describe and f"param '{param.name}' {kind}"
+        multipliers = getattr(self.optimizer, kind)
+        key = index if index in multipliers else self.optimizer.idx2name.get(index)
+        if key in multipliers:
+            return multipliers[key], describe and f"{kind}[{key!r}]"
+        return 1.0, None
+
+    def _times_source(self, source, index, kind):
+        """``source`` times parameter ``index``'s ``kind``, as error messages say it."""
+        value, where = self._multiplier(index, kind, describe=True)
+        return source if where is None else f"{source} times {where} {value!r}"
+
+    def _value(self, name, value, dtypes, update, param, source):
+        """:func:`adam_plugin.options.step_value`, its error a ``ValueError`` that names
+        the value, the update, the parameter (when given) and where the value came from,
+        ``source()``."""
+        try:
+            return options.step_value(name, value, dtypes)
+        except options.InvalidOption as error:
+            where = f" for {param}" if param else ""
+            raise ValueError(
+                f"myadam: Invalid {'learning rate' if name == 'lr' else name}: {value!r} at "
+                f"update {update}{where} ({source()}; expected {error.expected}); nothing was "
+                "updated") from None
+
+    def _remembered(self, key):
+        """What :meth:`_remember` kept for ``key``, or None (also for an unhashable value,
+        which is checked, and refused, each time)."""
+        try:
+            return self._checked.get(key)
+        except TypeError:
+            return None
+
+    def _remember(self, key, found):
+        """Keep ``found`` for ``key`` (the last :data:`REMEMBERED` at most); return it."""
+        if len(self._checked) >= REMEMBERED:  # a schedule gives a new rate each step
+            self._checked.clear()
+        try:
+            self._checked[key] = found
+        except TypeError:
+            pass
+        return found
