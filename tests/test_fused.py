@@ -497,17 +497,17 @@ def test_a_missing_kernel_warns_and_is_none(tmp_path):
 def test_a_kernel_built_with_other_columns_warns_and_is_none(monkeypatch):
     """The constants' columns come by name: a library whose ``enum Column`` is not the
     Python side's (here: two columns swapped on the Python side) is not used."""
-    columns = list(fused.COLUMNS)
+    columns = list(kernel.COLUMNS)
     order = list(columns)
     i, j = order.index('BETA1'), order.index('BETA2')
     order[i], order[j] = order[j], order[i]
-    monkeypatch.setattr(fused, 'COLUMNS', {name: fused.COLUMNS[name] for name in order})
+    monkeypatch.setattr(kernel, 'COLUMNS', {name: kernel.COLUMNS[name] for name in order})
     with pytest.warns(RuntimeWarning) as warned:
-        assert fused.load() is None
+        assert kernel.load() is None
     assert str(warned[0].message) == (
-        f"adam_plugin: the compiled kernel {fused.PATH} was built from another "
+        f"adam_plugin: the compiled kernel {kernel.PATH} was built from another "
         f"adam_plugin/_kernel.cpp: its constants' columns ({' '.join(columns)}) are not this "
-        f"package's ({' '.join(fused.COLUMNS)}); reinstalling the package rebuilds it. CPU "
+        f"package's ({' '.join(kernel.COLUMNS)}); reinstalling the package rebuilds it. CPU "
         "parameters take MXNet's adam_update where it is exact, else the slower textbook path")
 
 
@@ -516,7 +516,7 @@ def test_a_library_without_columns_warns_and_is_none():
     MXNet's own) is not used."""
     with pytest.warns(RuntimeWarning, match=r"its constants' columns \(not given\) are not "
                                             r"this package's \(RESCALE WD CLIP "):
-        assert fused.load(_LIB._name) is None
+        assert kernel.load(_LIB._name) is None
 
 
 def test_the_kernel_warning_names_the_users_line(tmp_path):
