@@ -216,6 +216,15 @@ BAD_FILES = {
                       "the states were saved for a parameter 1 of shape (3, 1), the Trainer's"),
     'more_parameters': (lambda good, tmp: resaved(good, lambda s, o: ({**s, 2: s[0]}, o)),
                         'holds a state for parameter index 2, this Trainer has 2'),
+    'a_parameter_index_too_long_to_print': (
+        lambda good, tmp: resaved(good, lambda s, o: ({**s, 10 ** 5000: s[0]}, o)),
+        'holds a state for parameter index of 4153 hex digits, this Trainer has 2'),
+    'two_states_share_a_step_count': (
+        lambda good, tmp: resaved(good, lambda s, o: ({0: s[0], 1: s[1][:-1] + s[0][-1:]}, o)),
+        "one step count is held twice, by the states of parameters '"),
+    'm_and_v_one_array': (
+        lambda good, tmp: resaved(good, lambda s, o: ({0: s[0][:1] * 2 + s[0][2:], 1: s[1]}, o)),
+        "one array is held twice, by the states of parameter '"),
     'second_element_not_an_optimizer': (
         lambda good, tmp: resaved(good, lambda s, o: (s, o.__getstate__())),
         'its second element is dict, not an optimizer'),

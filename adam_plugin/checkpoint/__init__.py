@@ -231,7 +231,7 @@ def _rebuild(trainer, file):
         raise safe.Refused(str(err)) from None
     for index in states:
         if not 0 <= index < len(params):
-            raise safe.Refused(f"it holds a state for parameter index {index}, "
+            raise safe.Refused(f"it holds a state for parameter index {safe.shown(index)}, "
                                f"this Trainer has {len(params)}")
     for index, state in states.items():
         param = params[index]
@@ -252,7 +252,32 @@ def _rebuild(trainer, file):
                 step_count(f"step count of parameter '{param.name}'", count)
             except InvalidOption as err:
                 raise safe.Refused(str(err)) from None
-    return optimizer, built(states)
+    rebuilt = built(states)
+    _refuse_shared(rebuilt, params)
+    return optimizer, rebuilt
+
+
+def _refuse_shared(states, params):
+    """Refuse ``states`` (index -> rebuilt state) where one array or step count is held
+    twice (a pickle may name an object twice): each holder would step it, so two
+    parameters' moments (or one parameter's ``m`` and ``v``), or their counts, would be one."""
+    held = {}  # id of an array or [t] -> the index whose state holds it
+    for index, state in states.items():
+        for item in _held(state):
+            first = held.get(id(item))
+            if first is not None:
+                where = (f"parameter '{params[index].name}'" if first == index else
+                         f"parameters '{params[first].name}' and '{params[index].name}'")
+                what = 'step count' if type(item) is list else 'array'
+                raise safe.Refused(f"one {what} is held twice, by the states of {where}")
+            held[id(item)] = index
+
+
+def _held(state):
+    """The arrays and step counts in ``state``, a nesting of tuples."""
+    if type(state) is tuple:
+        return [found for item in state for found in _held(item)]
+    return [] if state is None else [state]
 
 
 _COUNT = ['int']  # the layout of a step count, [t] (see MyAdam.create_state)

@@ -542,8 +542,14 @@ def read(file, optimizer_classes, reference, allowed_classes=(), limit=None):
     for index, state in states.items():
         if type(index) is not int:
             raise Refused(f"it holds a state for parameter index {index!r}")
-        _walk(state, _array, f"the state of parameter index {index}")
+        _walk(state, _array, f"the state of parameter index {shown(index)}")
     return states, optimizer
+
+
+def shown(number):
+    """An int as a message shows it: its digits, or how many hex digits it has when it is
+    too long to print (Python refuses to print an int of more than 4300 digits)."""
+    return number if number.bit_length() <= 64 else f"of {len(hex(abs(number))) - 2} hex digits"
 
 
 def build(value, memo=None):
