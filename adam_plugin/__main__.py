@@ -4,6 +4,7 @@ Internal: the command is public, this module's names are not (see :mod:`adam_plu
 """
 import sys
 
+from ._pipe import run
 from .chapter.cli import main
 
-sys.exit(main())
+sys.exit(run(main))

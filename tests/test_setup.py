@@ -135,3 +135,25 @@ def test_import_under_numpy_1_26_says_which_numpy_to_install(tmp_path):
         r"1\.26\.\d+: every MXNet 1\.x release uses np\.bool, which NumPy 1\.24 removed\. "
         r"Install a NumPy it can use: pip install 'numpy<1\.24'\.",
         child.stderr.strip().splitlines()[-1]), child.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('command', [
+    ['-m', 'adam_plugin', 'moments'],
+    ['-m', 'adam_plugin', 'sweep', '--quiet', '--epochs', '1'],
+    ['-m', 'adam_plugin.checkpoint', 'inspect', os.path.join(ROOT, 'tests', 'states',
+                                                             'main_1303d99.states')],
+    ['-m', 'adam_plugin.checkpoint', 'inspect', '--json',
+     os.path.join(ROOT, 'tests', 'states', 'main_1303d99.states')],
+], ids=lambda command: ' '.join(command[1:3]))
+def test_a_command_whose_reader_went_away_ends_quietly_with_141(command):
+    """``python -m adam_plugin moments | head -1``: when the reader of the output has gone
+    away (here before the command writes anything), the command ends with a shell's
+    SIGPIPE status, 141, and no traceback."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    with open(writer, 'wb') as output:
+        done = subprocess.run([sys.executable, *command], stdout=output, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT, timeout=300)
+    assert 'Traceback' not in done.stderr, done.stderr
+    assert done.returncode == 141, done.stderr

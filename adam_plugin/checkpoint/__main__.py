@@ -16,6 +16,7 @@ import json
 import sys
 
 from .. import options
+from .._pipe import run
 from . import built, get_safe_globals, invalid, registered_optimizers, safe, safe_globals
 
 # The optimizer's bookkeeping that counts updates, shown apart from the hyperparameters:
@@ -143,4 +144,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run(main))
