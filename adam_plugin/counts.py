@@ -172,6 +172,14 @@ class BadUpdates:
         for index, step in zip(indices, steps, strict=True):
             if step is not None and index not in found:
                 self.in_a_row.pop(index, None)
+        max_skips = self.optimizer.max_skips
+        stuck = [index for index in found
+                 if max_skips is not None and self.in_a_row[index] >= max_skips]
+        if stuck:
+            raise FloatingPointError(
+                f"myadam: the update of {', '.join(map(self.name, stuck))} has gone wrong "
+                f"{max_skips} times in a row (max_skips={max_skips}): it overflowed again "
+                "(see the warnings); this update call was applied")
 
     def good(self, index):
         """The update of ``index`` went well: its run of bad ones ends."""

@@ -60,6 +60,24 @@ def test_a_weight_stepped_past_its_dtypes_range_is_warned_and_counted(case, fuse
 
 
 @pytest.mark.parametrize('fused', ROUTES, ids=ROUTE_IDS)
+def test_max_skips_overflows_in_a_row_raise(fused):
+    """A weight that is Inf already overflows at every step: the max_skips-th in a row
+    raises, as the max_skips-th skipped gradient does, after that step was applied."""
+    opt = MyAdam(learning_rate=0.1, fused=fused, max_skips=3)
+    w, g = nd.array([np.inf, 1.0]), nd.array([-1.0, 0.5])
+    state = opt.create_state(0, w)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        for _ in range(2):
+            opt.update(0, w, g, state)
+        with pytest.raises(FloatingPointError, match=r"the update of parameter index 0 has gone "
+                           r"wrong 3 times in a row \(max_skips=3\): it overflowed again"):
+            opt.update(0, w, g, state)
+    assert opt.num_skipped == 3 and opt._index_update_count == {0: 3}
+    assert w.asnumpy()[1] < 1.0 - 0.25  # applied, all three times
+
+
+@pytest.mark.parametrize('fused', ROUTES, ids=ROUTE_IDS)
 @pytest.mark.parametrize('case', OVERFLOWING)
 def test_under_nonfinite_raise_it_is_a_floating_point_error(case, fused):
     with pytest.raises(FloatingPointError, match=r"^myadam: " + WARNING + r".*; this update "
