@@ -18,6 +18,7 @@ is written so that NaN fails it.
 """
 import math
 import numbers
+import sys
 import textwrap
 from typing import Callable, NamedTuple, Optional
 
@@ -404,7 +405,10 @@ def step_value(name, value, dtypes=None):
         if not math.isfinite(numpy.array(value, stored_in)):
             _refuse(name, value, f"finite in {stored_in.name}, the weight's dtype")
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
-        return float(value)  # MXNet's scalar operators refuse a Fraction
+        value = float(value)  # MXNet's scalar operators refuse a Fraction
+        if 0.0 < abs(value) < sys.float_info.min:
+            _refuse(name, value, "0 or a normal float64 number: MXNet's scalar operators cannot "
+                    "take a subnormal one")
     return value  # None, a string, a flag, an int
 
 

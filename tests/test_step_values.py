@@ -205,6 +205,38 @@ def test_an_lr_mult_that_takes_the_rate_past_float32_is_refused_naming_it():
                              "lr_mult 1e+40; expected >= 0, not infinite: in float32 it is inf)")
 
 
+# (how to make a value subnormal in float64, the message's start) on the Trainer's
+# optimizer or its second parameter, after a first good step.
+SUBNORMAL = 1e-310
+SUBNORMALS = {
+    'lr_mult': (lambda opt, second: setattr(second, 'lr_mult', SUBNORMAL * 10),
+                "myadam: Invalid learning rate: 1e-310 at update 2 for parameter 'second'"),
+    'wd': (lambda opt, second: setattr(opt, 'wd', SUBNORMAL),
+           "myadam: Invalid wd: 1e-310 at update 2"),
+    'epsilon': (lambda opt, second: setattr(opt, 'epsilon', SUBNORMAL),
+                "myadam: Invalid epsilon: 1e-310 at update 2"),
+    'beta1': (lambda opt, second: setattr(opt, 'beta1', SUBNORMAL),
+              "myadam: Invalid beta1: 1e-310 at update 2"),
+    'clip_gradient': (lambda opt, second: setattr(opt, 'clip_gradient', SUBNORMAL),
+                      "myadam: Invalid clip_gradient: 1e-310 at update 2"),
+}
+
+
+@pytest.mark.parametrize('fused', ROUTES, ids=['kernel', 'textbook'])
+@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+@pytest.mark.parametrize('case', SUBNORMALS)
+def test_a_subnormal_float64_value_is_refused_by_every_route(case, dtype, fused):
+    """MXNet's scalar operators cannot parse a subnormal float64 (the textbook route raised
+    MXNetError midway, m already written, where the kernel stepped): every route refuses
+    it before anything changes, naming it."""
+    spoil, message = SUBNORMALS[case]
+    params, trainer = after_a_step(dtype, fused=fused, wd=0.01)
+    spoil(trainer.optimizer, params[1])
+    text = refused(trainer, params, message)
+    assert ("expected 0 or a normal float64 number: MXNet's scalar operators cannot take a "
+            "subnormal one") in text
+
+
 def one_update(opt, dtype, multi_precision=False):
     """One update of a fresh two-element weight: True if it stepped, False if it was
     refused (with a ValueError, the weight, state and count untouched)."""
