@@ -197,12 +197,12 @@ def use_variant(name):
     """Make the kernel use the variant ``name`` (one of :func:`variants`) from its next call.
 
     Returns the name of the variant used until now. A ValueError names a variant that
-    was not compiled or that this CPU cannot run, and says when the kernel was not built.
+    was not compiled or that this CPU cannot run, and says when the kernel is not loaded.
     """
     if LIBRARY is None:
-        raise ValueError(f"use_variant: name={name!r}: the compiled kernel was not built (it "
-                         "needs a C++ compiler when the package is installed), so it has no "
-                         "variants")
+        raise ValueError(f"use_variant: name={name!r}: the compiled kernel is not loaded (the "
+                         "import's warning said why: not built, or built from another "
+                         "_kernel.cpp), so it has no variants")
     if not runs_here(name):
         raise ValueError(f"use_variant: name={name!r}: this CPU cannot run that variant")
     previous = variant()

@@ -20,7 +20,7 @@ class Step(NamedTuple):
     """Everything the rule needs to update one parameter at one step (immutable, hashable).
 
     A named tuple rather than a dataclass: one is built per parameter per step, and
-    a tuple is built three times faster. After ``t``, each field is an option of
+    a tuple is cheaper to build. After ``t``, each field is an option of
     ``MyAdam`` named as the attribute the optimizer keeps it in (``lr`` for
     ``learning_rate``), which the option table checks when it is imported.
 

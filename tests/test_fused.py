@@ -609,8 +609,9 @@ def test_without_the_kernel_the_variant_functions_say_there_is_none(tmp_path):
                           env=dict(os.environ, PYTHONPATH=str(tmp_path)))
     assert done.stdout.split() == [str(tmp_path / 'adam_plugin' / 'kernel.py'), '[]', 'None']
     assert done.stderr.strip().splitlines()[-1] == (
-        "ValueError: use_variant: name='baseline': the compiled kernel was not built (it needs "
-        "a C++ compiler when the package is installed), so it has no variants")
+        "ValueError: use_variant: name='baseline': the compiled kernel is not loaded (the "
+        "import's warning said why: not built, or built from another _kernel.cpp), so it has "
+        "no variants")
 
 
 def test_without_the_kernel_cpu_parameters_step_by_the_operator(taken, monkeypatch):
