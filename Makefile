@@ -16,7 +16,8 @@
 # `make docs`: the API reference from the docstrings (Sphinx, warnings as errors) into build/docs.
 # `make bench`: the benchmarks of docs/speed.md, in .venv: one step against MXNet's and PyTorch's Adam
 #              (benchmarks/bench_step.py), then real training loops (benchmarks/bench_loops.py);
-#              their results into docs/bench_step.json and docs/bench_loops.json.
+#              their results into docs/bench_step.json and docs/bench_loops.json, and from
+#              them the figures of docs/speed.md (benchmarks/tables.py).
 #
 # Three virtual environments, their versions pinned by requirements.txt (used as constraints, so
 # a dependency the package forgets to declare in pyproject.toml is missing there too):
@@ -83,6 +84,7 @@ docs: $(STAMP)
 bench: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python benchmarks/bench_step.py --json docs/bench_step.json
 	$(DEV_VENV)/bin/python benchmarks/bench_loops.py --json docs/bench_loops.json
+	$(DEV_VENV)/bin/python benchmarks/tables.py
 
 # tests/test_packaging.py reads the built kernel with objdump.
 objdump:

@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_step  # noqa: E402  (beside this file)
+import machine  # noqa: E402
 
 THREADS = bench_step.THREADS
 OPTIMIZERS = {'myadam': ('myadam', {'epsilon_mode': 'hat'}), 'adam': ('adam', {})}
@@ -387,7 +388,8 @@ def main():
     if args.quick:
         args.runs, args.step_rounds, args.model_rounds = 1, 2, 2
     names = args.case or [*STEP_CASES, *MODELS]
-    results = {'threads': THREADS, 'runs': args.runs, 'steps': {}, 'models': {}}
+    results = {'threads': THREADS, 'runs': args.runs, 'steps': {}, 'models': {},
+               'machine': machine.describe()}
     print(f"{'storage mode':22} {'ratio':>6}  {'runs':14} {'myadam ms':>10} {'adam ms':>8}")
     for name in [n for n in names if n in STEP_CASES]:
         row = summarize_steps([step_run(STEP_CASES[name][1], args.step_rounds, args.quick)
@@ -405,6 +407,7 @@ def main():
               f"{row['myadam_iteration_ms']:10.2f} {row['adam_iteration_ms']:8.2f} "
               f"{row['step_ratio']:10.2f} {row['myadam_step_share']:11.1%} "
               f"{row['adam_step_share']:9.1%} {row['if_step_free']:12.2f}", flush=True)
+    results['load_after'] = os.getloadavg()[0]
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(results, f, indent=1)

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 
+import machine  # beside this file
 
 THREADS = int(os.environ.get('OMP_NUM_THREADS', os.cpu_count()))
 MXNET_OPTIMIZERS = {
@@ -343,6 +344,7 @@ def main():
 def full_run(args):
     """Every part: the dense workloads, memory, compilation."""
     from adam_plugin import kernel
+    ran_on = machine.describe()
     shapes = workloads(args.tiny)
     with tempfile.TemporaryDirectory() as portable, tempfile.TemporaryDirectory() as native:
         build_s = build_kernel(portable, native=False)[1]
@@ -355,7 +357,8 @@ def full_run(args):
     memory = measure_memory(shapes['1x10M'][0][0])
     first_step = {'build_s': build_s, 'build_native_s': build_native_s,
                   'first_step_s': measure_first_step()}
-    return report(times, memory, first_step, variants)
+    return dict(report(times, memory, first_step, variants), machine=ran_on,
+                load_after=os.getloadavg()[0])
 
 
 if __name__ == '__main__':
