@@ -54,6 +54,7 @@ class Loop(NamedTuple):
 
 def _trainer(params, optimizer, options, **kwargs):
     from mxnet import gluon
+
     import adam_plugin  # noqa: F401  (registers 'myadam')
     return gluon.Trainer(params, optimizer, dict(options, learning_rate=LEARNING_RATE), **kwargs)
 

@@ -41,7 +41,6 @@ import sys
 import tempfile
 import time
 
-
 THREADS = int(os.environ.get('OMP_NUM_THREADS', os.cpu_count()))
 MXNET_OPTIMIZERS = {
     'mxnet adam': ('adam', {}),
@@ -73,6 +72,7 @@ def mxnet_step(shapes, optimizer, options, seed=0):
     """A ``trainer.step(1)`` closure over fresh parameters with fixed random gradients."""
     import mxnet as mx
     from mxnet import gluon
+
     import adam_plugin  # noqa: F401  (registers 'myadam')
     mx.random.seed(seed)
     params = []

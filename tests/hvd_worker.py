@@ -24,8 +24,8 @@ import json
 import os
 import sys
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 

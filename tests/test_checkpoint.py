@@ -7,10 +7,10 @@ a clear error from ``adam_plugin.checkpoint.load_states`` and change nothing.
 Files that try to run code are in test_checkpoint_attacks.py.
 """
 import contextlib
-import io
-import json
 import copyreg
 import functools
+import io
+import json
 import pickle
 import struct
 import subprocess
@@ -18,15 +18,15 @@ import sys
 import threading
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, nd, npx
 
 import adam_plugin
 from adam_plugin import checkpoint
-from adam_plugin.checkpoint import __main__ as checkpoint_main, rawarray, safe
 from adam_plugin.chapter import linreg
+from adam_plugin.checkpoint import __main__ as checkpoint_main, rawarray, safe
 from configs import CONFIGS, optimizer_kwargs
 from conftest import register_custom_op
 

@@ -12,9 +12,9 @@ import io
 import pickle
 import textwrap
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 
 from adam_plugin import checkpoint
 from test_checkpoint import LOADERS, SAVE_AFTER, STEPS, Job, assert_same, inspect, save

@@ -11,8 +11,8 @@ and ``python -m adam_plugin.checkpoint inspect`` do, each with the message
 import math
 import pickle
 
-import pytest
 import mxnet as mx
+import pytest
 from mxnet import autograd, gluon, nd
 
 from test_checkpoint import LOADERS, SAVE_AFTER, Job, assert_same, inspect, save

@@ -15,7 +15,6 @@ import pickletools
 import struct
 
 import numpy as np
-
 import pytest
 from mxnet import nd
 from mxnet.optimizer import SGD, Optimizer

@@ -9,9 +9,9 @@ import sys
 import types
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import nd
 from mxnet.base import _LIB
 

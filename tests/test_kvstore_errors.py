@@ -12,13 +12,12 @@ import traceback
 import warnings
 from contextlib import contextmanager
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-from adam_plugin import checkpoint, deferred
-from adam_plugin import counts as counts_module
+from adam_plugin import checkpoint, counts as counts_module, deferred
 from conftest import TOL
 
 TWO = [mx.cpu(0), mx.cpu(1)]

@@ -8,9 +8,9 @@ import json
 import subprocess
 import sys
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, npx
 
 from adam_plugin import dispatch

@@ -20,11 +20,16 @@ import itertools
 import math
 import zlib
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
-from mxnet.test_utils import (assert_almost_equal, compare_ndarray_tuple, compare_optimizer,
-                              default_context, rand_ndarray)
+from mxnet.test_utils import (
+    assert_almost_equal,
+    compare_ndarray_tuple,
+    compare_optimizer,
+    default_context,
+    rand_ndarray,
+)
 
 from adam_plugin import MyAdam
 

@@ -25,9 +25,9 @@ Changes from the original:
 import copy
 import os
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import gluon
 from mxnet.gluon import nn
 

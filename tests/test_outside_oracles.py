@@ -1,7 +1,7 @@
 """MyAdam against the two outside implementations: torch.optim and MXNet's built-in Adam."""
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 
 import adam_plugin  # noqa: F401
 from configs import CONFIGS, optimizer_kwargs

@@ -9,9 +9,9 @@ on the calling thread: the same numbers, skips, counts and warnings.
 """
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import gluon, nd
 
 from adam_plugin import checkpoint, kernel, options

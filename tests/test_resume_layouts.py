@@ -17,9 +17,9 @@ import pickle
 import re
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from adam_plugin import checkpoint

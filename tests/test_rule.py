@@ -1,7 +1,7 @@
 """MyAdam against the NumPy oracle written from the papers, one row per configuration."""
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 
 import adam_plugin  # noqa: F401  (registers 'myadam')
 from configs import CONFIGS, LR, factor_schedule, optimizer_kwargs

@@ -1,9 +1,9 @@
 """Row-sparse gradients and weights: lazy updates change only the rows present, else all rows."""
 import threading
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from adam_plugin import MyAdam, dispatch, kernel, mxnet_internals
@@ -354,6 +354,7 @@ def _data_pointer(array):
     """Where ``array``'s values are, once every write queued to it is done (a row_sparse
     array made by ``tostype`` has no storage until its conversion has run)."""
     import ctypes
+
     from mxnet.base import _LIB, check_call
     array.wait_to_read()
     pointer = ctypes.c_void_p()

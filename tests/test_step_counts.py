@@ -11,9 +11,9 @@ both; a checkpoint at step 6 keeps every count, and the resumed run is the strai
 import math
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import gluon, nd
 
 from adam_plugin import MyAdam, checkpoint

@@ -12,9 +12,9 @@ import fractions
 import math
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from hypothesis import given, settings, strategies as st
 from mxnet import gluon, nd
 

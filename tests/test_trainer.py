@@ -1,7 +1,7 @@
 """MyAdam as MXNet sees it: registration, state placement, Trainer options, contexts."""
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 import adam_plugin

@@ -8,9 +8,9 @@ both moments from ``initial_accumulator_value=1e-6``), and Zaheer et al.'s Algor
 """
 import pickle
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import nd
 
 from adam_plugin import MyAdam, MyYogi, dispatch, kernel

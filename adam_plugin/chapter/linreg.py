@@ -24,12 +24,12 @@ __all__ = [
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon, nd
 
-from . import reference
 from ..optimizer import MyAdam  # noqa: F401  (registers 'myadam')
+from . import reference
 
 #: The chapter's true weights.
 TRUE_W = (2.0, -3.4)

@@ -7,8 +7,8 @@ __all__ = ['Moments', 'moments', 'first_step']
 
 from typing import NamedTuple
 
-import numpy as np
 import mxnet.ndarray as nd
+import numpy as np
 
 from ..optimizer import MyAdam
 
