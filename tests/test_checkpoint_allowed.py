@@ -13,7 +13,6 @@ import pickle
 import textwrap
 
 import mxnet as mx
-import numpy as np
 import pytest
 
 from adam_plugin import checkpoint

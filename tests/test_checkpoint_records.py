@@ -37,7 +37,7 @@ def spliced(make, fragment):
         states, optimizer = pickle.loads(good)
         data = pickle.dumps(make(states, optimizer), 3)
         ops = list(pickletools.genops(data))
-        for (op, arg, pos), (_, _, end) in zip(ops, ops[1:]):
+        for (_, arg, pos), (_, _, end) in zip(ops, ops[1:]):
             if arg == PLACEHOLDER:
                 return data[:pos] + fragment(*pickle.loads(good)) + data[end:]
         raise AssertionError('no placeholder')

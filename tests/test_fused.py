@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import types
-import warnings
 
 import mxnet as mx
 import numpy as np

@@ -351,7 +351,7 @@ def test_gluon_trainer_param_order():
     params = net.collect_params()
     net.initialize()
     trainer = gluon.Trainer(params, 'myadam')
-    for name, init in layers.items():
+    for name in layers:
         expected_idx = 0 if name == 'ones_' else 1
         expected_name = name + 'weight'
         assert trainer._params[expected_idx].name == expected_name

@@ -124,7 +124,9 @@ print(weight.asnumpy().tolist())
 
 @pytest.mark.slow
 def test_the_optimizer_needs_neither_matplotlib_nor_tqdm():
-    run = lambda code: subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    def run(code):
+        return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+
     alone = run(OPTIMIZER_ALONE)
     assert alone.returncode == 0, alone.stderr
     assert json.loads(alone.stdout.splitlines()[-1]) == pytest.approx([0.9] * 3)

@@ -51,8 +51,10 @@ def test_make_demo_installs_the_chapter_extra_only_and_leaves_git_status_clean()
     (venv,) = [line.split(' -m venv ')[1] for line in commands if ' -m venv ' in line]
     (run,) = [shlex.split(line) for line in commands if ' -m adam_plugin ' in line]
     figure = run[run.index('--plot') + 1]
-    git = lambda *args: subprocess.run(['git', '-C', str(ROOT), *args], capture_output=True,
-                                       text=True)
+
+    def git(*args):
+        return subprocess.run(['git', '-C', str(ROOT), *args], capture_output=True, text=True)
+
     assert git('ls-files', '--error-unmatch', figure).returncode == 1, f'{figure} is tracked'
     for written in (figure, f'{venv}/bin/python'):
         assert git('check-ignore', '-q', written).returncode == 0, f'{written} is not ignored'

@@ -404,8 +404,8 @@ EVERY_ROUTE = [(fused, lazy, weight) for fused in (True, False) for lazy in (Tru
 
 
 @pytest.mark.parametrize('fused, lazy_update, weight_kind', EVERY_ROUTE,
-                         ids=[f"{'kernel' if f else 'textbook'}-{'lazy' if l else 'dense'}-{w}"
-                              for f, l, w in EVERY_ROUTE])
+                         ids=[f"{'kernel' if fused else 'textbook'}-{'lazy' if lazy else 'dense'}-{weight}"
+                              for fused, lazy, weight in EVERY_ROUTE])
 @pytest.mark.parametrize('case', REFUSED_ROWS)
 def test_every_route_refuses_a_row_outside_the_weight_or_a_row_twice(case, fused, lazy_update,
                                                                      weight_kind):
