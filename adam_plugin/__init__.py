@@ -14,7 +14,7 @@ each module's ``__all__`` lists its public names. Modules whose docstring says
 "Internal" (``dispatch``, ``deferred``, ``checkpoint.safe``, ...) may change at any time.
 """
 # First: its check makes a clear ImportError without a supported MXNet.
-from . import _mxnet  # noqa: F401 (imported for that check only)
+from . import _mxnet  # noqa: F401  (imported for that check only)
 from .optimizer import MyAdam, MyYogi
 
 __all__ = ['MyAdam', 'MyYogi']

@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_step  # noqa: E402  (beside this file)
+import bench_step  # noqa: E402  (beside this file: found through the line above)
 
 THREADS = bench_step.THREADS
 OPTIMIZERS = {'myadam': ('myadam', {'epsilon_mode': 'hat'}), 'adam': ('adam', {})}

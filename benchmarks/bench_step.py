@@ -33,6 +33,7 @@ are measured in real training loops by ``benchmarks/bench_loops.py``.
     python benchmarks/bench_step.py --json out.json
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -166,9 +167,7 @@ TORCH_RATIOS = {'ratio_to_torch_fused': 'torch fused',
 
 
 def start_torch(shapes):
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec('torch') is None:
         return None
     child = subprocess.Popen([sys.executable, __file__, '--torch-server'], text=True,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
