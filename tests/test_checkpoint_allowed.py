@@ -16,7 +16,7 @@ import mxnet as mx
 import pytest
 
 from adam_plugin import checkpoint
-from test_checkpoint import LOADERS, SAVE_AFTER, STEPS, Job, assert_same, inspect, save
+from checkpoints import LOADERS, SAVE_AFTER, STEPS, Job, assert_same, inspect, save
 
 SCHEDULES = '''
 from mxnet import lr_scheduler

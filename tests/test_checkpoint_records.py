@@ -22,8 +22,20 @@ from mxnet.optimizer import SGD, Optimizer
 import adam_plugin
 from adam_plugin import checkpoint
 from adam_plugin.checkpoint import safe
-from test_checkpoint import Job, _arrays, assert_same, row_sparse_bytes, save
-from test_checkpoint_attacks import Call, Rebuilt, cycle, handle, put, setattrs, without
+from checkpoints import (
+    Call,
+    Job,
+    Rebuilt,
+    assert_same,
+    cycle,
+    handle,
+    put,
+    row_sparse_bytes,
+    save,
+    setattrs,
+    without,
+)
+from helpers import state_arrays
 
 OPT = 'adam_plugin.optimizer.MyAdam'
 ARRAY = 'mxnet.ndarray.ndarray.NDArray'
@@ -318,7 +330,7 @@ def per_index():
 
 
 def states(job):
-    return {i: _arrays(s) for i, s in job.trainer._updaters[0].states.items()}
+    return {i: state_arrays(s) for i, s in job.trainer._updaters[0].states.items()}
 
 
 def test_states_are_created_for_their_own_index(per_index, tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon
 
-from test_mxnet_adam import ATOL, RTOL
+from configs import ATOL, RTOL
 
 CONTEXTS = [mx.cpu(0), mx.cpu(1)]
 STEPS, BATCH = 4, 8

@@ -14,7 +14,7 @@ import pytest
 from mxnet import autograd, gluon, npx
 
 from adam_plugin import dispatch
-from conftest import TOL
+from configs import TOL
 
 STEPS = 20
 OPTIONS = dict(learning_rate=0.01, wd=0.01)

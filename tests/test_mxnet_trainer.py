@@ -31,9 +31,9 @@ import pytest
 from mxnet import gluon
 from mxnet.gluon import nn
 
+from checkpoints import LOADERS
+from configs import ATOL, RTOL
 from oracles import NumpyAdam
-from test_checkpoint import LOADERS
-from test_mxnet_adam import ATOL, RTOL
 
 # registered optimizer -> its options (trainer_for adds the learning rate MXNet's test gives)
 OPTIMIZERS = {'adam': {}, 'myadam': {'epsilon_mode': 'hat'}}

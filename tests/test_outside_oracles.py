@@ -3,9 +3,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-import adam_plugin  # noqa: F401
-from configs import CONFIGS, optimizer_kwargs
-from conftest import SHAPES, TOL
+import adam_plugin  # noqa: F401  (registers 'myadam')
+from configs import CONFIGS, SHAPES, TOL, optimizer_kwargs
 from oracles import gradients
 
 STEPS = 20

@@ -24,8 +24,8 @@ from mxnet import autograd, gluon, nd
 
 from adam_plugin import checkpoint
 from adam_plugin.chapter import linreg
+from checkpoints import BATCH, LOADERS, PLACEMENTS, SAVE_AFTER, STEPS, LinReg, batches
 from configs import CONFIGS, optimizer_kwargs
-from test_checkpoint import BATCH, LOADERS, PLACEMENTS, SAVE_AFTER, STEPS, LinReg, batches
 
 # name -> (MyAdam options, weight dtype, step whose gradient of w is NaN on every device)
 ROWS = {

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 import adam_plugin  # noqa: F401  (registers 'myadam')
-from configs import CONFIGS, LR, factor_schedule, optimizer_kwargs
-from conftest import SHAPES, TOL
+from configs import CONFIGS, LR, SHAPES, TOL, factor_schedule, optimizer_kwargs
 from oracles import NumpyAdam, gradients
 
 STEPS = 20

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import adam_plugin
-from test_packaging import ROOT, installed_only, installed_wheel
+from installed import ROOT, installed_only, installed_wheel
 
 
 def planned(target):
@@ -33,6 +33,17 @@ def test_make_quick_builds_no_horovod_and_needs_no_cmake():
     commands = planned('quick')
     assert re.search(r'-m pytest .*-m "not slow"', commands), commands  # it did read the plan
     assert 'horovod' not in commands.lower() and 'cmake' not in commands
+
+
+def test_make_lint_runs_ruff_from_the_test_venv_and_ci_lints_before_testing():
+    """ruff as the test extra installs it (pinned by requirements.txt), over the whole tree."""
+    commands = planned('lint').splitlines()
+    assert [line for line in commands if 'ruff check' in line] == ['.venv-test/bin/ruff check .']
+    assert any('-c requirements.txt' in line and '[chapter,test]' in line for line in commands)
+    assert re.search(r'^ruff==', (ROOT / 'requirements.txt').read_text(), re.M)
+    ci = [line for line in (ROOT / '.ci' / 'run').read_text().splitlines()
+          if line.startswith('make ')]
+    assert ci.index('make lint') < ci.index('make test'), ci
 
 
 @pytest.mark.parametrize('target', ['test', 'horovod'])

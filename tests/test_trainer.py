@@ -7,7 +7,7 @@ from mxnet import autograd, gluon, nd
 import adam_plugin
 from adam_plugin import MyAdam
 from adam_plugin.chapter import linreg
-from conftest import TOL
+from configs import TOL
 from oracles import NumpyAdam
 
 
