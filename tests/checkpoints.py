@@ -145,10 +145,8 @@ def inspect(fname, *options):
 
 # Array bytes written field by field as MXNet 1.9.1's NDArray::Save writes them
 # (src/ndarray/ndarray.cc): test_array_bytes_are_written_as_mxnet_writes_them checks
-# these against MXNet's own bytes, so the rows below change one field of a real layout.
+# these against MXNet's own bytes, so a test that changes one field changes it in a real layout.
 LEGACY_MAGIC, NP_SHAPE_MAGIC = 0xF993FAC9, 0xF993FACA
-
-
 FLOAT32, FLOAT64, INT64 = 0, 1, 6  # MXNet's dtype flags
 
 
@@ -172,6 +170,10 @@ def values(count, dtype='<f4'):
     return np.arange(count, dtype=dtype).tobytes()
 
 
+def dense_bytes(shape=(2, 3), **fields):
+    return array_bytes(shape, values(int(np.prod(shape))), **fields)
+
+
 def row_sparse_bytes(rows, shape=(5, 2), storage_shape=None, row_flag=INT64):
     storage_shape = storage_shape or (len(rows), shape[1])
     row_dtype = {INT64: '<i8', FLOAT64: '<f8'}[row_flag]
@@ -179,6 +181,15 @@ def row_sparse_bytes(rows, shape=(5, 2), storage_shape=None, row_flag=INT64):
                        storage_shape=storage_shape,
                        aux=[(row_flag, (len(rows),), np.array(rows, row_dtype).tobytes())])
 
+
+def csr_bytes(indptr, indices, shape=(3, 4), index_flag=INT64):
+    index_dtype = {INT64: '<i8', FLOAT64: '<f8'}[index_flag]
+    return array_bytes(shape, values(len(indices)), stype=2, storage_shape=(len(indices),),
+                       aux=[(INT64, (len(indptr),), np.array(indptr, '<i8').tobytes()),
+                            (index_flag, (len(indices),), np.array(indices, index_dtype).tobytes())])
+
+
+# Pieces of pickles made by hand: what a states file may be made to do.
 
 class Call:
     """Pickles as ``func(*args)``: the ``__reduce__`` gadget."""

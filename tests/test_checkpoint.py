@@ -40,6 +40,8 @@ from checkpoints import (
     array_bytes,
     assert_same,
     batches,
+    csr_bytes,
+    dense_bytes,
     inspect,
     row_sparse_bytes,
     save,
@@ -398,17 +400,6 @@ def test_inspect_refuses_a_damaged_file_as_load_states_does(bad, tmp_path):
     assert (done.returncode, done.stdout) == (1, '')
     assert message in done.stderr
     assert done.stderr.strip() == str(err.value).replace(' The Trainer was not changed.', '')
-
-
-def dense_bytes(shape=(2, 3), **fields):
-    return array_bytes(shape, values(int(np.prod(shape))), **fields)
-
-
-def csr_bytes(indptr, indices, shape=(3, 4), index_flag=INT64):
-    index_dtype = {INT64: '<i8', FLOAT64: '<f8'}[index_flag]
-    return array_bytes(shape, values(len(indices)), stype=2, storage_shape=(len(indices),),
-                       aux=[(INT64, (len(indptr),), np.array(indptr, '<i8').tobytes()),
-                            (index_flag, (len(indices),), np.array(indices, index_dtype).tobytes())])
 
 
 def test_array_bytes_are_written_as_mxnet_writes_them():
