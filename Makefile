@@ -4,6 +4,8 @@
 # `make test`: set up .venv-test (with Horovod built into it), then the whole test suite against the
 #              installed wheel (it also executes every notebook, runs KVStore and Horovod jobs and a
 #              tiny benchmark).
+# `make lint`: ruff over the whole tree (its rules are in pyproject.toml), from VENV like make test;
+#              in .venv, `.venv/bin/ruff check .` is the same check.
 # `make quick`: the same without the tests marked slow (pytest -m "not slow"); it builds no
 #              Horovod, whose tests are all slow, so it needs no cmake.
 # `make horovod`: build Horovod into .venv-test (make test does it first; needs cmake and g++).
@@ -52,12 +54,16 @@ SOURCES  := $(BUILD) README.md $(wildcard adam_plugin/*.py adam_plugin/*/*.py)
 HOROVOD  := $(VENV)/.horovod
 TEST_DEPS := $(STAMP) $(HOROVOD)
 
-.PHONY: demo dev test quick horovod failfast notebooks docs clean objdump mutants bench
+.PHONY: demo dev lint test quick horovod failfast notebooks docs clean objdump mutants bench
 
 demo: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/python -m adam_plugin linreg --plot loss.png
 
 dev: $(DEV_VENV)/.installed
+
+# ruff pinned by requirements.txt, installed with the test extra.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # Two pytest workers (pytest-xdist), one per core: much of the suite waits on subprocesses or
 # runs on one thread. Modules whose fixtures start costly jobs keep to one worker (xdist_group).

@@ -13,7 +13,8 @@ chapter's code (:mod:`adam_plugin.chapter`) and :mod:`adam_plugin.scaleout.launc
 each module's ``__all__`` lists its public names. Modules whose docstring says
 "Internal" (``dispatch``, ``deferred``, ``checkpoint.safe``, ...) may change at any time.
 """
-from . import _mxnet  # first: a clear ImportError without a supported MXNet
+# First: its check makes a clear ImportError without a supported MXNet.
+from . import _mxnet  # noqa: F401  (imported for that check only)
 from .optimizer import MyAdam, MyYogi
 
 __all__ = ['MyAdam', 'MyYogi']

@@ -28,8 +28,8 @@ Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
 import math
 from typing import NamedTuple
 
-import numpy
 import mxnet.ndarray as nd
+import numpy
 
 from . import kernel, mxnet_internals, textbook
 from .options import InvalidOption, step_count

@@ -22,8 +22,8 @@ import sys
 import textwrap
 from typing import Callable, NamedTuple, Optional
 
-import numpy
 import mxnet.lr_scheduler as _lrs  # a submodule: a KVStore server imports us mid-`import mxnet`
+import numpy
 
 from .textbook import EPSILON_MODES, Step
 

@@ -33,6 +33,7 @@ are measured in real training loops by ``benchmarks/bench_loops.py``.
     python benchmarks/bench_step.py --json out.json
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -74,6 +75,7 @@ def mxnet_step(shapes, optimizer, options, seed=0):
     """A ``trainer.step(1)`` closure over fresh parameters with fixed random gradients."""
     import mxnet as mx
     from mxnet import gluon
+
     import adam_plugin  # noqa: F401  (registers 'myadam')
     mx.random.seed(seed)
     params = []
@@ -167,9 +169,7 @@ TORCH_RATIOS = {'ratio_to_torch_fused': 'torch fused',
 
 
 def start_torch(shapes):
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec('torch') is None:
         return None
     child = subprocess.Popen([sys.executable, __file__, '--torch-server'], text=True,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -196,9 +196,13 @@ def render(text, step, loops):
                              re.S)
         if not pattern.search(text):
             raise ValueError(f"docs/speed.md has no section {name!r}")
-        body = make(step, loops)
-        text = pattern.sub(lambda m: m.group(1) + body + '\n' + m.group(2), text)
+        text = pattern.sub(rf'\g<1>{_escaped(make(step, loops))}\n\g<2>', text)
     return text
+
+
+def _escaped(body):
+    """``body`` as a replacement string of :func:`re.sub` writes it."""
+    return body.replace('\\', '\\\\')
 
 
 def main(argv=None):

@@ -1,5 +1,9 @@
-"""The option table shared by the tests: one row per MyAdam configuration."""
+"""What the tests share about configurations: the option table (one row per MyAdam
+configuration), the shapes, the tolerances per dtype, and the rows MXNet's operator runs."""
 import mxnet as mx
+import numpy as np
+
+from adam_plugin import MyAdam, dispatch
 
 LR = 0.01
 
@@ -39,3 +43,33 @@ def optimizer_kwargs(config):
     if kwargs.pop('lr_scheduler', None):
         kwargs['lr_scheduler'] = mx.lr_scheduler.FactorScheduler(step=5, factor=0.5, base_lr=LR)
     return kwargs
+
+
+SHAPES = [(3, 4, 5), (10, 4), (7,)]
+
+
+# Per-dtype tolerances for agreement with an oracle after 20 steps.
+TOL = {
+    'float32': dict(rtol=1e-5, atol=2e-6),
+    'float64': dict(rtol=1e-10, atol=1e-12),
+}
+
+
+# Per-dtype tolerances of the fast routes (adam_plugin.dispatch) against the textbook route.
+FUSED_TOL = {'float32': dict(rtol=1e-6, atol=1e-7), 'float64': dict(rtol=1e-12, atol=1e-14)}
+
+
+def layout(dense=True, dtype=np.float32, device='cpu', grad_in_host_memory=True):
+    """The layout of a 12-element weight and its gradient, anywhere (a GPU too)."""
+    return dispatch.Layout(dense=dense, dtype=np.dtype(dtype), device_type=device,
+                           shape=(12,), grad_in_host_memory=grad_in_host_memory)
+
+
+# The rows MXNet's fused operator runs (dispatch routes a GPU weight to it).
+OPERATOR_CONFIGS = [name for name, config in CONFIGS.items()
+                    if dispatch.route(layout(device='gpu'),
+                                      MyAdam(**optimizer_kwargs(config))) == 'operator']
+
+
+# MXNet's own test_adam tolerances, for every dtype: the tests ported from MXNet's suite.
+RTOL, ATOL = 1e-4, 2e-5

@@ -1,18 +1,18 @@
-import os
-import sys
-
+"""The fixtures the test modules share. What else they share is in the helper modules beside
+this file (configs, oracles, helpers, checkpoints, ...), which pytest finds: it puts this folder
+on sys.path (its default import mode, prepend, for a folder without __init__.py)."""
 import pytest
+from hypothesis import settings
 
-# tests/ holds the oracles next to the tests that use them.
-sys.path.insert(0, os.path.dirname(__file__))
+from adam_plugin import kernel
+from helpers import VARIANTS
 
-SHAPES = [(3, 4, 5), (10, 4), (7,)]
-
-# Per-dtype tolerances for agreement with an oracle after 20 steps.
-TOL = {
-    'float32': dict(rtol=1e-5, atol=2e-6),
-    'float64': dict(rtol=1e-10, atol=1e-12),
-}
+# Property-based tests (tests/test_properties.py) run the same examples on every run and
+# every machine: derandomized, no example database, a bounded number of examples, and no
+# per-example deadline (a loaded CI machine must not turn slowness into a failure).
+settings.register_profile('ci', derandomize=True, database=None, max_examples=60,
+                          deadline=None, print_blob=True)
+settings.load_profile('ci')
 
 
 @pytest.fixture
@@ -20,35 +20,13 @@ def rng():
     import numpy as np
     return np.random.default_rng(1234)
 
-# Property-based tests (tests/test_properties.py) run the same examples on every run and
-# every machine: derandomized, no example database, a bounded number of examples, and no
-# per-example deadline (a loaded CI machine must not turn slowness into a failure).
-from hypothesis import settings  # noqa: E402
 
-settings.register_profile('ci', derandomize=True, database=None, max_examples=60,
-                          deadline=None, print_blob=True)
-settings.load_profile('ci')
-
-
-def register_custom_op(name, make):
-    """Register with MXNet, as ``name``, a custom operator of one input and one output of
-    the input's shape, whose work is the ``mx.operator.CustomOp`` that ``make()`` returns."""
-    import mxnet as mx
-
-    class Prop(mx.operator.CustomOpProp):
-        def __init__(self):
-            super().__init__(need_top_grad=True)
-
-        def list_arguments(self):
-            return ['data']
-
-        def list_outputs(self):
-            return ['output']
-
-        def infer_shape(self, in_shape):
-            return in_shape, in_shape, []
-
-        def create_operator(self, ctx, shapes, dtypes):
-            return make()
-
-    mx.operator.register(name)(Prop)
+# The quick tier runs the variant the kernel chose at load, on float32 (float64 on the kernel:
+# test_properties); the full one runs every variant on both.
+@pytest.fixture(params=[v if v == kernel.variant() else pytest.param(v, marks=pytest.mark.slow)
+                        for v in VARIANTS])
+def variant(request):
+    """Each variant of the kernel's loops this CPU runs, in turn, for the test."""
+    previous = kernel.use_variant(request.param)
+    yield request.param
+    kernel.use_variant(previous)

@@ -20,8 +20,8 @@ import os
 import signal
 import sys
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 
 import adam_plugin
 from adam_plugin.chapter import linreg

@@ -24,12 +24,11 @@ import json
 import os
 import sys
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 
-import adam_plugin  # noqa: F401  (registers 'myadam')
 from adam_plugin import checkpoint
 from configs import CONFIGS, optimizer_kwargs
 

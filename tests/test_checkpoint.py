@@ -6,149 +6,49 @@ optimizer states, step counts, skip counter, schedule). Damaged files must raise
 a clear error from ``adam_plugin.checkpoint.load_states`` and change nothing.
 Files that try to run code are in test_checkpoint_attacks.py.
 """
-import contextlib
-import io
-import json
 import copyreg
 import functools
+import io
+import json
 import pickle
 import struct
 import subprocess
 import sys
 import threading
-import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, nd, npx
 
 import adam_plugin
 from adam_plugin import checkpoint
-from adam_plugin.checkpoint import __main__ as checkpoint_main, rawarray, safe
 from adam_plugin.chapter import linreg
+from adam_plugin.checkpoint import __main__ as checkpoint_main, rawarray, safe
+from checkpoints import (
+    BATCH,
+    FLOAT64,
+    INT64,
+    LOADERS,
+    NP_SHAPE_MAGIC,
+    PLACEMENTS,
+    ROWS,
+    SAVE_AFTER,
+    STEPS,
+    Job,
+    LinReg,
+    array_bytes,
+    assert_same,
+    batches,
+    csr_bytes,
+    dense_bytes,
+    inspect,
+    row_sparse_bytes,
+    save,
+    values,
+)
 from configs import CONFIGS, optimizer_kwargs
-from conftest import register_custom_op
-
-STEPS, SAVE_AFTER, BATCH = 12, 6, 8
-
-# name -> (MyAdam options, weight dtype, step whose gradient is NaN or None)
-ROWS = {
-    'defaults': ({}, 'float32', None),
-    'amsgrad': ({'amsgrad': True}, 'float32', None),
-    'yogi': (CONFIGS['yogi_options'], 'float32', None),
-    'multi_precision': ({'multi_precision': True}, 'float16', None),
-    'nan_skip': ({}, 'float32', 3),
-    'lr_scheduler': ({'lr_scheduler': 'factor'}, 'float32', None),
-    'everything': (CONFIGS['everything'], 'float32', 4),
-}
-
-# name -> (contexts, update_on_kvstore). One context has no KVStore at all;
-# update_on_kvstore=True needs one, so it runs on two.
-PLACEMENTS = {
-    'one_device': ([mx.cpu(0)], None),
-    'two_devices_trainer_updates': ([mx.cpu(0), mx.cpu(1)], False),
-    'two_devices_kvstore_updates': ([mx.cpu(0), mx.cpu(1)], True),
-}
-
-LOADERS = {
-    'Trainer.load_states': lambda trainer, fname: trainer.load_states(fname),
-    'checkpoint.load_states': checkpoint.load_states,
-}
-
-
-def batches(dtype):
-    features, labels = linreg.make_dataset(num_examples=STEPS * BATCH, seed=2)
-    return [(X.astype(dtype), y.astype(dtype))
-            for X, y in linreg.data_iter(BATCH, features, labels, seed=4)]
-
-
-class LinReg(gluon.Block):
-    """The chapter's model ``X @ w + b`` as a Block, written elementwise: MXNet's CPU
-    ``dot`` (and so ``Dense``) has no float16 kernel."""
-
-    def __init__(self, in_units=linreg.NUM_INPUTS):
-        super().__init__()
-        with self.name_scope():
-            self.w = self.params.get('w', shape=(in_units, 1))
-            self.b = self.params.get('b', shape=(1,))
-
-    def forward(self, X):  # pylint: disable=arguments-differ
-        w, b = self.w.data(X.context), self.b.data(X.context)
-        return (X * w.reshape((1, -1))).sum(axis=1) + b
-
-
-class Job:
-    """A LinReg network on the linreg data with a 'myadam' Trainer."""
-
-    def __init__(self, row, placement, init=0.3):
-        options, self.dtype, self.nan_at = ROWS[row]
-        self.ctxs, update_on_kvstore = PLACEMENTS[placement]
-        self.net = LinReg()
-        self.net.initialize(mx.init.Constant(init), ctx=self.ctxs)
-        self.net.cast(self.dtype)
-        self.trainer = gluon.Trainer(self.net.collect_params(), 'myadam',
-                                     optimizer_kwargs(options), kvstore='device',
-                                     update_on_kvstore=update_on_kvstore)
-        self.batches = batches(self.dtype)
-
-    def train(self, steps):
-        for t in steps:
-            X, y = self.batches[t - 1]
-            Xs = gluon.utils.split_and_load(X, self.ctxs)
-            ys = gluon.utils.split_and_load(y, self.ctxs)
-            with autograd.record():
-                losses = [linreg.squared_loss(self.net(Xi), yi) for Xi, yi in zip(Xs, ys)]
-            autograd.backward(losses)
-            if t == self.nan_at:
-                for grad in self.net.w.list_grad():
-                    grad[:] = np.nan
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore', RuntimeWarning)  # the skip warns
-                self.trainer.step(BATCH)
-        return self
-
-    def snapshot(self):
-        """Everything that must resume: weights, states, counters, schedule (NumPy copies)."""
-        trainer = self.trainer
-        updaters = ([trainer._kvstore._updater] if trainer._update_on_kvstore
-                    else trainer._updaters)
-        opt = trainer.optimizer
-        return {
-            'weights': [a.asnumpy() for p in self.net.collect_params().values()
-                        for a in p.list_data()],
-            'states': [a for u in updaters for i in sorted(u.states)
-                       for a in _arrays(u.states[i])],
-            'counts': {d: dict(c) for d, c in opt._all_index_update_counts.items()},
-            'num_update': opt.num_update,
-            'num_skipped': opt.num_skipped,
-            'lr': opt.learning_rate,
-        }
-
-
-def _arrays(state):
-    """A state as NumPy arrays: its arrays, and MyAdam's step count ``[t]``."""
-    if isinstance(state, (tuple, list)):
-        return [a for s in state for a in _arrays(s)]
-    return [state.asnumpy() if isinstance(state, nd.NDArray) else np.array(state)]
-
-
-def assert_same(got, want):
-    assert got.keys() == want.keys()
-    for key in want:
-        if key in ('weights', 'states'):
-            assert len(got[key]) == len(want[key]) > 0
-            for g, w in zip(got[key], want[key]):
-                assert g.dtype == w.dtype
-                np.testing.assert_array_equal(g, w, err_msg=key)
-        else:
-            assert got[key] == want[key], key
-
-
-def save(job, tmp_path):
-    job.net.save_parameters(str(tmp_path / 'net.params'))
-    checkpoint.save_states(job.trainer, tmp_path / 'trainer.states')
-    return tmp_path / 'net.params', tmp_path / 'trainer.states'
+from helpers import register_custom_op
 
 
 def save_tampered(job, make, tmp_path, name='bad.states'):
@@ -446,16 +346,6 @@ def test_every_array_kind_is_rebuilt_exactly():
     assert type(lr) is np.float32 and lr == 0.25
 
 
-def inspect(fname, *options):
-    """``python -m adam_plugin.checkpoint inspect fname *options`` run in this process (as
-    test_inspect_runs_as_a_module checks): its exit status and what it printed."""
-    argv = ['inspect', str(fname), *options]
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = checkpoint_main.main(argv)
-    return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())
-
-
 @pytest.mark.parametrize('options', [(), pytest.param(('--json',), marks=pytest.mark.slow)])
 def test_inspect_runs_as_a_module(options, tmp_path):
     """The command line a user types prints what :func:`inspect` does in this process."""
@@ -519,52 +409,6 @@ def test_inspect_refuses_a_damaged_file_as_load_states_does(bad, tmp_path):
     assert (done.returncode, done.stdout) == (1, '')
     assert message in done.stderr
     assert done.stderr.strip() == str(err.value).replace(' The Trainer was not changed.', '')
-
-
-# Array bytes written field by field as MXNet 1.9.1's NDArray::Save writes them
-# (src/ndarray/ndarray.cc): test_array_bytes_are_written_as_mxnet_writes_them checks
-# these against MXNet's own bytes, so the rows below change one field of a real layout.
-LEGACY_MAGIC, NP_SHAPE_MAGIC = 0xF993FAC9, 0xF993FACA
-FLOAT32, FLOAT64, INT64 = 0, 1, 6  # MXNet's dtype flags
-
-
-def shape_bytes(shape):
-    return struct.pack(f'<i{len(shape)}q', len(shape), *shape)
-
-
-def array_bytes(shape, data, *, magic=LEGACY_MAGIC, stype=0, storage_shape=None,
-                device=(1, 0), dtype=FLOAT32, aux=()):
-    """``aux``: (dtype flag, shape, data) of each auxiliary array (sparse only)."""
-    raw = struct.pack('<Ii', magic, stype)
-    if storage_shape is not None:
-        raw += shape_bytes(storage_shape)
-    raw += shape_bytes(shape) + struct.pack('<3i', *device, dtype)
-    for flag, aux_shape, _ in aux:
-        raw += struct.pack('<i', flag) + shape_bytes(aux_shape)
-    return raw + data + b''.join(aux_data for _, _, aux_data in aux)
-
-
-def values(count, dtype='<f4'):
-    return np.arange(count, dtype=dtype).tobytes()
-
-
-def dense_bytes(shape=(2, 3), **fields):
-    return array_bytes(shape, values(int(np.prod(shape))), **fields)
-
-
-def row_sparse_bytes(rows, shape=(5, 2), storage_shape=None, row_flag=INT64):
-    storage_shape = storage_shape or (len(rows), shape[1])
-    row_dtype = {INT64: '<i8', FLOAT64: '<f8'}[row_flag]
-    return array_bytes(shape, values(int(np.prod(storage_shape))), stype=1,
-                       storage_shape=storage_shape,
-                       aux=[(row_flag, (len(rows),), np.array(rows, row_dtype).tobytes())])
-
-
-def csr_bytes(indptr, indices, shape=(3, 4), index_flag=INT64):
-    index_dtype = {INT64: '<i8', FLOAT64: '<f8'}[index_flag]
-    return array_bytes(shape, values(len(indices)), stype=2, storage_shape=(len(indices),),
-                       aux=[(INT64, (len(indptr),), np.array(indptr, '<i8').tobytes()),
-                            (index_flag, (len(indices),), np.array(indices, index_dtype).tobytes())])
 
 
 def test_array_bytes_are_written_as_mxnet_writes_them():

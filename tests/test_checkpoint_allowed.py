@@ -12,12 +12,11 @@ import io
 import pickle
 import textwrap
 
-import numpy as np
-import pytest
 import mxnet as mx
+import pytest
 
 from adam_plugin import checkpoint
-from test_checkpoint import LOADERS, SAVE_AFTER, STEPS, Job, assert_same, inspect, save
+from checkpoints import LOADERS, SAVE_AFTER, STEPS, Job, assert_same, inspect, save
 
 SCHEDULES = '''
 from mxnet import lr_scheduler

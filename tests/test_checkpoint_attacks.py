@@ -26,17 +26,21 @@ from mxnet.ndarray.ndarray import NDArray
 
 import adam_plugin
 from adam_plugin import checkpoint
-from test_checkpoint import SAVE_AFTER, Job, assert_same, inspect, row_sparse_bytes, save
-
-
-class Call:
-    """Pickles as ``func(*args)``: the ``__reduce__`` gadget."""
-
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return self.func, self.args
+from checkpoints import (
+    SAVE_AFTER,
+    Call,
+    Job,
+    Rebuilt,
+    assert_same,
+    cycle,
+    handle,
+    inspect,
+    put,
+    row_sparse_bytes,
+    save,
+    setattrs,
+    without,
+)
 
 
 class CallEx(Call):
@@ -44,16 +48,6 @@ class CallEx(Call):
 
     def __reduce_ex__(self, protocol):
         return self.func, self.args
-
-
-class Rebuilt:
-    """Pickles as ``cls(*args)`` given ``state``: an allowed class with made-up contents."""
-
-    def __init__(self, cls, args, state):
-        self.cls, self.args, self.state = cls, args, state
-
-    def __reduce__(self):
-        return self.cls, self.args, self.state
 
 
 def touch(marker):
@@ -74,19 +68,6 @@ def whole_file(gadget):
 
 def opcodes(program):
     return lambda good, marker: program.replace(b'CMD', touch(marker).encode())
-
-
-def setattrs(obj, **attrs):
-    obj.__dict__.update(attrs)
-
-
-def put(states, index, value):
-    states[index] = value
-
-
-def handle(states):
-    """The raw bytes of a real state array."""
-    return states[0][0].__getstate__()['handle']
 
 
 # getattr(__import__('os'), 'system')('touch ...'), in protocol 0 opcodes.
@@ -134,22 +115,12 @@ ATTACKS = {
 }
 
 
-def cycle():
-    loop = []
-    loop.append(loop)
-    return loop
-
-
 def doubling(levels):
     """A tuple nesting of 2**levels leaves in ``levels`` objects: walked naively, it never ends."""
     nest = ()
     for _ in range(levels):
         nest = (nest, nest)
     return nest
-
-
-def without(obj, name):
-    del obj.__dict__[name]
 
 
 # name -> (how to make the file from a real one and the marker, what the error says)
@@ -242,7 +213,7 @@ def test_mxnet_runs_the_command(row, tmp_path):
     fname, marker = write(row, job, tmp_path)
     try:
         job.trainer.load_states(str(fname))
-    except Exception:  # noqa: BLE001  (what happens after the command does not matter)
+    except Exception:  # what happens after the command does not matter
         pass
     assert marker.exists()
 

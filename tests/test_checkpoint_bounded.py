@@ -21,7 +21,7 @@ from mxnet import autograd, gluon, nd
 import adam_plugin
 from adam_plugin import checkpoint
 from adam_plugin.checkpoint import rawarray, safe
-from test_checkpoint import Job, assert_same, inspect, save
+from checkpoints import Job, assert_same, inspect, save
 
 DEEP = 'it nests objects deeper than 128 levels (or in themselves); refused before unpickling'
 

@@ -11,17 +11,13 @@ and ``python -m adam_plugin.checkpoint inspect`` do, each with the message
 import math
 import pickle
 
-import pytest
 import mxnet as mx
+import pytest
 from mxnet import autograd, gluon, nd
 
-from test_checkpoint import LOADERS, SAVE_AFTER, Job, assert_same, inspect, save
+from checkpoints import LOADERS, SAVE_AFTER, Job, assert_same, inspect, save, setattrs
 
 NAN = float('nan')
-
-
-def setattrs(obj, **values):
-    obj.__dict__.update(values)
 
 
 def set_counts(opt, count):

@@ -15,7 +15,6 @@ import pickletools
 import struct
 
 import numpy as np
-
 import pytest
 from mxnet import nd
 from mxnet.optimizer import SGD, Optimizer
@@ -23,8 +22,20 @@ from mxnet.optimizer import SGD, Optimizer
 import adam_plugin
 from adam_plugin import checkpoint
 from adam_plugin.checkpoint import safe
-from test_checkpoint import Job, _arrays, assert_same, row_sparse_bytes, save
-from test_checkpoint_attacks import Call, Rebuilt, cycle, handle, put, setattrs, without
+from checkpoints import (
+    Call,
+    Job,
+    Rebuilt,
+    assert_same,
+    cycle,
+    handle,
+    put,
+    row_sparse_bytes,
+    save,
+    setattrs,
+    without,
+)
+from helpers import state_arrays
 
 OPT = 'adam_plugin.optimizer.MyAdam'
 ARRAY = 'mxnet.ndarray.ndarray.NDArray'
@@ -38,7 +49,7 @@ def spliced(make, fragment):
         states, optimizer = pickle.loads(good)
         data = pickle.dumps(make(states, optimizer), 3)
         ops = list(pickletools.genops(data))
-        for (op, arg, pos), (_, _, end) in zip(ops, ops[1:]):
+        for (_, arg, pos), (_, _, end) in zip(ops, ops[1:]):
             if arg == PLACEHOLDER:
                 return data[:pos] + fragment(*pickle.loads(good)) + data[end:]
         raise AssertionError('no placeholder')
@@ -319,7 +330,7 @@ def per_index():
 
 
 def states(job):
-    return {i: _arrays(s) for i, s in job.trainer._updaters[0].states.items()}
+    return {i: state_arrays(s) for i, s in job.trainer._updaters[0].states.items()}
 
 
 def test_states_are_created_for_their_own_index(per_index, tmp_path):

@@ -15,7 +15,7 @@ import pickle
 import numpy as np
 import pytest
 
-from test_checkpoint import LOADERS, inspect
+from checkpoints import LOADERS, inspect
 
 HERE = os.path.join(os.path.dirname(__file__), 'states')
 _spec = importlib.util.spec_from_file_location('make_v0_1_0', os.path.join(HERE, 'make_v0_1_0.py'))

@@ -4,10 +4,13 @@ import re
 import subprocess
 import sys
 
+import mxnet as mx
 import numpy as np
-
 import pytest
 
+import adam_plugin
+from adam_plugin import options
+from adam_plugin.chapter import cli as chapter_cli, exercises, linreg
 from cli import run_cli
 
 NUM_EXAMPLES = 1000  # the chapter's data set
@@ -104,8 +107,6 @@ def test_bad_arguments_are_refused_by_name(args, option):
 
 
 # --- Every flag, in process: the run equals the library's with the option it names ----------
-
-from adam_plugin.chapter import cli as chapter_cli, exercises, linreg  # noqa: E402
 
 QUICK = ['--epochs', '1', '--batch-size', '100', '--quiet', '--json']
 
@@ -326,11 +327,6 @@ def test_without_the_chapter_extra_the_commands_without_a_figure_run(args, tmp_p
 
 
 # --- The optimizer's flags come from the option table ---------------------------------------
-
-import mxnet as mx  # noqa: E402
-
-import adam_plugin  # noqa: E402
-from adam_plugin import options  # noqa: E402
 
 # MyAdam's options that the chapter's commands take by flags of their own (MXNet's name of
 # the learning rate gets a hint: BAD_OPTIONS above).

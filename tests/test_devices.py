@@ -5,9 +5,9 @@ copies are ``cpu_pinned``. All host memory takes the compiled kernel.
 """
 import types
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import nd
 
 from adam_plugin import MyAdam, dispatch, kernel

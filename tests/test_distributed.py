@@ -14,9 +14,9 @@ import threading
 import time
 import uuid
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import gluon
 
 import dist_worker

@@ -7,37 +7,22 @@ import shutil
 import subprocess
 import sys
 import types
-import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import nd
 from mxnet.base import _LIB
 
-import adam_plugin  # noqa: F401  (registers 'myadam')
+import adam_plugin
 from adam_plugin import MyAdam, dispatch, kernel, mxnet_internals, textbook
-from configs import CONFIGS, optimizer_kwargs
+from configs import CONFIGS, FUSED_TOL, OPERATOR_CONFIGS, layout, optimizer_kwargs
+from helpers import VARIANTS, optimizer_step, record_calls
 from oracles import gradients
-from test_kernel_calls import record_calls
 
 STEPS = 20
 # (3,4,5), (10,4), (7,) as in the option tests, and one of 100K elements.
 SHAPES = [(3, 4, 5), (10, 4), (7,), (100_003,)]
-FUSED_TOL = {'float32': dict(rtol=1e-6, atol=1e-7), 'float64': dict(rtol=1e-12, atol=1e-14)}
-# The kernel's variants this CPU runs (test_variants_follow_the_cpu checks the list).
-VARIANTS = [v for v in kernel.variants() if kernel.runs_here(v)] if kernel.LIBRARY else []
-
-
-# The quick tier runs the variant the kernel chose at load, on float32 (float64 on the kernel:
-# test_properties); the full one runs every variant on both.
-@pytest.fixture(params=[v if v == kernel.variant() else pytest.param(v, marks=pytest.mark.slow)
-                        for v in VARIANTS])
-def variant(request):
-    """Each variant of the kernel's loops this CPU runs, in turn, for the test."""
-    previous = kernel.use_variant(request.param)
-    yield request.param
-    kernel.use_variant(previous)
 
 
 def run(config, dtype, fused, aggregated, weights, grads):
@@ -116,11 +101,6 @@ def test_fused_matches_textbook_on_several_threads(name, variant, rng, monkeypat
 
 
 # --- which route each parameter takes ---------------------------------------------------
-
-def layout(dense=True, dtype=np.float32, device='cpu', grad_in_host_memory=True):
-    """The layout of a 12-element weight and its gradient, anywhere (a GPU too)."""
-    return dispatch.Layout(dense=dense, dtype=np.dtype(dtype), device_type=device,
-                           shape=(12,), grad_in_host_memory=grad_in_host_memory)
 
 
 def options(fused=True, amsgrad=False, decoupled_wd=False, epsilon_mode='outside', yogi=False):
@@ -362,20 +342,9 @@ def test_a_list_mixing_routes_takes_each(taken):
 
 # --- MXNet's adam_update with the remap (the route for GPUs), exercised on CPU -------------
 
-OPERATOR_CONFIGS = [name for name, config in CONFIGS.items()
-                    if dispatch.route(layout(device='gpu'),
-                                      MyAdam(**optimizer_kwargs(config))) == 'operator']
-
 
 def test_operator_configs_are_not_empty():
     assert {'defaults', 'hat', 'all_base_options'} <= set(OPERATOR_CONFIGS)
-
-
-def optimizer_step(opt, index):
-    """The Step of ``opt``'s next update of ``index``, once counted: its count, the
-    learning rate and weight decay MXNet's ``Optimizer`` gives it, ``opt``'s options."""
-    return textbook.Step(opt._index_update_count[index], opt._get_lr(index), opt._get_wd(index),
-                         *(getattr(opt, field) for field in textbook.Step._fields[3:]))
 
 
 @pytest.mark.parametrize('name', OPERATOR_CONFIGS)

@@ -7,25 +7,13 @@ import os
 import subprocess
 import sys
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import gluon, nd
 
 from adam_plugin import MyAdam, kernel
-
-ENTRY_POINTS = ('adam_float32', 'adam_float64', 'finite_float32', 'finite_float64')
-
-
-def record_calls(monkeypatch, library):
-    """The list to which every later call into ``library`` appends (function name, arguments)."""
-    seen = []
-    for name in ENTRY_POINTS:
-        def wrapper(*args, _name=name, _original=getattr(library, name)):
-            seen.append((_name, args))
-            return _original(*args)
-        monkeypatch.setattr(library, name, wrapper)
-    return seen
+from helpers import ENTRY_POINTS, record_calls, spy
 
 
 @pytest.fixture
@@ -126,12 +114,11 @@ def test_a_lazy_step_covers_the_rows_present_only(monkeypatch):
     checked) = rows present x row length, here 3 x 8 of a 100000 x 8 weight."""
     import ctypes
     sizes = []
-    for name in ('adam_float32', 'finite_float32'):
-        def wrapper(*args, _original=getattr(kernel.LIBRARY, name), _name=name):
-            sizes.append((_name, np.ctypeslib.as_array(  # args[2]: the sizes, in both
-                ctypes.cast(args[2], ctypes.POINTER(ctypes.c_int64)), (args[0],)).tolist()))
-            return _original(*args)
-        monkeypatch.setattr(kernel.LIBRARY, name, wrapper)
+
+    def record(name, args):  # args[2]: the sizes, in both
+        sizes.append((name, np.ctypeslib.as_array(
+            ctypes.cast(args[2], ctypes.POINTER(ctypes.c_int64)), (args[0],)).tolist()))
+    spy(monkeypatch, kernel.LIBRARY, ('adam_float32', 'finite_float32'), record)
     opt = MyAdam(learning_rate=0.1)
     weight = nd.ones((100_000, 8))
     grad = nd.sparse.row_sparse_array((nd.ones((3, 8)), nd.array([5, 70, 99_999], dtype='int64')),

@@ -10,7 +10,6 @@ import pytest
 from mxnet import nd
 
 from adam_plugin import kernel
-from test_fused import variant  # noqa: F401  (a fixture: every variant this CPU runs)
 
 # the kernel's storages and the dtype of their gradients
 STORAGES = {'float16': 'float16', 'float16_master': 'float16', 'float32': 'float32',

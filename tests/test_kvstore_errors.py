@@ -10,16 +10,15 @@ import pstats
 import sys
 import traceback
 import warnings
-from contextlib import contextmanager
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-from adam_plugin import checkpoint, deferred
-from adam_plugin import counts as counts_module
-from conftest import TOL
+from adam_plugin import checkpoint, counts as counts_module, deferred
+from configs import TOL
+from helpers import raised_from_the_callback
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 
@@ -30,17 +29,6 @@ TWO = [mx.cpu(0), mx.cpu(1)]
 # raises either way.
 MODES = [('device', False, False), ('local', False, False),
          ('device', True, True), ('local', True, True)]
-
-
-@contextmanager
-def raised_from_the_callback(kind, message):
-    """``pytest.raises(kind, match=message)``, and the warning the callback gives at once;
-    yields ``(the ExceptionInfo, the warnings)``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        with pytest.raises(kind, match=message) as error:
-            yield error, caught
-    assert [w for w in caught if 'raised as soon as MXNet returns' in str(w.message)]
 
 
 class EndingSchedule(mx.lr_scheduler.LRScheduler):
@@ -304,7 +292,7 @@ def test_a_sparse_embedding_trains_or_raises():
     adam = train_sparse_embedding('adam', {})
     try:
         mine = train_sparse_embedding('myadam', dict(epsilon_mode='hat'))
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:
         frames = [(f.filename, f.name) for f in traceback.extract_tb(error.__traceback__)]
         assert any('adam_plugin' in file for file, _ in frames), frames  # MyAdam's update
         assert any(file.endswith('gluon/trainer.py') and name == 'step'

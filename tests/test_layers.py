@@ -8,12 +8,12 @@ contexts, with the KVStore or the Trainer doing the update. Every parameter, run
 statistics included, must match MXNet's Adam's at the tolerances of MXNet's own
 ``test_adam``: a step of the learning rate on the statistics would be 100 times those.
 """
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon
 
-from test_mxnet_adam import ATOL, RTOL
+from configs import ATOL, RTOL
 
 CONTEXTS = [mx.cpu(0), mx.cpu(1)]
 STEPS, BATCH = 4, 8

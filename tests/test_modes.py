@@ -8,13 +8,13 @@ import json
 import subprocess
 import sys
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, npx
 
 from adam_plugin import dispatch
-from conftest import TOL
+from configs import TOL
 
 STEPS = 20
 OPTIONS = dict(learning_rate=0.01, wd=0.01)

@@ -20,16 +20,21 @@ import itertools
 import math
 import zlib
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
-from mxnet.test_utils import (assert_almost_equal, compare_ndarray_tuple, compare_optimizer,
-                              default_context, rand_ndarray)
+from mxnet.test_utils import (
+    assert_almost_equal,
+    compare_ndarray_tuple,
+    compare_optimizer,
+    default_context,
+    rand_ndarray,
+)
 
 from adam_plugin import MyAdam
+from configs import ATOL, RTOL
 
 SHAPE = (3, 4, 5)
-RTOL, ATOL = 1e-4, 2e-5  # test_adam's own, for every dtype
 
 CG_OPTIONS = [{}, {'clip_gradient': 0.4}, {'clip_gradient': 0.5}]
 RG_OPTIONS = [{}, {'rescale_grad': 0.14}, {'rescale_grad': 0.8}]

@@ -18,8 +18,7 @@ import pytest
 from mxnet import autograd, gluon, nd
 from mxnet.base import MXNetError
 
-from adam_plugin import MyAdam, kernel
-from adam_plugin import mxnet_internals as internals
+from adam_plugin import MyAdam, kernel, mxnet_internals as internals
 
 
 class Recording(mx.optimizer.Optimizer):

@@ -25,15 +25,15 @@ Changes from the original:
 import copy
 import os
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import gluon
 from mxnet.gluon import nn
 
+from checkpoints import LOADERS
+from configs import ATOL, RTOL
 from oracles import NumpyAdam
-from test_checkpoint import LOADERS
-from test_mxnet_adam import ATOL, RTOL
 
 # registered optimizer -> its options (trainer_for adds the learning rate MXNet's test gives)
 OPTIMIZERS = {'adam': {}, 'myadam': {'epsilon_mode': 'hat'}}
@@ -351,7 +351,7 @@ def test_gluon_trainer_param_order():
     params = net.collect_params()
     net.initialize()
     trainer = gluon.Trainer(params, 'myadam')
-    for name, init in layers.items():
+    for name in layers:
         expected_idx = 0 if name == 'ones_' else 1
         expected_name = name + 'weight'
         assert trainer._params[expected_idx].name == expected_name

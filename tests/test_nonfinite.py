@@ -4,9 +4,9 @@ import math
 import sys
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import gluon, nd
 
 from adam_plugin import MyAdam, dispatch

@@ -1,11 +1,10 @@
 """MyAdam against the two outside implementations: torch.optim and MXNet's built-in Adam."""
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 
-import adam_plugin  # noqa: F401
-from configs import CONFIGS, optimizer_kwargs
-from conftest import SHAPES, TOL
+import adam_plugin  # noqa: F401  (registers 'myadam')
+from configs import CONFIGS, SHAPES, TOL, optimizer_kwargs
 from oracles import gradients
 
 STEPS = 20

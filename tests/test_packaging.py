@@ -8,22 +8,13 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
-import urllib.parse
-import urllib.request
 import zipfile
 
 import pytest
 
 import adam_plugin
 from adam_plugin import _mxnet, kernel
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-# `make test` and `make quick` set this: they run the suite against the wheel installed in
-# their venv, which the two tests marked with it check.
-INSTALLED = os.environ.get('ADAM_PLUGIN_TEST_INSTALLED') == '1'
-installed_only = pytest.mark.skipif(
-    not INSTALLED, reason='ADAM_PLUGIN_TEST_INSTALLED=1 (set by make test) checks the installed wheel')
+from installed import ROOT, installed_only, installed_wheel
 
 
 @installed_only
@@ -37,12 +28,6 @@ def test_the_suite_imports_the_installed_wheel():
     assert pathlib.Path(child.stdout.strip()).resolve() == here
     origin = json.loads(importlib.metadata.distribution('adam_plugin').read_text('direct_url.json'))
     assert origin['url'].endswith('.whl'), origin  # pip's record: installed from a wheel file
-
-
-def installed_wheel():
-    """The wheel file pip installed adam_plugin from (its record, direct_url.json)."""
-    origin = json.loads(importlib.metadata.distribution('adam_plugin').read_text('direct_url.json'))
-    return pathlib.Path(urllib.request.url2pathname(urllib.parse.urlparse(origin['url']).path))
 
 
 @installed_only
@@ -124,7 +109,9 @@ print(weight.asnumpy().tolist())
 
 @pytest.mark.slow
 def test_the_optimizer_needs_neither_matplotlib_nor_tqdm():
-    run = lambda code: subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    def run(code):
+        return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+
     alone = run(OPTIMIZER_ALONE)
     assert alone.returncode == 0, alone.stderr
     assert json.loads(alone.stdout.splitlines()[-1]) == pytest.approx([0.9] * 3)

@@ -6,7 +6,6 @@ from mxnet import nd
 from adam_plugin import MyAdam
 from configs import CONFIGS, optimizer_kwargs
 from oracles import gradients
-from test_fused import variant  # noqa: F401  (a fixture: every variant this CPU runs)
 
 SHAPES = [(3, 4, 5), (10, 4), (7,)]
 OPTIONS = [dict(), dict(amsgrad=True, wd=0.01), dict(decoupled_wd=True, wd=0.01),

@@ -13,11 +13,11 @@ arrays with a zero-length axis are made and stepped under ``mx.util.np_shape(Tru
 import contextlib
 import math
 
-import numpy as np
 import mxnet as mx
-from mxnet import nd
+import numpy as np
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
+from mxnet import nd
 
 from adam_plugin import MyAdam, dispatch
 from adam_plugin.textbook import EPSILON_MODES, Step

@@ -9,14 +9,13 @@ on the calling thread: the same numbers, skips, counts and warnings.
 """
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import gluon, nd
 
 from adam_plugin import checkpoint, kernel, options
-from conftest import register_custom_op
-from test_fused import optimizer_step
+from helpers import optimizer_step, register_custom_op, state_arrays
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 GOOD = {'first': np.array([0.3, -0.2, 0.1, 0.5]), 'second': np.array([1.0, -1.0, 2.0])}
@@ -151,7 +150,7 @@ def test_queued_steps_equal_steps_on_the_calling_thread(sequence, dtype, options
         updater = (trainer._kvstore._updater if update_on_kvstore else trainer._updaters[0])
         runs[update_on_kvstore] = (
             [d.asnumpy() for p in params for d in p.list_data()],
-            [s for i in sorted(updater.states) for s in _arrays(updater.states[i])],
+            [s for i in sorted(updater.states) for s in state_arrays(updater.states[i])],
             dict(trainer.optimizer._index_update_count), trainer.optimizer.num_update,
             trainer.optimizer.num_skipped)
     queued, calling = runs[True], runs[False]
@@ -160,14 +159,6 @@ def test_queued_steps_equal_steps_on_the_calling_thread(sequence, dtype, options
     assert queued[2:4] == calling[2:4]
     bad_steps = sum(g is not GOOD for g in SEQUENCES[sequence])
     assert queued[4] * 2 == calling[4] >= 2 * bad_steps
-
-
-def _arrays(state):
-    """A state as NumPy arrays, nested as ``(master, (m, v, [t]))`` under multi_precision:
-    its arrays and its step count."""
-    if isinstance(state, (tuple, list)):
-        return [a for s in state for a in _arrays(s)]
-    return [state.asnumpy() if isinstance(state, nd.NDArray) else np.array(state)]
 
 
 def test_a_skip_is_warned_at_the_next_call_or_the_next_step():

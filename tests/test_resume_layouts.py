@@ -17,15 +17,15 @@ import pickle
 import re
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from adam_plugin import checkpoint
 from adam_plugin.chapter import linreg
+from checkpoints import BATCH, LOADERS, PLACEMENTS, SAVE_AFTER, STEPS, LinReg, batches
 from configs import CONFIGS, optimizer_kwargs
-from test_checkpoint import BATCH, LOADERS, PLACEMENTS, SAVE_AFTER, STEPS, LinReg, batches
 
 # name -> (MyAdam options, weight dtype, step whose gradient of w is NaN on every device)
 ROWS = {

@@ -1,11 +1,10 @@
 """MyAdam against the NumPy oracle written from the papers, one row per configuration."""
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 
 import adam_plugin  # noqa: F401  (registers 'myadam')
-from configs import CONFIGS, LR, factor_schedule, optimizer_kwargs
-from conftest import SHAPES, TOL
+from configs import CONFIGS, LR, SHAPES, TOL, factor_schedule, optimizer_kwargs
 from oracles import NumpyAdam, gradients
 
 STEPS = 20

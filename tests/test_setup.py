@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import adam_plugin
-from test_packaging import ROOT, installed_only, installed_wheel
+from installed import ROOT, installed_only, installed_wheel
 
 
 def planned(target):
@@ -35,6 +35,17 @@ def test_make_quick_builds_no_horovod_and_needs_no_cmake():
     assert 'horovod' not in commands.lower() and 'cmake' not in commands
 
 
+def test_make_lint_runs_ruff_from_the_test_venv_and_ci_lints_before_testing():
+    """ruff as the test extra installs it (pinned by requirements.txt), over the whole tree."""
+    commands = planned('lint').splitlines()
+    assert [line for line in commands if 'ruff check' in line] == ['.venv-test/bin/ruff check .']
+    assert any('-c requirements.txt' in line and '[chapter,test]' in line for line in commands)
+    assert re.search(r'^ruff==', (ROOT / 'requirements.txt').read_text(), re.M)
+    ci = [line for line in (ROOT / '.ci' / 'run').read_text().splitlines()
+          if line.startswith('make ')]
+    assert ci.index('make lint') < ci.index('make test'), ci
+
+
 @pytest.mark.parametrize('target', ['test', 'horovod'])
 def test_make_test_and_make_horovod_build_horovod(target):
     commands = planned(target)
@@ -51,8 +62,10 @@ def test_make_demo_installs_the_chapter_extra_only_and_leaves_git_status_clean()
     (venv,) = [line.split(' -m venv ')[1] for line in commands if ' -m venv ' in line]
     (run,) = [shlex.split(line) for line in commands if ' -m adam_plugin ' in line]
     figure = run[run.index('--plot') + 1]
-    git = lambda *args: subprocess.run(['git', '-C', str(ROOT), *args], capture_output=True,
-                                       text=True)
+
+    def git(*args):
+        return subprocess.run(['git', '-C', str(ROOT), *args], capture_output=True, text=True)
+
     assert git('ls-files', '--error-unmatch', figure).returncode == 1, f'{figure} is tracked'
     for written in (figure, f'{venv}/bin/python'):
         assert git('check-ignore', '-q', written).returncode == 0, f'{written} is not ignored'

@@ -1,20 +1,17 @@
 """Row-sparse gradients and weights: lazy updates change only the rows present, else all rows."""
 import threading
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from adam_plugin import MyAdam, dispatch, kernel, mxnet_internals
-from configs import CONFIGS, optimizer_kwargs
-from conftest import TOL
+from configs import CONFIGS, FUSED_TOL, OPERATOR_CONFIGS, TOL, optimizer_kwargs
+from helpers import state_arrays
 from oracles import NumpyAdam
-from test_fused import FUSED_TOL, OPERATOR_CONFIGS, variant  # noqa: F401  (a fixture)
+from row_sparse import ROW_SETS, SHAPE, rsp_grads, run
 
-SHAPE = (10, 4)
-# rows present in the gradient, one entry per step; [] is a gradient holding no rows
-ROW_SETS = [[1, 4, 7], [0, 4], [], [7, 8, 9], [4], [1, 2, 3, 5]]
 OPTIONS = [dict(), dict(wd=0.1), dict(clip_gradient=0.5, rescale_grad=0.5)]
 W_STYPES = ['default', 'row_sparse']
 # weight dtype -> MyAdam/Adam keywords for it, and the tolerance of the weights it ends with
@@ -23,37 +20,6 @@ DTYPES = {
     # a float32 master copy steps; float16 weights may then differ by one rounding (2**-10)
     'float16': (dict(multi_precision=True), dict(rtol=1e-3, atol=1e-3)),
 }
-
-
-def rsp_grads(rng, dtype='float32'):
-    out = []
-    for rows in ROW_SETS:
-        data = rng.normal(size=(len(rows), SHAPE[1])) * 3
-        out.append(nd.sparse.row_sparse_array(
-            (nd.array(data, dtype=dtype), nd.array(rows, dtype='int64')), shape=SHAPE))
-    return out
-
-
-def run(opt, grads, w0, w_stype='default'):
-    """Step ``opt`` through ``grads`` from ``w0``; (weight, state) as NumPy after each step.
-
-    A row_sparse weight stores every row, as ``Trainer`` and MXNet's tests make it.
-    """
-    w = nd.array(w0, dtype=w0.dtype).tostype(w_stype)
-    state = opt.create_state_multi_precision(0, w)
-    history = []
-    for g in grads:
-        opt.update_multi_precision(0, w, g, state)
-        history.append((w.asnumpy(), _flat(state)))
-    return history
-
-
-def _flat(state):
-    """A state as NumPy arrays: a float32 master copy, the moments and MyAdam's step
-    count ``[t]``, flattened into one list."""
-    if isinstance(state, (tuple, list)):
-        return [a for s in state for a in _flat(s)]
-    return [state.asnumpy() if isinstance(state, nd.NDArray) else np.array(state)]
 
 
 # What MXNet prints on stderr when an operator without a sparse form is given a row_sparse
@@ -97,7 +63,7 @@ def test_no_operator_falls_back_to_dense_storage(capfd):
 def _raised(function):
     try:
         function()
-    except Exception as error:  # pylint: disable=broad-except  (reported by the test)
+    except Exception as error:  # any error, reported by the test
         return [error]
     return []
 
@@ -354,6 +320,7 @@ def _data_pointer(array):
     """Where ``array``'s values are, once every write queued to it is done (a row_sparse
     array made by ``tostype`` has no storage until its conversion has run)."""
     import ctypes
+
     from mxnet.base import _LIB, check_call
     array.wait_to_read()
     pointer = ctypes.c_void_p()
@@ -403,8 +370,8 @@ EVERY_ROUTE = [(fused, lazy, weight) for fused in (True, False) for lazy in (Tru
 
 
 @pytest.mark.parametrize('fused, lazy_update, weight_kind', EVERY_ROUTE,
-                         ids=[f"{'kernel' if f else 'textbook'}-{'lazy' if l else 'dense'}-{w}"
-                              for f, l, w in EVERY_ROUTE])
+                         ids=[f"{'kernel' if fused else 'textbook'}-{'lazy' if lazy else 'dense'}-{weight}"
+                              for fused, lazy, weight in EVERY_ROUTE])
 @pytest.mark.parametrize('case', REFUSED_ROWS)
 def test_every_route_refuses_a_row_outside_the_weight_or_a_row_twice(case, fused, lazy_update,
                                                                      weight_kind):
@@ -422,14 +389,14 @@ def test_every_route_refuses_a_row_outside_the_weight_or_a_row_twice(case, fused
     state = opt.create_state(0, weight)
     good = nd.sparse.row_sparse_array((np.ones((2, SHAPE[1]), 'float32'), [1, 4]), shape=SHAPE)
     opt.update(0, weight, good, state)
-    before = [weight.asnumpy()] + _flat(state)
+    before = [weight.asnumpy()] + state_arrays(state)
     grad = nd.sparse.row_sparse_array((np.full((len(rows), SHAPE[1]), 0.5, 'float32'),
                                        nd.array(rows, dtype='int64')), shape=SHAPE)
     with pytest.raises(ValueError) as error:
         opt.update(0, weight, grad, state)
     assert str(error.value) == (f"myadam: the row_sparse gradient of parameter 'embed' {what}; "
                                 "nothing was updated")
-    after = [weight.asnumpy()] + _flat(state)
+    after = [weight.asnumpy()] + state_arrays(state)
     assert len(after) == len(before)
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)

@@ -11,15 +11,15 @@ both; a checkpoint at step 6 keeps every count, and the resumed run is the strai
 import math
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import gluon, nd
 
 from adam_plugin import MyAdam, checkpoint
-from conftest import TOL
+from checkpoints import LOADERS
+from configs import TOL
 from oracles import NumpyAdam
-from test_checkpoint import LOADERS
 
 STEPS, SAVE_AFTER, LR = 10, 6, 0.01
 NAMES = ('always', 'frozen', 'late', 'nan')
@@ -63,7 +63,7 @@ def train(params, trainer, steps):
             param.grad_req = 'write' if (t in ACTIVE[name] or name == 'nan') else 'null'
             if param.grad_req == 'write':
                 param.grad()[:] = grad(name, t)
-                param.data()._fresh_grad = True  # pylint: disable=protected-access
+                param.data()._fresh_grad = True
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', RuntimeWarning)  # the NaN skip warns
             trainer.step(1)

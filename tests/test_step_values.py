@@ -12,16 +12,16 @@ import fractions
 import math
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from hypothesis import given, settings, strategies as st
 from mxnet import gluon, nd
 
 from adam_plugin import MyAdam
-from conftest import TOL
+from configs import TOL
+from helpers import raised_from_the_callback
 from oracles import NumpyAdam
-from test_kvstore_errors import raised_from_the_callback
 
 NAN, INF = math.nan, math.inf
 INIT = {'first': [0.5, -1.0, 2.0, 0.25], 'second': [1.0, -0.5, 0.75]}

@@ -1,13 +1,13 @@
 """MyAdam as MXNet sees it: registration, state placement, Trainer options, contexts."""
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 import adam_plugin
 from adam_plugin import MyAdam
 from adam_plugin.chapter import linreg
-from conftest import TOL
+from configs import TOL
 from oracles import NumpyAdam
 
 
@@ -36,7 +36,10 @@ def test_state_lives_on_the_weights_context_and_dtype(ctx, dtype, amsgrad):
         assert buf.asnumpy().sum() == 0
 
 
-def _train(params, optimizer, batch_size=8, steps=5, ctxs=(mx.cpu(),), **trainer_kw):
+ONE_CPU = (mx.cpu(),)
+
+
+def _train(params, optimizer, batch_size=8, steps=5, ctxs=ONE_CPU, **trainer_kw):
     trainer = gluon.Trainer(params, optimizer, **trainer_kw)
     features, labels = linreg.make_dataset(num_examples=40, seed=5)
     for _, (X, y) in zip(range(steps), linreg.data_iter(batch_size, features, labels, seed=1)):
@@ -50,7 +53,7 @@ def _train(params, optimizer, batch_size=8, steps=5, ctxs=(mx.cpu(),), **trainer
     return trainer
 
 
-def _params(ctxs=(mx.cpu(),), lr_mult=1.0):
+def _params(ctxs=ONE_CPU, lr_mult=1.0):
     w = gluon.Parameter('w', shape=(2, 1), lr_mult=lr_mult)
     b = gluon.Parameter('b', shape=(1,))
     for p, v in ((w, [[0.1], [0.2]]), (b, [0.3])):

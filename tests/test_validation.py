@@ -4,14 +4,14 @@ import math
 import pickle
 import reprlib
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import gluon, nd
 
 from adam_plugin import MyAdam, MyYogi
 from adam_plugin.options import OPTIONS
-from conftest import TOL
+from configs import TOL
 from oracles import NumpyAdam
 
 NAN = float('nan')
@@ -305,7 +305,7 @@ def test_positional_arguments_keep_their_order():
 class _OwnFields(mx.lr_scheduler.LRScheduler):
     """A user's scheduler that keeps its own fields, not MXNet's (no super().__init__)."""
 
-    def __init__(self):  # pylint: disable=super-init-not-called
+    def __init__(self):
         self.rate = 0.01
 
     def __call__(self, num_update):

@@ -10,9 +10,9 @@ route, and the steps queued in MXNet's engine.
 import math
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from hypothesis import assume, given, settings, strategies as st
 from mxnet import gluon, nd
 

@@ -8,16 +8,16 @@ both moments from ``initial_accumulator_value=1e-6``), and Zaheer et al.'s Algor
 """
 import pickle
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import nd
 
 from adam_plugin import MyAdam, MyYogi, dispatch, kernel
 from adam_plugin.chapter import linreg
-from conftest import SHAPES, TOL
+from configs import FUSED_TOL, SHAPES, TOL
 from oracles import NumpyAdam, d2l_yogi, gradients, optax_yogi
-from test_sparse import ROW_SETS, SHAPE, rsp_grads, run as run_sparse
+from row_sparse import ROW_SETS, SHAPE, rsp_grads, run as run_sparse
 
 STEPS = 20
 LR = 0.01
@@ -83,7 +83,6 @@ def test_matches_optax_yogi(route, dtype, rng):
 
 
 def test_every_kernel_variant_computes_yogi_as_the_textbook(rng):
-    from test_fused import FUSED_TOL
     weights, grads = problem(rng, 'float32')
     textbook = run(MyYogi(learning_rate=LR, fused=False), 'float32', weights, grads)
     for name in kernel.variants():

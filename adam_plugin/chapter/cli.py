@@ -218,6 +218,7 @@ def _schedule(lr, step, factor, names=('--lr-step', '--lr-factor')):
     if step is None:
         raise ValueError(f"{names[1]} needs {names[0]}, the number of updates between decays")
     import mxnet as mx
+
     from . import exercises
     fields = options.SCHEDULER_FIELDS[mx.lr_scheduler.FactorScheduler]
     return exercises.decay_schedule(lr, fields['step'](names[0], step),
@@ -227,6 +228,7 @@ def _schedule(lr, step, factor, names=('--lr-step', '--lr-factor')):
 def _check_optimizer(parser, name, params):
     """Make the optimizer once, so a bad option fails before training, by its name."""
     import mxnet as mx
+
     from .. import optimizer  # noqa: F401  (registers 'myadam', 'myyogi')
     try:
         mx.optimizer.create(name, **params)
@@ -245,6 +247,7 @@ def _data(args):
 def _progress(args, features, num_runs):
     """A tqdm bar on stderr counting the optimizer steps of ``num_runs`` runs."""
     from tqdm import tqdm
+
     from .linreg import num_steps
     return tqdm(total=num_runs * num_steps(features, args.batch_size, args.epochs),
                 desc=args.command, unit='step', file=sys.stderr, disable=args.quiet)

@@ -8,8 +8,8 @@ __all__ = ['adam_folded', 'decay_schedule', 'reddi_losses', 'reddi', 'badly_scal
 
 import math
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import nd
 
 from ..optimizer import MyAdam

@@ -24,12 +24,12 @@ __all__ = [
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon, nd
 
-from . import reference
 from ..optimizer import MyAdam  # noqa: F401  (registers 'myadam')
+from . import reference
 
 #: The chapter's true weights.
 TRUE_W = (2.0, -3.4)
@@ -171,8 +171,8 @@ def train_reference(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=
     for epoch in range(num_epochs):
         for batch_i, (X, y) in enumerate(data_iter(batch_size, features, labels, [seed, epoch])):
             with autograd.record():
-                l = squared_loss(linreg(X, w, b), y)
-            l.backward()
+                loss = squared_loss(linreg(X, w, b), y)
+            loss.backward()
             t += 1
             update(params, vs, sqrs, lr, batch_size, t)
             rec.after_step(batch_i, w, b)

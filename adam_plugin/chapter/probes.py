@@ -7,8 +7,8 @@ __all__ = ['Moments', 'moments', 'first_step']
 
 from typing import NamedTuple
 
-import numpy as np
 import mxnet.ndarray as nd
+import numpy as np
 
 from ..optimizer import MyAdam
 
@@ -46,7 +46,7 @@ def moments(grads, beta1=0.9, beta2=0.999):
     rows = []
     for g in grads:
         opt.update(0, weight, nd.array([g]), state)
-        t = opt._index_update_count[0]  # pylint: disable=protected-access
+        t = opt._index_update_count[0]
         v, s = state[0].asscalar(), state[1].asscalar()
         rows.append((v, v / (1 - beta1 ** t), s, s / (1 - beta2 ** t)))
     return Moments(*(np.array(column) for column in zip(*rows)))

@@ -240,7 +240,7 @@ def _rebuild(trainer, file):
             with warnings.catch_warnings():  # float16 without multi_precision warns here
                 warnings.simplefilter('ignore')
                 expected = optimizer.create_state_multi_precision(index, weight)
-        except Exception as err:  # noqa: BLE001  (the file's hyperparameters are bad)
+        except Exception as err:  # any error: the file's hyperparameters are bad
             raise safe.Refused(f"its optimizer cannot create a state for parameter "
                                f"'{param.name}' ({type(err).__name__}: {err})") from None
         if safe.layout(state) not in (safe.layout(expected), _uncounted(safe.layout(expected))):
@@ -311,7 +311,7 @@ def built(records):
         return safe.build(records)
     except InvalidOption as err:
         raise safe.Refused(str(err)) from None
-    except Exception as err:  # noqa: BLE001  (MXNet refused checked bytes, e.g. np shape)
+    except Exception as err:  # any error: MXNet refused checked bytes (e.g. np shape)
         lines = str(err).strip().splitlines() or [type(err).__name__]  # MXNet's message
         raise safe.Refused(f"it could not be rebuilt ({lines[-1]})") from None  # comes last
 

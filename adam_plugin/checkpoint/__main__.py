@@ -49,7 +49,7 @@ def _default(cls):
     """A default instance of ``cls``, whose attributes the file's optimizer must have."""
     try:
         return cls()
-    except Exception as err:  # noqa: BLE001  (an optimizer that needs arguments)
+    except Exception as err:  # any error: an optimizer that needs arguments
         raise safe.Refused(f"its optimizer {cls.__name__} cannot be checked: "
                            f"{cls.__name__}() raised {type(err).__name__}: {err}") from None
 

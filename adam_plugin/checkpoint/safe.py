@@ -66,7 +66,7 @@ class Record:
         record.args, record.called, record.state = args, False, _NO_STATE
         return record
 
-    def __init__(self, *args):  # pylint: disable=unused-argument
+    def __init__(self, *args):
         self.called = True
 
     def __setstate__(self, state):
@@ -527,7 +527,7 @@ def read(file, optimizer_classes, reference, allowed_classes=(), limit=None):
         saved = _Unpickler(_pickle(file, limit), allowed).load()
     except Refused:
         raise
-    except Exception as err:  # noqa: BLE001  (any failure means a damaged file)
+    except Exception as err:  # any failure means a damaged file
         raise Refused("it is truncated or corrupted (unpickling failed: "
                       f"{type(err).__name__}: {err})") from None
     if not (type(saved) is tuple and len(saved) == 2 and type(saved[0]) is dict):

@@ -23,8 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 from mxnet.base import _LIB, check_call
-from mxnet.kvstore import KVStore
-from mxnet.kvstore import kvstore as _kvstore
+from mxnet.kvstore import KVStore, kvstore as _kvstore
 from mxnet.ndarray.ndarray import _DTYPE_MX_TO_NP
 
 from .scheduler import SCHEDULER_CODE as SCHEDULER_CODE

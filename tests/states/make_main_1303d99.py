@@ -24,8 +24,8 @@ import os
 import sys
 import warnings
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon, nd
 
 import adam_plugin
@@ -54,7 +54,7 @@ class LinReg(gluon.Block):
             self.w = self.params.get('w', shape=(INPUTS, 1))
             self.b = self.params.get('b', shape=(1,))
 
-    def forward(self, X):  # pylint: disable=arguments-differ
+    def forward(self, X):
         w, b = self.w.data(X.context), self.b.data(X.context)
         return (X * w.reshape((1, -1))).sum(axis=1) + b
 

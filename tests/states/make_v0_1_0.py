@@ -20,8 +20,8 @@ import os
 import sys
 import warnings
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon, nd
 
 import adam_plugin
