@@ -3,7 +3,8 @@ the README fits a first screen or two, and the API reference builds without a wa
 
 Conventions (docs/testing.md states them for writers):
 - A page's Python blocks (fences opened with ``python``) run in order in one fresh
-  Python process, in one namespace, in a temporary working directory.
+  Python process, each on its own: in a fresh namespace and an empty working directory
+  of its own, so every example runs as a reader would paste it alone.
 - A block that cannot run here starts with the line ``# not runnable: REASON``.
 - Every ``python -m adam_plugin...`` command of a shell block (``sh``) parses: its
   module's argparse accepts its arguments (the command itself does not run).
@@ -141,18 +142,23 @@ def broken_links(page, root=ROOT):
     return problems
 
 
-# The block runner: each block compiled as lines of its page, so a traceback names the
-# page and the line.
+# The block runner: each block on its own, in a fresh namespace and a working directory of
+# its own (a block that needs another's names or files fails), compiled as lines of its page,
+# so a traceback names the page and the line.
 RUNNER = """\
-import json, sys
-namespace = {'__name__': '__main__'}
-for block in json.load(sys.stdin):
-    exec(compile('\\n' * (block['line'] - 1) + block['code'], block['page'], 'exec'), namespace)
+import json, os, sys
+for number, block in enumerate(json.load(sys.stdin)):
+    os.mkdir(f'block{number}')
+    os.chdir(f'block{number}')
+    code = compile('\\n' * (block['line'] - 1) + block['code'], block['page'], 'exec')
+    exec(code, {'__name__': '__main__'})
+    os.chdir('..')
 """
 
 
 def run_blocks(page, blocks, cwd):
-    """Run ``blocks`` of ``page`` in order in one fresh Python, in ``cwd``; the process."""
+    """Run each of ``blocks`` of ``page`` on its own (see RUNNER), in order in one fresh
+    Python, under ``cwd``; the process."""
     payload = [{'page': str(page), 'line': b.line, 'code': b.code} for b in blocks]
     return subprocess.run([sys.executable, '-c', RUNNER], input=json.dumps(payload), cwd=cwd,
                           capture_output=True, text=True, timeout=600,
@@ -202,6 +208,15 @@ def test_blocks_and_the_not_runnable_marker():
         ('python', 13, True, '')]
     with pytest.raises(AssertionError, match='never closed'):
         split('```python\na = 1\n')
+
+
+def test_a_block_does_not_see_another_blocks_names_or_files(tmp_path):
+    page = tmp_path / 'page.md'
+    page.write_text('```python\nx = 1\nopen("f", "w").close()\n```\n\n'
+                    '```python\nimport os\nassert not os.path.exists("f")\nx\n```\n')
+    done = run_blocks(page, python_blocks(page), tmp_path)
+    assert done.returncode != 0
+    assert f'File "{page}", line 9' in done.stderr and "NameError: name 'x'" in done.stderr
 
 
 def test_a_failing_block_fails_at_its_line(tmp_path):
