@@ -168,7 +168,7 @@ def _rule(w, g, state, step):
         g = nd.clip(g, -step.clip_gradient, step.clip_gradient)
     m = step.beta1 * state[0] + (1.0 - step.beta1) * g
     # (1 - beta2) * g first (MXNet's order): g * g alone overflows for |g| > sqrt(max),
-    # 1000 in float16, 1.8e19 in float32, where the moment itself is representable.
+    # 256 in float16, 1.8e19 in float32, where the moment itself is representable.
     if step.yogi:
         v = state[1] + ((1.0 - step.beta2) * g) * g * nd.sign(nd.square(g) - state[1])
     else:
