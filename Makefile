@@ -13,6 +13,8 @@
 #              after make test).
 # `make mutants`: mutation testing of the optimizer library with mutmut in .venv (slow; see below).
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
+# `make counts`: count the tests (pytest --collect-only, the quick tier and all) in .venv and
+#               write the two figures into docs/testing.md (tests/test_counts.py checks them).
 # `make docs`: the API reference from the docstrings (Sphinx, warnings as errors) into build/docs.
 # `make bench`: the benchmarks of docs/speed.md, in .venv: one step against MXNet's and PyTorch's Adam
 #              (benchmarks/bench_step.py), then real training loops (benchmarks/bench_loops.py);
@@ -51,7 +53,7 @@ SOURCES  := $(BUILD) README.md $(wildcard adam_plugin/*.py adam_plugin/*/*.py)
 HOROVOD  := $(VENV)/.horovod
 TEST_DEPS := $(STAMP) $(HOROVOD)
 
-.PHONY: demo dev test quick horovod failfast notebooks docs clean objdump mutants bench
+.PHONY: demo dev test quick horovod failfast notebooks docs clean objdump mutants bench counts
 
 demo: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/python -m adam_plugin linreg --plot loss.png
@@ -79,6 +81,9 @@ notebooks: $(STAMP)
 docs: $(STAMP)
 	$(RUN) -m sphinx -W --keep-going -E -q -b html docs/api build/docs
 	@echo "the API reference: build/docs/index.html"
+
+counts: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python tests/counts.py --write
 
 bench: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python benchmarks/bench_step.py --json docs/bench_step.json

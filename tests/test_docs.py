@@ -241,6 +241,35 @@ def test_readme_fits():
     assert lines <= README_MAX_LINES, f'README.md has {lines} lines, at most {README_MAX_LINES}'
 
 
+# An absolute path of a machine's file system (where a clone or a venv lay), in prose or code.
+MACHINE_PATH = re.compile(r'(?<![\w.~])/(?:work|home|root|tmp|mnt|srv|Users|opt)/\S*')
+
+
+def test_the_machine_path_check_finds_one():
+    assert MACHINE_PATH.findall('`git clone /work/main /tmp/mut6` ~/x ./tmp/y a/home/b') == [
+        '/work/main', '/tmp/mut6`']
+
+
+# A development log's words: who did what in which work session. Pages state results.
+DEVELOPMENT_LOG = re.compile(r'\b(?:I|we)\s+(?:did|found|tried|could|saw|think|measured|ran)\b'
+                             r'|\bsessions?\b', re.IGNORECASE)
+
+
+def test_the_development_log_check_finds_one():
+    assert DEVELOPMENT_LOG.search('I did not find out why') and DEVELOPMENT_LOG.search(
+        "the eighth session's 0.97") and not DEVELOPMENT_LOG.search('the run gave 0.97')
+
+
+@pytest.mark.parametrize('page', PAGES, ids=[p.name for p in PAGES])
+def test_pages_hold_no_path_of_a_machine_and_no_development_log(page):
+    lines = list(enumerate(page.read_text().split('\n'), 1))
+    paths = [(number, path) for number, line in lines for path in MACHINE_PATH.findall(line)]
+    assert not paths, f'{page.name} names paths of a machine: {paths}'
+    log = [(number, found.group(0)) for number, line in lines
+           for found in DEVELOPMENT_LOG.finditer(line)]
+    assert not log, f'{page.name} reads as a development log: {log}'
+
+
 @pytest.mark.parametrize('page', PAGES, ids=[p.name for p in PAGES])
 def test_links_resolve(page):
     assert not broken_links(page), '\n'.join(broken_links(page))
