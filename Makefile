@@ -15,15 +15,18 @@
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
 # `make counts`: count the tests (pytest --collect-only, the quick tier and all) in .venv and
 #               write the two figures into docs/testing.md (tests/test_counts.py checks them).
-# `make docs`: the API reference from the docstrings (Sphinx, warnings as errors) into build/docs.
+# `make docs`: the API reference from the docstrings (Sphinx, nitpicky, warnings as errors) into
+#             build/docs, in .venv-docs (MXNet, this tree installed with its `docs` extra).
 # `make bench`: the benchmarks of docs/speed.md, in .venv: one step against MXNet's and PyTorch's Adam
 #              (benchmarks/bench_step.py), then real training loops (benchmarks/bench_loops.py);
 #              their results into docs/bench_step.json and docs/bench_loops.json.
 #
-# Three virtual environments, their versions pinned by requirements.txt (used as constraints, so
+# Four virtual environments, their versions pinned by requirements.txt (used as constraints, so
 # a dependency the package forgets to declare in pyproject.toml is missing there too):
 #   DEMO_VENV (.venv-demo) this tree installed editable with the `chapter` extra and mxnet==1.9.1:
 #                          `make demo`; by hand, `.venv-demo/bin/python -m adam_plugin ...`.
+#   DOCS_VENV (.venv-docs) this tree installed (not editable) with the `docs` extra and
+#                          mxnet==1.9.1: `make docs`.
 #   DEV_VENV (.venv)       this tree installed editable (`pip install -e`), with the `test` extra
 #                          (it includes `chapter`): `make dev`, `make mutants`; by hand,
 #                          `.venv/bin/python -m pytest tests/test_x.py`.
@@ -42,6 +45,7 @@
 # the rules).
 PYTHON   ?= python3
 DEMO_VENV := .venv-demo
+DOCS_VENV := .venv-docs
 DEV_VENV := .venv
 VENV     := .venv-test
 BIN      := $(VENV)/bin
@@ -78,8 +82,8 @@ notebooks: $(STAMP)
 	PYTHONSAFEPATH=1 $(BIN)/jupyter-execute --inplace notebooks/*.ipynb
 
 # The installed package's docstrings; tests/test_docs.py builds the same in `make test`.
-docs: $(STAMP)
-	$(RUN) -m sphinx -W --keep-going -E -q -b html docs/api build/docs
+docs: $(DOCS_VENV)/.installed
+	PYTHONSAFEPATH=1 $(DOCS_VENV)/bin/python -m sphinx -W --keep-going -E -q -b html docs/api build/docs
 	@echo "the API reference: build/docs/index.html"
 
 counts: $(DEV_VENV)/.installed
@@ -104,6 +108,10 @@ objdump:
 
 $(DEMO_VENV)/.installed: $(BUILD) | $(DEMO_VENV)/bin/python
 	$(DEMO_VENV)/bin/python -m pip install --quiet -c requirements.txt mxnet -e ".[chapter]"
+	touch $@
+
+$(DOCS_VENV)/.installed: $(SOURCES) | $(DOCS_VENV)/bin/python
+	$(DOCS_VENV)/bin/python -m pip install --quiet -c requirements.txt mxnet ".[docs]"
 	touch $@
 
 $(DEV_VENV)/.installed: $(BUILD) | $(DEV_VENV)/bin/python
@@ -183,7 +191,7 @@ $(HOROVOD): requirements-horovod-build.txt requirements-horovod.txt | $(STAMP)
 horovod: $(HOROVOD)
 
 clean:
-	rm -rf $(DEMO_VENV) $(DEV_VENV) $(VENV) .venv-mxnet-* *.egg-info build adam_plugin/*.so
+	rm -rf $(DEMO_VENV) $(DOCS_VENV) $(DEV_VENV) $(VENV) .venv-mxnet-* *.egg-info build adam_plugin/*.so
 
 # `make mutants`: mutation testing with mutmut (not part of `make test`; its settings and
 # test selection are in setup.cfg). Prints the score; `mutmut results` lists survivors,

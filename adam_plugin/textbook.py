@@ -1,6 +1,6 @@
 """The Adam update rule as plain NDArray operations: the ground truth.
 
-Every fast route of :mod:`adam_plugin.dispatch` is tested against :func:`adam_step`.
+Every fast route of the package's dispatch is tested against :func:`adam_step`.
 This module imports MXNet submodules only (``mxnet.ndarray``), never ``from mxnet
 import nd``: a distributed-KVStore server imports this package from inside a
 half-initialised ``import mxnet``, where the ``nd`` alias does not exist yet.

@@ -409,19 +409,73 @@ def test_the_public_api_check_knows_internal_names():
 
 # --- the API reference
 
+def test_myyogi_shows_its_real_signature():
+    """help(MyYogi) and the reference show MyAdam's parameters with MyYogi's defaults."""
+    import inspect
+    from adam_plugin import MyAdam, MyYogi
+    yogi, adam = inspect.signature(MyYogi), inspect.signature(MyAdam)
+    assert list(yogi.parameters) == list(adam.parameters)
+    changed = {name: p.default for name, p in yogi.parameters.items()
+               if p.default != adam.parameters[name].default}
+    assert changed == {'epsilon': 1e-3, 'yogi': True}
+    assert MyYogi(0.1, 0.8).beta1 == 0.8 and MyYogi().epsilon == 1e-3  # as the signature says
+
+
+def test_make_docs_needs_mxnet_the_package_and_its_docs_extra_only():
+    """``make docs`` builds in a venv of its own: MXNet and this tree with the ``docs``
+    extra (Sphinx, numpydoc), not the test venv."""
+    import tomllib
+    from test_setup import planned
+    installs = [line for line in planned('docs').splitlines()
+                if ' -m pip install ' in line and '--upgrade pip' not in line]
+    assert installs == ['.venv-docs/bin/python -m pip install --quiet -c requirements.txt mxnet '
+                        '".[docs]"'], installs
+    extras = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project'][
+        'optional-dependencies']
+    assert extras['docs'] == ['sphinx', 'numpydoc']
+
+
+def reference_entries(html):
+    """``{id: (signature, description)}`` of every documented name of the page: the
+    signature's text without spaces, the description's with single ones."""
+    import html as entities
+    text = lambda fragment, gap: entities.unescape(
+        gap.join(re.sub(r'<[^>]+>', ' ', fragment).split()))
+    entries = {}
+    entry = r'<dt class="sig sig-object py" id="([^"]+)">(.*?)</dt>\s*<dd>(.*?)</dd>'
+    for match in re.finditer(entry, html, re.DOTALL):
+        entries[match.group(1)] = (text(match.group(2), ''), text(match.group(3), ' '))
+    return entries
+
+
+def test_reference_entries_are_read():
+    html = ('<dt class="sig sig-object py" id="m.f"><span>m.f</span>(<em>x=1</em>)</dt>\n'
+            '<dd><p>Does a &amp; b.</p></dd>')
+    assert reference_entries(html) == {'m.f': ('m.f(x=1)', 'Does a & b.')}
+
+
 @pytest.mark.slow
 def test_api_reference_builds_without_warnings(tmp_path):
-    """``make docs``'s build, warnings as errors, and every public name is in it."""
+    """``make docs``'s build: nitpicky (every cross-reference leads to a page of it), warnings
+    as errors; every public name is in it, with its real signature and a description."""
     done = subprocess.run([sys.executable, '-m', 'sphinx', '-W', '--keep-going', '-E', '-q',
                            '-b', 'html', str(ROOT / 'docs' / 'api'), str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    documented = set(re.findall(r'<dt class="sig sig-object py" id="([^"]+)"',
-                                (tmp_path / 'index.html').read_text()))
+    entries = reference_entries((tmp_path / 'index.html').read_text())
+    documented = set(entries)
     for name in REFERENCE_MODULES:
         module = importlib.import_module(name)
         missing = {f'{name}.{member}' for member in module.__all__} - documented
         assert not missing, f'public names missing from the API reference: {sorted(missing)}'
+        public_entries = {f'{name}.{member}': entries.get(f'{name}.{member}')
+                          for member in module.__all__}
+        empty = sorted(n for n, (_, description) in public_entries.items() if not description)
+        assert not empty, f'public names documented without a word: {empty}'
+        vague = sorted(n for n, (signature, _) in public_entries.items()
+                       if '(*args,**kwargs)' in signature)
+        assert not vague, f'public names shown as (*args, **kwargs): {vague}'
+    assert 'epsilon=0.001' in entries['adam_plugin.MyYogi'][0]
     internal = {d for d in documented if re.search(
         r'\.(dispatch|deferred|_warn|safe|rawarray|mxnet_internals|counts|step_values|engine)\.',
         d)}
