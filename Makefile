@@ -34,9 +34,10 @@
 #                          it (the portable kernel inside) and tagged manylinux by auditwheel,
 #                          installed, not editable, with its `chapter` and `test` extras and
 #                          mxnet==1.9.1 (the package declares no MXNet: users bring the build of
-#                          their choice): `make test`, `make quick`, `make notebooks`, `make docs`.
-# Stamps: $(DEMO_VENV)/.installed, $(DEV_VENV)/.installed and $(STAMP) = $(VENV)/.installed (the
-# wheel of the current sources and its dependencies), remade when the sources change. Python runs
+#                          their choice): `make test`, `make quick`, `make notebooks`.
+# Stamps: $(DEMO_VENV)/.installed, $(DOCS_VENV)/.installed, $(DEV_VENV)/.installed and
+# $(STAMP) = $(VENV)/.installed (the wheel of the current sources and its dependencies),
+# remade when the sources change. Python runs
 # with PYTHONSAFEPATH=1 in VENV, inherited by every subprocess the tests start, so the source tree's
 # adam_plugin/ never shadows the installed copy. A target that builds more into VENV against its
 # packages (e.g. `pip install --no-build-isolation ...`) makes its own stamp in $(VENV) that
