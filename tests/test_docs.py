@@ -412,6 +412,7 @@ def test_the_public_api_check_knows_internal_names():
 def test_myyogi_shows_its_real_signature():
     """help(MyYogi) and the reference show MyAdam's parameters with MyYogi's defaults."""
     import inspect
+
     from adam_plugin import MyAdam, MyYogi
     yogi, adam = inspect.signature(MyYogi), inspect.signature(MyAdam)
     assert list(yogi.parameters) == list(adam.parameters)
@@ -425,6 +426,7 @@ def test_make_docs_needs_mxnet_the_package_and_its_docs_extra_only():
     """``make docs`` builds in a venv of its own: MXNet and this tree with the ``docs``
     extra (Sphinx, numpydoc), not the test venv."""
     import tomllib
+
     from test_setup import planned
     installs = [line for line in planned('docs').splitlines()
                 if ' -m pip install ' in line and '--upgrade pip' not in line]
@@ -439,8 +441,10 @@ def reference_entries(html):
     """``{id: (signature, description)}`` of every documented name of the page: the
     signature's text without spaces, the description's with single ones."""
     import html as entities
-    text = lambda fragment, gap: entities.unescape(
-        gap.join(re.sub(r'<[^>]+>', ' ', fragment).split()))
+
+    def text(fragment, gap):
+        return entities.unescape(gap.join(re.sub(r'<[^>]+>', ' ', fragment).split()))
+
     entries = {}
     entry = r'<dt class="sig sig-object py" id="([^"]+)">(.*?)</dt>\s*<dd>(.*?)</dd>'
     for match in re.finditer(entry, html, re.DOTALL):
