@@ -44,8 +44,8 @@ QUICK_PAGES = ('README.md', 'checkpoints.md', 'gluon-toolkits.md', 'speed.md')
 REFERENCE_MODULES = (
     'adam_plugin', 'adam_plugin.textbook', 'adam_plugin.checkpoint', 'adam_plugin.kernel',
     'adam_plugin.distributed', 'adam_plugin.chapter.reference', 'adam_plugin.chapter.linreg',
-    'adam_plugin.chapter.probes', 'adam_plugin.chapter.plots', 'adam_plugin.chapter.cli',
-    'adam_plugin.scaleout.launch')
+    'adam_plugin.chapter.exercises', 'adam_plugin.chapter.probes', 'adam_plugin.chapter.plots',
+    'adam_plugin.chapter.cli', 'adam_plugin.scaleout.launch')
 
 
 class Block:
