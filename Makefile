@@ -15,16 +15,21 @@
 #              after make test).
 # `make mutants`: mutation testing of the optimizer library with mutmut in .venv (slow; see below).
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
-# `make docs`: the API reference from the docstrings (Sphinx, warnings as errors) into build/docs.
+# `make counts`: count the tests (pytest --collect-only, the quick tier and all) in .venv and
+#               write the two figures into docs/testing.md (tests/test_counts.py checks them).
+# `make docs`: the API reference from the docstrings (Sphinx, nitpicky, warnings as errors) into
+#             build/docs, in .venv-docs (MXNet, this tree installed with its `docs` extra).
 # `make bench`: the benchmarks of docs/speed.md, in .venv: one step against MXNet's and PyTorch's Adam
 #              (benchmarks/bench_step.py), then real training loops (benchmarks/bench_loops.py);
 #              their results into docs/bench_step.json and docs/bench_loops.json, and from
 #              them the figures of docs/speed.md (benchmarks/tables.py).
 #
-# Three virtual environments, their versions pinned by requirements.txt (used as constraints, so
+# Four virtual environments, their versions pinned by requirements.txt (used as constraints, so
 # a dependency the package forgets to declare in pyproject.toml is missing there too):
 #   DEMO_VENV (.venv-demo) this tree installed editable with the `chapter` extra and mxnet==1.9.1:
 #                          `make demo`; by hand, `.venv-demo/bin/python -m adam_plugin ...`.
+#   DOCS_VENV (.venv-docs) this tree installed (not editable) with the `docs` extra and
+#                          mxnet==1.9.1: `make docs`.
 #   DEV_VENV (.venv)       this tree installed editable (`pip install -e`), with the `test` extra
 #                          (it includes `chapter`): `make dev`, `make mutants`; by hand,
 #                          `.venv/bin/python -m pytest tests/test_x.py`.
@@ -32,9 +37,10 @@
 #                          it (the portable kernel inside) and tagged manylinux by auditwheel,
 #                          installed, not editable, with its `chapter` and `test` extras and
 #                          mxnet==1.9.1 (the package declares no MXNet: users bring the build of
-#                          their choice): `make test`, `make quick`, `make notebooks`, `make docs`.
-# Stamps: $(DEMO_VENV)/.installed, $(DEV_VENV)/.installed and $(STAMP) = $(VENV)/.installed (the
-# wheel of the current sources and its dependencies), remade when the sources change. Python runs
+#                          their choice): `make test`, `make quick`, `make notebooks`.
+# Stamps: $(DEMO_VENV)/.installed, $(DOCS_VENV)/.installed, $(DEV_VENV)/.installed and
+# $(STAMP) = $(VENV)/.installed (the wheel of the current sources and its dependencies),
+# remade when the sources change. Python runs
 # with PYTHONSAFEPATH=1 in VENV, inherited by every subprocess the tests start, so the source tree's
 # adam_plugin/ never shadows the installed copy. A target that builds more into VENV against its
 # packages (e.g. `pip install --no-build-isolation ...`) makes its own stamp in $(VENV) that
@@ -43,6 +49,7 @@
 # the rules).
 PYTHON   ?= python3
 DEMO_VENV := .venv-demo
+DOCS_VENV := .venv-docs
 DEV_VENV := .venv
 VENV     := .venv-test
 BIN      := $(VENV)/bin
@@ -54,7 +61,7 @@ SOURCES  := $(BUILD) README.md $(wildcard adam_plugin/*.py adam_plugin/*/*.py)
 HOROVOD  := $(VENV)/.horovod
 TEST_DEPS := $(STAMP) $(HOROVOD)
 
-.PHONY: demo dev lint test quick horovod failfast notebooks docs clean objdump mutants bench
+.PHONY: demo dev lint test quick horovod failfast notebooks docs clean objdump mutants bench counts
 
 demo: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/python -m adam_plugin linreg --plot loss.png
@@ -83,9 +90,12 @@ notebooks: $(STAMP)
 	PYTHONSAFEPATH=1 $(BIN)/jupyter-execute --inplace notebooks/*.ipynb
 
 # The installed package's docstrings; tests/test_docs.py builds the same in `make test`.
-docs: $(STAMP)
-	$(RUN) -m sphinx -W --keep-going -E -q -b html docs/api build/docs
+docs: $(DOCS_VENV)/.installed
+	PYTHONSAFEPATH=1 $(DOCS_VENV)/bin/python -m sphinx -W --keep-going -E -q -b html docs/api build/docs
 	@echo "the API reference: build/docs/index.html"
+
+counts: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python tests/counts.py --write
 
 bench: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python benchmarks/bench_step.py --json docs/bench_step.json
@@ -107,6 +117,10 @@ objdump:
 
 $(DEMO_VENV)/.installed: $(BUILD) | $(DEMO_VENV)/bin/python
 	$(DEMO_VENV)/bin/python -m pip install --quiet -c requirements.txt mxnet -e ".[chapter]"
+	touch $@
+
+$(DOCS_VENV)/.installed: $(SOURCES) | $(DOCS_VENV)/bin/python
+	$(DOCS_VENV)/bin/python -m pip install --quiet -c requirements.txt mxnet ".[docs]"
 	touch $@
 
 $(DEV_VENV)/.installed: $(BUILD) | $(DEV_VENV)/bin/python
@@ -186,7 +200,7 @@ $(HOROVOD): requirements-horovod-build.txt requirements-horovod.txt | $(STAMP)
 horovod: $(HOROVOD)
 
 clean:
-	rm -rf $(DEMO_VENV) $(DEV_VENV) $(VENV) .venv-mxnet-* *.egg-info build adam_plugin/*.so
+	rm -rf $(DEMO_VENV) $(DOCS_VENV) $(DEV_VENV) $(VENV) .venv-mxnet-* *.egg-info build adam_plugin/*.so
 
 # `make mutants`: mutation testing with mutmut (not part of `make test`; its settings and
 # test selection are in setup.cfg). Prints the score; `mutmut results` lists survivors,

@@ -14,7 +14,7 @@ broadcasts the initial weights and all-reduces the gradients through the same
 keys without ordering the two, so a worker can pull the summed gradient as its
 initial weight (initialising the KVStore before the first backward pass made
 the runs agree, but that needs Trainer internals). Rather than diverge silently,
-MyAdam refuses to update on a worker: :func:`refuse_worker_update` raises.
+MyAdam refuses to update on a worker: ``refuse_worker_update`` raises.
 
 A worker whose script raises does not end by itself: at interpreter exit
 ps-lite's finalisation waits for the other workers, which wait for it in a
@@ -24,7 +24,7 @@ exception end the process at once (the launcher installs it earlier still).
 
 "Runs in a distributed-KVStore worker" is decided by the ``gluon.Trainer`` that
 drives the optimizer, whether it created a KVStore whose type holds ``'dist'``
-(:func:`adam_plugin.mxnet_internals.in_distributed_trainer`). A
+(``mxnet_internals.in_distributed_trainer``). A
 ``DMLC_ROLE=worker`` left in the environment, a Horovod rank
 (``hvd.DistributedTrainer`` has no KVStore) and a local Trainer do not count.
 """
@@ -84,7 +84,7 @@ def exit_on_uncaught_exception():
     ``python -m adam_plugin.scaleout.launch`` installs it in every Python worker
     before the script's first line (loading this file alone, without the package).
     MyAdam calls it itself in a distributed-KVStore worker: when the Trainer
-    sends it to the servers (:func:`watch_worker`) and when it refuses
+    sends it to the servers (``watch_worker``) and when it refuses
     ``update_on_kvstore=False``. Started otherwise, call it yourself right after
     ``mx.kv.create('dist_sync')`` if your script can fail before its first step.
     Installing it twice is the same as once. This module imports nothing but the

@@ -5,8 +5,8 @@ Public: :func:`variants`, :func:`variant` and :func:`use_variant`; the rest is i
 The pass is compiled C++ (``adam_plugin/_kernel.cpp``), built by ``setup.py`` when the
 package is installed, as the plain shared library ``libadam_kernel.so`` beside this file,
 and loaded here with ctypes: nothing is compiled at run time. When it was not built (no
-C++ compiler at install time), :data:`LIBRARY` is None, importing this module warns once,
-and :mod:`adam_plugin.dispatch` sends CPU parameters where it sends GPU ones.
+C++ compiler at install time), ``LIBRARY`` is None, importing this module warns once,
+and the package's dispatch sends CPU parameters where it sends GPU ones.
 
 The library's loops over elements come in variants, one per instruction set (on x86-64:
 ``'avx512f'``, ``'avx2'``, ``'baseline'``; a build with ``ADAM_PLUGIN_NATIVE=1``: only
@@ -22,16 +22,16 @@ reads and writes the memory directly. Nothing is copied. MXNet does not know abo
 these writes, which is safe because they are finished before the function returns
 and the engine has nothing in flight on those arrays.
 
-Or the step is queued in MXNet's engine (:meth:`HandleTable.queue`, for the KVStore's
-one-parameter calls: see :mod:`adam_plugin.engine`), as MXNet's own operators are: an engine
+Or the step is queued in MXNet's engine (``HandleTable.queue``, for the KVStore's
+one-parameter calls: see docs/mxnet-modes.md), as MXNet's own operators are: an engine
 operation (``MXEnginePushSyncND``) that reads the gradients and writes the weights and
 states, so the engine runs it after the pending writes to the gradients and every
 pending use of the others, and orders later operations after it. The call returns at
-once; :class:`Queued` tells what the step found once it ran.
+once; a ``Queued`` tells what the step found once it ran.
 
 A whole list of parameters is one call, the arrays passed as tables of handles and
 sizes; the call releases the GIL. Calls over at least ``PARALLEL_MIN`` elements are
-shared by :data:`THREADS` threads (the caller's and a pool kept by the kernel), which
+shared by ``THREADS`` threads (the caller's and a pool kept by the kernel), which
 take the list, laid end to end, in pieces of 2^18 elements; smaller calls run on the
 calling thread alone, where waking another costs more than it saves.
 """

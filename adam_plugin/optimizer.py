@@ -134,7 +134,7 @@ class MyAdam(Optimizer):
     @property
     def aggregate_num(self):
         """The most parameters MXNet's ``Updater`` hands one update call: all of them
-        (:data:`adam_plugin.options.AGGREGATE_NUM`, one kernel pass steps them together),
+        (``adam_plugin.options.AGGREGATE_NUM``, one kernel pass steps them together),
         but none for an Updater a KVStore makes for itself (``KVStore.set_optimizer``,
         on a worker or a server): the KVStore calls it one parameter at a time, and
         the Updater's aggregating loop would only add Python to each call."""
@@ -149,7 +149,7 @@ class MyAdam(Optimizer):
     @property
     def rescale_grad(self):
         """Gradient scale; ``Trainer.step`` sets it first thing, which raises an error
-        an update left inside the KVStore callback (see :mod:`adam_plugin.deferred`)."""
+        an update left inside the KVStore callback (see docs/mxnet-modes.md)."""
         return self.__dict__['rescale_grad']
 
     @rescale_grad.setter
@@ -183,7 +183,7 @@ class MyAdam(Optimizer):
         """Update one parameter (or lists of them) in place; see the class docstring.
 
         An exception raised inside the KVStore's callback reaches the user from the
-        call that ran it, ``Trainer.step``, ``Module.update`` (see :mod:`adam_plugin.deferred`).
+        call that ran it, ``Trainer.step``, ``Module.update`` (see docs/mxnet-modes.md).
         """
         self._carrier.run(self._update_impl, index, weight, grad, state, False)
 
@@ -332,3 +332,9 @@ class MyYogi(MyAdam):
                              "always Yogi; use 'myadam' for yogi=False)")
         named.setdefault('epsilon', 1e-3)
         super().__init__(**named, **bound.get('kwargs', {}))
+
+
+# What help() and the API reference show: MyAdam's parameters, with MyYogi's defaults.
+MyYogi.__init__.__signature__ = _SIGNATURE.replace(parameters=[
+    p.replace(default={'epsilon': 1e-3, 'yogi': True}.get(p.name, p.default))
+    for p in _SIGNATURE.parameters.values()])

@@ -272,7 +272,7 @@ OPTIONS = (
            "modifying anything the update call received (under ``gluon.Trainer`` without "
            "``update_on_kvstore``, the whole step: see ``aggregate_num``; with it, one "
            "parameter, and the error comes out of the same ``Trainer.step`` or "
-           "``Module.update`` through the KVStore's callback: see :mod:`adam_plugin.deferred`). "
+           "``Module.update`` through the KVStore's callback: see docs/mxnet-modes.md). "
            "``num_skipped`` counts skipped updates of parameter copies: with several "
            "devices updated by the Trainer, one skip per device. A second moment that "
            "overflows to Inf although the gradient was finite (``|g|`` near "
@@ -283,7 +283,7 @@ OPTIONS = (
            "as a skip (warned the same way) or, with ``'raise'``, raises "
            "``FloatingPointError``."),
     Option('fused', True, flag, 'bool',
-           "Take the fast routes of :mod:`adam_plugin.dispatch`: one compiled, "
+           "Take the fast routes of the package's dispatch (docs/mxnet-modes.md): one compiled, "
            "multi-threaded pass over memory for float16 (with or without "
            "``multi_precision``), float32 and float64 parameters on CPU, dense or "
            "``row_sparse`` (a lazy update touching only the gradient's rows), all "

@@ -1,6 +1,6 @@
 """The Adam update rule as plain NDArray operations: the ground truth.
 
-Every fast route of :mod:`adam_plugin.dispatch` is tested against :func:`adam_step`.
+Every fast route of the package's dispatch is tested against :func:`adam_step`.
 This module imports MXNet submodules only (``mxnet.ndarray``), never ``from mxnet
 import nd``: a distributed-KVStore server imports this package from inside a
 half-initialised ``import mxnet``, where the ``nd`` alias does not exist yet.
@@ -168,7 +168,7 @@ def _rule(w, g, state, step):
         g = nd.clip(g, -step.clip_gradient, step.clip_gradient)
     m = step.beta1 * state[0] + (1.0 - step.beta1) * g
     # (1 - beta2) * g first (MXNet's order): g * g alone overflows for |g| > sqrt(max),
-    # 1000 in float16, 1.8e19 in float32, where the moment itself is representable.
+    # 256 in float16, 1.8e19 in float32, where the moment itself is representable.
     if step.yogi:
         v = state[1] + ((1.0 - step.beta2) * g) * g * nd.sign(nd.square(g) - state[1])
     else:

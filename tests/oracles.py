@@ -17,8 +17,11 @@ Sources
   here with Adam's bias correction and epsilon placement around it (``yogi=True``).
 - d2l.ai, chapter "Optimization Algorithms", section "Adam", Yogi (MXNet tab):
   :func:`d2l_yogi`, transcribed to NumPy as the book prints it.
+- d2l.ai, chapter "Optimization Algorithms", section "Adam", ``adam`` (MXNet tab):
+  :func:`d2l_adam`, transcribed to NumPy as the book prints it.
 - optax 0.1.7, ``optax.yogi`` = ``scale_by_yogi`` then ``scale(-learning_rate)``:
-  :func:`optax_yogi`, transcribed to NumPy (jax itself needs SciPy, whose presence
+  :func:`optax_yogi`, and ``optax.adam`` = ``scale_by_adam`` then the same:
+  :func:`optax_adam`, transcribed to NumPy (jax itself needs SciPy, whose presence
   makes MXNet 1.9.1 import deprecated ``scipy.sparse`` names and warn).
 - MXNet's documented Optimizer semantics: ``grad * rescale_grad``, L2 added
   before clipping, per-parameter step counts.
@@ -108,6 +111,47 @@ def d2l_yogi(params, states, hyperparams):
         p[:] -= hyperparams['lr'] * v_bias_corr / (np.sqrt(s_bias_corr)
                                                     + eps)
     hyperparams['t'] += 1
+
+
+def d2l_adam(params, states, hyperparams):
+    """d2l.ai's ``adam`` (section "Adam", MXNet tab), with NumPy arrays for NDArrays.
+
+    ``params`` and ``p.grad`` become pairs ``(p, grad)`` of float64 arrays; ``states``
+    holds ``(v, s)`` pairs, zeros at first; ``hyperparams`` has ``'lr'`` and ``'t'``
+    (1 at the first call). As in the book: beta1=0.9, beta2=0.999, eps=1e-6.
+    """
+    beta1, beta2, eps = 0.9, 0.999, 1e-6
+    for (p, grad), (v, s) in zip(params, states):
+        v[:] = beta1 * v + (1 - beta1) * grad
+        s[:] = beta2 * s + (1 - beta2) * np.square(grad)
+        v_bias_corr = v / (1 - beta1 ** hyperparams['t'])
+        s_bias_corr = s / (1 - beta2 ** hyperparams['t'])
+        p[:] -= hyperparams['lr'] * v_bias_corr / (np.sqrt(s_bias_corr) + eps)
+    hyperparams['t'] += 1
+
+
+def optax_adam(learning_rate, grads_per_step, params, b1=0.9, b2=0.999, eps=1e-8,
+               eps_root=0.0):
+    """optax 0.1.7's ``adam(learning_rate, b1, b2, eps, eps_root)``, in NumPy; returns the
+    params.
+
+    As its ``scale_by_adam``: ``mu`` and ``nu`` start at 0; bias-corrected with the count
+    after the increment; ``mu_hat / (sqrt(nu_hat + eps_root) + eps)``.
+    """
+    params = [np.array(p, np.float64) for p in params]
+    mu = [np.zeros_like(p) for p in params]
+    nu = [np.zeros_like(p) for p in params]
+    count = 0
+    for grads in grads_per_step:
+        count += 1
+        for i, g in enumerate(grads):
+            g = np.asarray(g, np.float64)
+            mu[i] = (1 - b1) * g + b1 * mu[i]
+            nu[i] = (1 - b2) * g ** 2 + b2 * nu[i]
+            mu_hat = mu[i] / (1 - b1 ** count)
+            nu_hat = nu[i] / (1 - b2 ** count)
+            params[i] = params[i] + -learning_rate * (mu_hat / (np.sqrt(nu_hat + eps_root) + eps))
+    return params
 
 
 def optax_yogi(learning_rate, grads_per_step, params, b1=0.9, b2=0.999, eps=1e-3,

@@ -3,7 +3,8 @@ the README fits a first screen or two, and the API reference builds without a wa
 
 Conventions (docs/testing.md states them for writers):
 - A page's Python blocks (fences opened with ``python``) run in order in one fresh
-  Python process, in one namespace, in a temporary working directory.
+  Python process, each on its own: in a fresh namespace and an empty working directory
+  of its own, so every example runs as a reader would paste it alone.
 - A block that cannot run here starts with the line ``# not runnable: REASON``.
 - Every ``python -m adam_plugin...`` command of a shell block (``sh``) parses: its
   module's argparse accepts its arguments (the command itself does not run).
@@ -43,8 +44,8 @@ QUICK_PAGES = ('README.md', 'checkpoints.md', 'gluon-toolkits.md', 'speed.md')
 REFERENCE_MODULES = (
     'adam_plugin', 'adam_plugin.textbook', 'adam_plugin.checkpoint', 'adam_plugin.kernel',
     'adam_plugin.distributed', 'adam_plugin.chapter.reference', 'adam_plugin.chapter.linreg',
-    'adam_plugin.chapter.probes', 'adam_plugin.chapter.plots', 'adam_plugin.chapter.cli',
-    'adam_plugin.scaleout.launch')
+    'adam_plugin.chapter.exercises', 'adam_plugin.chapter.probes', 'adam_plugin.chapter.plots',
+    'adam_plugin.chapter.cli', 'adam_plugin.scaleout.launch')
 
 
 class Block:
@@ -141,18 +142,23 @@ def broken_links(page, root=ROOT):
     return problems
 
 
-# The block runner: each block compiled as lines of its page, so a traceback names the
-# page and the line.
+# The block runner: each block on its own, in a fresh namespace and a working directory of
+# its own (a block that needs another's names or files fails), compiled as lines of its page,
+# so a traceback names the page and the line.
 RUNNER = """\
-import json, sys
-namespace = {'__name__': '__main__'}
-for block in json.load(sys.stdin):
-    exec(compile('\\n' * (block['line'] - 1) + block['code'], block['page'], 'exec'), namespace)
+import json, os, sys
+for number, block in enumerate(json.load(sys.stdin)):
+    os.mkdir(f'block{number}')
+    os.chdir(f'block{number}')
+    code = compile('\\n' * (block['line'] - 1) + block['code'], block['page'], 'exec')
+    exec(code, {'__name__': '__main__'})
+    os.chdir('..')
 """
 
 
 def run_blocks(page, blocks, cwd):
-    """Run ``blocks`` of ``page`` in order in one fresh Python, in ``cwd``; the process."""
+    """Run each of ``blocks`` of ``page`` on its own (see RUNNER), in order in one fresh
+    Python, under ``cwd``; the process."""
     payload = [{'page': str(page), 'line': b.line, 'code': b.code} for b in blocks]
     return subprocess.run([sys.executable, '-c', RUNNER], input=json.dumps(payload), cwd=cwd,
                           capture_output=True, text=True, timeout=600,
@@ -204,6 +210,15 @@ def test_blocks_and_the_not_runnable_marker():
         split('```python\na = 1\n')
 
 
+def test_a_block_does_not_see_another_blocks_names_or_files(tmp_path):
+    page = tmp_path / 'page.md'
+    page.write_text('```python\nx = 1\nopen("f", "w").close()\n```\n\n'
+                    '```python\nimport os\nassert not os.path.exists("f")\nx\n```\n')
+    done = run_blocks(page, python_blocks(page), tmp_path)
+    assert done.returncode != 0
+    assert f'File "{page}", line 9' in done.stderr and "NameError: name 'x'" in done.stderr
+
+
 def test_a_failing_block_fails_at_its_line(tmp_path):
     page = tmp_path / 'page.md'
     page.write_text('text\n\n```python\nx = 1\n```\n\n```python\nassert x == 2\n```\n')
@@ -224,6 +239,35 @@ def test_there_are_pages_and_blocks():
 def test_readme_fits():
     lines = len(README.read_text().splitlines())
     assert lines <= README_MAX_LINES, f'README.md has {lines} lines, at most {README_MAX_LINES}'
+
+
+# An absolute path of a machine's file system (where a clone or a venv lay), in prose or code.
+MACHINE_PATH = re.compile(r'(?<![\w.~])/(?:work|home|root|tmp|mnt|srv|Users|opt)/\S*')
+
+
+def test_the_machine_path_check_finds_one():
+    assert MACHINE_PATH.findall('`git clone /work/main /tmp/mut6` ~/x ./tmp/y a/home/b') == [
+        '/work/main', '/tmp/mut6`']
+
+
+# A development log's words: who did what in which work session. Pages state results.
+DEVELOPMENT_LOG = re.compile(r'\b(?:I|we)\s+(?:did|found|tried|could|saw|think|measured|ran)\b'
+                             r'|\bsessions?\b', re.IGNORECASE)
+
+
+def test_the_development_log_check_finds_one():
+    assert DEVELOPMENT_LOG.search('I did not find out why') and DEVELOPMENT_LOG.search(
+        "the eighth session's 0.97") and not DEVELOPMENT_LOG.search('the run gave 0.97')
+
+
+@pytest.mark.parametrize('page', PAGES, ids=[p.name for p in PAGES])
+def test_pages_hold_no_path_of_a_machine_and_no_development_log(page):
+    lines = list(enumerate(page.read_text().split('\n'), 1))
+    paths = [(number, path) for number, line in lines for path in MACHINE_PATH.findall(line)]
+    assert not paths, f'{page.name} names paths of a machine: {paths}'
+    log = [(number, found.group(0)) for number, line in lines
+           for found in DEVELOPMENT_LOG.finditer(line)]
+    assert not log, f'{page.name} reads as a development log: {log}'
 
 
 @pytest.mark.parametrize('page', PAGES, ids=[p.name for p in PAGES])
@@ -365,19 +409,77 @@ def test_the_public_api_check_knows_internal_names():
 
 # --- the API reference
 
+def test_myyogi_shows_its_real_signature():
+    """help(MyYogi) and the reference show MyAdam's parameters with MyYogi's defaults."""
+    import inspect
+
+    from adam_plugin import MyAdam, MyYogi
+    yogi, adam = inspect.signature(MyYogi), inspect.signature(MyAdam)
+    assert list(yogi.parameters) == list(adam.parameters)
+    changed = {name: p.default for name, p in yogi.parameters.items()
+               if p.default != adam.parameters[name].default}
+    assert changed == {'epsilon': 1e-3, 'yogi': True}
+    assert MyYogi(0.1, 0.8).beta1 == 0.8 and MyYogi().epsilon == 1e-3  # as the signature says
+
+
+def test_make_docs_needs_mxnet_the_package_and_its_docs_extra_only():
+    """``make docs`` builds in a venv of its own: MXNet and this tree with the ``docs``
+    extra (Sphinx, numpydoc), not the test venv."""
+    import tomllib
+
+    from installed import planned
+    installs = [line for line in planned('docs').splitlines()
+                if ' -m pip install ' in line and '--upgrade pip' not in line]
+    assert installs == ['.venv-docs/bin/python -m pip install --quiet -c requirements.txt mxnet '
+                        '".[docs]"'], installs
+    extras = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project'][
+        'optional-dependencies']
+    assert extras['docs'] == ['sphinx', 'numpydoc']
+
+
+def reference_entries(html):
+    """``{id: (signature, description)}`` of every documented name of the page: the
+    signature's text without spaces, the description's with single ones."""
+    import html as entities
+
+    def text(fragment, gap):
+        return entities.unescape(gap.join(re.sub(r'<[^>]+>', ' ', fragment).split()))
+
+    entries = {}
+    entry = r'<dt class="sig sig-object py" id="([^"]+)">(.*?)</dt>\s*<dd>(.*?)</dd>'
+    for match in re.finditer(entry, html, re.DOTALL):
+        entries[match.group(1)] = (text(match.group(2), ''), text(match.group(3), ' '))
+    return entries
+
+
+def test_reference_entries_are_read():
+    html = ('<dt class="sig sig-object py" id="m.f"><span>m.f</span>(<em>x=1</em>)</dt>\n'
+            '<dd><p>Does a &amp; b.</p></dd>')
+    assert reference_entries(html) == {'m.f': ('m.f(x=1)', 'Does a & b.')}
+
+
 @pytest.mark.slow
 def test_api_reference_builds_without_warnings(tmp_path):
-    """``make docs``'s build, warnings as errors, and every public name is in it."""
+    """``make docs``'s build: nitpicky (every cross-reference leads to a page of it), warnings
+    as errors; every public name is in it, with its real signature and a description."""
     done = subprocess.run([sys.executable, '-m', 'sphinx', '-W', '--keep-going', '-E', '-q',
                            '-b', 'html', str(ROOT / 'docs' / 'api'), str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    documented = set(re.findall(r'<dt class="sig sig-object py" id="([^"]+)"',
-                                (tmp_path / 'index.html').read_text()))
+    entries = reference_entries((tmp_path / 'index.html').read_text())
+    documented = set(entries)
     for name in REFERENCE_MODULES:
         module = importlib.import_module(name)
         missing = {f'{name}.{member}' for member in module.__all__} - documented
         assert not missing, f'public names missing from the API reference: {sorted(missing)}'
+        public_entries = {f'{name}.{member}': entries.get(f'{name}.{member}')
+                          for member in module.__all__}
+        empty = sorted(n for n, (_, description) in public_entries.items() if not description)
+        assert not empty, f'public names documented without a word: {empty}'
+        vague = sorted(n for n, (signature, _) in public_entries.items()
+                       if '(*args,**kwargs)' in signature)
+        assert not vague, f'public names shown as (*args, **kwargs): {vague}'
+    assert 'epsilon=0.001' in entries['adam_plugin.MyYogi'][0]
     internal = {d for d in documented if re.search(
         r'\.(dispatch|deferred|_warn|safe|rawarray|mxnet_internals|counts|step_values|engine)\.',
         d)}

@@ -1,4 +1,6 @@
-"""Every notebook runs top to bottom in a fresh kernel and shows its figures."""
+"""Every notebook runs top to bottom in a fresh kernel, shows its figures, and is committed
+with the outputs that run prints."""
+import difflib
 import json
 import pathlib
 import re
@@ -72,6 +74,30 @@ def test_notebook_runs_and_shows_its_figures(path, executed):
 def printed(nb):
     return ''.join(out.get('text', '') for cell in nb.cells if cell.cell_type == 'code'
                    for out in cell.outputs if out.get('output_type') == 'stream')
+
+
+def cell_prints(cell):
+    """What a code cell printed (its stream outputs), as one text."""
+    return ''.join(out.get('text', '') for out in cell.outputs if out.get('output_type') == 'stream')
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.slow
+def test_committed_outputs_are_what_a_fresh_run_prints(path, executed):
+    """Learners read a notebook where it is hosted, without running it: what each cell prints
+    as committed (the source it shows with ``inspect``, the numbers of its figures) is what
+    a fresh run prints today. ``make notebooks`` re-executes them in place."""
+    committed = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == 'code']
+    fresh = [c for c in executed(path).cells if c.cell_type == 'code']
+    assert [c.source for c in committed] == [c.source for c in fresh]
+    stale = []
+    for number, (old, new) in enumerate(zip(committed, fresh), 1):
+        if cell_prints(old) != cell_prints(new):
+            diff = difflib.unified_diff(cell_prints(old).splitlines(), cell_prints(new).splitlines(),
+                                        'committed', 'fresh run', lineterm='')
+            stale.append(f'code cell {number}:\n' + '\n'.join(diff))
+    assert not stale, (f'{path.name} is committed with outputs a fresh run no longer prints '
+                       '(make notebooks re-executes it):\n' + '\n'.join(stale))
 
 
 NUMBER = r'([-+0-9.e]+)'

@@ -16,16 +16,7 @@ import sys
 import pytest
 
 import adam_plugin
-from installed import ROOT, installed_only, installed_wheel
-
-
-def planned(target):
-    """The commands ``make TARGET`` runs in a fresh clone, in order (``make -n -B``)."""
-    env = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL')}
-    done = subprocess.run(['make', '-n', '-B', '-C', str(ROOT), target], capture_output=True,
-                          text=True, env=env)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+from installed import ROOT, installed_only, installed_wheel, planned
 
 
 def test_make_quick_builds_no_horovod_and_needs_no_cmake():

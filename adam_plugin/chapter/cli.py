@@ -446,6 +446,29 @@ def _command(sub, name, parents, help, description, example, run):
 
 
 def main(argv=None):
+    """Run ``python -m adam_plugin``: parse ``argv``, check every argument, run the command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after ``python -m adam_plugin`` (default: ``sys.argv[1:]``), e.g.
+        ``['linreg', '--lr', '0.1', '--json']``. The commands are in this module's
+        docstring; ``['COMMAND', '--help']`` describes one.
+
+    Returns
+    -------
+    int
+        0 once the command has run (its output on stdout, figures where ``--plot`` says).
+
+    Raises
+    ------
+    SystemExit
+        With status 2, before anything is trained: for an unknown command or flag or a
+        bad value (argparse's usage and an error naming it, on stderr), or for a
+        command that needs a package of the ``chapter`` extra (tqdm, matplotlib) that
+        is missing (one line naming the extra to install). With status 0 after
+        ``--help``.
+    """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--batch-size', type=_positive_int, default=10,
                         help='batch size (default 10)')

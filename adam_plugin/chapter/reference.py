@@ -1,7 +1,7 @@
 """The chapter's hand-rolled Adam, kept exactly as *Dive into Deep Learning* wrote it.
 
 This is the outside reference the plugin is checked against: it shares no code
-with :mod:`adam_plugin.optimizer` or :mod:`adam_plugin.textbook`.
+with :class:`adam_plugin.MyAdam` or :mod:`adam_plugin.textbook`.
 """
 __all__ = ['adam']
 

@@ -6,7 +6,7 @@ callable its author named the moment it is loaded, a truncated file surfaces as
 a bare ``UnpicklingError`` from deep inside MXNet, and a file from another
 optimizer or model is taken as it is. These functions wrap the Trainer instead:
 
-- :func:`load_states` reads the file with :mod:`.safe`, which calls nothing the
+- :func:`load_states` reads the file with its own reader, which calls nothing the
   file names: it admits only what a real checkpoint holds (MXNet arrays of every
   storage type and the NumPy interface's arrays, the registered optimizer
   classes, MXNet's lr_scheduler classes, NumPy numeric dtypes and scalars, plain
@@ -16,9 +16,9 @@ optimizer or model is taken as it is. These functions wrap the Trainer instead:
   limit is refused by a pre-scan of the opcodes before anything is unpickled.
   The file is read up to the end of its pickle, bytes after it refused by the
   file's size, unread; a file larger than the states of the Trainer's
-  parameters can be (:func:`size_limit`) is refused before it is read.
+  parameters can be (see :func:`load_states`) is refused before it is read.
   The optimizer is checked as its own constructor checks its arguments
-  (``MyAdam``: :mod:`adam_plugin.options`, which ``Trainer.load_states`` runs too);
+  (``MyAdam``: its option table's checks, which ``Trainer.load_states`` runs too);
   an attribute the file lacks takes its declared default (a file saved before it
   existed), one this release does not know is refused, naming it. It then checks
   that the file fits this Trainer (its optimizer class; the parameters it was
@@ -110,7 +110,8 @@ def load_states(trainer, fname):
     ValueError
         If the file names a callable a checkpoint does not hold, or is truncated,
         corrupted, larger than a states file for the Trainer's parameters can be
-        (:func:`size_limit`), or saved for another optimizer or other parameters.
+        (the bound docs/checkpoints.md states), or saved for another optimizer or
+        other parameters.
         The message names the file; the Trainer is unchanged.
     """
     with open(fname, 'rb') as f:
@@ -303,7 +304,7 @@ def _lists(state):
 def built(records):
     """The real objects of checked ``records``: :func:`safe.build`, its errors refused.
 
-    The optimizer's own checks (for ``MyAdam``, :mod:`adam_plugin.options`: a
+    The optimizer's own checks (for ``MyAdam``, its option table's: a
     hyperparameter, schedule or update count out of range) are refused with their
     message; anything else MXNet raises, with its last line or the error's name.
     """

@@ -17,22 +17,22 @@ output pipe closes (status 141, as a shell's program ends by SIGPIPE: ``launch
 ... | head -1``, at the first line relayed after ``head`` exits) or on Ctrl-C /
 SIGTERM / SIGHUP (status 130 / 143 / 129) every process started is ended, with
 its whole process group, so nothing is left behind. A SIGKILLed launcher cannot
-do that itself: a watchdog process (:data:`WATCHDOG_CODE`), which the launcher
+do that itself: a watchdog process (``WATCHDOG_CODE``), which the launcher
 tells the process group of everything it starts, ends them when the launcher's
 end of its pipe closes without a word. A worker command that cannot be run ends
 the launcher with one line and status 127 (not found) or 126, as a shell's.
 
 A Python worker (``COMMAND`` is a Python interpreter running a script, ``-m
-MODULE`` or ``-c CODE``) is started through :data:`WORKER_CODE`, which makes a
+MODULE`` or ``-c CODE``) is started through ``WORKER_CODE``, which makes a
 failure end that worker at once, before the script's first line runs: an uncaught
 exception (:func:`adam_plugin.distributed.exit_on_uncaught_exception`) or a
 ``sys.exit`` with a non-zero status ends the process with ``os._exit``, skipping
 the interpreter's shutdown, where ps-lite would wait for the other workers
 forever. (``atexit`` handlers do not run then.) Other commands run as given.
 
-A job looks hung when, for ``--idle-timeout`` seconds (default
-:data:`IDLE_TIMEOUT`), its workers together used less than :data:`IDLE_CPU` of a
-second of CPU: a worker stuck in a wait, and peers waiting for it in a push or
+A job looks hung when, for ``--idle-timeout`` seconds (``--help`` shows the
+default, ``IDLE_TIMEOUT``), its workers together used less than ``IDLE_CPU`` of
+a second of CPU: a worker stuck in a wait, and peers waiting for it in a push or
 pull, use none. A heartbeat the user has to call was the alternative; the CPU
 clock needs no change to the script and no default deadline that a long job
 would run into. A job whose workers all wait on something slow (a download) for
@@ -93,7 +93,7 @@ import mxnet
 
 #: What the scheduler runs, as ``python -c SCHEDULER_CODE``: what ``import mxnet`` does in
 #: a scheduler, without MXNet's Python package (see
-#: :mod:`adam_plugin.mxnet_internals.scheduler`).
+#: ``adam_plugin/mxnet_internals/scheduler.py``).
 SCHEDULER_CODE = _load_alone('adam_plugin_scheduler',
                              os.path.join('mxnet_internals', 'scheduler.py')).SCHEDULER_CODE
 
@@ -452,6 +452,31 @@ def launch(command, num_workers, num_servers=1, timeout=None, idle_timeout=IDLE_
 
 
 def main(argv=None):
+    """Run ``python -m adam_plugin.scaleout.launch``: parse ``argv``, run the job, return
+    its exit status (see this module's docstring).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the module's name (default: ``sys.argv[1:]``):
+        ``['-n', '2', '--', sys.executable, 'train.py']`` runs two workers of
+        ``train.py`` and one server.
+
+    Returns
+    -------
+    int
+        The job's exit status, as :func:`launch` returns it: 0 when every worker ended
+        with 0, else one of those this module's docstring lists (the first non-zero
+        status among the workers, 124 on a timeout or a hung job, 127 for a worker
+        command not found, ...).
+
+    Raises
+    ------
+    SystemExit
+        With status 2 and argparse's usage and error on stderr, for a bad argument or
+        one :func:`launch` refuses (a count below 1, no command, a timeout not
+        positive), before any process is started.
+    """
     parser = argparse.ArgumentParser(
         prog='python -m adam_plugin.scaleout.launch',
         description='Run a distributed-KVStore job (scheduler, servers, workers) on 127.0.0.1.')

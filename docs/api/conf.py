@@ -11,9 +11,17 @@ copyright = 'the adam_plugin authors, Apache-2.0'  # noqa: A001  (Sphinx's name)
 release = version = adam_plugin.__version__
 
 extensions = ['sphinx.ext.autodoc', 'numpydoc']
+# Every cross-reference must lead to a page of this reference (warnings are errors), except
+# these other packages' names: without intersphinx (no network) they have no page here.
+nitpicky = True
+nitpick_ignore = [('py:class', 'numpy.ndarray'), ('py:class', 'mxnet.optimizer.Optimizer'),
+                  ('py:class', 'matplotlib.figure.Figure')]
 # A module's __all__ decides which of its members are documented (autodoc's default).
 autodoc_default_options = {'members': True, 'undoc-members': True}
 autodoc_member_order = 'bysource'
+# adam_plugin.chapter.plots draws with matplotlib (the chapter extra), which the reference
+# needs not: the docs extra is Sphinx and numpydoc only.
+autodoc_mock_imports = ['matplotlib']
 numpydoc_show_class_members = False   # members are documented by autodoc, not as tables
 numpydoc_class_members_toctree = False
 html_theme = 'alabaster'
