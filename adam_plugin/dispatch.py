@@ -164,7 +164,7 @@ def _misfit(state, layout, master, context):
             return str(err)
     if len(moments) not in (2, 3):
         return f"it holds {len(moments)} moments, not (m, v[, vmax], [t])"
-    arrays = ([('master copy', copy)] if master else []) + list(zip(('m', 'v', 'vmax'), moments))
+    arrays = ([('master copy', copy)] if master else []) + list(zip(('m', 'v', 'vmax')[:len(moments)], moments, strict=True))
     for what, array in arrays:
         if not isinstance(array, nd.NDArray):
             return f"its {what} is a {type(array).__name__}, not an NDArray"
@@ -276,7 +276,7 @@ class Batch:
         self.grads = list(grads)
         self.dtypes, self.step_counts = [], []
         groups = {}  # kernel storage -> [(position, the parameter as a HandleTable takes it)]
-        for i, (way, layout) in enumerate(zip(self.routes, layouts)):
+        for i, (way, layout) in enumerate(zip(self.routes, layouts, strict=True)):
             master = multi_precision and layout.dtype == FLOAT16
             computed_in = FLOAT32 if layout.dtype == FLOAT16 else layout.dtype
             self.dtypes.append((computed_in, computed_in if master else layout.dtype))
@@ -314,11 +314,11 @@ class Batch:
         """
         flags = [None] * len(self.grads)
         for positions, table in self.kernel_groups:
-            for i, ok in zip(positions, table.all_finite()):
+            for i, ok in zip(positions, table.all_finite(), strict=True):
                 flags[i] = bool(ok)
         others = [i for i, way in enumerate(self.routes) if way != KERNEL]
         if others:
-            for i, ok in zip(others, _finite_by_operators([self.grads[i] for i in others])):
+            for i, ok in zip(others, _finite_by_operators([self.grads[i] for i in others]), strict=True):
                 flags[i] = ok
         return flags
 
@@ -338,7 +338,7 @@ class Batch:
         """
         flags = [0] * len(steps)
         for positions, table in self.kernel_groups:
-            for i, found in zip(positions, table.adam_steps([steps[i] for i in positions])):
+            for i, found in zip(positions, table.adam_steps([steps[i] for i in positions]), strict=True):
                 flags[i] = found
         others = [i for i, way in enumerate(self.routes) if steps[i] is not None and way != KERNEL]
         for i in others:
@@ -349,9 +349,9 @@ class Batch:
                               self.multi_precision)
         if others:
             master = [self.multi_precision and self.weights[i].dtype == FLOAT16 for i in others]
-            second_moments = [_split(self.states[i], m)[0][1] for i, m in zip(others, master)]
+            second_moments = [_split(self.states[i], m)[0][1] for i, m in zip(others, master, strict=True)]
             finite = _finite_by_operators(second_moments + [self.weights[i] for i in others])
-            for i, v_ok, w_ok in zip(others, finite, finite[len(others):]):
+            for i, v_ok, w_ok in zip(others, finite[:len(others)], finite[len(others):], strict=True):
                 flags[i] = (0 if v_ok else kernel.V_OVERFLOW) | (0 if w_ok else kernel.W_OVERFLOW)
         return flags
 
@@ -460,7 +460,7 @@ def textbook_step(weight, grad, state, step, multi_precision):
     else:
         wide = [a.astype(numpy.float32) for a in (weight, *moments)]
         textbook.adam_step(wide[0], grad.astype(numpy.float32), tuple(wide[1:]), step)
-        for narrow, result in zip((weight, *moments), wide):
+        for narrow, result in zip((weight, *moments), wide, strict=True):
             narrow[:] = result.astype(numpy.float16)
 
 

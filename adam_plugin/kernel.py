@@ -268,7 +268,7 @@ class HandleTable:
             row_length.append(length)
             sizes.append(math.prod(shape) if rows is None else len(rows) * length)
             for column, array in zip(handles, (weight, grad, *moments, None, None)[:5] + (
-                    master,)):
+                    master,), strict=True):
                 column.append(0 if array is None else array.handle.value)
         n = len(params)
         # One table (a single allocation, its address read once): the handles, one row
@@ -345,7 +345,7 @@ class HandleTable:
             len(keep), *arguments, address, amsgrad,
             (ctypes.c_char * len(keep)).from_buffer(overflow), threads))
         flags = [0] * len(steps)
-        for i, flag in zip(keep, overflow):
+        for i, flag in zip(keep, overflow, strict=True):
             flags[i] = flag
         return flags
 
@@ -372,7 +372,7 @@ class HandleTable:
         """
         n = len(self._rows)
         table = self._table
-        for p, (weight, grad) in enumerate(zip(weights, grads)):
+        for p, (weight, grad) in enumerate(zip(weights, grads, strict=True)):
             table[p], table[n + p] = weight.handle.value, grad.handle.value
         self._queued_arrays = weights, grads  # the table's handles now: kept alive
         _, (arguments, (constants_, address), amsgrad, threads) = self._launch(steps)

@@ -203,7 +203,7 @@ class MyAdam(Optimizer):
             mxnet_internals.in_distributed_trainer(self.param_dict, indices[:1]))
         self._engine.take_all()
         layouts = [self._layouts(*args, multi_precision)
-                   for args in zip(indices, weights, grads, states)]
+                   for args in zip(indices, weights, grads, states, strict=True)]
         batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
                                lambda i: self._name(indices[i]))
         rule = self._values.rule(batch)
@@ -239,7 +239,7 @@ def _check_fits(saved, params):
                          f"(indices {sorted(have)})")
     for index in sorted(saved):
         if len(have[index]) != len(saved[index]) or not all(
-                a == b or a <= 0 or b <= 0 for a, b in zip(have[index], saved[index])):
+                a == b or a <= 0 or b <= 0 for a, b in zip(have[index], saved[index], strict=True)):
             raise ValueError(f"the states were saved for a parameter {index} of shape "
                              f"{saved[index]}, the Trainer's, '{params[index].name}', has "
                              f"shape {have[index]}")

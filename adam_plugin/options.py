@@ -16,6 +16,7 @@ Every check raises ``ValueError("Invalid NAME: VALUE (expected WHAT)")`` and
 returns the value to keep. Like ``torch.optim``'s ``if not 0.0 <= lr``, a check
 is written so that NaN fails it.
 """
+import itertools
 import math
 import numbers
 import sys
@@ -173,7 +174,7 @@ _FACTOR = number(lambda x: 0.0 < x <= 1.0, 'in (0, 1]')
 def _increasing_steps(name, value):
     if not (type(value) is list and value and all(
             isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in value)
-            and value[0] >= 1 and all(a < b for a, b in zip(value, value[1:]))):
+            and value[0] >= 1 and all(a < b for a, b in itertools.pairwise(value))):
         _refuse(name, value, 'an increasing list of ints >= 1')
     return value
 

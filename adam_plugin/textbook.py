@@ -145,7 +145,7 @@ def _dense_step(weight, grad, state, step):
     """The rule on every element of dense arrays."""
     new_weight, new_state = _rule(weight, grad, state, step)
     weight[:] = new_weight
-    for buf, new in zip(state, new_state):
+    for buf, new in zip(state, new_state, strict=True):
         buf[:] = new
 
 
@@ -155,7 +155,7 @@ def _lazy_rows_step(weight, grad, state, step):
     sub_state = tuple(nd.take(buf, rows) for buf in state)
     new_weight, new_state = _rule(nd.take(weight, rows), grad.data, sub_state, step)
     weight[rows] = new_weight
-    for buf, new in zip(state, new_state):
+    for buf, new in zip(state, new_state, strict=True):
         buf[rows] = new
 
 

@@ -95,10 +95,10 @@ def _supervised(net, trainer, batches, loss_fn, contexts):
         nonlocal size
         data, label = next(batches)
         size = len(data)
-        parts = zip(np.array_split(data, len(contexts)), np.array_split(label, len(contexts)))
+        parts = zip(np.array_split(data, len(contexts)), np.array_split(label, len(contexts)), strict=True)
         with autograd.record():
             losses = [loss_fn(net(mx.nd.array(x, ctx=ctx)), mx.nd.array(y, ctx=ctx))
-                      for (x, y), ctx in zip(parts, contexts)]
+                      for (x, y), ctx in zip(parts, contexts, strict=True)]
         autograd.backward(losses)
 
     return Loop(forward_backward, lambda: trainer.step(size))

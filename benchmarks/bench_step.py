@@ -294,7 +294,7 @@ def report(times, memory, first_step, kernel):
                 'median_ms': ms, 'ratio_to_mxnet_adam': ms / base, 'rounds': len(samples),
                 **{key: ms / t_ms if t_ms else None for key, t_ms in torch_ms.items()}}
             vs_torch = ''.join(f"{ms / t_ms:{width}.2f}" if t_ms else f"{'-':>{width}}"
-                               for t_ms, width in zip(torch_ms.values(), (15, 21)))
+                               for t_ms, width in zip(torch_ms.values(), (15, 21), strict=True))
             print(f"{w:10} {name:26} {ms:10.2f} {ms / base:14.2f} {vs_torch}")
     kernel['installed_over_native'] = {
         w: rows[w]['myadam']['median_ms'] / rows[w]['myadam native']['median_ms'] for w in rows}

@@ -87,7 +87,7 @@ class Job:
             Xs = gluon.utils.split_and_load(X, self.ctxs)
             ys = gluon.utils.split_and_load(y, self.ctxs)
             with autograd.record():
-                losses = [linreg.squared_loss(self.net(Xi), yi) for Xi, yi in zip(Xs, ys)]
+                losses = [linreg.squared_loss(self.net(Xi), yi) for Xi, yi in zip(Xs, ys, strict=True)]
             autograd.backward(losses)
             if t == self.nan_at:
                 for grad in self.net.w.list_grad():
@@ -120,7 +120,7 @@ def assert_same(got, want):
     for key in want:
         if key in ('weights', 'states'):
             assert len(got[key]) == len(want[key]) > 0
-            for g, w in zip(got[key], want[key]):
+            for g, w in zip(got[key], want[key], strict=True):
                 assert g.dtype == w.dtype
                 np.testing.assert_array_equal(g, w, err_msg=key)
         else:

@@ -49,7 +49,7 @@ def batches(poison=False):
          + 0.1 * rng.normal(size=(STEPS, BATCH, 1))).astype(np.float32)
     if poison:
         X[NAN_STEP, -1, 0] = np.nan  # the last row: in the second rank's half
-    return list(zip(X, y))
+    return list(zip(X, y, strict=True))
 
 
 def make_net(seed):

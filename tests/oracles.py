@@ -102,7 +102,7 @@ def d2l_yogi(params, states, hyperparams):
     (1 at the first call). As in the book: beta1=0.9, beta2=0.999, eps=1e-3.
     """
     beta1, beta2, eps = 0.9, 0.999, 1e-3
-    for (p, grad), (v, s) in zip(params, states):
+    for (p, grad), (v, s) in zip(params, states, strict=True):
         v[:] = beta1 * v + (1 - beta1) * grad
         s[:] = s + (1 - beta2) * np.sign(
             np.square(grad) - s) * np.square(grad)
@@ -121,7 +121,7 @@ def d2l_adam(params, states, hyperparams):
     (1 at the first call). As in the book: beta1=0.9, beta2=0.999, eps=1e-6.
     """
     beta1, beta2, eps = 0.9, 0.999, 1e-6
-    for (p, grad), (v, s) in zip(params, states):
+    for (p, grad), (v, s) in zip(params, states, strict=True):
         v[:] = beta1 * v + (1 - beta1) * grad
         s[:] = beta2 * s + (1 - beta2) * np.square(grad)
         v_bias_corr = v / (1 - beta1 ** hyperparams['t'])

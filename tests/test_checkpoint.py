@@ -186,7 +186,7 @@ def resume(make, train, save_after, steps, tmp_path, loader):
     train(*first, range(1, save_after + 1))
     checkpoint.save_states(first[1], tmp_path / 'trainer.states')
     resumed = make(-1.0)
-    for mine, theirs in zip(params(resumed), params(first)):
+    for mine, theirs in zip(params(resumed), params(first), strict=True):
         mine.set_data(weight(theirs))
     LOADERS[loader](resumed[1], tmp_path / 'trainer.states')
     train(*resumed, range(save_after + 1, steps + 1))
@@ -303,7 +303,7 @@ def train_dense(net, trainer, steps):
 @pytest.mark.parametrize('loader', LOADERS)
 def test_numpy_interface_states_resume_bitwise(loader, numpy_interface, tmp_path):
     straight, resumed = resume(dense_numpy, train_dense, 4, 8, tmp_path, loader)
-    for got, want in zip(resumed, straight):
+    for got, want in zip(resumed, straight, strict=True):
         np.testing.assert_array_equal(got, want)
     assert not np.all(straight[0] == 0.5)
 
@@ -338,7 +338,7 @@ def test_every_array_kind_is_rebuilt_exactly():
             states, record = safe.read(io.BytesIO(pickle.dumps(({0: saved}, optimizer))),
                                        [adam_plugin.MyAdam], lambda cls: cls())
             got = safe.build(states)[0]
-            for g, want in zip(got, saved):
+            for g, want in zip(got, saved, strict=True):
                 assert type(g) is type(want)
                 assert (g.stype, g.dtype, g.shape) == (want.stype, want.dtype, want.shape)
                 np.testing.assert_array_equal(g.asnumpy(), want.asnumpy())
@@ -678,7 +678,7 @@ def test_states_go_to_each_device_on_its_first_update(tmp_path):
         resumed = Job('everything', 'two_devices_trainer_updates')
         loader(resumed.trainer, fname)
         resumed.train(range(3, 4))
-        for updater, ctx in zip(resumed.trainer._updaters, resumed.ctxs):  # (m, v, vmax, [t])
+        for updater, ctx in zip(resumed.trainer._updaters, resumed.ctxs, strict=True):  # (m, v, vmax, [t])
             assert {a.context for i in updater.states for a in updater.states[i][:-1]} == {ctx}
 
 

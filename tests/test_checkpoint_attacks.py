@@ -202,7 +202,7 @@ def test_refused_without_running_anything(row, placement, tmp_path):
     assert not marker.exists()
     assert job.trainer.optimizer is optimizer
     assert [u.optimizer for u in updaters(job.trainer)] == [optimizer] * len(states)
-    assert all(u.states is s for u, s in zip(updaters(job.trainer), states))
+    assert all(u.states is s for u, s in zip(updaters(job.trainer), states, strict=True))
     assert_same(job.snapshot(), before)
 
 

@@ -10,6 +10,7 @@ differently but faithfully (pickle protocol 5) still loads.
 """
 import copyreg
 import io
+import itertools
 import pickle
 import pickletools
 import struct
@@ -49,7 +50,7 @@ def spliced(make, fragment):
         states, optimizer = pickle.loads(good)
         data = pickle.dumps(make(states, optimizer), 3)
         ops = list(pickletools.genops(data))
-        for (_, arg, pos), (_, _, end) in zip(ops, ops[1:]):
+        for (_, arg, pos), (_, _, end) in itertools.pairwise(ops):
             if arg == PLACEHOLDER:
                 return data[:pos] + fragment(*pickle.loads(good)) + data[end:]
         raise AssertionError('no placeholder')
@@ -250,7 +251,7 @@ def refused(job, data, tmp_path):
     assert job.trainer.optimizer is optimizer and job.trainer._updaters[0].states is held
     after = states(job)
     assert after.keys() == before.keys()
-    assert all((a == b).all() for i in before for a, b in zip(after[i], before[i]))
+    assert all((a == b).all() for i in before for a, b in zip(after[i], before[i], strict=True))
     return message[len(prefix):-len(suffix)]
 
 
@@ -343,7 +344,7 @@ def test_states_are_created_for_their_own_index(per_index, tmp_path):
     assert now.keys() == saved.keys()
     for i in saved:
         assert len(now[i]) == len(saved[i])
-        for got, want in zip(now[i], saved[i]):
+        for got, want in zip(now[i], saved[i], strict=True):
             assert (got == want).all()
 
 

@@ -188,7 +188,7 @@ def test_the_refusal_comes_before_anything_changes(excepthook):
     with pytest.raises(RuntimeError, match='update_on_kvstore=False'):
         opt.update(0, weight, mx.nd.array([0.5, -0.5]), state)
     after = [a.asnumpy() for a in arrays], dict(opt._index_update_count)
-    for old, new in zip(before[0], after[0]):
+    for old, new in zip(before[0], after[0], strict=True):
         np.testing.assert_array_equal(old, new)
     assert before[1] == after[1] == {0: 1} and state[-1] == [1]
     assert sys.excepthook is not excepthook and sys.excepthook.adam_plugin_exits

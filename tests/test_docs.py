@@ -348,7 +348,7 @@ def test_command_lines_parse():
     codes = parse_commands([argv for _, _, argv in found] + planted)
     assert codes[len(found):] == [2, 2], 'the parse-only run does not catch bad command lines'
     bad = [f'{page.name}:{line}: {shlex.join(argv)} -> {code}'
-           for (page, line, argv), code in zip(found, codes) if code != 0]
+           for (page, line, argv), code in zip(found, codes[:len(found)], strict=True) if code != 0]
     assert not bad, 'command lines their module refuses:\n' + '\n'.join(bad)
 
 

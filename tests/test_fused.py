@@ -44,7 +44,7 @@ def run(config, dtype, fused, aggregated, weights, grads):
 
 def inputs(rng, dtype, shapes=SHAPES):
     weights = [rng.normal(size=s).astype(dtype) for s in shapes]
-    grads = list(zip(*[gradients(rng, s, STEPS, dtype) for s in shapes]))
+    grads = list(zip(*[gradients(rng, s, STEPS, dtype) for s in shapes], strict=True))
     return weights, grads
 
 
@@ -63,7 +63,7 @@ def test_textbook_list_call_equals_one_by_one(name, rng):
     weights, grads = inputs(rng, 'float32', SHAPES[:3])
     one_by_one = run(CONFIGS[name], 'float32', False, False, weights, grads)
     as_list = run(CONFIGS[name], 'float32', False, True, weights, grads)
-    for a, b in zip(one_by_one, as_list):
+    for a, b in zip(one_by_one, as_list, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -75,9 +75,9 @@ def test_textbook_list_call_equals_one_by_one(name, rng):
 def test_fused_matches_textbook(name, dtype, aggregated, variant):
     weights, grads, slow = textbook_run(name, dtype)
     fast = run(CONFIGS[name], dtype, True, aggregated, weights, grads)
-    for w, w0 in zip(slow, weights):
+    for w, w0 in zip(slow[:len(weights)], weights, strict=True):
         assert not np.allclose(w, w0), 'the weights did not move: the comparison would be empty'
-    for f, s in zip(fast, slow):
+    for f, s in zip(fast, slow, strict=True):
         assert f.dtype == np.dtype(dtype)
         np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])
 
@@ -96,7 +96,7 @@ def test_fused_matches_textbook_on_several_threads(name, variant, rng, monkeypat
     weights, grads = inputs(rng, 'float32', LARGE)
     fast = run(CONFIGS[name], 'float32', True, True, weights, grads)
     slow = run(CONFIGS[name], 'float32', False, True, weights, grads)
-    for f, s in zip(fast, slow):
+    for f, s in zip(fast, slow, strict=True):
         np.testing.assert_allclose(f, s, **FUSED_TOL['float32'])
 
 
@@ -249,7 +249,7 @@ def test_layouts_and_states_are_read_once_while_they_come_back(monkeypatch):
     original = dispatch._misfit
     monkeypatch.setattr(dispatch, '_misfit', lambda *args: checked.append(args[0]) or original(*args))
     for _ in range(3):
-        for (weight, grad), state in zip(devices, states):
+        for (weight, grad), state in zip(devices, states, strict=True):
             opt.update(0, weight, grad, state)
     assert [id(s) for s in checked] == [id(s) for s in states]
     weight, grad = devices[0]
@@ -359,11 +359,11 @@ def test_operator_step_matches_textbook(name, rng):
     for step_fn in (dispatch.operator_step, textbook.adam_step):
         ws = [nd.array(w) for w in weights]
         states = [(nd.zeros(w.shape), nd.zeros(w.shape)) for w in ws]
-        for step, step_grads in zip(steps, grads):
-            for w, g, s in zip(ws, step_grads, states):
+        for step, step_grads in zip(steps, grads, strict=True):
+            for w, g, s in zip(ws, step_grads, states, strict=True):
                 step_fn(w, nd.array(g), s, step)
         results.append([w.asnumpy() for w in ws])
-    for op, ref, w0 in zip(*results, weights):
+    for op, ref, w0 in zip(*results, weights, strict=True):
         assert not np.allclose(ref, w0)
         np.testing.assert_allclose(op, ref, rtol=1e-5, atol=1e-6)
 
@@ -409,7 +409,7 @@ def test_nonfinite_raise_modifies_nothing():
     grad[-1] = np.inf
     with pytest.raises(FloatingPointError, match='index 1'):
         opt.update([0, 1], weights, [nd.ones((7,)), nd.array(grad)], states)
-    for w, s in zip(weights, states):
+    for w, s in zip(weights, states, strict=True):
         np.testing.assert_array_equal(w.asnumpy(), np.ones(w.shape))
         assert all(not b.asnumpy().any() for b in s[:-1]) and s[-1] == [0]  # (m, v, [t])
     assert not opt._index_update_count
@@ -626,7 +626,7 @@ def test_concurrent_callers_each_get_their_step(rng, monkeypatch):
         results = list(pool.map(lambda _: run(CONFIGS['defaults'], 'float32', True, True,
                                               weights, grads), range(4)))
     for fast in results:
-        for f, s in zip(fast, slow):
+        for f, s in zip(fast, slow, strict=True):
             np.testing.assert_allclose(f, s, **FUSED_TOL['float32'])
 
 
@@ -724,7 +724,7 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     # it writes in the same pass)
     assert [name for name, _ in calls] == [f'finite_{dtype}', f'adam_{dtype}'] * STEPS
     slow = run(CONFIGS['everything'], dtype, False, True, weights, grads)
-    for f, s in zip(fast, slow):
+    for f, s in zip(fast, slow, strict=True):
         np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])
     # Typed entry points (after the steps above, which use what load() set): names only
     # as bytes (untyped, ctypes would pass a str as wchar_t*), and MXNet's accessor as a
@@ -735,7 +735,7 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     library.use_mxnet(*(ctypes.cast(getattr(_LIB, f), ctypes.c_void_p).value
                         for f in mxnet_internals.KERNEL_FUNCTIONS))
     again = run(CONFIGS['everything'], dtype, True, True, weights, grads)
-    for a, f in zip(again, fast):
+    for a, f in zip(again, fast, strict=True):
         np.testing.assert_array_equal(a, f)
 
 

@@ -97,7 +97,7 @@ def test_the_error_reaches_the_user(error, kvstore, update_on_kvstore, in_callba
     names = [p.name for p in trainer._params]
     stepped = names[:names.index(failing)] if in_callback else []
     for name, copies in weights(trainer).items():
-        for old, new in zip(before[name], copies):
+        for old, new in zip(before[name], copies, strict=True):
             assert np.array_equal(new, old) is (name not in stepped), name
 
 
@@ -278,7 +278,7 @@ def train_sparse_embedding(optimizer, params, steps=5):
     trainer = gluon.Trainer(net.collect_params(), optimizer, dict(params, learning_rate=0.1),
                             kvstore='device')
     for _ in range(steps):
-        for ctx, rows in zip(TWO, ([1, 2, 3], [3, 7])):
+        for ctx, rows in zip(TWO, ([1, 2, 3], [3, 7]), strict=True):
             with autograd.record():
                 loss = (net(nd.array(rows, ctx=ctx)) ** 2).sum()
             loss.backward()

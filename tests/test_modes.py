@@ -75,7 +75,7 @@ def test_numpy_mode_trains_as_adam(options, route, routes, numpy_mode):
     mine = train_numpy_mode('myadam', dict(options, epsilon_mode='hat'))
     assert routes == {route}
     assert [a.shape for a in mine] == [a.shape for a in adam] == [(8, 5), (8,), (1, 8), (1,)]
-    for a, b in zip(mine, adam):
+    for a, b in zip(mine, adam, strict=True):
         np.testing.assert_allclose(a, b, **TOL['float32'])
 
 

@@ -53,7 +53,7 @@ def assert_same_weights(run):
     """``run(name)`` returns weights; MXNet's Adam and 'myadam' must give the same ones."""
     adam, mine = run('adam'), run('myadam')
     assert len(adam) == len(mine) > 0
-    for a, b in zip(adam, mine):
+    for a, b in zip(adam, mine, strict=True):
         assert not np.array_equal(a, 0)  # it stepped
         np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL)
 
@@ -63,7 +63,7 @@ def dict_equ(a, b):
     for k in a:
         x, y = (s if isinstance(s, (tuple, list)) else (s,) for s in (a[k], b[k]))
         assert len(x) == len(y)
-        for p, q in zip(x, y):
+        for p, q in zip(x, y, strict=True):
             if isinstance(p, mx.nd.NDArray):
                 assert (p.asnumpy() == q.asnumpy()).all()
             else:  # MyAdam's step count [t]

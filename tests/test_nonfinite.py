@@ -24,7 +24,7 @@ def two_params():
 
 
 def step(trainer, params, grads):
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad()[:] = nd.array(g)
         p.data()._fresh_grad = True
     trainer.step(1)
@@ -55,7 +55,7 @@ def after_one_good_step(options, bad, position):
 def assert_unchanged(before, after, index):
     """Weight, state buffers and step count of parameter ``index`` are bitwise the same."""
     np.testing.assert_array_equal(after[0][index], before[0][index])
-    for a, b in zip(after[1][index], before[1][index]):
+    for a, b in zip(after[1][index], before[1][index], strict=True):
         np.testing.assert_array_equal(a, b)
     assert after[2][index] == before[2][index]
 
@@ -87,7 +87,7 @@ def test_the_next_finite_step_proceeds_as_if_the_bad_one_never_happened(bad):
     clean_trainer = gluon.Trainer(clean, 'myadam', {'learning_rate': 0.1})
     step(clean_trainer, clean, GOOD_W)
     step(clean_trainer, clean, [2 * g for g in GOOD_W])
-    for p, q in zip(params, clean):
+    for p, q in zip(params, clean, strict=True):
         np.testing.assert_array_equal(p.data().asnumpy(), q.data().asnumpy())
 
 

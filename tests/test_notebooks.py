@@ -91,7 +91,7 @@ def test_committed_outputs_are_what_a_fresh_run_prints(path, executed):
     fresh = [c for c in executed(path).cells if c.cell_type == 'code']
     assert [c.source for c in committed] == [c.source for c in fresh]
     stale = []
-    for number, (old, new) in enumerate(zip(committed, fresh), 1):
+    for number, (old, new) in enumerate(zip(committed, fresh, strict=True), 1):
         if cell_prints(old) != cell_prints(new):
             diff = difflib.unified_diff(cell_prints(old).splitlines(), cell_prints(new).splitlines(),
                                         'committed', 'fresh run', lineterm='')

@@ -29,7 +29,7 @@ MXNET_ROWS = ['defaults', 'wd', 'rescale_grad', 'clip_gradient', 'lr_scheduler',
 
 def problem(rng, dtype='float32'):
     weights = [rng.normal(size=s).astype(dtype) for s in SHAPES]
-    grads = list(zip(*[gradients(rng, s, STEPS, dtype) for s in SHAPES]))
+    grads = list(zip(*[gradients(rng, s, STEPS, dtype) for s in SHAPES], strict=True))
     return weights, grads
 
 
@@ -37,7 +37,7 @@ def run_mx(opt, weights, grads):
     ws = [mx.nd.array(w) for w in weights]
     states = [opt.create_state(i, w) for i, w in enumerate(ws)]
     for step_grads in grads:
-        for i, (w, g) in enumerate(zip(ws, step_grads)):
+        for i, (w, g) in enumerate(zip(ws, step_grads, strict=True)):
             opt.update(i, w, mx.nd.array(g), states[i])
     return [w.asnumpy() for w in ws]
 
@@ -47,7 +47,7 @@ def run_torch(name, kwargs, lr, weights, grads):
     params = [torch.tensor(w, requires_grad=True) for w in weights]
     opt = getattr(torch.optim, name)(params, lr=lr, **kwargs)
     for step_grads in grads:
-        for p, g in zip(params, step_grads):
+        for p, g in zip(params, step_grads, strict=True):
             p.grad = torch.tensor(g)
         opt.step()
     return [p.detach().numpy() for p in params]
@@ -61,7 +61,7 @@ def test_matches_torch(name, rng):
     kwargs = optimizer_kwargs(config)
     want = run_torch(torch_name, torch_kwargs, kwargs['learning_rate'], weights, grads)
     got = run_mx(mx.optimizer.create('myadam', **kwargs), weights, grads)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, **TOL['float32'])
 
 
@@ -71,7 +71,7 @@ def test_hat_mode_matches_mxnet_builtin_adam(name, rng):
     want = run_mx(mx.optimizer.create('adam', **optimizer_kwargs(CONFIGS[name])), weights, grads)
     got = run_mx(mx.optimizer.create('myadam', epsilon_mode='hat',
                                      **optimizer_kwargs(CONFIGS[name])), weights, grads)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, **TOL['float32'])
 
 

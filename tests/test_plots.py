@@ -41,7 +41,7 @@ def test_bias_correction_plots_both_moments_against_step():
         assert (ax.get_xlabel(), ax.get_ylabel()) == ('step $t$', ylabel)
         drawn = [xy for label, xy in lines(ax).items() if not label.startswith('mean')]
         assert len(drawn) == 3
-        for (x, y), want in zip(drawn, series):
+        for (x, y), want in zip(drawn, series, strict=True):
             np.testing.assert_array_equal(x, steps)
             np.testing.assert_allclose(y, want, rtol=1e-6)
     assert second.get_yscale() == 'log' and first.get_yscale() == 'linear'

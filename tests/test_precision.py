@@ -17,7 +17,7 @@ def run(dtype, options, weights, grads, multi_precision):
     ws = [nd.array(w, dtype=dtype) for w in weights]
     states = [opt.create_state_multi_precision(i, w) for i, w in enumerate(ws)]
     for step_grads in grads:
-        for i, (w, g) in enumerate(zip(ws, step_grads)):
+        for i, (w, g) in enumerate(zip(ws, step_grads, strict=True)):
             opt.update_multi_precision(i, w, nd.array(g, dtype=dtype), states[i])
     return ws, states
 
@@ -25,10 +25,10 @@ def run(dtype, options, weights, grads, multi_precision):
 @pytest.mark.parametrize('options', OPTIONS, ids=str)
 def test_master_weights_keep_float16_close_to_float32(options, rng):
     weights = [rng.normal(size=s).astype('float16') for s in SHAPES]
-    grads = list(zip(*[gradients(rng, s, 20, 'float16') for s in SHAPES]))
+    grads = list(zip(*[gradients(rng, s, 20, 'float16') for s in SHAPES], strict=True))
     w16, states = run('float16', options, weights, grads, multi_precision=True)
     w32, _ = run('float32', options, weights, grads, multi_precision=False)
-    for w, s, ref, w0 in zip(w16, states, w32, weights):
+    for w, s, ref, w0 in zip(w16, states, w32, weights, strict=True):
         assert w.dtype == np.float16
         master = s[0]
         assert master.dtype == np.float32 and all(b.dtype == np.float32 for b in s[1][:-1])
@@ -66,7 +66,7 @@ KERNEL_SHAPES = [(3, 4, 5), (10, 4), (7,), (1037,)]  # the last: vector lanes an
 
 def _inputs(rng):
     weights = [rng.normal(size=s).astype('float16') for s in KERNEL_SHAPES]
-    grads = list(zip(*[gradients(rng, s, STEPS, 'float16') for s in KERNEL_SHAPES]))
+    grads = list(zip(*[gradients(rng, s, STEPS, 'float16') for s in KERNEL_SHAPES], strict=True))
     return weights, grads
 
 
@@ -84,11 +84,11 @@ def test_master_copy_on_the_kernel_is_bitwise_the_textbook(name, variant, rng):
     fast = run('float16', optimizer_kwargs(CONFIGS[name]), weights, grads, multi_precision=True)
     slow = run('float16', dict(optimizer_kwargs(CONFIGS[name]), fused=False), weights, grads,
                multi_precision=True)  # a scheduler of its own: they keep state
-    for w, v, w0 in zip(fast[0], slow[0], weights):
+    for w, v, w0 in zip(fast[0], slow[0], weights, strict=True):
         assert w.dtype == np.float16
         np.testing.assert_array_equal(w.asnumpy(), v.asnumpy())
         assert not np.array_equal(w.asnumpy(), w0)
-    for a, b in zip(_flat(fast[1]), _flat(slow[1])):
+    for a, b in zip(_flat(fast[1]), _flat(slow[1]), strict=True):
         assert a.dtype == np.float32
         np.testing.assert_array_equal(a, b)
 
@@ -100,7 +100,7 @@ def float32_rounded_to_float16(options, weights, grads):
     ws = [nd.array(w, dtype='float32') for w in weights]
     states = [opt.create_state(i, w) for i, w in enumerate(ws)]
     for step_grads in grads:
-        for i, (w, g) in enumerate(zip(ws, step_grads)):
+        for i, (w, g) in enumerate(zip(ws, step_grads, strict=True)):
             opt.update(i, w, nd.array(g, dtype='float32'), states[i])
             for a in (w, *states[i][:-1]):  # (m, v[, vmax], [t])
                 a[:] = a.astype('float16').astype('float32')
@@ -117,12 +117,12 @@ def test_plain_float16_on_the_kernel_computes_in_float32(name, variant, rng):
                        multi_precision=False)
     expected, expected_states = float32_rounded_to_float16(optimizer_kwargs(CONFIGS[name]),
                                                            weights, grads)
-    for w, e, w0 in zip(fast, expected, weights):
+    for w, e, w0 in zip(fast, expected, weights, strict=True):
         assert w.dtype == np.float16
         np.testing.assert_array_equal(w.asnumpy(), e.asnumpy().astype(np.float16))
         assert not np.array_equal(w.asnumpy(), w0)
-    for state, reference in zip(states, expected_states):
+    for state, reference in zip(states, expected_states, strict=True):
         assert state[-1] == reference[-1] == [STEPS]  # (m, v[, vmax], [t])
-        for a, b in zip(state[:-1], reference[:-1]):
+        for a, b in zip(state[:-1], reference[:-1], strict=True):
             assert a.dtype == np.float16
             np.testing.assert_array_equal(a.asnumpy(), b.asnumpy().astype(np.float16))

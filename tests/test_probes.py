@@ -33,7 +33,7 @@ def test_each_moments_probe_starts_fresh():
     # t = 1 again on every call: a shared optimizer would carry the first call's state.
     first = moments([5.0, 5.0])
     again = moments([5.0, 5.0])
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -43,7 +43,7 @@ def test_each_first_step_probe_is_a_fresh_optimizers_first_step():
     grads = [1.0, 1e-3, 50.0, -2.0]
     sizes = first_step(grads)
     np.testing.assert_allclose(sizes, [abs(g) / (abs(g) + 1e-8) for g in grads], rtol=1e-6)
-    for g, size in zip(grads, sizes):
+    for g, size in zip(grads, sizes, strict=True):
         assert first_step([g])[0] == size
 
 

@@ -11,6 +11,7 @@ MXNet 1.x reads a 0 in a shape as "unknown" unless NumPy shape semantics are on,
 arrays with a zero-length axis are made and stepped under ``mx.util.np_shape(True)``.
 """
 import contextlib
+import itertools
 import math
 
 import mxnet as mx
@@ -82,7 +83,7 @@ def oracle_walk(h, w0, grads):
     for g in grads:
         w = oracle.step(0, w, g)
         walk.append(w)
-    steps = [np.abs(b - a).max(initial=0.0) for a, b in zip([w0] + walk, walk)]
+    steps = [np.abs(b - a).max(initial=0.0) for a, b in itertools.pairwise([w0] + walk)]
     return walk, max(steps)
 
 
@@ -92,7 +93,7 @@ def shape_semantics(shape):
 
 def check(dtype, walk, biggest, got, tol=None):
     tol = TOL[dtype] if tol is None else tol
-    for t, (want, have) in enumerate(zip(walk, got), start=1):
+    for t, (want, have) in enumerate(zip(walk, got, strict=True), start=1):
         assert have.dtype == np.dtype(dtype) and have.shape == want.shape
         error = np.abs(have.astype(np.float64) - want)
         bound = tol * (np.abs(want) + biggest) + np.abs(np.spacing(want.astype(dtype)))

@@ -154,7 +154,7 @@ def test_queued_steps_equal_steps_on_the_calling_thread(sequence, dtype, options
             dict(trainer.optimizer._index_update_count), trainer.optimizer.num_update,
             trainer.optimizer.num_skipped)
     queued, calling = runs[True], runs[False]
-    for a, b in zip(queued[0] + queued[1], calling[0] + calling[1]):
+    for a, b in zip(queued[0] + queued[1], calling[0] + calling[1], strict=True):
         np.testing.assert_array_equal(a, b)
     assert queued[2:4] == calling[2:4]
     bad_steps = sum(g is not GOOD for g in SEQUENCES[sequence])

@@ -98,7 +98,7 @@ def _flat(state):
 
 def assert_equal(got, want, what):
     assert len(got) == len(want) > 0, what
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         if isinstance(w, np.ndarray):
             assert g.dtype == w.dtype, what
             np.testing.assert_array_equal(g, w, err_msg=what)
@@ -247,7 +247,7 @@ def module_weights(mod):
     """Every device's copy of every parameter, by name."""
     group = _module(mod)._exec_group
     return {f'{name}@{device}': array.asnumpy()
-            for name, arrays in zip(group.param_names, group.param_arrays)
+            for name, arrays in zip(group.param_names, group.param_arrays, strict=True)
             for device, array in enumerate(arrays)}
 
 

@@ -66,7 +66,7 @@ def table(text):
         cells = [c.strip() for c in line.strip('|').split('|')]
         assert len(cells) == 6, f'mxnet-modes.md:{number}: {len(cells)} cells, not 6'
         covered = {}
-        for (column, _, words), cell in zip(CELLS, cells):
+        for (column, _, words), cell in zip(CELLS, cells[:len(CELLS)], strict=True):
             if cell == 'any':
                 covered[column] = ANY[column]
                 continue
@@ -141,7 +141,7 @@ def test_every_layout_takes_the_route_the_table_gives(options):
     rows = table(PAGE.read_text())
     wrong = []
     for case in itertools.product(DTYPES, STORAGES, GRADIENTS, HOST + OTHER, [options]):
-        values = {column: read(part) for (column, read, _), part in zip(CELLS, case)}
+        values = {column: read(part) for (column, read, _), part in zip(CELLS, case, strict=True)}
         matching = [(line, route) for line, covered, route in rows
                     if all(covered[c] is None or values[c] in covered[c] for c in covered)]
         described = f'{case[0]}, {case[1]} weight, {case[2]} gradient, {case[3]}, {case[4]}'

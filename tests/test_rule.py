@@ -15,7 +15,7 @@ def run_myadam(config, dtype, weights, grads):
     ws = [mx.nd.array(w, dtype=dtype) for w in weights]
     states = [opt.create_state_multi_precision(i, w) for i, w in enumerate(ws)]
     for step_grads in grads:
-        for i, (w, g) in enumerate(zip(ws, step_grads)):
+        for i, (w, g) in enumerate(zip(ws, step_grads, strict=True)):
             opt.update_multi_precision(i, w, mx.nd.array(g, dtype=dtype), states[i])
     return [w.asnumpy() for w in ws]
 
@@ -26,7 +26,7 @@ def run_oracle(config, weights, grads):
     oracle = NumpyAdam(lr=LR, lr_at=lr_at, **kwargs)
     ws = list(weights)
     for step_grads in grads:
-        ws = [oracle.step(i, w, g) for i, (w, g) in enumerate(zip(ws, step_grads))]
+        ws = [oracle.step(i, w, g) for i, (w, g) in enumerate(zip(ws, step_grads, strict=True))]
     return ws
 
 
@@ -35,10 +35,10 @@ def run_oracle(config, weights, grads):
 def test_matches_numpy_oracle(name, dtype, rng):
     weights = [rng.normal(size=s).astype(dtype) for s in SHAPES]
     per_shape = [gradients(rng, s, STEPS, dtype) for s in SHAPES]
-    grads = list(zip(*per_shape))
+    grads = list(zip(*per_shape, strict=True))
     got = run_myadam(CONFIGS[name], dtype, weights, grads)
     want = run_oracle(CONFIGS[name], weights, grads)
-    for g, w, w0 in zip(got, want, weights):
+    for g, w, w0 in zip(got, want, weights, strict=True):
         assert g.dtype == np.dtype(dtype)
         assert not np.allclose(w, w0), 'the oracle did not move: the comparison would be empty'
         np.testing.assert_allclose(g, w, **TOL[dtype])
@@ -65,17 +65,17 @@ def small_gradients(rng, shape, low, high, dtype):
 def test_epsilon_placement_shows_and_matches_the_oracle(placement, dtype, rng):
     epsilon, low, high = PLACEMENT[placement]
     weights = [rng.normal(size=s).astype(dtype) for s in SHAPES]
-    grads = list(zip(*[small_gradients(rng, s, low, high, dtype) for s in SHAPES]))
+    grads = list(zip(*[small_gradients(rng, s, low, high, dtype) for s in SHAPES], strict=True))
     want = {}
     for mode in MODES:
         config = dict(epsilon=epsilon, epsilon_mode=mode)
         got = run_myadam(config, dtype, weights, grads)
         want[mode] = run_oracle(config, weights, grads)
-        for g, w in zip(got, want[mode]):
+        for g, w in zip(got, want[mode], strict=True):
             np.testing.assert_allclose(g, w, **TOL[dtype])
     # The modes differ by far more than the tolerance, so a mode mixed up with another fails.
     tol = TOL[dtype]
     for a, b in [('outside', 'inside'), ('outside', 'hat'), ('inside', 'hat')]:
-        for wa, wb in zip(want[a], want[b]):
+        for wa, wb in zip(want[a], want[b], strict=True):
             gap = np.abs(wa - wb).max()
             assert gap > 100 * (tol['atol'] + tol['rtol'] * np.abs(wb).max()), (a, b, gap)

@@ -74,10 +74,10 @@ def test_lazy_update_touches_only_present_rows(options, w_stype, rng):
     w0 = rng.normal(size=SHAPE).astype('float32')
     history = run(MyAdam(learning_rate=0.1, **options), rsp_grads(rng), w0, w_stype)
     previous = (w0, [np.zeros(SHAPE, 'float32')] * 2)
-    for rows, (w, state) in zip(ROW_SETS, history):
+    for rows, (w, state) in zip(ROW_SETS, history, strict=True):
         absent = [r for r in range(SHAPE[0]) if r not in rows]
         np.testing.assert_array_equal(w[absent], previous[0][absent])
-        for s, p in zip(state[:2], previous[1]):  # m and v (then the step count)
+        for s, p in zip(state[:2], previous[1][:2], strict=True):  # m and v (then the step count)
             np.testing.assert_array_equal(s[absent], p[absent])
         assert np.all(w[rows] != previous[0][rows])
         previous = (w, state)
@@ -95,9 +95,9 @@ def test_hat_mode_matches_mxnet_adam(options, w_stype, lazy_update, dtype, rng):
     kwargs = dict(learning_rate=0.1, epsilon=1e-3, lazy_update=lazy_update, **extra, **options)
     ours = run(MyAdam(epsilon_mode='hat', **kwargs), grads, w0, w_stype)
     builtin = run(mx.optimizer.Adam(**kwargs), grads, w0, w_stype)
-    for (w, state), (v, reference) in zip(ours, builtin):
+    for (w, state), (v, reference) in zip(ours, builtin, strict=True):
         np.testing.assert_allclose(w, v, **tol)
-        for a, b in zip(state, reference):  # float32 master copy and moments
+        for a, b in zip(state[:len(reference)], reference, strict=True):  # master copy, moments
             np.testing.assert_allclose(a, b, **TOL['float32'])
 
 
@@ -109,9 +109,9 @@ def test_without_lazy_update_sparse_equals_dense(options, w_stype, rng):
     sparse = run(MyAdam(learning_rate=0.1, lazy_update=False, **options), grads, w0, w_stype)
     dense = run(MyAdam(learning_rate=0.1, **options), [g.tostype('default') for g in grads], w0)
     lazy = run(MyAdam(learning_rate=0.1, **options), grads, w0, w_stype)
-    for (w, s), (v, t) in zip(sparse, dense):
+    for (w, s), (v, t) in zip(sparse, dense, strict=True):
         np.testing.assert_array_equal(w, v)
-        for a, b in zip(s, t):
+        for a, b in zip(s, t, strict=True):
             np.testing.assert_array_equal(a, b)
     # and it is not the lazy result: momentum moved rows absent from a step
     assert not np.array_equal(sparse[-1][0], lazy[-1][0])
@@ -125,7 +125,7 @@ def test_lazy_update_with_a_gradient_holding_no_rows_changes_nothing(w_stype, rn
     before, after = run(opt, [first, empty], w0, w_stype)
     np.testing.assert_array_equal(after[0], before[0])
     (*moments_after, t_after), (*moments_before, t_before) = after[1], before[1]
-    for a, b in zip(moments_after, moments_before):
+    for a, b in zip(moments_after, moments_before, strict=True):
         np.testing.assert_array_equal(a, b)
     # the step counted, as MXNet's Optimizer counts it
     assert (t_before, t_after) == (1, 2) and opt._index_update_count[0] == 2
@@ -140,11 +140,11 @@ def test_lazy_amsgrad_matches_the_oracle_in_every_buffer(options, w_stype, rng):
     ours = run(MyAdam(learning_rate=0.1, amsgrad=True, **options), grads, w0, w_stype)
     oracle = NumpyAdam(lr=0.1, amsgrad=True, **options)
     w = w0
-    for rows, g, (mine, state) in zip(ROW_SETS, grads, ours):
+    for rows, g, (mine, state) in zip(ROW_SETS, grads, ours, strict=True):
         w = oracle.step(0, w, g.data.asnumpy(), rows=rows)
         expected = oracle.state[0]
         np.testing.assert_allclose(mine, w, **TOL['float32'])
-        for name, buf in zip(('m', 'v', 'vmax', 't'), state):
+        for name, buf in zip(('m', 'v', 'vmax', 't'), state, strict=True):
             np.testing.assert_allclose(buf, expected[name], **TOL['float32'], err_msg=name)
 
 
@@ -181,8 +181,8 @@ def test_standard_update_on_the_kernel_matches_textbook(name, dtype, rng):
     grads = rsp_grads(rng, dtype)
     fast = run(standard(name), grads, w0)
     slow = run(standard(name, fused=False), grads, w0)
-    for (w, state), (v, reference) in zip(fast, slow):
-        for a, b in zip([w] + state, [v] + reference):
+    for (w, state), (v, reference) in zip(fast, slow, strict=True):
+        for a, b in zip([w] + state, [v] + reference, strict=True):
             np.testing.assert_allclose(a, b, **FUSED_TOL[dtype])
     absent = [0, 4, 7, 8, 9]  # from the last gradient, moved by their momentum
     assert not np.any(fast[-1][0][absent] == fast[-2][0][absent])
@@ -198,8 +198,8 @@ def test_standard_update_on_the_operator_matches_textbook(name, rng, monkeypatch
     assert dispatch.route(layout, standard(name)) == 'operator'
     fast = run(standard(name), grads, w0)
     slow = run(standard(name, fused=False), grads, w0)
-    for (w, state), (v, reference) in zip(fast, slow):
-        for a, b in zip([w] + state, [v] + reference):
+    for (w, state), (v, reference) in zip(fast, slow, strict=True):
+        for a, b in zip([w] + state, [v] + reference, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # as test_fused's
 
 
@@ -251,7 +251,7 @@ def test_sparse_model_through_trainer_matches_adam(model, lazy_update):
     ours, trainer = train(model, 'myadam', dict(options, epsilon_mode='hat'), w0, batches, target)
     builtin, _ = train(model, 'adam', options, w0, batches, target)
     assert bool(trainer._update_on_kvstore) == (model == 'SparseEmbedding')
-    for t, (mine, reference) in enumerate(zip(ours, builtin), start=1):
+    for t, (mine, reference) in enumerate(zip(ours, builtin, strict=True), start=1):
         ulp = np.spacing(np.abs(reference).max())
         np.testing.assert_allclose(mine, reference, rtol=0, atol=4 * t * ulp, err_msg=f'step {t}')
     unseen = ours[-1][VOCAB // 2:]
@@ -295,8 +295,8 @@ def test_row_sparse_on_the_kernel_is_bitwise_the_textbook(name, w_stype, lazy_up
     assert dispatch.route(layout, MyAdam(**kwargs())) == 'kernel'
     fast = run(MyAdam(**kwargs()), grads, w0, w_stype)
     slow = run(MyAdam(fused=False, **kwargs()), grads, w0, w_stype)
-    for (w, state), (v, reference) in zip(fast, slow):
-        for a, b in zip([w] + state, [v] + reference):
+    for (w, state), (v, reference) in zip(fast, slow, strict=True):
+        for a, b in zip([w] + state, [v] + reference, strict=True):
             np.testing.assert_array_equal(a, b)
     assert not np.array_equal(fast[-1][0], w0)
 
@@ -398,7 +398,7 @@ def test_every_route_refuses_a_row_outside_the_weight_or_a_row_twice(case, fused
                                 "nothing was updated")
     after = [weight.asnumpy()] + state_arrays(state)
     assert len(after) == len(before)
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
     assert opt._index_update_count == {0: 1} and opt.num_update == 1
 

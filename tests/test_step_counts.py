@@ -49,7 +49,7 @@ def grad(name, t):
 
 def job(weights=None):
     params = [gluon.Parameter(name, shape=(3,)) for name in NAMES]
-    for param, w in zip(params, weights or [W0] * len(NAMES)):
+    for param, w in zip(params, weights or [W0] * len(NAMES), strict=True):
         param.initialize(mx.init.Constant(0.0))
         param.set_data(nd.array(w))
     scheduler = mx.lr_scheduler.CosineScheduler(max_update=12, base_lr=LR)
@@ -59,7 +59,7 @@ def job(weights=None):
 
 def train(params, trainer, steps):
     for t in steps:
-        for name, param in zip(NAMES, params):
+        for name, param in zip(NAMES, params, strict=True):
             param.grad_req = 'write' if (t in ACTIVE[name] or name == 'nan') else 'null'
             if param.grad_req == 'write':
                 param.grad()[:] = grad(name, t)
@@ -87,7 +87,7 @@ def test_each_parameter_bias_corrects_with_its_own_count():
     train(params, trainer, range(1, STEPS + 1))
     assert trainer.optimizer._index_update_count == COUNTS
     assert trainer.optimizer.num_update == STEPS
-    for param, want in zip(params, oracle_weights()):
+    for param, want in zip(params, oracle_weights(), strict=True):
         np.testing.assert_allclose(param.data().asnumpy(), want, err_msg=param.name,
                                    **TOL['float32'])
 
@@ -107,7 +107,7 @@ def test_a_checkpoint_keeps_each_count(loader, tmp_path):
     assert trainer.optimizer._index_update_count == saved
     train(params, trainer, range(SAVE_AFTER + 1, STEPS + 1))
     assert trainer.optimizer._index_update_count == COUNTS
-    for got, want in zip(params, straight):
+    for got, want in zip(params, straight, strict=True):
         np.testing.assert_array_equal(got.data().asnumpy(), want.data().asnumpy())
 
 

@@ -85,9 +85,9 @@ def snapshot(trainer, params):
 
 
 def assert_same(before, after):
-    for a, b in zip(before[0] + before[1], after[0] + after[1]):
-        np.testing.assert_array_equal(a, b)
     assert len(before[0]) == len(after[0])
+    for a, b in zip(before[0] + before[1], after[0] + after[1][:len(before[1])], strict=True):
+        np.testing.assert_array_equal(a, b)
     if before[1]:
         assert len(before[1]) == len(after[1])
     else:  # refused at the first step: MXNet's Updater made the states before the call
@@ -250,7 +250,7 @@ def one_update(opt, dtype, multi_precision=False):
             warnings.simplefilter('ignore', RuntimeWarning)  # a float16 weight past 65504
             opt.update_multi_precision(0, w, nd.array([1.0, -1.0], dtype=dtype), state)
     except ValueError:
-        for a, b in zip(before, [_numpy(a) for a in [w] + _arrays(state)]):
+        for a, b in zip(before, [_numpy(a) for a in [w] + _arrays(state)], strict=True):
             np.testing.assert_array_equal(a, b)
         assert not opt._index_update_count
         return False
@@ -438,7 +438,7 @@ def test_a_scheduler_returning_a_real_number_trains_as_that_rate(value, fused):
         for _ in range(3):
             step(trainer, params)
         weights.append([p.data().asnumpy() for p in params])
-    for a, b in zip(*weights):
+    for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)
     if value:
         assert not np.array_equal(weights[0][0], np.float32(INIT['first']))
@@ -484,8 +484,8 @@ def test_under_the_kvstore_a_bad_wd_mult_stops_the_step_at_its_parameter():
                                               r"parameter 'second' \(wd 0\.01 times param "
                                               r"'second' wd_mult nan; expected >= 0"):
         step(trainer, params)
-    for a, b in zip(second, params[1].list_data()):
+    for a, b in zip(second, params[1].list_data(), strict=True):
         np.testing.assert_array_equal(a, b.asnumpy())
-    for a, b in zip(first, params[0].list_data()):
+    for a, b in zip(first, params[0].list_data(), strict=True):
         assert not np.array_equal(a, b.asnumpy())
     assert trainer.optimizer._index_update_count == {0: 3, 1: 2}

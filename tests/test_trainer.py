@@ -1,4 +1,6 @@
 """MyAdam as MXNet sees it: registration, state placement, Trainer options, contexts."""
+import itertools
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -42,12 +44,12 @@ ONE_CPU = (mx.cpu(),)
 def _train(params, optimizer, batch_size=8, steps=5, ctxs=ONE_CPU, **trainer_kw):
     trainer = gluon.Trainer(params, optimizer, **trainer_kw)
     features, labels = linreg.make_dataset(num_examples=40, seed=5)
-    for _, (X, y) in zip(range(steps), linreg.data_iter(batch_size, features, labels, seed=1)):
+    for X, y in itertools.islice(linreg.data_iter(batch_size, features, labels, seed=1), steps):
         Xs = gluon.utils.split_and_load(X, list(ctxs))
         ys = gluon.utils.split_and_load(y, list(ctxs))
         with autograd.record():
             ls = [linreg.squared_loss(linreg.linreg(Xi, params[0].data(c), params[1].data(c)), yi)
-                  for Xi, yi, c in zip(Xs, ys, ctxs)]
+                  for Xi, yi, c in zip(Xs, ys, ctxs, strict=True)]
         autograd.backward(ls)
         trainer.step(batch_size)
     return trainer

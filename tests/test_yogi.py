@@ -34,18 +34,18 @@ def run(opt, dtype, weights, grads, init=None):
             for buf in state[:-1]:  # (m, v, [t])
                 buf[:] = init
     for step_grads in grads:
-        for i, (w, g) in enumerate(zip(ws, step_grads)):
+        for i, (w, g) in enumerate(zip(ws, step_grads, strict=True)):
             opt.update_multi_precision(i, w, nd.array(g, dtype=dtype), states[i])
     return [w.asnumpy() for w in ws]
 
 
 def problem(rng, dtype):
     weights = [rng.normal(size=s).astype(dtype) for s in SHAPES]
-    return weights, list(zip(*[gradients(rng, s, STEPS, dtype) for s in SHAPES]))
+    return weights, list(zip(*[gradients(rng, s, STEPS, dtype) for s in SHAPES], strict=True))
 
 
 def check(got, want, weights, dtype):
-    for g, w, w0 in zip(got, want, weights):
+    for g, w, w0 in zip(got, want, weights, strict=True):
         assert g.dtype == np.dtype(dtype)
         assert not np.allclose(w, w0, **TOL[dtype]), 'the oracle did not move'
         np.testing.assert_allclose(g, w, **TOL[dtype])
@@ -68,7 +68,7 @@ def test_matches_d2l_yogi(name, route, dtype, rng):
     states = [(np.zeros(w.shape), np.zeros(w.shape)) for w in weights]
     hyper = {'lr': LR, 't': 1}
     for step_grads in grads:
-        params = [(p, np.asarray(g, np.float64)) for (p, _), g in zip(params, step_grads)]
+        params = [(p, np.asarray(g, np.float64)) for (p, _), g in zip(params, step_grads, strict=True)]
         d2l_yogi(params, states, hyper)
     check(got, [p for p, _ in params], weights, dtype)
 
@@ -93,7 +93,7 @@ def test_every_kernel_variant_computes_yogi_as_the_textbook(rng):
             stepped = run(MyYogi(learning_rate=LR), 'float32', weights, grads)
         finally:
             kernel.use_variant(previous)
-        for a, b in zip(stepped, textbook):
+        for a, b in zip(stepped, textbook, strict=True):
             np.testing.assert_allclose(a, b, **FUSED_TOL['float32'], err_msg=name)
 
 
@@ -103,7 +103,7 @@ def test_optax_init_matters(rng):
     weights, grads = problem(rng, 'float64')
     from_zero = run(MyYogi(learning_rate=LR), 'float64', weights, grads)
     from_optax = run(MyYogi(learning_rate=LR), 'float64', weights, grads, init=1e-6)
-    assert not all(np.allclose(a, b, **TOL['float64']) for a, b in zip(from_zero, from_optax))
+    assert not all(np.allclose(a, b, **TOL['float64']) for a, b in zip(from_zero, from_optax, strict=True))
 
 
 @pytest.mark.parametrize('w_stype', ['default', 'row_sparse'])
@@ -115,13 +115,13 @@ def test_row_sparse_matches_the_paper_oracle_in_every_buffer(lazy_update, w_styp
     ours = run_sparse(MyYogi(learning_rate=0.1, lazy_update=lazy_update), grads, w0, w_stype)
     oracle = NumpyAdam(lr=0.1, epsilon=1e-3, yogi=True)
     w = w0
-    for rows, g, (mine, state) in zip(ROW_SETS, grads, ours):
+    for rows, g, (mine, state) in zip(ROW_SETS, grads, ours, strict=True):
         if lazy_update:
             w = oracle.step(0, w, g.data.asnumpy(), rows=rows)
         else:
             w = oracle.step(0, w, g.asnumpy())
         np.testing.assert_allclose(mine, w, **TOL['float32'])
-        for name, buf in zip(('m', 'v'), state):
+        for name, buf in zip(('m', 'v'), state[:2], strict=True):
             np.testing.assert_allclose(buf, oracle.state[0][name], **TOL['float32'],
                                        err_msg=name)
 
@@ -130,7 +130,7 @@ def test_float16_master_copy_matches_float32(rng):
     weights, grads = problem(rng, 'float16')
     w16 = run(MyYogi(learning_rate=LR, multi_precision=True), 'float16', weights, grads)
     w32 = run(MyYogi(learning_rate=LR), 'float32', weights, grads)
-    for a, b, w0 in zip(w16, w32, weights):
+    for a, b, w0 in zip(w16, w32, weights, strict=True):
         assert a.dtype == np.float16
         assert np.abs(b - w0).max() > 0.05  # the run really moved
         np.testing.assert_allclose(a.astype(np.float32), b, atol=2e-3)  # float16 rounding
@@ -183,7 +183,7 @@ def test_checkpoint_of_myyogi_round_trips(tmp_path):
     assert sorted(mine) == sorted(theirs) == [0, 1]
     for index in mine:
         assert len(mine[index]) == 4 and mine[index][-1] == theirs[index][-1] == [10]
-        for a, b in zip(mine[index][:-1], theirs[index][:-1]):  # m, v, vmax
+        for a, b in zip(mine[index][:-1], theirs[index][:-1], strict=True):  # m, v, vmax
             np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
     adam = linreg.train_trainer(features, labels, num_epochs=1, lr=0.1).trainer
     with pytest.raises(ValueError, match='saved for optimizer MyYogi, this Trainer uses MyAdam'):

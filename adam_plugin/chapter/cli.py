@@ -390,7 +390,7 @@ def _moments(args):
         print(json.dumps({'g': grads.tolist(), **{k: c.tolist() for k, c in table.items()}}))
         return
     print(f"{'step t':>6}  {'g_t':>7}  {'m_t':>7}  {'m_hat_t':>7}  {'v_t':>8}  {'v_hat_t':>7}")
-    for t, row in enumerate(zip(grads, *table.values()), start=1):
+    for t, row in enumerate(zip(grads, *table.values(), strict=True), start=1):
         print(f"{t:>6}  {row[0]:>7.3f}  {row[1]:>7.3f}  {row[2]:>7.3f}  {row[3]:>8.4f}  "
               f"{row[4]:>7.3f}")
     if args.plot:

@@ -225,7 +225,7 @@ def train_trainer(features, labels, batch_size=10, lr=0.1, num_epochs=3, seed=0,
             ys = gluon.utils.split_and_load(y, ctxs, even_split=False)
             with autograd.record():
                 losses = [squared_loss(linreg(Xi, w.data(c), b.data(c)), yi)
-                          for Xi, yi, c in zip(Xs, ys, ctxs)]
+                          for Xi, yi, c in zip(Xs, ys, ctxs, strict=True)]
             autograd.backward(losses)
             trainer.step(batch_size)
             rec.after_step(batch_i, w.data(ctxs[0]), b.data(ctxs[0]))

@@ -49,7 +49,7 @@ def moments(grads, beta1=0.9, beta2=0.999):
         t = opt._index_update_count[0]
         v, s = state[0].asscalar(), state[1].asscalar()
         rows.append((v, v / (1 - beta1 ** t), s, s / (1 - beta2 ** t)))
-    return Moments(*(np.array(column) for column in zip(*rows)))
+    return Moments(*(np.array(column) for column in zip(*rows, strict=True)))
 
 
 def first_step(grads, **kwargs):

@@ -58,7 +58,7 @@ def train(net, trainer, steps):
         X, y = batch(t)
         Xs, ys = gluon.utils.split_and_load(X, CTXS), gluon.utils.split_and_load(y, CTXS)
         with autograd.record():
-            losses = [((net(Xi) - yi) ** 2).mean() for Xi, yi in zip(Xs, ys)]
+            losses = [((net(Xi) - yi) ** 2).mean() for Xi, yi in zip(Xs, ys, strict=True)]
         autograd.backward(losses)
         if t == NAN_AT:
             for grad in net[1].weight.list_grad():
