@@ -63,30 +63,40 @@ class StepCounts:
         that has one: the Trainer saves its first device's states), else from
         ``begin_num_update``.
         """
-        if count is None:
-            t = 1 + self.optimizer._index_update_count.get(
-                index, self.saved.get(index, self.optimizer.begin_num_update))
-        else:
-            t = count[0] = count[0] + 1
-        self.optimizer._index_update_count[index] = t
-        self.optimizer.num_update = max(self.optimizer.num_update, t)
+        t, = self._advance((index,), (count,), (True,))
         return t
+
+    def _advance(self, indices, counts, flags):
+        """:meth:`advance` of each of ``indices`` (its state's ``counts``) whose flag in
+        ``flags`` is set, in order: their new step counts, None for the others."""
+        opt = self.optimizer
+        mxnets, ts = opt._index_update_count, []
+        for index, count, counted in zip(indices, counts, flags, strict=True):
+            if not counted:
+                t = None
+            elif count is None:
+                t = mxnets[index] = 1 + mxnets.get(
+                    index, self.saved.get(index, opt.begin_num_update))
+            else:
+                t = mxnets[index] = count[0] = count[0] + 1
+            ts.append(t)
+        opt.num_update = max([opt.num_update, *(t for t in ts if t is not None)])
+        return ts
 
     def snapshot(self, indices, counts):
         """The step counts of ``indices``, whose states end with ``counts`` (see
         :meth:`advance`), as they are now, for :meth:`restore`: per index, its
         state's count and MXNet's for the current device; and ``num_update``."""
-        mxnets = self.optimizer._index_update_count
-        return ([(index, count, None if count is None else count[0], mxnets.get(index))
-                 for index, count in zip(indices, counts, strict=True)],
+        return (indices, counts, [None if count is None else count[0] for count in counts],
+                list(map(self.optimizer._index_update_count.get, indices)),
                 self.optimizer.num_update)
 
     def restore(self, counts):
         """Put the step counts back as :meth:`snapshot` saw them, and ``num_update`` to the
         largest of its value then and MXNet's counts now."""
-        saved, num_update = counts
+        indices, states, ts, mxnet_counts, num_update = counts
         mxnets = self.optimizer._index_update_count
-        for index, count, t, kept in saved:
+        for index, count, t, kept in zip(indices, states, ts, mxnet_counts, strict=True):
             if count is not None:
                 count[0] = t
             if kept is None:
@@ -96,15 +106,14 @@ class StepCounts:
         self.optimizer.num_update = max([num_update, *mxnets.values()])
 
     def counted(self, indices, counts, finite, steps_of):
-        """``steps_of(ts)``, ``ts`` the new step count of each parameter of ``indices``
-        whose ``finite`` flag is set, its update counted (:meth:`advance`; ``counts``: the
-        ends of their states), None for the others; every step count is back as it was
-        if this raises (a scheduler's error, a bad learning rate)."""
+        """``steps_of(ts, num_update)``, ``ts`` the new step count of each parameter of
+        ``indices`` whose ``finite`` flag is set, its update counted (:meth:`advance`;
+        ``counts``: the ends of their states), None for the others, and ``num_update``
+        as it was before; every step count is back as it was if this raises (a
+        scheduler's error, a bad learning rate)."""
         before = self.snapshot(indices, counts)
         try:
-            return steps_of([
-                self.advance(index, count) if ok else None
-                for index, count, ok in zip(indices, counts, finite, strict=True)])
+            return steps_of(self._advance(indices, counts, finite), before[-1])
         except BaseException:
             self.restore(before)
             raise

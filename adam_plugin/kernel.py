@@ -296,6 +296,8 @@ class HandleTable:
         mxnet_internals.check(getattr(LIBRARY, _FINITE[self.storage])(
             n, grads, self._arguments[1], (ctypes.c_char * n).from_buffer(finite),
             self.threads))
+        if 0 not in finite:  # the usual case, without a loop over the parameters
+            return [True] * n
         return [flag == 1 for flag in finite]
 
     def adam_steps(self, steps):
@@ -326,7 +328,7 @@ class HandleTable:
         ----------
         steps : list of Step or None
             One per parameter; None leaves that parameter untouched. Parameters
-            sharing a step share one row of constants.
+            given the same Step object share one row of constants.
 
         Returns
         -------
@@ -344,6 +346,8 @@ class HandleTable:
         mxnet_internals.check(getattr(LIBRARY, 'adam_' + self.storage)(
             len(keep), *arguments, address, amsgrad,
             (ctypes.c_char * len(keep)).from_buffer(overflow), threads))
+        if len(keep) == len(steps) and not any(overflow):  # the usual case, without a loop
+            return [0] * len(steps)
         flags = [0] * len(steps)
         for i, flag in zip(keep, overflow):
             flags[i] = flag
@@ -397,24 +401,24 @@ class HandleTable:
         the arguments of a kernel call for them: the tables of handles, sizes, row
         lengths, rows and table rows (addresses), the constants (their table and its
         address), amsgrad, threads."""
-        if len(steps) == 1 and steps[0] is not None:  # the KVStore's calls: kept short
-            return [0], (self._arguments, constants(steps[0], self.dtype),
-                         self._amsgrad(steps), self.threads)
-        keep, param_rows, rows = [], [], {}  # rows: Step -> its row in the table
+        first = steps[0]
+        if first is not None and steps.count(first) == len(steps):  # all alike: kept short
+            return range(len(steps)), (self._arguments, constants(first, self.dtype),
+                                       self._amsgrad((first,)), self.threads)
+        keep, param_rows, rows = [], [], {}  # rows: id of a Step -> (its row in the table, it)
         for i, step in enumerate(steps):
             if step is not None:
                 keep.append(i)
-                param_rows.append(rows.setdefault(step, len(rows)))
+                param_rows.append(rows.setdefault(id(step), (len(rows), step))[0])
         if not keep:
             return keep, (None, None, None, None)
-        amsgrad = self._amsgrad(rows)
-        if len(rows) == 1:
-            table = constants(next(iter(rows)), self.dtype)
+        distinct = [step for _, step in rows.values()]
+        amsgrad = self._amsgrad(distinct)
+        if len(distinct) == 1:
+            table = constants(distinct[0], self.dtype)
         else:
-            table = np.concatenate([constants(step, self.dtype)[0] for step in rows])
+            table = np.concatenate([constants(step, self.dtype)[0] for step in distinct])
             table = table, table.ctypes.data
-        if len(keep) == len(steps) and len(rows) == 1:  # the tables made for all of them
-            return keep, (self._arguments, table, amsgrad, self.threads)
         n = len(self._rows)
         columns = self._table.view(np.int64)
         kept = [np.ascontiguousarray(columns[:6 * n].reshape(6, n)[:, keep])] + [  # rows of len(keep)

@@ -211,8 +211,9 @@ class MyAdam(Optimizer):
             self._engine.plan(indices[0], states[0], multi_precision, batch)
         finite = batch.finite()
         self._bad.refuse_bad_gradients(indices, finite)
-        steps = self._counts.counted(indices, batch.step_counts, finite, lambda ts: (
-            self._values.steps(indices, ts, rule, batch.dtypes)))
+        steps = self._counts.counted(
+            indices, batch.step_counts, finite,
+            lambda ts, num_update: self._values.steps(indices, ts, rule, batch.dtypes, num_update))
         self._bad.count_skips(indices, finite)
         self._bad.check_overflows(indices, steps, batch.apply(steps))
 
