@@ -202,10 +202,7 @@ class MyAdam(Optimizer):
         distributed.refuse_worker_update(  # update_on_kvstore=False in a distributed job
             mxnet_internals.in_distributed_trainer(self.param_dict, indices[:1]))
         self._engine.take_all()
-        layouts = [self._layouts(*args, multi_precision)
-                   for args in zip(indices, weights, grads, states)]
-        batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
-                               lambda i: self._name(indices[i]))
+        batch = self._batches(self, indices, weights, grads, states, multi_precision)
         rule = self._values.rule(batch)
         if one:
             self._engine.plan(indices[0], states[0], multi_precision, batch)
@@ -254,6 +251,7 @@ _RUN = {
     '_carrier': lambda self: ErrorCarrier(),  # an error kept from the KVStore callback
     '_bad': lambda self: BadUpdates(self, self._name),  # bad updates: num_skipped, max_skips
     '_layouts': lambda self: dispatch.CheckedLayouts(self._name),  # a cache of MXNet reads
+    '_batches': lambda self: dispatch.Batches(self._layouts, self._name),  # of the same arrays
     '_values': lambda self: StepValues(self, self._name),  # what a step reads, checked
     '_counts': StepCounts,  # each parameter's step count
     '_engine': lambda self: EngineQueue(self, self._counts, self._values, self._bad),
