@@ -105,6 +105,14 @@ class StepCounts:
                 mxnets[index] = kept
         self.optimizer.num_update = max([num_update, *mxnets.values()])
 
+    @staticmethod
+    def alike(counts):
+        """Do the states that end with ``counts`` (see :meth:`advance`) all hold the same
+        step count (none saved without one)?"""
+        first = counts[0]
+        return first is not None and all(count is not None and count[0] == first[0]
+                                          for count in counts)
+
     def counted(self, indices, counts, finite, steps_of):
         """``steps_of(ts, num_update)``, ``ts`` the new step count of each parameter of
         ``indices`` whose ``finite`` flag is set, its update counted (:meth:`advance`;
@@ -152,6 +160,15 @@ class BadUpdates:
                 f"{max_skips} times in a row (max_skips={max_skips}): its gradient "
                 "holds NaN or Inf again (a NaN kept in an accumulated gradient, "
                 "grad_req='add', or in the weight or the data?); nothing was updated")
+
+    def skips_alone(self, indices):
+        """Would a gradient of ``indices`` that is not finite be skipped, and nothing else
+        change? Under ``nonfinite='skip'``, unless it is the ``max_skips``-th bad update
+        in a row of its parameter (:meth:`refuse_bad_gradients` raises then)."""
+        max_skips = self.optimizer.max_skips
+        return self.optimizer.nonfinite == 'skip' and (
+            not self.in_a_row or max_skips is None
+            or all(self.in_a_row.get(index, 0) + 1 < max_skips for index in indices))
 
     def count_skips(self, indices, finite):
         """Count, and warn about, the parameters skipped for a gradient not ``finite``."""

@@ -351,6 +351,34 @@ class Batch:
         for positions, table in self.kernel_groups:
             for i, found in zip(positions, table.adam_steps([steps[i] for i in positions])):
                 flags[i] = found
+        self._apply_others(steps, flags)
+        return flags
+
+    def checked_apply(self, steps):
+        """:meth:`apply` of the parameters whose gradient holds only finite values, the
+        others left untouched: ``(finite, flags)``, :meth:`finite`'s flags and
+        :meth:`apply`'s. The kernel checks each gradient just before it steps the
+        parameter, in the same call (:meth:`adam_plugin.kernel.HandleTable.checked_steps`);
+        the other routes' gradients are checked first, as :meth:`finite` does.
+
+        ``steps``: a Step for every parameter (none None)."""
+        if self._whole is not None:
+            return self._whole.checked_steps(steps)
+        finite, flags = [True] * len(steps), [0] * len(steps)
+        for positions, table in self.kernel_groups:
+            found = table.checked_steps([steps[i] for i in positions])
+            for i, ok, flag in zip(positions, *found):
+                finite[i], flags[i] = ok, flag
+        others = [i for i, way in enumerate(self.routes) if way != KERNEL]
+        if others:
+            for i, ok in zip(others, _finite_by_operators([self.grads[i] for i in others])):
+                finite[i] = ok
+            self._apply_others([step if way != KERNEL and ok else None for step, way, ok
+                                in zip(steps, self.routes, finite)], flags)
+        return finite, flags
+
+    def _apply_others(self, steps, flags):
+        """:meth:`apply` of the parameters off the kernel route, their flags set in ``flags``."""
         others = [i for i, way in enumerate(self.routes) if steps[i] is not None and way != KERNEL]
         for i in others:
             if self.routes[i] == OPERATOR:
@@ -364,8 +392,6 @@ class Batch:
             finite = _finite_by_operators(second_moments + [self.weights[i] for i in others])
             for i, v_ok, w_ok in zip(others, finite, finite[len(others):]):
                 flags[i] = (0 if v_ok else kernel.V_OVERFLOW) | (0 if w_ok else kernel.W_OVERFLOW)
-        return flags
-
 
     def queue(self, steps, weights, grads):
         """Queue the step of every parameter (each with its Step) in MXNet's engine and

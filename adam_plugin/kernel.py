@@ -90,6 +90,13 @@ STORAGES = {
 
 
 _FINITE = {name: 'finite_' + dtype.name for name, (dtype, _) in STORAGES.items()}
+
+# The library's functions that the package calls by name (load checks that it has them).
+ENTRY_POINTS = ('columns', 'use_mxnet', 'variants', 'variant_in_use', 'variant_runs_here',
+                'use_variant', 'queued_done', 'queued_flags', 'queued_release',
+                *sorted(set(_FINITE.values())),
+                *(f'{kind}adam_{name}' for name in STORAGES
+                  for kind in ('', 'checked_', 'queue_')))
 _STORAGE_OF = {(dtype, master): name + ('_master' if master else '')
                for name, (dtype, _) in STORAGES.items() if not name.endswith('_master')
                for master in (False, True) if dtype == np.float16 or not master}
@@ -144,11 +151,14 @@ def load(path=PATH):
         columns = library.columns().decode().split()
     except AttributeError:  # built from a _kernel.cpp that did not give them
         columns = []
-    if columns != list(COLUMNS):
+    missing = [entry for entry in ENTRY_POINTS if not hasattr(library, entry)]
+    if columns != list(COLUMNS) or missing:
         given = ' '.join(columns) or 'not given'
+        differs = (f"its constants' columns ({given}) are not this package's "
+                   f"({' '.join(COLUMNS)})" if columns != list(COLUMNS)
+                   else f"it lacks {', '.join(missing)}")
         _warn.warn(f"adam_plugin: the compiled kernel {path} was built from another "
-                   f"adam_plugin/_kernel.cpp: its constants' columns ({given}) are not this "
-                   f"package's ({' '.join(COLUMNS)}); reinstalling the package rebuilds it. "
+                   f"adam_plugin/_kernel.cpp: {differs}; reinstalling the package rebuilds it. "
                    "CPU parameters take MXNet's adam_update where it is exact, else the "
                    "slower textbook path")
         return None
@@ -160,6 +170,9 @@ def load(path=PATH):
     for name in STORAGES:
         getattr(library, f'adam_{name}').argtypes = [
             count, pointer, pointer, pointer, pointer, pointer, pointer, flag, pointer, flag]
+        getattr(library, f'checked_adam_{name}').argtypes = [
+            count, pointer, pointer, pointer, pointer, pointer, pointer, flag, pointer, pointer,
+            flag]
         getattr(library, f'queue_adam_{name}').argtypes = [
             count, pointer, pointer, pointer, pointer, count, flag, flag, pointer]
     library.queued_done.argtypes = library.queued_release.argtypes = [pointer]
@@ -352,6 +365,34 @@ class HandleTable:
         for i, flag in zip(keep, overflow):
             flags[i] = flag
         return flags
+
+    def checked_steps(self, steps):
+        """:meth:`adam_steps` of the parameters whose gradient holds only finite values
+        (its stored rows, lazy), each gradient checked by the kernel just before the
+        parameter is stepped, in the same call (:meth:`all_finite`'s check, without its
+        pass over all of them first); a parameter whose gradient holds an Inf or a NaN
+        is left untouched.
+
+        Parameters
+        ----------
+        steps : list of Step
+            One per parameter, as :meth:`adam_steps` takes them, none None.
+
+        Returns
+        -------
+        (list of bool, list of int)
+            Per parameter: did its gradient hold only finite values (else it was left
+            untouched), and :meth:`adam_steps`'s flags of what its step wrote.
+        """
+        keep, (arguments, table, amsgrad, threads) = self._launch(steps)
+        n = len(steps)
+        finite, overflow = bytearray(b'\x01') * n, bytearray(n)
+        mxnet_internals.check(getattr(LIBRARY, 'checked_adam_' + self.storage)(
+            n, *arguments, table[1], amsgrad, (ctypes.c_char * n).from_buffer(finite),
+            (ctypes.c_char * n).from_buffer(overflow), threads))
+        if 0 not in finite and not any(overflow):  # the usual case, without a loop
+            return [True] * n, [0] * n
+        return [flag == 1 for flag in finite], list(overflow)
 
     def queue(self, steps, weights, grads):
         """Queue :meth:`adam_steps` of every parameter (each with its Step) in MXNet's

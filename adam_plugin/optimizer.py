@@ -206,13 +206,35 @@ class MyAdam(Optimizer):
         rule = self._values.rule(batch)
         if one:
             self._engine.plan(indices[0], states[0], multi_precision, batch)
-        finite = batch.finite()
-        self._bad.refuse_bad_gradients(indices, finite)
-        steps = self._counts.counted(
-            indices, batch.step_counts, finite,
-            lambda ts, num_update: self._values.steps(indices, ts, rule, batch.dtypes, num_update))
+        def steps_of(finite):
+            return self._counts.counted(
+                indices, batch.step_counts, finite,
+                lambda ts, num_update: self._values.steps(indices, ts, rule, batch.dtypes,
+                                                          num_update))
+
+        if (batch.kernel_groups and self._bad.skips_alone(indices)
+                and (self.lr_scheduler is None or self._counts.alike(batch.step_counts))):
+            # Each gradient is checked in the kernel's step (Batch.checked_apply), so every
+            # update is counted first; a skipped one's count is given back after. Exact
+            # here: no parameter's skip raises (max_skips), and a parameter's rate does not
+            # depend on another's count (no scheduler, or equal counts).
+            before = self._counts.snapshot(indices, batch.step_counts)
+            steps = steps_of([True] * len(indices))
+            try:
+                finite, overflow = batch.checked_apply(steps)
+            except BaseException:
+                self._counts.restore(before)
+                raise
+            if False in finite:
+                self._counts.restore(before)
+                steps = steps_of(finite)
+        else:
+            finite = batch.finite()
+            self._bad.refuse_bad_gradients(indices, finite)
+            steps = steps_of(finite)
+            overflow = batch.apply(steps)
         self._bad.count_skips(indices, finite)
-        self._bad.check_overflows(indices, steps, batch.apply(steps))
+        self._bad.check_overflows(indices, steps, overflow)
 
     def _take_queued(self):
         """Take in the updates queued in MXNet's engine (see :mod:`adam_plugin.engine`)."""
