@@ -127,6 +127,26 @@ class StepCounts:
             raise
 
 
+    def counted_first(self, indices, counts, steps_of, apply):
+        """``(steps, finite, overflow)``: every update of ``indices`` counted (as
+        :meth:`counted` with every flag set), ``(finite, overflow) = apply(steps)`` run,
+        which checks each gradient as it steps and leaves a parameter whose gradient is
+        not finite untouched; then the counts of those are given back, and ``steps`` are
+        :meth:`counted`'s of ``finite``. Exact when a parameter's Step does not depend on
+        another's count (see :meth:`alike`). Every count is back as it was if this raises."""
+        before = self.snapshot(indices, counts)
+        steps = self.counted(indices, counts, [True] * len(indices), steps_of)
+        try:
+            finite, overflow = apply(steps)
+        except BaseException:
+            self.restore(before)
+            raise
+        if False in finite:
+            self.restore(before)
+            steps = self.counted(indices, counts, finite, steps_of)
+        return steps, finite, overflow
+
+
 class BadUpdates:
     """The bad updates of ``optimizer``'s parameters (MyAdam's): the runs of them in a row,
     and ``num_skipped``, the optimizer's count of them all.

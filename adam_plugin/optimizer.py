@@ -206,32 +206,19 @@ class MyAdam(Optimizer):
         rule = self._values.rule(batch)
         if one:
             self._engine.plan(indices[0], states[0], multi_precision, batch)
-        def steps_of(finite):
-            return self._counts.counted(
-                indices, batch.step_counts, finite,
-                lambda ts, num_update: self._values.steps(indices, ts, rule, batch.dtypes,
-                                                          num_update))
+
+        def steps_of(ts, num_update):
+            return self._values.steps(indices, ts, rule, batch.dtypes, num_update)
 
         if (batch.kernel_groups and self._bad.skips_alone(indices)
                 and (self.lr_scheduler is None or self._counts.alike(batch.step_counts))):
-            # Each gradient is checked in the kernel's step (Batch.checked_apply), so every
-            # update is counted first; a skipped one's count is given back after. Exact
-            # here: no parameter's skip raises (max_skips), and a parameter's rate does not
-            # depend on another's count (no scheduler, or equal counts).
-            before = self._counts.snapshot(indices, batch.step_counts)
-            steps = steps_of([True] * len(indices))
-            try:
-                finite, overflow = batch.checked_apply(steps)
-            except BaseException:
-                self._counts.restore(before)
-                raise
-            if False in finite:
-                self._counts.restore(before)
-                steps = steps_of(finite)
+            # each gradient checked by the kernel as it steps (see StepCounts.counted_first)
+            steps, finite, overflow = self._counts.counted_first(
+                indices, batch.step_counts, steps_of, batch.checked_apply)
         else:
             finite = batch.finite()
             self._bad.refuse_bad_gradients(indices, finite)
-            steps = steps_of(finite)
+            steps = self._counts.counted(indices, batch.step_counts, finite, steps_of)
             overflow = batch.apply(steps)
         self._bad.count_skips(indices, finite)
         self._bad.check_overflows(indices, steps, overflow)

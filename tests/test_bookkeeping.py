@@ -79,6 +79,31 @@ def test_counted_counts_the_finite_and_gives_every_count_back_if_the_steps_raise
     assert opt.num_update == 1
 
 
+def test_counted_first_gives_back_the_counts_of_the_parameters_left_untouched():
+    opt = counting_optimizer()
+    counts = StepCounts(opt)
+    states = [[0], [3], [0]]
+    applied = []
+
+    def apply(steps):
+        applied.append(steps)
+        return [True, False, True], [0, 0, 0]
+
+    steps, finite, _ = counts.counted_first((0, 1, 2), states, lambda ts, n: ts, apply)
+    assert applied == [[1, 4, 1]]  # every update counted before the step
+    assert steps == [1, None, 1] and finite == [True, False, True]
+    assert states == [[1], [3], [1]] and opt._index_update_count == {0: 1, 2: 1}
+    assert opt.num_update == 1
+
+    def failing(steps):
+        raise RuntimeError('MXNet refused a data pointer')
+
+    with pytest.raises(RuntimeError, match='refused'):
+        counts.counted_first((0, 1, 2), states, lambda ts, n: ts, failing)
+    assert states == [[1], [3], [1]] and opt._index_update_count == {0: 1, 2: 1}
+    assert opt.num_update == 1
+
+
 # --- BadUpdates --------------------------------------------------------------------------
 
 def bad_updates(nonfinite='skip', max_skips=3):
