@@ -192,6 +192,8 @@ class BadUpdates:
 
     def count_skips(self, indices, finite):
         """Count, and warn about, the parameters skipped for a gradient not ``finite``."""
+        if False not in finite:  # the usual case, without a loop over the parameters
+            return
         for index, ok in zip(indices, finite, strict=True):
             if not ok:
                 self.optimizer.num_skipped += 1
@@ -203,7 +205,8 @@ class BadUpdates:
         :data:`adam_plugin.kernel.V_OVERFLOW` and :data:`~adam_plugin.kernel.W_OVERFLOW`,
         see :meth:`adam_plugin.dispatch.Batch.apply`), and end the runs of bad updates
         of the parameters stepped well."""
-        found = {index: flags for index, flags in zip(indices, overflow, strict=True) if flags}
+        found = {index: flags for index, flags in zip(indices, overflow, strict=True)
+                 if flags} if any(overflow) else {}
         if found and self.optimizer.nonfinite == 'raise':
             problems = []
             for kind, text in _OVERFLOWS.items():
@@ -215,9 +218,10 @@ class BadUpdates:
         for index, flags in found.items():
             self.optimizer.num_skipped += 1
             self._bad(index, "; ".join(text for kind, text in _OVERFLOWS.items() if flags & kind))
-        for index, step in zip(indices, steps, strict=True):
-            if step is not None and index not in found:
-                self.in_a_row.pop(index, None)
+        if self.in_a_row:  # else no run of bad updates to end
+            for index, step in zip(indices, steps, strict=True):
+                if step is not None and index not in found:
+                    self.in_a_row.pop(index, None)
 
     def good(self, index):
         """The update of ``index`` went well: its run of bad ones ends."""

@@ -384,7 +384,7 @@ class HandleTable:
             Per parameter: did its gradient hold only finite values (else it was left
             untouched), and :meth:`adam_steps`'s flags of what its step wrote.
         """
-        keep, (arguments, table, amsgrad, threads) = self._launch(steps)
+        _, (arguments, table, amsgrad, threads) = self._launch(steps)
         n = len(steps)
         finite, overflow = bytearray(b'\x01') * n, bytearray(n)
         mxnet_internals.check(getattr(LIBRARY, 'checked_adam_' + self.storage)(

@@ -31,6 +31,14 @@ _NOTES = {'rescale_grad': ', which gluon.Trainer sets to 1 / batch_size in '
 REMEMBERED = 4096
 
 
+def _get(table, key):
+    """``table.get(key)``, None for an unhashable key."""
+    try:
+        return table.get(key)
+    except TypeError:
+        return None
+
+
 def _times(value, multiplier):
     """``value * multiplier``, or ``multiplier`` when that is not a number (its check
     then refuses it)."""
@@ -68,15 +76,19 @@ class StepValues:
         of parameters that saw the same ``num_update``. Parameters stepped alike (the
         same ``t``, ``lr`` and ``wd``) share one Step object.
         """
-        out, made, base = [], {}, None
+        params, out, made, base = self.optimizer.param_dict, [], {}, None
         for index, t, pair in zip(indices, ts, dtypes, strict=True):
             if t is None:
                 out.append(None)
                 continue
             if base is None or t > num_update:  # num_update moves: a new run
                 num_update = max(num_update, t)
-                base = self.base_lr(num_update)
-            rates = self._rates(index, base, rule[1], pair, num_update)
+                base, rates_of = self.base_lr(num_update), {}  # rates_of: for this run
+            param = params.get(index)  # a Trainer's: its multipliers, else by index
+            key = (index if param is None else (param.lr_mult, param.wd_mult), pair)
+            rates = _get(rates_of, key)
+            if rates is None:  # checked (an unhashable multiplier is refused there)
+                rates = rates_of[key] = self._rates(index, base, rule[1], pair, num_update)
             step = made.get((t, rates))
             if step is None:
                 step = made[t, rates] = Step(t, *rates, *rule[0])
@@ -181,10 +193,7 @@ class StepValues:
     def _remembered(self, key):
         """What :meth:`_remember` kept for ``key``, or None (also for an unhashable value,
         which is checked, and refused, each time)."""
-        try:
-            return self._checked.get(key)
-        except TypeError:
-            return None
+        return _get(self._checked, key)
 
     def _remember(self, key, found):
         """Keep ``found`` for ``key`` (the last :data:`REMEMBERED` at most); return it."""
