@@ -570,9 +570,12 @@ void step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
 // step, of the parameters whose gradient holds only finite values (its stored values,
 // lazy), each gradient checked just before the parameter is stepped: finite[p] is set to
 // 0 for a parameter whose gradient holds an Inf or a NaN, which is left untouched.
-// A parameter of at most CHUNK elements is checked and stepped at once by one thread,
-// its gradient still in cache; a larger one is checked in CHUNK pieces by all threads
-// first, then stepped in those pieces, the last checked first.
+// The work is a list of pieces that the threads take in order (run_items). A parameter
+// of at most CHUNK elements is one piece: checked, then stepped at once by one thread,
+// its gradient still in cache. A larger one is checked in CHUNK pieces, then stepped in
+// those pieces, the last checked first (its gradient in the shared cache as far as it
+// fits): a thread that takes one of its steps waits until every piece of it is checked.
+// The checks come before in the list and wait for nothing, so no thread waits long.
 template <typename W, typename S, typename C>
 void checked_step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
                   const int64_t *row_length, const int64_t *const *rows,
@@ -580,32 +583,37 @@ void checked_step(int64_t n, const std::vector<void *> &pointers, const int64_t 
                   uint8_t *overflow, int threads) {
     const Stepper<W, S, C> stepper{n, pointers, row_length, rows, table_rows, table,
                                    amsgrad != 0};
+    enum Kind { WHOLE, CHECK, STEP };
     struct Piece {
         int64_t p, lo, hi;
+        Kind kind;
     };
-    std::vector<Piece> pieces;  // the whole parameters, then the pieces of larger ones
-    for (int64_t p = 0; p < n; ++p)
-        if (sizes[p] > 0 && sizes[p] <= CHUNK) pieces.push_back({p, 0, sizes[p]});
-    const int64_t wholes = static_cast<int64_t>(pieces.size());
-    for (int64_t p = 0; p < n; ++p)
-        for (int64_t lo = 0; sizes[p] > CHUNK && lo < sizes[p]; lo += CHUNK)
-            pieces.push_back({p, lo, std::min(sizes[p], lo + CHUNK)});
-    const int64_t parts = static_cast<int64_t>(pieces.size()) - wholes;
+    std::vector<Piece> pieces;
+    std::vector<std::atomic<int64_t>> unchecked(n);  // per parameter: its pieces not checked
+    for (int64_t p = 0; p < n; ++p) {
+        if (sizes[p] > 0 && sizes[p] <= CHUNK) pieces.push_back({p, 0, sizes[p], WHOLE});
+        if (sizes[p] <= CHUNK) continue;
+        const int64_t count = (sizes[p] + CHUNK - 1) / CHUNK;
+        unchecked[p].store(count, std::memory_order_relaxed);
+        for (int64_t c = 0; c < count; ++c)
+            pieces.push_back({p, c * CHUNK, std::min(sizes[p], (c + 1) * CHUNK), CHECK});
+        for (int64_t c = count - 1; c >= 0; --c)
+            pieces.push_back({p, c * CHUNK, std::min(sizes[p], (c + 1) * CHUNK), STEP});
+    }
     with_variant([&](auto variant) {
-        auto stepped = [&](const Piece &piece) {
-            if (const int found = stepper(variant, piece.p, piece.lo, piece.hi))
-                __atomic_fetch_or(&overflow[piece.p], found, __ATOMIC_RELAXED);
-        };
-        run_items(wholes + parts, threads, [&](int64_t i) {
+        run_items(static_cast<int64_t>(pieces.size()), threads, [&](int64_t i) {
             const Piece &piece = pieces[i];
-            if (variant.nonfinite(stepper.grad_bits(piece.p), piece.lo, piece.hi))
+            if (piece.kind == STEP) {
+                while (unchecked[piece.p].load(std::memory_order_acquire) != 0)
+                    std::this_thread::yield();
+            } else if (variant.nonfinite(stepper.grad_bits(piece.p), piece.lo, piece.hi)) {
                 __atomic_store_n(&finite[piece.p], 0, __ATOMIC_RELAXED);
-            else if (i < wholes)
-                stepped(piece);
-        });
-        run_items(parts, threads, [&](int64_t i) {
-            const Piece &piece = pieces[wholes + parts - 1 - i];
-            if (__atomic_load_n(&finite[piece.p], __ATOMIC_RELAXED)) stepped(piece);
+            }
+            if (piece.kind == CHECK)
+                unchecked[piece.p].fetch_sub(1, std::memory_order_release);
+            else if (__atomic_load_n(&finite[piece.p], __ATOMIC_RELAXED))
+                if (const int found = stepper(variant, piece.p, piece.lo, piece.hi))
+                    __atomic_fetch_or(&overflow[piece.p], found, __ATOMIC_RELAXED);
         });
         return 0;
     });
