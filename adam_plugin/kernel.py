@@ -248,10 +248,12 @@ def constants(step, dtype):
 class HandleTable:
     """A list of parameters of one storage as the kernel takes them, a table of their
     arrays' handles and sizes, and the kernel's calls on it: :meth:`all_finite`,
-    :meth:`adam_steps` (of all of them or some, each with its row of constants) and
-    :meth:`queue`.
+    :meth:`adam_steps` (of all of them or some, each with its row of constants),
+    :meth:`checked_steps` (the two at once) and :meth:`queue`.
 
-    Made once per update call, or kept for the KVStore's later calls (:meth:`queue`).
+    Made with each :class:`adam_plugin.dispatch.Batch`, and kept with it for a Trainer's
+    later calls on the same arrays (:class:`adam_plugin.dispatch.Batches`) or for the
+    KVStore's later calls (:meth:`queue`).
 
     Parameters
     ----------
