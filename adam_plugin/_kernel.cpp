@@ -134,22 +134,33 @@ Pool *Pool::instance = [] {
     return new Pool;
 }();
 
-// body run over the whole row of `sizes`, on `threads` threads (the caller's one of
-// them). The row is cut into CHUNK-element pieces that the threads take in turn from
-// a shared counter, so a thread slowed by another process leaves more to the others.
+// fn(i) for every i in [0, count), on `threads` threads (the caller's one of them), which
+// take the next i in turn from a shared counter, so a thread slowed by another process
+// leaves more to the others.
+template <typename Fn>
+void run_items(int64_t count, int threads, Fn fn) {
+    std::atomic<int64_t> next{0};
+    auto work = [&] {
+        for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < count;) fn(i);
+    };
+    const int64_t helpers = std::min<int64_t>(threads, count) - 1;
+    if (helpers < 1) {
+        for (int64_t i = 0; i < count; ++i) fn(i);
+        return;
+    }
+    Pool::instance->run(static_cast<int>(helpers), work);
+}
+
+// body run over the whole row of `sizes`, on `threads` threads, which take it in
+// CHUNK-element pieces (run_items).
 template <typename Body>
 void run(int64_t n, const int64_t *sizes, int threads, Body body) {
     std::vector<int64_t> offsets(n + 1, 0);
     for (int64_t p = 0; p < n; ++p) offsets[p + 1] = offsets[p] + sizes[p];
     const int64_t total = offsets[n], chunks = (total + CHUNK - 1) / CHUNK;
-    std::atomic<int64_t> next{0};
-    auto work = [&] {
-        for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;)
-            for_slice(offsets, c * CHUNK, std::min(total, (c + 1) * CHUNK), body);
-    };
-    const int64_t helpers = std::min<int64_t>(threads, chunks) - 1;
-    if (helpers < 1) return work();
-    Pool::instance->run(static_cast<int>(helpers), work);
+    run_items(chunks, threads, [&](int64_t c) {
+        for_slice(offsets, c * CHUNK, std::min(total, (c + 1) * CHUNK), body);
+    });
 }
 
 // Rescale, add coupled L2, clip as mshadow does (NaN passes through).
@@ -488,21 +499,26 @@ template <typename T>
 using BitsOf = std::conditional_t<sizeof(T) == 2, uint16_t,
                                   std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
 
-// One step of n parameters, weights and gradients stored as W, moments as S, computed in
-// C, on the data pointers of the handles table (NUM_ARRAYS rows of n: w, g, m, v, vmax
-// for amsgrad, master for a float16 weight's float32 master copy with S float). rows: n
-// pointers, null for a parameter stepped whole; else its gradient is row_sparse and
-// lazy: g holds its stored rows, one after the other, rows[p] their positions in w (each
-// below w's first dimension: the caller checks), and only those rows of w, m, v, vmax
-// and master are read and written. sizes[p]: the elements stepped (row_length[p] per row
-// present; 0 leaves the parameter untouched). overflow[p] gets the Overflow flags of
-// what the step wrote of parameter p.
+// The step of elements [lo, hi) of one parameter of n, weights and gradients stored as W,
+// moments as S, computed in C, on the data pointers of the handles table (NUM_ARRAYS rows
+// of n: w, g, m, v, vmax for amsgrad, master for a float16 weight's float32 master copy
+// with S float), with the variant V: its Overflow flags. rows: n pointers, null for a
+// parameter stepped whole; else its gradient is row_sparse and lazy: g holds its stored
+// rows, one after the other, rows[p] their positions in w (each below w's first
+// dimension: the caller checks), [lo, hi) counts in g, and only those rows of w, m, v,
+// vmax and master are read and written.
 template <typename W, typename S, typename C>
-void step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
-          const int64_t *row_length, const int64_t *const *rows, const int64_t *table_rows,
-          const C *table, int amsgrad, uint8_t *overflow, int threads) {
+struct Stepper {
+    int64_t n;
+    const std::vector<void *> &pointers;
+    const int64_t *row_length;
+    const int64_t *const *rows;
+    const int64_t *table_rows;
+    const C *table;
+    bool amsgrad;
+
     // The arrays of parameter p from element `at` on (the gradient's from g_at).
-    auto span = [&](int64_t p, int64_t at, int64_t g_at) {
+    Span<W, S> span(int64_t p, int64_t at, int64_t g_at) const {
         auto from = [&](int array, auto *type, int64_t i) {
             auto *base = static_cast<decltype(type)>(pointers[array * n + p]);
             return base ? base + i : nullptr;
@@ -510,24 +526,94 @@ void step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
         return Span<W, S>{from(WEIGHT, (W *)nullptr, at), from(GRAD, (W *)nullptr, g_at),
                           from(MEAN, (S *)nullptr, at), from(VAR, (S *)nullptr, at),
                           from(VMAX, (S *)nullptr, at), from(MASTER, (S *)nullptr, at)};
-    };
+    }
+
+    // The gradient's stored values of parameter p, as the integers the check reads.
+    const BitsOf<W> *grad_bits(int64_t p) const {
+        return static_cast<const BitsOf<W> *>(pointers[GRAD * n + p]);
+    }
+
+    template <typename V>
+    int operator()(V variant, int64_t p, int64_t lo, int64_t hi) const {
+        const C *k = table + table_rows[p] * NUM_CONSTANTS;
+        if (!rows[p]) return variant.adam(span(p, lo, lo), k, hi - lo, amsgrad);
+        int found = 0;
+        const int64_t length = row_length[p];
+        for (int64_t at = lo; at < hi;) {  // at: in the gradient's stored rows
+            const int64_t i = at / length, j = at % length;
+            const int64_t count = std::min(hi - at, length - j);
+            found |= variant.adam(span(p, rows[p][i] * length + j, at), k, count, amsgrad);
+            at += count;
+        }
+        return found;
+    }
+};
+
+// One step of n parameters (see Stepper): sizes[p] the elements stepped (row_length[p]
+// per row present; 0 leaves the parameter untouched). overflow[p] gets the Overflow
+// flags of what the step wrote of parameter p.
+template <typename W, typename S, typename C>
+void step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
+          const int64_t *row_length, const int64_t *const *rows, const int64_t *table_rows,
+          const C *table, int amsgrad, uint8_t *overflow, int threads) {
+    const Stepper<W, S, C> stepper{n, pointers, row_length, rows, table_rows, table,
+                                   amsgrad != 0};
     with_variant([&](auto variant) {
         run(n, sizes, threads, [&](int64_t p, int64_t lo, int64_t hi) {
-            const C *k = table + table_rows[p] * NUM_CONSTANTS;
-            int found = 0;
-            if (!rows[p]) {
-                found = variant.adam(span(p, lo, lo), k, hi - lo, amsgrad != 0);
-            } else {
-                const int64_t length = row_length[p];
-                for (int64_t at = lo; at < hi;) {  // at: in the gradient's stored rows
-                    const int64_t i = at / length, j = at % length;
-                    const int64_t count = std::min(hi - at, length - j);
-                    found |= variant.adam(span(p, rows[p][i] * length + j, at), k, count,
-                                          amsgrad != 0);
-                    at += count;
-                }
+            if (const int found = stepper(variant, p, lo, hi))
+                __atomic_fetch_or(&overflow[p], found, __ATOMIC_RELAXED);
+        });
+        return 0;
+    });
+}
+
+// step, of the parameters whose gradient holds only finite values (its stored values,
+// lazy), each gradient checked just before the parameter is stepped: finite[p] is set to
+// 0 for a parameter whose gradient holds an Inf or a NaN, which is left untouched.
+// The work is a list of pieces that the threads take in order (run_items). A parameter
+// of at most CHUNK elements is one piece: checked, then stepped at once by one thread,
+// its gradient still in cache. A larger one is checked in CHUNK pieces, then stepped in
+// those pieces, the last checked first (its gradient in the shared cache as far as it
+// fits): a thread that takes one of its steps waits until every piece of it is checked.
+// The checks come before in the list and wait for nothing, so no thread waits long.
+template <typename W, typename S, typename C>
+void checked_step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
+                  const int64_t *row_length, const int64_t *const *rows,
+                  const int64_t *table_rows, const C *table, int amsgrad, uint8_t *finite,
+                  uint8_t *overflow, int threads) {
+    const Stepper<W, S, C> stepper{n, pointers, row_length, rows, table_rows, table,
+                                   amsgrad != 0};
+    enum Kind { WHOLE, CHECK, STEP };
+    struct Piece {
+        int64_t p, lo, hi;
+        Kind kind;
+    };
+    std::vector<Piece> pieces;
+    std::vector<std::atomic<int64_t>> unchecked(n);  // per parameter: its pieces not checked
+    for (int64_t p = 0; p < n; ++p) {
+        if (sizes[p] > 0 && sizes[p] <= CHUNK) pieces.push_back({p, 0, sizes[p], WHOLE});
+        if (sizes[p] <= CHUNK) continue;
+        const int64_t count = (sizes[p] + CHUNK - 1) / CHUNK;
+        unchecked[p].store(count, std::memory_order_relaxed);
+        for (int64_t c = 0; c < count; ++c)
+            pieces.push_back({p, c * CHUNK, std::min(sizes[p], (c + 1) * CHUNK), CHECK});
+        for (int64_t c = count - 1; c >= 0; --c)
+            pieces.push_back({p, c * CHUNK, std::min(sizes[p], (c + 1) * CHUNK), STEP});
+    }
+    with_variant([&](auto variant) {
+        run_items(static_cast<int64_t>(pieces.size()), threads, [&](int64_t i) {
+            const Piece &piece = pieces[i];
+            if (piece.kind == STEP) {
+                while (unchecked[piece.p].load(std::memory_order_acquire) != 0)
+                    std::this_thread::yield();
+            } else if (variant.nonfinite(stepper.grad_bits(piece.p), piece.lo, piece.hi)) {
+                __atomic_store_n(&finite[piece.p], 0, __ATOMIC_RELAXED);
             }
-            if (found) __atomic_fetch_or(&overflow[p], found, __ATOMIC_RELAXED);
+            if (piece.kind == CHECK)
+                unchecked[piece.p].fetch_sub(1, std::memory_order_release);
+            else if (__atomic_load_n(&finite[piece.p], __ATOMIC_RELAXED))
+                if (const int found = stepper(variant, piece.p, piece.lo, piece.hi))
+                    __atomic_fetch_or(&overflow[piece.p], found, __ATOMIC_RELAXED);
         });
         return 0;
     });
@@ -557,6 +643,22 @@ int adam(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *r
     if (pointers.empty() && n > 0) return -1;
     step<W, S, C>(n, pointers, sizes, row_length, rows, table_rows, table, amsgrad, overflow,
                   threads);
+    return 0;
+}
+
+// checked_step on the calling thread, once the engine has nothing pending: finite[p]
+// (set to 1 by the caller) becomes 0 for a parameter left untouched, its gradient not
+// finite. Returns 0, or -1 (nothing touched) when MXNet could not give a data pointer.
+template <typename W, typename S, typename C>
+int checked_adam(int64_t n, void *const *handles, const int64_t *sizes,
+                 const int64_t *row_length, const int64_t *const *rows,
+                 const int64_t *table_rows, const C *table, int amsgrad, uint8_t *finite,
+                 uint8_t *overflow, int threads) {
+    if (wait_all() != 0) return -1;
+    const std::vector<void *> pointers = data_pointers(handles, NUM_ARRAYS * n, false);
+    if (pointers.empty() && n > 0) return -1;
+    checked_step<W, S, C>(n, pointers, sizes, row_length, rows, table_rows, table, amsgrad,
+                          finite, overflow, threads);
     return 0;
 }
 
@@ -590,22 +692,16 @@ void release(void *queued) {
 }
 
 // Run by MXNet's engine once the gradients are written and nothing else uses the other
-// arrays: the gradients' check, then the step of those whose gradient is finite.
+// arrays: the step of the parameters whose gradient is finite (checked_step).
 template <typename W, typename S, typename C>
 void run_queued(void * /*run context*/, void *queued) {
     auto *q = static_cast<Queued *>(queued);
     const int64_t n = q->n;
-    check<BitsOf<W>>(n, q->pointers.data() + GRAD * n, q->sizes.data(), q->grad_finite.data(),
-                     q->threads);
-    const bool all = std::find(q->grad_finite.begin(), q->grad_finite.end(), 0) ==
-                     q->grad_finite.end();
-    std::vector<int64_t> sizes(q->sizes);
-    for (int64_t p = 0; p < n; ++p)
-        if (!q->grad_finite[p]) sizes[p] = 0;
     const std::vector<const int64_t *> whole(n, nullptr);
-    step<W, S, C>(n, q->pointers, sizes.data(), sizes.data(), whole.data(),
-                  q->table_rows.data(), reinterpret_cast<const C *>(q->table.data()),
-                  q->amsgrad, q->overflow.data(), q->threads);
+    checked_step<W, S, C>(n, q->pointers, q->sizes.data(), q->sizes.data(), whole.data(),
+                          q->table_rows.data(), reinterpret_cast<const C *>(q->table.data()),
+                          q->amsgrad, q->grad_finite.data(), q->overflow.data(), q->threads);
+    const bool all = std::count(q->grad_finite.begin(), q->grad_finite.end(), 0) == 0;
     const bool none = std::count(q->overflow.begin(), q->overflow.end(), 0) == n;
     q->done.store(all && none ? 1 : 2, std::memory_order_release);
 }
@@ -735,8 +831,9 @@ int use_variant(const char *name) {
     return 0;
 }
 
-// Two entry points per storage, adam_NAME (the step on the calling thread) and
-// queue_adam_NAME (the step queued in MXNet's engine): float32, float64, float16
+// Three entry points per storage, adam_NAME (the step on the calling thread),
+// checked_adam_NAME (the same, of the parameters whose gradient is finite, each checked
+// just before its step) and queue_adam_NAME (that, queued in MXNet's engine): float32, float64, float16
 // computed in float32 and stored in float16, and float16 weights with float32 master
 // copy and moments.
 #define ADAM_ENTRY(NAME, W, S, C)                                                           \
@@ -746,6 +843,13 @@ int use_variant(const char *name) {
                     uint8_t *overflow, int threads) {                                     \
         return adam<W, S, C>(n, handles, sizes, row_length, rows, table_rows, table,         \
                              amsgrad, overflow, threads);                                   \
+    }                                                                                       \
+    int checked_adam_##NAME(int64_t n, void *const *handles, const int64_t *sizes,         \
+                            const int64_t *row_length, const int64_t *const *rows,         \
+                            const int64_t *table_rows, const C *table, int amsgrad,       \
+                            uint8_t *finite, uint8_t *overflow, int threads) {            \
+        return checked_adam<W, S, C>(n, handles, sizes, row_length, rows, table_rows, table, \
+                                     amsgrad, finite, overflow, threads);                   \
     }                                                                                       \
     int queue_adam_##NAME(int64_t n, void *const *handles, const int64_t *sizes,           \
                           const int64_t *table_rows, const C *table, int64_t table_length, \

@@ -63,30 +63,40 @@ class StepCounts:
         that has one: the Trainer saves its first device's states), else from
         ``begin_num_update``.
         """
-        if count is None:
-            t = 1 + self.optimizer._index_update_count.get(
-                index, self.saved.get(index, self.optimizer.begin_num_update))
-        else:
-            t = count[0] = count[0] + 1
-        self.optimizer._index_update_count[index] = t
-        self.optimizer.num_update = max(self.optimizer.num_update, t)
+        t, = self._advance((index,), (count,), (True,))
         return t
+
+    def _advance(self, indices, counts, flags):
+        """:meth:`advance` of each of ``indices`` (its state's ``counts``) whose flag in
+        ``flags`` is set, in order: their new step counts, None for the others."""
+        opt = self.optimizer
+        mxnets, ts = opt._index_update_count, []
+        for index, count, counted in zip(indices, counts, flags, strict=True):
+            if not counted:
+                t = None
+            elif count is None:
+                t = mxnets[index] = 1 + mxnets.get(
+                    index, self.saved.get(index, opt.begin_num_update))
+            else:
+                t = mxnets[index] = count[0] = count[0] + 1
+            ts.append(t)
+        opt.num_update = max([opt.num_update, *(t for t in ts if t is not None)])
+        return ts
 
     def snapshot(self, indices, counts):
         """The step counts of ``indices``, whose states end with ``counts`` (see
         :meth:`advance`), as they are now, for :meth:`restore`: per index, its
         state's count and MXNet's for the current device; and ``num_update``."""
-        mxnets = self.optimizer._index_update_count
-        return ([(index, count, None if count is None else count[0], mxnets.get(index))
-                 for index, count in zip(indices, counts, strict=True)],
+        return (indices, counts, [None if count is None else count[0] for count in counts],
+                list(map(self.optimizer._index_update_count.get, indices)),
                 self.optimizer.num_update)
 
     def restore(self, counts):
         """Put the step counts back as :meth:`snapshot` saw them, and ``num_update`` to the
         largest of its value then and MXNet's counts now."""
-        saved, num_update = counts
+        indices, states, ts, mxnet_counts, num_update = counts
         mxnets = self.optimizer._index_update_count
-        for index, count, t, kept in saved:
+        for index, count, t, kept in zip(indices, states, ts, mxnet_counts, strict=True):
             if count is not None:
                 count[0] = t
             if kept is None:
@@ -95,19 +105,46 @@ class StepCounts:
                 mxnets[index] = kept
         self.optimizer.num_update = max([num_update, *mxnets.values()])
 
+    @staticmethod
+    def alike(counts):
+        """Do the states that end with ``counts`` (see :meth:`advance`) all hold the same
+        step count (none saved without one)?"""
+        first = counts[0]
+        return first is not None and all(count is not None and count[0] == first[0]
+                                          for count in counts)
+
     def counted(self, indices, counts, finite, steps_of):
-        """``steps_of(ts)``, ``ts`` the new step count of each parameter of ``indices``
-        whose ``finite`` flag is set, its update counted (:meth:`advance`; ``counts``: the
-        ends of their states), None for the others; every step count is back as it was
-        if this raises (a scheduler's error, a bad learning rate)."""
+        """``steps_of(ts, num_update)``, ``ts`` the new step count of each parameter of
+        ``indices`` whose ``finite`` flag is set, its update counted (:meth:`advance`;
+        ``counts``: the ends of their states), None for the others, and ``num_update``
+        as it was before; every step count is back as it was if this raises (a
+        scheduler's error, a bad learning rate)."""
         before = self.snapshot(indices, counts)
         try:
-            return steps_of([
-                self.advance(index, count) if ok else None
-                for index, count, ok in zip(indices, counts, finite, strict=True)])
+            return steps_of(self._advance(indices, counts, finite), before[-1])
         except BaseException:
             self.restore(before)
             raise
+
+
+    def counted_first(self, indices, counts, steps_of, apply):
+        """``(steps, finite, overflow)``: every update of ``indices`` counted (as
+        :meth:`counted` with every flag set), ``(finite, overflow) = apply(steps)`` run,
+        which checks each gradient as it steps and leaves a parameter whose gradient is
+        not finite untouched; then the counts of those are given back, and ``steps`` are
+        :meth:`counted`'s of ``finite``. Exact when a parameter's Step does not depend on
+        another's count (see :meth:`alike`). Every count is back as it was if this raises."""
+        before = self.snapshot(indices, counts)
+        steps = self.counted(indices, counts, [True] * len(indices), steps_of)
+        try:
+            finite, overflow = apply(steps)
+        except BaseException:
+            self.restore(before)
+            raise
+        if False in finite:
+            self.restore(before)
+            steps = self.counted(indices, counts, finite, steps_of)
+        return steps, finite, overflow
 
 
 class BadUpdates:
@@ -144,8 +181,19 @@ class BadUpdates:
                 "holds NaN or Inf again (a NaN kept in an accumulated gradient, "
                 "grad_req='add', or in the weight or the data?); nothing was updated")
 
+    def skips_alone(self, indices):
+        """Would a gradient of ``indices`` that is not finite be skipped, and nothing else
+        change? Under ``nonfinite='skip'``, unless it is the ``max_skips``-th bad update
+        in a row of its parameter (:meth:`refuse_bad_gradients` raises then)."""
+        max_skips = self.optimizer.max_skips
+        return self.optimizer.nonfinite == 'skip' and (
+            not self.in_a_row or max_skips is None
+            or all(self.in_a_row.get(index, 0) + 1 < max_skips for index in indices))
+
     def count_skips(self, indices, finite):
         """Count, and warn about, the parameters skipped for a gradient not ``finite``."""
+        if False not in finite:  # the usual case, without a loop over the parameters
+            return
         for index, ok in zip(indices, finite, strict=True):
             if not ok:
                 self.optimizer.num_skipped += 1
@@ -157,7 +205,8 @@ class BadUpdates:
         :data:`adam_plugin.kernel.V_OVERFLOW` and :data:`~adam_plugin.kernel.W_OVERFLOW`,
         see :meth:`adam_plugin.dispatch.Batch.apply`), and end the runs of bad updates
         of the parameters stepped well."""
-        found = {index: flags for index, flags in zip(indices, overflow, strict=True) if flags}
+        found = {index: flags for index, flags in zip(indices, overflow, strict=True)
+                 if flags} if any(overflow) else {}
         if found and self.optimizer.nonfinite == 'raise':
             problems = []
             for kind, text in _OVERFLOWS.items():
@@ -169,9 +218,10 @@ class BadUpdates:
         for index, flags in found.items():
             self.optimizer.num_skipped += 1
             self._bad(index, "; ".join(text for kind, text in _OVERFLOWS.items() if flags & kind))
-        for index, step in zip(indices, steps, strict=True):
-            if step is not None and index not in found:
-                self.in_a_row.pop(index, None)
+        if self.in_a_row:  # else no run of bad updates to end
+            for index, step in zip(indices, steps, strict=True):
+                if step is not None and index not in found:
+                    self.in_a_row.pop(index, None)
         max_skips = self.optimizer.max_skips
         stuck = [index for index in found
                  if max_skips is not None and self.in_a_row[index] >= max_skips]

@@ -26,6 +26,7 @@ Three routes, all computing :func:`adam_plugin.textbook.adam_step`:
     kernel, and options the operator lacks.
 """
 import math
+import operator
 from typing import NamedTuple
 
 import mxnet.ndarray as nd
@@ -117,13 +118,14 @@ class CheckedLayouts:
             if (entry[0] is weight and entry[1] is grad and entry[2] is state
                     and entry[3] == multi_precision):
                 return entry[5]
-        if grad.shape != weight.shape or grad.dtype != weight.dtype:
+        shape, dtype = weight.shape, weight.dtype  # each read is a call into MXNet
+        if grad.shape != shape or grad.dtype != dtype:
             raise ValueError(
                 f"myadam: the gradient of {self._name(index)} has shape {grad.shape} and "
-                f"dtype {numpy.dtype(grad.dtype).name}, its weight {weight.shape} and "
-                f"{numpy.dtype(weight.dtype).name}; nothing was updated")
-        shape, context = weight.shape, weight.context
-        layout = Layout(dense=weight.stype == 'default', dtype=numpy.dtype(weight.dtype),
+                f"dtype {numpy.dtype(grad.dtype).name}, its weight {shape} and "
+                f"{numpy.dtype(dtype).name}; nothing was updated")
+        context = weight.context
+        layout = Layout(dense=weight.stype == 'default', dtype=numpy.dtype(dtype),
                         device_type=context.device_type,
                         row_sparse_grad=grad.stype == 'row_sparse', shape=shape,
                         grad_in_host_memory=grad.context.device_type in HOST_DEVICE_TYPES)
@@ -300,10 +302,15 @@ class Batch:
         self.kernel_groups = [  # (positions, kernel.HandleTable)
             ([i for i, _ in group], kernel.HandleTable(storage, [p for _, p in group]))
             for storage, group in groups.items()]
+        # Every weight and gradient dense: nothing here changes while the arrays are the
+        # same (a row_sparse one's rows change), so :class:`Batches` may reuse it.
+        self.reusable = all(layout.dense and not layout.row_sparse_grad for layout in layouts)
         # What :meth:`queue` takes: one kernel storage, every parameter dense and whole.
-        self.queueable = (len(self.kernel_groups) == 1 and set(self.routes) == {KERNEL}
-                          and all(layout.dense and not layout.row_sparse_grad
-                                  for layout in layouts))
+        self.queueable = (self.reusable and len(self.kernel_groups) == 1
+                          and set(self.routes) == {KERNEL})
+        # The one HandleTable that holds every parameter, in order, or None.
+        self._whole = (self.kernel_groups[0][1] if len(self.kernel_groups) == 1
+                       and len(self.kernel_groups[0][0]) == len(layouts) else None)
 
     def finite(self):
         """One flag per gradient: does it hold only finite values?
@@ -312,6 +319,8 @@ class Batch:
         one pass per dtype; the others by MXNet's ``multi_all_finite`` (one engine
         sync per context and dtype when they are finite, then one per gradient).
         """
+        if self._whole is not None:
+            return self._whole.all_finite()
         flags = [None] * len(self.grads)
         for positions, table in self.kernel_groups:
             for i, ok in zip(positions, table.all_finite(), strict=True):
@@ -336,10 +345,40 @@ class Batch:
             from the step's own pass (a lazy step: the rows it wrote); MXNet's
             ``multi_all_finite`` reads the ``v`` buffers and the weights of the others.
         """
+        if self._whole is not None:
+            return self._whole.adam_steps(steps)
         flags = [0] * len(steps)
         for positions, table in self.kernel_groups:
             for i, found in zip(positions, table.adam_steps([steps[i] for i in positions]), strict=True):
                 flags[i] = found
+        self._apply_others(steps, flags)
+        return flags
+
+    def checked_apply(self, steps):
+        """:meth:`apply` of the parameters whose gradient holds only finite values, the
+        others left untouched: ``(finite, flags)``, :meth:`finite`'s flags and
+        :meth:`apply`'s. The kernel checks each gradient just before it steps the
+        parameter, in the same call (:meth:`adam_plugin.kernel.HandleTable.checked_steps`);
+        the other routes' gradients are checked first, as :meth:`finite` does.
+
+        ``steps``: a Step for every parameter (none None)."""
+        if self._whole is not None:
+            return self._whole.checked_steps(steps)
+        finite, flags = [True] * len(steps), [0] * len(steps)
+        for positions, table in self.kernel_groups:
+            found = table.checked_steps([steps[i] for i in positions])
+            for i, ok, flag in zip(positions, *found, strict=True):
+                finite[i], flags[i] = ok, flag
+        others = [i for i, way in enumerate(self.routes) if way != KERNEL]
+        if others:
+            for i, ok in zip(others, _finite_by_operators([self.grads[i] for i in others]), strict=True):
+                finite[i] = ok
+            self._apply_others([step if way != KERNEL and ok else None for step, way, ok
+                                in zip(steps, self.routes, finite, strict=True)], flags)
+        return finite, flags
+
+    def _apply_others(self, steps, flags):
+        """:meth:`apply` of the parameters off the kernel route, their flags set in ``flags``."""
         others = [i for i, way in enumerate(self.routes) if steps[i] is not None and way != KERNEL]
         for i in others:
             if self.routes[i] == OPERATOR:
@@ -353,8 +392,6 @@ class Batch:
             finite = _finite_by_operators(second_moments + [self.weights[i] for i in others])
             for i, v_ok, w_ok in zip(others, finite[:len(others)], finite[len(others):], strict=True):
                 flags[i] = (0 if v_ok else kernel.V_OVERFLOW) | (0 if w_ok else kernel.W_OVERFLOW)
-        return flags
-
 
     def queue(self, steps, weights, grads):
         """Queue the step of every parameter (each with its Step) in MXNet's engine and
@@ -365,6 +402,58 @@ class Batch:
         takes (nothing queued)."""
         (_, table), = self.kernel_groups
         return table.queue(steps, weights, grads)
+
+
+class Batches:
+    """The :class:`Batch` of each update call, made once for the arrays a ``Trainer``
+    hands at every step.
+
+    MXNet's Updater hands the same weight, gradient and state objects at every step (one
+    list per device, or per set of parameters with fresh gradients under
+    ``ignore_stale_grad``): the Batch made for a list of several parameters is kept, the
+    last :data:`KEPT` in all, and reused while the same indices come with the same
+    objects and the options :func:`route` reads are the same. A Batch with a row_sparse
+    array is made anew at each call (its rows change), and so is one of a single
+    parameter (the KVStore's callback hands new weight objects at every call).
+
+    Parameters
+    ----------
+    layouts : CheckedLayouts
+        Which reads and checks the layouts of a new Batch.
+    name : callable
+        ``name(index)``, the parameter as error messages call it.
+    """
+
+    def __init__(self, layouts, name):
+        self.layouts, self._name = layouts, name
+        self._kept = []  # (key, arrays, Batch), the newest first
+
+    def __call__(self, optimizer, indices, weights, grads, states, multi_precision):
+        """The :class:`Batch` of an update call (see :class:`Batch` for the arguments,
+        ``indices`` the parameters' indices)."""
+        several = len(indices) > 1
+        if several:
+            key = (multi_precision, _ROUTE_OPTIONS(optimizer), kernel.LIBRARY, tuple(indices))
+            arrays = (*weights, *grads, *states)
+            for kept_key, kept_arrays, batch in self._kept:
+                if (kept_key == key and len(kept_arrays) == len(arrays)
+                        and all(map(operator.is_, kept_arrays, arrays))):
+                    return batch
+        layouts = [self.layouts(*args, multi_precision)
+                   for args in zip(indices, weights, grads, states, strict=True)]
+        batch = Batch(optimizer, layouts, weights, grads, states, multi_precision,
+                      lambda i: self._name(indices[i]))
+        if several and batch.reusable:
+            self._kept.insert(0, (key, arrays, batch))
+            del self._kept[KEPT:]
+        return batch
+
+
+KEPT = 8  # the Batches that Batches keeps
+
+# The options route() and Batch read of the optimizer.
+_ROUTE_OPTIONS = operator.attrgetter('fused', 'amsgrad', 'yogi', 'decoupled_wd', 'epsilon_mode',
+                                     'lazy_update')
 
 
 def _split(state, master):

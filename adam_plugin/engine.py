@@ -97,7 +97,9 @@ class EngineQueue:
         counts = self.counts.snapshot((index,), (count,))
         try:
             t = self.counts.advance(index, count)
-            step = self.values.step(index, t, self.values.base_lr(), rule, batch.dtypes[0])
+            num_update = self.counts.optimizer.num_update
+            step = self.values.step(index, t, self.values.base_lr(num_update), rule,
+                                    batch.dtypes[0], num_update)
             queued = batch.queue((step,), (weight,), (grad,))
         except BaseException:
             self.counts.restore(counts)

@@ -90,6 +90,13 @@ STORAGES = {
 
 
 _FINITE = {name: 'finite_' + dtype.name for name, (dtype, _) in STORAGES.items()}
+
+# The library's functions that the package calls by name (load checks that it has them).
+ENTRY_POINTS = ('columns', 'use_mxnet', 'variants', 'variant_in_use', 'variant_runs_here',
+                'use_variant', 'queued_done', 'queued_flags', 'queued_release',
+                *sorted(set(_FINITE.values())),
+                *(f'{kind}adam_{name}' for name in STORAGES
+                  for kind in ('', 'checked_', 'queue_')))
 _STORAGE_OF = {(dtype, master): name + ('_master' if master else '')
                for name, (dtype, _) in STORAGES.items() if not name.endswith('_master')
                for master in (False, True) if dtype == np.float16 or not master}
@@ -144,11 +151,14 @@ def load(path=PATH):
         columns = library.columns().decode().split()
     except AttributeError:  # built from a _kernel.cpp that did not give them
         columns = []
-    if columns != list(COLUMNS):
+    missing = [entry for entry in ENTRY_POINTS if not hasattr(library, entry)]
+    if columns != list(COLUMNS) or missing:
         given = ' '.join(columns) or 'not given'
+        differs = (f"its constants' columns ({given}) are not this package's "
+                   f"({' '.join(COLUMNS)})" if columns != list(COLUMNS)
+                   else f"it lacks {', '.join(missing)}")
         _warn.warn(f"adam_plugin: the compiled kernel {path} was built from another "
-                   f"adam_plugin/_kernel.cpp: its constants' columns ({given}) are not this "
-                   f"package's ({' '.join(COLUMNS)}); reinstalling the package rebuilds it. "
+                   f"adam_plugin/_kernel.cpp: {differs}; reinstalling the package rebuilds it. "
                    "CPU parameters take MXNet's adam_update where it is exact, else the "
                    "slower textbook path")
         return None
@@ -160,6 +170,9 @@ def load(path=PATH):
     for name in STORAGES:
         getattr(library, f'adam_{name}').argtypes = [
             count, pointer, pointer, pointer, pointer, pointer, pointer, flag, pointer, flag]
+        getattr(library, f'checked_adam_{name}').argtypes = [
+            count, pointer, pointer, pointer, pointer, pointer, pointer, flag, pointer, pointer,
+            flag]
         getattr(library, f'queue_adam_{name}').argtypes = [
             count, pointer, pointer, pointer, pointer, count, flag, flag, pointer]
     library.queued_done.argtypes = library.queued_release.argtypes = [pointer]
@@ -235,10 +248,12 @@ def constants(step, dtype):
 class HandleTable:
     """A list of parameters of one storage as the kernel takes them, a table of their
     arrays' handles and sizes, and the kernel's calls on it: :meth:`all_finite`,
-    :meth:`adam_steps` (of all of them or some, each with its row of constants) and
-    :meth:`queue`.
+    :meth:`adam_steps` (of all of them or some, each with its row of constants),
+    :meth:`checked_steps` (the two at once) and :meth:`queue`.
 
-    Made once per update call, or kept for the KVStore's later calls (:meth:`queue`).
+    Made with each :class:`adam_plugin.dispatch.Batch`, and kept with it for a Trainer's
+    later calls on the same arrays (:class:`adam_plugin.dispatch.Batches`) or for the
+    KVStore's later calls (:meth:`queue`).
 
     Parameters
     ----------
@@ -296,6 +311,8 @@ class HandleTable:
         mxnet_internals.check(getattr(LIBRARY, _FINITE[self.storage])(
             n, grads, self._arguments[1], (ctypes.c_char * n).from_buffer(finite),
             self.threads))
+        if 0 not in finite:  # the usual case, without a loop over the parameters
+            return [True] * n
         return [flag == 1 for flag in finite]
 
     def adam_steps(self, steps):
@@ -326,7 +343,7 @@ class HandleTable:
         ----------
         steps : list of Step or None
             One per parameter; None leaves that parameter untouched. Parameters
-            sharing a step share one row of constants.
+            given the same Step object share one row of constants.
 
         Returns
         -------
@@ -344,10 +361,40 @@ class HandleTable:
         mxnet_internals.check(getattr(LIBRARY, 'adam_' + self.storage)(
             len(keep), *arguments, address, amsgrad,
             (ctypes.c_char * len(keep)).from_buffer(overflow), threads))
+        if len(keep) == len(steps) and not any(overflow):  # the usual case, without a loop
+            return [0] * len(steps)
         flags = [0] * len(steps)
         for i, flag in zip(keep, overflow, strict=True):
             flags[i] = flag
         return flags
+
+    def checked_steps(self, steps):
+        """:meth:`adam_steps` of the parameters whose gradient holds only finite values
+        (its stored rows, lazy), each gradient checked by the kernel just before the
+        parameter is stepped, in the same call (:meth:`all_finite`'s check, without its
+        pass over all of them first); a parameter whose gradient holds an Inf or a NaN
+        is left untouched.
+
+        Parameters
+        ----------
+        steps : list of Step
+            One per parameter, as :meth:`adam_steps` takes them, none None.
+
+        Returns
+        -------
+        (list of bool, list of int)
+            Per parameter: did its gradient hold only finite values (else it was left
+            untouched), and :meth:`adam_steps`'s flags of what its step wrote.
+        """
+        _, (arguments, table, amsgrad, threads) = self._launch(steps)
+        n = len(steps)
+        finite, overflow = bytearray(b'\x01') * n, bytearray(n)
+        mxnet_internals.check(getattr(LIBRARY, 'checked_adam_' + self.storage)(
+            n, *arguments, table[1], amsgrad, (ctypes.c_char * n).from_buffer(finite),
+            (ctypes.c_char * n).from_buffer(overflow), threads))
+        if 0 not in finite and not any(overflow):  # the usual case, without a loop
+            return [True] * n, [0] * n
+        return [flag == 1 for flag in finite], list(overflow)
 
     def queue(self, steps, weights, grads):
         """Queue :meth:`adam_steps` of every parameter (each with its Step) in MXNet's
@@ -397,24 +444,24 @@ class HandleTable:
         the arguments of a kernel call for them: the tables of handles, sizes, row
         lengths, rows and table rows (addresses), the constants (their table and its
         address), amsgrad, threads."""
-        if len(steps) == 1 and steps[0] is not None:  # the KVStore's calls: kept short
-            return [0], (self._arguments, constants(steps[0], self.dtype),
-                         self._amsgrad(steps), self.threads)
-        keep, param_rows, rows = [], [], {}  # rows: Step -> its row in the table
+        first = steps[0]
+        if first is not None and steps.count(first) == len(steps):  # all alike: kept short
+            return range(len(steps)), (self._arguments, constants(first, self.dtype),
+                                       self._amsgrad((first,)), self.threads)
+        keep, param_rows, rows = [], [], {}  # rows: id of a Step -> (its row in the table, it)
         for i, step in enumerate(steps):
             if step is not None:
                 keep.append(i)
-                param_rows.append(rows.setdefault(step, len(rows)))
+                param_rows.append(rows.setdefault(id(step), (len(rows), step))[0])
         if not keep:
             return keep, (None, None, None, None)
-        amsgrad = self._amsgrad(rows)
-        if len(rows) == 1:
-            table = constants(next(iter(rows)), self.dtype)
+        distinct = [step for _, step in rows.values()]
+        amsgrad = self._amsgrad(distinct)
+        if len(distinct) == 1:
+            table = constants(distinct[0], self.dtype)
         else:
-            table = np.concatenate([constants(step, self.dtype)[0] for step in rows])
+            table = np.concatenate([constants(step, self.dtype)[0] for step in distinct])
             table = table, table.ctypes.data
-        if len(keep) == len(steps) and len(rows) == 1:  # the tables made for all of them
-            return keep, (self._arguments, table, amsgrad, self.threads)
         n = len(self._rows)
         columns = self._table.view(np.int64)
         kept = [np.ascontiguousarray(columns[:6 * n].reshape(6, n)[:, keep])] + [  # rows of len(keep)

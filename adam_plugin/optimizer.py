@@ -202,19 +202,26 @@ class MyAdam(Optimizer):
         distributed.refuse_worker_update(  # update_on_kvstore=False in a distributed job
             mxnet_internals.in_distributed_trainer(self.param_dict, indices[:1]))
         self._engine.take_all()
-        layouts = [self._layouts(*args, multi_precision)
-                   for args in zip(indices, weights, grads, states, strict=True)]
-        batch = dispatch.Batch(self, layouts, weights, grads, states, multi_precision,
-                               lambda i: self._name(indices[i]))
+        batch = self._batches(self, indices, weights, grads, states, multi_precision)
         rule = self._values.rule(batch)
         if one:
             self._engine.plan(indices[0], states[0], multi_precision, batch)
-        finite = batch.finite()
-        self._bad.refuse_bad_gradients(indices, finite)
-        steps = self._counts.counted(indices, batch.step_counts, finite, lambda ts: (
-            self._values.steps(indices, ts, rule, batch.dtypes)))
+
+        def steps_of(ts, num_update):
+            return self._values.steps(indices, ts, rule, batch.dtypes, num_update)
+
+        if (batch.kernel_groups and self._bad.skips_alone(indices)
+                and (self.lr_scheduler is None or self._counts.alike(batch.step_counts))):
+            # each gradient checked by the kernel as it steps (see StepCounts.counted_first)
+            steps, finite, overflow = self._counts.counted_first(
+                indices, batch.step_counts, steps_of, batch.checked_apply)
+        else:
+            finite = batch.finite()
+            self._bad.refuse_bad_gradients(indices, finite)
+            steps = self._counts.counted(indices, batch.step_counts, finite, steps_of)
+            overflow = batch.apply(steps)
         self._bad.count_skips(indices, finite)
-        self._bad.check_overflows(indices, steps, batch.apply(steps))
+        self._bad.check_overflows(indices, steps, overflow)
 
     def _take_queued(self):
         """Take in the updates queued in MXNet's engine (see :mod:`adam_plugin.engine`)."""
@@ -253,6 +260,7 @@ _RUN = {
     '_carrier': lambda self: ErrorCarrier(),  # an error kept from the KVStore callback
     '_bad': lambda self: BadUpdates(self, self._name),  # bad updates: num_skipped, max_skips
     '_layouts': lambda self: dispatch.CheckedLayouts(self._name),  # a cache of MXNet reads
+    '_batches': lambda self: dispatch.Batches(self._layouts, self._name),  # of the same arrays
     '_values': lambda self: StepValues(self, self._name),  # what a step reads, checked
     '_counts': StepCounts,  # each parameter's step count
     '_engine': lambda self: EngineQueue(self, self._counts, self._values, self._bad),

@@ -31,6 +31,14 @@ _NOTES = {'rescale_grad': ', which gluon.Trainer sets to 1 / batch_size in '
 REMEMBERED = 4096
 
 
+def _get(table, key):
+    """``table.get(key)``, None for an unhashable key."""
+    try:
+        return table.get(key)
+    except TypeError:
+        return None
+
+
 def _times(value, multiplier):
     """``value * multiplier``, or ``multiplier`` when that is not a number (its check
     then refuses it)."""
@@ -56,14 +64,36 @@ class StepValues:
         self.optimizer, self.name = optimizer, name
         self._checked = {}  # values a step reads, with their types and dtypes -> found good
 
-    def steps(self, indices, ts, rule, dtypes):
+    def steps(self, indices, ts, rule, dtypes, num_update):
         """The Step of each parameter of ``indices`` whose new step count in ``ts`` is not
         None (None for the others), with ``rule`` (:meth:`rule`) and the parameters'
-        ``dtypes`` (:attr:`adam_plugin.dispatch.Batch.dtypes`)."""
-        # the scheduler asked once, after every count, as MXNet's multi-tensor updates do
-        base = self.base_lr() if any(t is not None for t in ts) else None
-        return [None if t is None else self.step(index, t, base, rule, pair)
-                for index, t, pair in zip(indices, ts, dtypes, strict=True)]
+        ``dtypes`` (:attr:`adam_plugin.dispatch.Batch.dtypes`); ``num_update`` is the
+        optimizer's before these counts.
+
+        Each parameter takes the learning rate at the ``num_update`` its own count left
+        (the largest count so far), as MXNet's ``Optimizer.update`` gives, which counts
+        and asks ``_get_lr`` parameter by parameter: the scheduler is asked once per run
+        of parameters that saw the same ``num_update``. Parameters stepped alike (the
+        same ``t``, ``lr`` and ``wd``) share one Step object.
+        """
+        params, out, made, base = self.optimizer.param_dict, [], {}, None
+        for index, t, pair in zip(indices, ts, dtypes, strict=True):
+            if t is None:
+                out.append(None)
+                continue
+            if base is None or t > num_update:  # num_update moves: a new run
+                num_update = max(num_update, t)
+                base, rates_of = self.base_lr(num_update), {}  # rates_of: for this run
+            param = params.get(index)  # a Trainer's: its multipliers, else by index
+            key = (index if param is None else (param.lr_mult, param.wd_mult), pair)
+            rates = _get(rates_of, key)
+            if rates is None:  # checked (an unhashable multiplier is refused there)
+                rates = rates_of[key] = self._rates(index, base, rule[1], pair, num_update)
+            step = made.get((t, rates))
+            if step is None:
+                step = made[t, rates] = Step(t, *rates, *rule[0])
+            out.append(step)
+        return out
 
     def rule(self, batch):
         """The Step's fields after ``t``, ``lr`` and ``wd``, and ``wd``, as the step of
@@ -85,42 +115,48 @@ class StepValues:
                                         checked[len(_RULE_FIELDS)]))
         return rule
 
-    def base_lr(self):
-        """The learning rate before ``lr_mult``: ``lr_scheduler(num_update)``, or ``lr``
-        without one; ``ValueError`` unless it is a number >= 0 and finite."""
+    def base_lr(self, num_update):
+        """The learning rate before ``lr_mult`` at ``num_update``: ``lr_scheduler(num_update)``,
+        or ``lr`` without one; ``ValueError`` unless it is a number >= 0 and finite."""
         opt = self.optimizer
-        value = opt.lr if opt.lr_scheduler is None else opt.lr_scheduler(opt.num_update)
+        value = opt.lr if opt.lr_scheduler is None else opt.lr_scheduler(num_update)
         key = ('lr', value, type(value))
         lr = self._remembered(key)
         if lr is None:
-            lr = self._remember(key, self._value('lr', value, None, opt.num_update, None,
-                                                 lambda: self._lr_source(value)))
+            lr = self._remember(key, self._value('lr', value, None, num_update, None,
+                                                 lambda: self._lr_source(value, num_update)))
         return lr
 
-    def _lr_source(self, base):
-        """Where the learning rate ``base`` came from, as error messages say it."""
+    def _lr_source(self, base, num_update):
+        """Where the learning rate ``base`` at ``num_update`` came from, as error messages
+        say it."""
         opt = self.optimizer
         if opt.lr_scheduler is None:
             return f"learning_rate {base!r}"
-        return (f"lr_scheduler({opt.num_update}), a {type(opt.lr_scheduler).__name__}, "
+        return (f"lr_scheduler({num_update}), a {type(opt.lr_scheduler).__name__}, "
                 f"returned {base!r}")
 
-    def step(self, index, t, base, rule, dtypes):
-        """The Step of parameter ``index``: its count ``t``, the learning rate ``base`` times
-        its ``lr_mult``, ``rule[1]`` (``wd``) times its ``wd_mult``, both checked in its
-        ``dtypes``, and ``rule[0]``."""
-        rest, base_wd = rule
+    def step(self, index, t, base, rule, dtypes, num_update):
+        """The Step of parameter ``index``: its count ``t``, the learning rate ``base`` (at
+        ``num_update``) times its ``lr_mult``, ``rule[1]`` (``wd``) times its ``wd_mult``,
+        both checked in its ``dtypes``, and ``rule[0]``."""
+        return Step(t, *self._rates(index, base, rule[1], dtypes, num_update), *rule[0])
+
+    def _rates(self, index, base, base_wd, dtypes, num_update):
+        """``(lr, wd)`` of parameter ``index``: ``base`` times its ``lr_mult``, ``base_wd``
+        times its ``wd_mult``, each checked in its ``dtypes``."""
         lr = _times(base, self._multiplier(index, 'lr_mult')[0])
         wd = _times(base_wd, self._multiplier(index, 'wd_mult')[0])
         key = (lr, type(lr), wd, type(wd), dtypes)
         rates = self._remembered(key)
         if rates is None:
             rates = self._remember(key, (
-                self._value('lr', lr, dtypes, self.optimizer.num_update, self.name(index),
-                            lambda: self._times_source(self._lr_source(base), index, 'lr_mult')),
-                self._value('wd', wd, dtypes, self.optimizer.num_update, self.name(index),
+                self._value('lr', lr, dtypes, num_update, self.name(index),
+                            lambda: self._times_source(self._lr_source(base, num_update),
+                                                       index, 'lr_mult')),
+                self._value('wd', wd, dtypes, num_update, self.name(index),
                             lambda: self._times_source(f"wd {base_wd!r}", index, 'wd_mult'))))
-        return Step(t, *rates, *rest)
+        return rates
 
     def _multiplier(self, index, kind, describe=False):
         """``(value, where)``: parameter ``index``'s ``kind``, ``'lr_mult'`` or
@@ -157,10 +193,7 @@ class StepValues:
     def _remembered(self, key):
         """What :meth:`_remember` kept for ``key``, or None (also for an unhashable value,
         which is checked, and refused, each time)."""
-        try:
-            return self._checked.get(key)
-        except TypeError:
-            return None
+        return _get(self._checked, key)
 
     def _remember(self, key, found):
         """Keep ``found`` for ``key`` (the last :data:`REMEMBERED` at most); return it."""

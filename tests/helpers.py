@@ -14,7 +14,8 @@ from adam_plugin import kernel, textbook
 # The kernel's variants this CPU runs (test_variants_follow_the_cpu checks the list).
 VARIANTS = [v for v in kernel.variants() if kernel.runs_here(v)] if kernel.LIBRARY else []
 
-ENTRY_POINTS = ('adam_float32', 'adam_float64', 'finite_float32', 'finite_float64')
+ENTRY_POINTS = ('adam_float32', 'adam_float64', 'finite_float32', 'finite_float64',
+                'checked_adam_float32', 'checked_adam_float64')
 
 
 def spy(monkeypatch, library, names, record):

@@ -66,15 +66,41 @@ def test_counted_counts_the_finite_and_gives_every_count_back_if_the_steps_raise
     opt = counting_optimizer()
     counts = StepCounts(opt)
     states = [[0], [0], [0]]
-    assert counts.counted((0, 1, 2), states, (True, False, True), list) == [1, None, 1]
+    assert counts.counted((0, 1, 2), states, (True, False, True),
+                          lambda ts, num_update: (ts, num_update)) == ([1, None, 1], 0)
     assert states == [[1], [0], [1]] and opt._index_update_count == {0: 1, 2: 1}
 
-    def refusing(ts):
+    def refusing(ts, num_update):
         raise ValueError('a learning rate that is not finite')
 
     with pytest.raises(ValueError, match='not finite'):
         counts.counted((0, 1, 2), states, (True, True, True), refusing)
     assert states == [[1], [0], [1]] and opt._index_update_count == {0: 1, 2: 1}
+    assert opt.num_update == 1
+
+
+def test_counted_first_gives_back_the_counts_of_the_parameters_left_untouched():
+    opt = counting_optimizer()
+    counts = StepCounts(opt)
+    states = [[0], [3], [0]]
+    applied = []
+
+    def apply(steps):
+        applied.append(steps)
+        return [True, False, True], [0, 0, 0]
+
+    steps, finite, _ = counts.counted_first((0, 1, 2), states, lambda ts, n: ts, apply)
+    assert applied == [[1, 4, 1]]  # every update counted before the step
+    assert steps == [1, None, 1] and finite == [True, False, True]
+    assert states == [[1], [3], [1]] and opt._index_update_count == {0: 1, 2: 1}
+    assert opt.num_update == 1
+
+    def failing(steps):
+        raise RuntimeError('MXNet refused a data pointer')
+
+    with pytest.raises(RuntimeError, match='refused'):
+        counts.counted_first((0, 1, 2), states, lambda ts, n: ts, failing)
+    assert states == [[1], [3], [1]] and opt._index_update_count == {0: 1, 2: 1}
     assert opt.num_update == 1
 
 
@@ -164,12 +190,28 @@ def test_a_step_takes_the_schedule_and_the_parameters_multipliers():
     values = StepValues(opt, name)
     batch = batch_of([(FLOAT32, FLOAT32)])
     rule = values.rule(batch)
-    step = values.step(0, 3, values.base_lr(), rule, (FLOAT32, FLOAT32))
+    step = values.step(0, 3, values.base_lr(2), rule, (FLOAT32, FLOAT32), 2)
     assert (step.t, step.lr, step.wd) == (3, 0.25, 0.2)
-    assert values.steps((0, 1), (None, 2), rule, [(FLOAT32, FLOAT32)] * 2)[0] is None
+    assert values.steps((0, 1), (None, 2), rule, [(FLOAT32, FLOAT32)] * 2, 1)[0] is None
     opt.lr_scheduler = lambda num_update: math.inf
-    with pytest.raises(ValueError, match=r"learning rate: inf at update 0 \(lr_scheduler\(0\)"):
-        values.base_lr()
+    with pytest.raises(ValueError, match=r"learning rate: inf at update 4 \(lr_scheduler\(4\)"):
+        values.base_lr(4)
+
+
+def test_each_parameter_takes_the_rate_at_the_num_update_its_count_left():
+    """Counted in order from num_update 3: p0 (t 2) and p1 (t 4) see 3 and 4, p2 (t 4) and
+    p3 (t 1) still 4, p4 (t 6) 6; the scheduler is asked once per run (3, 4, 6), and
+    parameters stepped alike share one Step."""
+    opt = MyAdam(learning_rate=0.5)
+    asked = []
+    opt.lr_scheduler = lambda num_update: asked.append(num_update) or 1.0 / num_update
+    values = StepValues(opt, name)
+    rule = values.rule(batch_of([(FLOAT32, FLOAT32)]))
+    steps = values.steps(range(6), (2, 4, 4, None, 1, 6), rule, [(FLOAT32, FLOAT32)] * 6, 3)
+    assert asked == [3, 4, 6]
+    assert [s and (s.t, s.lr) for s in steps] == [(2, 1 / 3), (4, 1 / 4), (4, 1 / 4), None,
+                                                   (1, 1 / 4), (6, 1 / 6)]
+    assert steps[1] is steps[2]
 
 
 def test_what_was_found_good_is_not_checked_again(monkeypatch):
@@ -180,10 +222,10 @@ def test_what_was_found_good_is_not_checked_again(monkeypatch):
     check = step_values.options.step_value
     monkeypatch.setattr(step_values.options, 'step_value',
                         lambda *args: checked.append(args[0]) or check(*args))
-    first = values.rule(batch), values.base_lr()
+    first = values.rule(batch), values.base_lr(0)
     assert 'beta1' in checked and 'lr' in checked
     checked.clear()
-    assert (values.rule(batch), values.base_lr()) == first and checked == []
+    assert (values.rule(batch), values.base_lr(0)) == first and checked == []
     opt.beta1 = 0.5  # a new value is checked
     values.rule(batch)
     assert 'beta1' in checked
@@ -222,10 +264,10 @@ class Values:
     def rule(self, batch):
         return 'rule'
 
-    def base_lr(self):
+    def base_lr(self, num_update):
         return 0.1
 
-    def step(self, index, t, base, rule, dtypes):
+    def step(self, index, t, base, rule, dtypes, num_update):
         return types.SimpleNamespace(t=t, lr=base)
 
 

@@ -369,7 +369,7 @@ def test_inspect_prints_what_the_file_holds(tmp_path):
             assert hyper[name] == value, name
     assert (hyper['lr'], hyper['rescale_grad']) == (opt.lr, opt.rescale_grad)
     assert set(hyper) == set(vars(opt)) - {'param_dict', '_layouts', '_carrier', '_bad',
-                                           '_engine', '_values',
+                                           '_engine', '_values', '_batches',
                                            '_counts',
                                            'lr_scheduler',
                                            'num_update', 'begin_num_update', 'num_skipped',

@@ -119,6 +119,7 @@ def test_update_on_kvstore_takes_the_kernel(kvstore, monkeypatch):
     seen, queued, on_the_calling_thread = [], [], []
     original_route, original_queue = dispatch.route, kernel.HandleTable.queue
     original_steps = kernel.HandleTable.adam_steps
+    original_checked = kernel.HandleTable.checked_steps
 
     def recording_route(layout, options):
         way = original_route(layout, options)
@@ -130,13 +131,15 @@ def test_update_on_kvstore_takes_the_kernel(kvstore, monkeypatch):
         queued.append(result is not None)
         return result
 
-    def recording_steps(buffers, steps):
+    def recording_steps(buffers, steps, original=original_steps):
         on_the_calling_thread.append(len(steps))
-        return original_steps(buffers, steps)
+        return original(buffers, steps)
 
     monkeypatch.setattr(dispatch, 'route', recording_route)
     monkeypatch.setattr(kernel.HandleTable, 'queue', recording_queue)
     monkeypatch.setattr(kernel.HandleTable, 'adam_steps', recording_steps)
+    monkeypatch.setattr(kernel.HandleTable, 'checked_steps',
+                        lambda buffers, steps: recording_steps(buffers, steps, original_checked))
     features, labels = linreg.make_dataset(**DATA)
     trained = linreg.train_trainer(features, labels, ctx=TWO, kvstore=kvstore,
                                    update_on_kvstore=True, **TRAIN)

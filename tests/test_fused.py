@@ -276,6 +276,8 @@ def taken(monkeypatch):
     monkeypatch.setattr(kernel.HandleTable, 'adam_steps', counting(
         'kernel', kernel.HandleTable.adam_steps,
         lambda self, steps: sum(s is not None for s in steps)))
+    monkeypatch.setattr(kernel.HandleTable, 'checked_steps', counting(
+        'kernel', kernel.HandleTable.checked_steps, lambda self, steps: len(steps)))
     monkeypatch.setattr(dispatch, 'operator_step', counting(
         'operator', dispatch.operator_step, lambda *args: 1))
     monkeypatch.setattr(dispatch, 'textbook_step', counting(
@@ -478,6 +480,18 @@ def test_a_kernel_built_with_other_columns_warns_and_is_none(monkeypatch):
         f"adam_plugin/_kernel.cpp: its constants' columns ({' '.join(columns)}) are not this "
         f"package's ({' '.join(kernel.COLUMNS)}); reinstalling the package rebuilds it. CPU "
         "parameters take MXNet's adam_update where it is exact, else the slower textbook path")
+
+
+def test_a_library_without_an_entry_point_warns_and_is_none(monkeypatch):
+    """A library that lacks a function the package calls (built from an older
+    _kernel.cpp with the same columns; here one more name asked for) is not used."""
+    monkeypatch.setattr(kernel, 'ENTRY_POINTS', kernel.ENTRY_POINTS + ('checked_adam_float8',))
+    with pytest.warns(RuntimeWarning) as warned:
+        assert kernel.load() is None
+    assert str(warned[0].message).startswith(
+        f"adam_plugin: the compiled kernel {kernel.PATH} was built from another "
+        "adam_plugin/_kernel.cpp: it lacks checked_adam_float8; reinstalling the package "
+        "rebuilds it.")
 
 
 def test_a_library_without_columns_warns_and_is_none():
@@ -720,9 +734,9 @@ def test_a_fresh_load_of_the_kernel_steps_as_the_textbook(dtype, monkeypatch, rn
     weights, grads = inputs(rng, dtype, SHAPES[:3])
     calls = record_calls(monkeypatch, library)
     fast = run(CONFIGS['everything'], dtype, True, True, weights, grads)
-    # per step: the gradients' check, then the update (which checks the second moments
-    # it writes in the same pass)
-    assert [name for name, _ in calls] == [f'finite_{dtype}', f'adam_{dtype}'] * STEPS
+    # per step (nonfinite='skip'): one call, which checks each gradient just before its
+    # update, and the second moments it writes in the same pass
+    assert [name for name, _ in calls] == [f'checked_adam_{dtype}'] * STEPS
     slow = run(CONFIGS['everything'], dtype, False, True, weights, grads)
     for f, s in zip(fast, slow, strict=True):
         np.testing.assert_allclose(f, s, **FUSED_TOL[dtype])

@@ -13,7 +13,11 @@ import pytest
 from mxnet import gluon, nd
 
 from adam_plugin import MyAdam, kernel
-from helpers import ENTRY_POINTS, record_calls, spy
+from helpers import record_calls, spy
+
+# The calls of one step's list of one dtype, per nonfinite mode: under 'skip' the kernel
+# checks each gradient in its step; under 'raise' every gradient is checked first.
+CALLS = {'skip': ['checked_adam_{}'], 'raise': ['finite_{}', 'adam_{}']}
 
 
 @pytest.fixture
@@ -38,15 +42,17 @@ def _step(params, trainer):
     trainer.step(1)
 
 
+@pytest.mark.parametrize('nonfinite', ['skip', 'raise'])
 @pytest.mark.parametrize('amsgrad', [False, True])
-def test_one_kernel_call_per_dtype_per_step(calls, amsgrad):
+def test_one_kernel_call_per_dtype_per_step(calls, amsgrad, nonfinite):
     layout = [((3, 4), 'float32'), ((7,), 'float64'), ((5,), 'float32'), ((2, 2), 'float32'),
               ((6,), 'float64')]
-    params, trainer = _trainer(layout, amsgrad=amsgrad)
+    params, trainer = _trainer(layout, amsgrad=amsgrad, nonfinite=nonfinite)
     for step in range(1, 4):
         _step(params, trainer)
         names = sorted(name for name, _ in calls)
-        assert names == sorted(ENTRY_POINTS * step)
+        assert names == sorted([name.format(dtype) for dtype in ('float32', 'float64')
+                                for name in CALLS[nonfinite]] * step)
     for name, args in calls:  # args[0]: how many parameters the call covers
         assert args[0] == (3 if name.endswith('32') else 2)
     for p in params:  # and the step was taken
@@ -61,17 +67,19 @@ SIZES = [  # (parameter sizes in one call, threads the call must ask for)
 ]
 
 
+@pytest.mark.parametrize('nonfinite', ['skip', 'raise'])
 @pytest.mark.parametrize('sizes,threads', SIZES, ids=[str(s) for s, _ in SIZES])
-def test_threads_asked_for_follow_the_size_of_the_call(calls, monkeypatch, sizes, threads):
+def test_threads_asked_for_follow_the_size_of_the_call(calls, monkeypatch, sizes, threads,
+                                                       nonfinite):
     monkeypatch.setattr(kernel, 'THREADS', 3)
     expected = 3 if threads == 'THREADS' else threads
-    opt = MyAdam(learning_rate=0.1)
+    opt = MyAdam(learning_rate=0.1, nonfinite=nonfinite)
     weights = [nd.ones((n,)) for n in sizes]
     grads = [nd.full((n,), 0.5) for n in sizes]
     states = [opt.create_state(i, w) for i, w in enumerate(weights)]
     opt.update(list(range(len(sizes))), weights, grads, states)
-    assert [name for name, _ in calls] == ['finite_float32', 'adam_float32']
-    assert [args[-1] for _, args in calls] == [expected, expected]
+    assert [name for name, _ in calls] == [name.format('float32') for name in CALLS[nonfinite]]
+    assert [args[-1] for _, args in calls] == [expected] * len(CALLS[nonfinite])
     for w in weights:
         np.testing.assert_allclose(w.asnumpy(), 0.9, rtol=1e-6)
 
@@ -109,21 +117,23 @@ def test_a_large_step_starts_the_helper_threads(threads):
     assert after - before == threads - 1  # the pool's helpers; the caller is the last one
 
 
-def test_a_lazy_step_covers_the_rows_present_only(monkeypatch):
+@pytest.mark.parametrize('nonfinite', ['skip', 'raise'])
+def test_a_lazy_step_covers_the_rows_present_only(monkeypatch, nonfinite):
     """The kernel is handed the gradient's rows, not the weight: elements stepped (and
     checked) = rows present x row length, here 3 x 8 of a 100000 x 8 weight."""
     import ctypes
     sizes = []
 
-    def record(name, args):  # args[2]: the sizes, in both
+    def record(name, args):  # args[2]: the sizes, in each
         sizes.append((name, np.ctypeslib.as_array(
             ctypes.cast(args[2], ctypes.POINTER(ctypes.c_int64)), (args[0],)).tolist()))
-    spy(monkeypatch, kernel.LIBRARY, ('adam_float32', 'finite_float32'), record)
-    opt = MyAdam(learning_rate=0.1)
+    spy(monkeypatch, kernel.LIBRARY, ('adam_float32', 'finite_float32', 'checked_adam_float32'),
+        record)
+    opt = MyAdam(learning_rate=0.1, nonfinite=nonfinite)
     weight = nd.ones((100_000, 8))
     grad = nd.sparse.row_sparse_array((nd.ones((3, 8)), nd.array([5, 70, 99_999], dtype='int64')),
                                       shape=(100_000, 8))
     opt.update(0, weight, grad, opt.create_state(0, weight))
-    assert sorted(sizes) == [('adam_float32', [24]), ('finite_float32', [24])]
+    assert sorted(sizes) == sorted((name.format('float32'), [24]) for name in CALLS[nonfinite])
     changed = np.flatnonzero((weight.asnumpy() != 1).any(axis=1))
     assert changed.tolist() == [5, 70, 99_999]

@@ -129,3 +129,33 @@ def test_begin_num_update_starts_the_state_s_count():
         want = oracle.step(0, want, grad('always', t))
     assert state[-1] == [begin + 3] and opt.num_update == begin + 3
     np.testing.assert_allclose(weight.asnumpy(), want, **TOL['float32'])
+
+
+def test_a_parameter_counted_before_num_update_moves_keeps_the_rate_it_saw():
+    """In one update call, 'behind' (first in the list, one update behind) is counted
+    while num_update is still 1, then 'ahead' moves it to 2: each takes the scheduler's
+    rate at the num_update its own count left, as MXNet's Adam (one _get_lr after each
+    count) gives; one rate after all counts would give 'behind' schedule(2)."""
+    params = [gluon.Parameter(name, shape=(3,)) for name in ('behind', 'ahead')]
+    for param in params:
+        param.initialize(mx.init.Constant(0.0))
+        param.set_data(nd.array(W0))
+    scheduler = mx.lr_scheduler.CosineScheduler(max_update=12, base_lr=LR)
+    trainer = gluon.Trainer(params, 'myadam', {'learning_rate': LR, 'lr_scheduler': scheduler})
+    g = {name: grad('always', t) for t, name in enumerate(('behind', 'ahead'), 1)}
+    for active in (['ahead'], ['behind', 'ahead']):
+        for param in params:
+            param.grad_req = 'write' if param.name in active else 'null'
+            if param.name in active:
+                param.grad()[:] = g[param.name]
+                param.data()._fresh_grad = True  # pylint: disable=protected-access
+        trainer.step(1)
+    assert trainer.optimizer._index_update_count == {0: 1, 1: 2}
+    assert schedule(1) != pytest.approx(schedule(2), rel=1e-3)
+    behind = NumpyAdam(lr_at=lambda t: schedule(1)).step('w', W0, g['behind'])
+    at = iter([schedule(1), schedule(2)])  # 'ahead' saw num_update 1, then 2
+    ahead = NumpyAdam(lr_at=lambda t: next(at))
+    want = ahead.step('w', ahead.step('w', W0, g['ahead']), g['ahead'])
+    for param, w in zip(params, (behind, want), strict=True):
+        np.testing.assert_allclose(param.data().asnumpy(), w, err_msg=param.name,
+                                   **TOL['float32'])
