@@ -411,7 +411,7 @@ class Batches:
     MXNet's Updater hands the same weight, gradient and state objects at every step (one
     list per device, or per set of parameters with fresh gradients under
     ``ignore_stale_grad``): the Batch made for a list of several parameters is kept, the
-    last :data:`KEPT` in all, and reused while the same indices come with the same
+    last :data:`BATCHES_KEPT` in all, and reused while the same indices come with the same
     objects and the options :func:`route` reads are the same. A Batch with a row_sparse
     array is made anew at each call (its rows change), and so is one of a single
     parameter (the KVStore's callback hands new weight objects at every call).
@@ -445,11 +445,11 @@ class Batches:
                       lambda i: self._name(indices[i]))
         if several and batch.reusable:
             self._kept.insert(0, (key, arrays, batch))
-            del self._kept[KEPT:]
+            del self._kept[BATCHES_KEPT:]
         return batch
 
 
-KEPT = 8  # the Batches that Batches keeps
+BATCHES_KEPT = 8  # the Batches that Batches keeps
 
 # The options route() and Batch read of the optimizer.
 _ROUTE_OPTIONS = operator.attrgetter('fused', 'amsgrad', 'yogi', 'decoupled_wd', 'epsilon_mode',

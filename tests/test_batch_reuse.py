@@ -2,7 +2,7 @@
 
 A Trainer's Updater hands the same weight, gradient and state objects at every step, and
 the update call reuses what it made of them. Each test runs the same steps twice, once
-as it is and once with nothing kept (``dispatch.KEPT = 0``), and asks for bitwise equal
+as it is and once with nothing kept (``dispatch.BATCHES_KEPT = 0``), and asks for bitwise equal
 weights and states: an object replaced between steps, an option changed, the kernel
 gone, must each be seen, and a row_sparse gradient's rows read afresh.
 """
@@ -53,7 +53,7 @@ def direct_run(change, steps=4, amsgrad=True, **options):
 def same_as_fresh(monkeypatch, run, *args, **kwargs):
     """``run(*args, **kwargs)`` gives bitwise what it gives with nothing reused."""
     reused = run(*args, **kwargs)
-    monkeypatch.setattr(dispatch, 'KEPT', 0)
+    monkeypatch.setattr(dispatch, 'BATCHES_KEPT', 0)
     fresh = run(*args, **kwargs)
     assert len(reused) == len(fresh)
     for got, want in zip(reused, fresh, strict=True):
@@ -204,7 +204,7 @@ def test_a_trainers_loop_gives_what_it_gives_without_reuse(monkeypatch, made, ct
 
 def test_ignore_stale_grads_subsets_keep_only_the_last_kept(monkeypatch):
     """Every subset of parameters with fresh gradients is a list of its own: no more
-    than KEPT Batches are kept in all."""
+    than BATCHES_KEPT Batches are kept in all."""
     params = [gluon.Parameter(f'p{i}', shape=(2,)) for i in range(7)]
     for p in params:
         p.initialize(mx.init.One())
@@ -214,5 +214,5 @@ def test_ignore_stale_grads_subsets_keep_only_the_last_kept(monkeypatch):
             p.grad()[:] = 1.0
             p.data()._fresh_grad = bool(mask >> i & 1)  # pylint: disable=protected-access
         trainer.step(1, ignore_stale_grad=True)
-    assert len(trainer.optimizer._batches._kept) <= dispatch.KEPT
+    assert len(trainer.optimizer._batches._kept) <= dispatch.BATCHES_KEPT
     assert trainer.optimizer._index_update_count[0] == 2 ** (len(params) - 1) // 2
