@@ -29,7 +29,7 @@ def adam_folded(params, vs, sqrs, lr, batch_size, t):
     root = math.sqrt(1 - beta2 ** t)
     lr_t = lr * root / (1 - beta1 ** t)
     eps_t = eps_stable * root
-    for param, v, sqr in zip(params, vs, sqrs, strict=True):
+    for param, v, sqr in zip(params, vs, sqrs):
         g = param.grad / batch_size
         v[:] = beta1 * v + (1 - beta1) * g
         sqr[:] = beta2 * sqr + (1 - beta2) * g.square()

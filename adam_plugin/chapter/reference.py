@@ -34,7 +34,7 @@ def adam(params, vs, sqrs, lr, batch_size, t):
     beta1 = 0.9
     beta2 = 0.999
     eps_stable = 1e-8
-    for param, v, sqr in zip(params, vs, sqrs, strict=True):
+    for param, v, sqr in zip(params, vs, sqrs):
         g = param.grad / batch_size
         v[:] = beta1 * v + (1 - beta1) * g
         sqr[:] = beta2 * sqr + (1 - beta2) * g.square()
