@@ -412,7 +412,8 @@ class Batches:
     list per device, or per set of parameters with fresh gradients under
     ``ignore_stale_grad``): the Batch made for a list of several parameters is kept, the
     last :data:`BATCHES_KEPT` in all, and reused while the same indices come with the same
-    objects and the options :func:`route` reads are the same. A Batch with a row_sparse
+    objects and the options :func:`route` reads are the same; a new one for the same
+    indices on the same device replaces the old one. A Batch with a row_sparse
     array is made anew at each call (its rows change), and so is one of a single
     parameter (the KVStore's callback hands new weight objects at every call).
 
@@ -426,7 +427,7 @@ class Batches:
 
     def __init__(self, layouts, name):
         self.layouts, self._name = layouts, name
-        self._kept = []  # (key, arrays, Batch), the newest first
+        self._kept = []  # ((indices, device), key, arrays, Batch), the newest first
 
     def __call__(self, optimizer, indices, weights, grads, states, multi_precision):
         """The :class:`Batch` of an update call (see :class:`Batch` for the arguments,
@@ -435,7 +436,7 @@ class Batches:
         if several:
             key = (multi_precision, _ROUTE_OPTIONS(optimizer), kernel.LIBRARY, tuple(indices))
             arrays = (*weights, *grads, *states)
-            for kept_key, kept_arrays, batch in self._kept:
+            for _, kept_key, kept_arrays, batch in self._kept:
                 if (kept_key == key and len(kept_arrays) == len(arrays)
                         and all(map(operator.is_, kept_arrays, arrays))):
                     return batch
@@ -444,8 +445,11 @@ class Batches:
         batch = Batch(optimizer, layouts, weights, grads, states, multi_precision,
                       lambda i: self._name(indices[i]))
         if several and batch.reusable:
-            self._kept.insert(0, (key, arrays, batch))
-            del self._kept[BATCHES_KEPT:]
+            # A Batch for the same parameters on the same device is replaced, not kept
+            # beside this one: its arrays (a net cast or moved, states loaded) are gone.
+            place = (tuple(indices), weights[0].context)
+            self._kept = ([(place, key, arrays, batch)]
+                          + [kept for kept in self._kept if kept[0] != place])[:BATCHES_KEPT]
         return batch
 
 

@@ -6,6 +6,7 @@ as it is and once with nothing kept (``dispatch.BATCHES_KEPT = 0``), and asks fo
 weights and states: an object replaced between steps, an option changed, the kernel
 gone, must each be seen, and a row_sparse gradient's rows read afresh.
 """
+import operator
 import warnings
 
 import mxnet as mx
@@ -183,7 +184,7 @@ def trainer_run(ctx, sparse, update_on_kvstore, steps=6):
         if step % 2:
             for p in params[1:-2]:
                 for d in p.list_data():
-                    d._fresh_grad = False  # pylint: disable=protected-access
+                    d._fresh_grad = False
         if step == 3:
             params[-1].list_grad()[0][0] = np.nan
         with warnings.catch_warnings():
@@ -212,7 +213,24 @@ def test_ignore_stale_grads_subsets_keep_only_the_last_kept(monkeypatch):
     for mask in range(1, 2 ** len(params) // 2):
         for i, p in enumerate(params):
             p.grad()[:] = 1.0
-            p.data()._fresh_grad = bool(mask >> i & 1)  # pylint: disable=protected-access
+            p.data()._fresh_grad = bool(mask >> i & 1)
         trainer.step(1, ignore_stale_grad=True)
     assert len(trainer.optimizer._batches._kept) <= dispatch.BATCHES_KEPT
     assert trainer.optimizer._index_update_count[0] == 2 ** (len(params) - 1) // 2
+
+
+def test_new_arrays_for_the_same_parameters_replace_the_kept_batch():
+    """A net whose arrays are made anew (cast, moved, reinitialised) leaves no Batch that
+    holds the old ones alive: the one for the same parameters on the same device is
+    replaced; another device's is kept beside it."""
+    opt = MyAdam(learning_rate=0.1)
+    weights_of = {}
+    for ctx in (mx.cpu(0), mx.cpu(0), mx.cpu(1)):
+        weights = weights_of[ctx] = [nd.ones((3,), ctx=ctx) for _ in range(2)]
+        states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+        opt.update([0, 1], weights, [nd.ones((3,), ctx=ctx) for _ in weights], states)
+    kept_weights = [arrays[:2] for _, _, arrays, _ in opt._batches._kept]
+    expected = [weights_of[mx.cpu(1)], weights_of[mx.cpu(0)]]  # newest first
+    assert len(kept_weights) == len(expected)
+    for kept, weights in zip(kept_weights, expected, strict=True):
+        assert all(map(operator.is_, kept, weights))

@@ -148,7 +148,7 @@ def test_a_parameter_counted_before_num_update_moves_keeps_the_rate_it_saw():
             param.grad_req = 'write' if param.name in active else 'null'
             if param.name in active:
                 param.grad()[:] = g[param.name]
-                param.data()._fresh_grad = True  # pylint: disable=protected-access
+                param.data()._fresh_grad = True
         trainer.step(1)
     assert trainer.optimizer._index_update_count == {0: 1, 1: 2}
     assert schedule(1) != pytest.approx(schedule(2), rel=1e-3)
