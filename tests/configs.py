@@ -113,8 +113,8 @@ def finite_in(value, dtype):
 
 # rescale_grad values that some dtypes must refuse (Trainer.step(batch_size) sets
 # 1 / batch_size): Inf in float32 but not in float64, 0 in float32 but not in float64,
-# and ordinary ones that every dtype takes.
-RESCALE_GRADS = [1e39, 3.5e38, 1e-46, 1e-300, 0.5, 1e30, 1e-30]
+# and ones that every dtype takes (gradients of 2 at most keep a float16 moment finite).
+RESCALE_GRADS = [1e39, 3.5e38, 1e-46, 1e-300, 0.5, 1e3, 1e-30]
 
 # Learning rates finite in float64 and Inf in the float32 that float32 and float16
 # parameters are computed in: the step would multiply by Inf (NaN weights where u = 0).

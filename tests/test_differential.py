@@ -39,7 +39,7 @@ import numpy as np
 import pytest
 import mxnet as mx
 from mxnet import gluon, nd
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from adam_plugin import MyAdam, dispatch, fused
 from conftest import THOROUGH
@@ -648,7 +648,7 @@ def check_case(case):
 @pytest.mark.filterwarnings('ignore::RuntimeWarning')
 @pytest.mark.parametrize('sparse', [False, True], ids=['dense', 'row_sparse'])
 @pytest.mark.parametrize('storage', list(STORAGES))
-@examples(6)
+@examples(12)
 @given(data=st.data())
 def test_every_kernel_run_equals_the_textbook(storage, sparse, data):
     check_case(data.draw(cases(storage, sparse)))
@@ -788,3 +788,123 @@ def test_the_queued_kvstore_step_equals_the_textbook(storage, data):
         for a, b in zip(flat_state(updater.states[i]), flat_state(states[i])):
             if case.storage in BITWISE:
                 assert_bitwise(a.asnumpy(), b.asnumpy(), f'state of parameter {i}')
+
+
+# --- values each call checks in the dtypes it steps: the registry's error inputs ---------------
+
+DTYPE_SETS = [('float32',), ('float64',), ('float16',), ('float32', 'float64'),
+              ('float16', 'float64'), ('float16', 'float32', 'float64')]
+
+
+def one_call(opt, dtypes, indices):
+    """A call stepping one fresh parameter of each dtype; returns (error, weights before,
+    weights after)."""
+    weights = [nd.array([0.5, -1.0, 0.0], dtype=d) for d in dtypes]
+    grads = [nd.array([1.0, 0.0, -2.0], dtype=d) for d in dtypes]
+    states = [opt.create_state_multi_precision(i, w) for i, w in zip(indices, weights)]
+    before = [w.asnumpy() for w in weights]
+    try:
+        opt.update_multi_precision(indices, weights, grads, states)
+    except ValueError as err:
+        return err, before, [w.asnumpy() for w in weights]
+    return None, before, [w.asnumpy() for w in weights]
+
+
+@pytest.mark.filterwarnings('ignore:Accumulating with float16:UserWarning')
+@examples(15)
+@given(fused_flag=st.booleans(), value=st.sampled_from(RESCALE_GRADS),
+       calls=st.lists(st.sampled_from(DTYPE_SETS), min_size=2, max_size=5))
+@example(fused_flag=True, value=1e39, calls=[('float64',), ('float32',)])
+@example(fused_flag=False, value=1e-46, calls=[('float64',), ('float16', 'float64')])
+def test_rescale_grad_is_checked_in_every_dtype_of_every_call(fused_flag, value, calls):
+    """One optimizer, ``rescale_grad`` (as Trainer.step sets it) and calls of parameters of
+    several dtypes: a call whose dtypes cannot hold the value (Inf or 0 in float32, which
+    float16 parameters are computed in) is refused, naming it, and changes nothing, however
+    often the value passed for other dtypes before; the others step, finite."""
+    opt = MyAdam(learning_rate=0.1, fused=fused_flag)
+    opt.rescale_grad = value
+    for n, dtypes in enumerate(calls):
+        indices = [10 * n + i for i in range(len(dtypes))]
+        error, before, after = one_call(opt, dtypes, indices)
+        if all(finite_in(value, d) for d in dtypes):
+            assert error is None, (dtypes, value)
+            assert all(np.isfinite(w).all() for w in after)
+            assert all(opt._index_update_count[i] == 1 for i in indices)
+        else:
+            assert error is not None and str(error).startswith(
+                f"myadam: Invalid rescale_grad: {value!r} at update "), (dtypes, value)
+            for w, b in zip(after, before):
+                np.testing.assert_array_equal(w, b)
+            assert not any(i in opt._index_update_count for i in indices)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "adam_plugin/optimizer.py MyAdam._checked_lr checks the learning rate as a Python float "
+    "only: 1e39 is finite there and Inf in the float32 that float32 and float16 parameters "
+    "are computed in, so the step multiplies by Inf: NaN where u = 0, -Inf/Inf elsewhere, "
+    "and no error (rescale_grad is checked in the dtype, _check_rescale_grad)"))
+@pytest.mark.filterwarnings('ignore:Accumulating with float16:UserWarning')
+@pytest.mark.parametrize('fused_flag', [True, False], ids=['kernel', 'textbook'])
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+@pytest.mark.parametrize('lr', LEARNING_RATES_INF_IN_FLOAT32)
+def test_a_learning_rate_inf_in_the_dtype_is_refused(lr, dtype, fused_flag):
+    opt = MyAdam(learning_rate=lr, fused=fused_flag)
+    error, before, after = one_call(opt, (dtype,), [0])
+    np.testing.assert_array_equal(after[0], before[0])
+    assert error is not None and 'Invalid learning rate' in str(error)
+
+
+def test_a_learning_rate_finite_in_float64_steps_float64_parameters():
+    """The other side of the case above: 1e39 is a learning rate float64 holds."""
+    opt = MyAdam(learning_rate=1e39)
+    error, before, after = one_call(opt, ('float64',), [0])
+    assert error is None
+    np.testing.assert_allclose(after[0], before[0] - 1e39 * np.sign([1.0, 0.0, -2.0]), rtol=1e-6)
+
+
+# --- the real sizes: 2^18-element pieces, the 2^20-element thread threshold ---------------------
+
+def real_size_case(storage, event, options):
+    """Two parameters past the real thresholds, on the production settings with three and two
+    threads: a dense one of PARALLEL_MIN + 1001 elements (four pieces and more, several
+    threads), and a lazy row_sparse one of 40000 stored rows of 7 (280000 elements: 2^18 is
+    not a multiple of 7, so the second piece starts inside a row), the event (NaN, or an
+    overflow in float16 block 200 of 1025) in the dense one."""
+    dtype, master = STORAGES[storage]
+    state = np.float32 if master else dtype
+    rng = np.random.default_rng(7)
+    options = dict(options, multi_precision=master, lazy_update=True, nonfinite='skip')
+    case = Case(storage, options, [], set(), set(), exact_ties=False,
+                runs=[(VARIANTS[0], 3, PIECE, fused.PARALLEL_MIN),
+                      (VARIANTS[-1], 2, PIECE, fused.PARALLEL_MIN)])
+    for shape, rows in (((fused.PARALLEL_MIN + 1001,), None),
+                        ((50_000, 7), np.sort(rng.choice(50_000, 40_000, replace=False)))):
+        w = magnitudes(rng, shape, 1e-3, 10.0).astype(dtype)
+        g_shape = shape if rows is None else (len(rows),) + shape[1:]
+        mw = (w.astype(np.float32) * np.float32(1.00001)) if master else None
+        case.params.append(Param(
+            shape, 'dense', rows, mw.astype(np.float16) if master else w,
+            magnitudes(rng, g_shape, 1e-4, 50.0).astype(dtype),
+            magnitudes(rng, shape, 1e-4, 10.0).astype(state),
+            np.abs(magnitudes(rng, shape, 1e-6, 100.0)).astype(state),
+            np.abs(magnitudes(rng, shape, 1e-6, 100.0)).astype(state), mw, 5))
+    dense = case.params[0]
+    if event == 'nonfinite':
+        dense.g[PIECE - 1] = np.nan  # the last element of the first piece
+        case.bad.add(0)
+    elif event == 'overflow':
+        case.options['rescale_grad'] = 1e17 if master else 1.0
+        dense.g[200 * BLOCK + 17] = overflow_value(case)
+        case.overflow.add(0)
+    return case
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::RuntimeWarning')
+@pytest.mark.parametrize('event', [None, 'nonfinite', 'overflow'])
+@pytest.mark.parametrize('storage', list(STORAGES))
+def test_real_sizes_equal_the_textbook(storage, event):
+    options = dict(learning_rate=0.01, beta1=0.85, beta2=0.995, epsilon=1e-4,
+                   epsilon_mode='hat', amsgrad=True, yogi=True, decoupled_wd=False, wd=0.1,
+                   rescale_grad=0.5, clip_gradient=None)
+    check_case(real_size_case(storage, event, options))

@@ -1,0 +1,648 @@
+"""Mutation testing where mutmut cannot reach: the compiled kernel and the launcher, and one
+planted bug of each class of issue #30's audit.
+
+Run from the repository's root with the development environment (``make .venv/.installed``);
+``make mutants`` runs it after mutmut::
+
+    .venv/bin/python tests/mutate.py                 # every mutant; prints the score
+    .venv/bin/python tests/mutate.py --list          # the mutants, one a line
+    .venv/bin/python tests/mutate.py ID...           # only these (ids or parts of names)
+    .venv/bin/python tests/mutate.py --doc docs/mutants.md   # and writes the result there
+
+The mutants: one bug of each class the audit of #30 planted by hand (:data:`ISSUE`), and
+systematic ones generated from the sources: in the kernel's loops (:data:`KERNEL_REGIONS`)
+each comparison flipped (``<`` and ``<=``, ``>`` and ``>=``, ``==`` and ``!=``), each integer
+constant off by one, each ``if`` condition made always true and always false, each flag a
+loop accumulates (``&=``, ``|=``) made to keep the last value only, each ``std::min`` and
+``std::max`` bound dropped; in the launcher's functions the same, on Python's syntax tree.
+
+How: the files of the working tree (tracked and new, not ignored) are copied to a temporary
+directory. The kernel is built there once by ``setup.py build_ext``, whose compile and link
+commands are recorded; each kernel mutant is compiled by those same commands, the next one
+while the current one is tested. A mutant whose machine code (the library's ``.text``,
+``.rodata`` and ``.data``) equals the original's is reported as such without running tests.
+Each mutant is applied to the copy alone and the quick tier (``-m "not slow"``) of the test
+files that reach its code runs against the copy (``PYTHONPATH``), stopping at the first
+failure, with Hypothesis's ``mutate`` profile (tests/conftest.py: the same examples, no
+shrinking) and a time limit. A mutant is killed when a test fails (the first failing test
+is reported), the tests crash or they run out of time; else it survived. Survivors that
+are argued equivalent in :data:`EQUIVALENT` are reported with the argument.
+"""
+import argparse
+import ast
+import concurrent.futures
+import dataclasses
+import datetime
+import hashlib
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNEL = 'adam_plugin/_kernel.cpp'
+LIBRARY = 'adam_plugin/libadam_kernel.so'
+LAUNCHER = 'adam_plugin/scaleout/launch.py'
+
+# The quick tier's files that reach each source, the most discriminating first (-x stops
+# at the first failure, so a killed mutant rarely runs the rest).
+KERNEL_TESTS = ['tests/test_differential.py', 'tests/test_kernel_nonfinite.py',
+                'tests/test_precision.py', 'tests/test_sparse.py', 'tests/test_fused.py',
+                'tests/test_yogi.py', 'tests/test_queued.py', 'tests/test_kernel_calls.py',
+                'tests/test_nonfinite.py', 'tests/test_properties.py']
+TESTS = {
+    KERNEL: KERNEL_TESTS,
+    'adam_plugin/fused.py': KERNEL_TESTS,
+    'adam_plugin/optimizer.py': ['tests/test_differential.py', 'tests/test_nonfinite.py',
+                                 'tests/test_validation.py'],
+    'adam_plugin/options.py': ['tests/test_bookkeeping.py', 'tests/test_checkpoint_checked.py',
+                               'tests/test_checkpoint.py'],
+    'adam_plugin/checkpoint/__init__.py': ['tests/test_bookkeeping.py',
+                                           'tests/test_checkpoint_allowed.py'],
+    'adam_plugin/checkpoint/safe.py': ['tests/test_bookkeeping.py',
+                                       'tests/test_checkpoint_bounded.py',
+                                       'tests/test_checkpoint_attacks.py'],
+    'adam_plugin/chapter/exercises.py': ['tests/test_chapter_formula.py', 'tests/test_chapter.py'],
+    LAUNCHER: ['tests/test_launcher_units.py', 'tests/test_launch.py'],
+}
+
+
+@dataclasses.dataclass
+class Mutant:
+    path: str  # relative to the repository
+    line: int  # 1-based: the first line changed
+    old: str  # the lines as they are (one, or those of a condition over several)
+    new: str  # the same lines mutated
+    kind: str  # 'issue: ...', or the systematic family
+    region: str  # the function it is in
+
+    def apply(self, text):
+        lines = text.splitlines(keepends=True)
+        count = len(self.old.splitlines())
+        assert ''.join(lines[self.line - 1:self.line - 1 + count]) == self.old, self
+        lines[self.line - 1:self.line - 1 + count] = [self.new]
+        return ''.join(lines)
+
+    occurrence: int = 0  # of the same change in the same region (set by number())
+
+    @property
+    def id(self):
+        text = (f'{self.path}\0{self.region}\0{self.old.strip()}\0{self.new.strip()}\0'
+                f'{self.occurrence}')
+        return hashlib.sha1(text.encode()).hexdigest()[:7]
+
+    @property
+    def name(self):
+        return f'{os.path.basename(self.path)}:{self.region}: {self.new.strip()}'
+
+
+# --- one bug of each class of #30, planted by hand --------------------------------------------
+# (class, file, the text as it is, the text planted): the text occurs once in the file.
+ISSUE = [
+    ('1: float16 overflow in a block but the last not reported', KERNEL,
+     'finite &= !nonfinite_range(reinterpret_cast<const uint16_t *>(a.v + lo), 0, count);',
+     'finite = !nonfinite_range(reinterpret_cast<const uint16_t *>(a.v + lo), 0, count);'),
+    ('2: lazy pieces that start inside a row write the wrong elements', KERNEL,
+     'finite &= variant.adam(span(p, rows[p][i] * length + j, at), k, count,',
+     'finite &= variant.adam(span(p, rows[p][i] * length, at), k, count,'),
+    ('3: a lazy gradient of a 3-D weight steps the wrong rows', 'adam_plugin/fused.py',
+     'length = math.prod(shape[1:])',
+     'length = shape[1] if len(shape) > 1 else 1'),
+    ("4: Yogi's sign at g * g == v", KERNEL,
+     'v = v + step2 * (C(g2 > v) - C(g2 < v));',
+     'v = v + step2 * (C(g2 >= v) - C(g2 < v));'),
+    ('5: the rescale_grad check remembered across dtypes', 'adam_plugin/optimizer.py',
+     'and checked[1] == dtypes):',
+     '):'),
+    ('6: num_update below a per-device count loads', 'adam_plugin/options.py',
+     "highest = max([count for device in state['_all_index_update_counts'].values()",
+     "highest = max([count for device in [] for count in device.values()] and ["),
+    ('7: leaving safe_globals removes classes allowed before', 'adam_plugin/checkpoint/__init__.py',
+     '_ALLOWED_CLASSES[:] = before',
+     '_ALLOWED_CLASSES[:] = [c for c in _ALLOWED_CLASSES if c not in classes]'),
+    ("8: the pre-scan's bound: depths propagated again", 'adam_plugin/checkpoint/safe.py',
+     'if depth > nest.depth:',
+     'if depth > nest.depth or nest.holders:'),
+    ("9: adam_folded's epsilon divided", 'adam_plugin/chapter/exercises.py',
+     'eps_t = eps_stable * root',
+     'eps_t = eps_stable / root'),
+]
+
+
+def issue_mutants():
+    out = []
+    for kind, path, old, new in ISSUE:
+        lines = read(path).splitlines(keepends=True)
+        hits = [i for i, line in enumerate(lines) if old in line]
+        if len(hits) != 1:
+            raise SystemExit(f'mutate.py: {old!r} occurs {len(hits)} times in {path}, not once')
+        at = hits[0]
+        out.append(Mutant(path, at + 1, lines[at], lines[at].replace(old, new), f'issue {kind}',
+                          'issue'))
+    return out
+
+
+# --- the kernel's loops, mutated systematically -----------------------------------------------
+
+# Where each region starts (a line holding this text); it ends where the braces opened
+# there close (a #define: where its lines stop ending with a backslash).
+KERNEL_REGIONS = [
+    'void for_slice(', 'constexpr int64_t CHUNK', 'void run(int64_t n, const int64_t *sizes',
+    'inline C gradient(', 'inline C adam_element(', 'inline bool nonfinite_range(',
+    'inline bool adam_loop(', 'struct ScalarHalf {', 'struct F16cHalf {',
+    'inline bool adam_half(', 'inline bool adam_span(', '#define VARIANT(',
+    'constexpr bool host(', 'bool holds(void *handle', 'std::vector<void *> data_pointers(',
+    'void step(int64_t n,', 'void check(int64_t n,', 'int adam(int64_t n,',
+    'int finite(int64_t n,', 'void run_queued(', 'int queue(int64_t n,',
+]
+
+COMPARISON = re.compile(r'(?<=[\w)\]]) (<=|>=|==|!=|<|>) (?=[\w(!\-*&])')
+FLIPPED = {'<': '<=', '<=': '<', '>': '>=', '>=': '>', '==': '!=', '!=': '=='}
+INTEGER = re.compile(r'(?<![\w.])(0x[0-9A-Fa-f]+|\d+)(u|ull)?(?![\w.])')
+IF = re.compile(r'\bif (constexpr )?\(')
+ACCUMULATE = re.compile(r'(\w+) ([&|])= ')
+
+
+def code_of(line):
+    """The code of a C++ line: what precedes a // comment (none of ours is in a string)."""
+    return line.split('//')[0]
+
+
+def regions(lines, starts):
+    """``[(name, first, last)]``: 0-based line ranges of the regions that ``starts`` open."""
+    out = []
+    for start in starts:
+        hits = [i for i, line in enumerate(lines) if start in line]
+        if len(hits) != 1:
+            raise SystemExit(f'mutate.py: {start!r} occurs {len(hits)} times in {KERNEL}')
+        first = i = hits[0]
+        if start.startswith('#define'):
+            while lines[i].rstrip().endswith('\\'):
+                i += 1
+        elif start.startswith('constexpr int64_t'):
+            pass
+        else:
+            depth, opened = 0, False
+            while not (opened and depth == 0):
+                code = code_of(lines[i])
+                depth += code.count('{') - code.count('}')
+                opened = opened or '{' in code
+                i += 1
+            i -= 1
+        out.append((re.sub(r'\W+', ' ', start).strip().split()[-1], first, i))
+    return out
+
+
+def matching(text, open_at):
+    """The index of the parenthesis that closes the one at ``open_at``."""
+    depth = 0
+    for i in range(open_at, len(text)):
+        depth += {'(': 1, ')': -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    raise ValueError(text)
+
+
+def split_arguments(text):
+    """The top-level arguments of ``text`` (between parentheses, without them)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {'(': 1, ')': -1, '<': 0, '>': 0}.get(ch, 0)
+        if ch == ',' and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
+def line_mutations(code):
+    """``[(family, mutated code)]`` of one line of C++ code."""
+    out = []
+    for match in COMPARISON.finditer(code):
+        out.append(('comparison flipped', code[:match.start(1)] + FLIPPED[match.group(1)]
+                    + code[match.end(1):]))
+    if not code.lstrip().startswith('#include'):
+        for match in INTEGER.finditer(code):
+            digits = match.group(1)
+            value = int(digits, 16 if digits.startswith('0x') else 10)
+            new = hex(value + 1) if digits.startswith('0x') else str(value + 1)
+            out.append(('constant off by one', code[:match.start(1)] + new + code[match.end(1):]))
+    for match in ACCUMULATE.finditer(code):
+        out.append(('accumulated flag keeps the last value only',
+                    code[:match.start(2)] + code[match.end(2):]))
+    for bound in ('std::min', 'std::max'):
+        at = code.find(bound + '(')
+        while at >= 0:
+            open_at = code.index('(', at)
+            close = matching(code, open_at)
+            arguments = split_arguments(code[open_at + 1:close])
+            if len(arguments) == 2:
+                for keep in arguments:
+                    out.append((f'{bound} bound dropped',
+                                code[:at] + '(' + keep.strip() + ')' + code[close + 1:]))
+            at = code.find(bound + '(', close)
+    return out
+
+
+def kernel_mutants():
+    lines = read(KERNEL).splitlines(keepends=True)
+    out = []
+    for region, first, last in regions(lines, KERNEL_REGIONS):
+        for i in range(first, last + 1):
+            line = lines[i]
+            code = code_of(line)
+            if not code.strip() or code.lstrip().startswith(('//', '#include')):
+                continue
+            comment = line[len(code):]
+            for family, mutated in line_mutations(code.rstrip('\n')):
+                new = mutated + (comment if comment else '\n')
+                if not new.endswith('\n'):
+                    new += '\n'
+                out.append(Mutant(KERNEL, i + 1, line, new, family, region))
+            for match in IF.finditer(code):  # the condition may go on over the next lines
+                end = i
+                text = code
+                while True:
+                    try:
+                        close = matching(text, match.end() - 1)
+                        break
+                    except ValueError:
+                        end += 1
+                        text += code_of(lines[end])
+                old = ''.join(lines[i:end + 1])
+                for value in ('true', 'false'):
+                    new = text[:match.end()] + value + text[close:]
+                    new = new if new.endswith('\n') else new + '\n'
+                    out.append(Mutant(KERNEL, i + 1, old, new, f'if always {value}', region))
+    return out
+
+
+# --- the launcher, mutated on Python's syntax tree ----------------------------------------------
+
+AST_COMPARISON = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
+                  ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In,
+                  ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+
+
+class _Mutations(ast.NodeVisitor):
+    """Every single-node change of a function's body: ``(family, node, replacement)``."""
+
+    def __init__(self):
+        self.found = []
+
+    def visit_Compare(self, node):
+        for i, op in enumerate(node.ops):
+            if type(op) in AST_COMPARISON:
+                new = ast.Compare(node.left, list(node.ops), node.comparators)
+                new.ops[i] = AST_COMPARISON[type(op)]()
+                self.found.append(('comparison flipped', node, new))
+        self.generic_visit(node)
+
+    def visit_Constant(self, node):
+        if type(node.value) in (int, float) and not isinstance(node.value, bool):
+            self.found.append(('constant off by one', node, ast.Constant(node.value + 1)))
+
+    def visit_If(self, node):
+        self._condition(node)
+
+    def visit_While(self, node):
+        self._condition(node)
+
+    def visit_IfExp(self, node):
+        self._condition(node)
+
+    def _condition(self, node):
+        for value in (True, False):
+            self.found.append((f'condition always {value}', node.test, ast.Constant(value)))
+        self.generic_visit(node)
+
+    def visit_BoolOp(self, node):
+        other = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        self.found.append(('and/or swapped', node, ast.BoolOp(other, node.values)))
+        self.generic_visit(node)
+
+
+def python_mutants(path):
+    """Single-node mutants of the functions of ``path`` (its module-level strings, the code
+    its processes run, are not mutated)."""
+    source = read(path)
+    lines = source.splitlines(keepends=True)
+    tree = ast.parse(source)
+    out = []
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        finder = _Mutations()
+        for statement in function.body:
+            finder.visit(statement)
+        for family, node, replacement in finder.found:
+            if node.lineno != node.end_lineno:
+                continue  # a change within one line keeps the mutant a one-line diff
+            line = lines[node.lineno - 1]
+            start = len(line.encode()[:node.col_offset].decode())
+            end = len(line.encode()[:node.end_col_offset].decode())
+            new = line[:start] + ast.unparse(replacement) + line[end:]
+            if new != line:
+                out.append(Mutant(path, node.lineno, line, new, family, function.name))
+    return dedupe(out)
+
+
+def dedupe(mutants):
+    seen, out = set(), []
+    for mutant in mutants:
+        key = (mutant.path, mutant.line, mutant.new)
+        if key not in seen:
+            seen.add(key)
+            out.append(mutant)
+    return out
+
+
+def number(mutants):
+    """Tell apart the same change made at several places of one region (ids stay unique
+    and, while a line's text and region stay, stable)."""
+    seen = {}
+    for mutant in mutants:
+        key = (mutant.path, mutant.region, mutant.old.strip(), mutant.new.strip())
+        mutant.occurrence = seen.get(key, 0)
+        seen[key] = mutant.occurrence + 1
+    return mutants
+
+
+def all_mutants():
+    return number(dedupe(issue_mutants() + kernel_mutants()) + python_mutants(LAUNCHER))
+
+
+# --- survivors argued equivalent ------------------------------------------------------------------
+# The mutated line (stripped) -> why no test can tell it from the original. Each is still
+# run; the report says "equivalent (argued)" and gives the reason when it survives.
+EQUIVALENT = {}
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+def read(path, root=ROOT):
+    with open(os.path.join(root, path)) as f:
+        return f.read()
+
+
+def copy_tree(destination):
+    files = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for path in files:
+        if not os.path.exists(os.path.join(ROOT, path)):
+            continue  # deleted in the working tree
+        target = os.path.join(destination, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, path), target)
+
+
+def build_commands(tree):
+    """Build the kernel in ``tree`` with setup.py; return its compile and link commands."""
+    done = subprocess.run([sys.executable, 'setup.py', 'build_ext', '--inplace', '--force'],
+                          cwd=tree, capture_output=True, text=True)
+    if done.returncode != 0 or not os.path.exists(os.path.join(tree, LIBRARY)):
+        raise SystemExit(f'mutate.py: setup.py could not build the kernel:\n{done.stderr}')
+    commands = [shlex.split(line) for line in done.stdout.splitlines() + done.stderr.splitlines()
+                if re.match(r'\S*(g\+\+|gcc|c\+\+|clang\+\+|cc) ', line)]
+    compile_, link = [c for c in commands if '-c' in c], [c for c in commands if '-c' not in c]
+    if len(compile_) != 1 or len(link) != 1:
+        raise SystemExit(f'mutate.py: expected one compile and one link command, found {commands}')
+    return compile_[0], link[0]
+
+
+def build_mutant(tree, commands, source, out_dir):
+    """Compile ``source`` (a kernel's text) into ``out_dir``/libadam_kernel.so with setup.py's
+    own commands; returns its path, or None with the compiler's error."""
+    os.makedirs(out_dir, exist_ok=True)
+    src, obj, lib = (os.path.join(out_dir, name) for name in
+                     ('_kernel.cpp', '_kernel.o', 'libadam_kernel.so'))
+    with open(src, 'w') as f:
+        f.write(source)
+    compile_, link = (list(c) for c in commands)
+    original_obj = compile_[compile_.index('-o') + 1]
+    compile_[compile_.index('-c') + 1] = src
+    compile_[compile_.index('-o') + 1] = obj
+    link = [obj if token == original_obj else token for token in link]
+    link[link.index('-o') + 1] = lib
+    for command in (compile_, link):
+        done = subprocess.run(command, cwd=tree, capture_output=True, text=True)
+        if done.returncode != 0:
+            return None, done.stderr
+    return lib, ''
+
+
+def machine_code(library):
+    """The bytes of the library's code and constant sections."""
+    out = b''
+    for section in ('.text', '.rodata', '.data'):
+        with tempfile.NamedTemporaryFile() as dump:
+            subprocess.run(['objcopy', '-O', 'binary', f'--only-section={section}', library,
+                            dump.name], check=True, capture_output=True)
+            out += section.encode() + dump.read()
+    return out
+
+
+def run_tests(tree, files, timeout):
+    """The quick tier of ``files`` in ``tree``, stopping at the first failure: (status,
+    the first failing test or what ended the run, seconds)."""
+    env = dict(os.environ, PYTHONPATH=tree, PYTHONDONTWRITEBYTECODE='1')
+    command = [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
+               '-m', 'not slow', '--hypothesis-profile', 'mutate', '-rf',
+               '-W', 'ignore::pytest.PytestUnraisableExceptionWarning', *files]
+    start = time.monotonic()
+    proc = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return 'killed (time out)', f'no result in {timeout:.0f} s', time.monotonic() - start
+    seconds = time.monotonic() - start
+    failed = re.findall(r'^FAILED (\S+)', out, re.M)
+    if proc.returncode == 0:
+        return 'survived', '', seconds
+    if failed:
+        return 'killed', failed[0], seconds
+    if proc.returncode < 0 or 'Fatal Python error' in out:
+        return 'killed (crash)', f'the tests crashed (status {proc.returncode})', seconds
+    errors = re.findall(r'^ERROR (\S+)', out, re.M)
+    return 'killed', (errors[0] + ' (error)') if errors else out.strip().splitlines()[-1], seconds
+
+
+@dataclasses.dataclass
+class Result:
+    mutant: Mutant
+    status: str
+    by: str
+    seconds: float
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('only', nargs='*', help='mutant ids, or text their names contain')
+    parser.add_argument('--list', action='store_true', help='list the mutants and exit')
+    parser.add_argument('--doc', help='write the result into this Markdown file, between '
+                                      'its markers')
+    parser.add_argument('--keep', action='store_true', help='keep the temporary tree')
+    args = parser.parse_args(argv)
+
+    mutants = all_mutants()
+    if args.only:
+        mutants = [m for m in mutants if m.id in args.only
+                   or any(text in m.name or text in m.kind for text in args.only)]
+    if args.list:
+        for m in mutants:
+            print(f'{m.id}  {m.kind:45}  {m.path}:{m.line}: {m.new.strip()}')
+        print(f'{len(mutants)} mutants')
+        return 0
+
+    started = time.monotonic()
+    tree = tempfile.mkdtemp(prefix='adam-plugin-mutate-')
+    try:
+        results = run_all(tree, mutants)
+    finally:
+        if args.keep:
+            print(f'kept {tree}')
+        else:
+            shutil.rmtree(tree, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    report = render(results, elapsed, whole=not args.only)
+    print(report)
+    if args.doc:
+        write_doc(args.doc, report)
+    return 1 if any(r.status == 'survived' and r.mutant.new.strip() not in EQUIVALENT
+                    for r in results) else 0
+
+
+def run_all(tree, mutants):
+    copy_tree(tree)
+    needs_kernel = any(m.path == KERNEL for m in mutants)
+    commands = build_commands(tree)
+    original = machine_code(os.path.join(tree, LIBRARY))
+    shutil.copy2(os.path.join(tree, LIBRARY), os.path.join(tree, 'original.so'))
+    timeouts = {}
+    for path in sorted({m.path for m in mutants}):
+        status, by, seconds = run_tests(tree, TESTS[path], timeout=3600)
+        if status != 'survived':
+            raise SystemExit(f'mutate.py: the unmutated tree fails the tests of {path}: {by}')
+        timeouts[path] = 3 * seconds + 120
+        print(f'baseline {path}: {seconds:.0f} s', flush=True)
+    kernel_source = read(KERNEL, tree)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if needs_kernel else None
+
+    def build(index):
+        m = mutants[index]
+        return pool.submit(build_mutant, tree, commands, m.apply(kernel_source),
+                           os.path.join(tree, 'mutants', m.id))
+
+    kernel_indices = [i for i, m in enumerate(mutants) if m.path == KERNEL]
+    pending = {kernel_indices[0]: build(kernel_indices[0])} if kernel_indices else {}
+    results = []
+    for index, m in enumerate(mutants):
+        if m.path == KERNEL:
+            position = kernel_indices.index(index)
+            if position + 1 < len(kernel_indices):
+                following = kernel_indices[position + 1]
+                pending[following] = build(following)
+            library, error = pending.pop(index).result()
+            if library is None:
+                results.append(Result(m, 'killed (does not compile)', error.strip()[-200:], 0))
+                report_one(results[-1])
+                continue
+            if machine_code(library) == original:
+                results.append(Result(m, 'equivalent (same machine code)', '', 0))
+                report_one(results[-1])
+                continue
+            shutil.copy2(library, os.path.join(tree, LIBRARY))
+            status, by, seconds = run_tests(tree, TESTS[m.path], timeouts[m.path])
+            shutil.copy2(os.path.join(tree, 'original.so'), os.path.join(tree, LIBRARY))
+        else:
+            target = os.path.join(tree, m.path)
+            text = read(m.path, tree)
+            with open(target, 'w') as f:
+                f.write(m.apply(text))
+            try:
+                status, by, seconds = run_tests(tree, TESTS[m.path], timeouts[m.path])
+            finally:
+                with open(target, 'w') as f:
+                    f.write(text)
+        if status == 'survived' and m.new.strip() in EQUIVALENT:
+            status, by = 'equivalent (argued)', EQUIVALENT[m.new.strip()]
+        results.append(Result(m, status, by, seconds))
+        report_one(results[-1])
+    if pool:
+        pool.shutdown()
+    return results
+
+
+def report_one(result):
+    m = result.mutant
+    print(f'{result.status:32} {m.id} {m.path}:{m.line} [{m.kind}] {m.new.strip()[:90]}'
+          + (f'\n{"":33}{result.by}' if result.by else ''), flush=True)
+
+
+def render(results, elapsed, whole):
+    """The Markdown report: the score, the issue's classes, the survivors."""
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    counts = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
+                if line.startswith('model name')), platform.processor())
+    lines = [f'`tests/mutate.py`{"" if whole else " (a selection)"} on {commit}'
+             f'{" with uncommitted changes" if dirty else ""}, '
+             f'{datetime.date.today().isoformat()}, {os.cpu_count()}-core {cpu}, '
+             f'{elapsed / 60:.0f} min: {len(results)} mutants.', '',
+             '| ' + ' | '.join(sorted(counts)) + ' |', '|' + '---|' * len(counts),
+             '| ' + ' | '.join(str(counts[k]) for k in sorted(counts)) + ' |', '']
+    issue = [r for r in results if r.mutant.kind.startswith('issue')]
+    if issue:
+        lines += ['The classes of bugs of #30, one planted bug each:', '',
+                  '| class | status | the first test that failed |', '|---|---|---|']
+        lines += [f'| {r.mutant.kind[6:]} | {r.status} | `{r.by}` |' for r in issue]
+        lines.append('')
+    families = {}
+    for r in results:
+        key = (os.path.basename(r.mutant.path), r.mutant.kind if not r.mutant.kind.startswith(
+            'issue') else 'issue')
+        done = families.setdefault(key, [0, 0])
+        done[0] += 1
+        done[1] += r.status.startswith('killed') or r.status.startswith('equivalent')
+    lines += ['| file | family | mutants | killed or equivalent |', '|---|---|---|---|']
+    lines += [f'| {f} | {k} | {n} | {d} |' for (f, k), (n, d) in sorted(families.items())]
+    lines.append('')
+    left = [r for r in results if r.status == 'survived' or r.status.startswith('equivalent')]
+    if left:
+        lines += ['Survivors and equivalent mutants:', '']
+        for r in left:
+            m = r.mutant
+            lines.append(f'- `{m.id}` {m.path}:{m.line} ({m.region}, {m.kind}): '
+                         f'`{m.old.strip()}` -> `{m.new.strip()}`: {r.status}'
+                         + (f'. {r.by}' if r.by else ''))
+    return '\n'.join(lines)
+
+
+BEGIN, END = '<!-- tests/mutate.py: begin -->', '<!-- tests/mutate.py: end -->'
+
+
+def write_doc(path, report):
+    text = read(path)
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f'mutate.py: {path} has no {BEGIN} ... {END} markers')
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    with open(os.path.join(ROOT, path), 'w') as f:
+        f.write(f'{head}{BEGIN}\n{report}\n{END}{tail}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
