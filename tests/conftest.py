@@ -27,7 +27,10 @@ settings.register_profile('ci', derandomize=True, database=None, max_examples=60
 # minutes, and a mutant needs only to fail).
 settings.register_profile('mutate', parent=settings.get_profile('ci'),
                           phases=(Phase.explicit, Phase.generate))
-settings.load_profile('ci')
+# `make thorough` (ADAM_PLUGIN_THOROUGH=1): the generated tests draw ten times as many examples.
+THOROUGH = os.environ.get('ADAM_PLUGIN_THOROUGH') == '1'
+settings.register_profile('thorough', parent=settings.get_profile('ci'), max_examples=600)
+settings.load_profile('thorough' if THOROUGH else 'ci')
 
 # Hypothesis (6.131 on) also draws literals it finds in the source of the local modules
 # imported so far: the examples would then depend on which test modules a process collected
@@ -37,9 +40,6 @@ from hypothesis.internal.conjecture import providers as _providers  # noqa: E402
 
 if hasattr(_providers, '_get_local_constants'):
     _providers._get_local_constants = lambda: _providers.Constants()
-
-# `make thorough` (ADAM_PLUGIN_THOROUGH=1): the generated tests draw ten times as many examples.
-THOROUGH = os.environ.get('ADAM_PLUGIN_THOROUGH') == '1'
 
 
 def register_custom_op(name, make):

@@ -39,7 +39,7 @@ from adam_plugin.options import InvalidOption
 
 COUNT_OK = st.integers(1, 10**6)
 COUNT_BAD = st.one_of(st.integers(-5, 0), st.just(True), st.just(2.0), st.just('3'), st.none())
-KEY_BAD = st.one_of(st.integers(-5, -1), st.just(True), st.just('0'), st.just(1.5))
+KEY_BAD = st.one_of(st.integers(-5, -1), st.just('0'), st.just(1.5))  # (True would be the key 1)
 
 
 @st.composite
@@ -57,14 +57,20 @@ def counts_files(draw):
     if where in ('index', 'both'):
         index[draw(st.integers(0, 5))] = top
     wrong = []
-    if draw(st.integers(0, 4)) == 0:  # a count or key no file of MXNet's holds
-        bad_count, device = draw(st.booleans()), draw(st.integers(0, devices - 1))
-        target = draw(st.sampled_from([per_device[device], index]))
-        if bad_count:
+    flaw = draw(st.sampled_from([None] * 8 + ['count', 'key', 'device key', 'no device']))
+    if flaw in ('count', 'key'):  # a count or an index no file of MXNet's holds
+        target = draw(st.sampled_from([per_device[draw(st.integers(0, devices - 1))], index]))
+        if flaw == 'count':
             target[draw(st.integers(0, 5))] = draw(COUNT_BAD)
         else:
             target[draw(KEY_BAD)] = 1
         wrong.append('_all_index_update_counts' if target is not index else '_index_update_count')
+    elif flaw == 'device key':
+        per_device[draw(KEY_BAD)] = {}
+        wrong.append('_all_index_update_counts')
+    elif flaw == 'no device':
+        per_device.clear()
+        wrong.append('_all_index_update_counts')
     highest = max([c for d in per_device.values() for c in d.values() if _good_count(c)]
                   + [c for c in index.values() if _good_count(c)], default=0)
     num_update = draw(st.one_of(st.sampled_from([highest, max(highest - 1, 0), highest + 1]),
