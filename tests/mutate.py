@@ -17,14 +17,15 @@ loop accumulates (``&=``, ``|=``) made to keep the last value only, each ``std::
 ``std::max`` bound dropped; in the launcher's functions the same, on Python's syntax tree.
 
 How: the files of the working tree (tracked and new, not ignored) are copied to a temporary
-directory. The kernel is built there once by ``setup.py build_ext``, whose compile and link
-commands are recorded; each kernel mutant is compiled by those same commands, the next one
-while the current one is tested. A mutant whose machine code (the library's ``.text``,
-``.rodata`` and ``.data``) equals the original's is reported as such without running tests.
-Each mutant is applied to the copy alone and the quick tier (``-m "not slow"``) of the test
-files that reach its code runs against the copy (``PYTHONPATH``), stopping at the first
-failure, with Hypothesis's ``mutate`` profile (tests/conftest.py: the same examples, no
-shrinking) and a time limit. A mutant is killed when a test fails (the first failing test
+directory, once per job (``--jobs``, default 2: two mutants are tested at a time). The
+kernel is built there once by ``setup.py build_ext``, whose compile and link commands are
+recorded; each kernel mutant is compiled by those same commands. A mutant whose machine code
+(the library's ``.text``, ``.rodata`` and ``.data``) equals the original's is reported as
+such without running tests. Each mutant is applied to a copy alone and the quick tier
+(``-m "not slow"``) of the test files that reach its code runs against that copy
+(``PYTHONPATH``), in stages (:data:`TESTS`), stopping at the first failure, with
+Hypothesis's ``mutate`` profile (tests/conftest.py: the same examples, no shrinking) and a
+time limit of three times the stage's time on the unmutated tree, plus 2 minutes. A mutant is killed when a test fails (the first failing test
 is reported), the tests crash or they run out of time; else it survived. Survivors that
 are argued equivalent in :data:`EQUIVALENT` are reported with the argument.
 """
@@ -36,6 +37,7 @@ import datetime
 import hashlib
 import os
 import platform
+import queue
 import re
 import shlex
 import shutil
@@ -383,7 +385,22 @@ def all_mutants():
 # --- survivors argued equivalent ------------------------------------------------------------------
 # The mutated line (stripped) -> why no test can tell it from the original. Each is still
 # run; the report says "equivalent (argued)" and gives the reason when it survives.
-EQUIVALENT = {}
+EQUIVALENT = {
+    # for_slice: the parameters of a piece [begin, end) of the row
+    'for (; p <= n && offsets[p] < end; ++p) {':
+        'p reaches n only if offsets[n], the end of the row, is below end, and no piece ends '
+        'past the row: the second test ends the loop there as before',
+    'for (; p < n && offsets[p] <= end; ++p) {':
+        'a parameter that starts exactly at end gets lo == hi == 0, and the body is not '
+        'called (lo < hi)',
+    'if (lo <= hi) body(p, lo, hi);':
+        'lo == hi only for a parameter of no elements (a lazy gradient of no rows, a skipped '
+        'parameter) or one starting at end: the body then steps and checks nothing, its loops '
+        'run zero times',
+    'if (true) body(p, lo, hi);':
+        'the loop visits parameters that end after begin and start before end, so lo <= hi '
+        'always; lo == hi as for "lo <= hi"',
+}
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -492,7 +509,9 @@ def main(argv=None):
     parser.add_argument('--list', action='store_true', help='list the mutants and exit')
     parser.add_argument('--doc', help='write the result into this Markdown file, between '
                                       'its markers')
-    parser.add_argument('--keep', action='store_true', help='keep the temporary tree')
+    parser.add_argument('--keep', action='store_true', help='keep the temporary trees')
+    parser.add_argument('--jobs', type=int, default=2,
+                        help='mutants tested at a time, each in its own tree (default 2)')
     args = parser.parse_args(argv)
 
     mutants = all_mutants()
@@ -506,14 +525,14 @@ def main(argv=None):
         return 0
 
     started = time.monotonic()
-    tree = tempfile.mkdtemp(prefix='adam-plugin-mutate-')
+    workspace = tempfile.mkdtemp(prefix='adam-plugin-mutate-')
     try:
-        results = run_all(tree, mutants)
+        results = run_all(workspace, mutants, max(1, args.jobs))
     finally:
         if args.keep:
-            print(f'kept {tree}')
+            print(f'kept {workspace}')
         else:
-            shutil.rmtree(tree, ignore_errors=True)
+            shutil.rmtree(workspace, ignore_errors=True)
     elapsed = time.monotonic() - started
     report = render(results, elapsed, whole=not args.only)
     print(report)
@@ -523,23 +542,27 @@ def main(argv=None):
                     for r in results) else 0
 
 
-def run_all(tree, mutants):
-    copy_tree(tree)
-    needs_kernel = any(m.path == KERNEL for m in mutants)
-    commands = build_commands(tree)
-    original = machine_code(os.path.join(tree, LIBRARY))
-    shutil.copy2(os.path.join(tree, LIBRARY), os.path.join(tree, 'original.so'))
+def run_all(workspace, mutants, jobs):
+    """Run ``mutants``, ``jobs`` at a time, each in a copy of the tree of its own."""
+    trees = [os.path.join(workspace, f'tree{k}') for k in range(jobs)]
+    copy_tree(trees[0])
+    commands = build_commands(trees[0])
+    original = machine_code(os.path.join(trees[0], LIBRARY))
+    shutil.copy2(os.path.join(trees[0], LIBRARY), os.path.join(trees[0], 'original.so'))
+    for tree in trees[1:]:
+        shutil.copytree(trees[0], tree, symlinks=True)
     baselines = {}  # a stage's files -> its seconds on the unmutated tree
     for path in sorted({m.path for m in mutants}):
         for stage in TESTS[path]:
             if tuple(stage) not in baselines:
-                status, by, seconds = run_tests(tree, stage, timeout=3600)
+                status, by, seconds = run_tests(trees[0], stage, timeout=3600)
                 if status != 'survived':
                     raise SystemExit(f'mutate.py: the unmutated tree fails {" ".join(stage)}: {by}')
                 baselines[tuple(stage)] = seconds
                 print(f'baseline {" ".join(stage)}: {seconds:.0f} s', flush=True)
+    kernel_source = read(KERNEL, trees[0])
 
-    def test(path):
+    def test(tree, path):
         """Each stage of ``path``'s tests, within 3 times its baseline and 2 minutes."""
         total = 0.0
         for stage in TESTS[path]:
@@ -548,51 +571,50 @@ def run_all(tree, mutants):
             if status != 'survived':
                 break
         return status, by, total
-    kernel_source = read(KERNEL, tree)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if needs_kernel else None
 
-    def build(index):
-        m = mutants[index]
-        return pool.submit(build_mutant, tree, commands, m.apply(kernel_source),
-                           os.path.join(tree, 'mutants', m.id))
-
-    kernel_indices = [i for i, m in enumerate(mutants) if m.path == KERNEL]
-    pending = {kernel_indices[0]: build(kernel_indices[0])} if kernel_indices else {}
-    results = []
-    for index, m in enumerate(mutants):
+    def one(m, tree):
         if m.path == KERNEL:
-            position = kernel_indices.index(index)
-            if position + 1 < len(kernel_indices):
-                following = kernel_indices[position + 1]
-                pending[following] = build(following)
-            library, error = pending.pop(index).result()
+            library, error = build_mutant(tree, commands, m.apply(kernel_source),
+                                          os.path.join(tree, 'mutants', m.id))
             if library is None:
-                results.append(Result(m, 'killed (does not compile)', error.strip()[-200:], 0))
-                report_one(results[-1])
-                continue
+                return Result(m, 'killed (does not compile)', error.strip()[-200:], 0)
             if machine_code(library) == original:
-                results.append(Result(m, 'equivalent (same machine code)', '', 0))
-                report_one(results[-1])
-                continue
+                return Result(m, 'equivalent (same machine code)', '', 0)
             shutil.copy2(library, os.path.join(tree, LIBRARY))
-            status, by, seconds = test(m.path)
-            shutil.copy2(os.path.join(tree, 'original.so'), os.path.join(tree, LIBRARY))
+            try:
+                status, by, seconds = test(tree, m.path)
+            finally:
+                shutil.copy2(os.path.join(tree, 'original.so'), os.path.join(tree, LIBRARY))
         else:
             target = os.path.join(tree, m.path)
             text = read(m.path, tree)
             with open(target, 'w') as f:
                 f.write(m.apply(text))
             try:
-                status, by, seconds = test(m.path)
+                status, by, seconds = test(tree, m.path)
             finally:
                 with open(target, 'w') as f:
                     f.write(text)
         if status == 'survived' and m.new.strip() in EQUIVALENT:
             status, by = 'equivalent (argued)', EQUIVALENT[m.new.strip()]
-        results.append(Result(m, status, by, seconds))
-        report_one(results[-1])
-    if pool:
-        pool.shutdown()
+        return Result(m, status, by, seconds)
+
+    free = queue.Queue()
+    for tree in trees:
+        free.put(tree)
+
+    def task(m):
+        tree = free.get()
+        try:
+            return one(m, tree)
+        finally:
+            free.put(tree)
+
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(task, m) for m in mutants]:
+            results.append(future.result())
+            report_one(results[-1])
     return results
 
 
