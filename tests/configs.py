@@ -90,7 +90,7 @@ def option_rows(draw, modes=EPSILON_MODES, amsgrad=None, yogi=None, decoupled_wd
                epsilon=draw(st.one_of(st.just(1e-8), log_uniform(1e-30, 1.0))),
                epsilon_mode=draw(st.sampled_from(modes)),
                amsgrad=flag(amsgrad), yogi=flag(yogi), decoupled_wd=flag(decoupled_wd),
-               wd=draw(st.one_of(st.just(0.0), real(1e-4, 0.5))),
+               wd=draw(st.one_of(st.just(0.0), st.just(1.0), real(1e-4, 0.5))),
                rescale_grad=draw(st.one_of(st.just(1.0), real(0.01, 2.0))) if rescale else 1.0,
                # MXNet's clip operator takes its bounds as float32, so the textbook route
                # clips a float64 gradient at clip_gradient rounded to float32: drawn exact
