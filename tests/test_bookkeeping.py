@@ -18,13 +18,11 @@ a user allows in one, and what the pre-scan of a file costs.
   few kilobytes; the lines of Python the pre-scan (and the whole safe read) executes are
   counted and must stay under a linear function of the file's size.
 """
-import contextlib
 import pickle
 import pickletools
 import struct
 import sys
 
-import numpy as np
 import pytest
 import mxnet as mx
 from mxnet import gluon
@@ -33,7 +31,6 @@ from hypothesis import example, given, strategies as st
 import adam_plugin
 from adam_plugin import checkpoint
 from adam_plugin.checkpoint import safe
-from adam_plugin.options import InvalidOption
 
 # --- step counts ---------------------------------------------------------------------------------
 
