@@ -78,7 +78,10 @@ def counts_files(draw):
         wrong.append('num_update')
     elif not wrong and num_update < highest:
         wrong.append('num_update')
-    return num_update, per_device, index, wrong
+    begin = draw(st.one_of(st.integers(0, 10), st.sampled_from([-1, 0.0, None, False])))
+    if not (type(begin) is int and begin >= 0):
+        wrong.append('begin_num_update')
+    return num_update, begin, per_device, index, wrong
 
 
 def _good_count(count):
@@ -92,23 +95,24 @@ def trainer():
     return gluon.Trainer([param], 'myadam', {'learning_rate': 0.1})
 
 
-def states_file(num_update, per_device, index):
+def states_file(num_update, begin, per_device, index):
     """A states file as Trainer.save_states writes it, with these counts."""
     opt = adam_plugin.MyAdam(learning_rate=0.1)
-    opt.__dict__.update(num_update=num_update, _all_index_update_counts=per_device,
-                        _index_update_count=index)
+    opt.__dict__.update(num_update=num_update, begin_num_update=begin,
+                        _all_index_update_counts=per_device, _index_update_count=index)
     return pickle.dumps(({}, opt))
 
 
 @given(file=counts_files())
-@example(file=(4, {0: {0: 4}, 1: {0: 5}}, {0: 4}, ['num_update']))  # a device past num_update
-@example(file=(5, {0: {0: 5}, 1: {0: 5}}, {0: 5}, []))
+@example(file=(4, 0, {0: {0: 4}, 1: {0: 5}}, {0: 4}, ['num_update']))  # a device past it
+@example(file=(5, 0, {0: {0: 5}, 1: {0: 5}}, {0: 5}, []))
 def test_a_files_step_counts_load_exactly_when_consistent(file, trainer, tmp_path_factory):
     """MXNet keeps ``num_update`` at the largest count it made, on any device and index (an
-    lr_scheduler reads it): a file with a count above it, or a count or key that is not one,
-    is refused by both loaders, naming it; every other loads with its counts as saved."""
-    num_update, per_device, index, wrong = file
-    data = states_file(num_update, per_device, index)
+    lr_scheduler reads it): a file with a count above it, or a count, key or
+    ``begin_num_update`` that is not one, is refused by both loaders, naming it; every other
+    loads with its counts as saved."""
+    num_update, begin, per_device, index, wrong = file
+    data = states_file(num_update, begin, per_device, index)
     fname = tmp_path_factory.mktemp('counts') / 'f.states'
     fname.write_bytes(data)
     before = trainer.optimizer
@@ -122,8 +126,8 @@ def test_a_files_step_counts_load_exactly_when_consistent(file, trainer, tmp_pat
             assert trainer.optimizer is before
         else:
             opt = load()
-            assert (opt.num_update, opt._all_index_update_counts, opt._index_update_count) == (
-                num_update, per_device, index)
+            assert (opt.num_update, opt.begin_num_update, opt._all_index_update_counts,
+                    opt._index_update_count) == (num_update, begin, per_device, index)
             trainer._optimizer = before  # each example starts from the same Trainer
             for updater in trainer._updaters:
                 updater.optimizer = before
