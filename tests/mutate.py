@@ -400,6 +400,14 @@ EQUIVALENT = {
     'if (true) body(p, lo, hi);':
         'the loop visits parameters that end after begin and start before end, so lo <= hi '
         'always; lo == hi as for "lo <= hi"',
+    # run: the row cut into pieces
+    'std::vector<int64_t> offsets(n + 1, 1);':
+        'the row starts at element 1 instead of 0: every parameter keeps its own elements '
+        '(lo and hi are taken relative to its start), only the pieces are cut one element '
+        'further into it, and results do not depend on where pieces are cut',
+    'for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) <= chunks;)':
+        'the one piece more starts at or past the end of the row: for_slice finds no '
+        'parameter in it',
 }
 
 
@@ -512,6 +520,9 @@ def main(argv=None):
     parser.add_argument('--keep', action='store_true', help='keep the temporary trees')
     parser.add_argument('--jobs', type=int, default=2,
                         help='mutants tested at a time, each in its own tree (default 2)')
+    parser.add_argument('--resume', metavar='LOG',
+                        help="the output of an earlier full run: its killed mutants (and those "
+                             "of the same machine code) are kept, the others run again")
     args = parser.parse_args(argv)
 
     mutants = all_mutants()
@@ -524,17 +535,21 @@ def main(argv=None):
         print(f'{len(mutants)} mutants')
         return 0
 
+    kept, before = resumed(args.resume) if args.resume else ({}, 0.0)
     started = time.monotonic()
     workspace = tempfile.mkdtemp(prefix='adam-plugin-mutate-')
     try:
-        results = run_all(workspace, mutants, max(1, args.jobs))
+        again = [m for m in mutants if m.id not in kept]
+        done = {r.mutant.id: r for r in run_all(workspace, again, max(1, args.jobs))}
     finally:
         if args.keep:
             print(f'kept {workspace}')
         else:
             shutil.rmtree(workspace, ignore_errors=True)
+    results = [done[m.id] if m.id in done else Result(m, *kept[m.id]) for m in mutants]
     elapsed = time.monotonic() - started
-    report = render(results, elapsed, whole=not args.only)
+    report = render(results, elapsed, whole=not args.only,
+                    resumed=(len(again), before) if args.resume else None)
     print(report)
     if args.doc:
         write_doc(args.doc, report)
@@ -618,14 +633,33 @@ def run_all(workspace, mutants, jobs):
     return results
 
 
+def resumed(log):
+    """From the output of a full run: ``({id: (status, by, seconds)}`` of its killed mutants
+    and those of the original's machine code, the minutes it took)."""
+    kept, minutes, lines = {}, 0.0, open(log).read().splitlines()
+    for i, line in enumerate(lines):
+        status = line[:32].strip()
+        if status.startswith('killed') or status == 'equivalent (same machine code)':
+            following = lines[i + 1] if i + 1 < len(lines) else ''
+            by = following.strip() if following.startswith(' ' * 33) else ''
+            kept[line[33:40]] = (status, by, 0.0)
+        found = re.search(r', (\d+) min: \d+ mutants\.', line)
+        if found:
+            minutes = float(found.group(1))
+    if not minutes:
+        raise SystemExit(f'mutate.py: {log} is not the output of a whole run')
+    return kept, minutes
+
+
 def report_one(result):
     m = result.mutant
     print(f'{result.status:32} {m.id} {m.path}:{m.line} [{m.kind}] {m.new.strip()[:90]}'
           + (f'\n{"":33}{result.by}' if result.by else ''), flush=True)
 
 
-def render(results, elapsed, whole):
-    """The Markdown report: the score, the issue's classes, the survivors."""
+def render(results, elapsed, whole, resumed=None):
+    """The Markdown report: the score, the issue's classes, the survivors. ``resumed``:
+    (mutants run again, minutes of the full run before)."""
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
@@ -638,7 +672,10 @@ def render(results, elapsed, whole):
     lines = [f'`tests/mutate.py`{"" if whole else " (a selection)"} on {commit}'
              f'{" with uncommitted changes" if dirty else ""}, '
              f'{datetime.date.today().isoformat()}, {os.cpu_count()}-core {cpu}, '
-             f'{elapsed / 60:.0f} min: {len(results)} mutants.', '',
+             f'{elapsed / 60:.0f} min: {len(results)} mutants.'
+             + (f' A resumed run: the {resumed[0]} mutants that had survived (or been argued '
+                f'equivalent) in the full run before ({resumed[1]:.0f} min) were run again, '
+                'the others kept as that run found them.' if resumed else ''), '',
              '| ' + ' | '.join(sorted(counts)) + ' |', '|' + '---|' * len(counts),
              '| ' + ' | '.join(str(counts[k]) for k in sorted(counts)) + ' |', '']
     issue = [r for r in results if r.mutant.kind.startswith('issue')]
