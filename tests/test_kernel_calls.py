@@ -109,8 +109,9 @@ print(fused.THREADS, before, len(os.listdir('/proc/self/task')))
 
 
 # Each row starts a Python that imports MXNet (about 2 s): the quick tier runs the one with
-# helper threads.
-@pytest.mark.parametrize('threads', [pytest.param(1, marks=pytest.mark.slow), 3])
+# two threads (one helper: a pool of one thread must still start).
+@pytest.mark.parametrize('threads', [pytest.param(1, marks=pytest.mark.slow), 2,
+                                     pytest.param(3, marks=pytest.mark.slow)])
 def test_a_large_step_starts_the_helper_threads(threads):
     result = subprocess.run([sys.executable, '-c', COUNT_THREADS], capture_output=True,
                             text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)),
