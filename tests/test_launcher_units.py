@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -83,18 +82,27 @@ def test_python_worker_finds_the_script_after_the_options(command, start):
         assert wrapped[start + 3] == ('-m' if command[start] == '-m' else 'script')
 
 
-def test_cpu_seconds_counts_user_and_system_time_and_zero_when_gone():
-    busy = subprocess.Popen([sys.executable, '-c', 'import time\nt = time.process_time()\n'
-                             'while time.process_time() - t < 0.6: pass'])
+SPIN = ('import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\n'
+        'print("spun", flush=True)\nsys.stdin.read()')
+
+
+@pytest.mark.parametrize('name', ['python', 'busy) (worker'])  # a ")" in its name, as ps shows it
+def test_cpu_seconds_is_the_user_and_system_time_a_process_used(name, tmp_path):
+    """What /proc says the process used (its own threads, not its children), as the process
+    itself measures it; 0 once it is gone."""
+    program = tmp_path / name
+    program.symlink_to(sys.executable)
+    busy = subprocess.Popen([str(program), '-c', SPIN], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.1)
-        first = launch.cpu_seconds(busy.pid)
-        busy.wait(timeout=60)
+        assert busy.stdout.readline() == 'spun\n'
+        used = launch.cpu_seconds(busy.pid)
     finally:
-        busy.kill()
-    assert launch.cpu_seconds(os.getpid()) > 0
+        busy.communicate('')
+    assert 0.5 <= used < 5
     assert launch.cpu_seconds(busy.pid) == 0.0  # reaped
-    assert 0 <= first < 0.6
+    mine = time.process_time()
+    assert abs(launch.cpu_seconds(os.getpid()) - mine) < 0.1  # ticks of 10 ms
 
 
 # --- a process and its group ---------------------------------------------------------------------
@@ -212,6 +220,8 @@ def test_supervise_ends_a_job_whose_workers_use_no_cpu(monkeypatch, capsys):
 
 
 def test_workers_using_cpu_are_not_hung(monkeypatch):
+    """Using IDLE_CPU (exactly) between two looks is not idle."""
+    monkeypatch.setattr(launch, 'IDLE_CPU', 0.25)
     clock = iter(range(10**6))
     monkeypatch.setattr(launch, 'cpu_seconds', lambda pid: next(clock) * 0.25)
     workers = [Scripted('worker 0', *([None] * 40), 0)]
@@ -247,16 +257,14 @@ def test_the_timeout_ends_the_job(token, quick_job, capfd):
     assert 'timed out after 0.5 s' in capfd.readouterr().err
 
 
-def test_a_signal_to_the_launcher_ends_the_job(token, quick_job, capfd):
-    """SIGTERM (and SIGHUP) end the job with 128 + the signal; the handlers are put back."""
-    before = signal.getsignal(signal.SIGTERM)
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        assert launch.launch(['sleep', '30'], num_workers=1, timeout=60) == 143
-    finally:
-        timer.cancel()
-    assert signal.getsignal(signal.SIGTERM) is before
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_to_the_launcher_ends_the_job(signum, token, quick_job, capfd):
+    """SIGTERM, SIGHUP and Ctrl-C end the job with 128 + the signal; the handlers are put
+    back. (The worker sends it to its launcher, this process, once started.)"""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    worker = ['sh', '-c', f'sleep 1; kill -{signal.Signals(signum).name[3:]} $PPID; sleep 30']
+    assert launch.launch(worker, num_workers=1, timeout=60) == 128 + signum
+    assert {s: signal.getsignal(s) for s in before} == before
     assert 'interrupted; ending the job' in capfd.readouterr().err
 
 
@@ -281,6 +289,8 @@ def test_main_parses_its_command_line(token, quick_job, capfd):
     assert launch.main(['-n', '1', '-s', '2', '--timeout', '60', '--idle-timeout', '0', '--',
                         'sh', '-c', 'echo "$DMLC_NUM_SERVER"']) == 0
     assert capfd.readouterr().out == '[worker 0] 2\n'
+    assert launch.main(['-n', '1', 'sh', '-c', 'echo "$DMLC_NUM_SERVER"']) == 0  # no --
+    assert capfd.readouterr().out == '[worker 0] 1\n'  # one server by default
     with pytest.raises(SystemExit) as done:
         launch.main(['-n', '0', '--', 'true'])
     assert done.value.code == 2
@@ -309,3 +319,32 @@ def test_the_watchdog_ends_the_groups_when_the_launcher_dies(token, monkeypatch)
     assert calm.popen.returncode == 0 and kept.poll() is None
     kept.kill()
     kept.wait()
+
+
+@pytest.mark.slow  # it waits 10 s for the processes left behind to go
+@pytest.mark.xfail(strict=True, reason=(
+    "adam_plugin/scaleout/launch.py, launch(): a signal that arrives while _Process.__init__ "
+    "runs (Popen has started the process; start() has not yet appended it to `started`) "
+    "leaves that process and its children running: _end(started) does not know it, and the "
+    "watchdog, which was told its group, is then told 'done' and exits without ending it"))
+def test_a_signal_while_a_process_starts_ends_that_process_too(quick_job, monkeypatch):
+    """Ctrl-C in the first moments of a job: here SIGTERM sent to the launcher just after it
+    started the worker (from the watchdog's bookkeeping of its group, which _Process runs
+    right after Popen), the moment the race needs."""
+    token = f'adam-plugin-test-{uuid.uuid4()}'
+    monkeypatch.setenv('ADAM_PLUGIN_TEST_TOKEN', token)
+    watch, calls = launch._Watchdog.watch, []
+
+    def watch_then_signal(self, group):
+        watch(self, group)
+        calls.append(group)
+        if len(calls) == 3:  # the scheduler, the server, then the worker
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(launch._Watchdog, 'watch', watch_then_signal)
+    try:
+        assert launch.launch(['sleep', '30'], num_workers=1, timeout=60) == 143
+        assert launching.orphans(token) == []
+    finally:
+        for pid in launching.survivors(token):
+            os.kill(pid, signal.SIGKILL)
