@@ -460,7 +460,7 @@ def initial(case):
     return out
 
 
-def run(case, fused_flag=True, step_counts=True):
+def run(case, fused_flag=True):
     """One update call of ``case``'s parameters through MyAdam (``fused_flag`` False: the
     textbook route). Returns the :class:`Outcome`."""
     opt = MyAdam(fused=fused_flag, **case.options)
@@ -468,7 +468,7 @@ def run(case, fused_flag=True, step_counts=True):
         warnings.simplefilter('always')
         weights, grads, states = make_arrays(case, opt)
         for i, p in enumerate(case.params):
-            if step_counts and p.t > 1:
+            if p.t > 1:
                 opt._index_update_count[i] = p.t - 1
         opt.num_update = max(opt._index_update_count.values(), default=0)
         error = None
@@ -655,7 +655,7 @@ def check_case(case):
     before = initial(case)
     textbook = run(case, fused_flag=False)
     assert_as_built(case, textbook, before)
-    if oracle_comparable(case) and all(np.isfinite(a).all() for a in textbook.arrays[0]):
+    if oracle_comparable(case):
         assert_matches_oracle(case, textbook, before)
     first = None
     for settings_ in case.runs:
