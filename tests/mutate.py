@@ -429,6 +429,10 @@ EQUIVALENT = {
         'included (0 > NaN is false), and vmax is not stored',
     ('vmax = vmax > v ? vmax : v;', 'vmax = vmax >= v ? vmax : v;'):
         'at vmax == v both give the same value; a NaN v fails both comparisons and is taken',
+    # adam_half: float16 in blocks
+    ('constexpr int64_t BLOCK = 1024;', 'constexpr int64_t BLOCK = 1025;'):
+        'blocks of 1025 elements: each element is computed alike whatever block it is in, and '
+        "every block's check of its second moments is kept (finite &=)",
     # F16cHalf: eight at a time, then one at a time
     ('for (; i + 8 <= n; i += 8)', 'for (; i + 8 < n; i += 8)'):
         'the last eight are converted by the scalar tail instead, which rounds as F16C does '
