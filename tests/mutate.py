@@ -433,6 +433,20 @@ EQUIVALENT = {
     ('constexpr int64_t BLOCK = 1024;', 'constexpr int64_t BLOCK = 1025;'):
         'blocks of 1025 elements: each element is computed alike whatever block it is in, and '
         "every block's check of its second moments is kept (finite &=)",
+    ('for (int64_t lo = 0; lo < n; lo += BLOCK) {', 'for (int64_t lo = 0; lo <= n; lo += BLOCK) {'):
+        'the one block more (when n is a multiple of BLOCK, or 0) has count 0: nothing is '
+        'converted, stepped or checked in it',
+    # holds: what a queued step takes
+    ('int ndim = 0, dtype = -1, storage = -1;', 'int ndim = 1, dtype = -1, storage = -1;'):
+        'ndim is written by MXNet before it is read (else the function returns false first)',
+    ('int ndim = 0, dtype = -1, storage = -1;', 'int ndim = 0, dtype = -2, storage = -1;'):
+        'dtype is written by MXNet before it is read (else the function returns false first)',
+    ('int ndim = 0, dtype = -1, storage = -1;', 'int ndim = 0, dtype = -1, storage = -2;'):
+        'storage is written by MXNet before it is read (else the function returns false first)',
+    ('if (get_shape(handle, &ndim, &dims) != 0 || ndim < 0 || get_dtype(handle, &dtype) != 0 ||',
+     'if (get_shape(handle, &ndim, &dims) != 0 || ndim <= 0 || get_dtype(handle, &dtype) != 0 ||'):
+        'a 0-d array (a shape of () under NumPy semantics; a Trainer has none) would not be '
+        "queued: MyAdam then steps it on the calling thread, to the same numbers",
     # F16cHalf: eight at a time, then one at a time
     ('for (; i + 8 <= n; i += 8)', 'for (; i + 8 < n; i += 8)'):
         'the last eight are converted by the scalar tail instead, which rounds as F16C does '
