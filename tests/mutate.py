@@ -447,6 +447,9 @@ EQUIVALENT = {
      'if (get_shape(handle, &ndim, &dims) != 0 || ndim <= 0 || get_dtype(handle, &dtype) != 0 ||'):
         'a 0-d array (a shape of () under NumPy semantics; a Trainer has none) would not be '
         "queued: MyAdam then steps it on the calling thread, to the same numbers",
+    ('if (get_shape(handle, &ndim, &dims) != 0 || ndim < 0 || get_dtype(handle, &dtype) != 0 ||',
+     'if (get_shape(handle, &ndim, &dims) != 0 || ndim < 1 || get_dtype(handle, &dtype) != 0 ||'):
+        'as for "ndim <= 0"',
     # F16cHalf: eight at a time, then one at a time
     ('for (; i + 8 <= n; i += 8)', 'for (; i + 8 < n; i += 8)'):
         'the last eight are converted by the scalar tail instead, which rounds as F16C does '
