@@ -200,7 +200,8 @@ def regions(lines, starts):
                 opened = opened or '{' in code
                 i += 1
             i -= 1
-        out.append((re.sub(r'\W+', ' ', start).strip().split()[-1], first, i))
+        name = re.search(r'(\w+)\s*[({]', start) or re.search(r'(\w+)$', start)
+        out.append((name.group(1), first, i))
     return out
 
 
@@ -383,126 +384,130 @@ def all_mutants():
 
 
 # --- survivors argued equivalent ------------------------------------------------------------------
-# (the line as it is, the line mutated), stripped -> why no test can tell the mutant from the
-# original. Each is still run; the report says "equivalent (argued)" and gives the reason
-# when it survives.
+# (region, the line as it is, the line mutated), stripped -> why no test can tell the mutant
+# from the original. Each is still run; the report says "equivalent (argued)" and gives the
+# reason when it survives. main() checks that each names a mutant that exists.
 FOR_SLICE = 'for (; p < n && offsets[p] < end; ++p) {'
 LO_HI = 'if (lo < hi) body(p, lo, hi);'
+CLIP = 'return g > clip ? clip : (g < -clip ? -clip : g);'
+HOLDS = 'if (get_shape(handle, &ndim, &dims) != 0 || ndim < 0 || get_dtype(handle, &dtype) != 0 ||'
+INITIAL = 'int ndim = 0, dtype = -1, storage = -1;'
+DONE = 'q->done.store(all && v_finite ? 1 : 2, std::memory_order_release);'
+VECTOR = 'for (; i + 8 <= n; i += 8)'
+POINTERS = 'if (pointers.empty() && n > 0) return -1;'
 EQUIVALENT = {
     # for_slice: the parameters of a piece [begin, end) of the row
-    (FOR_SLICE, 'for (; p <= n && offsets[p] < end; ++p) {'):
+    ('for_slice', FOR_SLICE, 'for (; p <= n && offsets[p] < end; ++p) {'):
         'p reaches n only if offsets[n], the end of the row, is below end, and no piece ends '
         'past the row: the second test ends the loop there as before',
-    (FOR_SLICE, 'for (; p < n && offsets[p] <= end; ++p) {'):
+    ('for_slice', FOR_SLICE, 'for (; p < n && offsets[p] <= end; ++p) {'):
         'a parameter that starts exactly at end gets lo == hi == 0, and the body is not '
         'called (lo < hi)',
-    (LO_HI, 'if (lo <= hi) body(p, lo, hi);'):
+    ('for_slice', LO_HI, 'if (lo <= hi) body(p, lo, hi);'):
         'lo == hi only for a parameter of no elements (a lazy gradient of no rows, a skipped '
         'parameter) or one starting at end: the body then steps and checks nothing, its loops '
         'run zero times',
-    (LO_HI, 'if (true) body(p, lo, hi);'):
+    ('for_slice', LO_HI, 'if (true) body(p, lo, hi);'):
         'the loop visits parameters that end after begin and start before end, so lo <= hi '
         'always; lo == hi as for "lo <= hi"',
     # run: the row cut into pieces
-    ('std::vector<int64_t> offsets(n + 1, 0);', 'std::vector<int64_t> offsets(n + 1, 1);'):
+    ('run', 'std::vector<int64_t> offsets(n + 1, 0);', 'std::vector<int64_t> offsets(n + 1, 1);'):
         'the row starts at element 1 instead of 0: every parameter keeps its own elements '
         '(lo and hi are taken relative to its start), only the pieces are cut one element '
         'further into it, and results do not depend on where pieces are cut',
-    ('for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;)',
+    ('run', 'for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;)',
      'for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) <= chunks;)'):
         'the one piece more starts at or past the end of the row: for_slice finds no '
         'parameter in it',
-    ('for_slice(offsets, c * piece, std::min(total, (c + 1) * piece), body);',
+    ('run', 'for_slice(offsets, c * piece, std::min(total, (c + 1) * piece), body);',
      'for_slice(offsets, c * piece, ((c + 1) * piece), body);'):
         "the last piece ends past the row: for_slice clips each part to its parameter's end",
     # gradient: clipping
-    ('return g > clip ? clip : (g < -clip ? -clip : g);',
-     'return g >= clip ? clip : (g < -clip ? -clip : g);'):
+    ('gradient', CLIP, 'return g >= clip ? clip : (g < -clip ? -clip : g);'):
         'at g == clip both give clip, which is g (clip > 0: no signed zero); NaN fails both',
-    ('return g > clip ? clip : (g < -clip ? -clip : g);',
-     'return g > clip ? clip : (g <= -clip ? -clip : g);'):
+    ('gradient', CLIP, 'return g > clip ? clip : (g <= -clip ? -clip : g);'):
         'at g == -clip both give -clip, which is g; NaN fails both',
     # adam_element: AMSGrad's maximum
-    ('if (AMSGRAD) {  // a template argument: the plain loop never touches vmax', 'if (true) {'):
+    ('adam_element', 'if (AMSGRAD) {  // a template argument: the plain loop never touches vmax',
+     'if (true) {'):
         'the AMSGrad branch taken without AMSGrad: vmax is then 0 (adam_loop passes T(0)) and '
         'v >= 0 (a second moment; Yogi lowers v by less than v), so max(vmax, v) is v, NaN '
         'included (0 > NaN is false), and vmax is not stored',
-    ('vmax = vmax > v ? vmax : v;', 'vmax = vmax >= v ? vmax : v;'):
+    ('adam_element', 'vmax = vmax > v ? vmax : v;', 'vmax = vmax >= v ? vmax : v;'):
         'at vmax == v both give the same value; a NaN v fails both comparisons and is taken',
     # adam_half: float16 in blocks
-    ('constexpr int64_t BLOCK = 1024;', 'constexpr int64_t BLOCK = 1025;'):
+    ('adam_half', 'constexpr int64_t BLOCK = 1024;', 'constexpr int64_t BLOCK = 1025;'):
         'blocks of 1025 elements: each element is computed alike whatever block it is in, and '
         "every block's check of its second moments is kept (finite &=)",
-    ('for (int64_t lo = 0; lo < n; lo += BLOCK) {', 'for (int64_t lo = 0; lo <= n; lo += BLOCK) {'):
+    ('adam_half', 'for (int64_t lo = 0; lo < n; lo += BLOCK) {',
+     'for (int64_t lo = 0; lo <= n; lo += BLOCK) {'):
         'the one block more (when n is a multiple of BLOCK, or 0) has count 0: nothing is '
         'converted, stepped or checked in it',
+    # F16cHalf: eight at a time, then one at a time
+    ('F16cHalf', VECTOR, 'for (; i + 8 < n; i += 8)'):
+        'the last eight are converted by the scalar tail instead, which rounds as F16C does '
+        '(to nearest even)',
+    ('F16cHalf', VECTOR, 'for (; i + 9 <= n; i += 8)'):
+        'as for "i + 8 < n": up to eight more elements go to the scalar tail, same rounding',
     # holds: what a queued step takes
-    ('int ndim = 0, dtype = -1, storage = -1;', 'int ndim = 1, dtype = -1, storage = -1;'):
+    ('holds', INITIAL, 'int ndim = 1, dtype = -1, storage = -1;'):
         'ndim is written by MXNet before it is read (else the function returns false first)',
-    ('int ndim = 0, dtype = -1, storage = -1;', 'int ndim = 0, dtype = -2, storage = -1;'):
+    ('holds', INITIAL, 'int ndim = 0, dtype = -2, storage = -1;'):
         'dtype is written by MXNet before it is read (else the function returns false first)',
-    ('int ndim = 0, dtype = -1, storage = -1;', 'int ndim = 0, dtype = -1, storage = -2;'):
+    ('holds', INITIAL, 'int ndim = 0, dtype = -1, storage = -2;'):
         'storage is written by MXNet before it is read (else the function returns false first)',
-    ('if (get_shape(handle, &ndim, &dims) != 0 || ndim < 0 || get_dtype(handle, &dtype) != 0 ||',
+    ('holds', HOLDS,
      'if (get_shape(handle, &ndim, &dims) != 0 || ndim <= 0 || get_dtype(handle, &dtype) != 0 ||'):
         'a 0-d array (a shape of () under NumPy semantics; a Trainer has none) would not be '
-        "queued: MyAdam then steps it on the calling thread, to the same numbers",
-    ('if (get_shape(handle, &ndim, &dims) != 0 || ndim < 0 || get_dtype(handle, &dtype) != 0 ||',
+        'queued: MyAdam then steps it on the calling thread, to the same numbers',
+    ('holds', HOLDS,
      'if (get_shape(handle, &ndim, &dims) != 0 || ndim < 1 || get_dtype(handle, &dtype) != 0 ||'):
         'as for "ndim <= 0"',
-    # adam, finite: MXNet's errors become a status for check_call
-    ('if (wait_all() != 0) return -1;  // no engine operation reads or writes any of them',
+    # adam: MXNet's errors become a status for check_call
+    ('adam', 'if (wait_all() != 0) return -1;  // no engine operation reads or writes any of them',
      'if (wait_all() != 0) return -2;  // no engine operation reads or writes any of them'):
         "another non-zero status: check_call raises MXNet's error for any",
     # run_queued: what the queued step found
-    ('q->done.store(all && v_finite ? 1 : 2, std::memory_order_release);',
-     'q->done.store(all && v_finite ? 2 : 2, std::memory_order_release);'):
+    ('run_queued', DONE, 'q->done.store(all && v_finite ? 2 : 2, std::memory_order_release);'):
         'status 1 only lets Queued skip reading the flags: read, they say the same',
-    ('q->done.store(all && v_finite ? 1 : 2, std::memory_order_release);',
-     'q->done.store(all && v_finite ? 1 : 3, std::memory_order_release);'):
+    ('run_queued', DONE, 'q->done.store(all && v_finite ? 1 : 3, std::memory_order_release);'):
         'any status but 0 and 1 makes Queued read the flags, as 2 does',
-    # F16cHalf: eight at a time, then one at a time
-    ('for (; i + 8 <= n; i += 8)', 'for (; i + 8 < n; i += 8)'):
-        'the last eight are converted by the scalar tail instead, which rounds as F16C does '
-        '(to nearest even)',
-    ('for (; i + 8 <= n; i += 8)', 'for (; i + 9 <= n; i += 8)'):
-        'as for "i + 8 < n": up to eight more elements go to the scalar tail, same rounding',
 }
 
-# Survivors that are not equivalent but that no test can observe: the mutated line as for
-# EQUIVALENT -> why. Reported as "survived (unobservable, argued)".
+# Survivors that are not equivalent but that no test can observe, keyed as EQUIVALENT is.
+# Reported as "survived (unobservable, argued)".
 UNOBSERVABLE = {
-    ('for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);',
+    ('ScalarHalf', 'for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);',
      'for (int64_t i = 0; i <= n; ++i) out[i] = static_cast<float>(in[i]);'):
         'a one-element overrun: it reads the float16 element after the block (the next '
         "one of the array, or two bytes past its end) and writes one float past the block's "
         'buffer; in this build that float lands on the next buffer, which is widened right '
         'after (or, for the master copy, not read): no value a test reads changes. A memory '
         'checker (AddressSanitizer) would see it, the tests cannot',
-    ('for (; i < n; ++i) out[i] = static_cast<float>(in[i]);',
+    ('F16cHalf', 'for (; i < n; ++i) out[i] = static_cast<float>(in[i]);',
      'for (; i <= n; ++i) out[i] = static_cast<float>(in[i]);'):
         "the same overrun in F16C's tail",
-    ('for (int64_t p = 0; p < n; ++p)', 'for (int64_t p = 0; p <= n; ++p)'):
-        'in run_queued: it reads the flag one past the vector and, if that byte is 0, writes '
-        'a size one past its copy of the sizes; neither is read by the step. A memory checker '
-        'would see it, the tests cannot',
-    # adam, finite: an empty list of data pointers means MXNet refused one
-    ('if (pointers.empty() && n > 0) return -1;', 'if (pointers.empty() && n >= 0) return -1;'):
-        'differs only for a call of no parameters, which fused.Buffers never makes (a step of '
-        'none returns before the call)',
-    ('if (pointers.empty() && n > 0) return -1;', 'if (pointers.empty() && n > 1) return -1;'):
-        "differs only when MXNet refuses a data pointer (MXNDArrayGetData fails), which it "
-        'does for no array the dispatch hands the kernel: unreachable from the tests',
-    ('if (pointers.empty() && n > 0) return -1;', 'if (pointers.empty() && n > 0) return -2;'):
-        "unreachable as above; and check_call raises MXNet's error for any non-zero status",
-    ('if (pointers.empty() && n > 0) return -1;', 'if (false) return -1;'):
-        'the refusal of a data pointer not checked: unreachable as above',
+    ('run_queued', 'for (int64_t p = 0; p < n; ++p)', 'for (int64_t p = 0; p <= n; ++p)'):
+        'it reads the flag one past the vector and, if that byte is 0, writes a size one past '
+        'its copy of the sizes; neither is read by the step. A memory checker would see it, '
+        'the tests cannot',
+    **{key: why for region in ('adam', 'finite') for key, why in (
+        ((region, POINTERS, 'if (pointers.empty() && n >= 0) return -1;'),
+         'differs only for a call of no parameters, which fused.Buffers never makes (a step '
+         'of none returns before the call)'),
+        ((region, POINTERS, 'if (pointers.empty() && n > 1) return -1;'),
+         'differs only when MXNet refuses a data pointer (MXNDArrayGetData fails), which it '
+         'does for no array the dispatch hands the kernel: unreachable from the tests'),
+        ((region, POINTERS, 'if (pointers.empty() && n > 0) return -2;'),
+         "unreachable as above; and check_call raises MXNet's error for any non-zero status"),
+        ((region, POINTERS, 'if (false) return -1;'),
+         'the refusal of a data pointer not checked: unreachable as above'))},
 }
 
 
 def argued(mutant):
     """``(status, why)`` for a survivor argued equivalent or unobservable, else None."""
-    key = (mutant.old.strip(), mutant.new.strip())
+    key = (mutant.region, mutant.old.strip(), mutant.new.strip())
     if key in EQUIVALENT:
         return 'equivalent (argued)', EQUIVALENT[key]
     if key in UNOBSERVABLE:
@@ -625,8 +630,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     mutants = all_mutants()
-    stale = (set(EQUIVALENT) | set(UNOBSERVABLE)) - {(m.old.strip(), m.new.strip())
-                                                     for m in mutants}
+    stale = (set(EQUIVALENT) | set(UNOBSERVABLE)) - {
+        (m.region, m.old.strip(), m.new.strip()) for m in mutants}
     if stale:
         raise SystemExit(f'mutate.py: EQUIVALENT names mutants that no longer exist: {stale}')
     if args.only:
