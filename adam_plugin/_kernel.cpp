@@ -71,8 +71,10 @@ void for_slice(const std::vector<int64_t> &offsets, int64_t begin, int64_t end, 
 
 // Elements per piece of work that a thread takes at a time: 1 MiB of float32, large
 // enough that taking a piece costs nothing beside stepping it, small enough that the
-// threads of a call share its last pieces evenly.
+// threads of a call share its last pieces evenly. The tests set another with
+// set_piece_size, so that small arrays cross pieces.
 constexpr int64_t CHUNK = 1 << 18;
+std::atomic<int64_t> piece_size{CHUNK};
 
 // Threads kept from one call to the next, so that a call does not pay for starting them.
 // Pool threads never exit; a forked child starts with a new, empty pool.
@@ -135,17 +137,18 @@ Pool *Pool::instance = [] {
 }();
 
 // body run over the whole row of `sizes`, on `threads` threads (the caller's one of
-// them). The row is cut into CHUNK-element pieces that the threads take in turn from
-// a shared counter, so a thread slowed by another process leaves more to the others.
+// them). The row is cut into pieces of piece_size elements that the threads take in turn
+// from a shared counter, so a thread slowed by another process leaves more to the others.
 template <typename Body>
 void run(int64_t n, const int64_t *sizes, int threads, Body body) {
     std::vector<int64_t> offsets(n + 1, 0);
     for (int64_t p = 0; p < n; ++p) offsets[p + 1] = offsets[p] + sizes[p];
-    const int64_t total = offsets[n], chunks = (total + CHUNK - 1) / CHUNK;
+    const int64_t piece = piece_size.load(std::memory_order_relaxed);
+    const int64_t total = offsets[n], chunks = (total + piece - 1) / piece;
     std::atomic<int64_t> next{0};
     auto work = [&] {
         for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;)
-            for_slice(offsets, c * CHUNK, std::min(total, (c + 1) * CHUNK), body);
+            for_slice(offsets, c * piece, std::min(total, (c + 1) * piece), body);
     };
     const int64_t helpers = std::min<int64_t>(threads, chunks) - 1;
     if (helpers < 1) return work();
@@ -774,6 +777,12 @@ void queued_flags(void *queued, uint8_t *grad_finite, uint8_t *overflow) {
 
 // The caller's release of a Queued (the engine holds it until its step has run).
 void queued_release(void *queued) { release(queued); }
+
+// For the tests: calls from the next on cut their elements into pieces of `elements`
+// (CHUNK by default); returns the size used until now. A size below 1 changes nothing.
+int64_t set_piece_size(int64_t elements) {
+    return elements < 1 ? piece_size.load() : piece_size.exchange(elements);
+}
 
 int finite_float32(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
                    int threads) {

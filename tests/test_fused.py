@@ -17,14 +17,13 @@ from mxnet.base import _LIB
 
 import adam_plugin  # noqa: F401  (registers 'myadam')
 from adam_plugin import MyAdam, dispatch, kernel, mxnet_internals, textbook
-from configs import CONFIGS, optimizer_kwargs
+from configs import CONFIGS, FUSED_TOL, optimizer_kwargs
 from oracles import gradients
 from test_kernel_calls import record_calls
 
 STEPS = 20
 # (3,4,5), (10,4), (7,) as in the option tests, and one of 100K elements.
 SHAPES = [(3, 4, 5), (10, 4), (7,), (100_003,)]
-FUSED_TOL = {'float32': dict(rtol=1e-6, atol=1e-7), 'float64': dict(rtol=1e-12, atol=1e-14)}
 # The kernel's variants this CPU runs (test_variants_follow_the_cpu checks the list).
 VARIANTS = [v for v in kernel.variants() if kernel.runs_here(v)] if kernel.LIBRARY else []
 
