@@ -118,7 +118,8 @@ class Watching:
 def test_a_process_relays_its_lines_with_a_prefix_and_reports_its_status(token, capfd):
     watchdog = Watching()
     proc = launch._Process('worker 7', ['sh', '-c', 'echo one; echo two >&2; exit 3'],
-                           dict(os.environ), watchdog)
+                           dict(os.environ), watchdog,
+                           launch._Output())
     proc.popen.wait(timeout=30)
     proc.flush()
     out, err = capfd.readouterr()
@@ -129,7 +130,8 @@ def test_a_process_relays_its_lines_with_a_prefix_and_reports_its_status(token, 
 
 
 def test_status_is_none_while_running_and_128_plus_the_signal(token):
-    proc = launch._Process('server 0', ['sleep', '30'], dict(os.environ), Watching())
+    proc = launch._Process('server 0', ['sleep', '30'], dict(os.environ), Watching(),
+                           launch._Output())
     assert proc.status() is None
     proc.signal_group(signal.SIGTERM)
     proc.popen.wait(timeout=30)
@@ -142,8 +144,10 @@ def test_end_terminates_then_kills_whatever_ignores_it(token, monkeypatch):
     monkeypatch.setattr(launch, 'GRACE', 0.5)
     stubborn = ("import signal, subprocess, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
                 "subprocess.Popen(['sleep', '30']); print('ready', flush=True); time.sleep(30)")
-    polite = launch._Process('a', ['sleep', '30'], dict(os.environ), Watching())
-    deaf = launch._Process('b', [sys.executable, '-c', stubborn], dict(os.environ), Watching())
+    polite = launch._Process('a', ['sleep', '30'], dict(os.environ), Watching(),
+                             launch._Output())
+    deaf = launch._Process('b', [sys.executable, '-c', stubborn], dict(os.environ), Watching(),
+                           launch._Output())
     deadline = time.monotonic() + 30
     while not launching.survivors(token)[2:] and time.monotonic() < deadline:
         time.sleep(0.05)  # the grandchild started
@@ -169,6 +173,11 @@ class Scripted:
         return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
 
 
+def supervise(workers, others, timeout, idle_timeout):
+    """The supervision loop, its output to this process's stdout and stderr."""
+    return launch._supervise(workers, others, timeout, idle_timeout, launch._Output())
+
+
 @pytest.fixture
 def fast_clock(monkeypatch):
     """No waiting between the loop's rounds."""
@@ -179,33 +188,33 @@ def test_supervise_returns_0_when_every_worker_exits_0(fast_clock, monkeypatch):
     monkeypatch.setattr(launch, 'SERVER_EXIT_WAIT', 0.2)
     workers = [Scripted('worker 0', None, 0), Scripted('worker 1', None, None, 0)]
     others = [Scripted('scheduler', None, None, 0), Scripted('server 0', None)]
-    assert launch._supervise(workers, others, timeout=None, idle_timeout=None) == 0
+    assert supervise(workers, others, timeout=None, idle_timeout=None) == 0
 
 
 def test_supervise_returns_the_first_failing_status(fast_clock, capsys):
     workers = [Scripted('worker 0', None), Scripted('worker 1', None, None, 3)]
-    assert launch._supervise(workers, [Scripted('server 0', None)], None, None) == 3
+    assert supervise(workers, [Scripted('server 0', None)], None, None) == 3
     assert capsys.readouterr().err == ('adam_plugin.scaleout.launch: worker 1 exited with '
                                        'status 3; ending the job\n')
 
 
 def test_a_server_failing_fails_the_job(fast_clock, capsys):
     workers = [Scripted('worker 0', None)]
-    assert launch._supervise(workers, [Scripted('server 0', None, 1)], None, None) == 1
+    assert supervise(workers, [Scripted('server 0', None, 1)], None, None) == 1
     assert 'server 0 exited with status 1; ending the job' in capsys.readouterr().err
 
 
 def test_a_server_failing_after_the_workers_fails_the_job(fast_clock, monkeypatch, capsys):
     monkeypatch.setattr(launch, 'SERVER_EXIT_WAIT', 5)
     workers = [Scripted('worker 0', 0)]
-    assert launch._supervise(workers, [Scripted('server 0', None, None, 2)], None, None) == 1
+    assert supervise(workers, [Scripted('server 0', None, None, 2)], None, None) == 1
     assert capsys.readouterr().err == ('adam_plugin.scaleout.launch: server 0 exited with '
                                        'status 2\n')
 
 
 def test_supervise_times_out_with_124(monkeypatch, capsys):
     workers = [Scripted('worker 0', None)]
-    assert launch._supervise(workers, [], timeout=0.3, idle_timeout=None) == 124
+    assert supervise(workers, [], timeout=0.3, idle_timeout=None) == 124
     assert 'timed out after 0.3 s; ending the job' in capsys.readouterr().err
 
 
@@ -213,7 +222,7 @@ def test_supervise_ends_a_job_whose_workers_use_no_cpu(monkeypatch, capsys):
     used = iter([1.0, 1.0, 1.05, 1.05])
     monkeypatch.setattr(launch, 'cpu_seconds', lambda pid: next(used, 1.09))
     start = time.monotonic()
-    assert launch._supervise([Scripted('worker 0', None)], [], None, idle_timeout=0.3) == 124
+    assert supervise([Scripted('worker 0', None)], [], None, idle_timeout=0.3) == 124
     assert time.monotonic() - start >= 0.3
     assert ('the workers used 0.09 s of CPU in the last 0.3 s: the job looks hung '
             '(--idle-timeout); ending the job') in capsys.readouterr().err
@@ -225,7 +234,7 @@ def test_workers_using_cpu_are_not_hung(monkeypatch):
     clock = iter(range(10**6))
     monkeypatch.setattr(launch, 'cpu_seconds', lambda pid: next(clock) * 0.25)
     workers = [Scripted('worker 0', *([None] * 40), 0)]
-    assert launch._supervise(workers, [], None, idle_timeout=0.05) == 0
+    assert supervise(workers, [], None, idle_timeout=0.05) == 0
 
 
 # --- whole jobs, without MXNet ------------------------------------------------------------------
