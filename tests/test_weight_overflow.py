@@ -145,3 +145,24 @@ def test_one_call_names_exactly_the_weights_that_overflowed(case, fused):
         opt.update_multi_precision(list(range(len(weights))), weights, grads, states)
     named = ', '.join(f'parameter index {i}' for i in range(0, len(weights), 2))
     assert str(error.value).startswith(f"myadam: the weight of {named} holds Inf or NaN")
+
+
+@pytest.mark.parametrize('fused', ROUTES, ids=ROUTE_IDS)
+@pytest.mark.parametrize('where', ['weight', 'v'])
+def test_a_lazy_step_reports_only_the_rows_it_wrote(where, fused):
+    """A lazy step of a row_sparse gradient holding row 0 leaves row 1, whose weight (or
+    second moment) was Inf before: nothing the step wrote is Inf, nothing is reported, on
+    either route; row 0 is stepped."""
+    opt = MyAdam(learning_rate=0.1, fused=fused, lazy_update=True, nonfinite='raise')
+    w = nd.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    state = opt.create_state(0, w)
+    (w if where == 'weight' else state[1])[1] = np.inf
+    grad = nd.sparse.row_sparse_array((nd.array([[0.5, -0.5, 0.5]]), nd.array([0], dtype='int64')),
+                                      shape=(2, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        opt.update(0, w, grad, state)
+    got = w.asnumpy()
+    np.testing.assert_allclose(got[0], [0.9, 2.1, 2.9], rtol=1e-6)
+    assert (got[1] == ([np.inf] * 3 if where == 'weight' else [4.0, 5.0, 6.0])).all()
+    assert opt.num_skipped == 0
