@@ -118,7 +118,7 @@ RESCALE_GRADS = [1e39, 3.5e38, 1e-46, 1e-300, 0.5, 1e3, 1e-30]
 
 # Learning rates finite in float64 and Inf in the float32 that float32 and float16
 # parameters are computed in: the step would multiply by Inf (NaN weights where u = 0).
-# Refused, as rescale_grad is, only once the learning-rate check reads the dtype.
+# Refused in those dtypes, as rescale_grad is.
 LEARNING_RATES_INF_IN_FLOAT32 = [1e39, 3.5e38]
 
 

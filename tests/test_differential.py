@@ -401,7 +401,8 @@ def kernel_settings(variant, threads, piece, parallel_min):
 @dataclasses.dataclass
 class Outcome:
     arrays: list  # per parameter: weight (dense view), [master,] m, v[, vmax]
-    counts: dict
+    counts: list  # per parameter: the step count ``t`` its state ends with
+    mxnet_counts: dict  # MXNet's (``_index_update_count``), which follow the states'
     num_update: int
     num_skipped: int
     warnings: list
@@ -428,9 +429,10 @@ def make_arrays(case, opt):
                                                nd.array(p.rows, dtype='int64')),
                                               shape=p.shape, dtype=dtype)
         state = opt.create_state_multi_precision(i, weight)
-        moments = state[1] if p.master is not None else state
+        *moments, count = state[1] if p.master is not None else state
         for array, values in zip(moments, (p.m, p.v, p.vmax)):
             array[:] = nd.array(values, dtype=case.state_dtype)
+        count[0] = p.t - 1
         if p.master is not None:
             master = nd.array(p.master, dtype='float32')
             state[0][:] = master if p.weight == 'dense' else master.tostype('row_sparse')
@@ -441,9 +443,17 @@ def make_arrays(case, opt):
 
 
 def flat_state(state):
-    if isinstance(state, (tuple, list)):
+    """The arrays of a parameter's state, ``(m, v[, vmax], [t])`` or ``(master, (m, v[,
+    vmax], [t]))``, in order (not its step count)."""
+    if isinstance(state, tuple):
         return [a for s in state for a in flat_state(s)]
-    return [state]
+    return [] if isinstance(state, list) else [state]
+
+
+def state_count(state):
+    """The step count ``t`` a parameter's state ends with."""
+    inner = state[1] if isinstance(state[1], tuple) else state
+    return inner[-1][0]
 
 
 def snapshot(weights, states):
@@ -467,7 +477,7 @@ def run(case, fused_flag=True):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         weights, grads, states = make_arrays(case, opt)
-        for i, p in enumerate(case.params):
+        for i, p in enumerate(case.params):  # MXNet's counts, as they are in a run
             if p.t > 1:
                 opt._index_update_count[i] = p.t - 1
         opt.num_update = max(opt._index_update_count.values(), default=0)
@@ -477,8 +487,8 @@ def run(case, fused_flag=True):
         except (FloatingPointError, ValueError) as err:
             error = (type(err), str(err))
         nd.waitall()
-    return Outcome(snapshot(weights, states), dict(opt._index_update_count), opt.num_update,
-                   opt.num_skipped, [str(w.message) for w in caught
+    return Outcome(snapshot(weights, states), [state_count(s) for s in states],
+                   dict(opt._index_update_count), opt.num_update, opt.num_skipped, [str(w.message) for w in caught
                                      if MXNET_ADVICE not in str(w.message)], error)
 
 
@@ -542,8 +552,8 @@ def assert_same_outcome(case, got, want, before, route):
     else to STEP_TOL (``tol`` overrides both)."""
     assert got.error == want.error, route
     assert got.warnings == want.warnings, route
-    assert (got.counts, got.num_update, got.num_skipped) == (
-        want.counts, want.num_update, want.num_skipped), route
+    assert (got.counts, got.mxnet_counts, got.num_update, got.num_skipped) == (
+        want.counts, want.mxnet_counts, want.num_update, want.num_skipped), route
     for i, (mine, reference, start) in enumerate(zip(got.arrays, want.arrays, before)):
         for j, (a, b, s) in enumerate(zip(mine, reference, start)):
             what = f'{route}: parameter {i}, array {j}'
@@ -558,20 +568,25 @@ def assert_as_built(case, outcome, before):
     """What ``case`` was built to show, on the textbook route (the ground truth): a
     gradient holding NaN or Inf refuses the call ('raise') or leaves its parameter, its
     moments and its step count untouched ('skip'); a second moment built to overflow is
-    reported; nothing else is reported. Every parameter stepped changes."""
+    reported, and so is a weight holding Inf or NaN after the step; nothing else is
+    reported. Every parameter stepped changes."""
     names = lambda indices: ', '.join(f'parameter index {i}' for i in sorted(indices))  # noqa: E731
     raising = case.options['nonfinite'] == 'raise'
     if case.bad and raising:
         assert outcome.error == (FloatingPointError, f"myadam: the gradient of "
                                  f"{names(case.bad)} holds NaN or Inf; nothing was updated")
-        assert outcome.counts == {i: p.t - 1 for i, p in enumerate(case.params) if p.t > 1}
+        assert outcome.counts == [p.t - 1 for p in case.params]
+        assert outcome.mxnet_counts == {i: p.t - 1 for i, p in enumerate(case.params)
+                                        if p.t > 1}
         for now, start in zip(outcome.arrays, before):
             for a, b in zip(now, start):
                 assert_bitwise(a, b.astype(a.dtype), 'refused call')
         return
     stepped = [i for i in range(len(case.params)) if i not in case.bad]
-    assert outcome.counts == {i: p.t - (i in case.bad) for i, p in enumerate(case.params)
-                              if p.t - (i in case.bad) > 0}
+    counts = [p.t - (i in case.bad) for i, p in enumerate(case.params)]
+    assert outcome.counts == counts
+    assert outcome.mxnet_counts == {i: t for i, t in enumerate(counts) if t > 0}
+    assert outcome.num_update == max(counts)
     for i in case.bad:
         for a, b in zip(outcome.arrays[i], before[i]):
             assert_bitwise(a, b.astype(a.dtype), f'skipped parameter {i}')
@@ -580,18 +595,28 @@ def assert_as_built(case, outcome, before):
             continue
         assert any(not np.array_equal(bits(a), bits(b.astype(a.dtype)))
                    for a, b in zip(outcome.arrays[i], before[i])), f'parameter {i} did not move'
-    overflowed = case.overflow - case.bad
+    # Reported: the second moments built to overflow, and the weights that hold Inf or NaN
+    # after the step (a huge learning rate, a float16 weight past 65504, or one that was
+    # not finite before).
+    overflowed = {'v': case.overflow - case.bad,
+                  'w': {i for i in stepped if not np.isfinite(outcome.arrays[i][0]).all()}}
+    said = {'v': "the second moment of {} overflowed to Inf although the gradient was finite "
+                 "(its elements with v = Inf no longer move)",
+            'w': "the weight of {} holds Inf or NaN after the update although the gradient was "
+                 "finite (a float16 weight stepped past 65504, lr times the update beyond its "
+                 "dtype's range, or a weight not finite before)"}
     warned = [f"myadam: skipped the update of parameter index {i}: its gradient holds NaN or Inf"
               for i in sorted(case.bad)]
-    if overflowed and raising:
-        assert outcome.error == (FloatingPointError, f"myadam: the second moment of "
-                                 f"{names(overflowed)} overflowed to Inf although the gradient "
-                                 "was finite; this update call was applied (the elements with "
-                                 "v = Inf no longer move)")
+    if raising and (overflowed['v'] or overflowed['w']):
+        problems = [said[kind].format(names(overflowed[kind])) for kind in 'vw'
+                    if overflowed[kind]]
+        assert outcome.error == (FloatingPointError, f"myadam: {'; '.join(problems)}; this "
+                                 "update call was applied")
     else:
         assert outcome.error is None
-        warned += [f"myadam: the second moment of parameter index {i} overflowed to Inf"
-                   for i in sorted(overflowed)]
+        warned += ["myadam: " + "; ".join(said[kind].format(f'parameter index {i}')
+                                          for kind in 'vw' if i in overflowed[kind])
+                   for i in sorted(overflowed['v'] | overflowed['w'])]
     assert len(outcome.warnings) == len(warned) and all(
         got.startswith(want) for got, want in zip(outcome.warnings, warned)), outcome.warnings
 
@@ -664,8 +689,9 @@ def check_case(case):
             first = kernel
             assert_same_outcome(case, kernel, textbook, before, f'kernel {settings_}')
         else:  # every variant, piece size and thread count: the same bits
-            assert (kernel.error, kernel.warnings, kernel.counts, kernel.num_skipped) == (
-                first.error, first.warnings, first.counts, first.num_skipped), settings_
+            assert (kernel.error, kernel.warnings, kernel.counts, kernel.mxnet_counts,
+                    kernel.num_skipped) == (first.error, first.warnings, first.counts,
+                                            first.mxnet_counts, first.num_skipped), settings_
             for i, (a_list, b_list) in enumerate(zip(kernel.arrays, first.arrays)):
                 for j, (a, b) in enumerate(zip(a_list, b_list)):
                     assert_bitwise(a, b, f'kernel {settings_}: parameter {i}, array {j}')
@@ -725,8 +751,9 @@ def test_mxnets_operator_equals_the_textbook(storage, sparse, data):
                 and (p.rows is None or not case.options['lazy_update'])]
     if case.options['nonfinite'] == 'skip' or not case.bad:
         assert len(calls) == len(expected)  # the route under test was taken
-    assert (operator.error, operator.warnings, operator.counts, operator.num_skipped) == (
-        textbook.error, textbook.warnings, textbook.counts, textbook.num_skipped)
+    assert (operator.error, operator.warnings, operator.counts, operator.mxnet_counts,
+            operator.num_skipped) == (textbook.error, textbook.warnings, textbook.counts,
+                                      textbook.mxnet_counts, textbook.num_skipped)
     for i, (mine, reference, start) in enumerate(zip(operator.arrays, textbook.arrays, before)):
         for j, (a, b, s) in enumerate(zip(mine, reference, start)):
             assert_close(a, b, s, OPERATOR_TOL, f'operator: parameter {i}, array {j}',
@@ -813,6 +840,7 @@ def test_the_queued_kvstore_step_equals_the_textbook(storage, data):
         reference._index_update_count, reference.num_update, reference.num_skipped)
     updater = trainer._kvstore._updater
     for i in range(len(params)):
+        assert state_count(updater.states[i]) == state_count(states[i]), f'parameter {i}'
         for a, b in zip(flat_state(updater.states[i]), flat_state(states[i])):
             if case.storage in BITWISE:
                 assert_bitwise(a.asnumpy(), b.asnumpy(), f'state of parameter {i}')
@@ -866,20 +894,19 @@ def test_rescale_grad_is_checked_in_every_dtype_of_every_call(fused_flag, value,
             assert not any(i in opt._index_update_count for i in indices)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "adam_plugin/optimizer.py MyAdam._checked_lr checks the learning rate as a Python float "
-    "only: 1e39 is finite there and Inf in the float32 that float32 and float16 parameters "
-    "are computed in, so the step multiplies by Inf: NaN where u = 0, -Inf/Inf elsewhere, "
-    "and no error (rescale_grad is checked in the dtype, _check_rescale_grad)"))
 @pytest.mark.filterwarnings('ignore:Accumulating with float16:UserWarning')
 @pytest.mark.parametrize('fused_flag', [True, False], ids=['kernel', 'textbook'])
 @pytest.mark.parametrize('dtype', ['float32', 'float16'])
 @pytest.mark.parametrize('lr', LEARNING_RATES_INF_IN_FLOAT32)
 def test_a_learning_rate_inf_in_the_dtype_is_refused(lr, dtype, fused_flag):
+    """A learning rate finite as a Python float and Inf in the float32 that float32 and
+    float16 parameters are computed in (the step would multiply by Inf: NaN where u = 0) is
+    refused, naming it, and changes nothing."""
     opt = MyAdam(learning_rate=lr, fused=fused_flag)
     error, before, after = one_call(opt, (dtype,), [0])
     np.testing.assert_array_equal(after[0], before[0])
-    assert error is not None and 'Invalid learning rate' in str(error)
+    assert error is not None and str(error).startswith(
+        f"myadam: Invalid learning rate: {lr!r} at update "), error
 
 
 def test_a_learning_rate_finite_in_float64_steps_float64_parameters():
@@ -950,8 +977,8 @@ def test_the_queued_step_takes_arrays_in_any_host_memory(weights_at, grads_at):
     table = kernel.HandleTable('float32', [(weight.shape, weight, grad, state[:2], None, None)])
     step = textbook.Step(t=1, lr=0.1, wd=0.0, beta1=0.9, beta2=0.999, epsilon=1e-8,
                          epsilon_mode='outside', amsgrad=False, yogi=False, decoupled_wd=False,
-                         rescale_grad=1.0, clip_gradient=-1.0, lazy_update=True)
+                         rescale_grad=1.0, clip_gradient=None, lazy_update=True)
     nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
     queued = table.queue([step], (weight,), (grad,))
-    assert queued is not None and queued.result() == ([True], [True])
+    assert queued is not None and queued.result() == ([True], [0])  # finite, no overflow
     np.testing.assert_allclose(weight.asnumpy(), 0.9, rtol=1e-6)
