@@ -62,9 +62,9 @@ KERNEL_TESTS = [['tests/test_differential.py'],
                  'tests/test_properties.py']]
 TESTS = {
     KERNEL: KERNEL_TESTS,
-    'adam_plugin/fused.py': KERNEL_TESTS,
-    'adam_plugin/optimizer.py': [['tests/test_differential.py'],
-                                 ['tests/test_nonfinite.py', 'tests/test_validation.py']],
+    'adam_plugin/kernel.py': KERNEL_TESTS,
+    'adam_plugin/step_values.py': [['tests/test_differential.py'],
+                                   ['tests/test_nonfinite.py', 'tests/test_validation.py']],
     'adam_plugin/options.py': [['tests/test_states_properties.py'],
                                ['tests/test_checkpoint_checked.py', 'tests/test_checkpoint.py']],
     'adam_plugin/checkpoint/__init__.py': [['tests/test_states_properties.py'],
@@ -111,20 +111,21 @@ class Mutant:
 # (class, file, the text as it is, the text planted): the text occurs once in the file.
 ISSUE = [
     ('1: float16 overflow in a block but the last not reported', KERNEL,
-     'finite &= !nonfinite_range(reinterpret_cast<const uint16_t *>(a.v + lo), 0, count);',
-     'finite = !nonfinite_range(reinterpret_cast<const uint16_t *>(a.v + lo), 0, count);'),
+     'if (nonfinite_range(reinterpret_cast<const uint16_t *>(a.v + lo), 0, count))',
+     'if (nonfinite_range(reinterpret_cast<const uint16_t *>(a.v + lo), 0, count) && '
+     'lo + BLOCK >= n)'),
     ('2: lazy pieces that start inside a row write the wrong elements', KERNEL,
-     'finite &= variant.adam(span(p, rows[p][i] * length + j, at), k, count,',
-     'finite &= variant.adam(span(p, rows[p][i] * length, at), k, count,'),
-    ('3: a lazy gradient of a 3-D weight steps the wrong rows', 'adam_plugin/fused.py',
+     'found |= variant.adam(span(p, rows[p][i] * length + j, at), k, count,',
+     'found |= variant.adam(span(p, rows[p][i] * length, at), k, count,'),
+    ('3: a lazy gradient of a 3-D weight steps the wrong rows', 'adam_plugin/kernel.py',
      'length = math.prod(shape[1:])',
      'length = shape[1] if len(shape) > 1 else 1'),
     ("4: Yogi's sign at g * g == v", KERNEL,
      'v = v + step2 * (C(g2 > v) - C(g2 < v));',
      'v = v + step2 * (C(g2 >= v) - C(g2 < v));'),
-    ('5: the rescale_grad check remembered across dtypes', 'adam_plugin/optimizer.py',
-     'and checked[1] == dtypes):',
-     '):'),
+    ('5: the rescale_grad check remembered across dtypes', 'adam_plugin/step_values.py',
+     'key = (values, tuple(map(type, values)), batch.distinct_dtypes)',
+     'key = (values, tuple(map(type, values)))'),
     ('6: num_update below a per-device count loads', 'adam_plugin/options.py',
      "highest = max([count for device in state['_all_index_update_counts'].values()",
      "highest = max([count for device in list(state['_all_index_update_counts'].values())[:1]"),
@@ -160,8 +161,8 @@ def issue_mutants():
 KERNEL_REGIONS = [
     'void for_slice(', 'constexpr int64_t CHUNK', 'void run(int64_t n, const int64_t *sizes',
     'inline C gradient(', 'inline C adam_element(', 'inline bool nonfinite_range(',
-    'inline bool adam_loop(', 'struct ScalarHalf {', 'struct F16cHalf {',
-    'inline bool adam_half(', 'inline bool adam_span(', '#define VARIANT(',
+    'inline int adam_loop(', 'struct ScalarHalf {', 'struct F16cHalf {',
+    'inline int adam_half(', 'inline int adam_span(', '#define VARIANT(',
     'constexpr bool host(', 'bool holds(void *handle', 'std::vector<void *> data_pointers(',
     'void step(int64_t n,', 'void check(int64_t n,', 'int adam(int64_t n,',
     'int finite(int64_t n,', 'void run_queued(', 'int queue(int64_t n,',
@@ -392,7 +393,7 @@ LO_HI = 'if (lo < hi) body(p, lo, hi);'
 CLIP = 'return g > clip ? clip : (g < -clip ? -clip : g);'
 HOLDS = 'if (get_shape(handle, &ndim, &dims) != 0 || ndim < 0 || get_dtype(handle, &dtype) != 0 ||'
 INITIAL = 'int ndim = 0, dtype = -1, storage = -1;'
-DONE = 'q->done.store(all && v_finite ? 1 : 2, std::memory_order_release);'
+DONE = 'q->done.store(all && none ? 1 : 2, std::memory_order_release);'
 VECTOR = 'for (; i + 8 <= n; i += 8)'
 POINTERS = 'if (pointers.empty() && n > 0) return -1;'
 EQUIVALENT = {
@@ -438,7 +439,7 @@ EQUIVALENT = {
     # adam_half: float16 in blocks
     ('adam_half', 'constexpr int64_t BLOCK = 1024;', 'constexpr int64_t BLOCK = 1025;'):
         'blocks of 1025 elements: each element is computed alike whatever block it is in, and '
-        "every block's check of its second moments is kept (finite &=)",
+        "every block's check of its second moments is kept (overflow |=)",
     ('adam_half', 'for (int64_t lo = 0; lo < n; lo += BLOCK) {',
      'for (int64_t lo = 0; lo <= n; lo += BLOCK) {'):
         'the one block more (when n is a multiple of BLOCK, or 0) has count 0: nothing is '
@@ -468,9 +469,9 @@ EQUIVALENT = {
      'if (wait_all() != 0) return -2;  // no engine operation reads or writes any of them'):
         "another non-zero status: check_call raises MXNet's error for any",
     # run_queued: what the queued step found
-    ('run_queued', DONE, 'q->done.store(all && v_finite ? 2 : 2, std::memory_order_release);'):
+    ('run_queued', DONE, 'q->done.store(all && none ? 2 : 2, std::memory_order_release);'):
         'status 1 only lets Queued skip reading the flags: read, they say the same',
-    ('run_queued', DONE, 'q->done.store(all && v_finite ? 1 : 3, std::memory_order_release);'):
+    ('run_queued', DONE, 'q->done.store(all && none ? 1 : 3, std::memory_order_release);'):
         'any status but 0 and 1 makes Queued read the flags, as 2 does',
 }
 
@@ -493,7 +494,8 @@ UNOBSERVABLE = {
         'the tests cannot',
     **{key: why for region in ('adam', 'finite') for key, why in (
         ((region, POINTERS, 'if (pointers.empty() && n >= 0) return -1;'),
-         'differs only for a call of no parameters, which fused.Buffers never makes (a step '
+         'differs only for a call of no parameters, which kernel.HandleTable never makes (a '
+         'step '
          'of none returns before the call)'),
         ((region, POINTERS, 'if (pointers.empty() && n > 1) return -1;'),
          'differs only when MXNet refuses a data pointer (MXNDArrayGetData fails), which it '
