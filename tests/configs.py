@@ -121,6 +121,14 @@ RESCALE_GRADS = [1e39, 3.5e38, 1e-46, 1e-300, 0.5, 1e3, 1e-30]
 # Refused in those dtypes, as rescale_grad is.
 LEARNING_RATES_INF_IN_FLOAT32 = [1e39, 3.5e38]
 
+# Learning rates finite in float32 and Inf in float16: refused for a float16 weight
+# without a float32 master copy (the weight the step writes is float16), taken with one.
+LEARNING_RATES_INF_IN_FLOAT16 = [7e4, 1e20]
+
+# Huge learning rates for a float16 weight without a master copy: within float16's range,
+# past what its weights hold after one step (65504).
+HUGE_FOR_FLOAT16 = log_uniform(1e3, 6e4)
+
 
 # --- tolerances ----------------------------------------------------------------------------
 
