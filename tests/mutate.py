@@ -59,7 +59,7 @@ KERNEL_TESTS = [['tests/test_differential.py'],
                 ['tests/test_kernel_nonfinite.py', 'tests/test_precision.py',
                  'tests/test_sparse.py', 'tests/test_fused.py', 'tests/test_yogi.py',
                  'tests/test_queued.py', 'tests/test_kernel_calls.py', 'tests/test_nonfinite.py',
-                 'tests/test_properties.py']]
+                 'tests/test_properties.py', 'tests/test_weight_overflow.py']]
 TESTS = {
     KERNEL: KERNEL_TESTS,
     'adam_plugin/kernel.py': KERNEL_TESTS,

@@ -166,3 +166,26 @@ def test_a_lazy_step_reports_only_the_rows_it_wrote(where, fused):
     np.testing.assert_allclose(got[0], [0.9, 2.1, 2.9], rtol=1e-6)
     assert (got[1] == ([np.inf] * 3 if where == 'weight' else [4.0, 5.0, 6.0])).all()
     assert opt.num_skipped == 0
+
+
+@pytest.mark.parametrize('fused', ROUTES, ids=ROUTE_IDS)
+def test_a_weight_and_a_second_moment_in_different_float16_blocks_are_both_reported(fused):
+    """A float16 weight without a master copy, stepped by the kernel in blocks of 1024:
+    its weight Inf in the first block (before the step), its second moment overflowing in
+    the third (a gradient of 65504: (1 - beta2) * g * g is 4.3e6). One warning names
+    both."""
+    opt = MyAdam(learning_rate=0.01, fused=fused)
+    w = nd.ones((3000,), dtype='float16')
+    w[5] = np.inf
+    g = np.full(3000, 0.5)
+    g[2100] = 65504.0
+    state = opt.create_state(0, w)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        opt.update(0, w, nd.array(g, dtype='float16'), state)
+    heard = [str(c.message) for c in caught if issubclass(c.category, RuntimeWarning)]
+    assert len(heard) == 1 and heard[0].startswith(
+        "myadam: the second moment of parameter index 0 overflowed to Inf although the "
+        "gradient was finite (its elements with v = Inf no longer move); the weight of "
+        "parameter index 0 holds Inf or NaN after the update"), heard
+    assert np.isinf(state[1].asnumpy()[2100]) and opt.num_skipped == 1
