@@ -13,7 +13,9 @@
 #                 each way a launcher's job must end (tests/test_launch.py) 20 times (make test: once).
 # `make matrix`: the quick tier against each MXNet release in MATRIX, one venv each (.ci/run runs it
 #              after make test).
-# `make mutants`: mutation testing of the optimizer library with mutmut in .venv (slow; see below).
+# `make mutants`: mutation testing of the optimizer library with mutmut, then of the kernel and
+#               the launcher with tests/mutate.py (slow; see below).
+# `make thorough`: the generated tests with ten times as many examples (.ci/run runs it).
 # `make notebooks`: re-execute notebooks/*.ipynb in place, so the committed copies show current outputs.
 # `make counts`: count the tests (pytest --collect-only, the quick tier and all) in .venv and
 #               write the two figures into docs/testing.md (tests/test_counts.py checks them).
@@ -208,8 +210,21 @@ clean:
 # It runs in DEV_VENV: mutmut imports the mutated copy of the sources it makes in mutants/.
 MUTMUT := mutmut==3.8.1
 
+# Then tests/mutate.py plants bugs where mutmut cannot (the compiled kernel, the launcher) and
+# one of each class of #30, and prints its score and survivors (docs/mutants.md).
 mutants: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m pip install --quiet $(MUTMUT)
 	rm -rf mutants
 	$(DEV_VENV)/bin/mutmut run --max-children 2
 	$(DEV_VENV)/bin/mutmut results
+	$(DEV_VENV)/bin/python tests/mutate.py
+
+# `make thorough`: the generated tests (Hypothesis) with ten times as many examples, slow tier
+# included, against the installed wheel as make test runs; .ci/run runs it after make test.
+THOROUGH := tests/test_differential.py tests/test_states_properties.py tests/test_chapter_formula.py \
+            tests/test_properties.py
+
+.PHONY: thorough
+thorough: $(STAMP)
+	ADAM_PLUGIN_TEST_INSTALLED=1 ADAM_PLUGIN_THOROUGH=1 $(RUN) -m pytest -n 2 -p no:cacheprovider \
+	  $(THOROUGH)

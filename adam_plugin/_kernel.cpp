@@ -71,8 +71,10 @@ void for_slice(const std::vector<int64_t> &offsets, int64_t begin, int64_t end, 
 
 // Elements per piece of work that a thread takes at a time: 1 MiB of float32, large
 // enough that taking a piece costs nothing beside stepping it, small enough that the
-// threads of a call share its last pieces evenly.
+// threads of a call share its last pieces evenly. The tests set another with
+// set_piece_size, so that small arrays cross pieces.
 constexpr int64_t CHUNK = 1 << 18;
+std::atomic<int64_t> piece_size{CHUNK};
 
 // Threads kept from one call to the next, so that a call does not pay for starting them.
 // Pool threads never exit; a forked child starts with a new, empty pool.
@@ -152,14 +154,15 @@ void run_items(int64_t count, int threads, Fn fn) {
 }
 
 // body run over the whole row of `sizes`, on `threads` threads, which take it in
-// CHUNK-element pieces (run_items).
+// pieces of piece_size elements (run_items).
 template <typename Body>
 void run(int64_t n, const int64_t *sizes, int threads, Body body) {
     std::vector<int64_t> offsets(n + 1, 0);
     for (int64_t p = 0; p < n; ++p) offsets[p + 1] = offsets[p] + sizes[p];
-    const int64_t total = offsets[n], chunks = (total + CHUNK - 1) / CHUNK;
+    const int64_t piece = piece_size.load(std::memory_order_relaxed);
+    const int64_t total = offsets[n], chunks = (total + piece - 1) / piece;
     run_items(chunks, threads, [&](int64_t c) {
-        for_slice(offsets, c * CHUNK, std::min(total, (c + 1) * CHUNK), body);
+        for_slice(offsets, c * piece, std::min(total, (c + 1) * piece), body);
     });
 }
 
@@ -571,8 +574,8 @@ void step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
 // lazy), each gradient checked just before the parameter is stepped: finite[p] is set to
 // 0 for a parameter whose gradient holds an Inf or a NaN, which is left untouched.
 // The work is a list of pieces that the threads take in order (run_items). A parameter
-// of at most CHUNK elements is one piece: checked, then stepped at once by one thread,
-// its gradient still in cache. A larger one is checked in CHUNK pieces, then stepped in
+// of at most piece_size elements is one piece: checked, then stepped at once by one thread,
+// its gradient still in cache. A larger one is checked in such pieces, then stepped in
 // those pieces, the last checked first (its gradient in the shared cache as far as it
 // fits): a thread that takes one of its steps waits until every piece of it is checked.
 // The checks come before in the list and wait for nothing, so no thread waits long.
@@ -588,17 +591,18 @@ void checked_step(int64_t n, const std::vector<void *> &pointers, const int64_t 
         int64_t p, lo, hi;
         Kind kind;
     };
+    const int64_t size = piece_size.load(std::memory_order_relaxed);
     std::vector<Piece> pieces;
     std::vector<std::atomic<int64_t>> unchecked(n);  // per parameter: its pieces not checked
     for (int64_t p = 0; p < n; ++p) {
-        if (sizes[p] > 0 && sizes[p] <= CHUNK) pieces.push_back({p, 0, sizes[p], WHOLE});
-        if (sizes[p] <= CHUNK) continue;
-        const int64_t count = (sizes[p] + CHUNK - 1) / CHUNK;
+        if (sizes[p] > 0 && sizes[p] <= size) pieces.push_back({p, 0, sizes[p], WHOLE});
+        if (sizes[p] <= size) continue;
+        const int64_t count = (sizes[p] + size - 1) / size;
         unchecked[p].store(count, std::memory_order_relaxed);
         for (int64_t c = 0; c < count; ++c)
-            pieces.push_back({p, c * CHUNK, std::min(sizes[p], (c + 1) * CHUNK), CHECK});
+            pieces.push_back({p, c * size, std::min(sizes[p], (c + 1) * size), CHECK});
         for (int64_t c = count - 1; c >= 0; --c)
-            pieces.push_back({p, c * CHUNK, std::min(sizes[p], (c + 1) * CHUNK), STEP});
+            pieces.push_back({p, c * size, std::min(sizes[p], (c + 1) * size), STEP});
     }
     with_variant([&](auto variant) {
         run_items(static_cast<int64_t>(pieces.size()), threads, [&](int64_t i) {
@@ -878,6 +882,12 @@ void queued_flags(void *queued, uint8_t *grad_finite, uint8_t *overflow) {
 
 // The caller's release of a Queued (the engine holds it until its step has run).
 void queued_release(void *queued) { release(queued); }
+
+// For the tests: calls from the next on cut their elements into pieces of `elements`
+// (CHUNK, 2^18, by default); returns the size used until now. A size below 1 changes nothing.
+int64_t set_piece_size(int64_t elements) {
+    return elements < 1 ? piece_size.load() : piece_size.exchange(elements);
+}
 
 int finite_float32(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finite_out,
                    int threads) {

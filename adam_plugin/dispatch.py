@@ -341,9 +341,10 @@ class Batch:
         list of int
             One per parameter: :data:`adam_plugin.kernel.V_OVERFLOW` if its second moment
             ``v``, :data:`adam_plugin.kernel.W_OVERFLOW` if its weight holds an Inf or a
-            NaN after the step (0 for a parameter not stepped). The kernel reports them
-            from the step's own pass (a lazy step: the rows it wrote); MXNet's
-            ``multi_all_finite`` reads the ``v`` buffers and the weights of the others.
+            NaN after the step (0 for a parameter not stepped), in what the step wrote (a
+            lazy step: the rows it holds). The kernel reports them from the step's own
+            pass; MXNet's ``multi_all_finite`` reads the ``v`` buffers and the weights of
+            the others.
         """
         if self._whole is not None:
             return self._whole.adam_steps(steps)
@@ -386,11 +387,16 @@ class Batch:
             else:
                 textbook_step(self.weights[i], self.grads[i], self.states[i], steps[i],
                               self.multi_precision)
-        if others:
-            master = [self.multi_precision and self.weights[i].dtype == FLOAT16 for i in others]
-            second_moments = [_split(self.states[i], m)[0][1] for i, m in zip(others, master, strict=True)]
-            finite = _finite_by_operators(second_moments + [self.weights[i] for i in others])
-            for i, v_ok, w_ok in zip(others, finite[:len(others)], finite[len(others):], strict=True):
+        written = {}  # parameter -> (its v, its weight): what its step wrote of them
+        for i in others:
+            master = self.multi_precision and self.weights[i].dtype == FLOAT16
+            arrays = [_written(a, self.grads[i], steps[i])
+                      for a in (_split(self.states[i], master)[0][1], self.weights[i])]
+            if arrays[0] is not None:
+                written[i] = arrays
+        if written:
+            finite = _finite_by_operators([a for arrays in written.values() for a in arrays])
+            for i, v_ok, w_ok in zip(written, finite[::2], finite[1::2], strict=True):
                 flags[i] = (0 if v_ok else kernel.V_OVERFLOW) | (0 if w_ok else kernel.W_OVERFLOW)
 
     def queue(self, steps, weights, grads):
@@ -475,6 +481,19 @@ def _row_sparse_arrays(weight, state, master):
     """A row_sparse ``weight`` and, under ``master``, its master copy when that is
     row_sparse too (``astype`` keeps the storage): what the kernel steps in place."""
     return [weight] + ([state[0]] if master and state[0].stype == 'row_sparse' else [])
+
+
+def _written(array, grad, step):
+    """What a step of ``grad`` wrote of ``array``, a weight or a state buffer: with a lazy
+    ``row_sparse`` gradient the rows it holds (of a ``row_sparse`` weight, those it
+    stores; None when it holds none), else all of it."""
+    if grad.stype != 'row_sparse' or not step.lazy_update:
+        return array
+    if not grad.indices.shape[0]:
+        return None
+    if array.stype == 'row_sparse':
+        return nd.sparse.retain(array, grad.indices)
+    return nd.take(array, grad.indices)
 
 
 def _stores_every_row(weight, rows):

@@ -178,6 +178,10 @@ def load(path=PATH):
     library.queued_done.argtypes = library.queued_release.argtypes = [pointer]
     library.queued_flags.argtypes = [pointer, pointer, pointer]
     library.queued_release.restype = None
+    # For the tests: the elements of a piece of work (2^18 unless set), so that small arrays
+    # cross pieces as large ones do; PARALLEL_MIN, read at each call, is the other threshold.
+    library.set_piece_size.argtypes = [count]
+    library.set_piece_size.restype = count
     for dtype in ('float16', 'float32', 'float64'):
         getattr(library, f'finite_{dtype}').argtypes = [count, pointer, pointer, pointer, flag]
     return library

@@ -85,7 +85,8 @@ def test_threads_asked_for_follow_the_size_of_the_call(calls, monkeypatch, sizes
 
 
 # In a fresh process with OMP_NUM_THREADS set: the threads the process has after a small
-# step (no pool needed), and after a step over PARALLEL_MIN elements.
+# step (no pool needed), after a step over PARALLEL_MIN elements (2^20: four pieces), and
+# after another with one thread more (the pool grows by one).
 COUNT_THREADS = '''
 import os
 from mxnet import nd
@@ -97,24 +98,29 @@ grads = [nd.ones(small.shape), nd.ones(big.shape)]
 for _ in range(2):
     opt.update(0, small, grads[0], states[0])
 nd.waitall()
-before = len(os.listdir('/proc/self/task'))
-opt.update(1, big, grads[1], states[1])
-nd.waitall()
-print(kernel.THREADS, before, len(os.listdir('/proc/self/task')))
+counts = [kernel.THREADS, len(os.listdir('/proc/self/task'))]
+for more in (0, 1):
+    kernel.THREADS += more
+    opt.update(1, big, grads[1], states[1])
+    nd.waitall()
+    counts.append(len(os.listdir('/proc/self/task')))
+print(*counts)
 '''
 
 
 # Each row starts a Python that imports MXNet (about 2 s): the quick tier runs the one with
-# helper threads.
-@pytest.mark.parametrize('threads', [pytest.param(1, marks=pytest.mark.slow), 3])
+# two threads, then three (one helper must start, then one more).
+@pytest.mark.parametrize('threads', [pytest.param(1, marks=pytest.mark.slow), 2,
+                                     pytest.param(3, marks=pytest.mark.slow)])
 def test_a_large_step_starts_the_helper_threads(threads):
     result = subprocess.run([sys.executable, '-c', COUNT_THREADS], capture_output=True,
                             text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)),
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    kernel_threads, before, after = map(int, result.stdout.split())
+    kernel_threads, before, after, after_one_more = map(int, result.stdout.split())
     assert kernel_threads == threads
     assert after - before == threads - 1  # the pool's helpers; the caller is the last one
+    assert after_one_more - after == 1  # four pieces: up to three helpers
 
 
 @pytest.mark.parametrize('nonfinite', ['skip', 'raise'])

@@ -22,13 +22,9 @@ from mxnet import nd
 
 from adam_plugin import MyAdam, dispatch
 from adam_plugin.textbook import EPSILON_MODES, Step
+from configs import ORACLE_TOL as TOL
 from oracles import NumpyAdam
 
-# Agreement with the float64 oracle after a few steps, per dtype: this fraction of the
-# weight, plus this fraction of the largest step the oracle takes (a cancellation in ``m``
-# costs absolute, not relative, precision), plus the rounding of the result to the dtype
-# (a float16 weight is the cast of its float32 master copy).
-TOL = {'float64': 1e-10, 'float32': 2e-5, 'float16': 2e-3}
 MAX_STEPS = 3
 
 

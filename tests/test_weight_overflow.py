@@ -163,3 +163,47 @@ def test_one_call_names_exactly_the_weights_that_overflowed(case, fused):
         opt.update_multi_precision(list(range(len(weights))), weights, grads, states)
     named = ', '.join(f'parameter index {i}' for i in range(0, len(weights), 2))
     assert str(error.value).startswith(f"myadam: the weight of {named} holds Inf or NaN")
+
+
+@pytest.mark.parametrize('fused', ROUTES, ids=ROUTE_IDS)
+@pytest.mark.parametrize('where', ['weight', 'v'])
+def test_a_lazy_step_reports_only_the_rows_it_wrote(where, fused):
+    """A lazy step of a row_sparse gradient holding row 0 leaves row 1, whose weight (or
+    second moment) was Inf before: nothing the step wrote is Inf, nothing is reported, on
+    either route; row 0 is stepped."""
+    opt = MyAdam(learning_rate=0.1, fused=fused, lazy_update=True, nonfinite='raise')
+    w = nd.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    state = opt.create_state(0, w)
+    (w if where == 'weight' else state[1])[1] = np.inf
+    grad = nd.sparse.row_sparse_array((nd.array([[0.5, -0.5, 0.5]]), nd.array([0], dtype='int64')),
+                                      shape=(2, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        opt.update(0, w, grad, state)
+    got = w.asnumpy()
+    np.testing.assert_allclose(got[0], [0.9, 2.1, 2.9], rtol=1e-6)
+    assert (got[1] == ([np.inf] * 3 if where == 'weight' else [4.0, 5.0, 6.0])).all()
+    assert opt.num_skipped == 0
+
+
+@pytest.mark.parametrize('fused', ROUTES, ids=ROUTE_IDS)
+def test_a_weight_and_a_second_moment_in_different_float16_blocks_are_both_reported(fused):
+    """A float16 weight without a master copy, stepped by the kernel in blocks of 1024:
+    its weight Inf in the first block (before the step), its second moment overflowing in
+    the third (a gradient of 65504: (1 - beta2) * g * g is 4.3e6). One warning names
+    both."""
+    opt = MyAdam(learning_rate=0.01, fused=fused)
+    w = nd.ones((3000,), dtype='float16')
+    w[5] = np.inf
+    g = np.full(3000, 0.5)
+    g[2100] = 65504.0
+    state = opt.create_state(0, w)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        opt.update(0, w, nd.array(g, dtype='float16'), state)
+    heard = [str(c.message) for c in caught if issubclass(c.category, RuntimeWarning)]
+    assert len(heard) == 1 and heard[0].startswith(
+        "myadam: the second moment of parameter index 0 overflowed to Inf although the "
+        "gradient was finite (its elements with v = Inf no longer move); the weight of "
+        "parameter index 0 holds Inf or NaN after the update"), heard
+    assert np.isinf(state[1].asnumpy()[2100]) and opt.num_skipped == 1
