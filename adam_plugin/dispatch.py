@@ -594,5 +594,16 @@ def operator_step(weight, grad, state, step):
                   rescale_grad=step.rescale_grad)
     if step.clip_gradient is not None:
         kwargs['clip_gradient'] = step.clip_gradient
+    if not all(value == 0 or FLOAT32_TINY <= abs(value) <= FLOAT32_MAX
+               for value in kwargs.values()):
+        # adam_update parses its hyperparameters as float32 and refuses one it cannot hold
+        # as a normal number ("Out of range value for lr": a tiny learning rate once the
+        # bias corrections are folded in): the textbook route takes the step.
+        textbook_step(weight, grad, state, step, False)
+        return
     mean, var = _split(state, False)[0]
     nd.adam_update(weight, grad, mean, var, out=weight, **kwargs)  # grad is dense (Batch)
+
+
+FLOAT32_TINY = float(numpy.finfo(numpy.float32).tiny)
+FLOAT32_MAX = float(numpy.finfo(numpy.float32).max)
