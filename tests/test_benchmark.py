@@ -77,3 +77,11 @@ def test_bench_loops_runs_one_case_alone(tmp_path):
                     '--json', str(out)], check=True, capture_output=True, text=True)
     results = json.loads(out.read_text())
     assert set(results['steps']) == {'embedding_sparse_grad'} and results['models'] == {}
+
+
+def test_speed_page_is_what_the_benchmarks_json_gives():
+    """docs/speed.md's figures are benchmarks/tables.py's rendering of the committed JSON
+    results (make bench writes both): no figure copied by hand, none left stale."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'tables.py'),
+                           '--check'], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
