@@ -59,7 +59,8 @@ KERNEL_TESTS = [['tests/test_differential.py'],
                 ['tests/test_kernel_nonfinite.py', 'tests/test_precision.py',
                  'tests/test_sparse.py', 'tests/test_fused.py', 'tests/test_yogi.py',
                  'tests/test_queued.py', 'tests/test_kernel_calls.py', 'tests/test_nonfinite.py',
-                 'tests/test_properties.py', 'tests/test_weight_overflow.py']]
+                 'tests/test_properties.py', 'tests/test_weight_overflow.py',
+                 'tests/test_checked_step.py', 'tests/test_batch_reuse.py']]
 TESTS = {
     KERNEL: KERNEL_TESTS,
     'adam_plugin/kernel.py': KERNEL_TESTS,
@@ -164,6 +165,8 @@ KERNEL_REGIONS = [
     'inline int adam_loop(', 'struct ScalarHalf {', 'struct F16cHalf {',
     'inline int adam_half(', 'inline int adam_span(', '#define VARIANT(',
     'constexpr bool host(', 'bool holds(void *handle', 'std::vector<void *> data_pointers(',
+    'void run_items(int64_t count', 'struct Stepper {', 'void checked_step(int64_t n,',
+    'int checked_adam(int64_t n,',
     'void step(int64_t n,', 'void check(int64_t n,', 'int adam(int64_t n,',
     'int finite(int64_t n,', 'void run_queued(', 'int queue(int64_t n,',
 ]
@@ -416,10 +419,6 @@ EQUIVALENT = {
         'the row starts at element 1 instead of 0: every parameter keeps its own elements '
         '(lo and hi are taken relative to its start), only the pieces are cut one element '
         'further into it, and results do not depend on where pieces are cut',
-    ('run', 'for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;)',
-     'for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) <= chunks;)'):
-        'the one piece more starts at or past the end of the row: for_slice finds no '
-        'parameter in it',
     ('run', 'for_slice(offsets, c * piece, std::min(total, (c + 1) * piece), body);',
      'for_slice(offsets, c * piece, ((c + 1) * piece), body);'):
         "the last piece ends past the row: for_slice clips each part to its parameter's end",
@@ -488,10 +487,6 @@ UNOBSERVABLE = {
     ('F16cHalf', 'for (; i < n; ++i) out[i] = static_cast<float>(in[i]);',
      'for (; i <= n; ++i) out[i] = static_cast<float>(in[i]);'):
         "the same overrun in F16C's tail",
-    ('run_queued', 'for (int64_t p = 0; p < n; ++p)', 'for (int64_t p = 0; p <= n; ++p)'):
-        'it reads the flag one past the vector and, if that byte is 0, writes a size one past '
-        'its copy of the sizes; neither is read by the step. A memory checker would see it, '
-        'the tests cannot',
     **{key: why for region in ('adam', 'finite') for key, why in (
         ((region, POINTERS, 'if (pointers.empty() && n >= 0) return -1;'),
          'differs only for a call of no parameters, which kernel.HandleTable never makes (a '
