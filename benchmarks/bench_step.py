@@ -42,7 +42,8 @@ import sys
 import tempfile
 import time
 
-import machine  # beside this file
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine  # noqa: E402  (beside this file: found through the line above, also under PYTHONSAFEPATH)
 
 THREADS = int(os.environ.get('OMP_NUM_THREADS', os.cpu_count()))
 MXNET_OPTIMIZERS = {
