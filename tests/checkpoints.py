@@ -68,11 +68,14 @@ class LinReg(gluon.Block):
 
 
 class Job:
-    """A LinReg network on the linreg data with a 'myadam' Trainer."""
+    """A LinReg network on the linreg data with a 'myadam' Trainer: a row of ``rows`` in a
+    placement of ``placements`` (by default ROWS and PLACEMENTS)."""
+
+    rows, placements = ROWS, PLACEMENTS
 
     def __init__(self, row, placement, init=0.3):
-        options, self.dtype, self.nan_at = ROWS[row]
-        self.ctxs, update_on_kvstore = PLACEMENTS[placement]
+        options, self.dtype, self.nan_at = self.rows[row]
+        self.ctxs, update_on_kvstore = self.placements[placement]
         self.net = LinReg()
         self.net.initialize(mx.init.Constant(init), ctx=self.ctxs)
         self.net.cast(self.dtype)

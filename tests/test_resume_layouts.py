@@ -20,11 +20,11 @@ import warnings
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, gluon, nd
+from mxnet import autograd, nd
 
 from adam_plugin import checkpoint
 from adam_plugin.chapter import linreg
-from checkpoints import BATCH, LOADERS, PLACEMENTS, SAVE_AFTER, STEPS, LinReg, batches
+from checkpoints import BATCH, LOADERS, PLACEMENTS, SAVE_AFTER, STEPS, Job
 from configs import CONFIGS, optimizer_kwargs
 
 # name -> (MyAdam options, weight dtype, step whose gradient of w is NaN on every device)
@@ -42,19 +42,10 @@ ROWS = {
 LAYOUTS = dict(PLACEMENTS, other_device=([mx.cpu(1)], None))
 
 
-class Run:
-    """A LinReg network in a layout of LAYOUTS, the whole batch on every device."""
+class Run(Job):
+    """A Job in a layout of LAYOUTS, the whole batch on every device."""
 
-    def __init__(self, row, placement, init=0.3):
-        options, self.dtype, self.nan_at = ROWS[row]
-        self.ctxs, update_on_kvstore = LAYOUTS[placement]
-        self.net = LinReg()
-        self.net.initialize(mx.init.Constant(init), ctx=self.ctxs)
-        self.net.cast(self.dtype)
-        self.trainer = gluon.Trainer(self.net.collect_params(), 'myadam',
-                                     optimizer_kwargs(options), kvstore='device',
-                                     update_on_kvstore=update_on_kvstore)
-        self.batches = batches(self.dtype)
+    rows, placements = ROWS, LAYOUTS
 
     def train(self, steps):
         for t in steps:
