@@ -84,20 +84,25 @@ class Job:
                                      update_on_kvstore=update_on_kvstore)
         self.batches = batches(self.dtype)
 
+    batch_size = BATCH  # the examples of one step, over all devices
+
+    def split(self, X, y):
+        """The batch's part of each device: ``[(X, y)]``."""
+        return zip(gluon.utils.split_and_load(X, self.ctxs),
+                   gluon.utils.split_and_load(y, self.ctxs), strict=True)
+
     def train(self, steps):
         for t in steps:
             X, y = self.batches[t - 1]
-            Xs = gluon.utils.split_and_load(X, self.ctxs)
-            ys = gluon.utils.split_and_load(y, self.ctxs)
             with autograd.record():
-                losses = [linreg.squared_loss(self.net(Xi), yi) for Xi, yi in zip(Xs, ys, strict=True)]
+                losses = [linreg.squared_loss(self.net(Xi), yi) for Xi, yi in self.split(X, y)]
             autograd.backward(losses)
             if t == self.nan_at:
                 for grad in self.net.w.list_grad():
                     grad[:] = np.nan
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', RuntimeWarning)  # the skip warns
-                self.trainer.step(BATCH)
+                self.trainer.step(self.batch_size)
         return self
 
     def snapshot(self):

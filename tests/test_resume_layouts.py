@@ -20,7 +20,7 @@ import warnings
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, nd
+from mxnet import nd
 
 from adam_plugin import checkpoint
 from adam_plugin.chapter import linreg
@@ -47,20 +47,12 @@ class Run(Job):
 
     rows, placements = ROWS, LAYOUTS
 
-    def train(self, steps):
-        for t in steps:
-            X, y = self.batches[t - 1]
-            with autograd.record():
-                losses = [linreg.squared_loss(self.net(X.as_in_context(c)), y.as_in_context(c))
-                          for c in self.ctxs]
-            autograd.backward(losses)
-            if t == self.nan_at:
-                for grad in self.net.w.list_grad():
-                    grad[:] = np.nan
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore', RuntimeWarning)  # the skip warns
-                self.trainer.step(BATCH * len(self.ctxs))
-        return self
+    @property
+    def batch_size(self):
+        return BATCH * len(self.ctxs)
+
+    def split(self, X, y):
+        return [(X.as_in_context(c), y.as_in_context(c)) for c in self.ctxs]
 
     def snapshot(self):
         """Each device's weights, each Updater's states (arrays and step counts), the
