@@ -399,6 +399,8 @@ INITIAL = 'int ndim = 0, dtype = -1, storage = -1;'
 DONE = 'q->done.store(all && none ? 1 : 2, std::memory_order_release);'
 VECTOR = 'for (; i + 8 <= n; i += 8)'
 POINTERS = 'if (pointers.empty() && n > 0) return -1;'
+WHOLE_PIECE = 'if (sizes[p] > 0 && sizes[p] <= size) pieces.push_back({p, 0, sizes[p], WHOLE});'
+CHECK_PIECE = 'pieces.push_back({p, c * size, std::min(sizes[p], (c + 1) * size), CHECK});'
 EQUIVALENT = {
     # for_slice: the parameters of a piece [begin, end) of the row
     ('for_slice', FOR_SLICE, 'for (; p <= n && offsets[p] < end; ++p) {'):
@@ -467,6 +469,19 @@ EQUIVALENT = {
     ('adam', 'if (wait_all() != 0) return -1;  // no engine operation reads or writes any of them',
      'if (wait_all() != 0) return -2;  // no engine operation reads or writes any of them'):
         "another non-zero status: check_call raises MXNet's error for any",
+    # checked_step: the list of pieces, each parameter's checks before its steps
+    ('checked_step', WHOLE_PIECE, WHOLE_PIECE.replace('sizes[p] > 0', 'sizes[p] >= 0')):
+        'a parameter of no elements gets a piece [0, 0): its check reads nothing and finds '
+        'nothing, its step runs its loops zero times',
+    ('checked_step', CHECK_PIECE, CHECK_PIECE.replace('(c + 1)', '(c + 2)')):
+        "each check piece ends one piece later (or at the parameter's end): the pieces "
+        'overlap, so the same gradient is read more than once and the same flag results',
+    ('checked_step', CHECK_PIECE, CHECK_PIECE.replace('std::min(sizes[p], (c + 1) * size)',
+                                                      '(sizes[p])')):
+        "each check piece runs to the parameter's end: as for \"(c + 2)\", more reading of "
+        'the same gradient, the same flag',
+    ('checked_adam', 'if (wait_all() != 0) return -1;', 'if (wait_all() != 0) return -2;'):
+        "another non-zero status: check_call raises MXNet's error for any",
     # run_queued: what the queued step found
     ('run_queued', DONE, 'q->done.store(all && none ? 2 : 2, std::memory_order_release);'):
         'status 1 only lets Queued skip reading the flags: read, they say the same',
@@ -487,7 +502,7 @@ UNOBSERVABLE = {
     ('F16cHalf', 'for (; i < n; ++i) out[i] = static_cast<float>(in[i]);',
      'for (; i <= n; ++i) out[i] = static_cast<float>(in[i]);'):
         "the same overrun in F16C's tail",
-    **{key: why for region in ('adam', 'finite') for key, why in (
+    **{key: why for region in ('adam', 'checked_adam', 'finite') for key, why in (
         ((region, POINTERS, 'if (pointers.empty() && n >= 0) return -1;'),
          'differs only for a call of no parameters, which kernel.HandleTable never makes (a '
          'step '
@@ -641,7 +656,7 @@ def main(argv=None):
         return 0
 
     kept, before = resumed(args.resume) if args.resume else ({}, 0.0)
-    started = time.monotonic()
+    started, tested = time.monotonic(), version()
     workspace = tempfile.mkdtemp(prefix='adam-plugin-mutate-')
     try:
         again = [m for m in mutants if m.id not in kept]
@@ -653,7 +668,7 @@ def main(argv=None):
             shutil.rmtree(workspace, ignore_errors=True)
     results = [done[m.id] if m.id in done else Result(m, *kept[m.id]) for m in mutants]
     elapsed = time.monotonic() - started
-    report = render(results, elapsed, whole=not args.only,
+    report = render(results, elapsed, whole=not args.only, tested=tested,
                     resumed=(len(again), before) if args.resume else None)
     print(report)
     if args.doc:
@@ -761,13 +776,20 @@ def report_one(result):
           + (f'\n{"":33}{result.by}' if result.by else ''), flush=True)
 
 
-def render(results, elapsed, whole, resumed=None):
-    """The Markdown report: the score, the issue's classes, the survivors. ``resumed``:
-    (mutants run again, minutes of the full run before)."""
+def version():
+    """The commit the run tests, and whether the tree it copies differs from it (taken when
+    the run starts: the repository may move on while it runs)."""
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
+    return commit, bool(dirty)
+
+
+def render(results, elapsed, whole, tested, resumed=None):
+    """The Markdown report: the score, the issue's classes, the survivors. ``tested``: the
+    :func:`version` run; ``resumed``: (mutants run again, minutes of the full run before)."""
+    commit, dirty = tested
     counts = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
