@@ -8,9 +8,10 @@ engine (:meth:`adam_plugin.kernel.HandleTable.queue`) rather than run before the
 returns: there MXNet queues its own ``adam_update`` and returns, and waiting for the
 engine on each call would cost a handoff between threads per parameter. What a queued
 step finds (a gradient not finite: the step was skipped; a second moment that
-overflowed) is taken in, warned about and counted in ``num_skipped`` at the next update
-call (the KVStore's next parameter) or the next ``Trainer.step`` (which sets
-``rescale_grad``) or save, whichever comes first. Not under ``nonfinite='raise'``, whose
+overflowed) is taken in, warned about and counted in ``num_skipped`` once it has run: by
+a later update call (the KVStore's next parameters), which does not wait for it, and by the
+next ``Trainer.step`` (which sets ``rescale_grad``) or save at the latest, which waits
+(see :meth:`EngineQueue._take_run`). Not under ``nonfinite='raise'``, whose
 error comes out of the call that failed, before anything else changes; not on a
 distributed KVStore's server, which has no later call to raise from.
 """
@@ -91,7 +92,7 @@ class EngineQueue:
             return False
         batch = plan[2]
         if self.queued:
-            self.take_all()
+            self._take_run(index)
         rule = self.values.rule(batch)
         count = batch.step_counts[0]
         counts = self.counts.snapshot((index,), (count,))
@@ -112,6 +113,21 @@ class EngineQueue:
             count[0] = QueuedCount(step.t, queued)
         self.queued[index] = step, count, counts, queued
         return True
+
+    def _take_run(self, index):
+        """Before the update of ``index`` is queued: take in, in the order queued, the
+        updates that have run, up to the first still pending, without waiting. Wait for
+        all of them (:meth:`take_all`) when ``index`` is one of them, or when the
+        optimizer has an ``lr_scheduler``, whose learning rate follows ``num_update``: a
+        skipped update gives its count back, which the next parameter's rate may read."""
+        if index in self.queued or self.optimizer.lr_scheduler is not None:
+            self.take_all()
+            return
+        while self.queued:
+            first = next(iter(self.queued))
+            if self.queued[first][3].status() == 0:  # not run yet
+                return
+            self._take(first)
 
     def take_all(self):
         """Take in the results of the updates queued in MXNet's engine (see

@@ -3,8 +3,8 @@
 With ``update_on_kvstore=True`` over several devices the KVStore calls the optimizer
 once per parameter from its callback; under ``nonfinite='skip'`` MyAdam queues the
 kernel's step there as an engine operation and returns, as MXNet's own Adam does
-(see ``MyAdam._queues``). What a queued step finds is taken in at the next update call
-or the next ``Trainer.step`` or save. These tests hold that path to the one that runs
+(see :mod:`adam_plugin.engine`). What a queued step finds is taken in at a later update
+call once it has run, at the next ``Trainer.step`` or save at the latest. These tests hold that path to the one that runs
 on the calling thread: the same numbers, skips, counts and warnings.
 """
 import warnings
@@ -57,13 +57,15 @@ def with_bad(**values):
 
 def test_the_kvstore_calls_take_the_queue():
     """The path under test is taken: a plan per parameter at its first call, then a
-    queued step per KVStore call, taken in by the next call."""
+    queued step per KVStore call, taken in by a later call, the next step's at the latest."""
     params, trainer = trainer_on_two_devices(True)
     step(trainer, params, GOOD)
     opt = trainer.optimizer
     assert list(opt._engine.plans) == [0, 1]
     step(trainer, params, GOOD)
-    assert list(opt._engine.queued) == [1]  # the last call's, until the next call takes it in
+    assert list(opt._engine.queued)[-1] == 1  # the last call's, until a later one takes it in
+    step(trainer, params, GOOD)
+    assert opt._index_update_count == {0: 3, 1: 3} and list(opt._engine.queued)[-1] == 1
 
 
 def test_the_first_step_and_one_device_run_on_the_calling_thread():
@@ -161,13 +163,73 @@ def test_queued_steps_equal_steps_on_the_calling_thread(sequence, dtype, options
     assert queued[4] * 2 == calling[4] >= 2 * bad_steps
 
 
-def test_a_skip_is_warned_at_the_next_call_or_the_next_step():
-    """The first parameter's skip is warned by the KVStore's next call, inside the same
-    Trainer.step; the last parameter's by the next Trainer.step (or save)."""
+def test_under_a_scheduler_a_skip_is_taken_in_before_the_next_parameter_steps():
+    """A skipped update gives its step count back, and under an lr_scheduler the next
+    parameter's learning rate follows ``num_update``: the KVStore's next call waits for
+    the queued step and takes it in first, so the weights are bitwise those of the
+    Trainer's own updates, even while the skipped step still waits for its gradient."""
+    grads = [GOOD, with_bad(second=np.nan), with_bad(first=np.nan), GOOD]
+    slow = nd.random.normal(shape=(700, 700))
+    runs = {}
+    for update_on_kvstore in (True, False):
+        params, trainer = trainer_on_two_devices(
+            update_on_kvstore, lr_scheduler=mx.lr_scheduler.PolyScheduler(10, 0.1, pwr=2))
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)
+            for g in grads:
+                for p in params:
+                    for d in p.list_data():
+                        d._fresh_grad = True
+                    for i, array in enumerate(p.list_grad()):
+                        late = nd.dot(slow, slow)[0, :array.shape[0]] * 0  # pending a while
+                        (late + nd.array(g[p.name])).copyto(array) if i == 0 else (
+                            array.__setitem__(slice(None), nd.array(g[p.name])))
+                trainer.step(1)
+            trainer.optimizer._take_queued()
+        runs[update_on_kvstore] = ([d.asnumpy() for p in params for d in p.list_data()],
+                                   trainer.optimizer.num_update)
+    for a, b in zip(runs[True][0], runs[False][0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert runs[True][1] == runs[False][1] == 3
+
+
+def test_a_second_push_of_a_key_takes_in_its_first_update_first(monkeypatch):
+    """The KVStore's second call for a key whose queued update has not run yet (a key
+    pushed twice, its first gradient still being written: each queued step reads as
+    pending the first time it is looked at) waits for that update and takes it in
+    first: its skip is counted and its step count given back."""
+    params, trainer = trainer_on_two_devices(True)
+    step(trainer, params, GOOD)
+    step(trainer, params, GOOD)  # queued from here
+    opt, kv = trainer.optimizer, trainer._kvstore
+    opt._take_queued()
+    status, looked_at = kernel.Queued.status, set()
+
+    def pending_at_first_look(queued):
+        if id(queued) in looked_at:
+            return status(queued)
+        looked_at.add(id(queued))
+        return 0
+
+    monkeypatch.setattr(kernel.Queued, 'status', pending_at_first_look)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        for grad in (with_bad(first=np.nan), GOOD):
+            kv.pushpull(0, [nd.array(grad['first'], ctx=c) for c in TWO],
+                        out=params[0].list_data())
+        opt._take_queued()
+    assert opt._index_update_count[0] == 3 and opt.num_skipped == 1
+
+
+def test_a_skip_is_warned_by_the_next_step_at_the_latest():
+    """A skip is warned by a later call of the KVStore once the queued step has run, by
+    the next Trainer.step (or save) at the latest; the last parameter's by the next
+    Trainer.step."""
     params, trainer = trainer_on_two_devices(True)
     step(trainer, params, GOOD)
     with pytest.warns(RuntimeWarning, match="skipped the update of parameter 'first'"):
         step(trainer, params, with_bad(first=np.nan))
+        trainer.optimizer.rescale_grad = 1.0  # what the next Trainer.step does first
     assert trainer.optimizer.num_skipped == 1
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # not yet: it ran in the engine, nobody asked
@@ -195,6 +257,7 @@ def test_a_second_moment_that_overflows_is_reported():
     huge = dict(GOOD, first=np.full(4, 1.5e38))  # summed, 3e38: finite; v is not
     with pytest.warns(RuntimeWarning, match="second moment of parameter 'first' overflowed"):
         step(trainer, params, huge)
+        trainer.optimizer.rescale_grad = 1.0  # what the next Trainer.step does first
     assert trainer.optimizer.num_skipped == 1
 
 
@@ -276,11 +339,12 @@ class _Failing(mx.operator.CustomOp):
 register_custom_op('adam_plugin_failing', _Failing)
 
 
-def test_an_engine_error_in_the_gradient_comes_out_of_the_next_push():
+def test_an_engine_error_in_the_gradient_comes_out_of_the_next_step():
     """When the operation that writes a gradient failed, MXNet's engine does not run the
-    queued step: taking it in at the KVStore's next call raises MXNet's error (out of
-    that Trainer.step, as any error in the callback), and the parameter keeps its weight
-    and step count; the next call's own update is not applied either."""
+    queued step, and the KVStore's later calls do not wait for it: the parameters after
+    it are stepped, as MXNet's own adam_update steps them. Taking it in at the next
+    Trainer.step raises MXNet's error out of that step before it changes anything; the
+    parameter keeps its weight and step count."""
     params, trainer = trainer_on_two_devices(True)
     step(trainer, params, GOOD)  # on the calling thread
     step(trainer, params, GOOD)  # queued
@@ -294,14 +358,15 @@ def test_an_engine_error_in_the_gradient_comes_out_of_the_next_push():
             d._fresh_grad = True
     first_grad = params[0].list_grad()[0]
     nd.Custom(nd.ones(first_grad.shape), op_type='adam_plugin_failing', out=first_grad)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RuntimeWarning)  # the callback's own notice
-        with pytest.raises(mx.base.MXNetError, match='kCustomOpForward'):
-            trainer.step(1)
-    assert opt._index_update_count == {0: 2, 1: 2} and opt.num_update == 2
-    assert not opt._engine.queued
+    trainer.step(1)  # 'first' queued behind the failed write, then 'second'
+    assert list(opt._engine.queued) == [0, 1]
+    with pytest.raises(mx.base.MXNetError, match='kCustomOpForward'):
+        step(trainer, params, GOOD)
+    assert opt._index_update_count == {0: 2, 1: 3} and opt.num_update == 3
+    opt._take_queued()
+    assert not opt._engine.queued and opt._index_update_count == {0: 2, 1: 3}
     kv = trainer._kvstore
     for key, weight in enumerate(before):
         out = nd.zeros(weight.shape)
         kv.pull(key, out=out)
-        np.testing.assert_array_equal(out.asnumpy(), weight)  # as after step 2
+        assert np.array_equal(out.asnumpy(), weight) == (key == 0)  # 'second' was stepped
