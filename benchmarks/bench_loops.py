@@ -11,7 +11,8 @@ Two parts:
 
 - ``STEP_CASES``, the storage modes: the optimizer step alone, ``trainer.step``, timed
   from after its forward and backward pass had finished (waited for) until its own
-  work had finished (waited for);
+  work had finished (waited for); also with an optimizer that does nothing
+  (``if_step_free``: MXNet's own part of the step, which no optimizer removes);
 - ``MODELS``, whole iterations on fixed Gluon models: forward, backward and step timed
   as one, as a training loop runs them (nothing waited for until the step is done);
   then a second iteration of the same round waits after backward, which times the
@@ -42,6 +43,9 @@ import machine  # noqa: E402  (the same)
 
 THREADS = bench_step.THREADS
 OPTIMIZERS = {'myadam': ('myadam', {'epsilon_mode': 'hat'}), 'adam': ('adam', {})}
+# The storage-mode cases also time a step that does nothing (bench_step.register_free_step):
+# MXNet's own part of the step, which no optimizer removes.
+STEP_CONTENDERS = {**OPTIMIZERS, 'free': (bench_step.FREE_STEP, {})}
 LEARNING_RATE = 1e-3
 
 
@@ -61,6 +65,7 @@ def _trainer(params, optimizer, options, **kwargs):
     from mxnet import gluon
 
     import adam_plugin  # noqa: F401  (registers 'myadam')
+    bench_step.register_free_step()
     return gluon.Trainer(params, optimizer, dict(options, learning_rate=LEARNING_RATE), **kwargs)
 
 
@@ -293,10 +298,11 @@ MODELS = {
 }
 
 
-def _loops(make, quick):
-    """{optimizer: Loop}, each warmed up by two iterations (states, the kernel's threads)."""
+def _loops(make, quick, contenders):
+    """{optimizer: Loop} of ``contenders`` (who -> (optimizer, options)), each warmed up by
+    two iterations (states, the kernel's threads)."""
     import mxnet as mx
-    loops = {who: make(name, options, quick) for who, (name, options) in OPTIMIZERS.items()}
+    loops = {who: make(name, options, quick) for who, (name, options) in contenders.items()}
     for loop in loops.values():
         for _ in range(2):
             loop.forward_backward()
@@ -317,7 +323,7 @@ def _timed(function):
 def step_run(make, rounds, quick):
     """One run of a storage-mode case: {optimizer: [step ms per round]}."""
     import mxnet as mx
-    loops = _loops(make, quick)
+    loops = _loops(make, quick, STEP_CONTENDERS)
     times = {who: [] for who in loops}
     for _ in range(rounds):
         for who, loop in loops.items():
@@ -330,7 +336,7 @@ def step_run(make, rounds, quick):
 def model_run(make, rounds, quick):
     """One run of a model: {optimizer: {'iteration': [ms], 'forward_backward': [ms],
     'step': [ms]}}, per round a whole iteration, then one timed in two parts."""
-    loops = _loops(make, quick)
+    loops = _loops(make, quick, OPTIMIZERS)
     times = {who: {'iteration': [], 'forward_backward': [], 'step': []} for who in loops}
     for _ in range(rounds):
         for who, loop in loops.items():
@@ -345,11 +351,13 @@ def _median(samples):
 
 
 def summarize_steps(runs):
-    """A storage-mode case's row from its runs (each {optimizer: [ms]})."""
+    """A storage-mode case's row from its runs (each {optimizer: [ms]}); ``if_step_free``,
+    the ratio a step that did nothing reached: MXNet's own part of it."""
     ratios = [_median(r['myadam']) / _median(r['adam']) for r in runs]
     return {'ratio': _median(ratios), 'ratios': ratios,
-            'myadam_ms': [_median(r['myadam']) for r in runs],
-            'adam_ms': [_median(r['adam']) for r in runs], 'rounds': len(runs[0]['myadam'])}
+            'if_step_free': _median([_median(r['free']) / _median(r['adam']) for r in runs]),
+            **{f'{who}_ms': [_median(r[who]) for r in runs] for who in STEP_CONTENDERS},
+            'rounds': len(runs[0]['myadam'])}
 
 
 def summarize_model(runs):
@@ -395,13 +403,15 @@ def main():
     names = args.case or [*STEP_CASES, *MODELS]
     results = {'threads': THREADS, 'runs': args.runs, 'steps': {}, 'models': {},
                'machine': machine.describe()}
-    print(f"{'storage mode':22} {'ratio':>6}  {'runs':14} {'myadam ms':>10} {'adam ms':>8}")
+    print(f"{'storage mode':22} {'ratio':>6}  {'runs':14} {'myadam ms':>10} {'adam ms':>8} "
+          f"{'free ms':>8} {'if step free':>12}")
     for name in [n for n in names if n in STEP_CASES]:
         row = summarize_steps([step_run(STEP_CASES[name][1], args.step_rounds, args.quick)
                                for _ in range(args.runs)])
         results['steps'][name] = row
         print(f"{name:22} {row['ratio']:6.2f}  {_ratios(row['ratios']):14} "
-              f"{_median(row['myadam_ms']):10.3f} {_median(row['adam_ms']):8.3f}", flush=True)
+              f"{_median(row['myadam_ms']):10.3f} {_median(row['adam_ms']):8.3f} "
+              f"{_median(row['free_ms']):8.3f} {row['if_step_free']:12.2f}", flush=True)
     print(f"\n{'model':12} {'ratio':>6}  {'runs':14} {'myadam ms':>10} {'adam ms':>8} "
           f"{'step ratio':>10} {'myadam step':>11} {'adam step':>9} {'if step free':>12}")
     for name in [n for n in names if n in MODELS]:

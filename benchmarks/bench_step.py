@@ -4,7 +4,9 @@ Contenders: MXNet's built-in ``'adam'``, ``'myadam'`` (fused route, the default,
 the kernel as installed: the portable build unless it was installed with
 ``ADAM_PLUGIN_NATIVE=1``), ``'myadam native'`` (the same with the kernel compiled by
 ``setup.py`` with ``ADAM_PLUGIN_NATIVE=1`` into a temporary directory and loaded beside
-it), ``'myadam'`` with ``fused=False`` (the textbook NDArray ops), and, when torch is
+it), ``'myadam'`` with ``fused=False`` (the textbook NDArray ops), ``'free step'`` (an
+optimizer that does nothing: what MXNet's own ``Trainer.step`` costs, see
+register_free_step), and, when torch is
 installed, ``torch.optim.Adam(fused=True)`` on CPU in its own process with the same
 number of threads as MXNet's OpenMP and the kernel (``OMP_NUM_THREADS``, else the
 number of cores), and again with one thread; both also with the pass over the gradients
@@ -12,7 +14,9 @@ that ``GradScaler.unscale_`` makes first for a PyTorch user who wants a step ski
 NaN/Inf (see TORCH_CONTENDERS). Workloads: one 10M-element tensor, 200 tensors of 1K, and the
 parameter shapes of ``gluon.model_zoo.vision.resnet18_v1``.
 
-Rounds are interleaved (every contender steps once per round, in turn, torch too)
+Only ``trainer.step`` is timed, waited for, not the marking of the gradients as new that
+stands for the backward pass. Rounds are interleaved (every contender steps once per round,
+in turn, torch too)
 and the table shows medians and ratios to the built-in Adam, then the ratio of the installed
 kernel's step to the native one's. A second part measures
 memory: in a fresh process per optimizer, the growth of peak RSS over 5 steps on the
@@ -46,11 +50,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine  # noqa: E402  (beside this file: found through the line above, also under PYTHONSAFEPATH)
 
 THREADS = int(os.environ.get('OMP_NUM_THREADS', os.cpu_count()))
+FREE_STEP = 'freestep'  # see register_free_step
 MXNET_OPTIMIZERS = {
     'mxnet adam': ('adam', {}),
     'myadam': ('myadam', {}),
     'myadam native': ('myadam', {}),  # with the native kernel (see with_kernel)
     'myadam textbook': ('myadam', {'fused': False}),
+    'free step': (FREE_STEP, {}),
 }
 MEMORY_CONTENDERS = ['mxnet adam', 'myadam', 'myadam textbook']
 
@@ -72,12 +78,37 @@ def resnet18_shapes():
     return [p.shape for p in net.collect_params().values()]
 
 
+def register_free_step():
+    """Register FREE_STEP with MXNet: an optimizer whose update does nothing, so that a step
+    with it costs what MXNet's own ``Trainer``, ``Updater`` (and KVStore) cost on their own,
+    the part of a step no optimizer plugged into MXNet can remove. It takes one parameter a
+    call (``aggregate_num`` 0), MXNet's cheapest way."""
+    import mxnet as mx
+    if FREE_STEP in mx.optimizer.Optimizer.opt_registry:
+        return
+
+    @mx.optimizer.Optimizer.register
+    class FreeStep(mx.optimizer.Optimizer):
+        def create_state(self, index, weight):
+            return None
+
+        def update(self, index, weight, grad, state):
+            pass
+
+        update_multi_precision = update
+
+    assert FREE_STEP in mx.optimizer.Optimizer.opt_registry
+
+
 def mxnet_step(shapes, optimizer, options, seed=0):
-    """A ``trainer.step(1)`` closure over fresh parameters with fixed random gradients."""
+    """``(ready, step)`` over fresh parameters with fixed random gradients: ``ready()``
+    marks the gradients new, as a backward pass does, and ``step()`` is ``trainer.step(1)``,
+    waited for."""
     import mxnet as mx
     from mxnet import gluon
 
     import adam_plugin  # noqa: F401  (registers 'myadam')
+    register_free_step()
     mx.random.seed(seed)
     params = []
     for i, shape in enumerate(shapes):
@@ -89,12 +120,14 @@ def mxnet_step(shapes, optimizer, options, seed=0):
     arrays = [p.data() for p in params]
     mx.nd.waitall()  # the set-up's allocations land here, not in the first step
 
-    def step():
+    def ready():
         for a in arrays:
             a._fresh_grad = True
+
+    def step():
         trainer.step(1)
         mx.nd.waitall()
-    return step
+    return ready, step
 
 
 def build_kernel(into, native):
@@ -190,12 +223,15 @@ def time_rounds(shapes_by_workload, rounds, native_kernel):
     steps = {(w, name): mxnet_step(shapes, *MXNET_OPTIMIZERS[name])
              for w, shapes in shapes_by_workload.items() for name in MXNET_OPTIMIZERS}
     for w in shapes_by_workload:
-        steps[w, 'myadam native'] = with_kernel(steps[w, 'myadam native'], native_kernel)
-    for step in steps.values():  # warm-up: state creation, the kernel's threads
+        ready, step = steps[w, 'myadam native']
+        steps[w, 'myadam native'] = ready, with_kernel(step, native_kernel)
+    for ready, step in steps.values():  # warm-up: state creation, the kernel's threads
+        ready()
         step()
     times = {w: {} for w in shapes_by_workload}
     for _ in range(rounds):
-        for (w, name), step in steps.items():
+        for (w, name), (ready, step) in steps.items():
+            ready()
             start = time.perf_counter()
             step()
             times[w].setdefault(name, []).append((time.perf_counter() - start) * 1e3)
@@ -222,13 +258,17 @@ def memory_child(optimizer, options, size, steps, warm_up):
     optimizer's code, so what remains is what the steps themselves allocate.
     """
     if warm_up:
-        mxnet_step([(16,)], optimizer, options)()
-    step = mxnet_step([(size,)], optimizer, options)
+        ready, step = mxnet_step([(16,)], optimizer, options)
+        ready()
+        step()
+    ready, step = mxnet_step([(size,)], optimizer, options)
+    ready()
     before, anon_before = _reset_peak_mb(), _status_mb('RssAnon')
     step()
     first_peak = _peak_mb()
     after_first = _reset_peak_mb()
     for _ in range(steps - 1):
+        ready()
         step()
     print(json.dumps({'growth_mb': max(first_peak, _peak_mb()) - before,
                       'steady_growth_mb': _peak_mb() - after_first,
@@ -268,7 +308,8 @@ def measure_memory(size, steps=5):
 
 def first_step_child():
     """Child process: print the seconds the first 'myadam' step takes."""
-    step = mxnet_step([(1000,)], 'myadam', {})
+    ready, step = mxnet_step([(1000,)], 'myadam', {})
+    ready()
     start = time.perf_counter()
     step()
     print(time.perf_counter() - start)

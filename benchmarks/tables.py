@@ -32,11 +32,15 @@ STEP_COLUMNS = [
     ('same, 1 thread', 'torch fused 1 thread'),
     ('torch fused + check, {threads} threads', 'torch fused+check'),
     ('same, 1 thread', 'torch fused+check 1 thread'),
+    ("MXNet's `Trainer.step` alone (an optimizer that does nothing)", 'free step'),
 ]
 STEP_RATIOS = [('`myadam` / MXNet `adam`', 'ratio_to_mxnet_adam'),
                ('`myadam` / torch fused, {threads} threads', 'ratio_to_torch_fused'),
                ('`myadam` / torch fused + check, {threads} threads',
                 'ratio_to_torch_fused_check')]
+# The last column: MXNet's Trainer.step alone against torch fused + check.
+FREE_RATIO = ("`Trainer.step` alone / torch fused + check, {threads} threads", 'free step',
+              'ratio_to_torch_fused_check')
 # bench_loops.py's cases, as the tables name them.
 STEP_CASES = {
     'sparse_embedding': '`SparseEmbedding(100000, 128)`, 512 Zipf ids a step (row_sparse '
@@ -79,13 +83,16 @@ def _table(header, rows):
 def step_table(step):
     threads = step['threads']
     header = ['workload'] + [title.format(threads=threads) for title, _ in STEP_COLUMNS] + [
-        title.format(threads=threads) for title, _ in STEP_RATIOS]
+        title.format(threads=threads) for title, _ in STEP_RATIOS] + [
+        FREE_RATIO[0].format(threads=threads)]
     rows = []
     for workload, title in WORKLOADS.items():
         by_name = step['timings'][workload]
         cells = [_ms(by_name[name]['median_ms']) if name in by_name else '–'
                  for _, name in STEP_COLUMNS]
         cells += [_ms(by_name['myadam'][key]) for _, key in STEP_RATIOS]
+        free = by_name.get(FREE_RATIO[1])
+        cells.append(_ms(free[FREE_RATIO[2]]) if free else '–')
         rows.append([title] + cells)
     return (f"Median of {by_name['myadam']['rounds']} interleaved rounds, milliseconds.\n\n"
             + _table(header, rows))
@@ -124,14 +131,17 @@ def loop_steps_table(loops):
     for name, title in STEP_CASES.items():
         row = loops['steps'].get(name)
         if row is None:
-            rows.append([f'{title} (`{name}`)', '–', '–', '–', '–'])
+            rows.append([f'{title} (`{name}`)'] + ['–'] * 6)
             continue
         rows.append([f'{title} (`{name}`)', _ms(_median(row['myadam_ms'])),
                      _ms(_median(row['adam_ms'])), _ms(row['ratio']),
-                     ' '.join(f'{r:.2f}' for r in row['ratios'])])
+                     ' '.join(f'{r:.2f}' for r in row['ratios']),
+                     _ms(_median(row['free_ms']) if 'free_ms' in row else None),
+                     _ms(row.get('if_step_free'))])
     rounds = {row['rounds'] for row in loops['steps'].values()}
     return (f"{_rounds(rounds, loops['runs'])}, milliseconds:\n\n"
-            + _table(['case', '`myadam`', 'MXNet `adam`', 'ratio', 'the runs'], rows))
+            + _table(['case', '`myadam`', 'MXNet `adam`', 'ratio', 'the runs',
+                      'a step that does nothing', 'with a free step'], rows))
 
 
 def loop_models_table(loops):

@@ -18,7 +18,7 @@ def test_bench_step_runs_on_tiny_sizes(tmp_path):
     subprocess.run([sys.executable, BENCH, '--tiny', '--rounds', '2', '--json', str(out)],
                    check=True, capture_output=True, text=True)
     results = json.loads(out.read_text())
-    contenders = {'mxnet adam', 'myadam', 'myadam native', 'myadam textbook'}
+    contenders = {'mxnet adam', 'myadam', 'myadam native', 'myadam textbook', 'free step'}
     if importlib.util.find_spec('torch'):
         contenders |= {'torch fused', 'torch fused 1 thread', 'torch fused+check',
                        'torch fused+check 1 thread'}
@@ -59,6 +59,7 @@ def test_bench_loops_quick(tmp_path):
     for row in results['steps'].values():
         assert row['rounds'] == 2 and len(row['ratios']) == 1
         assert row['ratio'] == row['myadam_ms'][0] / row['adam_ms'][0]
+        assert row['if_step_free'] == row['free_ms'][0] / row['adam_ms'][0] > 0
     for row in results['models'].values():
         assert row['rounds'] == 2
         assert row['ratio'] == row['myadam_iteration_ms'] / row['adam_iteration_ms']
