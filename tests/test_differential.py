@@ -398,6 +398,12 @@ def pieces_for(draw, case):
 
 # --- running a case ---------------------------------------------------------------------------
 
+def test_the_kernels_piece_is_the_one_these_tests_and_the_docs_name():
+    """The kernel cuts work into pieces of PIECE elements unless a test sets another: the
+    size the slow tier's real arrays cross and docs/speed.md states."""
+    assert kernel.LIBRARY.set_piece_size(0) == PIECE  # below 1: changes nothing, returns it
+
+
 @contextlib.contextmanager
 def kernel_settings(variant, threads, piece, parallel_min):
     """The kernel's variant, threads, piece size and thread threshold, for the block."""

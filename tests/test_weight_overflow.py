@@ -59,6 +59,29 @@ def test_a_weight_stepped_past_its_dtypes_range_is_warned_and_counted(case, fuse
     assert opt.num_skipped == 1 and opt._index_update_count == {0: 1}
 
 
+# (weight dtype, multi_precision): each storage's largest finite weight.
+LARGEST = {'float16': ('float16', False), 'float16_master': ('float16', True),
+           'float32': ('float32', False), 'float64': ('float64', False)}
+
+
+@pytest.mark.parametrize('fused', ROUTES, ids=ROUTE_IDS)
+@pytest.mark.parametrize('case', LARGEST)
+def test_a_weight_at_its_dtypes_largest_finite_value_is_not_reported(case, fused):
+    """A weight that holds exactly its dtype's largest finite value after the step (a zero
+    gradient leaves it there) is finite: nothing is warned or counted."""
+    dtype, multi_precision = LARGEST[case]
+    largest = float(np.finfo(dtype).max)
+    opt = MyAdam(learning_rate=0.1, fused=fused, multi_precision=multi_precision)
+    w = nd.array([largest, -largest, 1.0], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)  # what a report would be
+        state = opt.create_state_multi_precision(0, w)
+        opt.update_multi_precision(0, w, nd.array([0.0, 0.0, 1.0], dtype=dtype), state)
+        got = w.asnumpy()
+    assert got[0] == largest and got[1] == -largest and got[2] < 1.0
+    assert opt.num_skipped == 0
+
+
 @pytest.mark.parametrize('fused', ROUTES, ids=ROUTE_IDS)
 def test_max_skips_overflows_in_a_row_raise(fused):
     """A weight that is Inf already overflows at every step: the max_skips-th in a row
