@@ -26,6 +26,7 @@ from adam_plugin import checkpoint
 from adam_plugin.chapter import linreg
 from checkpoints import BATCH, LOADERS, PLACEMENTS, SAVE_AFTER, STEPS, Job
 from configs import CONFIGS, optimizer_kwargs
+from helpers import state_arrays
 
 # name -> (MyAdam options, weight dtype, step whose gradient of w is NaN on every device)
 ROWS = {
@@ -64,19 +65,11 @@ class Run(Job):
         return {
             'weights': [[a.asnumpy() for a in p.list_data()]
                         for p in self.net.collect_params().values()],
-            'states': [{i: _flat(u.states[i]) for i in u.states} for u in updaters],
+            'states': [{i: state_arrays(u.states[i]) for i in u.states} for u in updaters],
             'counts': {d: dict(c) for d, c in opt._all_index_update_counts.items()},
             'num_update': opt.num_update,
             'lr': opt.learning_rate,
         }
-
-
-def _flat(state):
-    if isinstance(state, nd.NDArray):
-        return [state.asnumpy()]
-    if isinstance(state, (tuple, list)):
-        return [a for s in state for a in _flat(s)]
-    return [state]
 
 
 def assert_equal(got, want, what):

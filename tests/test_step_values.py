@@ -20,7 +20,7 @@ from mxnet import gluon, nd
 
 from adam_plugin import MyAdam
 from configs import TOL
-from helpers import raised_from_the_callback
+from helpers import raised_from_the_callback, state_arrays
 from oracles import NumpyAdam
 
 NAN, INF = math.nan, math.inf
@@ -62,24 +62,13 @@ def step(trainer, params):
     trainer.step(1)
 
 
-def _arrays(state):
-    if isinstance(state, (tuple, list)):
-        return [a for s in state for a in _arrays(s)]
-    return [state] if state is not None else []
-
-
-def _numpy(array):
-    """An array of a state as NumPy; MyAdam's step count ``t`` (an int) too."""
-    return np.array(array.asnumpy() if isinstance(array, nd.NDArray) else array)
-
-
 def snapshot(trainer, params):
     """Everything a refused step must leave as it was: every device's weights, every
     updater's states, the step counts, num_update and num_skipped."""
     opt = trainer.optimizer
     updaters = [trainer._kvstore._updater] if trainer._update_on_kvstore else trainer._updaters
     return ([d.asnumpy() for p in params for d in p.list_data()],
-            [_numpy(s) for u in updaters for i in sorted(u.states) for s in _arrays(u.states[i])],
+            [s for u in updaters for i in sorted(u.states) for s in state_arrays(u.states[i])],
             {d: dict(c) for d, c in opt._all_index_update_counts.items()},
             opt.num_update, opt.num_skipped)
 
@@ -244,13 +233,13 @@ def one_update(opt, dtype, multi_precision=False):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         state = opt.create_state_multi_precision(0, w)
-    before = [_numpy(a) for a in [w] + _arrays(state)]
+    before = state_arrays([w, state])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', RuntimeWarning)  # a float16 weight past 65504
             opt.update_multi_precision(0, w, nd.array([1.0, -1.0], dtype=dtype), state)
     except ValueError:
-        for a, b in zip(before, [_numpy(a) for a in [w] + _arrays(state)], strict=True):
+        for a, b in zip(before, state_arrays([w, state]), strict=True):
             np.testing.assert_array_equal(a, b)
         assert not opt._index_update_count
         return False
