@@ -93,6 +93,7 @@ class CheckedLayouts:
     def __init__(self, name):
         self._name = name
         self._seen = {}  # index -> [(weight, grad, state, multi_precision, context, Layout)]
+        self._holders = {}  # id of an array or [t] of a state in _seen -> (it, that state, index)
 
     def __call__(self, index, weight, grad, state=None, multi_precision=False):
         """The :class:`Layout` of ``weight`` and ``grad``, once ``state`` (when given) is
@@ -111,7 +112,10 @@ class CheckedLayouts:
             which is row_sparse beside a row_sparse weight), and the step count ``t``
             passing :func:`adam_plugin.options.step_count` (or no ``[t]``: a state saved
             without it). The kernel reads and writes the arrays as raw memory of the
-            weight's size: a smaller state would be written past its end.
+            weight's size: a smaller state would be written past its end. If ``state``
+            holds an array or its ``[t]`` twice, or one that another state in use holds
+            (states loaded by MXNet's ``Trainer.load_states``, whose pickle may name an
+            object twice): each holder would step it.
         """
         seen = self._seen.setdefault(index, [])
         for entry in seen:
@@ -132,15 +136,41 @@ class CheckedLayouts:
         master = multi_precision and layout.dtype == FLOAT16
         fits = any(entry[2] is state and entry[3] == multi_precision and entry[4] == context
                    and entry[5] == layout for entry in seen)  # new weight objects (KVStore)
-        problem = not fits and state is not None and _misfit(state, layout, master, context)
+        problem = not fits and state is not None and (
+            _misfit(state, layout, master, context)
+            or (not any(entry[2] is state for entry in seen) and self._shared(index, state)))
         if problem:
             dtype = 'float32 master copy and moments' if master else f'{layout.dtype.name} moments'
             raise ValueError(f"myadam: the state of {self._name(index)} does not fit its weight "
                              f"(shape {layout.shape}, {dtype}, on {weight.context}): {problem}; "
                              "nothing was updated")
         seen.insert(0, (weight, grad, state, multi_precision, context, layout))
+        for item in _held(state):
+            self._holders[id(item)] = item, state, index
+        for dropped in seen[LAYOUTS_PER_INDEX:]:
+            gone = dropped[2]
+            if not any(entry[2] is gone for entry in seen[:LAYOUTS_PER_INDEX]):
+                for item in _held(gone):
+                    if self._holders.get(id(item), (None, None))[1] is gone:
+                        del self._holders[id(item)]
         del seen[LAYOUTS_PER_INDEX:]
         return layout
+
+    def _shared(self, index, state):
+        """What ``state``, new for ``index``, holds twice or shares with another state in
+        use (an array, or the one-item list ``[t]``), or None."""
+        mine = set()
+        for item in _held(state):
+            what = 'step count' if type(item) is list else 'array'
+            if id(item) in mine:
+                return f"it holds one {what} twice"
+            mine.add(id(item))
+            holder = self._holders.get(id(item))
+            if holder is not None and holder[0] is item and holder[1] is not state:
+                return (f"one {what} of it is also in the state of "
+                        f"{self._name(holder[2])}"
+                        + (' on another device' if holder[2] == index else ''))
+        return None
 
 
 LAYOUTS_PER_INDEX = 8  # the layouts CheckedLayouts keeps of a parameter index
@@ -181,6 +211,15 @@ def _misfit(state, layout, master, context):
         if array.context != context:
             return f"its {what} is on {array.context}"
     return None
+
+
+def _held(state):
+    """The arrays and one-item lists ``[t]`` of ``state``, a nesting of tuples and lists
+    (``[t]``: a list of one int)."""
+    if isinstance(state, (tuple, list)) and not (
+            type(state) is list and len(state) == 1 and not isinstance(state[0], nd.NDArray)):
+        return [found for item in state for found in _held(item)]
+    return [] if state is None else [state]
 
 
 def _structure(state):

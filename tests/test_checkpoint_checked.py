@@ -166,3 +166,56 @@ def test_a_file_for_other_parameters_is_refused_naming_the_misfit(row, loader, t
         LOADERS[loader](dense(*loading), tmp_path / 'dense.states')
     assert message in str(err.value)
     assert ('holds them now' in str(err.value)) == (loader == 'Trainer.load_states')
+
+
+
+# A states file whose pickle names one array twice: what it changes in the states (index ->
+# state), the message of the first step after MXNet's Trainer.load_states.
+SHARED = {
+    'a_moment_of_another_state': (
+        lambda states: {**states, 1: (states[0][0], *states[1][1:])},
+        "state of parameter '{b}' does not fit its weight .*: one array of it is also in the "
+        "state of parameter '{a}'"),
+    'm_as_v': (
+        lambda states: {**states, 0: (states[0][0], states[0][0], *states[0][2:])},
+        "state of parameter '{a}' does not fit its weight .*: it holds one array twice"),
+}
+
+
+@pytest.mark.parametrize('row', SHARED)
+def test_mxnet_loaded_states_that_share_an_array_are_refused_at_the_first_step(row, tmp_path):
+    """Where a pickle names an array twice, MXNet's Trainer.load_states gives two
+    parameters (or one's m and v) one array, which each would step: the first step refuses
+    it, naming the parameters, before anything changes (checkpoint.load_states refuses the
+    file). The KVStore's Updater copies loaded states to its weights' context, and the
+    Updaters copy each [t]: no sharing survives there."""
+    from adam_plugin import checkpoint
+    params = []
+    for name in ('a', 'b'):
+        p = gluon.Parameter(name, shape=(3,))
+        p.initialize(mx.init.Constant(1.0))
+        params.append(p)
+    trainer = gluon.Trainer(params, 'myadam', {'learning_rate': 0.1})
+
+    def step():
+        for p in params:
+            p.grad()[:] = 0.5
+            p.data()._fresh_grad = True
+        trainer.step(1)
+
+    step()
+    trainer.save_states(str(tmp_path / 'good.states'))
+    with open(tmp_path / 'good.states', 'rb') as f:
+        states, optimizer = pickle.load(f)
+    change, message = SHARED[row]
+    with open(tmp_path / 'bad.states', 'wb') as f:
+        pickle.dump((change(states), optimizer), f)
+    with pytest.raises(ValueError, match='held twice'):
+        checkpoint.load_states(trainer, tmp_path / 'bad.states')
+    trainer.load_states(str(tmp_path / 'bad.states'))
+    before = [p.data().asnumpy() for p in params]
+    with pytest.raises(ValueError, match=message.format(a=params[0].name, b=params[1].name)
+                       + '; nothing was updated'):
+        step()
+    for p, weight in zip(params, before, strict=True):
+        assert (p.data().asnumpy() == weight).all()
