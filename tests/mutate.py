@@ -8,6 +8,8 @@ Run from the repository's root with the development environment (``make .venv/.i
     .venv/bin/python tests/mutate.py --list          # the mutants, one a line
     .venv/bin/python tests/mutate.py ID...           # only these (ids or parts of names)
     .venv/bin/python tests/mutate.py --doc docs/mutants.md   # and writes the result there
+    .venv/bin/python tests/mutate.py --resume LOG --doc docs/mutants.md
+        # after tests were added: only the survivors of the full run whose output is LOG
 
 The mutants: one bug of each class the audit of #30 planted by hand (:data:`ISSUE`), and
 systematic ones generated from the sources: in the kernel's loops (:data:`KERNEL_REGIONS`)
@@ -637,8 +639,11 @@ def main(argv=None):
     parser.add_argument('--jobs', type=int, default=2,
                         help='mutants tested at a time, each in its own tree (default 2)')
     parser.add_argument('--resume', metavar='LOG',
-                        help="the output of an earlier full run: its killed mutants (and those "
-                             "of the same machine code) are kept, the others run again")
+                        help="the output of an earlier full run: its mutants killed, of the same "
+                             "machine code or argued are kept, the survivors run again")
+    parser.add_argument('--again', metavar='TEXT', action='append', default=[],
+                        help='with --resume: also run again the kept mutants whose killing '
+                             'test names TEXT (a test changed since that run)')
     args = parser.parse_args(argv)
 
     mutants = all_mutants()
@@ -655,7 +660,9 @@ def main(argv=None):
         print(f'{len(mutants)} mutants')
         return 0
 
-    kept, before = resumed(args.resume) if args.resume else ({}, 0.0)
+    kept, before = resumed(args.resume) if args.resume else ({}, None)
+    kept = {id_: row for id_, row in kept.items()
+            if not any(text in row[1] for text in args.again)}
     started, tested = time.monotonic(), version()
     workspace = tempfile.mkdtemp(prefix='adam-plugin-mutate-')
     try:
@@ -753,21 +760,23 @@ def run_all(workspace, mutants, jobs):
 
 
 def resumed(log):
-    """From the output of a full run: ``({id: (status, by, seconds)}`` of its killed mutants
-    and those of the original's machine code, the minutes it took)."""
-    kept, minutes, lines = {}, 0.0, open(log).read().splitlines()
+    """From the output of a full run: ``({id: (status, by, seconds)}`` of its mutants killed,
+    of the original's machine code or argued (equivalent, unobservable), ``(its commit, the
+    minutes it took)``)."""
+    kept, run, lines = {}, None, open(log).read().splitlines()
     for i, line in enumerate(lines):
         status = line[:32].strip()
-        if status.startswith('killed') or status == 'equivalent (same machine code)':
+        if status.startswith('killed') or status.startswith('equivalent') or status.endswith(
+                'argued)'):
             following = lines[i + 1] if i + 1 < len(lines) else ''
             by = following.strip() if following.startswith(' ' * 33) else ''
             kept[line[33:40]] = (status, by, 0.0)
-        found = re.search(r', (\d+) min: \d+ mutants\.', line)
+        found = re.match(r'`tests/mutate.py` on (\w+).*, (\d+) min: \d+ mutants\.', line)
         if found:
-            minutes = float(found.group(1))
-    if not minutes:
+            run = found.group(1), float(found.group(2))
+    if run is None:
         raise SystemExit(f'mutate.py: {log} is not the output of a whole run')
-    return kept, minutes
+    return kept, run
 
 
 def report_one(result):
@@ -788,7 +797,8 @@ def version():
 
 def render(results, elapsed, whole, tested, resumed=None):
     """The Markdown report: the score, the issue's classes, the survivors. ``tested``: the
-    :func:`version` run; ``resumed``: (mutants run again, minutes of the full run before)."""
+    :func:`version` run; ``resumed``: (mutants run again, (commit, minutes) of the full run
+    before)."""
     commit, dirty = tested
     counts = {}
     for r in results:
@@ -799,9 +809,10 @@ def render(results, elapsed, whole, tested, resumed=None):
              f'{" with uncommitted changes" if dirty else ""}, '
              f'{datetime.date.today().isoformat()}, {os.cpu_count()}-core {cpu}, '
              f'{elapsed / 60:.0f} min: {len(results)} mutants.'
-             + (f' A resumed run: the {resumed[0]} mutants that had survived (or been argued '
-                f'equivalent) in the full run before ({resumed[1]:.0f} min) were run again, '
-                'the others kept as that run found them.' if resumed else ''), '',
+             + (f' A resumed run: the full run on {resumed[1][0]} ({resumed[1][1]:.0f} min) '
+                f'found the others as they are given here; the {resumed[0]} that had survived '
+                'there (or were killed only by a test changed since) were run again on '
+                f'{commit}.' if resumed else ''), '',
              '| ' + ' | '.join(sorted(counts)) + ' |', '|' + '---|' * len(counts),
              '| ' + ' | '.join(str(counts[k]) for k in sorted(counts)) + ' |', '']
     issue = [r for r in results if r.mutant.kind.startswith('issue')]
