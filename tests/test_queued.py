@@ -4,8 +4,9 @@ With ``update_on_kvstore=True`` over several devices the KVStore calls the optim
 once per parameter from its callback; under ``nonfinite='skip'`` MyAdam queues the
 kernel's step there as an engine operation and returns, as MXNet's own Adam does
 (see :mod:`adam_plugin.engine`). What a queued step finds is taken in at a later update
-call once it has run, at the next ``Trainer.step`` or save at the latest. These tests hold that path to the one that runs
-on the calling thread: the same numbers, skips, counts and warnings.
+call once it has run, at the next ``Trainer.step`` or save at the latest. These tests hold
+that path to the one that runs on the calling thread: the same numbers, skips, counts and
+warnings.
 """
 import warnings
 
@@ -181,9 +182,10 @@ def test_under_a_scheduler_a_skip_is_taken_in_before_the_next_parameter_steps():
                     for d in p.list_data():
                         d._fresh_grad = True
                     for i, array in enumerate(p.list_grad()):
-                        late = nd.dot(slow, slow)[0, :array.shape[0]] * 0  # pending a while
-                        (late + nd.array(g[p.name])).copyto(array) if i == 0 else (
-                            array.__setitem__(slice(None), nd.array(g[p.name])))
+                        value = nd.array(g[p.name])
+                        if i == 0:  # written late: the queued step waits for it a while
+                            value = nd.dot(slow, slow)[0, :array.shape[0]] * 0 + value
+                        value.copyto(array)
                 trainer.step(1)
             trainer.optimizer._take_queued()
         runs[update_on_kvstore] = ([d.asnumpy() for p in params for d in p.list_data()],
