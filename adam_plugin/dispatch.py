@@ -145,12 +145,12 @@ class CheckedLayouts:
                              f"(shape {layout.shape}, {dtype}, on {weight.context}): {problem}; "
                              "nothing was updated")
         seen.insert(0, (weight, grad, state, multi_precision, context, layout))
-        for item in _held(state):
+        for item in state_objects(state):
             self._holders[id(item)] = item, state, index
         for dropped in seen[LAYOUTS_PER_INDEX:]:
             gone = dropped[2]
             if not any(entry[2] is gone for entry in seen[:LAYOUTS_PER_INDEX]):
-                for item in _held(gone):
+                for item in state_objects(gone):
                     if self._holders.get(id(item), (None, None))[1] is gone:
                         del self._holders[id(item)]
         del seen[LAYOUTS_PER_INDEX:]
@@ -160,7 +160,7 @@ class CheckedLayouts:
         """What ``state``, new for ``index``, holds twice or shares with another state in
         use (an array, or the one-item list ``[t]``), or None."""
         mine = set()
-        for item in _held(state):
+        for item in state_objects(state):
             what = 'step count' if type(item) is list else 'array'
             if id(item) in mine:
                 return f"it holds one {what} twice"
@@ -213,12 +213,12 @@ def _misfit(state, layout, master, context):
     return None
 
 
-def _held(state):
-    """The arrays and one-item lists ``[t]`` of ``state``, a nesting of tuples and lists
-    (``[t]``: a list of one int)."""
+def state_objects(state):
+    """The arrays and step counts ``[t]`` (one-item lists) of ``state``, a nesting of tuples
+    and lists: what no other state, and no other place in it, may hold too."""
     if isinstance(state, (tuple, list)) and not (
             type(state) is list and len(state) == 1 and not isinstance(state[0], nd.NDArray)):
-        return [found for item in state for found in _held(item)]
+        return [found for item in state for found in state_objects(item)]
     return [] if state is None else [state]
 
 

@@ -67,6 +67,7 @@ import numpy
 from mxnet.optimizer import Optimizer
 
 from .. import mxnet_internals
+from ..dispatch import state_objects
 from ..options import InvalidOption, step_count
 from . import safe
 
@@ -264,7 +265,7 @@ def _refuse_shared(states, params):
     parameters' moments (or one parameter's ``m`` and ``v``), or their counts, would be one."""
     held = {}  # id of an array or [t] -> the index whose state holds it
     for index, state in states.items():
-        for item in _held(state):
+        for item in state_objects(state):
             first = held.get(id(item))
             if first is not None:
                 where = (f"parameter '{params[index].name}'" if first == index else
@@ -272,13 +273,6 @@ def _refuse_shared(states, params):
                 what = 'step count' if type(item) is list else 'array'
                 raise safe.Refused(f"one {what} is held twice, by the states of {where}")
             held[id(item)] = index
-
-
-def _held(state):
-    """The arrays and step counts in ``state``, a nesting of tuples."""
-    if type(state) is tuple:
-        return [found for item in state for found in _held(item)]
-    return [] if state is None else [state]
 
 
 _COUNT = ['int']  # the layout of a step count, [t] (see MyAdam.create_state)
