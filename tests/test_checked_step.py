@@ -114,6 +114,31 @@ def test_float32_steps_the_others_as_the_textbook_route(monkeypatch):
     assert_same(run('float32', bad, sizes=sizes), run('float32', bad, sizes=sizes, fused=False))
 
 
+def test_no_piece_is_stepped_before_every_piece_of_its_parameter_is_checked(monkeypatch):
+    """A parameter in three pieces (two of 2^20 elements, then one) that two threads take,
+    a NaN at the end of the second: the pieces of its step wait until every piece is
+    checked, so it is left untouched at every call. (A piece stepped while the other
+    thread still checks would change it: a race, which 300 calls show. The pieces are
+    long, so that the second thread takes its piece before the first is done.)"""
+    monkeypatch.setattr(kernel, 'THREADS', 2)
+    monkeypatch.setattr(kernel, 'PARALLEL_MIN', 0)
+    piece = 1 << 20
+    opt = MyAdam(learning_rate=0.1, max_skips=None)
+    weight, grad = nd.ones((2 * piece + 1,)), nd.ones((2 * piece + 1,))
+    grad[2 * piece - 1] = np.nan
+    state = opt.create_state(0, weight)
+    previous = kernel.LIBRARY.set_piece_size(piece)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)  # the skips warn
+            for _ in range(300):
+                opt.update([0], [weight], [grad], [state])
+    finally:
+        kernel.LIBRARY.set_piece_size(previous)
+    assert (weight.asnumpy() == 1).all() and (state[0].asnumpy() == 0).all()
+    assert state[-1] == [0] and opt.num_skipped == 300
+
+
 @pytest.mark.parametrize('threads', [1, 2])
 def test_a_lazy_row_sparse_gradient_is_checked_in_its_stored_rows(threads, monkeypatch):
     """A sparse gradient with an Inf in one stored row, and a dense one, in one call: the
