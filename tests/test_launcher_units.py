@@ -266,8 +266,18 @@ def test_the_timeout_ends_the_job(token, quick_job, capfd):
     assert 'timed out after 0.5 s' in capfd.readouterr().err
 
 
+@pytest.fixture
+def interruptible():
+    """SIGINT raises KeyboardInterrupt meanwhile, as in a Python started from a terminal:
+    one started with SIGINT ignored (by nohup, or as a background job of a script) keeps
+    ignoring it, and so does the launcher."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_a_signal_to_the_launcher_ends_the_job(signum, token, quick_job, capfd):
+def test_a_signal_to_the_launcher_ends_the_job(signum, token, quick_job, interruptible, capfd):
     """SIGTERM, SIGHUP and Ctrl-C end the job with 128 + the signal; the handlers are put
     back. (The worker sends it to its launcher, this process, once started.)"""
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
