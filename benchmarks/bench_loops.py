@@ -4,7 +4,7 @@ Every loop runs forward and backward at each step, so MXNet hands the optimizer
 gradients that backward (or the KVStore's reduce of them) has just written, through
 ``gluon.Trainer.step`` as users call it. The two optimizers train identical models
 (built from one seed) on identical data; in each round each of them runs its
-iterations in turn. 'myadam' runs with its defaults except ``epsilon_mode='hat'``, the
+iterations in turn, who goes first rotating round by round (``bench_step.rotations``). 'myadam' runs with its defaults except ``epsilon_mode='hat'``, the
 form of MXNet's Adam (the same work per element).
 
 Two parts:
@@ -325,8 +325,8 @@ def step_run(make, rounds, quick):
     import mxnet as mx
     loops = _loops(make, quick, STEP_CONTENDERS)
     times = {who: [] for who in loops}
-    for _ in range(rounds):
-        for who, loop in loops.items():
+    for order in bench_step.rotations(list(loops.items()), rounds):
+        for who, loop in order:
             loop.forward_backward()
             mx.nd.waitall()
             times[who].append(_timed(loop.step))
@@ -338,8 +338,8 @@ def model_run(make, rounds, quick):
     'step': [ms]}}, per round a whole iteration, then one timed in two parts."""
     loops = _loops(make, quick, OPTIMIZERS)
     times = {who: {'iteration': [], 'forward_backward': [], 'step': []} for who in loops}
-    for _ in range(rounds):
-        for who, loop in loops.items():
+    for order in bench_step.rotations(list(loops.items()), rounds):
+        for who, loop in order:
             times[who]['iteration'].append(_timed(loop.iteration))
             times[who]['forward_backward'].append(_timed(loop.forward_backward))
             times[who]['step'].append(_timed(loop.step))

@@ -16,7 +16,7 @@ parameter shapes of ``gluon.model_zoo.vision.resnet18_v1``.
 
 Only ``trainer.step`` is timed, waited for, not the marking of the gradients as new that
 stands for the backward pass. Rounds are interleaved (every contender steps once per round,
-in turn, torch too)
+in turn, torch too, each round's turns rotated by one: see rotations)
 and the table shows medians and ratios to the built-in Adam, then the ratio of the installed
 kernel's step to the native one's. A second part measures
 memory: in a fresh process per optimizer, the growth of peak RSS over 5 steps on the
@@ -214,6 +214,16 @@ def start_torch(shapes):
     return child
 
 
+def rotations(items, rounds):
+    """Per round, ``items`` (a list) rotated by the round's number: over ``len(items)``
+    rounds each item runs once right after each other one, so no contender always follows
+    the same one, whose leftovers (MXNet's OpenMP threads still spinning, a cache it
+    filled) would count against one contender only."""
+    for r in range(rounds):
+        k = r % len(items)
+        yield items[k:] + items[:k]
+
+
 def time_rounds(shapes_by_workload, rounds, native_kernel):
     """{workload: {contender: [ms per round]}}, contenders interleaved within each round.
 
@@ -229,8 +239,8 @@ def time_rounds(shapes_by_workload, rounds, native_kernel):
         ready()
         step()
     times = {w: {} for w in shapes_by_workload}
-    for _ in range(rounds):
-        for (w, name), (ready, step) in steps.items():
+    for order in rotations(list(steps.items()), rounds):
+        for (w, name), (ready, step) in order:
             ready()
             start = time.perf_counter()
             step()
