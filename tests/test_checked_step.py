@@ -115,17 +115,18 @@ def test_float32_steps_the_others_as_the_textbook_route(monkeypatch):
 
 
 def test_no_piece_is_stepped_before_every_piece_of_its_parameter_is_checked(monkeypatch):
-    """A parameter in three pieces (two of 2^20 elements, then one) that two threads take,
-    a NaN at the end of the second: the pieces of its step wait until every piece is
-    checked, so it is left untouched at every call. (A piece stepped while the other
-    thread still checks would change it: a race, which 300 calls show. The pieces are
-    long, so that the second thread takes its piece before the first is done.)"""
+    """A parameter in two pieces, 2^22 elements with a NaN at the end, then one element,
+    that two threads take: the first thread checks the long piece while the second checks
+    the short one and takes its step piece, which waits until the long piece is checked,
+    so the parameter is left untouched at every call. (A step piece that did not wait
+    would step the short piece while the first thread still checks: a race that any call
+    where the second thread starts within the long piece's check shows.)"""
     monkeypatch.setattr(kernel, 'THREADS', 2)
     monkeypatch.setattr(kernel, 'PARALLEL_MIN', 0)
-    piece = 1 << 20
+    piece = 1 << 22
     opt = MyAdam(learning_rate=0.1, max_skips=None)
-    weight, grad = nd.ones((2 * piece + 1,)), nd.ones((2 * piece + 1,))
-    grad[2 * piece - 1] = np.nan
+    weight, grad = nd.ones((piece + 1,)), nd.ones((piece + 1,))
+    grad[piece - 1] = np.nan
     state = opt.create_state(0, weight)
     previous = kernel.LIBRARY.set_piece_size(piece)
     try:
