@@ -403,6 +403,8 @@ VECTOR = 'for (; i + 8 <= n; i += 8)'
 POINTERS = 'if (pointers.empty() && n > 0) return -1;'
 WHOLE_PIECE = 'if (sizes[p] > 0 && sizes[p] <= size) pieces.push_back({p, 0, sizes[p], WHOLE});'
 CHECK_PIECE = 'pieces.push_back({p, c * size, std::min(sizes[p], (c + 1) * size), CHECK});'
+QUEUE_CONTEXT = "Context context{0, 0};  // the first weight's"
+QUEUE_DEVICES = 'int device = 0, id = 0, grad_device = 0, grad_id = 0;'
 EQUIVALENT = {
     # for_slice: the parameters of a piece [begin, end) of the row
     ('for_slice', FOR_SLICE, 'for (; p <= n && offsets[p] < end; ++p) {'):
@@ -489,6 +491,19 @@ EQUIVALENT = {
         'status 1 only lets Queued skip reading the flags: read, they say the same',
     ('run_queued', DONE, 'q->done.store(all && none ? 1 : 3, std::memory_order_release);'):
         'any status but 0 and 1 makes Queued read the flags, as 2 does',
+    # queue: the context and the checks of the arrays, before the step is pushed
+    **{('queue', QUEUE_CONTEXT, QUEUE_CONTEXT.replace('{0, 0}', initial)):
+       "overwritten by the first weight's context (p == 0) before it is read: a table "
+       'queues one or more parameters (engine.py queues one at a time)'
+       for initial in ('{1, 0}', '{0, 1}')},
+    **{('queue', QUEUE_DEVICES, QUEUE_DEVICES.replace(f' {name} = 0', f' {name} = 1')):
+       f'{name} is written before it is read: MXNDArrayGetContext sets both of its outputs '
+       'whenever it returns 0, and the function returns -1 before reading them otherwise'
+       for name in ('device', 'id', 'grad_device', 'grad_id')},
+    ('queue', 'if (p == 0) context = Context{device, id};',
+     'if (true) context = Context{device, id};'):
+        "the step is pushed on the last weight's context instead of the first's: the same "
+        'one, since the package queues one parameter at a time (engine.py)',
 }
 
 # Survivors that are not equivalent but that no test can observe, keyed as EQUIVALENT is.
@@ -516,6 +531,17 @@ UNOBSERVABLE = {
          "unreachable as above; and check_call raises MXNet's error for any non-zero status"),
         ((region, POINTERS, 'if (false) return -1;'),
          'the refusal of a data pointer not checked: unreachable as above'))},
+    ('queue', 'return -1;', 'return -2;'):
+        "a failing call of MXNet's (MXNDArrayGetContext, MXNDArrayGetData or "
+        'MXEnginePushSyncND, each of which fails for no array the dispatch hands the '
+        'kernel) reported as an array the step does not take: unreachable from the tests',
+    ('queue', 'if (q->pointers.empty()) {', 'if (false) {'):
+        'a data pointer MXNet refused not checked: MXNDArrayGetData fails for no array the '
+        'dispatch hands the kernel, unreachable from the tests',
+    ('queue', 'nullptr, 0, "adam_plugin_step") != 0) {', 'nullptr, 1, "adam_plugin_step") != 0) {'):
+        "the queued step's priority in MXNet's engine, 1 instead of 0: it orders operations "
+        'that are ready at the same time, not what any computes; what the step waits for and '
+        'what waits for it (its read and written arrays) stay the same',
 }
 
 

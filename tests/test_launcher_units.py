@@ -140,17 +140,25 @@ def test_status_is_none_while_running_and_128_plus_the_signal(token):
     proc.flush()
 
 
+# A process that ignores SIGTERM, then starts a child (which inherits that) and sleeps.
+STUBBORN = ("import signal, subprocess, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+            "subprocess.Popen(['sleep', '30']); print('ready', flush=True); time.sleep(30)")
+
+
+def started(token, count):
+    """Wait until ``count`` processes with ``token`` in their environment are there."""
+    deadline = time.monotonic() + 30
+    while len(launching.survivors(token)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_end_terminates_then_kills_whatever_ignores_it(token, monkeypatch):
     monkeypatch.setattr(launch, 'GRACE', 0.5)
-    stubborn = ("import signal, subprocess, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-                "subprocess.Popen(['sleep', '30']); print('ready', flush=True); time.sleep(30)")
     polite = launch._Process('a', ['sleep', '30'], dict(os.environ), Watching(),
                              launch._Output())
-    deaf = launch._Process('b', [sys.executable, '-c', stubborn], dict(os.environ), Watching(),
+    deaf = launch._Process('b', [sys.executable, '-c', STUBBORN], dict(os.environ), Watching(),
                            launch._Output())
-    deadline = time.monotonic() + 30
-    while not launching.survivors(token)[2:] and time.monotonic() < deadline:
-        time.sleep(0.05)  # the grandchild started
+    started(token, 3)  # the grandchild too
     time.sleep(0.3)
     start = time.monotonic()
     launch._end([polite, deaf])
@@ -158,6 +166,21 @@ def test_end_terminates_then_kills_whatever_ignores_it(token, monkeypatch):
     assert polite.status() == 128 + signal.SIGTERM
     assert deaf.status() == 128 + signal.SIGKILL  # after GRACE
     assert launching.orphans(token) == []  # its grandchild too, by its group
+
+
+def test_processes_that_ignore_sigterm_share_one_grace_period(token, monkeypatch):
+    """Six processes that ignore SIGTERM are killed once GRACE (0.5 s) from the SIGTERM is
+    over, all of them: no process gets a wait of its own after it (six waits of a second
+    would take 6 s)."""
+    monkeypatch.setattr(launch, 'GRACE', 0.5)
+    deaf = [launch._Process(f'deaf {i}', [sys.executable, '-c', STUBBORN], dict(os.environ),
+                            Watching(), launch._Output()) for i in range(6)]
+    started(token, 12)  # each with its child
+    start = time.monotonic()
+    launch._end(deaf)
+    assert time.monotonic() - start < 3
+    assert [proc.status() for proc in deaf] == [128 + signal.SIGKILL] * 6
+    assert launching.orphans(token) == []
 
 
 # --- the supervision loop, on scripted processes ------------------------------------------------
