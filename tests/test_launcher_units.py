@@ -235,6 +235,16 @@ def test_a_server_failing_after_the_workers_fails_the_job(fast_clock, monkeypatc
                                        'status 2\n')
 
 
+def test_supervise_ends_the_job_with_141_once_the_output_pipe_closed(fast_clock, capsys):
+    """As a shell's program that a closed pipe ends (SIGPIPE), while the processes run."""
+    output = launch._Output()
+    output.closed.set()
+    workers = [Scripted('worker 0', None, None, 0)]  # would end the job with 0 at round 3
+    assert launch._supervise(workers, [Scripted('server 0', None, 0)], None, None, output) == 141
+    assert capsys.readouterr().err == ('adam_plugin.scaleout.launch: the output pipe closed '
+                                       '(its reader exited); ending the job\n')
+
+
 def test_supervise_times_out_with_124(monkeypatch, capsys):
     workers = [Scripted('worker 0', None)]
     assert supervise(workers, [], timeout=0.3, idle_timeout=None) == 124
