@@ -251,6 +251,29 @@ def test_supervise_times_out_with_124(monkeypatch, capsys):
     assert 'timed out after 0.3 s; ending the job' in capsys.readouterr().err
 
 
+def clock(monkeypatch, *readings):
+    """time.monotonic() gives ``readings``, then the last one again and again."""
+    readings = list(readings)
+    monkeypatch.setattr(launch.time, 'monotonic',
+                        lambda: readings.pop(0) if len(readings) > 1 else readings[0])
+
+
+def test_the_timeout_ends_the_job_only_once_it_is_passed(fast_clock, monkeypatch):
+    """At exactly ``timeout`` seconds the job goes on (its worker exits 0 at the next look)."""
+    clock(monkeypatch, 100.0, 100.0, 101.0)  # the deadline, the idle clock, the first look
+    monkeypatch.setattr(launch, 'cpu_seconds', lambda pid: 0.0)
+    workers = [Scripted('worker 0', None, None, 0)]  # two calls a look while it runs
+    assert supervise(workers, [], timeout=1.0, idle_timeout=None) == 0
+
+
+def test_idle_workers_end_the_job_only_once_idle_timeout_is_passed(fast_clock, monkeypatch):
+    """Workers idle for exactly ``idle_timeout`` seconds are not hung yet."""
+    clock(monkeypatch, 100.0, 100.0, 101.0)  # the idle clock, the first look, the second
+    monkeypatch.setattr(launch, 'cpu_seconds', lambda pid: 0.0)
+    workers = [Scripted('worker 0', None, None, None, None, 0)]
+    assert supervise(workers, [], timeout=None, idle_timeout=1.0) == 0
+
+
 def test_supervise_ends_a_job_whose_workers_use_no_cpu(monkeypatch, capsys):
     used = iter([1.0, 1.0, 1.05, 1.05])
     monkeypatch.setattr(launch, 'cpu_seconds', lambda pid: next(used, 1.09))
