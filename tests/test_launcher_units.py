@@ -266,6 +266,25 @@ def test_the_timeout_ends_the_job_only_once_it_is_passed(fast_clock, monkeypatch
     assert supervise(workers, [], timeout=1.0, idle_timeout=None) == 0
 
 
+def test_waiting_for_the_servers_ends_only_once_server_exit_wait_is_passed(fast_clock,
+                                                                           monkeypatch):
+    """A server still running at exactly SERVER_EXIT_WAIT seconds after the workers is
+    waited for no longer (its exit with 2 at the next look is not seen)."""
+    monkeypatch.setattr(launch, 'SERVER_EXIT_WAIT', 1.0)
+    clock(monkeypatch, 100.0, 100.0, 101.0, 101.5)  # idle clock, start of the wait, looks
+    server = Scripted('server 0', None, None, 2)
+    assert supervise([Scripted('worker 0', 0)], [server], None, None) == 0
+
+
+def test_servers_that_exit_after_the_workers_end_the_job_within_a_look(monkeypatch):
+    """The launcher looks at the servers every 0.05 s after the workers are done."""
+    monkeypatch.setattr(launch, 'SERVER_EXIT_WAIT', 5.0)
+    start = time.monotonic()
+    server = Scripted('server 0', None, None, None, 0)
+    assert supervise([Scripted('worker 0', 0)], [server], None, None) == 0
+    assert time.monotonic() - start < 1.0  # three looks
+
+
 def test_idle_workers_end_the_job_only_once_idle_timeout_is_passed(fast_clock, monkeypatch):
     """Workers idle for exactly ``idle_timeout`` seconds are not hung yet."""
     clock(monkeypatch, 100.0, 100.0, 101.0)  # the idle clock, the first look, the second
@@ -313,6 +332,34 @@ def test_a_python_worker_that_raises_fails_at_once(token, quick_job, capfd):
     status = launch.launch([sys.executable, '-c', 'raise SystemExit(7)'], num_workers=1,
                            timeout=60)
     assert status == 7
+
+
+@pytest.mark.parametrize('found, status, why', [
+    (False, 127, 'No such file or directory'),
+    (True, 126, 'Permission denied'),  # a file, not executable
+])
+def test_a_worker_command_that_cannot_run_ends_the_job_as_a_shell_says(
+        token, quick_job, found, status, why, tmp_path, capfd):
+    """127 for a command not found, 126 for one that cannot run, in one line naming it."""
+    program = str(tmp_path / 'train.sh') if found else 'adam-plugin-no-such-command'
+    if found:
+        (tmp_path / 'train.sh').write_text('echo not executable\n')
+        os.chmod(program, 0o644)
+    assert launch.launch([program, '--epochs'], num_workers=2, timeout=60) == status
+    assert capfd.readouterr().err == ('adam_plugin.scaleout.launch: cannot run the worker '
+                                      f'command {program!r}: {why}\n')
+
+
+def test_a_watchdog_that_cannot_start_is_the_error_the_launcher_raises(monkeypatch):
+    """Nothing else started; the signal handlers are put back."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+
+    def cannot_start():
+        raise OSError(24, 'Too many open files')
+    monkeypatch.setattr(launch, '_Watchdog', cannot_start)
+    with pytest.raises(OSError, match='Too many open files'):
+        launch.launch(['true'], num_workers=1, timeout=60)
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_the_timeout_ends_the_job(token, quick_job, capfd):
