@@ -216,9 +216,10 @@ def start_torch(shapes):
 
 def rotations(items, rounds):
     """Per round, ``items`` (a list) rotated by the round's number: over ``len(items)``
-    rounds each item runs once right after each other one, so no contender always follows
-    the same one, whose leftovers (MXNet's OpenMP threads still spinning, a cache it
-    filled) would count against one contender only."""
+    rounds each item goes first once. Within a round the cyclic order stays, so an item
+    follows the same one in all rounds but the one where it goes first: what a step
+    leaves behind (OpenMP threads still spinning, a cache it filled) still falls on the
+    contender after it."""
     for r in range(rounds):
         k = r % len(items)
         yield items[k:] + items[:k]
