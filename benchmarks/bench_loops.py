@@ -4,8 +4,9 @@ Every loop runs forward and backward at each step, so MXNet hands the optimizer
 gradients that backward (or the KVStore's reduce of them) has just written, through
 ``gluon.Trainer.step`` as users call it. The two optimizers train identical models
 (built from one seed) on identical data; in each round each of them runs its
-iterations in turn, who goes first rotating round by round (``bench_step.rotations``). 'myadam' runs with its defaults except ``epsilon_mode='hat'``, the
-form of MXNet's Adam (the same work per element).
+iterations in turn, in an order shuffled round by round (``bench_step.turns``).
+'myadam' runs with its defaults except ``epsilon_mode='hat'``, the form of MXNet's Adam
+(the same work per element).
 
 Two parts:
 
@@ -320,12 +321,13 @@ def _timed(function):
     return (time.perf_counter() - start) * 1e3
 
 
-def step_run(make, rounds, quick):
-    """One run of a storage-mode case: {optimizer: [step ms per round]}."""
+def step_run(make, rounds, quick, seed):
+    """One run of a storage-mode case: {optimizer: [step ms per round]}; ``seed``, of the
+    order of the turns (``bench_step.turns``)."""
     import mxnet as mx
     loops = _loops(make, quick, STEP_CONTENDERS)
     times = {who: [] for who in loops}
-    for order in bench_step.rotations(list(loops.items()), rounds):
+    for order in bench_step.turns(list(loops.items()), rounds, seed):
         for who, loop in order:
             loop.forward_backward()
             mx.nd.waitall()
@@ -333,12 +335,13 @@ def step_run(make, rounds, quick):
     return times
 
 
-def model_run(make, rounds, quick):
+def model_run(make, rounds, quick, seed):
     """One run of a model: {optimizer: {'iteration': [ms], 'forward_backward': [ms],
-    'step': [ms]}}, per round a whole iteration, then one timed in two parts."""
+    'step': [ms]}}, per round a whole iteration, then one timed in two parts; ``seed``, of the
+    order of the turns."""
     loops = _loops(make, quick, OPTIMIZERS)
     times = {who: {'iteration': [], 'forward_backward': [], 'step': []} for who in loops}
-    for order in bench_step.rotations(list(loops.items()), rounds):
+    for order in bench_step.turns(list(loops.items()), rounds, seed):
         for who, loop in order:
             times[who]['iteration'].append(_timed(loop.iteration))
             times[who]['forward_backward'].append(_timed(loop.forward_backward))
@@ -406,8 +409,8 @@ def main():
     print(f"{'storage mode':22} {'ratio':>6}  {'runs':14} {'myadam ms':>10} {'adam ms':>8} "
           f"{'free ms':>8} {'if step free':>12}")
     for name in [n for n in names if n in STEP_CASES]:
-        row = summarize_steps([step_run(STEP_CASES[name][1], args.step_rounds, args.quick)
-                               for _ in range(args.runs)])
+        row = summarize_steps([step_run(STEP_CASES[name][1], args.step_rounds, args.quick, run)
+                               for run in range(args.runs)])
         results['steps'][name] = row
         print(f"{name:22} {row['ratio']:6.2f}  {_ratios(row['ratios']):14} "
               f"{_median(row['myadam_ms']):10.3f} {_median(row['adam_ms']):8.3f} "
@@ -415,8 +418,8 @@ def main():
     print(f"\n{'model':12} {'ratio':>6}  {'runs':14} {'myadam ms':>10} {'adam ms':>8} "
           f"{'step ratio':>10} {'myadam step':>11} {'adam step':>9} {'if step free':>12}")
     for name in [n for n in names if n in MODELS]:
-        row = summarize_model([model_run(MODELS[name][1], args.model_rounds, args.quick)
-                               for _ in range(args.runs)])
+        row = summarize_model([model_run(MODELS[name][1], args.model_rounds, args.quick, run)
+                               for run in range(args.runs)])
         results['models'][name] = row
         print(f"{name:12} {row['ratio']:6.2f}  {_ratios(row['ratios']):14} "
               f"{row['myadam_iteration_ms']:10.2f} {row['adam_iteration_ms']:8.2f} "

@@ -16,7 +16,7 @@ parameter shapes of ``gluon.model_zoo.vision.resnet18_v1``.
 
 Only ``trainer.step`` is timed, waited for, not the marking of the gradients as new that
 stands for the backward pass. Rounds are interleaved (every contender steps once per round,
-in turn, torch too, each round's turns rotated by one: see rotations)
+torch too, in an order shuffled each round: see turns)
 and the table shows medians and ratios to the built-in Adam, then the ratio of the installed
 kernel's step to the native one's. A second part measures
 memory: in a fresh process per optimizer, the growth of peak RSS over 5 steps on the
@@ -40,6 +40,7 @@ import argparse
 import importlib.util
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -214,19 +215,20 @@ def start_torch(shapes):
     return child
 
 
-def rotations(items, rounds):
-    """Per round, ``items`` (a list) rotated by the round's number: over ``len(items)``
-    rounds each item goes first once. Within a round the cyclic order stays, so an item
-    follows the same one in all rounds but the one where it goes first: what a step
-    leaves behind (OpenMP threads still spinning, a cache it filled) still falls on the
-    contender after it."""
-    for r in range(rounds):
-        k = r % len(items)
-        yield items[k:] + items[:k]
+def turns(items, rounds, seed=0):
+    """Per round, ``items`` (a list) in an order of their own: a random permutation from a
+    generator seeded with ``seed``, so that a run is repeated as it was. Over the rounds
+    each item goes first, and follows each other one, about equally often: what a step
+    leaves behind (OpenMP threads still spinning, a cache it filled) falls on every
+    contender alike, not always on the one after it."""
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        yield rng.sample(items, len(items))
 
 
 def time_rounds(shapes_by_workload, rounds, native_kernel):
-    """{workload: {contender: [ms per round]}}, contenders interleaved within each round.
+    """{workload: {contender: [ms per round]}}, contenders interleaved within each round,
+    torch's among them (see turns).
 
     ``native_kernel``: the loaded library 'myadam native' steps with.
     """
@@ -239,23 +241,38 @@ def time_rounds(shapes_by_workload, rounds, native_kernel):
     for ready, step in steps.values():  # warm-up: state creation, the kernel's threads
         ready()
         step()
+    timed = {key: timed_step(*ready_step) for key, ready_step in steps.items()}
+    if torch_child:
+        for w in shapes_by_workload:
+            for name, (threads, checked) in TORCH_CONTENDERS.items():
+                timed[w, name] = torch_step(torch_child, w, threads, checked)
     times = {w: {} for w in shapes_by_workload}
-    for order in rotations(list(steps.items()), rounds):
-        for (w, name), (ready, step) in order:
-            ready()
-            start = time.perf_counter()
-            step()
-            times[w].setdefault(name, []).append((time.perf_counter() - start) * 1e3)
-            if torch_child and name == 'myadam':
-                for torch_name, (threads, checked) in TORCH_CONTENDERS.items():
-                    torch_child.stdin.write(f'{w} {threads} {int(checked)}\n')
-                    torch_child.stdin.flush()
-                    times[w].setdefault(torch_name, []).append(
-                        float(torch_child.stdout.readline()))
+    for order in turns(list(timed.items()), rounds):
+        for (w, name), time_one in order:
+            times[w].setdefault(name, []).append(time_one())
     if torch_child:
         torch_child.stdin.close()
         torch_child.wait()
     return times
+
+
+def timed_step(ready, step):
+    """A function that times ``step()`` after ``ready()``: milliseconds."""
+    def time_one():
+        ready()
+        start = time.perf_counter()
+        step()
+        return (time.perf_counter() - start) * 1e3
+    return time_one
+
+
+def torch_step(child, workload, threads, checked):
+    """A function that has the torch server ``child`` time one step: milliseconds."""
+    def time_one():
+        child.stdin.write(f'{workload} {threads} {int(checked)}\n')
+        child.stdin.flush()
+        return float(child.stdout.readline())
+    return time_one
 
 
 def memory_child(optimizer, options, size, steps, warm_up):

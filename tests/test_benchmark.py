@@ -86,3 +86,26 @@ def test_speed_page_is_what_the_benchmarks_json_gives():
     done = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'tables.py'),
                            '--check'], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_turns_shuffle_who_follows_whom():
+    """bench_step.turns: every round a permutation of the contenders, the same ones for the
+    same seed, and over the rounds no contender always follows the same other one (what a
+    step leaves behind, spinning OpenMP threads, falls on all alike)."""
+    sys.path.insert(0, os.path.dirname(BENCH))
+    try:
+        import bench_step
+    finally:
+        sys.path.remove(os.path.dirname(BENCH))
+    items = list(range(5))
+    orders = list(bench_step.turns(items, 200, seed=3))
+    assert all(sorted(order) == items for order in orders)
+    assert orders == list(bench_step.turns(items, 200, seed=3))
+    assert orders != list(bench_step.turns(items, 200, seed=4))
+    follows = {}  # (before, after) -> rounds
+    for order in orders:
+        for before, after in zip(order[:-1], order[1:], strict=True):
+            follows[before, after] = follows.get((before, after), 0) + 1
+    # 200 rounds: each of the 20 ordered pairs is adjacent in 40 of them on average
+    assert len(follows) == 20 and min(follows.values()) >= 20
+    assert min(sum(order[0] == item for order in orders) for item in items) >= 20
