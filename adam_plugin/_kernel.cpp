@@ -5,7 +5,7 @@
 // runs without the GIL. Arrays arrive as MXNet NDArray handles; on the calling thread,
 // before any element is touched, the kernel waits for the engine (MXNDArrayWaitToRead
 // on each array the check for Inf/NaN reads; MXNDArrayWaitAll before a step, which
-// writes) and asks MXNet for each array's data pointer (MXNDArrayGetData). The eight
+// writes) and asks MXNet for each array's data pointer (MXNDArrayGetData). The nine
 // functions of MXNet's C API it calls are handed over once, by use_mxnet, when the
 // library is loaded.
 //
@@ -30,6 +30,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <mutex>
@@ -440,7 +441,9 @@ static_assert(sizeof(Context) == 8, "MXNet's Context is two 32-bit fields");
 // param) in MXNet's engine on `context` behind the pending writes to the `const` arrays
 // and every pending operation on the `mutable` ones; deleter(param) once it has run, or
 // at once when it refuses), and the array's shape (MXNDArrayGetShapeEx64; ndim -1:
-// unknown), dtype and storage type (MXNet's codes) and context (device type and id).
+// unknown), dtype and storage type (MXNet's codes) and context (device type and id), and
+// MXNDArraySaveRawBytes (the array's serialization, in a buffer of the calling thread's
+// that MXNet keeps until that thread's next call of it).
 using GetData = int (*)(void *handle, void **out);
 using WaitToRead = int (*)(void *handle);
 using WaitAll = int (*)();
@@ -451,6 +454,7 @@ using PushSync = int (*)(void (*fn)(void *, void *), void *param, void (*deleter
 using GetShape = int (*)(void *handle, int *ndim, const int64_t **dims);
 using GetCode = int (*)(void *handle, int *code);
 using GetContext = int (*)(void *handle, int *device_type, int *device_id);
+using SaveRawBytes = int (*)(void *handle, size_t *size, const char **bytes);
 GetData get_data = nullptr;
 WaitToRead wait_to_read = nullptr;
 WaitAll wait_all = nullptr;
@@ -458,6 +462,7 @@ PushSync push_sync = nullptr;
 GetShape get_shape = nullptr;
 GetCode get_dtype = nullptr, get_storage_type = nullptr;
 GetContext get_context = nullptr;
+SaveRawBytes save_raw_bytes = nullptr;
 
 // MXNet's codes: mshadow's type flags, NDArrayStorageType's kDefaultStorage, and the
 // device types of host memory (cpu, cpu_pinned, cpu_shared).
@@ -774,7 +779,8 @@ extern "C" {
 
 void use_mxnet(GetData mxnet_get_data, WaitToRead mxnet_wait_to_read, WaitAll mxnet_wait_all,
                PushSync mxnet_push_sync, GetShape mxnet_get_shape, GetCode mxnet_get_dtype,
-               GetCode mxnet_get_storage_type, GetContext mxnet_get_context) {
+               GetCode mxnet_get_storage_type, GetContext mxnet_get_context,
+               SaveRawBytes mxnet_save_raw_bytes) {
     get_data = mxnet_get_data;
     wait_to_read = mxnet_wait_to_read;
     wait_all = mxnet_wait_all;
@@ -783,6 +789,7 @@ void use_mxnet(GetData mxnet_get_data, WaitToRead mxnet_wait_to_read, WaitAll mx
     get_dtype = mxnet_get_dtype;
     get_storage_type = mxnet_get_storage_type;
     get_context = mxnet_get_context;
+    save_raw_bytes = mxnet_save_raw_bytes;
 }
 
 // The names of the constants table's columns (enum Column), in order, separated by spaces.
@@ -882,6 +889,62 @@ void queued_flags(void *queued, uint8_t *grad_finite, uint8_t *overflow) {
 
 // The caller's release of a Queued (the engine holds it until its step has run).
 void queued_release(void *queued) { release(queued); }
+
+// The rows a row_sparse array stores, read on the calling thread from MXNet's serialization
+// of it (NDArray::Save, described in adam_plugin/mxnet_internals beside the reader of the
+// whole of it), where its `indices` are a copy by an engine operation: a handoff between
+// threads even when the array is ready. The pending writes to the array are waited for
+// first (MXNet reads the storage shape before it waits). The serialization: uint32 magic,
+// int32 storage type, the storage shape and the shape (each int32 ndim, then ndim int64
+// sizes), int32 device type and id, int32 dtype, int32 dtype of the rows, their shape, then
+// the values and, last, the rows.
+// Returns 0 with *rows (in MXNet's buffer, kept until this thread's next call of
+// MXNDArraySaveRawBytes: copy them first) and *count; 1 when the serialization is not one
+// read here (MXNet refused to write it, as under NumPy shape semantics; rows that are not
+// int64; a magic, storage type or number of dimensions this does not know); 2 when a row is
+// not below weight_rows or the rows are not strictly increasing (MXNet keeps them sorted and
+// distinct); -1 when MXNet failed.
+int sparse_rows(void *handle, int64_t weight_rows, const char **rows, int64_t *count) {
+    constexpr uint32_t MAGIC = 0xF993FAC9;  // 0xF993FACA, NumPy shape semantics: no sparse
+    constexpr int32_t ROW_SPARSE = 1, INT64 = 6, MAX_NDIM = 32;
+    if (wait_to_read(handle) != 0) return -1;
+    size_t size = 0;
+    const char *bytes = nullptr;
+    if (save_raw_bytes(handle, &size, &bytes) != 0) return 1;
+    size_t at = 0;
+    bool ok = true;  // false once a field would end past the serialization
+    auto read = [&](auto value) {  // the next field (x86-64 and MXNet's files: little-endian)
+        ok = ok && at + sizeof(value) <= size;
+        if (ok) std::memcpy(&value, bytes + at, sizeof(value));
+        at += sizeof(value);
+        return value;
+    };
+    auto shape = [&] {  // skips a shape; its ndim
+        const int32_t ndim = read(int32_t{0});
+        ok = ok && ndim >= 1 && ndim <= MAX_NDIM;
+        at += ok ? 8 * static_cast<size_t>(ndim) : 0;
+        return ndim;
+    };
+    if (read(uint32_t{0}) != MAGIC || read(int32_t{0}) != ROW_SPARSE) return 1;
+    shape();  // the storage shape
+    shape();  // the shape
+    read(int64_t{0});  // device type and id
+    read(int32_t{0});  // dtype of the values
+    if (read(int32_t{-1}) != INT64 || read(int32_t{0}) != 1) return 1;  // the rows: 1-D int64
+    const int64_t stored = read(int64_t{-1});
+    if (!ok || stored < 0 || static_cast<uint64_t>(stored) > (size - at) / 8) return 1;
+    const char *first = bytes + size - 8 * stored;
+    int64_t previous = -1;
+    for (int64_t i = 0; i < stored; ++i) {
+        int64_t row;
+        std::memcpy(&row, first + 8 * i, 8);
+        if (row <= previous || row >= weight_rows) return 2;
+        previous = row;
+    }
+    *rows = first;
+    *count = stored;
+    return 0;
+}
 
 // For the tests: calls from the next on cut their elements into pieces of `elements`
 // (CHUNK, 2^18, by default); returns the size used until now. A size below 1 changes nothing.

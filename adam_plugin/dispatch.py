@@ -547,7 +547,10 @@ def _rows(grad, weight_rows, name):
     where they point, and so do MXNet's ``tostype`` (a gradient densified) and NDArray
     indexing (the textbook route): a row outside the weight corrupts memory; a row held
     twice has no single meaning."""
-    rows = mxnet_internals.row_indices(grad)
+    rows = kernel.sparse_rows(grad, weight_rows)  # when they are good
+    if rows is not None:
+        return rows
+    rows = grad.indices.asnumpy().astype(numpy.int64, copy=False)
     bad = rows[(rows < 0) | (rows >= weight_rows)]
     if bad.size:
         raise ValueError(f"myadam: the row_sparse gradient of {name} holds row {bad[0]}, "

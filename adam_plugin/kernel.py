@@ -93,7 +93,7 @@ _FINITE = {name: 'finite_' + dtype.name for name, (dtype, _) in STORAGES.items()
 
 # The library's functions that the package calls by name (load checks that it has them).
 ENTRY_POINTS = ('columns', 'use_mxnet', 'variants', 'variant_in_use', 'variant_runs_here',
-                'use_variant', 'queued_done', 'queued_flags', 'queued_release',
+                'use_variant', 'queued_done', 'queued_flags', 'queued_release', 'sparse_rows',
                 *sorted(set(_FINITE.values())),
                 *(f'{kind}adam_{name}' for name in STORAGES
                   for kind in ('', 'checked_', 'queue_')))
@@ -178,6 +178,8 @@ def load(path=PATH):
     library.queued_done.argtypes = library.queued_release.argtypes = [pointer]
     library.queued_flags.argtypes = [pointer, pointer, pointer]
     library.queued_release.restype = None
+    library.sparse_rows.argtypes = [pointer, count, ctypes.POINTER(pointer),
+                                    ctypes.POINTER(count)]
     # For the tests: the elements of a piece of work (2^18 unless set), so that small arrays
     # cross pieces as large ones do; PARALLEL_MIN, read at each call, is the other threshold.
     library.set_piece_size.argtypes = [count]
@@ -225,6 +227,25 @@ def use_variant(name):
     previous = variant()
     LIBRARY.use_variant(name.encode())
     return previous
+
+
+def sparse_rows(array, weight_rows):
+    """The rows a ``row_sparse`` ``array`` stores, as a read-only NumPy int64 array, read
+    by the kernel on the calling thread from MXNet's serialization of the array, once the
+    pending writes to it are done (Python's ``indices`` is a copy by an engine operation:
+    a handoff between threads even when the array is ready); only when each is below
+    ``weight_rows`` and they are strictly increasing, as MXNet keeps them. None when they
+    are not, when the kernel does not read that serialization (NumPy shape semantics,
+    rows that are not int64) or when it was not built: ``array.indices`` then has them."""
+    if LIBRARY is None:
+        return None
+    rows, count = ctypes.c_void_p(), ctypes.c_int64()
+    status = LIBRARY.sparse_rows(array.handle, weight_rows, ctypes.byref(rows),
+                                 ctypes.byref(count))
+    mxnet_internals.check(min(status, 0))
+    if status != 0:
+        return None
+    return np.frombuffer(ctypes.string_at(rows.value, 8 * count.value), np.int64)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -265,13 +265,6 @@ def test_an_array_saved_under_numpy_shape_semantics():
     assert (header.shape, header.np_shape) == ((0, 3), True)
 
 
-def test_row_indices_reads_the_rows_of_a_row_sparse_array():
-    rows = [0, 3, 8, 9]
-    array = nd.sparse.row_sparse_array((np.ones((4, 5)), rows), shape=(10, 5))
-    got = internals.row_indices(array)
-    assert got.dtype == np.int64 and got.tolist() == rows == array.indices.asnumpy().tolist()
-
-
 # --- what gluon.Trainer and gluon.Parameter keep to themselves ----------------------------
 
 class DistTyped(mx.kvstore.KVStore):

@@ -4,10 +4,11 @@ import threading
 import mxnet as mx
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from mxnet import autograd, gluon, nd
 
 from adam_plugin import MyAdam, dispatch, kernel, mxnet_internals
-from configs import CONFIGS, FUSED_TOL, OPERATOR_CONFIGS, TOL, optimizer_kwargs
+from configs import CONFIGS, FUSED_TOL, OPERATOR_CONFIGS, THOROUGH, TOL, optimizer_kwargs
 from helpers import state_arrays
 from oracles import NumpyAdam
 from row_sparse import ROW_SETS, SHAPE, rsp_grads, run
@@ -417,24 +418,46 @@ def test_stored_rows_are_read_without_a_copy(rows):
 
 @pytest.mark.parametrize('context', [mx.cpu(0), mx.cpu(1), mx.cpu_pinned(0)], ids=str)
 @pytest.mark.parametrize('dtype, row_shape', [('float32', (4,)), ('float16', (2, 3)),
-                                              ('float64', ()), ('float32', (1,) * 23)],
-                         ids=['float32', 'float16', 'float64', 'float32-24-dimensions'])
+                                              ('float64', ()), ('float32', (1,) * 23),
+                                              ('float32', (1,) * 31)],
+                         ids=['float32', 'float16', 'float64', 'float32-24-dimensions',
+                              'float32-32-dimensions'])
 @pytest.mark.parametrize('rows', STORED + [list(range(0, 4000, 3))], ids=lambda r: str(r[:4]))
-def test_row_indices_equal_the_copy_python_makes(rows, dtype, row_shape, context):
-    """mxnet_internals.row_indices (read from MXNet's serialization of the array) against
-    Python's indices (a copy by an engine operation), in every storage a gradient comes in;
-    with 24 dimensions the serialization's header is longer than what row_indices reads."""
+def test_the_kernel_reads_the_rows_python_copies(rows, dtype, row_shape, context):
+    """kernel.sparse_rows (read from MXNet's serialization of the array) against Python's
+    indices (a copy by an engine operation), in every storage a gradient comes in, up to
+    MXNet's 32 dimensions."""
     count = max([7, *(r + 1 for r in rows)])
     values = np.ones((len(rows), *row_shape), dtype)
     array = nd.sparse.row_sparse_array((values, rows), shape=(count, *row_shape),
                                        ctx=context, dtype=dtype)
-    got = mxnet_internals.row_indices(array)
-    assert got.dtype == np.int64
+    got = kernel.sparse_rows(array, count)
+    assert got.dtype == np.int64 and not got.flags.writeable
     np.testing.assert_array_equal(got, array.indices.asnumpy())
     np.testing.assert_array_equal(got, np.array(rows, dtype=np.int64))
 
 
-def test_row_indices_of_a_gradient_being_written_are_its_new_rows():
+@settings(max_examples=200 * (10 if THOROUGH else 1))
+@given(rows=st.lists(st.integers(-3, 60), max_size=12), weight_rows=st.integers(0, 64))
+def test_the_kernel_reads_rows_only_when_they_are_good(rows, weight_rows):
+    """Generated rows, in any order, repeated, negative or past the weight: the kernel
+    gives them when each is below the weight's rows and they are strictly increasing (as
+    MXNet keeps them), else None, and the caller reads them from ``indices`` (whose
+    checks say what is wrong, tested with the routes above)."""
+    array = nd.sparse.row_sparse_array(
+        (np.ones((len(rows), 2), np.float32), np.array(rows, dtype=np.int64)),
+        shape=(max([64, *(r + 1 for r in rows)]), 2))
+    stored = array.indices.asnumpy()  # what MXNet keeps of them
+    good = bool(np.all(stored >= 0) and np.all(stored < weight_rows)
+                and np.all(np.diff(stored) > 0))
+    got = kernel.sparse_rows(array, weight_rows)
+    if good:
+        np.testing.assert_array_equal(got, stored)
+    else:
+        assert got is None
+
+
+def test_the_kernel_reads_the_rows_of_a_gradient_being_written():
     """The pending writes to the array are waited for: its rows once they are done."""
     a = nd.random.normal(shape=(400, 400))
     busy = nd.dot(a, a)  # keeps the engine busy while the gradient's write is queued
@@ -442,12 +465,13 @@ def test_row_indices_of_a_gradient_being_written_are_its_new_rows():
     nd.sparse.retain(nd.sparse.row_sparse_array(
         (np.ones((3, 4), np.float32), [2, 4, 8]), shape=(9, 4)) + busy[:9, :4].tostype(
         'row_sparse'), nd.array([2, 8], dtype='int64'), out=grad)
-    np.testing.assert_array_equal(mxnet_internals.row_indices(grad), [2, 8])
+    np.testing.assert_array_equal(kernel.sparse_rows(grad, 9), [2, 8])
 
 
-def test_row_indices_in_numpy_shape_mode_come_from_the_copy():
-    """Under NumPy shape semantics MXNet refuses to serialize a sparse array: the rows
-    come from Python's indices instead."""
+def test_rows_in_numpy_shape_mode_come_from_the_copy():
+    """Under NumPy shape semantics MXNet refuses to serialize a sparse array: the kernel
+    says so (None) and the rows come from Python's indices."""
     with mx.util.np_shape(True):
         array = nd.sparse.row_sparse_array((np.ones((2, 3), np.float32), [1, 4]), shape=(6, 3))
-        np.testing.assert_array_equal(mxnet_internals.row_indices(array), [1, 4])
+        assert kernel.sparse_rows(array, 6) is None
+        np.testing.assert_array_equal(dispatch._rows(array, 6, 'p'), [1, 4])

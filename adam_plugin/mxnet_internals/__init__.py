@@ -114,7 +114,7 @@ def read_by_kvstore_updater():
 # The functions of MXNet's C API the kernel calls (handed over by ``use_mxnet``, in this order).
 KERNEL_FUNCTIONS = ('MXNDArrayGetData', 'MXNDArrayWaitToRead', 'MXNDArrayWaitAll',
                     'MXEnginePushSyncND', 'MXNDArrayGetShapeEx64', 'MXNDArrayGetDType',
-                    'MXNDArrayGetStorageType', 'MXNDArrayGetContext')
+                    'MXNDArrayGetStorageType', 'MXNDArrayGetContext', 'MXNDArraySaveRawBytes')
 
 
 def kernel_functions():
@@ -175,8 +175,9 @@ def stored_rows(array):
 #     values, then each auxiliary array's values
 #
 # MXNet reads it only by making the array (NDArray.__setstate__, mx.nd.load), and trusts
-# it: the checkpoint reader checks it first. And a row_sparse array's rows are read from
-# it on the calling thread (row_indices), where its ``indices`` takes an engine operation.
+# it: the checkpoint reader checks it first. And the kernel reads a row_sparse array's rows
+# from it on the calling thread (sparse_rows in _kernel.cpp, the layout restated there), where
+# its ``indices`` takes an engine operation.
 
 SAVED_MAGICS = {0xF993FAC9: False, 0xF993FACA: True}  # -> saved under NumPy shape semantics
 SAVED_STYPES = {0: 'default', 1: 'row_sparse', 2: 'csr'}
@@ -307,42 +308,6 @@ def _stored_shape(stype, shape, aux_shapes):
     if stype == 'row_sparse':
         return aux_shapes[0][:1] + shape[1:]
     return aux_shapes[1]
-
-
-_INT64 = np.dtype(np.int64)
-_SAVED_HEADER_MAX = 400  # bytes: a row_sparse array's header, for up to 22 dimensions
-
-
-def row_indices(array):
-    """The indices of the rows a ``row_sparse`` ``array`` on the host stores, as a read-only
-    NumPy int64 array, once the pending writes to it are done.
-
-    Python's ``array.indices`` is a copy made by an engine operation, which the calling
-    thread then waits for: a handoff between threads even when the array is ready. MXNet's
-    serialization of the array (``MXNDArraySaveRawBytes``) reads it on the calling thread,
-    and writes the indices last, their count in its header (the shape of its auxiliary
-    array; it reads the storage shape before waiting for the array's writes, so they are
-    waited for first). Where that is not what MXNet writes (NumPy shape semantics refuse
-    a sparse array; indices that are not int64; a header longer than the part read), the
-    rows come from ``array.indices``.
-    """
-    array.wait_to_read()
-    size, buffer = ctypes.c_size_t(), ctypes.c_void_p()
-    if _LIB.MXNDArraySaveRawBytes(array.handle, ctypes.byref(size), ctypes.byref(buffer)) == 0:
-        # The header alone is copied, then the indices (a ctypes view of the whole buffer
-        # would make an array type per size: each step's gradient has a new one).
-        try:
-            header = saved_header(ctypes.string_at(buffer.value,
-                                                   min(size.value, _SAVED_HEADER_MAX)))
-        except ValueError:
-            header = None
-        if header is not None and header.stype == 'row_sparse':
-            (index_type, index_shape), = header.aux
-            count = index_shape[0] if len(index_shape) == 1 else -1
-            if index_type == _INT64 and 0 <= 8 * count <= size.value - header.size:
-                return np.frombuffer(ctypes.string_at(buffer.value + size.value - 8 * count,
-                                                      8 * count), np.int64)
-    return array.indices.asnumpy().astype(np.int64, copy=False)
 
 
 # --- What gluon.Trainer and gluon.Parameter keep to themselves -----------------------------
