@@ -388,7 +388,7 @@ def report(times, memory, first_step, kernel):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--rounds', type=int, default=15)
+    parser.add_argument('--rounds', type=int, default=45)
     parser.add_argument('--tiny', action='store_true', help='tiny sizes (a smoke test)')
     parser.add_argument('--json', metavar='PATH',
                         help="also write the results as JSON ('-': stdout)")

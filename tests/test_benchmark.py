@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'benchmarks', 'bench_step.py')
 LOOPS = os.path.join(ROOT, 'benchmarks', 'bench_loops.py')
+WHERE = os.path.join(ROOT, 'benchmarks', 'where_time_goes.py')
 
 
 @pytest.mark.slow
@@ -78,6 +80,25 @@ def test_bench_loops_runs_one_case_alone(tmp_path):
                     '--json', str(out)], check=True, capture_output=True, text=True)
     results = json.loads(out.read_text())
     assert set(results['steps']) == {'embedding_sparse_grad'} and results['models'] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', ['sparse_embedding', 'kvstore_two_contexts'])
+def test_where_time_goes_names_the_parts_a_step_ran(case):
+    """benchmarks/where_time_goes.py times the parts of a real loop's step: the sparse
+    step's rows and kernel call (with --twice, a second call timed apart), the KVStore's
+    queued calls, one per parameter."""
+    done = subprocess.run([sys.executable, WHERE, case, '--quick', '--steps', '3', '--twice'],
+                          check=True, capture_output=True, text=True)
+    lines = [re.fullmatch(r' +(.+?) +([0-9.]+) +\(([0-9.]+) calls\)', line)
+             for line in done.stdout.splitlines()[1:]]
+    parts = {m[1]: (float(m[2]), float(m[3])) for m in lines}  # name -> (us, calls) a step
+    assert parts['Trainer.step'][0] > 0 and parts['Trainer.step'][1] == 1
+    if case == 'sparse_embedding':
+        assert {'sparse_rows', 'HandleTable.checked_steps',
+                'HandleTable.checked_steps again'} <= set(parts)
+    else:  # 3 Dense layers, 6 parameters, a call each; queued once planned
+        assert parts['EngineQueue.queue'][1] == 6 and 'HandleTable.queue' in parts
 
 
 def test_speed_page_is_what_the_benchmarks_json_gives():
