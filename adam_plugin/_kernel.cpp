@@ -897,13 +897,13 @@ void queued_release(void *queued) { release(queued); }
 // first (MXNet reads the storage shape before it waits). The serialization: uint32 magic,
 // int32 storage type, the storage shape and the shape (each int32 ndim, then ndim int64
 // sizes), int32 device type and id, int32 dtype, int32 dtype of the rows, their shape, then
-// the values and, last, the rows.
+// the values and, last, the rows (x86-64 and MXNet's files: little-endian).
 // Returns 0 with *rows (in MXNet's buffer, kept until this thread's next call of
-// MXNDArraySaveRawBytes: copy them first) and *count; 1 when the serialization is not one
-// read here (MXNet refused to write it, as under NumPy shape semantics; rows that are not
-// int64; a magic, storage type or number of dimensions this does not know); 2 when a row is
-// not below weight_rows or the rows are not strictly increasing (MXNet keeps them sorted and
-// distinct); -1 when MXNet failed.
+// MXNDArraySaveRawBytes: copy them first) and *count, when each row is below weight_rows and
+// they are strictly increasing (MXNet keeps them sorted and distinct); 1 when the caller is
+// to read them from `indices` instead: they are not so, or the serialization is not one read
+// here (MXNet refused to write it, as under NumPy shape semantics; rows that are not int64;
+// a magic, storage type or number of dimensions this does not know); -1 when MXNet failed.
 int sparse_rows(void *handle, int64_t weight_rows, const char **rows, int64_t *count) {
     constexpr uint32_t MAGIC = 0xF993FAC9;  // 0xF993FACA, NumPy shape semantics: no sparse
     constexpr int32_t ROW_SPARSE = 1, INT64 = 6, MAX_NDIM = 32;
@@ -912,33 +912,32 @@ int sparse_rows(void *handle, int64_t weight_rows, const char **rows, int64_t *c
     const char *bytes = nullptr;
     if (save_raw_bytes(handle, &size, &bytes) != 0) return 1;
     size_t at = 0;
-    bool ok = true;  // false once a field would end past the serialization
-    auto read = [&](auto value) {  // the next field (x86-64 and MXNet's files: little-endian)
-        ok = ok && at + sizeof(value) <= size;
-        if (ok) std::memcpy(&value, bytes + at, sizeof(value));
-        at += sizeof(value);
-        return value;
+    auto read = [&](auto &field) {  // the next field, false past the end
+        if (size - at < sizeof field) return false;
+        std::memcpy(&field, bytes + at, sizeof field);
+        at += sizeof field;
+        return true;
     };
-    auto shape = [&] {  // skips a shape; its ndim
-        const int32_t ndim = read(int32_t{0});
-        ok = ok && ndim >= 1 && ndim <= MAX_NDIM;
-        at += ok ? 8 * static_cast<size_t>(ndim) : 0;
-        return ndim;
+    auto shape = [&](int32_t &ndim) {  // reads ndim, skips the sizes
+        if (!read(ndim) || ndim < 1 || ndim > MAX_NDIM || size - at < 8 * size_t(ndim))
+            return false;
+        at += 8 * size_t(ndim);
+        return true;
     };
-    if (read(uint32_t{0}) != MAGIC || read(int32_t{0}) != ROW_SPARSE) return 1;
-    shape();  // the storage shape
-    shape();  // the shape
-    read(int64_t{0});  // device type and id
-    read(int32_t{0});  // dtype of the values
-    if (read(int32_t{-1}) != INT64 || read(int32_t{0}) != 1) return 1;  // the rows: 1-D int64
-    const int64_t stored = read(int64_t{-1});
-    if (!ok || stored < 0 || static_cast<uint64_t>(stored) > (size - at) / 8) return 1;
+    uint32_t magic;
+    int32_t storage, ndim, device[2], dtype, row_dtype;
+    int64_t stored;
+    if (!read(magic) || magic != MAGIC || !read(storage) || storage != ROW_SPARSE ||
+        !shape(ndim) || !shape(ndim) || !read(device) || !read(dtype) || !read(row_dtype) ||
+        row_dtype != INT64 || !read(ndim) || ndim != 1 || !read(stored) || stored < 0 ||
+        (size - at) / 8 < uint64_t(stored))
+        return 1;
     const char *first = bytes + size - 8 * stored;
     int64_t previous = -1;
     for (int64_t i = 0; i < stored; ++i) {
         int64_t row;
         std::memcpy(&row, first + 8 * i, 8);
-        if (row <= previous || row >= weight_rows) return 2;
+        if (row <= previous || row >= weight_rows) return 1;
         previous = row;
     }
     *rows = first;

@@ -243,7 +243,7 @@ def sparse_rows(array, weight_rows):
     status = LIBRARY.sparse_rows(array.handle, weight_rows, ctypes.byref(rows),
                                  ctypes.byref(count))
     mxnet_internals.check(min(status, 0))
-    if status != 0:
+    if status == 1:
         return None
     return np.frombuffer(ctypes.string_at(rows.value, 8 * count.value), np.int64)
 

@@ -475,3 +475,20 @@ def test_rows_in_numpy_shape_mode_come_from_the_copy():
         array = nd.sparse.row_sparse_array((np.ones((2, 3), np.float32), [1, 4]), shape=(6, 3))
         assert kernel.sparse_rows(array, 6) is None
         np.testing.assert_array_equal(dispatch._rows(array, 6, 'p'), [1, 4])
+
+
+@pytest.mark.parametrize('stype', ['default', 'csr'])
+def test_the_kernel_reads_the_rows_of_row_sparse_arrays_only(stype):
+    """A dense or csr array's serialization has no rows to read: None."""
+    array = nd.array(np.arange(12, dtype=np.float32).reshape(4, 3)).tostype(stype)
+    assert kernel.sparse_rows(array, 4) is None
+
+
+def test_the_kernel_raises_the_error_of_the_gradients_failed_writer():
+    """A gradient whose writer failed in MXNet's engine (here a Cholesky factorization of
+    a matrix that has none) is MXNet's error out of sparse_rows, as out of Python's
+    ``indices``; nothing is read of it."""
+    failed = nd.linalg.potrf(nd.array([[-1., 0.], [0., -1.]])).tostype('row_sparse')
+    with pytest.raises(mx.base.MXNetError, match='Check failed'):
+        kernel.sparse_rows(failed, 2)
+    nd.waitall()  # the error is not left behind for later calls
