@@ -45,19 +45,26 @@ class EngineQueue:
     def __init__(self, optimizer, counts, values, bad):
         self.optimizer, self.counts, self.values, self.bad = optimizer, counts, values, bad
         self.plans, self.queued = {}, {}
+        # Read once (each read of an unset variable raises and catches a KeyError): a
+        # server's role is in its environment from its start, and its optimizer is made
+        # there, unpickled from the worker's (MyAdam._start_run makes this).
+        self.on_server = os.environ.get('DMLC_ROLE') == 'server'
 
-    def queues(self):
-        """Is the update of the caller queued in MXNet's engine rather than run before it
-        returns (see the module's docstring)?"""
-        return (self.optimizer.nonfinite == 'skip' and os.environ.get('DMLC_ROLE') != 'server'
-                and mxnet_internals.in_kvstore_callback())
+    def queues(self, caller=None):
+        """Is the update of ``caller`` (a frame up the stack; by default this method's)
+        queued in MXNet's engine rather than run before it returns (see the module's
+        docstring)? ``MyAdam`` hands the frame that called its update method: the search
+        for the KVStore's callback then starts above the package's own frames, which
+        Python would otherwise make an object of, each, on demand."""
+        return (self.optimizer.nonfinite == 'skip' and not self.on_server
+                and mxnet_internals.in_kvstore_callback(caller))
 
-    def plan(self, index, state, multi_precision, batch):
+    def plan(self, index, state, multi_precision, batch, caller=None):
         """The update of ``index`` runs on the calling thread, its arrays those of ``batch``
         (an :class:`adam_plugin.dispatch.Batch`): plan to queue its later ones (see
-        :meth:`queue`) if the batch can be queued and :meth:`queues`, and the gradient is
-        the KVStore's merge buffer."""
-        if batch.queueable and self.queues() and self._merged_by_the_kvstore(index):
+        :meth:`queue`) if the batch can be queued and :meth:`queues` (for ``caller``), and
+        the gradient is the KVStore's merge buffer."""
+        if batch.queueable and self.queues(caller) and self._merged_by_the_kvstore(index):
             self.plans[index] = state, multi_precision, batch
 
     def _merged_by_the_kvstore(self, index):
@@ -68,13 +75,14 @@ class EngineQueue:
         param = self.optimizer.param_dict.get(index)
         return param is not None and len(param.list_ctx()) > 1
 
-    def queue(self, index, weight, grad, state, multi_precision):
+    def queue(self, index, weight, grad, state, multi_precision, caller=None):
         """Queue the update of one parameter in MXNet's engine, where :meth:`queues`,
         through the plan its first such call made (its state, multi_precision and
         :class:`adam_plugin.dispatch.Batch`), which the KVStore's later calls reuse with
         their new weight and gradient: True when queued. False, nothing done, when there
         is no plan for these states or the kernel finds an array it does not take (the
-        plan is then dropped): the caller's checks and dispatch decide.
+        plan is then dropped): the caller's checks and dispatch decide. ``caller``: see
+        :meth:`queues`.
 
         The first call runs on the calling thread, waiting for the engine: the queued
         step's data pointers are read here (``MXNDArrayGetData``), and MXNet allocates a
@@ -88,7 +96,7 @@ class EngineQueue:
         planned only where the gradient is its merge buffer (:meth:`_merged_by_the_kvstore`)."""
         plan = self.plans.get(index)
         if (plan is None or plan[0] is not state or plan[1] != multi_precision
-                or not self.queues()):
+                or not self.queues(caller)):
             return False
         batch = plan[2]
         if self.queued:

@@ -185,19 +185,23 @@ class MyAdam(Optimizer):
         An exception raised inside the KVStore's callback reaches the user from the
         call that ran it, ``Trainer.step``, ``Module.update`` (see docs/mxnet-modes.md).
         """
-        self._carrier.run(self._update_impl, index, weight, grad, state, False)
+        self._carrier.run(self._update_impl, index, weight, grad, state, False,
+                          mxnet_internals.callers_caller())
 
     def update_multi_precision(self, index, weight, grad, state):
         """As :meth:`update`; float16 weights step on their float32 master copy."""
         self._carrier.run(self._update_impl, index, weight, grad, state,
-                          self.multi_precision)
+                          self.multi_precision, mxnet_internals.callers_caller())
 
-    def _update_impl(self, indices, weights, grads, states, multi_precision):
+    def _update_impl(self, indices, weights, grads, states, multi_precision, caller):
+        """The update; ``caller``, the frame that called :meth:`update` (or
+        :meth:`update_multi_precision`): where :class:`adam_plugin.engine.EngineQueue`
+        starts to look for the KVStore's callback up the stack."""
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         one = len(indices) == 1
         if one and self._engine.queue(indices[0], weights[0], grads[0], states[0],
-                                      multi_precision):
+                                      multi_precision, caller):
             return
         distributed.refuse_worker_update(  # update_on_kvstore=False in a distributed job
             mxnet_internals.in_distributed_trainer(self.param_dict, indices[:1]))
@@ -205,7 +209,7 @@ class MyAdam(Optimizer):
         batch = self._batches(self, indices, weights, grads, states, multi_precision)
         rule = self._values.rule(batch)
         if one:
-            self._engine.plan(indices[0], states[0], multi_precision, batch)
+            self._engine.plan(indices[0], states[0], multi_precision, batch, caller)
 
         def steps_of(ts, num_update):
             return self._values.steps(indices, ts, rule, batch.dtypes, num_update)

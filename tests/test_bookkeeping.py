@@ -276,7 +276,8 @@ def engine_queue(monkeypatch, in_callback=True, nonfinite='skip', contexts=2):
         nonfinite=nonfinite, max_skips=None, num_skipped=0, begin_num_update=0,
         _index_update_count={}, num_update=0,
         param_dict={0: types.SimpleNamespace(list_ctx=lambda: [None] * contexts)})
-    monkeypatch.setattr(engine.mxnet_internals, 'in_kvstore_callback', lambda: in_callback)
+    monkeypatch.setattr(engine.mxnet_internals, 'in_kvstore_callback',
+                        lambda frame=None: in_callback)
     return opt, engine.EngineQueue(opt, StepCounts(opt), Values(), BadUpdates(opt, name))
 
 

@@ -57,6 +57,13 @@ def in_kvstore_callback(frame=None):
     return called_from(sys._getframe(1) if frame is None else frame, CALLBACK_CODE)
 
 
+def callers_caller():
+    """The frame that called the caller of this function: where a search up the stack
+    (:func:`in_kvstore_callback`) may start, above the frames of the calls in between,
+    each of which Python would otherwise make an object of, on demand."""
+    return sys._getframe(2)
+
+
 def called_from(frame, code, depth=None):
     """Is ``frame``, or a frame that called it (at most ``depth`` calls up), running ``code``?"""
     while frame is not None and depth != -1:
