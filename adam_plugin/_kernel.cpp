@@ -5,7 +5,7 @@
 // runs without the GIL. Arrays arrive as MXNet NDArray handles; on the calling thread,
 // before any element is touched, the kernel waits for the engine (MXNDArrayWaitToRead
 // on each array the check for Inf/NaN reads; MXNDArrayWaitAll before a step, which
-// writes) and asks MXNet for each array's data pointer (MXNDArrayGetData). The nine
+// writes) and asks MXNet for each array's data pointer (MXNDArrayGetData). The eleven
 // functions of MXNet's C API it calls are handed over once, by use_mxnet, when the
 // library is loaded.
 //
@@ -441,9 +441,10 @@ static_assert(sizeof(Context) == 8, "MXNet's Context is two 32-bit fields");
 // param) in MXNet's engine on `context` behind the pending writes to the `const` arrays
 // and every pending operation on the `mutable` ones; deleter(param) once it has run, or
 // at once when it refuses), and the array's shape (MXNDArrayGetShapeEx64; ndim -1:
-// unknown), dtype and storage type (MXNet's codes) and context (device type and id), and
+// unknown), dtype and storage type (MXNet's codes) and context (device type and id),
 // MXNDArraySaveRawBytes (the array's serialization, in a buffer of the calling thread's
-// that MXNet keeps until that thread's next call of it).
+// that MXNet keeps until that thread's next call of it), and MXNDArrayToDLPack with
+// MXNDArrayCallDLPackDeleter (a view of the array's stored values, and its release).
 using GetData = int (*)(void *handle, void **out);
 using WaitToRead = int (*)(void *handle);
 using WaitAll = int (*)();
@@ -455,6 +456,8 @@ using GetShape = int (*)(void *handle, int *ndim, const int64_t **dims);
 using GetCode = int (*)(void *handle, int *code);
 using GetContext = int (*)(void *handle, int *device_type, int *device_id);
 using SaveRawBytes = int (*)(void *handle, size_t *size, const char **bytes);
+using ToDLPack = int (*)(void *handle, void **dlpack);
+using CallDLPackDeleter = int (*)(void *dlpack);
 GetData get_data = nullptr;
 WaitToRead wait_to_read = nullptr;
 WaitAll wait_all = nullptr;
@@ -463,6 +466,18 @@ GetShape get_shape = nullptr;
 GetCode get_dtype = nullptr, get_storage_type = nullptr;
 GetContext get_context = nullptr;
 SaveRawBytes save_raw_bytes = nullptr;
+ToDLPack to_dlpack = nullptr;
+CallDLPackDeleter call_dlpack_deleter = nullptr;
+
+// The start of DLPack's DLManagedTensor, its DLTensor (dlpack.h 0.x, as MXNet 1.x fills it
+// in MXNDArrayToDLPack): the fields read here, the stored values of an array.
+struct DLTensorStart {
+    void *data;
+    int device_type, device_id, ndim;
+    uint8_t code, bits;
+    uint16_t lanes;
+    const int64_t *shape;
+};
 
 // MXNet's codes: mshadow's type flags, NDArrayStorageType's kDefaultStorage, and the
 // device types of host memory (cpu, cpu_pinned, cpu_shared).
@@ -780,7 +795,8 @@ extern "C" {
 void use_mxnet(GetData mxnet_get_data, WaitToRead mxnet_wait_to_read, WaitAll mxnet_wait_all,
                PushSync mxnet_push_sync, GetShape mxnet_get_shape, GetCode mxnet_get_dtype,
                GetCode mxnet_get_storage_type, GetContext mxnet_get_context,
-               SaveRawBytes mxnet_save_raw_bytes) {
+               SaveRawBytes mxnet_save_raw_bytes, ToDLPack mxnet_to_dlpack,
+               CallDLPackDeleter mxnet_call_dlpack_deleter) {
     get_data = mxnet_get_data;
     wait_to_read = mxnet_wait_to_read;
     wait_all = mxnet_wait_all;
@@ -790,6 +806,8 @@ void use_mxnet(GetData mxnet_get_data, WaitToRead mxnet_wait_to_read, WaitAll mx
     get_storage_type = mxnet_get_storage_type;
     get_context = mxnet_get_context;
     save_raw_bytes = mxnet_save_raw_bytes;
+    to_dlpack = mxnet_to_dlpack;
+    call_dlpack_deleter = mxnet_call_dlpack_deleter;
 }
 
 // The names of the constants table's columns (enum Column), in order, separated by spaces.
@@ -898,16 +916,27 @@ void queued_release(void *queued) { release(queued); }
 // int32 storage type, the storage shape and the shape (each int32 ndim, then ndim int64
 // sizes), int32 device type and id, int32 dtype, int32 dtype of the rows, their shape, then
 // the values and, last, the rows (x86-64 and MXNet's files: little-endian).
+// The serialization copies the stored values too: past max_bytes of them (read from the
+// array's DLPack view first) the rows are not read here.
 // Returns 0 with *rows (in MXNet's buffer, kept until this thread's next call of
 // MXNDArraySaveRawBytes: copy them first) and *count, when each row is below weight_rows and
 // they are strictly increasing (MXNet keeps them sorted and distinct); 1 when the caller is
-// to read them from `indices` instead: they are not so, or the serialization is not one read
-// here (MXNet refused to write it, as under NumPy shape semantics; rows that are not int64;
-// a magic, storage type or number of dimensions this does not know); -1 when MXNet failed.
-int sparse_rows(void *handle, int64_t weight_rows, const char **rows, int64_t *count) {
+// to read them from `indices` instead: the values are more than max_bytes, the rows are not
+// so, or the serialization is not one read here (MXNet refused to write it, as under NumPy
+// shape semantics; rows that are not int64; a magic, storage type or number of dimensions
+// this does not know); -1 when MXNet failed.
+int sparse_rows(void *handle, int64_t weight_rows, int64_t max_bytes, const char **rows,
+                int64_t *count) {
     constexpr uint32_t MAGIC = 0xF993FAC9;  // 0xF993FACA, NumPy shape semantics: no sparse
     constexpr int32_t ROW_SPARSE = 1, INT64 = 6, MAX_NDIM = 32;
     if (wait_to_read(handle) != 0) return -1;
+    void *view = nullptr;
+    if (to_dlpack(handle, &view) != 0) return -1;
+    const auto *values = static_cast<const DLTensorStart *>(view);
+    int64_t bytes_of_values = values->bits / 8 * values->lanes;
+    for (int i = 0; i < values->ndim; ++i) bytes_of_values *= values->shape[i];
+    if (call_dlpack_deleter(view) != 0) return -1;
+    if (bytes_of_values > max_bytes) return 1;
     size_t size = 0;
     const char *bytes = nullptr;
     if (save_raw_bytes(handle, &size, &bytes) != 0) return 1;

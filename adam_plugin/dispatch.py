@@ -547,7 +547,7 @@ def _rows(grad, weight_rows, name):
     where they point, and so do MXNet's ``tostype`` (a gradient densified) and NDArray
     indexing (the textbook route): a row outside the weight corrupts memory; a row held
     twice has no single meaning."""
-    rows = kernel.sparse_rows(grad, weight_rows)  # when they are good
+    rows = kernel.sparse_rows(grad, weight_rows)  # when the kernel reads them, and good
     if rows is not None:
         return rows
     rows = grad.indices.asnumpy().astype(numpy.int64, copy=False)

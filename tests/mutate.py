@@ -505,10 +505,10 @@ EQUIVALENT = {
      'if (true) context = Context{device, id};'):
         "the step is pushed on the last weight's context instead of the first's: the same "
         'one, since the package queues one parameter at a time (engine.py)',
-    ('sparse_rows', 'if (wait_to_read(handle) != 0) return -1;',
-     'if (wait_to_read(handle) != 0) return -2;'):
-        "kernel.sparse_rows passes any negative status to check_call, which raises MXNet's "
-        'error for -2 as for -1',
+    **{('sparse_rows', f'if ({call}) != 0) return -1;', f'if ({call}) != 0) return -2;'):
+       "kernel.sparse_rows passes any negative status to check_call, which raises MXNet's "
+       'error for -2 as for -1'
+       for call in ('wait_to_read(handle', 'to_dlpack(handle, &view', 'call_dlpack_deleter(view')},
     ('sparse_rows', 'size_t size = 0;', 'size_t size = 1;'):
         'MXNDArraySaveRawBytes writes size when it succeeds; when it fails, the function '
         'returns before size is read',

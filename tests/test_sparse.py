@@ -492,3 +492,28 @@ def test_the_kernel_raises_the_error_of_the_gradients_failed_writer():
     with pytest.raises(mx.base.MXNetError, match='Check failed'):
         kernel.sparse_rows(failed, 2)
     nd.waitall()  # the error is not left behind for later calls
+
+
+
+AT_MOST = kernel.SERIALIZED_MAX // 512  # rows of 128 float32 the kernel still reads
+
+
+@pytest.mark.parametrize('stored, row_shape, dtype', [
+    (100, (128,), np.float32), (AT_MOST, (128,), np.float32), (AT_MOST + 1, (128,), np.float32),
+    (AT_MOST + 1, (64, 2), np.float32), (AT_MOST, (64,), np.float64),
+    (AT_MOST + 1, (64,), np.float64), (2 * AT_MOST, (128,), np.float16),
+    (2 * AT_MOST + 1, (128,), np.float16)],
+    ids=lambda v: getattr(v, '__name__', str(v)))
+def test_the_rows_of_a_gradient_with_many_values_come_from_indices(stored, row_shape, dtype):
+    """The kernel reads the rows from a serialization that copies the values too: up to
+    kernel.SERIALIZED_MAX bytes of them it does, past it it gives None (each dtype on both
+    sides of the bound) and the dispatch reads Python's indices: the same rows either way."""
+    ids = np.arange(stored) * 3
+    shape = (3 * stored, *row_shape)
+    grad = nd.sparse.row_sparse_array((np.ones((stored, *row_shape), dtype), ids), shape=shape)
+    got = kernel.sparse_rows(grad, shape[0])
+    if stored * int(np.prod(row_shape)) * np.dtype(dtype).itemsize <= kernel.SERIALIZED_MAX:
+        np.testing.assert_array_equal(got, ids)
+    else:
+        assert got is None
+    np.testing.assert_array_equal(dispatch._rows(grad, shape[0], 'p'), ids)

@@ -121,7 +121,8 @@ def read_by_kvstore_updater():
 # The functions of MXNet's C API the kernel calls (handed over by ``use_mxnet``, in this order).
 KERNEL_FUNCTIONS = ('MXNDArrayGetData', 'MXNDArrayWaitToRead', 'MXNDArrayWaitAll',
                     'MXEnginePushSyncND', 'MXNDArrayGetShapeEx64', 'MXNDArrayGetDType',
-                    'MXNDArrayGetStorageType', 'MXNDArrayGetContext', 'MXNDArraySaveRawBytes')
+                    'MXNDArrayGetStorageType', 'MXNDArrayGetContext', 'MXNDArraySaveRawBytes',
+                    'MXNDArrayToDLPack', 'MXNDArrayCallDLPackDeleter')
 
 
 def kernel_functions():
