@@ -112,7 +112,7 @@ def test_speed_page_is_what_the_benchmarks_json_gives():
 def test_turns_shuffle_who_follows_whom():
     """bench_step.turns: every round a permutation of the contenders, the same ones for the
     same seed, and over the rounds no contender always follows the same other one (what a
-    step leaves behind, spinning OpenMP threads, falls on all alike)."""
+    step leaves behind, a cache it filled, falls on all alike)."""
     sys.path.insert(0, os.path.dirname(BENCH))
     try:
         import bench_step

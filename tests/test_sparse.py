@@ -486,13 +486,12 @@ def test_the_kernel_reads_the_rows_of_row_sparse_arrays_only(stype):
 
 def test_the_kernel_raises_the_error_of_the_gradients_failed_writer():
     """A gradient whose writer failed in MXNet's engine (here a Cholesky factorization of
-    a matrix that has none) is MXNet's error out of sparse_rows, as out of Python's
-    ``indices``; nothing is read of it."""
+    a matrix that has none) is MXNet's error out of sparse_rows, not None (which would send
+    the caller to ``indices``)."""
     failed = nd.linalg.potrf(nd.array([[-1., 0.], [0., -1.]])).tostype('row_sparse')
     with pytest.raises(mx.base.MXNetError, match='Check failed'):
         kernel.sparse_rows(failed, 2)
     nd.waitall()  # the error is not left behind for later calls
-
 
 
 AT_MOST = kernel.SERIALIZED_MAX // 512  # rows of 128 float32 the kernel still reads
