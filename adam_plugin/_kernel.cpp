@@ -974,6 +974,33 @@ int sparse_rows(void *handle, int64_t weight_rows, int64_t max_bytes, const char
     return 0;
 }
 
+// What a layout is read from (adam_plugin.kernel.describe), for each of n arrays in turn:
+// its dtype, storage type, device type, device id and number of dimensions, then its
+// shape, as MXNet's C API gives them (ndim -1: a shape not known yet), in out[0 ..
+// capacity). Returns the count written, or -1 (MXNet's error set), or -2 when it would
+// be more than capacity.
+int64_t describe(int64_t n, void *const *handles, int64_t *out, int64_t capacity) {
+    int64_t count = 0;
+    for (int64_t a = 0; a < n; ++a) {
+        int ndim = 0, dtype = -1, storage = -1, device = 0, id = 0;
+        const int64_t *dims = nullptr;
+        if (get_dtype(handles[a], &dtype) != 0 || get_storage_type(handles[a], &storage) != 0 ||
+            get_context(handles[a], &device, &id) != 0 ||
+            get_shape(handles[a], &ndim, &dims) != 0)
+            return -1;
+        if (count + 5 + std::max(ndim, 0) > capacity) return -2;
+        int64_t *at = out + count;
+        at[0] = dtype;
+        at[1] = storage;
+        at[2] = device;
+        at[3] = id;
+        at[4] = ndim;
+        for (int i = 0; i < ndim; ++i) at[5 + i] = dims[i];
+        count += 5 + std::max(ndim, 0);
+    }
+    return count;
+}
+
 // For the tests: calls from the next on cut their elements into pieces of `elements`
 // (CHUNK, 2^18, by default); returns the size used until now. A size below 1 changes nothing.
 int64_t set_piece_size(int64_t elements) {

@@ -81,8 +81,11 @@ class CheckedLayouts:
     step (one set per device), and each property read is a call into MXNet: the
     layouts last seen, :data:`LAYOUTS_PER_INDEX` per index (newest first, one per
     device), are reused while all three are the same objects. The KVStore's callback
-    hands new weight and gradient objects at every call: their layout is read afresh,
-    and a state found to fit the same layout on the same context is not checked again.
+    hands new weight and gradient objects at every call: the kernel reads what the
+    layout is made of in one call (:func:`adam_plugin.kernel.describe`), and the layout
+    of the same state with arrays that read the same is reused (without the kernel,
+    the layout is read afresh, and a state found to fit the same layout on the same
+    context is not checked again).
 
     Parameters
     ----------
@@ -92,7 +95,9 @@ class CheckedLayouts:
 
     def __init__(self, name):
         self._name = name
-        self._seen = {}  # index -> [(weight, grad, state, multi_precision, context, Layout)]
+        # index -> [(weight, grad, state, multi_precision, context, Layout, kernel.describe
+        # of weight and grad)]
+        self._seen = {}
         self._holders = {}  # id of an array or [t] of a state in _seen -> (it, that state, index)
 
     def __call__(self, index, weight, grad, state=None, multi_precision=False):
@@ -122,6 +127,12 @@ class CheckedLayouts:
             if (entry[0] is weight and entry[1] is grad and entry[2] is state
                     and entry[3] == multi_precision):
                 return entry[5]
+        described = kernel.describe(weight, grad)  # one call into MXNet (None: no kernel)
+        for at, entry in enumerate(seen):
+            if (described is not None and entry[6] == described and entry[2] is state
+                    and entry[3] == multi_precision):  # the same arrays, new objects
+                seen.insert(0, (weight, grad, *seen.pop(at)[2:]))
+                return entry[5]
         shape, dtype = weight.shape, weight.dtype  # each read is a call into MXNet
         if grad.shape != shape or grad.dtype != dtype:
             raise ValueError(
@@ -144,7 +155,7 @@ class CheckedLayouts:
             raise ValueError(f"myadam: the state of {self._name(index)} does not fit its weight "
                              f"(shape {layout.shape}, {dtype}, on {weight.context}): {problem}; "
                              "nothing was updated")
-        seen.insert(0, (weight, grad, state, multi_precision, context, layout))
+        seen.insert(0, (weight, grad, state, multi_precision, context, layout, described))
         for item in state_objects(state):
             self._holders[id(item)] = item, state, index
         for dropped in seen[LAYOUTS_PER_INDEX:]:
@@ -300,6 +311,8 @@ class Batch:
         One per parameter: the one-item list ``[t]`` that ends its state, where its
         step count is counted in place, or None for a state saved without it
         (``MyAdam`` then counts in its own per-device counts).
+    layouts : list of Layout
+        As given.
 
     Raises
     ------
@@ -310,13 +323,18 @@ class Batch:
 
     def __init__(self, optimizer, layouts, weights, grads, states, multi_precision,
                  name=str):
-        self.weights, self.states = weights, states
+        self.weights, self.states, self.layouts = list(weights), states, layouts
         self.multi_precision = multi_precision
         self.name = name
         self.routes = [route(layout, optimizer) for layout in layouts]
         self.grads = list(grads)
         self.dtypes, self.step_counts = [], []
         groups = {}  # kernel storage -> [(position, the parameter as a HandleTable takes it)]
+        # What refresh reads again. Position of a row_sparse gradient -> (its weight's rows,
+        # where the kernel's lazy step takes the gradient's rows: (HandleTable, position in
+        # it), or None); and (position, rows, master) of each row_sparse weight that the
+        # kernel steps as a dense one, as it stores every row.
+        row_sparse, self._every_row = {}, []
         for i, (way, layout) in enumerate(zip(self.routes, layouts, strict=True)):
             master = multi_precision and layout.dtype == FLOAT16
             computed_in = FLOAT32 if layout.dtype == FLOAT16 else layout.dtype
@@ -324,10 +342,13 @@ class Batch:
             moments, copy, count = _split(states[i], master)
             self.step_counts.append(count)
             rows = _rows(grads[i], layout.shape[0], name(i)) if layout.row_sparse_grad else None
-            if way == KERNEL and not layout.dense and not all(
-                    _stores_every_row(array, layout.shape[0])
-                    for array in _row_sparse_arrays(weights[i], states[i], master)):
-                self.routes[i] = way = TEXTBOOK
+            if rows is not None:
+                row_sparse[i] = layout.shape[0], None
+            if way == KERNEL and not layout.dense:
+                self._every_row.append((i, layout.shape[0], master))
+                if not self._stores_every_row(*self._every_row[-1]):
+                    self.routes[i] = way = TEXTBOOK
+                    del self._every_row[-1]
             if way == TEXTBOOK:
                 continue
             lazy = layout.row_sparse_grad and optimizer.lazy_update  # only on the kernel
@@ -341,15 +362,55 @@ class Batch:
         self.kernel_groups = [  # (positions, kernel.HandleTable)
             ([i for i, _ in group], kernel.HandleTable(storage, [p for _, p in group]))
             for storage, group in groups.items()]
-        # Every weight and gradient dense: nothing here changes while the arrays are the
-        # same (a row_sparse one's rows change), so :class:`Batches` may reuse it.
-        self.reusable = all(layout.dense and not layout.row_sparse_grad for layout in layouts)
+        for positions, table in self.kernel_groups:
+            for at, i in enumerate(positions):
+                if i in row_sparse and table.lazy(at):
+                    row_sparse[i] = row_sparse[i][0], (table, at)
+        self._row_sparse = row_sparse
+        # Every weight dense or stepped as a dense one by the kernel, and every row_sparse
+        # gradient read as it is (lazy on the kernel, or by the textbook path): nothing
+        # here changes while the arrays are the same but what refresh reads again, so
+        # :class:`Batches` may reuse it.
+        self.reusable = all(layout.dense or way == KERNEL
+                            for layout, way in zip(layouts, self.routes, strict=True)) and all(
+            self.grads[i] is grads[i] for i in row_sparse)
         # What :meth:`queue` takes: one kernel storage, every parameter dense and whole.
-        self.queueable = (self.reusable and len(self.kernel_groups) == 1
-                          and set(self.routes) == {KERNEL})
+        self.queueable = (all(layout.dense for layout in layouts) and not row_sparse
+                          and len(self.kernel_groups) == 1 and set(self.routes) == {KERNEL})
         # The one HandleTable that holds every parameter, in order, or None.
         self._whole = (self.kernel_groups[0][1] if len(self.kernel_groups) == 1
                        and len(self.kernel_groups[0][0]) == len(layouts) else None)
+
+    def refresh(self):
+        """For a :attr:`reusable` Batch used again: read again, checked as when it was
+        made, what changes while the arrays are the same: the rows each row_sparse
+        gradient holds (for the kernel's lazy step), and whether each row_sparse weight
+        that the kernel steps as a dense one still stores every row. False when one does
+        not (a new Batch is to be made: it takes another route); ``ValueError``,
+        nothing changed, as :class:`Batch` raises it."""
+        if not all(self._stores_every_row(*found) for found in self._every_row):
+            return False
+        found = [(_rows(self.grads[i], weight_rows, self.name(i)), place)
+                 for i, (weight_rows, place) in self._row_sparse.items()]
+        for rows, place in found:
+            if place is not None:
+                place[0].set_rows(place[1], rows)
+        return True
+
+    def rebind(self, weight, grad):
+        """For a :attr:`reusable` Batch of one parameter: take ``weight`` and ``grad``, new
+        objects of the layouts it was made with (the KVStore's callback hands new ones
+        at every call), in place of its own, then :meth:`refresh`."""
+        self.weights, self.grads = [weight], [grad]
+        for _, table in self.kernel_groups:
+            table.use_arrays([weight], [grad])
+        return self.refresh()
+
+    def _stores_every_row(self, i, rows, master):
+        """Does the row_sparse weight at position ``i`` (and its master copy, when that is
+        row_sparse too) store all its ``rows``?"""
+        return all(_stores_every_row(array, rows) for array in
+                   _row_sparse_arrays(self.weights[i], self.states[i], master))
 
     def finite(self):
         """One flag per gradient: does it hold only finite values?
@@ -458,9 +519,14 @@ class Batches:
     ``ignore_stale_grad``): the Batch made for a list of several parameters is kept, the
     last :data:`BATCHES_KEPT` in all, and reused while the same indices come with the same
     objects and the options :func:`route` reads are the same; a new one for the same
-    indices on the same device replaces the old one. A Batch with a row_sparse
-    array is made anew at each call (its rows change), and so is one of a single
-    parameter (the KVStore's callback hands new weight objects at every call).
+    indices on the same device replaces the old one. The Batch of a single parameter is
+    kept per index (:data:`BATCHES_KEPT` at most: one per device) and reused while
+    its state is the same object and its weight and gradient have the same layouts: the
+    KVStore's callback hands new weight and gradient objects for the same arrays at
+    every call (:meth:`Batch.rebind`). A reused Batch reads again what changes between
+    calls (:meth:`Batch.refresh`: the rows of row_sparse gradients); one with a gradient
+    made dense for the step, or a row_sparse weight that does not store every row, is
+    made anew at each call.
 
     Parameters
     ----------
@@ -473,23 +539,37 @@ class Batches:
     def __init__(self, layouts, name):
         self.layouts, self._name = layouts, name
         self._kept = []  # ((indices, device), key, arrays, Batch), the newest first
+        self._one = {}  # index -> [(key, state, Batch)] of one parameter, the newest first
 
     def __call__(self, optimizer, indices, weights, grads, states, multi_precision):
         """The :class:`Batch` of an update call (see :class:`Batch` for the arguments,
         ``indices`` the parameters' indices)."""
+        key = (multi_precision, _ROUTE_OPTIONS(optimizer), kernel.LIBRARY, tuple(indices))
         several = len(indices) > 1
         if several:
-            key = (multi_precision, _ROUTE_OPTIONS(optimizer), kernel.LIBRARY, tuple(indices))
             arrays = (*weights, *grads, *states)
             for _, kept_key, kept_arrays, batch in self._kept:
                 if (kept_key == key and len(kept_arrays) == len(arrays)
-                        and all(map(operator.is_, kept_arrays, arrays))):
+                        and all(map(operator.is_, kept_arrays, arrays)) and batch.refresh()):
                     return batch
         layouts = [self.layouts(*args, multi_precision)
                    for args in zip(indices, weights, grads, states, strict=True)]
+        if not several:  # the same state, arrays of the same layouts: the same arrays
+            kept = self._one.setdefault(indices[0], [])
+            for at, (kept_key, state, batch) in enumerate(kept):
+                if (kept_key == key and state is states[0]
+                        and (batch.layouts[0] is layouts[0] or batch.layouts == layouts)):
+                    del kept[at]
+                    if batch.rebind(weights[0], grads[0]):
+                        kept.insert(0, (key, state, batch))
+                        return batch
+                    break
         batch = Batch(optimizer, layouts, weights, grads, states, multi_precision,
                       lambda i: self._name(indices[i]))
-        if several and batch.reusable:
+        if batch.reusable and not several:
+            kept.insert(0, (key, states[0], batch))
+            del kept[BATCHES_KEPT:]
+        elif batch.reusable:
             # A Batch for the same parameters on the same device is replaced, not kept
             # beside this one: its arrays (a net cast or moved, states loaded) are gone.
             place = (tuple(indices), weights[0].context)
@@ -498,7 +578,7 @@ class Batches:
         return batch
 
 
-BATCHES_KEPT = 8  # the Batches that Batches keeps
+BATCHES_KEPT = 8  # the Batches that Batches keeps: of lists in all, of one parameter per index
 
 # The options route() and Batch read of the optimizer.
 _ROUTE_OPTIONS = operator.attrgetter('fused', 'amsgrad', 'yogi', 'decoupled_wd', 'epsilon_mode',

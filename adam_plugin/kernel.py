@@ -94,6 +94,7 @@ _FINITE = {name: 'finite_' + dtype.name for name, (dtype, _) in STORAGES.items()
 # The library's functions that the package calls by name (load checks that it has them).
 ENTRY_POINTS = ('columns', 'use_mxnet', 'variants', 'variant_in_use', 'variant_runs_here',
                 'use_variant', 'queued_done', 'queued_flags', 'queued_release', 'sparse_rows',
+                'describe',
                 *sorted(set(_FINITE.values())),
                 *(f'{kind}adam_{name}' for name in STORAGES
                   for kind in ('', 'checked_', 'queue_')))
@@ -180,6 +181,8 @@ def load(path=PATH):
     library.queued_release.restype = None
     library.sparse_rows.argtypes = [pointer, count, count, ctypes.POINTER(pointer),
                                     ctypes.POINTER(count)]
+    library.describe.argtypes = [count, pointer, pointer, count]
+    library.describe.restype = count
     # For the tests: the elements of a piece of work (2^18 unless set), so that small arrays
     # cross pieces as large ones do; PARALLEL_MIN, read at each call, is the other threshold.
     library.set_piece_size.argtypes = [count]
@@ -256,6 +259,29 @@ def sparse_rows(array, weight_rows):
     return np.frombuffer(ctypes.string_at(rows.value, 8 * count.value), np.int64)
 
 
+# describe's values per array at most: dtype, storage type, device type and id, ndim,
+# then the shape (MXNet's arrays have at most 32 dimensions).
+_DESCRIBED = 5 + 32
+
+
+def describe(*arrays):
+    """What :class:`adam_plugin.dispatch.CheckedLayouts` reads of ``arrays`` (each one's
+    dtype, storage type, context and shape, as codes of MXNet's C API), as one tuple of
+    ints, in one call: arrays that give the same tuple have the same layouts. None when
+    the kernel was not built."""
+    if LIBRARY is None:
+        return None
+    n = len(arrays)
+    out = (ctypes.c_int64 * (_DESCRIBED * n))()
+    count = LIBRARY.describe(n, (ctypes.c_void_p * n)(*[array.handle for array in arrays]),
+                             out, _DESCRIBED * n)
+    if count == -1:
+        mxnet_internals.check(count)
+    if count < 0:  # -2: more than 32 dimensions, which MXNet's arrays never have
+        raise ValueError(f"myadam: an array of more than {_DESCRIBED - 5} dimensions")
+    return tuple(out[:count])
+
+
 @functools.lru_cache(maxsize=1024)
 def constants(step, dtype):
     """The scalars of one step, computed in float64 and rounded to ``dtype`` once:
@@ -284,9 +310,10 @@ class HandleTable:
     :meth:`adam_steps` (of all of them or some, each with its row of constants),
     :meth:`checked_steps` (the two at once) and :meth:`queue`.
 
-    Made with each :class:`adam_plugin.dispatch.Batch`, and kept with it for a Trainer's
-    later calls on the same arrays (:class:`adam_plugin.dispatch.Batches`) or for the
-    KVStore's later calls (:meth:`queue`).
+    Made with each :class:`adam_plugin.dispatch.Batch`, and kept with it for later calls
+    on the same arrays (:class:`adam_plugin.dispatch.Batches`), which may come in new
+    objects (:meth:`use_arrays`, :meth:`queue`: the KVStore's) and, lazy, with new rows
+    (:meth:`set_rows`).
 
     Parameters
     ----------
@@ -328,9 +355,35 @@ class HandleTable:
             dtype=np.uint64)
         base = self._table.ctypes.data
         self._arguments = [base + 8 * n * row for row in (0, 6, 7, 8, 9)]
-        self.threads = _threads_for(sum(sizes))
+        self._sizes, self._row_length = sizes, row_length  # the table's, as Python ints
+        self._elements = sum(sizes)
         self.amsgrad_ready = len(params[0][3]) == 3
         self._queue = getattr(LIBRARY, 'queue_adam_' + storage)
+
+    def use_arrays(self, weights, grads):
+        """From the next call on, step ``weights`` with ``grads`` (one per parameter, in
+        order) in place of the arrays the table holds: the same arrays in new objects,
+        as the KVStore's callback hands them at every call."""
+        n = len(self._rows)
+        table = self._table
+        for p, (weight, grad) in enumerate(zip(weights, grads, strict=True)):
+            table[p], table[n + p] = weight.handle.value, grad.handle.value
+        self._arrays = weights, grads  # the table's handles now: kept alive
+
+    def lazy(self, p):
+        """Does the parameter at position ``p`` step only the rows of a row_sparse gradient?"""
+        return self._rows[p] is not None
+
+    def set_rows(self, p, rows):
+        """From the next call on, the lazy parameter at position ``p`` steps ``rows``
+        (a NumPy int64 array, as the constructor takes them): the rows its gradient
+        holds now."""
+        n = len(self._rows)
+        self._rows[p] = rows  # kept alive: the table holds its address
+        size = len(rows) * self._row_length[p]
+        self._elements += size - self._sizes[p]
+        self._sizes[p] = self._table[6 * n + p] = size
+        self._table[8 * n + p] = rows.ctypes.data
 
     def all_finite(self):
         """One flag per gradient: does it hold only finite values (its stored rows, lazy)?
@@ -343,7 +396,7 @@ class HandleTable:
         grads = self._arguments[0] + 8 * n  # the second row of the handles
         mxnet_internals.check(getattr(LIBRARY, _FINITE[self.storage])(
             n, grads, self._arguments[1], (ctypes.c_char * n).from_buffer(finite),
-            self.threads))
+            _threads_for(self._elements)))
         if 0 not in finite:  # the usual case, without a loop over the parameters
             return [True] * n
         return [flag == 1 for flag in finite]
@@ -451,10 +504,7 @@ class HandleTable:
             Or None, nothing queued, when an array is not one the step takes.
         """
         n = len(self._rows)
-        table = self._table
-        for p, (weight, grad) in enumerate(zip(weights, grads, strict=True)):
-            table[p], table[n + p] = weight.handle.value, grad.handle.value
-        self._queued_arrays = weights, grads  # the table's handles now: kept alive
+        self.use_arrays(weights, grads)
         _, (arguments, (constants_, address), amsgrad, threads) = self._launch(steps)
         record = ctypes.c_void_p()
         status = self._queue(n, arguments[0], arguments[1], arguments[4], address,
@@ -480,7 +530,7 @@ class HandleTable:
         first = steps[0]
         if first is not None and steps.count(first) == len(steps):  # all alike: kept short
             return range(len(steps)), (self._arguments, constants(first, self.dtype),
-                                       self._amsgrad((first,)), self.threads)
+                                       self._amsgrad((first,)), _threads_for(self._elements))
         keep, param_rows, rows = [], [], {}  # rows: id of a Step -> (its row in the table, it)
         for i, step in enumerate(steps):
             if step is not None:

@@ -143,3 +143,30 @@ def test_a_lazy_step_covers_the_rows_present_only(monkeypatch, nonfinite):
     assert sorted(sizes) == sorted((name.format('float32'), [24]) for name in CALLS[nonfinite])
     changed = np.flatnonzero((weight.asnumpy() != 1).any(axis=1))
     assert changed.tolist() == [5, 70, 99_999]
+
+
+def _described(array):
+    """What kernel.describe gives of ``array``, from MXNet's Python properties."""
+    from mxnet.ndarray.ndarray import _DTYPE_NP_TO_MX, _STORAGE_TYPE_STR_TO_ID
+    return (_DTYPE_NP_TO_MX[np.dtype(array.dtype).type], _STORAGE_TYPE_STR_TO_ID[array.stype],
+            array.context.device_typeid, array.context.device_id, len(array.shape),
+            *array.shape)
+
+
+def test_describe_reads_what_mxnets_properties_say():
+    """Generated arrays (dtype, storage, context, 1 to 6 dimensions), each
+    alone and in pairs: the kernel's one call gives what MXNet's properties say, so arrays
+    that describe alike have the same layout."""
+    rng = np.random.default_rng(11)
+    arrays = []
+    for _ in range(40):
+        ndim = int(rng.integers(1, 7))
+        shape = tuple(int(d) for d in rng.integers(1, 4, size=ndim))
+        stype = str(rng.choice(['default', 'row_sparse', 'csr'] if ndim == 2 else
+                               ['default', 'row_sparse']))
+        dtype = str(rng.choice(['float16', 'float32', 'float64', 'int32', 'uint8']))
+        ctx = [mx.cpu(0), mx.cpu(1), mx.cpu_pinned(0)][int(rng.integers(3))]
+        arrays.append(nd.zeros(shape, ctx=ctx, dtype=dtype, stype=stype))
+    for a, b in zip(arrays, arrays[1:] + arrays[:1], strict=True):
+        assert kernel.describe(a) == _described(a)
+        assert kernel.describe(a, b) == _described(a) + _described(b)

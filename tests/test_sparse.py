@@ -374,11 +374,14 @@ EVERY_ROUTE = [(fused, lazy, weight) for fused in (True, False) for lazy in (Tru
                          ids=[f"{'kernel' if fused else 'textbook'}-{'lazy' if lazy else 'dense'}-{weight}"
                               for fused, lazy, weight in EVERY_ROUTE])
 @pytest.mark.parametrize('case', REFUSED_ROWS)
+@pytest.mark.parametrize('same_object', [False, True], ids=['new_gradient', 'rows_copied_in'])
 def test_every_route_refuses_a_row_outside_the_weight_or_a_row_twice(case, fused, lazy_update,
-                                                                     weight_kind):
+                                                                     weight_kind, same_object):
     """The same gradient is refused by every route, before anything changes: no row is
     dropped, nothing is written outside the weight (the textbook route wrote there and
-    the process aborted), no route picks a meaning for a row held twice."""
+    the process aborted), no route picks a meaning for a row held twice. Also when the
+    bad rows come in the gradient object of the good step (copied into it, as a backward
+    pass writes a Trainer's gradient), whose update call the optimizer may reuse."""
     rows, what = REFUSED_ROWS[case]
     opt = MyAdam(learning_rate=0.1, fused=fused, lazy_update=lazy_update,
                  param_idx2name={0: 'embed'})
@@ -393,6 +396,8 @@ def test_every_route_refuses_a_row_outside_the_weight_or_a_row_twice(case, fused
     before = [weight.asnumpy()] + state_arrays(state)
     grad = nd.sparse.row_sparse_array((np.full((len(rows), SHAPE[1]), 0.5, 'float32'),
                                        nd.array(rows, dtype='int64')), shape=SHAPE)
+    if same_object:
+        grad = grad.copyto(good)
     with pytest.raises(ValueError) as error:
         opt.update(0, weight, grad, state)
     assert str(error.value) == (f"myadam: the row_sparse gradient of parameter 'embed' {what}; "
