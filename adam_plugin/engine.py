@@ -133,9 +133,10 @@ class EngineQueue:
             return
         while self.queued:
             first = next(iter(self.queued))
-            if self.queued[first][3].status() == 0:  # not run yet
+            status = self.queued[first][3].status()
+            if status == 0:  # not run yet
                 return
-            self._take(first)
+            self._take(first, status)
 
     def take_all(self):
         """Take in the results of the updates queued in MXNet's engine (see
@@ -143,15 +144,16 @@ class EngineQueue:
         while self.queued:
             self._take(next(iter(self.queued)))
 
-    def _take(self, index):
+    def _take(self, index, status=None):
         """Take in the result of the update of ``index`` queued in MXNet's engine, waiting
         for it to run, as an update on the calling thread would have: a gradient that was
         not finite gives the step count back and counts as skipped (``max_skips``), an
-        overflow counts too."""
+        overflow counts too. ``status``: its :meth:`adam_plugin.kernel.Queued.status`, when
+        just read."""
         step, count, counts, queued = self.queued.pop(index)
         if count is not None:
             count[0] = step.t  # an int again (see QueuedCount); given back below if skipped
-        if queued.status() == 1:  # it ran; the gradient was finite, nothing overflowed
+        if (status or queued.status()) == 1:  # it ran; the gradient was finite, nothing overflowed
             self.bad.good(index)
             return
         try:
