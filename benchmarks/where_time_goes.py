@@ -7,12 +7,15 @@ call, so small parts read high); the loop runs forward and backward, waits for t
 times ``trainer.step`` with its work, as ``bench_loops.py`` does. Parts nest: a line's
 time includes those of the parts it calls. With ``--twice`` the kernel's checked step is
 called a second time right after the first, on the same arrays (stepping them twice),
-and timed apart: the same work with the arrays in the cache. Run alone, on a quiet
-machine.
+and timed apart: the same work with the arrays in the cache. With ``--unchecked`` the
+kernel's checked step is replaced by its step without the check
+(``HandleTable.adam_steps``, as if every gradient were finite): against a run without it,
+what the check costs. Run alone, on a quiet machine.
 
     python benchmarks/where_time_goes.py sparse_embedding
     python benchmarks/where_time_goes.py kvstore_two_contexts --steps 100
     python benchmarks/where_time_goes.py embedding_sparse_grad --twice
+    python benchmarks/where_time_goes.py dense_resnet18 --unchecked
 """
 import argparse
 import collections
@@ -36,6 +39,8 @@ PARTS = [
     ('adam_plugin.dispatch', 'Batches.__call__'),
     ('adam_plugin.dispatch', 'CheckedLayouts.__call__'),
     ('adam_plugin.dispatch', 'Batch.__init__'),
+    ('adam_plugin.dispatch', 'Batch.refresh'),
+    ('adam_plugin.kernel', 'describe'),
     ('adam_plugin.dispatch', '_rows'),
     ('adam_plugin.kernel', 'sparse_rows'),
     ('adam_plugin.kernel', 'HandleTable.__init__'),
@@ -53,12 +58,16 @@ PARTS = [
 AGAIN = 'HandleTable.checked_steps again'  # with --twice
 
 
-def wrap_parts(spent, calls, twice):
+def wrap_parts(spent, calls, twice, unchecked):
     """Wrap every function of PARTS in place: its seconds add up in ``spent[name]``, its
-    calls in ``calls[name]``; ``twice``: see --twice."""
+    calls in ``calls[name]``; ``twice``, ``unchecked``: see --twice and --unchecked."""
     import importlib
 
     from adam_plugin import kernel
+    if unchecked:
+        def without_check(table, steps):
+            return [True] * len(steps), table.adam_steps(steps)
+        kernel.HandleTable.checked_steps = without_check
     if twice:
         checked_steps = kernel.HandleTable.checked_steps
 
@@ -71,6 +80,8 @@ def wrap_parts(spent, calls, twice):
             return found
         kernel.HandleTable.checked_steps = again
     for module_name, path in PARTS:
+        if unchecked and path == 'HandleTable.checked_steps':
+            continue  # not called: its replacement's adam_steps is timed
         owner = importlib.import_module(module_name)
         *outer, attribute = path.split('.')
         for name in outer:
@@ -96,6 +107,8 @@ def main():
     parser.add_argument('--quick', action='store_true', help="bench_loops.py's tiny sizes")
     parser.add_argument('--twice', action='store_true',
                         help='time the kernel\'s checked step again right after it')
+    parser.add_argument('--unchecked', action='store_true',
+                        help="the kernel's step without its check for NaN/Inf")
     args = parser.parse_args()
     import mxnet as mx
     name, options = bench_loops.OPTIMIZERS['myadam']
@@ -104,7 +117,7 @@ def main():
         loop.iteration()
     mx.nd.waitall()
     spent, calls = collections.defaultdict(float), collections.Counter()
-    wrap_parts(spent, calls, args.twice)
+    wrap_parts(spent, calls, args.twice, args.unchecked)
     steps = []
     for _ in range(args.steps):
         loop.forward_backward()

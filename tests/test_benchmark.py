@@ -101,6 +101,18 @@ def test_where_time_goes_names_the_parts_a_step_ran(case):
         assert parts['EngineQueue.queue'][1] == 6 and 'HandleTable.queue' in parts
 
 
+@pytest.mark.slow
+def test_where_time_goes_times_the_step_without_its_check():
+    """With --unchecked the kernel's step runs without its check for NaN/Inf
+    (HandleTable.adam_steps, once a step), the checked step not at all."""
+    done = subprocess.run([sys.executable, WHERE, 'dense_resnet18', '--quick', '--steps', '3',
+                           '--unchecked'], check=True, capture_output=True, text=True)
+    parts = {m[1]: float(m[2]) for m in (
+        re.fullmatch(r' +(.+?) +[0-9.]+ +\(([0-9.]+) calls\)', line)
+        for line in done.stdout.splitlines()[1:])}
+    assert parts['HandleTable.adam_steps'] == 1 and 'HandleTable.checked_steps' not in parts
+
+
 def test_speed_page_is_what_the_benchmarks_json_gives():
     """docs/speed.md's figures are benchmarks/tables.py's rendering of the committed JSON
     results (make bench writes both): no figure copied by hand, none left stale."""
