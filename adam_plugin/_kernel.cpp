@@ -778,6 +778,8 @@ int queue(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *
         for (int64_t p = 0; p < n; ++p)
             if (handles[array * n + p]) writes.push_back(handles[array * n + p]);
     // The engine owns q from here, even when it refuses: its deleter then runs at once.
+    // An ordinary operation (no property: kNormal), run by an engine thread beside the
+    // caller (kAsync would run it on the calling thread: see docs/mxnet-modes.md).
     if (push_sync(run_queued<W, S, C>, q, release, &context, reads.data(),
                   static_cast<int>(reads.size()), writes.data(), static_cast<int>(writes.size()),
                   nullptr, 0, "adam_plugin_step") != 0) {
