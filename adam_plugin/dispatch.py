@@ -345,10 +345,10 @@ class Batch:
             if rows is not None:
                 row_sparse[i] = layout.shape[0], None
             if way == KERNEL and not layout.dense:
-                self._every_row.append((i, layout.shape[0], master))
-                if not self._stores_every_row(*self._every_row[-1]):
+                if self._stores_every_row(i, layout.shape[0], master):
+                    self._every_row.append((i, layout.shape[0], master))
+                else:
                     self.routes[i] = way = TEXTBOOK
-                    del self._every_row[-1]
             if way == TEXTBOOK:
                 continue
             lazy = layout.row_sparse_grad and optimizer.lazy_update  # only on the kernel
@@ -554,7 +554,7 @@ class Batches:
                     return batch
         layouts = [self.layouts(*args, multi_precision)
                    for args in zip(indices, weights, grads, states, strict=True)]
-        if not several:  # the same state, arrays of the same layouts: the same arrays
+        if not several:  # the same state, arrays of the same layouts (the KVStore's new objects)
             kept = self._one.setdefault(indices[0], [])
             for at, (kept_key, state, batch) in enumerate(kept):
                 if (kept_key == key and state is states[0]
