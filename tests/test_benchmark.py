@@ -103,14 +103,16 @@ def test_where_time_goes_names_the_parts_a_step_ran(case):
 
 @pytest.mark.slow
 def test_where_time_goes_times_the_step_without_its_check():
-    """With --unchecked the kernel's step runs without its check for NaN/Inf
-    (HandleTable.adam_steps, once a step), the checked step not at all."""
-    done = subprocess.run([sys.executable, WHERE, 'dense_resnet18', '--quick', '--steps', '3',
+    """With --unchecked every other step runs the kernel's step without its check for
+    NaN/Inf (HandleTable.adam_steps), the others its checked step, and both are given."""
+    done = subprocess.run([sys.executable, WHERE, 'dense_resnet18', '--quick', '--steps', '4',
                            '--unchecked'], check=True, capture_output=True, text=True)
+    lines = done.stdout.splitlines()
     parts = {m[1]: float(m[2]) for m in (
-        re.fullmatch(r' +(.+?) +[0-9.]+ +\(([0-9.]+) calls\)', line)
-        for line in done.stdout.splitlines()[1:])}
-    assert parts['HandleTable.adam_steps'] == 1 and 'HandleTable.checked_steps' not in parts
+        re.fullmatch(r' +(.+?) +[0-9.]+ +\(([0-9.]+) calls\)', line) for line in lines[1:-1])}
+    assert parts['HandleTable.adam_steps'] == parts['HandleTable.checked_steps'] == 0.5
+    assert re.fullmatch(r"the kernel's call, in turns: with its check [0-9.]+, without "
+                        r"[0-9.]+ microseconds", lines[-1])
 
 
 def test_speed_page_is_what_the_benchmarks_json_gives():
