@@ -19,8 +19,8 @@ given side by side: what the check costs. Run alone, on a quiet machine.
 """
 import argparse
 import collections
-import itertools
 import functools
+import itertools
 import os
 import statistics
 import sys
