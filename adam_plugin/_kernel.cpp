@@ -990,7 +990,8 @@ int64_t describe(int64_t n, void *const *handles, int64_t *out, int64_t capacity
             get_context(handles[a], &device, &id) != 0 ||
             get_shape(handles[a], &ndim, &dims) != 0)
             return -1;
-        if (count + 5 + std::max(ndim, 0) > capacity) return -2;
+        const int64_t values = 5 + std::max(ndim, 0);
+        if (count + values > capacity) return -2;
         int64_t *at = out + count;
         at[0] = dtype;
         at[1] = storage;
@@ -998,7 +999,7 @@ int64_t describe(int64_t n, void *const *handles, int64_t *out, int64_t capacity
         at[3] = id;
         at[4] = ndim;
         for (int i = 0; i < ndim; ++i) at[5 + i] = dims[i];
-        count += 5 + std::max(ndim, 0);
+        count += values;
     }
     return count;
 }

@@ -171,7 +171,7 @@ KERNEL_REGIONS = [
     'int checked_adam(int64_t n,',
     'void step(int64_t n,', 'void check(int64_t n,', 'int adam(int64_t n,',
     'int finite(int64_t n,', 'void run_queued(', 'int queue(int64_t n,',
-    'int sparse_rows(void *handle',
+    'int sparse_rows(void *handle', 'int64_t describe(int64_t n,',
 ]
 
 COMPARISON = re.compile(r'(?<=[\w)\]]) (<=|>=|==|!=|<|>) (?=[\w(!\-*&])')

@@ -170,3 +170,26 @@ def test_describe_reads_what_mxnets_properties_say():
     for a, b in zip(arrays, arrays[1:] + arrays[:1], strict=True):
         assert kernel.describe(a) == _described(a)
         assert kernel.describe(a, b) == _described(a) + _described(b)
+
+
+def test_describe_takes_mxnets_largest_and_smallest_shapes():
+    """32 dimensions, next to another array, and 33; under NumPy shape semantics
+    no dimension (a scalar), a dimension of size 0, and no shape yet (ndim -1, an array
+    made without one): each read whole, in its place."""
+    from mxnet.ndarray.ndarray import _new_empty_handle
+    biggest, after = nd.zeros((1,) * 32), nd.zeros((2, 3), dtype='float16')
+    assert kernel.describe(biggest, after) == _described(biggest) + _described(after)
+    assert len(kernel.describe(biggest)) == 5 + 32
+    # MXNet makes 33 dimensions (its Python's shape refuses them): not described alone,
+    # where the room is 32; beside a smaller array, whole
+    too_many = nd.zeros((1,) * 33)
+    assert kernel.describe(too_many) is None
+    assert kernel.describe(after, too_many) == _described(after) + (0, 0, 1, 0, 33) + (1,) * 33
+    with mx.util.np_shape(True):
+        scalar, empty = nd.zeros(()), nd.zeros((2, 0, 3))
+        unknown = nd.NDArray(_new_empty_handle())
+        assert kernel.describe(scalar, empty, unknown, scalar) == (
+            _described(scalar) + _described(empty) + kernel.describe(unknown)
+            + _described(scalar))
+        assert kernel.describe(scalar)[4:] == (0,) and kernel.describe(unknown)[4:] == (-1,)
+
