@@ -345,7 +345,7 @@ class Batch:
             if rows is not None:
                 row_sparse[i] = layout.shape[0], None
             if way == KERNEL and not layout.dense:
-                if self._stores_every_row(i, layout.shape[0], master):
+                if self._weight_stores_every_row(i, layout.shape[0], master):
                     self._every_row.append((i, layout.shape[0], master))
                 else:
                     self.routes[i] = way = TEXTBOOK
@@ -388,7 +388,7 @@ class Batch:
         that the kernel steps as a dense one still stores every row. False when one does
         not (a new Batch is to be made: it takes another route); ``ValueError``,
         nothing changed, as :class:`Batch` raises it."""
-        if not all(self._stores_every_row(*found) for found in self._every_row):
+        if not all(self._weight_stores_every_row(*found) for found in self._every_row):
             return False
         found = [(_rows(self.grads[i], weight_rows, self.name(i)), place)
                  for i, (weight_rows, place) in self._row_sparse.items()]
@@ -406,7 +406,7 @@ class Batch:
             table.use_arrays([weight], [grad])
         return self.refresh()
 
-    def _stores_every_row(self, i, rows, master):
+    def _weight_stores_every_row(self, i, rows, master):
         """Does the row_sparse weight at position ``i`` (and its master copy, when that is
         row_sparse too) store all its ``rows``?"""
         return all(_stores_every_row(array, rows) for array in
