@@ -12,7 +12,15 @@ other step runs the kernel's step without its check (``HandleTable.adam_steps``,
 every gradient were finite) in place of its checked step, and the two calls' times are
 given side by side: what the check costs. Run alone, on a quiet machine.
 
+With ``--opcodes`` nothing is timed: the Python bytecodes a step runs are counted (a trace
+hook), for ``myadam``, MXNet's ``adam`` and a step that does nothing (MXNet's own part),
+then per function for ``myadam``. Unlike a time, the count does not move with the load of
+a shared machine or with what the cache holds, so a change to the Python of a step can be
+weighed by it (a bytecode is not a fixed time: those that call into C, MXNet's operators
+and the kernel included, count one).
+
     python benchmarks/where_time_goes.py sparse_embedding
+    python benchmarks/where_time_goes.py kvstore_two_contexts --opcodes
     python benchmarks/where_time_goes.py kvstore_two_contexts --steps 100
     python benchmarks/where_time_goes.py embedding_sparse_grad --twice
     python benchmarks/where_time_goes.py dense_resnet18 --unchecked
@@ -109,17 +117,80 @@ def wrap_parts(spent, calls, twice, unchecked):
         setattr(owner, attribute, timed)
 
 
+def count_opcodes(loop, steps):
+    """Run ``steps`` steps of ``loop`` (forward and backward untraced): per function
+    (``file:name``, the file from its package on), the bytecodes it ran and its calls, a
+    step, each a ``collections.Counter``."""
+    import mxnet as mx
+    opcodes, calls = collections.Counter(), collections.Counter()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+    def trace(frame, event, _):
+        frame.f_trace_opcodes = True
+        code = frame.f_code
+        path = code.co_filename.split('site-packages' + os.sep)[-1]
+        name = f"{path[len(root):] if path.startswith(root) else path}:{code.co_name}"
+        if event == 'opcode':
+            opcodes[name] += 1
+        elif event == 'call':
+            calls[name] += 1
+        return trace
+
+    for _ in range(steps):
+        loop.forward_backward()
+        mx.nd.waitall()
+        sys.settrace(trace)
+        try:
+            loop.step()
+        finally:
+            sys.settrace(None)
+        mx.nd.waitall()
+    return (collections.Counter({k: v / steps for k, v in opcodes.items()}),
+            collections.Counter({k: v / steps for k, v in calls.items()}))
+
+
+def print_opcodes(case, make, steps, quick, top):
+    """--opcodes: the bytecodes a step of ``case`` runs, for each contender, then per
+    function for 'myadam'."""
+    import mxnet as mx
+    counted = {}
+    for who, (name, options) in bench_loops.STEP_CONTENDERS.items():
+        loop = make(name, options, quick)
+        for _ in range(3):  # warm-up: states, what the update call keeps
+            loop.iteration()
+        mx.nd.waitall()
+        counted[who] = count_opcodes(loop, steps)
+    totals = ', '.join(f"{who} {sum(opcodes.values()):.0f}"
+                       for who, (opcodes, _) in counted.items())
+    print(f"{case}: Python bytecodes a step ({steps} steps): {totals}")
+    opcodes, calls = counted['myadam']
+    own = sum(count for name, count in opcodes.items() if name.startswith('adam_plugin'))
+    print(f"myadam's, in adam_plugin: {own:.0f}")
+    print(f"myadam's, per function (the {top} that ran most), a step:")
+    for name, count in opcodes.most_common(top):
+        print(f"  {name:60} {count:9.0f}   ({calls[name]:g} calls)")
+
+
 def main():
     cases = {**bench_loops.STEP_CASES, **bench_loops.MODELS}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('case', choices=sorted(cases))
-    parser.add_argument('--steps', type=int, default=300)
+    parser.add_argument('--steps', type=int,
+                        help='steps run: 300 timed by default, 3 with --opcodes')
     parser.add_argument('--quick', action='store_true', help="bench_loops.py's tiny sizes")
     parser.add_argument('--twice', action='store_true',
                         help='time the kernel\'s checked step again right after it')
     parser.add_argument('--unchecked', action='store_true',
                         help="the kernel's step without its check for NaN/Inf")
+    parser.add_argument('--opcodes', action='store_true',
+                        help='count the Python bytecodes a step runs instead of timing it')
+    parser.add_argument('--top', type=int, default=30,
+                        help='with --opcodes, the functions listed')
     args = parser.parse_args()
+    if args.opcodes:
+        print_opcodes(args.case, cases[args.case][1], args.steps or 3, args.quick, args.top)
+        return
+    args.steps = args.steps or 300
     import mxnet as mx
     name, options = bench_loops.OPTIMIZERS['myadam']
     loop = cases[args.case][1](name, options, args.quick)

@@ -102,6 +102,27 @@ def test_where_time_goes_names_the_parts_a_step_ran(case):
 
 
 @pytest.mark.slow
+def test_where_time_goes_counts_the_bytecodes_a_step_runs():
+    """With --opcodes the Python bytecodes of a step are counted for each contender and
+    per function for myadam: the KVStore's one-parameter calls each go through the
+    package's queue, and MXNet's Adam runs more Python than a step that does nothing."""
+    done = subprocess.run([sys.executable, WHERE, 'kvstore_two_contexts', '--quick', '--opcodes',
+                           '--steps', '1', '--top', '1000'], check=True, capture_output=True,
+                          text=True)
+    first, own, _, *rows = done.stdout.splitlines()
+    totals = dict(re.findall(r'(\w+) ([0-9]+)', first.split(': ', 1)[1]))
+    assert set(totals) == {'myadam', 'adam', 'free'}
+    assert int(totals['adam']) > int(totals['free']) > 0
+    package = int(re.fullmatch(r"myadam's, in adam_plugin: ([0-9]+)", own)[1])
+    functions = {m[1]: (int(m[2]), float(m[3])) for m in (
+        re.fullmatch(r' +(.+?) +([0-9]+) +\(([0-9.]+) calls\)', row) for row in rows)}
+    assert package == sum(n for name, (n, _) in functions.items()
+                          if name.startswith('adam_plugin'))
+    assert 0 < package < int(totals['myadam'])
+    assert functions['adam_plugin/engine.py:queue'][1] == 6  # 3 Dense layers, 6 parameters
+
+
+@pytest.mark.slow
 def test_where_time_goes_times_the_step_without_its_check():
     """With --unchecked every other step runs the kernel's step without its check for
     NaN/Inf (HandleTable.adam_steps), the others its checked step, and both are given."""
