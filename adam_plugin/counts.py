@@ -70,17 +70,19 @@ class StepCounts:
         """:meth:`advance` of each of ``indices`` (its state's ``counts``) whose flag in
         ``flags`` is set, in order: their new step counts, None for the others."""
         opt = self.optimizer
-        mxnets, ts = opt._index_update_count, []
+        mxnets, ts, largest = opt._index_update_count, [], opt.num_update
         for index, count, counted in zip(indices, counts, flags, strict=True):
             if not counted:
                 t = None
-            elif count is None:
-                t = mxnets[index] = 1 + mxnets.get(
-                    index, self.saved.get(index, opt.begin_num_update))
             else:
-                t = mxnets[index] = count[0] = count[0] + 1
+                if count is None:
+                    t = mxnets[index] = 1 + mxnets.get(
+                        index, self.saved.get(index, opt.begin_num_update))
+                else:
+                    t = mxnets[index] = count[0] = count[0] + 1
+                largest = max(largest, t)
             ts.append(t)
-        opt.num_update = max([opt.num_update, *(t for t in ts if t is not None)])
+        opt.num_update = largest
         return ts
 
     def snapshot(self, indices, counts):

@@ -40,6 +40,7 @@ __all__ = ['variants', 'variant', 'use_variant']
 import ctypes
 import functools
 import math
+import operator
 import os
 import re
 
@@ -517,7 +518,7 @@ class HandleTable:
 
     def _amsgrad(self, steps):
         """Does one of ``steps`` take AMSGrad? ``ValueError`` if so without vmax states."""
-        amsgrad = any(step.amsgrad for step in steps)
+        amsgrad = any(map(_AMSGRAD, steps))
         if amsgrad and not self.amsgrad_ready:
             raise ValueError("myadam: amsgrad needs (m, v, vmax) states")
         return amsgrad
@@ -592,6 +593,9 @@ class Queued:
 
     def __del__(self):
         self._release(self._record)
+
+
+_AMSGRAD = operator.attrgetter('amsgrad')
 
 
 def _threads_for(elements):

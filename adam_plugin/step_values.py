@@ -102,7 +102,7 @@ class StepValues:
         one that is not good in every dtype of ``batch``."""
         values = _READ(self.optimizer)
         key = (values, tuple(map(type, values)), batch.distinct_dtypes)
-        rule = self._remembered(key)
+        rule = _get(self._checked, key)
         if rule is None:
             update = self.optimizer.num_update + 1
             for dtypes in (None, *batch.distinct_dtypes):  # as given, then in each dtype
@@ -121,7 +121,7 @@ class StepValues:
         opt = self.optimizer
         value = opt.lr if opt.lr_scheduler is None else opt.lr_scheduler(num_update)
         key = ('lr', value, type(value))
-        lr = self._remembered(key)
+        lr = _get(self._checked, key)
         if lr is None:
             lr = self._remember(key, self._value('lr', value, None, num_update, None,
                                                  lambda: self._lr_source(value, num_update)))
@@ -148,7 +148,7 @@ class StepValues:
         lr = _times(base, self._multiplier(index, 'lr_mult')[0])
         wd = _times(base_wd, self._multiplier(index, 'wd_mult')[0])
         key = (lr, type(lr), wd, type(wd), dtypes)
-        rates = self._remembered(key)
+        rates = _get(self._checked, key)
         if rates is None:
             rates = self._remember(key, (
                 self._value('lr', lr, dtypes, num_update, self.name(index),
@@ -163,8 +163,8 @@ class StepValues:
         ``'wd_mult'``, where MXNet's ``_get_lrs`` and ``_get_wds`` find it (1.0 when
         nowhere); with ``describe``, ``where`` is that place as error messages say it
         (None when nowhere)."""
-        if index in self.optimizer.param_dict:
-            param = self.optimizer.param_dict[index]
+        param = self.optimizer.param_dict.get(index)
+        if param is not None:
             return getattr(param, kind), describe and f"param '{param.name}' {kind}"
         multipliers = getattr(self.optimizer, kind)
         key = index if index in multipliers else self.optimizer.idx2name.get(index)
@@ -189,11 +189,6 @@ class StepValues:
                 f"myadam: Invalid {'learning rate' if name == 'lr' else name}: {value!r} at "
                 f"update {update}{where} ({source()}; expected {error.expected}); nothing was "
                 "updated") from None
-
-    def _remembered(self, key):
-        """What :meth:`_remember` kept for ``key``, or None (also for an unhashable value,
-        which is checked, and refused, each time)."""
-        return _get(self._checked, key)
 
     def _remember(self, key, found):
         """Keep ``found`` for ``key`` (the last :data:`REMEMBERED` at most); return it."""
