@@ -197,12 +197,11 @@ class MyAdam(Optimizer):
         """The update; ``caller``, the frame that called :meth:`update` (or
         :meth:`update_multi_precision`): where :class:`adam_plugin.engine.EngineQueue`
         starts to look for the KVStore's callback up the stack."""
-        if not isinstance(indices, (list, tuple)):
+        if not isinstance(indices, (list, tuple)):  # one parameter, as the KVStore calls
+            if self._engine.queue(indices, weights, grads, states, multi_precision, caller):
+                return
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         one = len(indices) == 1
-        if one and self._engine.queue(indices[0], weights[0], grads[0], states[0],
-                                      multi_precision, caller):
-            return
         distributed.refuse_worker_update(  # update_on_kvstore=False in a distributed job
             mxnet_internals.in_distributed_trainer(self.param_dict, indices[:1]))
         self._engine.take_all()
