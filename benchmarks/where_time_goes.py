@@ -152,14 +152,8 @@ def count_opcodes(loop, steps):
 def print_opcodes(case, make, steps, quick, top):
     """--opcodes: the bytecodes a step of ``case`` runs, for each contender, then per
     function for 'myadam'."""
-    import mxnet as mx
-    counted = {}
-    for who, (name, options) in bench_loops.STEP_CONTENDERS.items():
-        loop = make(name, options, quick)
-        for _ in range(3):  # warm-up: states, what the update call keeps
-            loop.iteration()
-        mx.nd.waitall()
-        counted[who] = count_opcodes(loop, steps)
+    counted = {who: count_opcodes(loop, steps) for who, loop in bench_loops._loops(
+        make, quick, bench_loops.STEP_CONTENDERS).items()}  # each warmed up
     totals = ', '.join(f"{who} {sum(opcodes.values()):.0f}"
                        for who, (opcodes, _) in counted.items())
     print(f"{case}: Python bytecodes a step ({steps} steps): {totals}")
