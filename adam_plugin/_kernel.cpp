@@ -893,10 +893,16 @@ ADAM_ENTRY(float64, double, double, double)
 ADAM_ENTRY(float16, _Float16, _Float16, float)
 ADAM_ENTRY(float16_master, _Float16, float, float)
 
-// 0 until the queued step has run; then 1 when every gradient was finite and the step
-// found no Overflow, else 2 (queued_flags tells which).
-int queued_done(void *queued) {
-    return static_cast<Queued *>(queued)->done.load(std::memory_order_acquire);
+// Of n queued steps: 0 while one has not run; then 1 when each found every gradient
+// finite and no Overflow, else 2 (queued_flags tells which).
+int queued_done(void *const *queued, int64_t n) {
+    int status = 1;
+    for (int64_t i = 0; i < n; ++i) {
+        const int done = static_cast<Queued *>(queued[i])->done.load(std::memory_order_acquire);
+        if (done == 0) return 0;
+        status = std::max(status, done);
+    }
+    return status;
 }
 
 // The queued step's findings, once done: per parameter, is its gradient finite (1 or 0),

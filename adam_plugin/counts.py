@@ -63,7 +63,10 @@ class StepCounts:
         that has one: the Trainer saves its first device's states), else from
         ``begin_num_update``.
         """
-        t, = self._advance((index,), (count,), (True,))
+        opt = self.optimizer
+        t = self._count(index, count, opt._index_update_count)
+        if t > opt.num_update:
+            opt.num_update = t
         return t
 
     def _advance(self, indices, counts, flags):
@@ -72,18 +75,22 @@ class StepCounts:
         opt = self.optimizer
         mxnets, ts, largest = opt._index_update_count, [], opt.num_update
         for index, count, counted in zip(indices, counts, flags, strict=True):
-            if not counted:
-                t = None
-            else:
-                if count is None:
-                    t = mxnets[index] = 1 + mxnets.get(
-                        index, self.saved.get(index, opt.begin_num_update))
-                else:
-                    t = mxnets[index] = count[0] = count[0] + 1
-                largest = max(largest, t)
+            t = self._count(index, count, mxnets) if counted else None
+            if counted and t > largest:
+                largest = t
             ts.append(t)
         opt.num_update = largest
         return ts
+
+    def _count(self, index, count, mxnets):
+        """The new step count of ``index``, whose state ends with ``count``, in it and in
+        MXNet's counts ``mxnets`` (see :meth:`advance`); not ``num_update``."""
+        if count is None:
+            t = mxnets[index] = 1 + mxnets.get(
+                index, self.saved.get(index, self.optimizer.begin_num_update))
+        else:
+            t = mxnets[index] = count[0] = count[0] + 1
+        return t
 
     def snapshot(self, indices, counts):
         """The step counts of ``indices``, whose states end with ``counts`` (see
@@ -233,9 +240,11 @@ class BadUpdates:
                 f"{max_skips} times in a row (max_skips={max_skips}): it overflowed again "
                 "(see the warnings); this update call was applied")
 
-    def good(self, index):
-        """The update of ``index`` went well: its run of bad ones ends."""
-        self.in_a_row.pop(index, None)
+    def good(self, indices):
+        """The updates of ``indices`` went well: their runs of bad ones end."""
+        if self.in_a_row:  # else no run to end
+            for index in indices:
+                self.in_a_row.pop(index, None)
 
     def _bad(self, index, what):
         """Count a bad update of ``index`` in its run of bad ones; warn at the first and at

@@ -374,9 +374,9 @@ class Batch:
         self.reusable = all(layout.dense or way == KERNEL
                             for layout, way in zip(layouts, self.routes, strict=True)) and all(
             self.grads[i] is grads[i] for i in row_sparse)
-        # What :meth:`queue` takes: one kernel storage, every parameter dense and whole.
-        self.queueable = (all(layout.dense for layout in layouts) and not row_sparse
-                          and len(self.kernel_groups) == 1 and set(self.routes) == {KERNEL})
+        # What :meth:`queue` takes: one parameter, dense and whole, on the kernel.
+        self.queueable = (len(layouts) == 1 and layouts[0].dense and not row_sparse
+                          and self.routes == [KERNEL])
         # The one HandleTable that holds every parameter, in order, or None.
         self._whole = (self.kernel_groups[0][1] if len(self.kernel_groups) == 1
                        and len(self.kernel_groups[0][0]) == len(layouts) else None)
@@ -499,15 +499,13 @@ class Batch:
             for i, v_ok, w_ok in zip(written, finite[::2], finite[1::2], strict=True):
                 flags[i] = (0 if v_ok else kernel.V_OVERFLOW) | (0 if w_ok else kernel.W_OVERFLOW)
 
-    def queue(self, steps, weights, grads):
-        """Queue the step of every parameter (each with its Step) in MXNet's engine and
-        return at once, for a :attr:`queueable` batch: see
-        :meth:`adam_plugin.kernel.HandleTable.queue`, which takes ``weights`` and ``grads``
-        (of a later call) in place of the batch's. Returns the
-        :class:`adam_plugin.kernel.Queued`, or None when an array is not one the step
-        takes (nothing queued)."""
-        (_, table), = self.kernel_groups
-        return table.queue(steps, weights, grads)
+    def queue(self, step, weight, grad):
+        """Queue the step of the one parameter with ``step`` in MXNet's engine and return at
+        once, for a :attr:`queueable` batch: see :meth:`adam_plugin.kernel.HandleTable.queue`,
+        which takes ``weight`` and ``grad`` (of a later call) in place of the batch's.
+        Returns the :class:`adam_plugin.kernel.Queued`, or None when an array is not one
+        the step takes (nothing queued)."""
+        return self._whole.queue(step, weight, grad)
 
 
 class Batches:

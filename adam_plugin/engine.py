@@ -8,16 +8,16 @@ engine (:meth:`adam_plugin.kernel.HandleTable.queue`) rather than run before the
 returns: there MXNet queues its own ``adam_update`` and returns, and waiting for the
 engine on each call would cost a handoff between threads per parameter. What a queued
 step finds (a gradient not finite: the step was skipped; a second moment that
-overflowed) is taken in, warned about and counted in ``num_skipped`` once it has run: by
-a later update call (the KVStore's next parameters), which does not wait for it, and by the
-next ``Trainer.step`` (which sets ``rescale_grad``) or save at the latest, which waits
-(see :meth:`EngineQueue._take_run`). Not under ``nonfinite='raise'``, whose
+overflowed) is taken in, warned about and counted in ``num_skipped`` by the next
+``Trainer.step`` (which sets ``rescale_grad``) or save, which waits for it; by the
+KVStore's next call for the same parameter, and by every call under an ``lr_scheduler``
+(see :meth:`EngineQueue.queue`). Not under ``nonfinite='raise'``, whose
 error comes out of the call that failed, before anything else changes; not on a
 distributed KVStore's server, which has no later call to raise from.
 """
 import os
 
-from . import mxnet_internals
+from . import kernel, mxnet_internals
 
 
 class EngineQueue:
@@ -98,18 +98,20 @@ class EngineQueue:
         if (plan is None or plan[0] is not state or plan[1] != multi_precision
                 or not self.queues(caller)):
             return False
+        if index in self.queued or self.optimizer.lr_scheduler is not None:
+            # its update queued before (a key pushed twice), whose count this one follows;
+            # or a count given back by a skip, which the rate of lr_scheduler may read
+            self.take_all()
         batch = plan[2]
-        if self.queued:
-            self._take_run(index)
         rule = self.values.rule(batch)
         count = batch.step_counts[0]
         counts = self.counts.snapshot((index,), (count,))
         try:
             t = self.counts.advance(index, count)
-            num_update = self.counts.optimizer.num_update
+            num_update = self.optimizer.num_update
             step = self.values.step(index, t, self.values.base_lr(num_update), rule,
                                     batch.dtypes[0], num_update)
-            queued = batch.queue((step,), (weight,), (grad,))
+            queued = batch.queue(step, weight, grad)
         except BaseException:
             self.counts.restore(counts)
             raise
@@ -118,44 +120,32 @@ class EngineQueue:
             del self.plans[index]
             return False
         if count is not None:  # until taken in: see QueuedCount
-            count[0] = QueuedCount(step.t, queued)
+            count[0] = QueuedCount(t, queued)
         self.queued[index] = step, count, counts, queued
         return True
 
-    def _take_run(self, index):
-        """Before the update of ``index`` is queued: take in, in the order queued, the
-        updates that have run, up to the first still pending, without waiting. Wait for
-        all of them (:meth:`take_all`) when ``index`` is one of them, or when the
-        optimizer has an ``lr_scheduler``, whose learning rate follows ``num_update``: a
-        skipped update gives its count back, which the next parameter's rate may read."""
-        if index in self.queued or self.optimizer.lr_scheduler is not None:
-            self.take_all()
-            return
-        while self.queued:
-            first = next(iter(self.queued))
-            status = self.queued[first][3].status()
-            if status == 0:  # not run yet
-                return
-            self._take(first, status)
-
     def take_all(self):
         """Take in the results of the updates queued in MXNet's engine (see
-        :meth:`queues`), in the order queued, waiting for them to run."""
-        while self.queued:
-            self._take(next(iter(self.queued)))
+        :meth:`queues`), in the order queued, waiting for them to run. When every one
+        has run and found nothing (the usual case), one call into the kernel says so."""
+        queued = self.queued
+        if queued and kernel.queued_status([entry[3] for entry in queued.values()]) == 1:
+            for step, count, _, _ in queued.values():
+                if count is not None:
+                    count[0] = step.t  # an int again (see QueuedCount)
+            self.bad.good(queued)
+            queued.clear()
+        while queued:
+            self._take(next(iter(queued)))
 
-    def _take(self, index, status=None):
+    def _take(self, index):
         """Take in the result of the update of ``index`` queued in MXNet's engine, waiting
         for it to run, as an update on the calling thread would have: a gradient that was
         not finite gives the step count back and counts as skipped (``max_skips``), an
-        overflow counts too. ``status``: its :meth:`adam_plugin.kernel.Queued.status`, when
-        just read."""
+        overflow counts too."""
         step, count, counts, queued = self.queued.pop(index)
         if count is not None:
             count[0] = step.t  # an int again (see QueuedCount); given back below if skipped
-        if (status or queued.status()) == 1:  # it ran; the gradient was finite, nothing overflowed
-            self.bad.good(index)
-            return
         try:
             (finite,), overflow = queued.result()
         except BaseException:

@@ -177,7 +177,8 @@ def load(path=PATH):
             flag]
         getattr(library, f'queue_adam_{name}').argtypes = [
             count, pointer, pointer, pointer, pointer, count, flag, flag, pointer]
-    library.queued_done.argtypes = library.queued_release.argtypes = [pointer]
+    library.queued_done.argtypes = [pointer, count]
+    library.queued_release.argtypes = [pointer]
     library.queued_flags.argtypes = [pointer, pointer, pointer]
     library.queued_release.restype = None
     library.sparse_rows.argtypes = [pointer, count, count, ctypes.POINTER(pointer),
@@ -483,16 +484,16 @@ class HandleTable:
             return [True] * n, [0] * n
         return [flag == 1 for flag in finite], list(overflow)
 
-    def queue(self, steps, weights, grads):
-        """Queue :meth:`adam_steps` of every parameter (each with its Step) in MXNet's
-        engine, behind the pending writes to the gradients and every pending use of the
-        weights and states, and return at once, as MXNet's own ``adam_update`` does.
+    def queue(self, step, weight, grad):
+        """Queue :meth:`adam_steps` of the table's one parameter with ``step`` in MXNet's
+        engine, behind the pending writes to the gradient and every pending use of the
+        weight and states, and return at once, as MXNet's own ``adam_update`` does.
 
-        ``weights`` and ``grads``, dense, take the place of those this table was
-        made with (the states are theirs); the kernel checks that each holds the
-        elements and dtype the step takes, dense, the weights in host memory. The queued
-        step checks the gradients first: a parameter whose gradient holds an Inf or a
-        NaN is not stepped. For whole dense parameters only (no lazy rows).
+        ``weight`` and ``grad``, dense, take the place of those this table was made with
+        (the states are its own); the kernel checks that each holds the elements and dtype
+        the step takes, dense, in host memory. The queued step checks the gradient first:
+        when it holds an Inf or a NaN, the parameter is not stepped. For a table of one
+        whole dense parameter (no lazy rows).
 
         The arrays' data pointers are read here: each must have been allocated already
         (written, and waited for, once). MXNet allocates an array's memory at its first
@@ -504,17 +505,17 @@ class HandleTable:
         Queued
             Or None, nothing queued, when an array is not one the step takes.
         """
-        n = len(self._rows)
-        self.use_arrays(weights, grads)
-        _, (arguments, (constants_, address), amsgrad, threads) = self._launch(steps)
-        record = ctypes.c_void_p()
-        status = self._queue(n, arguments[0], arguments[1], arguments[4], address,
-                             len(constants_) // len(COLUMNS), amsgrad, threads,
-                             ctypes.byref(record))
+        table = self._table  # its first row of handles: the weight's, then the gradient's
+        table[0], table[1] = weight.handle.value, grad.handle.value
+        self._arrays = weight, grad  # the table's handles now: kept alive
+        arguments, record = self._arguments, ctypes.c_void_p()
+        status = self._queue(1, arguments[0], arguments[1], arguments[4],
+                             constants(step, self.dtype)[1], 1, self._amsgrad((step,)),
+                             _threads_for(self._elements), ctypes.byref(record))
         if status == -2:
             return None
         mxnet_internals.check(status)
-        return Queued(record, n, weights)
+        return Queued(record, 1, weight)
 
     def _amsgrad(self, steps):
         """Does one of ``steps`` take AMSGrad? ``ValueError`` if so without vmax states."""
@@ -557,16 +558,18 @@ class HandleTable:
 
 
 class Queued:
-    """A step that :meth:`HandleTable.queue` handed to MXNet's engine: its results, once it ran."""
+    """A step that :meth:`HandleTable.queue` handed to MXNet's engine: its results, once it
+    ran. ``record``: the kernel's of it (a ``ctypes.c_void_p``), which :func:`queued_status`
+    reads."""
 
-    def __init__(self, record, count, weights):
-        self._record, self._count, self._weights = record, count, weights
+    def __init__(self, record, count, weight):
+        self.record, self._count, self._weight = record, count, weight
         self._release = LIBRARY.queued_release  # still there while the interpreter ends
 
     def status(self):
         """0 while the step has not run; then 1 when every gradient was finite and the
         step found no overflow, else 2 (:meth:`result` says what)."""
-        return LIBRARY.queued_done(self._record)
+        return LIBRARY.queued_done(ctypes.byref(self.record), 1)
 
     def result(self):
         """Wait for the step to run; then ``(grad_finite, overflow)``, one per parameter
@@ -579,7 +582,7 @@ class Queued:
         """
         status = self.status()
         if status == 0:
-            self._weights[0].wait_to_read()  # the step writes it; raises the engine's error
+            self._weight.wait_to_read()  # the step writes it; raises the engine's error
             status = self.status()
         if status == 0:
             raise RuntimeError("myadam: a queued update did not run, and MXNet's engine "
@@ -587,12 +590,19 @@ class Queued:
         if status == 1:
             return [True] * self._count, [0] * self._count
         grad_finite, overflow = bytearray(self._count), bytearray(self._count)
-        LIBRARY.queued_flags(self._record, (ctypes.c_char * self._count).from_buffer(grad_finite),
+        LIBRARY.queued_flags(self.record, (ctypes.c_char * self._count).from_buffer(grad_finite),
                              (ctypes.c_char * self._count).from_buffer(overflow))
         return [flag == 1 for flag in grad_finite], list(overflow)
 
     def __del__(self):
-        self._release(self._record)
+        self._release(self.record)
+
+
+def queued_status(queued):
+    """:meth:`Queued.status` of every one of ``queued`` at once (one C call): 0 while one
+    has not run; then 1 when each ran well, else 2."""
+    records = (ctypes.c_void_p * len(queued))(*[q.record for q in queued])
+    return LIBRARY.queued_done(records, len(queued))
 
 
 _AMSGRAD = operator.attrgetter('amsgrad')

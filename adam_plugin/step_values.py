@@ -145,8 +145,12 @@ class StepValues:
     def _rates(self, index, base, base_wd, dtypes, num_update):
         """``(lr, wd)`` of parameter ``index``: ``base`` times its ``lr_mult``, ``base_wd``
         times its ``wd_mult``, each checked in its ``dtypes``."""
-        lr = _times(base, self._multiplier(index, 'lr_mult')[0])
-        wd = _times(base_wd, self._multiplier(index, 'wd_mult')[0])
+        param = self.optimizer.param_dict.get(index)  # a Trainer's: both multipliers
+        if param is None:
+            lr_mult, wd_mult = (self._multiplier(index, kind)[0] for kind in ('lr_mult', 'wd_mult'))
+        else:
+            lr_mult, wd_mult = param.lr_mult, param.wd_mult
+        lr, wd = _times(base, lr_mult), _times(base_wd, wd_mult)
         key = (lr, type(lr), wd, type(wd), dtypes)
         rates = _get(self._checked, key)
         if rates is None:

@@ -44,7 +44,7 @@ PARTS = [
     ('adam_plugin.optimizer', 'MyAdam._update_impl'),
     ('adam_plugin.engine', 'EngineQueue.queue'),
     ('adam_plugin.engine', 'EngineQueue.queues'),
-    ('adam_plugin.engine', 'EngineQueue._take_run'),
+    ('adam_plugin.engine', 'EngineQueue.take_all'),
     ('adam_plugin.dispatch', 'Batches.__call__'),
     ('adam_plugin.dispatch', 'CheckedLayouts.__call__'),
     ('adam_plugin.dispatch', 'Batch.__init__'),

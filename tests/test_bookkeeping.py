@@ -131,7 +131,7 @@ def test_skips_are_counted_and_warned_about_until_max_skips_in_a_row():
         "row for this parameter, 1 in all; at max_skips=3 in a row, FloatingPointError)"]
     with pytest.raises(FloatingPointError, match='p0 has failed 3 times in a row'):
         bad.refuse_bad_gradients((0,), (False,))
-    bad.good(0)
+    bad.good((0,))
     bad.refuse_bad_gradients((0,), (False,))  # a new run
 
 
@@ -253,8 +253,8 @@ class Batch:
     def __init__(self, finite):
         self.step_counts, self.finite, self.queued = [[0]], finite, []
 
-    def queue(self, steps, weights, grads):
-        self.queued.append((steps, weights, grads))
+    def queue(self, step, weight, grad):
+        self.queued.append((step, weight, grad))
         return Queued(self.finite)
 
 
@@ -274,10 +274,12 @@ class Values:
 def engine_queue(monkeypatch, in_callback=True, nonfinite='skip', contexts=2):
     opt = types.SimpleNamespace(
         nonfinite=nonfinite, max_skips=None, num_skipped=0, begin_num_update=0,
-        _index_update_count={}, num_update=0,
+        _index_update_count={}, num_update=0, lr_scheduler=None,
         param_dict={0: types.SimpleNamespace(list_ctx=lambda: [None] * contexts)})
     monkeypatch.setattr(engine.mxnet_internals, 'in_kvstore_callback',
                         lambda frame=None: in_callback)
+    monkeypatch.setattr(engine.kernel, 'queued_status',  # of the Queued below, as the kernel's
+                        lambda queued: max(q.status() for q in queued))
     return opt, engine.EngineQueue(opt, StepCounts(opt), Values(), BadUpdates(opt, name))
 
 
@@ -288,7 +290,7 @@ def test_a_planned_update_is_queued_and_its_count_waits_for_it(monkeypatch):
     assert not queue.queue(0, 'w', 'g', state, False)  # no plan yet
     queue.plan(0, state, False, batch)
     assert queue.queue(0, 'w1', 'g1', state, False)
-    assert batch.queued[0][1:] == (('w1',), ('g1',))  # the call's own weight and gradient
+    assert batch.queued[0][1:] == ('w1', 'g1')  # the call's own weight and gradient
     count = batch.step_counts[0]
     assert type(count[0]) is engine.QueuedCount and count[0] == 1
     assert opt._index_update_count == {0: 1} and list(queue.queued) == [0]

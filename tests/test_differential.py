@@ -1031,6 +1031,6 @@ def test_the_queued_step_takes_arrays_in_any_host_memory(weights_at, grads_at):
                          epsilon_mode='outside', amsgrad=False, yogi=False, decoupled_wd=False,
                          rescale_grad=1.0, clip_gradient=None, lazy_update=True)
     nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
-    queued = table.queue([step], (weight,), (grad,))
+    queued = table.queue(step, weight, grad)
     assert queued is not None and queued.result() == ([True], [0])  # finite, no overflow
     np.testing.assert_allclose(weight.asnumpy(), 0.9, rtol=1e-6)

@@ -3,8 +3,8 @@
 With ``update_on_kvstore=True`` over several devices the KVStore calls the optimizer
 once per parameter from its callback; under ``nonfinite='skip'`` MyAdam queues the
 kernel's step there as an engine operation and returns, as MXNet's own Adam does
-(see :mod:`adam_plugin.engine`). What a queued step finds is taken in at a later update
-call once it has run, at the next ``Trainer.step`` or save at the latest. These tests hold
+(see :mod:`adam_plugin.engine`). What a queued step finds is taken in at the next
+``Trainer.step`` or save, or at the KVStore's next call for the same parameter. These tests hold
 that path to the one that runs on the calling thread: the same numbers, skips, counts and
 warnings.
 """
@@ -58,15 +58,15 @@ def with_bad(**values):
 
 def test_the_kvstore_calls_take_the_queue():
     """The path under test is taken: a plan per parameter at its first call, then a
-    queued step per KVStore call, taken in by a later call, the next step's at the latest."""
+    queued step per KVStore call, taken in by the next step."""
     params, trainer = trainer_on_two_devices(True)
     step(trainer, params, GOOD)
     opt = trainer.optimizer
     assert list(opt._engine.plans) == [0, 1]
     step(trainer, params, GOOD)
-    assert list(opt._engine.queued)[-1] == 1  # the last call's, until a later one takes it in
+    assert list(opt._engine.queued) == [0, 1]  # until the next step takes them in
     step(trainer, params, GOOD)
-    assert opt._index_update_count == {0: 3, 1: 3} and list(opt._engine.queued)[-1] == 1
+    assert opt._index_update_count == {0: 3, 1: 3} and list(opt._engine.queued) == [0, 1]
 
 
 def test_the_first_step_and_one_device_run_on_the_calling_thread():
@@ -197,36 +197,29 @@ def test_under_a_scheduler_a_skip_is_taken_in_before_the_next_parameter_steps():
 
 def test_a_second_push_of_a_key_takes_in_its_first_update_first(monkeypatch):
     """The KVStore's second call for a key whose queued update has not run yet (a key
-    pushed twice, its first gradient still being written: each queued step reads as
-    pending the first time it is looked at) waits for that update and takes it in
-    first: its skip is counted and its step count given back."""
+    pushed twice, its first gradient still being written: every look at the queue
+    reads a step as pending) waits for that update and takes it in first: its skip is
+    counted and its step count given back."""
     params, trainer = trainer_on_two_devices(True)
     step(trainer, params, GOOD)
     step(trainer, params, GOOD)  # queued from here
     opt, kv = trainer.optimizer, trainer._kvstore
     opt._take_queued()
-    status, looked_at = kernel.Queued.status, set()
-
-    def pending_at_first_look(queued):
-        if id(queued) in looked_at:
-            return status(queued)
-        looked_at.add(id(queued))
-        return 0
-
-    monkeypatch.setattr(kernel.Queued, 'status', pending_at_first_look)
+    monkeypatch.setattr(kernel, 'queued_status', lambda queued: 0)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)
         for grad in (with_bad(first=np.nan), GOOD):
             kv.pushpull(0, [nd.array(grad['first'], ctx=c) for c in TWO],
                         out=params[0].list_data())
+            assert list(opt._engine.queued) == [0]  # the second's: the first taken in
+        assert opt._index_update_count[0] == 3 and opt.num_skipped == 1
         opt._take_queued()
     assert opt._index_update_count[0] == 3 and opt.num_skipped == 1
 
 
-def test_a_skip_is_warned_by_the_next_step_at_the_latest():
-    """A skip is warned by a later call of the KVStore once the queued step has run, by
-    the next Trainer.step (or save) at the latest; the last parameter's by the next
-    Trainer.step."""
+def test_a_skip_is_warned_by_the_next_step():
+    """A skip is warned, and counted, by the next Trainer.step (or save), which sets
+    ``rescale_grad`` first; not before."""
     params, trainer = trainer_on_two_devices(True)
     step(trainer, params, GOOD)
     with pytest.warns(RuntimeWarning, match="skipped the update of parameter 'first'"):
@@ -303,14 +296,33 @@ def test_the_kernel_refuses_arrays_a_queued_step_does_not_take():
     }
     for what, array in others.items():
         for as_weight in (True, False):
-            arrays = ((array,), (nd.ones((8,)),)) if as_weight else ((weight,), (array,))
-            assert buffers.queue([step_], *arrays) is None, (what, as_weight)
+            arrays = (array, nd.ones((8,))) if as_weight else (weight, array)
+            assert buffers.queue(step_, *arrays) is None, (what, as_weight)
     nd.waitall()
     np.testing.assert_array_equal(weight.asnumpy(), 1.0)
     other, other_grad = nd.ones((2, 4)), nd.ones((8,))  # the same elements, dtype, storage
     nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
-    assert buffers.queue([step_], (other,), (other_grad,)).result() == ([True], [0])
+    assert buffers.queue(step_, other, other_grad).result() == ([True], [0])
     assert (other.asnumpy() < 1).all()
+
+
+def test_the_status_of_several_queued_steps_is_their_worst():
+    """``kernel.queued_status`` reads several queued steps in one call: 0 while one has
+    not run, then 1 when each ran well, else 2 (a gradient that held a NaN), as
+    ``Queued.status`` reads each."""
+    slow = nd.random.normal(shape=(1500, 1500))
+    weights, grads = [nd.ones((8,)) for _ in range(3)], [nd.zeros((8,)) for _ in range(3)]
+    tables = [one_parameter_buffers(w, g) for w, g in zip(weights, grads, strict=True)]
+    nd.array([0.5, np.nan, 0, 0, 0, 0, 0, 0]).copyto(grads[1])
+    nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
+    (nd.dot(slow, slow)[0, :8] * 0 + 0.5).copyto(grads[2])  # pending while queued
+    queued = [buffers.queue(step_, w, g)
+              for (buffers, step_), w, g in zip(tables, weights, grads, strict=True)]
+    assert kernel.queued_status(queued) == 0 == queued[2].status()
+    nd.waitall()
+    assert [q.status() for q in queued] == [1, 2, 1]
+    assert kernel.queued_status(queued) == 2
+    assert kernel.queued_status([queued[0], queued[2]]) == 1
 
 
 def test_a_queued_step_runs_after_the_gradient_it_waits_for():
@@ -321,7 +333,7 @@ def test_a_queued_step_runs_after_the_gradient_it_waits_for():
     queued_buffers, step_ = one_parameter_buffers(weight, nd.zeros((64,)))
     nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
     (nd.dot(a, a)[0, :64] * 1e-3).copyto(grad)  # pending while the step is queued
-    queued = queued_buffers.queue([step_], (weight,), (grad,))
+    queued = queued_buffers.queue(step_, weight, grad)
     assert queued.result() == ([True], [0])
     reference = nd.ones((64,))
     buffers, same_step = one_parameter_buffers(reference, grad)
