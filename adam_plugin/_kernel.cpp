@@ -737,9 +737,10 @@ void run_queued(void * /*run context*/, void *queued) {
 // for the caller to release. The gradients are checked there first: a parameter whose
 // gradient holds an Inf or a NaN is not stepped.
 // Returns 0; -1 (nothing queued, *out null) when MXNet refused a call; -2 (the same)
-// when an array is not what the step takes: dense, of sizes[p] elements, the weight and
-// gradient of W, the moments of S, a master copy of float, the weight and gradient in host
-// memory.
+// when a weight or gradient, which the caller hands anew at every call, is not what the
+// step takes: dense, of sizes[p] elements and of W, in host memory. The states (moments of
+// S, a master copy of float) are the caller's own, checked when it made the table, and
+// an array's shape, dtype and storage never change.
 template <typename W, typename S, typename C>
 int queue(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *table_rows,
           const C *table, int64_t table_length, int amsgrad, int threads, void **out) {
@@ -753,9 +754,7 @@ int queue(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *
             return -1;
         if (p == 0) context = Context{device, id};
         if (!host(device) || !host(grad_device) || !holds<W>(h[WEIGHT * n], sizes[p]) ||
-            !holds<W>(h[GRAD * n], sizes[p]) || !holds<S>(h[MEAN * n], sizes[p]) ||
-            !holds<S>(h[VAR * n], sizes[p]) || (h[VMAX * n] && !holds<S>(h[VMAX * n], sizes[p])) ||
-            (h[MASTER * n] && !holds<float>(h[MASTER * n], sizes[p])))
+            !holds<W>(h[GRAD * n], sizes[p]))
             return -2;
     }
     auto *q = new Queued;

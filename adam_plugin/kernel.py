@@ -490,8 +490,9 @@ class HandleTable:
         weight and states, and return at once, as MXNet's own ``adam_update`` does.
 
         ``weight`` and ``grad``, dense, take the place of those this table was made with
-        (the states are its own); the kernel checks that each holds the elements and dtype
-        the step takes, dense, in host memory. The queued step checks the gradient first:
+        (the states are its own, checked by the dispatch before it made the table); the
+        kernel checks that each holds the elements and dtype the step takes, dense, in
+        host memory. The queued step checks the gradient first:
         when it holds an Inf or a NaN, the parameter is not stepped. For a table of one
         whole dense parameter (no lazy rows).
 
