@@ -63,10 +63,7 @@ class StepCounts:
         that has one: the Trainer saves its first device's states), else from
         ``begin_num_update``.
         """
-        opt = self.optimizer
-        t = self._count(index, count, opt._index_update_count)
-        if t > opt.num_update:
-            opt.num_update = t
+        t, = self._advance((index,), (count,), (True,))
         return t
 
     def _advance(self, indices, counts, flags):
@@ -75,22 +72,19 @@ class StepCounts:
         opt = self.optimizer
         mxnets, ts, largest = opt._index_update_count, [], opt.num_update
         for index, count, counted in zip(indices, counts, flags, strict=True):
-            t = self._count(index, count, mxnets) if counted else None
-            if counted and t > largest:
-                largest = t
+            if not counted:
+                t = None
+            else:
+                if count is None:
+                    t = mxnets[index] = 1 + mxnets.get(
+                        index, self.saved.get(index, opt.begin_num_update))
+                else:
+                    t = mxnets[index] = count[0] = count[0] + 1
+                if t > largest:
+                    largest = t
             ts.append(t)
         opt.num_update = largest
         return ts
-
-    def _count(self, index, count, mxnets):
-        """The new step count of ``index``, whose state ends with ``count``, in it and in
-        MXNet's counts ``mxnets`` (see :meth:`advance`); not ``num_update``."""
-        if count is None:
-            t = mxnets[index] = 1 + mxnets.get(
-                index, self.saved.get(index, self.optimizer.begin_num_update))
-        else:
-            t = mxnets[index] = count[0] = count[0] + 1
-        return t
 
     def snapshot(self, indices, counts):
         """The step counts of ``indices``, whose states end with ``counts`` (see
