@@ -492,9 +492,9 @@ class HandleTable:
         ``weight`` and ``grad``, dense, take the place of those this table was made with
         (the states are its own, checked by the dispatch before it made the table); the
         kernel checks that each holds the elements and dtype the step takes, dense, in
-        host memory. The queued step checks the gradient first:
-        when it holds an Inf or a NaN, the parameter is not stepped. For a table of one
-        whole dense parameter (no lazy rows).
+        host memory. The queued step checks the gradient first: when it holds an Inf or
+        a NaN, the parameter is not stepped. For a table of one whole dense parameter (no
+        lazy rows).
 
         The arrays' data pointers are read here: each must have been allocated already
         (written, and waited for, once). MXNet allocates an array's memory at its first
