@@ -26,10 +26,9 @@ A distributed KVStore's server (``DMLC_ROLE=server``) runs the same callback but
 has no Trainer to raise from: there the exception goes on to ctypes, whose
 ``sys.unraisablehook`` the servers of :mod:`adam_plugin.scaleout.launch` make fatal.
 """
-import os
 import traceback
 
-from . import _warn, mxnet_internals
+from . import _warn, distributed, mxnet_internals
 
 
 class ErrorCarrier:
@@ -55,8 +54,7 @@ class ErrorCarrier:
         try:
             update(*args)
         except Exception as error:
-            if (not mxnet_internals.in_kvstore_callback()
-                    or os.environ.get('DMLC_ROLE') == 'server'):
+            if not mxnet_internals.in_kvstore_callback() or distributed.on_server():
                 raise
             self.error = error
             origin = traceback.extract_tb(error.__traceback__)[-1]

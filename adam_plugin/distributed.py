@@ -34,6 +34,13 @@ import os
 import sys
 
 
+def on_server():
+    """Does this process run a distributed KVStore's server (``DMLC_ROLE=server``, set in
+    its environment from its start)? Its KVStore runs the optimizer's updates, with no
+    Trainer to raise from nor a later call to take in what a queued step found."""
+    return os.environ.get('DMLC_ROLE') == 'server'
+
+
 def watch_worker(distributed):
     """Call :func:`exit_on_uncaught_exception` if ``distributed``: the optimizer's Trainer
     runs a distributed KVStore (:func:`adam_plugin.mxnet_internals.in_distributed_trainer`).

@@ -15,9 +15,7 @@ KVStore's next call for the same parameter, and by every call under an ``lr_sche
 error comes out of the call that failed, before anything else changes; not on a
 distributed KVStore's server, which has no later call to raise from.
 """
-import os
-
-from . import kernel, mxnet_internals
+from . import distributed, kernel, mxnet_internals
 
 
 class EngineQueue:
@@ -46,9 +44,9 @@ class EngineQueue:
         self.optimizer, self.counts, self.values, self.bad = optimizer, counts, values, bad
         self.plans, self.queued = {}, {}
         # Read once (each read of an unset variable raises and catches a KeyError): a
-        # server's role is in its environment from its start, and its optimizer is made
-        # there, unpickled from the worker's (MyAdam._start_run makes this).
-        self.on_server = os.environ.get('DMLC_ROLE') == 'server'
+        # server's optimizer is made there, unpickled from the worker's
+        # (MyAdam._start_run makes this).
+        self.on_server = distributed.on_server()
 
     def queues(self, caller=None):
         """Is the update of ``caller`` (a frame up the stack; by default this method's)
