@@ -246,6 +246,21 @@ def test_max_skips_raises_out_of_a_trainer_step():
     assert trainer.optimizer.num_skipped == 2  # the third raised instead of counting
 
 
+def test_a_queued_update_that_went_well_ends_a_run_of_skips():
+    """``max_skips`` counts bad updates in a row: a queued update that went well ends its
+    parameter's run, also when it is taken in with others that all went well (one call
+    into the kernel reads them: each step is waited for, so all have run)."""
+    params, trainer = trainer_on_two_devices(True, max_skips=3)
+    bad = with_bad(first=np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        for grads in (GOOD, bad, bad, GOOD, bad, bad, GOOD):
+            step(trainer, params, grads)
+            nd.waitall()
+        trainer.optimizer._take_queued()
+    assert trainer.optimizer.num_skipped == 4 and not trainer.optimizer._bad.in_a_row
+
+
 def test_a_second_moment_that_overflows_is_reported():
     params, trainer = trainer_on_two_devices(True)
     step(trainer, params, GOOD)  # the first step runs on the calling thread
