@@ -129,7 +129,6 @@ class StepCounts:
             self.restore(before)
             raise
 
-
     def counted_first(self, indices, counts, steps_of, apply):
         """``(steps, finite, overflow)``: every update of ``indices`` counted (as
         :meth:`counted` with every flag set), ``(finite, overflow) = apply(steps)`` run,
@@ -138,8 +137,8 @@ class StepCounts:
         :meth:`counted`'s of ``finite``. Exact when a parameter's Step does not depend on
         another's count (see :meth:`alike`). Every count is back as it was if this raises."""
         before = self.snapshot(indices, counts)
-        steps = self.counted(indices, counts, [True] * len(indices), steps_of)
         try:
+            steps = steps_of(self._advance(indices, counts, [True] * len(indices)), before[-1])
             finite, overflow = apply(steps)
         except BaseException:
             self.restore(before)
