@@ -403,7 +403,7 @@ class Batch:
         at every call), in place of its own, then :meth:`refresh`."""
         self.weights, self.grads = [weight], [grad]
         for _, table in self.kernel_groups:
-            table.use_arrays([weight], [grad])
+            table.use_arrays(weight, grad)
         return self.refresh()
 
     def _weight_stores_every_row(self, i, rows, master):

@@ -362,15 +362,13 @@ class HandleTable:
         self.amsgrad_ready = len(params[0][3]) == 3
         self._queue = getattr(LIBRARY, 'queue_adam_' + storage)
 
-    def use_arrays(self, weights, grads):
-        """From the next call on, step ``weights`` with ``grads`` (one per parameter, in
-        order) in place of the arrays the table holds: the same arrays in new objects,
-        as the KVStore's callback hands them at every call."""
-        n = len(self._rows)
-        table = self._table
-        for p, (weight, grad) in enumerate(zip(weights, grads, strict=True)):
-            table[p], table[n + p] = weight.handle.value, grad.handle.value
-        self._arrays = weights, grads  # the table's handles now: kept alive
+    def use_arrays(self, weight, grad):
+        """From the next call on, step ``weight`` with ``grad`` in place of the arrays of
+        the table's one parameter: the same arrays in new objects, as the KVStore's
+        callback hands them at every call."""
+        table = self._table  # its first row of handles: the weight's, then the gradient's
+        table[0], table[1] = weight.handle.value, grad.handle.value
+        self._arrays = weight, grad  # the table's handles now: kept alive
 
     def lazy(self, p):
         """Does the parameter at position ``p`` step only the rows of a row_sparse gradient?"""
@@ -506,9 +504,7 @@ class HandleTable:
         Queued
             Or None, nothing queued, when an array is not one the step takes.
         """
-        table = self._table  # its first row of handles: the weight's, then the gradient's
-        table[0], table[1] = weight.handle.value, grad.handle.value
-        self._arrays = weight, grad  # the table's handles now: kept alive
+        self.use_arrays(weight, grad)
         arguments, record = self._arguments, ctypes.c_void_p()
         status = self._queue(1, arguments[0], arguments[1], arguments[4],
                              constants(step, self.dtype)[1], 1, self._amsgrad((step,)),
