@@ -365,7 +365,11 @@ class HandleTable:
     def use_arrays(self, weight, grad):
         """From the next call on, step ``weight`` with ``grad`` in place of the arrays of
         the table's one parameter: the same arrays in new objects, as the KVStore's
-        callback hands them at every call."""
+        callback hands them at every call. ``ValueError`` for a table of several parameters,
+        whose handles are laid out otherwise."""
+        if len(self._rows) != 1:
+            raise ValueError(f"myadam: use_arrays takes the arrays of a table of one parameter; "
+                             f"this one holds {len(self._rows)}")
         table = self._table  # its first row of handles: the weight's, then the gradient's
         table[0], table[1] = weight.handle.value, grad.handle.value
         self._arrays = weight, grad  # the table's handles now: kept alive

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mxnet import gluon, nd
 
-from adam_plugin import checkpoint, kernel, options
+from adam_plugin import MyAdam, checkpoint, kernel, options
 from helpers import optimizer_step, register_custom_op, state_arrays
 
 TWO = [mx.cpu(0), mx.cpu(1)]
@@ -338,6 +338,21 @@ def test_the_status_of_several_queued_steps_is_their_worst():
     assert [q.status() for q in queued] == [1, 2, 1]
     assert kernel.queued_status(queued) == 2
     assert kernel.queued_status([queued[0], queued[2]]) == 1
+
+
+def test_a_table_of_several_parameters_refuses_one_parameters_arrays():
+    """``HandleTable.use_arrays`` and ``queue`` put a weight and a gradient in the place of
+    a one-parameter table's; a table of two lays its handles out otherwise, and refuses
+    them rather than write over the second weight's handle."""
+    weights = [nd.ones((8,)), nd.ones((3,))]
+    state = [MyAdam(learning_rate=0.1).create_state(0, w) for w in weights]
+    table = kernel.HandleTable('float32', [(w.shape, w, nd.zeros(w.shape), s[:2], None, None)
+                                           for w, s in zip(weights, state, strict=True)])
+    _, step_ = one_parameter_buffers(nd.ones((8,)), nd.zeros((8,)))
+    for call in (lambda: table.use_arrays(nd.ones((8,)), nd.ones((8,))),
+                 lambda: table.queue(step_, nd.ones((8,)), nd.ones((8,)))):
+        with pytest.raises(ValueError, match='table of one parameter; this one holds 2'):
+            call()
 
 
 def test_a_queued_step_runs_after_the_gradient_it_waits_for():
