@@ -533,7 +533,7 @@ using BitsOf = std::conditional_t<sizeof(T) == 2, uint16_t,
 template <typename W, typename S, typename C>
 struct Stepper {
     int64_t n;
-    const std::vector<void *> &pointers;
+    void *const *pointers;
     const int64_t *row_length;
     const int64_t *const *rows;
     const int64_t *table_rows;
@@ -576,7 +576,7 @@ struct Stepper {
 // per row present; 0 leaves the parameter untouched). overflow[p] gets the Overflow
 // flags of what the step wrote of parameter p.
 template <typename W, typename S, typename C>
-void step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
+void step(int64_t n, void *const *pointers, const int64_t *sizes,
           const int64_t *row_length, const int64_t *const *rows, const int64_t *table_rows,
           const C *table, int amsgrad, uint8_t *overflow, int threads) {
     const Stepper<W, S, C> stepper{n, pointers, row_length, rows, table_rows, table,
@@ -600,7 +600,7 @@ void step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
 // fits): a thread that takes one of its steps waits until every piece of it is checked.
 // The checks come before in the list and wait for nothing, so no thread waits long.
 template <typename W, typename S, typename C>
-void checked_step(int64_t n, const std::vector<void *> &pointers, const int64_t *sizes,
+void checked_step(int64_t n, void *const *pointers, const int64_t *sizes,
                   const int64_t *row_length, const int64_t *const *rows,
                   const int64_t *table_rows, const C *table, int amsgrad, uint8_t *finite,
                   uint8_t *overflow, int threads) {
@@ -665,7 +665,7 @@ int adam(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *r
     if (wait_all() != 0) return -1;  // no engine operation reads or writes any of them
     const std::vector<void *> pointers = data_pointers(handles, NUM_ARRAYS * n, false);
     if (pointers.empty() && n > 0) return -1;
-    step<W, S, C>(n, pointers, sizes, row_length, rows, table_rows, table, amsgrad, overflow,
+    step<W, S, C>(n, pointers.data(), sizes, row_length, rows, table_rows, table, amsgrad, overflow,
                   threads);
     return 0;
 }
@@ -681,7 +681,7 @@ int checked_adam(int64_t n, void *const *handles, const int64_t *sizes,
     if (wait_all() != 0) return -1;
     const std::vector<void *> pointers = data_pointers(handles, NUM_ARRAYS * n, false);
     if (pointers.empty() && n > 0) return -1;
-    checked_step<W, S, C>(n, pointers, sizes, row_length, rows, table_rows, table, amsgrad,
+    checked_step<W, S, C>(n, pointers.data(), sizes, row_length, rows, table_rows, table, amsgrad,
                           finite, overflow, threads);
     return 0;
 }
@@ -697,17 +697,17 @@ int finite(int64_t n, void *const *handles, const int64_t *sizes, uint8_t *finit
     return 0;
 }
 
-// A step queued in MXNet's engine (see queue): what it needs, copied, and what it found.
-// Two owners, the engine (until it has run: its deleter) and the caller (release).
+// A step of one parameter queued in MXNet's engine (see queue): what it needs, copied, and
+// what it found. Two owners, the engine (until it has run: its deleter) and the caller
+// (release).
 struct Queued {
     std::atomic<int> owners{2};
-    std::atomic<int> done{0};  // 1 once run, the gradients finite, no Overflow; 2 otherwise
-    int64_t n = 0;
-    std::vector<void *> pointers;
-    std::vector<int64_t> sizes, table_rows;
-    std::vector<uint8_t> table;  // the constants, as bytes of C
-    int amsgrad = 0, threads = 1;
-    std::vector<uint8_t> grad_finite, overflow;
+    std::atomic<int> done{0};  // 1 once run, the gradient finite, no Overflow; 2 otherwise
+    void *pointers[NUM_ARRAYS];
+    int64_t size;
+    alignas(double) uint8_t table[NUM_CONSTANTS * sizeof(double)];  // the constants, as C
+    int amsgrad, threads;
+    uint8_t grad_finite = 1, overflow = 0;
 };
 
 void release(void *queued) {
@@ -715,72 +715,58 @@ void release(void *queued) {
     if (q->owners.fetch_sub(1, std::memory_order_acq_rel) == 1) delete q;
 }
 
-// Run by MXNet's engine once the gradients are written and nothing else uses the other
-// arrays: the step of the parameters whose gradient is finite (checked_step).
+// Run by MXNet's engine once the gradient is written and nothing else uses the other
+// arrays: the step of the parameter if its gradient is finite (checked_step).
 template <typename W, typename S, typename C>
 void run_queued(void * /*run context*/, void *queued) {
     auto *q = static_cast<Queued *>(queued);
-    const int64_t n = q->n;
-    const std::vector<const int64_t *> whole(n, nullptr);
-    checked_step<W, S, C>(n, q->pointers, q->sizes.data(), q->sizes.data(), whole.data(),
-                          q->table_rows.data(), reinterpret_cast<const C *>(q->table.data()),
-                          q->amsgrad, q->grad_finite.data(), q->overflow.data(), q->threads);
-    const bool all = std::count(q->grad_finite.begin(), q->grad_finite.end(), 0) == 0;
-    const bool none = std::count(q->overflow.begin(), q->overflow.end(), 0) == n;
-    q->done.store(all && none ? 1 : 2, std::memory_order_release);
+    const int64_t *const whole = nullptr;  // dense: no rows
+    const int64_t table_row = 0;
+    checked_step<W, S, C>(1, q->pointers, &q->size, &q->size, &whole, &table_row,
+                          reinterpret_cast<const C *>(q->table), q->amsgrad, &q->grad_finite,
+                          &q->overflow, q->threads);
+    q->done.store(q->grad_finite && !q->overflow ? 1 : 2, std::memory_order_release);
 }
 
-// Queue in MXNet's engine the step of n dense parameters (handles, sizes, table_rows as
-// for adam; table: table_length rows of constants) behind the pending writes to their
-// gradients and every pending use of their other arrays, on the first weight's context,
-// and return at once; *out: the Queued, whose results queued_done and queued_flags read,
-// for the caller to release. The gradients are checked there first: a parameter whose
-// gradient holds an Inf or a NaN is not stepped.
+// Queue in MXNet's engine the step of one dense parameter (handles: its NUM_ARRAYS arrays,
+// as a column of adam's table; size: its elements; table: one row of constants) behind the
+// pending writes to its gradient and every pending use of its other arrays, on the
+// weight's context, and return at once; *out: the Queued, whose results queued_done and
+// queued_flags read, for the caller to release. The gradient is checked there first: when
+// it holds an Inf or a NaN, the parameter is not stepped.
 // Returns 0; -1 (nothing queued, *out null) when MXNet refused a call; -2 (the same)
-// when a weight or gradient, which the caller hands anew at every call, is not what the
-// step takes: dense, of sizes[p] elements and of W, in host memory. The states (moments of
+// when the weight or gradient, which the caller hands anew at every call, is not what the
+// step takes: dense, of `size` elements and of W, in host memory. The states (moments of
 // S, a master copy of float) are the caller's own, checked when it made the table, and
 // an array's shape, dtype and storage never change.
 template <typename W, typename S, typename C>
-int queue(int64_t n, void *const *handles, const int64_t *sizes, const int64_t *table_rows,
-          const C *table, int64_t table_length, int amsgrad, int threads, void **out) {
+int queue(void *const *handles, int64_t size, const C *table, int amsgrad, int threads,
+          void **out) {
     *out = nullptr;
-    Context context{0, 0};  // the first weight's
-    for (int64_t p = 0; p < n; ++p) {
-        void *const *h = handles + p;  // h[array * n]: that array of parameter p
-        int device = 0, id = 0, grad_device = 0, grad_id = 0;
-        if (get_context(h[WEIGHT * n], &device, &id) != 0 ||
-            get_context(h[GRAD * n], &grad_device, &grad_id) != 0)
-            return -1;
-        if (p == 0) context = Context{device, id};
-        if (!host(device) || !host(grad_device) || !holds<W>(h[WEIGHT * n], sizes[p]) ||
-            !holds<W>(h[GRAD * n], sizes[p]))
-            return -2;
-    }
-    auto *q = new Queued;
-    q->n = n;
-    q->pointers = data_pointers(handles, NUM_ARRAYS * n, false);
-    if (q->pointers.empty()) {
-        delete q;
+    int device = 0, id = 0, grad_device = 0, grad_id = 0;
+    if (get_context(handles[WEIGHT], &device, &id) != 0 ||
+        get_context(handles[GRAD], &grad_device, &grad_id) != 0)
         return -1;
-    }
-    q->sizes.assign(sizes, sizes + n);
-    q->table_rows.assign(table_rows, table_rows + n);
-    const auto *bytes = reinterpret_cast<const uint8_t *>(table);
-    q->table.assign(bytes, bytes + table_length * NUM_CONSTANTS * sizeof(C));
+    if (!host(device) || !host(grad_device) || !holds<W>(handles[WEIGHT], size) ||
+        !holds<W>(handles[GRAD], size))
+        return -2;
+    const std::vector<void *> pointers = data_pointers(handles, NUM_ARRAYS, false);
+    if (pointers.empty()) return -1;
+    auto *q = new Queued;
+    std::copy(pointers.begin(), pointers.end(), q->pointers);
+    q->size = size;
+    std::memcpy(q->table, table, NUM_CONSTANTS * sizeof(C));
     q->amsgrad = amsgrad;
     q->threads = threads;
-    q->grad_finite.assign(n, 1);
-    q->overflow.assign(n, 0);
-    std::vector<void *> reads(handles + GRAD * n, handles + (GRAD + 1) * n), writes;
+    void *writes[NUM_ARRAYS];
+    int num_writes = 0;
     for (int array : {WEIGHT, MEAN, VAR, VMAX, MASTER})
-        for (int64_t p = 0; p < n; ++p)
-            if (handles[array * n + p]) writes.push_back(handles[array * n + p]);
+        if (handles[array]) writes[num_writes++] = handles[array];
+    const Context context{device, id};
     // The engine owns q from here, even when it refuses: its deleter then runs at once.
     // An ordinary operation (no property: kNormal), run by an engine thread beside the
     // caller (kAsync would run it on the calling thread: see docs/mxnet-modes.md).
-    if (push_sync(run_queued<W, S, C>, q, release, &context, reads.data(),
-                  static_cast<int>(reads.size()), writes.data(), static_cast<int>(writes.size()),
+    if (push_sync(run_queued<W, S, C>, q, release, &context, &handles[GRAD], 1, writes, num_writes,
                   nullptr, 0, "adam_plugin_step") != 0) {
         release(q);
         return -1;
@@ -863,9 +849,9 @@ int use_variant(const char *name) {
 
 // Three entry points per storage, adam_NAME (the step on the calling thread),
 // checked_adam_NAME (the same, of the parameters whose gradient is finite, each checked
-// just before its step) and queue_adam_NAME (that, queued in MXNet's engine): float32, float64, float16
-// computed in float32 and stored in float16, and float16 weights with float32 master
-// copy and moments.
+// just before its step) and queue_adam_NAME (that, of one parameter, queued in MXNet's
+// engine): float32, float64, float16 computed in float32 and stored in float16, and
+// float16 weights with float32 master copy and moments.
 #define ADAM_ENTRY(NAME, W, S, C)                                                           \
     int adam_##NAME(int64_t n, void *const *handles, const int64_t *sizes,                 \
                     const int64_t *row_length, const int64_t *const *rows,                 \
@@ -881,19 +867,17 @@ int use_variant(const char *name) {
         return checked_adam<W, S, C>(n, handles, sizes, row_length, rows, table_rows, table, \
                                      amsgrad, finite, overflow, threads);                   \
     }                                                                                       \
-    int queue_adam_##NAME(int64_t n, void *const *handles, const int64_t *sizes,           \
-                          const int64_t *table_rows, const C *table, int64_t table_length, \
-                          int amsgrad, int threads, void **out) {                           \
-        return queue<W, S, C>(n, handles, sizes, table_rows, table, table_length, amsgrad,  \
-                              threads, out);                                                \
+    int queue_adam_##NAME(void *const *handles, int64_t size, const C *table, int amsgrad, \
+                          int threads, void **out) {                                       \
+        return queue<W, S, C>(handles, size, table, amsgrad, threads, out);                 \
     }
 ADAM_ENTRY(float32, float, float, float)
 ADAM_ENTRY(float64, double, double, double)
 ADAM_ENTRY(float16, _Float16, _Float16, float)
 ADAM_ENTRY(float16_master, _Float16, float, float)
 
-// Of n queued steps: 0 while one has not run; then 1 when each found every gradient
-// finite and no Overflow, else 2 (queued_flags tells which).
+// Of n queued steps: 0 while one has not run; then 1 when each found its gradient finite
+// and no Overflow, else 2 (queued_flags tells which).
 int queued_done(void *const *queued, int64_t n) {
     int status = 1;
     for (int64_t i = 0; i < n; ++i) {
@@ -904,12 +888,12 @@ int queued_done(void *const *queued, int64_t n) {
     return status;
 }
 
-// The queued step's findings, once done: per parameter, is its gradient finite (1 or 0),
-// and the Overflow flags of what the step wrote.
+// The queued step's findings, once done: is the gradient finite (1 or 0), and the
+// Overflow flags of what the step wrote.
 void queued_flags(void *queued, uint8_t *grad_finite, uint8_t *overflow) {
     const auto *q = static_cast<Queued *>(queued);
-    std::copy(q->grad_finite.begin(), q->grad_finite.end(), grad_finite);
-    std::copy(q->overflow.begin(), q->overflow.end(), overflow);
+    *grad_finite = q->grad_finite;
+    *overflow = q->overflow;
 }
 
 // The caller's release of a Queued (the engine holds it until its step has run).

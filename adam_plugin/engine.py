@@ -145,7 +145,7 @@ class EngineQueue:
         if count is not None:
             count[0] = step.t  # an int again (see QueuedCount); given back below if skipped
         try:
-            (finite,), overflow = queued.result()
+            finite, overflow = queued.result()
         except BaseException:
             self.counts.restore(counts)
             raise
@@ -153,7 +153,7 @@ class EngineQueue:
             self.counts.restore(counts)
         self.bad.refuse_bad_gradients((index,), (finite,))
         self.bad.count_skips((index,), (finite,))
-        self.bad.check_overflows((index,), (step if finite else None,), overflow)
+        self.bad.check_overflows((index,), (step if finite else None,), (overflow,))
 
 
 class QueuedCount(int):
@@ -170,5 +170,5 @@ class QueuedCount(int):
         return count
 
     def __reduce_ex__(self, protocol):
-        (finite,), _ = self.queued.result()
+        finite, _ = self.queued.result()
         return int, (int(self) if finite else int(self) - 1,)

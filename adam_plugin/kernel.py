@@ -176,7 +176,7 @@ def load(path=PATH):
             count, pointer, pointer, pointer, pointer, pointer, pointer, flag, pointer, pointer,
             flag]
         getattr(library, f'queue_adam_{name}').argtypes = [
-            count, pointer, pointer, pointer, pointer, count, flag, flag, pointer]
+            pointer, count, pointer, flag, flag, pointer]
     library.queued_done.argtypes = [pointer, count]
     library.queued_release.argtypes = [pointer]
     library.queued_flags.argtypes = [pointer, pointer, pointer]
@@ -510,13 +510,13 @@ class HandleTable:
         """
         self.use_arrays(weight, grad)
         arguments, record = self._arguments, ctypes.c_void_p()
-        status = self._queue(1, arguments[0], arguments[1], arguments[4],
-                             constants(step, self.dtype)[1], 1, self._amsgrad((step,)),
-                             _threads_for(self._elements), ctypes.byref(record))
+        status = self._queue(arguments[0], self._elements, constants(step, self.dtype)[1],
+                             self._amsgrad((step,)), _threads_for(self._elements),
+                             ctypes.byref(record))
         if status == -2:
             return None
         mxnet_internals.check(status)
-        return Queued(record, 1, weight)
+        return Queued(record, weight)
 
     def _amsgrad(self, steps):
         """Does one of ``steps`` take AMSGrad? ``ValueError`` if so without vmax states."""
@@ -563,19 +563,19 @@ class Queued:
     ran. ``record``: the kernel's of it (a ``ctypes.c_void_p``), which :func:`queued_status`
     reads."""
 
-    def __init__(self, record, count, weight):
-        self.record, self._count, self._weight = record, count, weight
+    def __init__(self, record, weight):
+        self.record, self._weight = record, weight
         self._release = LIBRARY.queued_release  # still there while the interpreter ends
 
     def status(self):
-        """0 while the step has not run; then 1 when every gradient was finite and the
+        """0 while the step has not run; then 1 when the gradient was finite and the
         step found no overflow, else 2 (:meth:`result` says what)."""
         return LIBRARY.queued_done(ctypes.byref(self.record), 1)
 
     def result(self):
-        """Wait for the step to run; then ``(grad_finite, overflow)``, one per parameter
-        each: did its gradient hold only finite values (else it was not stepped), and
-        the :data:`V_OVERFLOW` and :data:`W_OVERFLOW` flags of what the step wrote (as
+        """Wait for the step to run; then ``(grad_finite, overflow)``: did the gradient
+        hold only finite values (else the parameter was not stepped), and the
+        :data:`V_OVERFLOW` and :data:`W_OVERFLOW` flags of what the step wrote (as
         :meth:`HandleTable.adam_steps`).
 
         An error of the engine's (an operation the step waited for failed, so it did not
@@ -589,11 +589,10 @@ class Queued:
             raise RuntimeError("myadam: a queued update did not run, and MXNet's engine "
                                "reported no error")
         if status == 1:
-            return [True] * self._count, [0] * self._count
-        grad_finite, overflow = bytearray(self._count), bytearray(self._count)
-        LIBRARY.queued_flags(self.record, (ctypes.c_char * self._count).from_buffer(grad_finite),
-                             (ctypes.c_char * self._count).from_buffer(overflow))
-        return [flag == 1 for flag in grad_finite], list(overflow)
+            return True, 0
+        grad_finite, overflow = ctypes.c_uint8(), ctypes.c_uint8()
+        LIBRARY.queued_flags(self.record, ctypes.byref(grad_finite), ctypes.byref(overflow))
+        return grad_finite.value == 1, overflow.value
 
     def __del__(self):
         self._release(self.record)

@@ -170,7 +170,7 @@ KERNEL_REGIONS = [
     'void run_items(int64_t count', 'struct Stepper {', 'void checked_step(int64_t n,',
     'int checked_adam(int64_t n,',
     'void step(int64_t n,', 'void check(int64_t n,', 'int adam(int64_t n,',
-    'int finite(int64_t n,', 'void run_queued(', 'int queue(int64_t n,',
+    'int finite(int64_t n,', 'void run_queued(', 'int queue(void *const *handles,',
     'int sparse_rows(void *handle', 'int64_t describe(int64_t n,',
 ]
 
@@ -399,12 +399,10 @@ LO_HI = 'if (lo < hi) body(p, lo, hi);'
 CLIP = 'return g > clip ? clip : (g < -clip ? -clip : g);'
 HOLDS = 'if (get_shape(handle, &ndim, &dims) != 0 || ndim < 0 || get_dtype(handle, &dtype) != 0 ||'
 INITIAL = 'int ndim = 0, dtype = -1, storage = -1;'
-DONE = 'q->done.store(all && none ? 1 : 2, std::memory_order_release);'
 VECTOR = 'for (; i + 8 <= n; i += 8)'
 POINTERS = 'if (pointers.empty() && n > 0) return -1;'
 WHOLE_PIECE = 'if (sizes[p] > 0 && sizes[p] <= size) pieces.push_back({p, 0, sizes[p], WHOLE});'
 CHECK_PIECE = 'pieces.push_back({p, c * size, std::min(sizes[p], (c + 1) * size), CHECK});'
-QUEUE_CONTEXT = "Context context{0, 0};  // the first weight's"
 QUEUE_DEVICES = 'int device = 0, id = 0, grad_device = 0, grad_id = 0;'
 DESCRIBE_START = 'int ndim = 0, dtype = -1, storage = -1, device = 0, id = 0;'
 EQUIVALENT = {
@@ -488,24 +486,11 @@ EQUIVALENT = {
         'the same gradient, the same flag',
     ('checked_adam', 'if (wait_all() != 0) return -1;', 'if (wait_all() != 0) return -2;'):
         "another non-zero status: check_call raises MXNet's error for any",
-    # run_queued: what the queued step found
-    ('run_queued', DONE, 'q->done.store(all && none ? 2 : 2, std::memory_order_release);'):
-        'status 1 only lets Queued skip reading the flags: read, they say the same',
-    ('run_queued', DONE, 'q->done.store(all && none ? 1 : 3, std::memory_order_release);'):
-        'any status but 0 and 1 makes Queued read the flags, as 2 does',
     # queue: the context and the checks of the arrays, before the step is pushed
-    **{('queue', QUEUE_CONTEXT, QUEUE_CONTEXT.replace('{0, 0}', initial)):
-       "overwritten by the first weight's context (p == 0) before it is read: a table "
-       'queues one or more parameters (engine.py queues one at a time)'
-       for initial in ('{1, 0}', '{0, 1}')},
     **{('queue', QUEUE_DEVICES, QUEUE_DEVICES.replace(f' {name} = 0', f' {name} = 1')):
        f'{name} is written before it is read: MXNDArrayGetContext sets both of its outputs '
        'whenever it returns 0, and the function returns -1 before reading them otherwise'
        for name in ('device', 'id', 'grad_device', 'grad_id')},
-    ('queue', 'if (p == 0) context = Context{device, id};',
-     'if (true) context = Context{device, id};'):
-        "the step is pushed on the last weight's context instead of the first's: the same "
-        'one, since the package queues one parameter at a time (engine.py)',
     **{('sparse_rows', f'if ({call}) != 0) return -1;', f'if ({call}) != 0) return -2;'):
        "kernel.sparse_rows passes any negative status to check_call, which raises MXNet's "
        'error for -2 as for -1'
@@ -583,7 +568,10 @@ UNOBSERVABLE = {
         "a failing call of MXNet's (MXNDArrayGetContext, MXNDArrayGetData or "
         'MXEnginePushSyncND, each of which fails for no array the dispatch hands the '
         'kernel) reported as an array the step does not take: unreachable from the tests',
-    ('queue', 'if (q->pointers.empty()) {', 'if (false) {'):
+    ('queue', 'if (pointers.empty()) return -1;', 'if (pointers.empty()) return -2;'):
+        "as for \"return -2;\": MXNDArrayGetData fails for no array the dispatch hands the "
+        'kernel, and check_call raises MXNet\'s error for any non-zero status',
+    ('queue', 'if (pointers.empty()) return -1;', 'if (false) return -1;'):
         'a data pointer MXNet refused not checked: MXNDArrayGetData fails for no array the '
         'dispatch hands the kernel, unreachable from the tests',
     ('queue', 'nullptr, 0, "adam_plugin_step") != 0) {', 'nullptr, 1, "adam_plugin_step") != 0) {'):

@@ -243,7 +243,7 @@ class Queued:
         return 1 if self.finite else 2
 
     def result(self):
-        return [self.finite], [0]
+        return self.finite, 0
 
 
 class Batch:

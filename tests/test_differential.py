@@ -1032,5 +1032,5 @@ def test_the_queued_step_takes_arrays_in_any_host_memory(weights_at, grads_at):
                          rescale_grad=1.0, clip_gradient=None, lazy_update=True)
     nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
     queued = table.queue(step, weight, grad)
-    assert queued is not None and queued.result() == ([True], [0])  # finite, no overflow
+    assert queued is not None and queued.result() == (True, 0)  # finite, no overflow
     np.testing.assert_allclose(weight.asnumpy(), 0.9, rtol=1e-6)

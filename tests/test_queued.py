@@ -317,7 +317,7 @@ def test_the_kernel_refuses_arrays_a_queued_step_does_not_take():
     np.testing.assert_array_equal(weight.asnumpy(), 1.0)
     other, other_grad = nd.ones((2, 4)), nd.ones((8,))  # the same elements, dtype, storage
     nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
-    assert buffers.queue(step_, other, other_grad).result() == ([True], [0])
+    assert buffers.queue(step_, other, other_grad).result() == (True, 0)
     assert (other.asnumpy() < 1).all()
 
 
@@ -364,7 +364,7 @@ def test_a_queued_step_runs_after_the_gradient_it_waits_for():
     nd.waitall()  # allocated: a queued step reads its arrays' data pointers when queued
     (nd.dot(a, a)[0, :64] * 1e-3).copyto(grad)  # pending while the step is queued
     queued = queued_buffers.queue(step_, weight, grad)
-    assert queued.result() == ([True], [0])
+    assert queued.result() == (True, 0)
     reference = nd.ones((64,))
     buffers, same_step = one_parameter_buffers(reference, grad)
     assert same_step == step_
