@@ -533,8 +533,9 @@ UNOBSERVABLE = {
         "the same overrun in F16C's tail",
     ('sparse_rows', 'if (call_dlpack_deleter(view) != 0) return -1;', 'if (false) return -1;'):
         "the DLPack view's release not checked: MXNDArrayCallDLPackDeleter fails only when the "
-        "deleter it calls throws, and MXNet's (NDArrayDLManager::Deleter, a delete of the view's "
-        'holder) does not: unreachable from the tests',
+        "deleter it calls throws, and MXNet's (set by NDArray::ToDLPack: it deletes the view's "
+        'NDArrayDLManager, which drops one reference to the array) does not: unreachable from '
+        'the tests',
     ('sparse_rows', 'constexpr int32_t ROW_SPARSE = 1, INT64 = 6, MAX_NDIM = 32;',
      'constexpr int32_t ROW_SPARSE = 1, INT64 = 6, MAX_NDIM = 33;'):
         'MXNet makes no array of more than 32 dimensions, so no serialization the tests can '
