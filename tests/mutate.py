@@ -877,9 +877,9 @@ def render(results, elapsed, whole, tested, resumed=None):
              f'{datetime.date.today().isoformat()}, {os.cpu_count()}-core {cpu}, '
              f'{elapsed / 60:.0f} min: {len(results)} mutants.'
              + (f' A resumed run: the full run on {resumed[1][0]} ({resumed[1][1]:.0f} min) '
-                f'found the others as they are given here; the {resumed[0]} that had survived '
-                'there (or were killed only by a test changed since) were run again on '
-                f'{commit}.' if resumed else ''), '',
+                f'found the others as they are given here; the {resumed[0]} that are new '
+                'since, had survived there or were killed only by a test changed since were '
+                f'run again on {commit}.' if resumed else ''), '',
              '| ' + ' | '.join(sorted(counts)) + ' |', '|' + '---|' * len(counts),
              '| ' + ' | '.join(str(counts[k]) for k in sorted(counts)) + ' |', '']
     issue = [r for r in results if r.mutant.kind.startswith('issue')]
