@@ -522,6 +522,28 @@ template <typename T>
 using BitsOf = std::conditional_t<sizeof(T) == 2, uint16_t,
                                   std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
 
+// Asks the memory for parameter p's stored row i (of the lazy step of its elements below
+// `hi`, counted in its gradient's stored rows as Stepper counts them): for that row of w, m,
+// v, vmax and master (those present), the first PREFETCH_BYTES of each (the rest of a longer
+// row is read in sequence, which the CPU foresees). Called PREFETCH_AHEAD rows before the
+// step reaches the row: the rows a sparse gradient holds lie anywhere in the arrays, and
+// each read of a row not in the cache would stall the step. It changes no value. Always
+// inlined: GCC drops a call of a function that only prefetches, as one without effects.
+constexpr int64_t PREFETCH_AHEAD = 4, PREFETCH_BYTES = 1024;
+
+template <typename W, typename S>
+[[gnu::always_inline]] inline void prefetch_row(void *const *pointers, int64_t n, int64_t p,
+                                                const int64_t *rows, int64_t i, int64_t hi,
+                                                int64_t length) {
+    if (i > (hi - 1) / length) return;  // past the rows of this step
+    for (int array : {WEIGHT, MEAN, VAR, VMAX, MASTER}) {
+        const int64_t size = array == WEIGHT ? sizeof(W) : sizeof(S);
+        if (const char *base = static_cast<const char *>(pointers[array * n + p]))
+            for (int64_t b = 0; b < std::min(length * size, PREFETCH_BYTES); b += 64)
+                __builtin_prefetch(base + rows[i] * length * size + b, 1, 3);
+    }
+}
+
 // The step of elements [lo, hi) of one parameter of n, weights and gradients stored as W,
 // moments as S, computed in C, on the data pointers of the handles table (NUM_ARRAYS rows
 // of n: w, g, m, v, vmax for amsgrad, master for a float16 weight's float32 master copy
@@ -564,6 +586,7 @@ struct Stepper {
         const int64_t length = row_length[p];
         for (int64_t at = lo; at < hi;) {  // at: in the gradient's stored rows
             const int64_t i = at / length, j = at % length;
+            prefetch_row<W, S>(pointers, n, p, rows[p], i + PREFETCH_AHEAD, hi, length);
             const int64_t count = std::min(hi - at, length - j);
             found |= variant.adam(span(p, rows[p][i] * length + j, at), k, count, amsgrad);
             at += count;

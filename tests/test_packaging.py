@@ -249,3 +249,18 @@ def test_the_kernel_has_each_loop_per_variant_and_no_avx_elsewhere():
                  if id(instructions) not in chosen_at_run_time}
     assert {name: found for name, found in elsewhere.items() if found} == {}
     assert len(code) > len(loops)  # there was an elsewhere to look at
+
+
+STORAGES = ['float, float, float', 'double, double, double', '_Float16, float, float',
+            '_Float16, _Float16, float']
+
+
+def test_the_lazy_steps_ask_the_memory_for_their_rows_ahead():
+    """Each storage's step and checked step holds prefetch_row's prefetches: GCC drops a call
+    of a function that only prefetches (as one without effects) unless it is inlined."""
+    code = functions(kernel.LIBRARY._name)
+    for storage in STORAGES:
+        for step in ('step', 'checked_step'):
+            assert any(f'::{step}<{storage}>(' in name
+                       and any(i.startswith('prefetch') for i in instructions)
+                       for name, instructions in code.items()), (step, storage)
